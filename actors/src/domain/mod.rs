@@ -1,0 +1,16 @@
+//! The plan model: what a user writes (project files, plans, steps), how it is
+//! checked, and the read models the API returns.
+
+pub mod error;
+pub mod ids;
+pub mod interpolate;
+pub mod parse;
+pub mod spec;
+pub mod validate;
+pub mod views;
+
+pub use error::{FieldError, ValidationErrors};
+pub use ids::{PlanId, ProjectId, RunId, StepId, StepRecordId};
+pub use parse::DocumentFormat;
+pub use spec::{Env, PlanSpec, ProjectSpec, StepSpec};
+pub use validate::{Limits, Validated};

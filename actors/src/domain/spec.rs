@@ -1,0 +1,128 @@
+//! What a user writes: a project with plans, each plan an ordered list of steps.
+//!
+//! These are the validated forms. They are built only by `validate`, which
+//! applies the defaults of the original broker and checks every field, so a
+//! `StepSpec` in hand is always one the run engine can execute.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Environment variables, by name.
+pub type Env = BTreeMap<String, String>;
+
+/// Step defaults of the original broker.
+pub mod defaults {
+    /// Machines per step.
+    pub const INSTANCE_COUNT: u32 = 1;
+    /// EC2 instance type.
+    pub const INSTANCE_TYPE: &str = "t1.micro";
+    /// EC2 region.
+    pub const INSTANCE_REGION: &str = "us-west-2";
+    /// Seconds after the run's start before the step starts.
+    pub const RUN_DELAY: u64 = 0;
+    /// Seconds after the step's start before it is stopped; 0 = no limit.
+    pub const RUN_MAX_TIME: u64 = 600;
+    /// Seconds between container starts on successive nodes.
+    pub const NODE_DELAY: u64 = 0;
+}
+
+/// A project file: a project and its plans.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ProjectSpec {
+    /// Project name, unique in the broker.
+    pub name: String,
+    /// Home page of the service under test.
+    pub home_page: Option<String>,
+    /// The project's plans.
+    #[serde(default)]
+    pub plans: Vec<PlanSpec>,
+}
+
+/// A plan: ordered steps that make one load test.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PlanSpec {
+    /// Plan name, unique within its project.
+    pub name: String,
+    /// What the plan tests.
+    pub description: Option<String>,
+    /// Whether the plan may be run.
+    pub enabled: bool,
+    /// Defaults for the run environment; the env given when a run is started wins.
+    #[schema(value_type = Object)]
+    pub environment_data: Env,
+    /// The steps, in order.
+    pub steps: Vec<StepSpec>,
+}
+
+/// A step: one container image run on `instance_count` machines.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StepSpec {
+    /// Step name, unique within its plan.
+    pub name: String,
+    /// How many machines run this step.
+    pub instance_count: u32,
+    /// Machine type (EC2 instance type).
+    pub instance_type: String,
+    /// Region of the machines.
+    pub instance_region: String,
+    /// Seconds after the run's start before this step starts.
+    pub run_delay: u64,
+    /// Seconds after this step's start before it is stopped; 0 = no limit.
+    pub run_max_time: u64,
+    /// Seconds between container starts on successive nodes.
+    pub node_delay: u64,
+    /// Docker image to run, e.g. `bbangert/pushgo:1.5rc4`.
+    pub container_name: String,
+    /// A `docker save` tarball (optionally gzip/bzip2) to load instead of pulling.
+    pub container_url: Option<String>,
+    /// Environment of the step's containers; wins over the run environment.
+    #[schema(value_type = Object)]
+    pub environment_data: Env,
+    /// Arguments appended to the container's command.
+    pub additional_command_args: Option<String>,
+    /// A name later steps resolve to this step's containers.
+    pub dns_name: Option<String>,
+    /// `container:host` port pairs, comma separated.
+    pub port_mapping: Option<String>,
+    /// `container:host[:rw]` volume mappings, comma separated; read-only unless `rw`.
+    pub volume_mapping: Option<String>,
+    /// Metrics `type` tag of this step.
+    pub docker_series: Option<String>,
+    /// Terminate nodes that stop answering.
+    pub prune_running: bool,
+    /// The original broker's monitoring step (InfluxDB + Grafana); accepted, not needed.
+    pub monitor: bool,
+    /// A service under test: runs until every other step has finished.
+    pub service: bool,
+    /// Whether the run fails when this step fails.
+    pub required: bool,
+}
+
+impl StepSpec {
+    /// A step with the given name and image and every other field at its default.
+    pub fn new(name: impl Into<String>, container_name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            instance_count: defaults::INSTANCE_COUNT,
+            instance_type: defaults::INSTANCE_TYPE.to_string(),
+            instance_region: defaults::INSTANCE_REGION.to_string(),
+            run_delay: defaults::RUN_DELAY,
+            run_max_time: defaults::RUN_MAX_TIME,
+            node_delay: defaults::NODE_DELAY,
+            container_name: container_name.into(),
+            container_url: None,
+            environment_data: Env::new(),
+            additional_command_args: None,
+            dns_name: None,
+            port_mapping: None,
+            volume_mapping: None,
+            docker_series: None,
+            prune_running: true,
+            monitor: false,
+            service: false,
+            required: true,
+        }
+    }
+}

@@ -1,0 +1,593 @@
+//! Turns a parsed document into specs, reporting every problem at once.
+//!
+//! The walk is done by hand over a JSON value rather than by serde derive,
+//! because serde stops at the first error and users want the whole list, each
+//! with the path of the field (`plans[0].steps[1].run_max_time: must be >= 0`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{Map, Value};
+
+use super::error::{FieldError, ValidationErrors};
+use super::interpolate::{self, INJECTED_VARIABLES};
+use super::spec::{defaults, Env, PlanSpec, ProjectSpec, StepSpec};
+
+/// Caps that validation enforces, from the broker's configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest `instance_count` a step may ask for.
+    pub max_instance_count: u32,
+    /// Most steps a plan may have.
+    pub max_steps_per_plan: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_instance_count: 100, max_steps_per_plan: 50 }
+    }
+}
+
+/// A validated value, with warnings that do not stop it from being used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Validated<T> {
+    /// The value.
+    pub value: T,
+    /// Things the user should know, each with its path.
+    pub warnings: Vec<FieldError>,
+}
+
+const PROJECT_FIELDS: &[&str] = &["name", "home_page", "plans"];
+const PLAN_FIELDS: &[&str] = &["name", "description", "enabled", "environment_data", "steps"];
+const STEP_FIELDS: &[&str] = &[
+    "name",
+    "instance_count",
+    "instance_type",
+    "instance_region",
+    "run_delay",
+    "run_max_time",
+    "node_delay",
+    "container_name",
+    "container_url",
+    "environment_data",
+    "additional_command_args",
+    "dns_name",
+    "port_mapping",
+    "volume_mapping",
+    "docker_series",
+    "prune_running",
+    "monitor",
+    "service",
+    "required",
+];
+
+/// Validates a project file (`{name, home_page?, plans: [...]}`).
+pub fn project(value: &Value, limits: &Limits) -> Result<Validated<ProjectSpec>, ValidationErrors> {
+    project_with_run_env(value, limits, &Env::new())
+}
+
+/// Validates a project file, counting the variables of `run_env` as defined.
+pub fn project_with_run_env(value: &Value, limits: &Limits, run_env: &Env) -> Result<Validated<ProjectSpec>, ValidationErrors> {
+    let mut w = Walker::new(limits);
+    w.run_env = run_env;
+    let spec = w.project(value, "");
+    w.finish(spec)
+}
+
+/// Validates a project's own fields (`{name, home_page?}`), for updates.
+pub fn project_header(value: &Value) -> Result<(String, Option<String>), ValidationErrors> {
+    let limits = Limits::default();
+    let mut w = Walker::new(&limits);
+    let header = w.object(value, "", &["name", "home_page"]).map(|m| {
+        (w.string(m, "", "name", true).unwrap_or_default(), w.string(m, "", "home_page", false))
+    });
+    w.finish(header.unwrap_or_default()).map(|v| v.value)
+}
+
+/// Validates one plan (`{name, description?, enabled?, environment_data?, steps: [...]}`).
+pub fn plan(value: &Value, limits: &Limits) -> Result<Validated<PlanSpec>, ValidationErrors> {
+    plan_with_run_env(value, limits, &Env::new())
+}
+
+/// Validates one plan, counting the variables of `run_env` as defined.
+pub fn plan_with_run_env(value: &Value, limits: &Limits, run_env: &Env) -> Result<Validated<PlanSpec>, ValidationErrors> {
+    let mut w = Walker::new(limits);
+    w.run_env = run_env;
+    let spec = w.plan(value, "");
+    w.finish(spec)
+}
+
+/// Validates the run environment given when a run is started: an object of strings,
+/// or a list of `KEY=VALUE` strings.
+pub fn run_env(value: &Value) -> Result<Env, ValidationErrors> {
+    let limits = Limits::default();
+    let mut w = Walker::new(&limits);
+    let env = w.env_value(value, "");
+    w.finish(env).map(|v| v.value)
+}
+
+/// Checks that every `$VARIABLE` of `plan` is defined once `run_env` is known.
+pub fn plan_variables(plan: &PlanSpec, run_env: &Env) -> Result<(), ValidationErrors> {
+    let limits = Limits::default();
+    let mut w = Walker::new(&limits);
+    for (i, step) in plan.steps.iter().enumerate() {
+        w.step_variables(step, &plan.environment_data, run_env, &format!("steps[{i}]"));
+    }
+    w.finish(()).map(|_| ())
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn is_env_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
+        && bytes.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
+struct Walker<'l> {
+    limits: &'l Limits,
+    run_env: &'l Env,
+    errors: Vec<FieldError>,
+    warnings: Vec<FieldError>,
+}
+
+static NO_ENV: Env = Env::new();
+
+impl<'l> Walker<'l> {
+    fn new(limits: &'l Limits) -> Self {
+        Self { limits, run_env: &NO_ENV, errors: Vec::new(), warnings: Vec::new() }
+    }
+
+    fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(FieldError::new(path, message));
+    }
+
+    fn finish<T>(self, value: T) -> Result<Validated<T>, ValidationErrors> {
+        if self.errors.is_empty() {
+            Ok(Validated { value, warnings: self.warnings })
+        } else {
+            Err(ValidationErrors(self.errors))
+        }
+    }
+
+    fn object<'v>(&mut self, v: &'v Value, path: &str, allowed: &[&str]) -> Option<&'v Map<String, Value>> {
+        let Value::Object(map) = v else {
+            self.error(path, format!("must be an object, not {}", kind(v)));
+            return None;
+        };
+        for key in map.keys().filter(|k| !allowed.contains(&k.as_str())) {
+            self.error(join(path, key), format!("unknown field (expected one of: {})", allowed.join(", ")));
+        }
+        Some(map)
+    }
+
+    fn string(&mut self, m: &Map<String, Value>, path: &str, key: &str, required: bool) -> Option<String> {
+        match m.get(key) {
+            None | Some(Value::Null) => {
+                if required {
+                    self.error(join(path, key), "is required");
+                }
+                None
+            }
+            Some(Value::String(s)) if required && s.trim().is_empty() => {
+                self.error(join(path, key), "must not be empty");
+                None
+            }
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(other) => {
+                self.error(join(path, key), format!("must be a string, not {}", kind(other)));
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, m: &Map<String, Value>, path: &str, key: &str, default: bool) -> bool {
+        match m.get(key) {
+            None | Some(Value::Null) => default,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                self.error(join(path, key), format!("must be true or false, not {}", kind(other)));
+                default
+            }
+        }
+    }
+
+    /// A non-negative whole number (seconds, counts).
+    fn whole(&mut self, m: &Map<String, Value>, path: &str, key: &str, default: u64) -> u64 {
+        let v = match m.get(key) {
+            None | Some(Value::Null) => return default,
+            Some(v) => v,
+        };
+        let path = join(path, key);
+        match v {
+            Value::Number(n) => {
+                if let Some(u) = n.as_u64() {
+                    u
+                } else if n.as_i64().is_some_and(|i| i < 0) || n.as_f64().is_some_and(|f| f < 0.0) {
+                    self.error(path, "must be >= 0");
+                    default
+                } else {
+                    self.error(path, "must be a whole number");
+                    default
+                }
+            }
+            other => {
+                self.error(path, format!("must be a whole number, not {}", kind(other)));
+                default
+            }
+        }
+    }
+
+    fn env(&mut self, m: &Map<String, Value>, path: &str) -> Env {
+        match m.get("environment_data") {
+            None | Some(Value::Null) => Env::new(),
+            Some(v) => self.env_value(v, &join(path, "environment_data")),
+        }
+    }
+
+    fn env_value(&mut self, v: &Value, path: &str) -> Env {
+        let mut env = Env::new();
+        match v {
+            Value::Object(map) => {
+                for (key, value) in map {
+                    let item = join(path, key);
+                    if !is_env_name(key) {
+                        self.error(&item, "not a valid variable name (letters, digits and _, not starting with a digit)");
+                    }
+                    let value = match value {
+                        Value::String(s) => s.clone(),
+                        Value::Number(n) => n.to_string(),
+                        Value::Bool(b) => b.to_string(),
+                        other => {
+                            self.error(&item, format!("must be a string, number or boolean, not {}", kind(other)));
+                            continue;
+                        }
+                    };
+                    env.insert(key.clone(), value);
+                }
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let item_path = format!("{path}[{i}]");
+                    let Value::String(s) = item else {
+                        self.error(item_path, format!("must be a \"KEY=VALUE\" string, not {}", kind(item)));
+                        continue;
+                    };
+                    let Some((key, value)) = s.split_once('=') else {
+                        self.error(item_path, format!("must be KEY=VALUE, got {s:?}"));
+                        continue;
+                    };
+                    if !is_env_name(key) {
+                        self.error(item_path, format!("{key:?} is not a valid variable name"));
+                    } else if env.insert(key.to_string(), value.to_string()).is_some() {
+                        self.error(item_path, format!("{key} is set more than once"));
+                    }
+                }
+            }
+            other => self.error(path, format!("must be an object or a list of \"KEY=VALUE\" strings, not {}", kind(other))),
+        }
+        env
+    }
+
+    fn project(&mut self, v: &Value, path: &str) -> ProjectSpec {
+        let mut spec = ProjectSpec { name: String::new(), home_page: None, plans: Vec::new() };
+        let Some(m) = self.object(v, path, PROJECT_FIELDS) else { return spec };
+        spec.name = self.string(m, path, "name", true).unwrap_or_default();
+        spec.home_page = self.string(m, path, "home_page", false);
+        match m.get("plans") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(plans)) => {
+                let mut seen = BTreeMap::new();
+                for (i, p) in plans.iter().enumerate() {
+                    let plan_path = format!("{}[{i}]", join(path, "plans"));
+                    let plan = self.plan(p, &plan_path);
+                    if !plan.name.is_empty() {
+                        if let Some(first) = seen.insert(plan.name.clone(), i) {
+                            self.error(join(&plan_path, "name"), format!("duplicate plan name {:?} (also plans[{first}])", plan.name));
+                        }
+                    }
+                    spec.plans.push(plan);
+                }
+            }
+            Some(other) => self.error(join(path, "plans"), format!("must be a list, not {}", kind(other))),
+        }
+        spec
+    }
+
+    fn plan(&mut self, v: &Value, path: &str) -> PlanSpec {
+        let mut spec = PlanSpec {
+            name: String::new(),
+            description: None,
+            enabled: true,
+            environment_data: Env::new(),
+            steps: Vec::new(),
+        };
+        let Some(m) = self.object(v, path, PLAN_FIELDS) else { return spec };
+        spec.name = self.string(m, path, "name", true).unwrap_or_default();
+        spec.description = self.string(m, path, "description", false);
+        spec.enabled = self.boolean(m, path, "enabled", true);
+        spec.environment_data = self.env(m, path);
+        let steps_path = join(path, "steps");
+        match m.get("steps") {
+            None | Some(Value::Null) => self.error(&steps_path, "is required"),
+            Some(Value::Array(steps)) if steps.is_empty() => self.error(&steps_path, "must have at least one step"),
+            Some(Value::Array(steps)) => {
+                if steps.len() > self.limits.max_steps_per_plan {
+                    self.error(&steps_path, format!("has {} steps, at most {} are allowed", steps.len(), self.limits.max_steps_per_plan));
+                }
+                let mut seen = BTreeMap::new();
+                for (i, s) in steps.iter().enumerate() {
+                    let step_path = format!("{steps_path}[{i}]");
+                    let Some(step) = self.step(s, &step_path) else { continue };
+                    if !step.name.is_empty() {
+                        if let Some(first) = seen.insert(step.name.clone(), i) {
+                            self.error(join(&step_path, "name"), format!("duplicate step name {:?} (also steps[{first}])", step.name));
+                        }
+                    }
+                    self.step_variables(&step, &spec.environment_data, self.run_env, &step_path);
+                    spec.steps.push(step);
+                }
+            }
+            Some(other) => self.error(&steps_path, format!("must be a list, not {}", kind(other))),
+        }
+        spec
+    }
+
+    fn step(&mut self, v: &Value, path: &str) -> Option<StepSpec> {
+        let m = self.object(v, path, STEP_FIELDS)?;
+        let mut step = StepSpec::new(String::new(), String::new());
+        step.name = self.string(m, path, "name", true).unwrap_or_default();
+        step.monitor = self.boolean(m, path, "monitor", false);
+        step.service = self.boolean(m, path, "service", false);
+        step.required = self.boolean(m, path, "required", true);
+        step.prune_running = self.boolean(m, path, "prune_running", true);
+
+        let count = self.whole(m, path, "instance_count", u64::from(defaults::INSTANCE_COUNT));
+        let cap = u64::from(self.limits.max_instance_count);
+        if count == 0 {
+            self.error(join(path, "instance_count"), "must be at least 1");
+        } else if count > cap {
+            self.error(join(path, "instance_count"), format!("must be at most {cap} (limits.max_instance_count)"));
+        }
+        step.instance_count = u32::try_from(count.min(cap)).unwrap_or(defaults::INSTANCE_COUNT);
+
+        if let Some(t) = self.string(m, path, "instance_type", false) {
+            if t.is_empty() || t.chars().any(char::is_whitespace) {
+                self.error(join(path, "instance_type"), "must be a machine type such as \"t3.micro\"");
+            }
+            step.instance_type = t;
+        }
+        if let Some(r) = self.string(m, path, "instance_region", false) {
+            let ok = r.starts_with(|c: char| c.is_ascii_lowercase())
+                && r.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            if !ok {
+                self.error(join(path, "instance_region"), "must be a region such as \"us-west-2\"");
+            }
+            step.instance_region = r;
+        }
+        step.run_delay = self.whole(m, path, "run_delay", defaults::RUN_DELAY);
+        step.run_max_time = self.whole(m, path, "run_max_time", defaults::RUN_MAX_TIME);
+        step.node_delay = self.whole(m, path, "node_delay", defaults::NODE_DELAY);
+
+        step.container_name = self.string(m, path, "container_name", !step.monitor).unwrap_or_default();
+        step.container_url = self.string(m, path, "container_url", false);
+        step.environment_data = self.env(m, path);
+        step.additional_command_args = self.string(m, path, "additional_command_args", false);
+        step.docker_series = self.string(m, path, "docker_series", false);
+
+        step.dns_name = self.string(m, path, "dns_name", false);
+        if let Some(name) = &step.dns_name {
+            if let Err(why) = check_dns_name(name) {
+                self.error(join(path, "dns_name"), why);
+            }
+        }
+        step.port_mapping = self.string(m, path, "port_mapping", false);
+        if let Some(ports) = &step.port_mapping {
+            for why in check_port_mapping(ports) {
+                self.error(join(path, "port_mapping"), why);
+            }
+        }
+        step.volume_mapping = self.string(m, path, "volume_mapping", false);
+        if let Some(volumes) = &step.volume_mapping {
+            for why in check_volume_mapping(volumes) {
+                self.error(join(path, "volume_mapping"), why);
+            }
+        }
+        if step.monitor {
+            self.warnings.push(FieldError::new(
+                join(path, "monitor"),
+                "monitor steps are not needed: every run gets its own Grafana dashboard; this step is kept but not run",
+            ));
+        }
+        if step.service && step.run_max_time != 0 {
+            self.warnings.push(FieldError::new(
+                join(path, "run_max_time"),
+                "a service step runs until every other step has finished; run_max_time still stops it early",
+            ));
+        }
+        Some(step)
+    }
+
+    /// Every `$VAR` in the interpolated fields of `step` must be defined.
+    fn step_variables(&mut self, step: &StepSpec, plan_env: &Env, run_env: &Env, path: &str) {
+        let known: BTreeSet<&str> = INJECTED_VARIABLES
+            .iter()
+            .copied()
+            .chain(step.environment_data.keys().map(String::as_str))
+            .chain(plan_env.keys().map(String::as_str))
+            .chain(run_env.keys().map(String::as_str))
+            .collect();
+        let fields = [
+            ("container_name", Some(&step.container_name)),
+            ("container_url", step.container_url.as_ref()),
+            ("additional_command_args", step.additional_command_args.as_ref()),
+            ("volume_mapping", step.volume_mapping.as_ref()),
+        ];
+        let env_fields = step.environment_data.iter().map(|(k, v)| (format!("environment_data.{k}"), Some(v)));
+        let all = fields.into_iter().map(|(k, v)| (k.to_string(), v)).chain(env_fields);
+        for (field, template) in all {
+            let Some(template) = template else { continue };
+            match interpolate::variables(template) {
+                Err(e) => self.error(join(path, &field), e.to_string()),
+                Ok(vars) => {
+                    for var in vars.into_iter().filter(|v| !known.contains(v)) {
+                        self.error(
+                            join(path, &field),
+                            format!(
+                                "unknown variable `${var}`: define it in the step's or the plan's environment_data, \
+                                 pass it in the run env, or use one of {}",
+                                INJECTED_VARIABLES.join(", ")
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn check_dns_name(name: &str) -> Result<(), String> {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    if name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(format!("{name:?} is not a valid host name (labels of letters, digits and -, separated by dots)"));
+    }
+    Ok(())
+}
+
+fn check_port_mapping(ports: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut host_ports = BTreeSet::new();
+    for pair in ports.split(',').map(str::trim) {
+        let parsed = pair
+            .split_once(':')
+            .and_then(|(c, h)| Some((c.trim().parse::<u16>().ok()?, h.trim().parse::<u16>().ok()?)))
+            .filter(|(c, h)| *c > 0 && *h > 0);
+        match parsed {
+            None => problems.push(format!("{pair:?} must be container_port:host_port with ports 1-65535")),
+            Some((_, host)) if !host_ports.insert(host) => problems.push(format!("host port {host} is mapped twice")),
+            Some(_) => {}
+        }
+    }
+    problems
+}
+
+fn check_volume_mapping(volumes: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    for mapping in volumes.split(',').map(str::trim) {
+        let parts: Vec<&str> = mapping.split(':').collect();
+        let shape_ok = match parts.as_slice() {
+            [c, h] | [c, h, "rw" | "ro"] => c.starts_with('/') && (h.starts_with('/') || h.starts_with('$')),
+            _ => false,
+        };
+        if !shape_ok {
+            problems.push(format!(
+                "{mapping:?} must be /container/path:/host/path with an optional :rw or :ro"
+            ));
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn errors(v: Value) -> Vec<String> {
+        plan(&v, &Limits::default()).unwrap_err().0.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn defaults_are_those_of_the_original_broker() {
+        let v = plan(&json!({"name": "p", "steps": [{"name": "s", "container_name": "img"}]}), &Limits::default()).unwrap();
+        assert_eq!(v.value.steps[0], StepSpec::new("s", "img"));
+        assert!(v.value.enabled);
+    }
+
+    #[test]
+    fn reports_every_problem_with_its_path() {
+        let errs = errors(json!({
+            "name": "",
+            "bogus": 1,
+            "steps": [
+                {"name": "a", "container_name": "x", "run_max_time": -1, "instance_count": 0},
+                {"name": "a", "container_name": "x", "port_mapping": "80", "volume_mapping": "rel:/x:zz"},
+                {"container_name": "x", "run_delay": "soon", "environment_data": ["NOEQUALS"]}
+            ]
+        }));
+        assert_eq!(
+            errs,
+            vec![
+                "bogus: unknown field (expected one of: name, description, enabled, environment_data, steps)",
+                "name: must not be empty",
+                "steps[0].instance_count: must be at least 1",
+                "steps[0].run_max_time: must be >= 0",
+                "steps[1].port_mapping: \"80\" must be container_port:host_port with ports 1-65535",
+                "steps[1].volume_mapping: \"rel:/x:zz\" must be /container/path:/host/path with an optional :rw or :ro",
+                "steps[1].name: duplicate step name \"a\" (also steps[0])",
+                "steps[2].name: is required",
+                "steps[2].run_delay: must be a whole number, not a string",
+                "steps[2].environment_data[0]: must be KEY=VALUE, got \"NOEQUALS\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_variables_are_errors_and_defined_ones_are_not() {
+        let errs = errors(json!({
+            "name": "p",
+            "environment_data": {"TARGET": "http://svc"},
+            "steps": [{
+                "name": "s",
+                "container_name": "img:$TAG",
+                "environment_data": {"TAG": "1", "URL": "$TARGET/$RUN_ID", "BAD": "${NOPE}"},
+                "additional_command_args": "$$literal $STATSD_HOST"
+            }]
+        }));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].starts_with("steps[0].environment_data.BAD: unknown variable `$NOPE`"), "{errs:?}");
+    }
+
+    #[test]
+    fn instance_count_is_capped_by_configuration() {
+        let limits = Limits { max_instance_count: 5, ..Limits::default() };
+        let err = plan(&json!({"name": "p", "steps": [{"name": "s", "container_name": "i", "instance_count": 6}]}), &limits).unwrap_err();
+        assert_eq!(err.0[0].to_string(), "steps[0].instance_count: must be at most 5 (limits.max_instance_count)");
+    }
+
+    #[test]
+    fn monitor_steps_need_no_image_and_warn() {
+        let v = plan(&json!({"name": "p", "steps": [{"name": "m", "monitor": true}]}), &Limits::default()).unwrap();
+        assert_eq!(v.warnings.len(), 1);
+        assert_eq!(v.warnings[0].path, "steps[0].monitor");
+    }
+
+    #[test]
+    fn run_env_accepts_objects_and_lists() {
+        assert_eq!(run_env(&json!({"A": 1, "B": "x"})).unwrap().get("A").map(String::as_str), Some("1"));
+        assert_eq!(run_env(&json!(["A=1=2"])).unwrap().get("A").map(String::as_str), Some("1=2"));
+        assert!(run_env(&json!("A=1")).is_err());
+    }
+}

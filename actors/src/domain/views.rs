@@ -1,0 +1,297 @@
+//! What the system answers with: read models of projects, plans, steps and runs.
+//!
+//! Built by the store from database rows; serialised as is by the v1 API and
+//! reshaped by the loads v2 compatibility layer.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::error::FieldError;
+use super::spec::{Env, StepSpec};
+
+/// The life of a run. Finished states are `completed`, `failed` and `aborted`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Created, not yet picked up.
+    Pending,
+    /// Acquiring nodes and preparing images.
+    Initializing,
+    /// Steps are being started and stopped on schedule.
+    Running,
+    /// Stopping what is left and releasing nodes.
+    Terminating,
+    /// Every step finished as planned.
+    Completed,
+    /// Something the run needed failed; see `failure_reason`.
+    Failed,
+    /// Stopped on request.
+    Aborted,
+}
+
+impl RunState {
+    /// All states, in life order.
+    pub const ALL: [RunState; 7] = [
+        Self::Pending,
+        Self::Initializing,
+        Self::Running,
+        Self::Terminating,
+        Self::Completed,
+        Self::Failed,
+        Self::Aborted,
+    ];
+
+    /// The stored and serialised name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Initializing => "initializing",
+            Self::Running => "running",
+            Self::Terminating => "terminating",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Aborted => "aborted",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Whether the run is over.
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Aborted)
+    }
+
+    /// The original broker's numeric state (INITIALIZING 0 … COMPLETED 3).
+    pub fn legacy_code(self) -> u8 {
+        match self {
+            Self::Pending | Self::Initializing => 0,
+            Self::Running => 1,
+            Self::Terminating => 2,
+            Self::Completed | Self::Failed | Self::Aborted => 3,
+        }
+    }
+}
+
+/// The life of one step within one run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    /// Waiting for its start time.
+    Pending,
+    /// Containers are running.
+    Running,
+    /// Containers are being stopped.
+    Stopping,
+    /// Finished as planned.
+    Completed,
+    /// Failed; see `failure_reason`.
+    Failed,
+    /// Never started (the run ended first, or it is a monitor step).
+    Skipped,
+}
+
+impl StepState {
+    /// The stored and serialised name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Stopping => "stopping",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Skipped => "skipped",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Pending, Self::Running, Self::Stopping, Self::Completed, Self::Failed, Self::Skipped]
+            .into_iter()
+            .find(|st| st.as_str() == s)
+    }
+}
+
+/// A project, without its plans.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct ProjectView {
+    /// Project id.
+    pub id: Uuid,
+    /// Project name.
+    pub name: String,
+    /// Home page of the service under test.
+    pub home_page: Option<String>,
+    /// How many plans it has.
+    pub plan_count: u64,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A project with a summary of each plan.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct ProjectDetail {
+    /// The project.
+    #[serde(flatten)]
+    pub project: ProjectView,
+    /// Its plans, by name.
+    pub plans: Vec<PlanSummary>,
+}
+
+/// A plan without its steps.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct PlanSummary {
+    /// Plan id.
+    pub id: Uuid,
+    /// Owning project.
+    pub project_id: Uuid,
+    /// Plan name.
+    pub name: String,
+    /// What the plan tests.
+    pub description: Option<String>,
+    /// Whether it may be run.
+    pub enabled: bool,
+    /// How many steps it has.
+    pub step_count: u64,
+    /// How many runs it has had; a plan with runs cannot change its steps.
+    pub run_count: u64,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A plan with its steps.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct PlanView {
+    /// The plan.
+    #[serde(flatten)]
+    pub plan: PlanSummary,
+    /// Defaults for the run environment.
+    #[schema(value_type = Object)]
+    pub environment_data: Env,
+    /// The steps, in order.
+    pub steps: Vec<StepView>,
+}
+
+/// A stored step.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct StepView {
+    /// Step id.
+    pub id: Uuid,
+    /// Position in the plan, from 0.
+    pub position: u32,
+    /// The step's fields.
+    #[serde(flatten)]
+    pub spec: StepSpec,
+}
+
+/// One run of a plan.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct RunView {
+    /// Run id.
+    pub id: Uuid,
+    /// The plan run.
+    pub plan_id: Uuid,
+    /// The plan's name.
+    pub plan_name: String,
+    /// The plan's project.
+    pub project_id: Uuid,
+    /// Where the run is in its life.
+    pub state: RunState,
+    /// Who started it.
+    pub owner: Option<String>,
+    /// The run environment given at start.
+    #[schema(value_type = Object)]
+    pub environment_data: Env,
+    /// Whether it was aborted.
+    pub aborted: bool,
+    /// Why it failed, for a human.
+    pub failure_reason: Option<String>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When all nodes were ready and the schedule began.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it finished.
+    pub completed_at: Option<DateTime<Utc>>,
+    /// One record per step.
+    pub step_records: Vec<StepRecordView>,
+}
+
+/// One step within one run.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct StepRecordView {
+    /// Record id.
+    pub id: Uuid,
+    /// The run.
+    pub run_id: Uuid,
+    /// The step.
+    pub step_id: Uuid,
+    /// The step's name.
+    pub step_name: String,
+    /// Where the step is in its life.
+    pub state: StepState,
+    /// Whether the step failed.
+    pub failed: bool,
+    /// Why it failed, for a human.
+    pub failure_reason: Option<String>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When its containers started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it finished.
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// One page of a list, with the total across all pages.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct Page<T> {
+    /// The items of this page.
+    pub items: Vec<T>,
+    /// How many items there are in all.
+    pub total: u64,
+    /// The page size asked for.
+    pub limit: u64,
+    /// How many items were skipped.
+    pub offset: u64,
+}
+
+/// What importing a project file did.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct ImportReport {
+    /// The project after the import.
+    pub project: ProjectDetail,
+    /// Whether the project itself was created by this import.
+    pub project_created: bool,
+    /// Plans created, by name.
+    pub created: Vec<String>,
+    /// Plans whose fields or steps were replaced, by name.
+    pub updated: Vec<String>,
+    /// Plans already identical, by name.
+    pub unchanged: Vec<String>,
+    /// Warnings from validation.
+    pub warnings: Vec<FieldError>,
+}
+
+/// A project with every plan, its steps and its runs (the loads v2 project shape).
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct ProjectTree {
+    /// The project.
+    pub project: ProjectView,
+    /// Its plans, by name.
+    pub plans: Vec<PlanTree>,
+}
+
+/// A plan with its steps and runs.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct PlanTree {
+    /// The plan and its steps.
+    pub plan: PlanView,
+    /// Its runs, newest first.
+    pub runs: Vec<RunView>,
+}

@@ -1,0 +1,138 @@
+//! sea-orm entities, one module per table (see the migrations crate for the schema).
+
+macro_rules! no_relations {
+    () => {
+        #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+        pub enum Relation {}
+
+        impl ActiveModelBehavior for ActiveModel {}
+    };
+}
+
+/// A project: one per service under test.
+pub mod project {
+    use sea_orm::entity::prelude::*;
+
+    /// A project row.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "project")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub name: String,
+        pub home_page: Option<String>,
+        pub created_at: DateTimeUtc,
+        pub updated_at: DateTimeUtc,
+    }
+
+    no_relations!();
+}
+
+/// A plan: ordered steps of one load test.
+pub mod plan {
+    use sea_orm::entity::prelude::*;
+
+    /// A plan row.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "plan")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub project_id: Uuid,
+        pub name: String,
+        pub description: Option<String>,
+        pub enabled: bool,
+        pub environment_data: Json,
+        pub created_at: DateTimeUtc,
+        pub updated_at: DateTimeUtc,
+    }
+
+    no_relations!();
+}
+
+/// A step: one container image on N machines.
+pub mod step {
+    use sea_orm::entity::prelude::*;
+
+    /// A step row.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "step")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub plan_id: Uuid,
+        pub position: i32,
+        pub name: String,
+        pub instance_count: i32,
+        pub instance_type: String,
+        pub instance_region: String,
+        pub run_delay: i64,
+        pub run_max_time: i64,
+        pub node_delay: i64,
+        pub container_name: String,
+        pub container_url: Option<String>,
+        pub environment_data: Json,
+        pub additional_command_args: Option<String>,
+        pub dns_name: Option<String>,
+        pub port_mapping: Option<String>,
+        pub volume_mapping: Option<String>,
+        pub docker_series: Option<String>,
+        pub prune_running: bool,
+        pub monitor: bool,
+        pub service: bool,
+        pub required: bool,
+        pub created_at: DateTimeUtc,
+        pub updated_at: DateTimeUtc,
+    }
+
+    no_relations!();
+}
+
+/// A run: one execution of a plan.
+pub mod run {
+    use sea_orm::entity::prelude::*;
+
+    /// A run row.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "run")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub plan_id: Uuid,
+        pub state: String,
+        pub owner: Option<String>,
+        pub environment_data: Json,
+        pub aborted: bool,
+        pub failure_reason: Option<String>,
+        pub created_at: DateTimeUtc,
+        pub started_at: Option<DateTimeUtc>,
+        pub completed_at: Option<DateTimeUtc>,
+        pub updated_at: DateTimeUtc,
+    }
+
+    no_relations!();
+}
+
+/// A step record: one step within one run.
+pub mod step_record {
+    use sea_orm::entity::prelude::*;
+
+    /// A step record row.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "step_record")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub run_id: Uuid,
+        pub step_id: Uuid,
+        pub state: String,
+        pub failed: bool,
+        pub failure_reason: Option<String>,
+        pub created_at: DateTimeUtc,
+        pub started_at: Option<DateTimeUtc>,
+        pub completed_at: Option<DateTimeUtc>,
+        pub updated_at: DateTimeUtc,
+    }
+
+    no_relations!();
+}

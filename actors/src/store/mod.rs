@@ -1,0 +1,117 @@
+//! The only code that speaks SQL: sea-orm entities and the queries the actors use.
+//!
+//! Functions take a connection and return read models from `domain::views`,
+//! so callers never see rows. Errors are `StoreError`, one variant per kind
+//! of outcome the API must tell apart.
+
+pub mod entities;
+pub mod plans;
+pub mod projects;
+pub mod runs;
+
+use std::time::Duration;
+
+use loads_migrations::{Migrator, MigratorTrait};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, SqlErr};
+
+use crate::domain::{Env, ValidationErrors};
+
+/// Why a store operation did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The thing asked for does not exist.
+    #[error("{what} {id} not found")]
+    NotFound {
+        /// `project`, `plan` or `run`.
+        what: &'static str,
+        /// The id asked for.
+        id: String,
+    },
+    /// The input is not valid.
+    #[error("{0}")]
+    Invalid(ValidationErrors),
+    /// The request conflicts with the current state.
+    #[error("{message}")]
+    Conflict {
+        /// Stable snake_case code.
+        code: &'static str,
+        /// What conflicts and what to do, for a human.
+        message: String,
+    },
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(#[from] DbErr),
+}
+
+impl StoreError {
+    /// Whether the database could not be reached at all (as opposed to a failed query).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Self::Database(DbErr::ConnectionAcquire(_) | DbErr::Conn(_)))
+    }
+
+    pub(crate) fn not_found(what: &'static str, id: impl ToString) -> Self {
+        Self::NotFound { what, id: id.to_string() }
+    }
+
+    pub(crate) fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Conflict { code, message: message.into() }
+    }
+}
+
+/// Maps a unique-constraint violation to a conflict with `message`; other errors pass through.
+pub(crate) fn on_unique(err: DbErr, code: &'static str, message: impl FnOnce() -> String) -> StoreError {
+    match err.sql_err() {
+        Some(SqlErr::UniqueConstraintViolation(_)) => StoreError::conflict(code, message()),
+        _ => StoreError::Database(err),
+    }
+}
+
+/// Adds `mode=rwc` to a SQLite URL so the file is created when missing.
+fn with_create_mode(url: &str) -> String {
+    if !url.starts_with("sqlite:") || url.contains("mode=") || url.contains(":memory:") {
+        return url.to_string();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}mode=rwc")
+}
+
+/// Connects to `url` (SQLite or PostgreSQL) and applies every pending migration.
+pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
+    let mut options = ConnectOptions::new(with_create_mode(url));
+    options
+        .max_connections(if url.starts_with("sqlite:") { 4 } else { 16 })
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(10))
+        .sqlx_logging(false);
+    let db = Database::connect(options).await?;
+    if url.starts_with("sqlite:") && !url.contains(":memory:") {
+        // WAL lets readers proceed while a writer commits; it persists in the file.
+        db.execute_unprepared("PRAGMA journal_mode=WAL").await?;
+    }
+    Migrator::up(&db, None).await?;
+    Ok(db)
+}
+
+/// Answers whether the database responds.
+pub async fn ping(db: &DatabaseConnection) -> Result<(), DbErr> {
+    db.ping().await
+}
+
+pub(crate) fn env_to_json(env: &Env) -> serde_json::Value {
+    serde_json::Value::Object(env.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect())
+}
+
+pub(crate) fn env_from_json(value: &serde_json::Value) -> Env {
+    match value {
+        serde_json::Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_string)))
+            .collect(),
+        _ => Env::new(),
+    }
+}
+
+/// Clamps paging parameters to what the store serves.
+pub(crate) fn clamp_page(limit: u64, offset: u64) -> (u64, u64) {
+    (limit.clamp(1, 1000), offset)
+}

@@ -1,0 +1,222 @@
+//! Runs and their step records: listing with filters, reading, and creating the
+//! record of a new run (one step record per step, all pending).
+
+use std::collections::HashMap;
+
+use chrono::Utc;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set, TransactionTrait,
+};
+use uuid::Uuid;
+
+use super::entities::{plan, run, step, step_record};
+use super::{clamp_page, env_from_json, env_to_json, StoreError};
+use crate::domain::views::{Page, RunState, RunView, StepRecordView, StepState};
+use crate::domain::Env;
+
+/// Which runs to list; every filter is optional.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunFilter {
+    /// Runs of this plan.
+    pub plan_id: Option<Uuid>,
+    /// Runs of any plan of this project.
+    pub project_id: Option<Uuid>,
+    /// Runs in this state.
+    pub state: Option<RunState>,
+    /// Runs started by this owner.
+    pub owner: Option<String>,
+}
+
+async fn views(db: &impl ConnectionTrait, runs: Vec<run::Model>) -> Result<Vec<RunView>, StoreError> {
+    let plan_ids: Vec<Uuid> = runs.iter().map(|r| r.plan_id).collect();
+    let plans: HashMap<Uuid, plan::Model> = plan::Entity::find()
+        .filter(plan::Column::Id.is_in(plan_ids.iter().copied()))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|p| (p.id, p))
+        .collect();
+    let step_names: HashMap<Uuid, (i32, String)> = step::Entity::find()
+        .filter(step::Column::PlanId.is_in(plan_ids))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|s| (s.id, (s.position, s.name)))
+        .collect();
+    let mut records: HashMap<Uuid, Vec<StepRecordView>> = HashMap::new();
+    let record_rows = step_record::Entity::find()
+        .filter(step_record::Column::RunId.is_in(runs.iter().map(|r| r.id)))
+        .all(db)
+        .await?;
+    for r in record_rows {
+        let (_, step_name) = step_names.get(&r.step_id).cloned().unwrap_or_default();
+        records.entry(r.run_id).or_default().push(StepRecordView {
+            id: r.id,
+            run_id: r.run_id,
+            step_id: r.step_id,
+            step_name,
+            state: StepState::parse(&r.state).unwrap_or(StepState::Pending),
+            failed: r.failed,
+            failure_reason: r.failure_reason,
+            created_at: r.created_at,
+            started_at: r.started_at,
+            completed_at: r.completed_at,
+        });
+    }
+    for list in records.values_mut() {
+        list.sort_by_key(|r| step_names.get(&r.step_id).map_or(i32::MAX, |(pos, _)| *pos));
+    }
+    Ok(runs
+        .into_iter()
+        .map(|r| {
+            let plan = plans.get(&r.plan_id);
+            RunView {
+                id: r.id,
+                plan_id: r.plan_id,
+                plan_name: plan.map(|p| p.name.clone()).unwrap_or_default(),
+                project_id: plan.map(|p| p.project_id).unwrap_or_default(),
+                state: RunState::parse(&r.state).unwrap_or(RunState::Failed),
+                owner: r.owner,
+                environment_data: env_from_json(&r.environment_data),
+                aborted: r.aborted,
+                failure_reason: r.failure_reason,
+                created_at: r.created_at,
+                started_at: r.started_at,
+                completed_at: r.completed_at,
+                step_records: records.remove(&r.id).unwrap_or_default(),
+            }
+        })
+        .collect())
+}
+
+/// One run with its step records.
+pub async fn get(db: &impl ConnectionTrait, id: Uuid) -> Result<RunView, StoreError> {
+    let row = run::Entity::find_by_id(id).one(db).await?.ok_or_else(|| StoreError::not_found("run", id))?;
+    Ok(views(db, vec![row]).await?.remove(0))
+}
+
+fn newest_first(query: sea_orm::Select<run::Entity>) -> sea_orm::Select<run::Entity> {
+    query.order_by_desc(run::Column::CreatedAt).order_by_desc(run::Column::Id)
+}
+
+/// Every run matching `filter`, newest first.
+pub async fn all(db: &impl ConnectionTrait, filter: &RunFilter) -> Result<Vec<RunView>, StoreError> {
+    let rows = newest_first(filtered(db, filter).await?).all(db).await?;
+    views(db, rows).await
+}
+
+/// One page of runs matching `filter`, newest first.
+pub async fn list(db: &impl ConnectionTrait, filter: &RunFilter, limit: u64, offset: u64) -> Result<Page<RunView>, StoreError> {
+    let (limit, offset) = clamp_page(limit, offset);
+    let query = filtered(db, filter).await?;
+    let total = query.clone().count(db).await?;
+    let rows = newest_first(query).limit(limit).offset(offset).all(db).await?;
+    Ok(Page { items: views(db, rows).await?, total, limit, offset })
+}
+
+async fn filtered(db: &impl ConnectionTrait, filter: &RunFilter) -> Result<sea_orm::Select<run::Entity>, StoreError> {
+    let mut query = run::Entity::find();
+    if let Some(plan_id) = filter.plan_id {
+        query = query.filter(run::Column::PlanId.eq(plan_id));
+    }
+    if let Some(project_id) = filter.project_id {
+        let plan_ids: Vec<Uuid> = plan::Entity::find()
+            .filter(plan::Column::ProjectId.eq(project_id))
+            .select_only()
+            .column(plan::Column::Id)
+            .into_tuple()
+            .all(db)
+            .await?;
+        query = query.filter(run::Column::PlanId.is_in(plan_ids));
+    }
+    if let Some(state) = filter.state {
+        query = query.filter(run::Column::State.eq(state.as_str()));
+    }
+    if let Some(owner) = &filter.owner {
+        query = query.filter(run::Column::Owner.eq(owner.as_str()));
+    }
+    Ok(query)
+}
+
+/// Records a new pending run of `plan_id` with one pending step record per step.
+pub async fn create<C: ConnectionTrait + TransactionTrait>(
+    db: &C,
+    plan_id: Uuid,
+    owner: Option<String>,
+    env: &Env,
+) -> Result<RunView, StoreError> {
+    let txn = db.begin().await?;
+    plan::Entity::find_by_id(plan_id).one(&txn).await?.ok_or_else(|| StoreError::not_found("plan", plan_id))?;
+    let now = Utc::now();
+    let id = Uuid::new_v4();
+    run::ActiveModel {
+        id: Set(id),
+        plan_id: Set(plan_id),
+        state: Set(RunState::Pending.as_str().to_string()),
+        owner: Set(owner),
+        environment_data: Set(env_to_json(env)),
+        aborted: Set(false),
+        failure_reason: Set(None),
+        created_at: Set(now),
+        started_at: Set(None),
+        completed_at: Set(None),
+        updated_at: Set(now),
+    }
+    .insert(&txn)
+    .await?;
+    let step_ids: Vec<Uuid> = step::Entity::find()
+        .filter(step::Column::PlanId.eq(plan_id))
+        .order_by_asc(step::Column::Position)
+        .select_only()
+        .column(step::Column::Id)
+        .into_tuple()
+        .all(&txn)
+        .await?;
+    if !step_ids.is_empty() {
+        let records = step_ids.into_iter().map(|step_id| step_record::ActiveModel {
+            id: Set(Uuid::new_v4()),
+            run_id: Set(id),
+            step_id: Set(step_id),
+            state: Set(StepState::Pending.as_str().to_string()),
+            failed: Set(false),
+            failure_reason: Set(None),
+            created_at: Set(now),
+            started_at: Set(None),
+            completed_at: Set(None),
+            updated_at: Set(now),
+        });
+        step_record::Entity::insert_many(records).exec(&txn).await?;
+    }
+    txn.commit().await?;
+    get(db, id).await
+}
+
+/// Moves run `id` to `state`, stamping `started_at`/`completed_at` as the state implies.
+pub async fn set_state(
+    db: &impl ConnectionTrait,
+    id: Uuid,
+    state: RunState,
+    failure_reason: Option<String>,
+) -> Result<(), StoreError> {
+    let now = Utc::now();
+    let mut row = run::ActiveModel {
+        id: Set(id),
+        state: Set(state.as_str().to_string()),
+        updated_at: Set(now),
+        ..Default::default()
+    };
+    if state == RunState::Running {
+        row.started_at = Set(Some(now));
+    }
+    if state.is_finished() {
+        row.completed_at = Set(Some(now));
+        row.aborted = Set(state == RunState::Aborted);
+        row.failure_reason = Set(failure_reason);
+    }
+    row.update(db).await.map_err(|e| match e {
+        sea_orm::DbErr::RecordNotUpdated => StoreError::not_found("run", id),
+        other => other.into(),
+    })?;
+    Ok(())
+}

@@ -1,0 +1,17 @@
+//! The database schema of loads, as sea-orm migrations applied at start.
+//!
+//! The same migrations serve SQLite (the embedded default) and PostgreSQL.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261127_000001_create_catalog;
+
+/// Applies every migration in order.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261127_000001_create_catalog::Migration)]
+    }
+}

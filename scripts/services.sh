@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Starts the services the test suite needs, on loopback only, and exports
+# where they are. Sourced by scripts/test; safe to run again (idempotent).
+
+# PostgreSQL: Debian's cluster, with a `loads` role that may create the
+# per-test databases. LOADS_TEST_POSTGRES_URL, when already set, wins.
+ensure_postgres() {
+  if [ -n "${LOADS_TEST_POSTGRES_URL:-}" ]; then
+    return 0
+  fi
+  if ! command -v pg_lsclusters >/dev/null 2>&1; then
+    echo "PostgreSQL is not installed: apt-get install postgresql (or set LOADS_TEST_POSTGRES_URL)" >&2
+    return 1
+  fi
+  local version cluster status
+  read -r version cluster _ status _ < <(pg_lsclusters -h | head -n 1) || true
+  if [ -z "${version:-}" ]; then
+    version=$(ls /usr/lib/postgresql | sort -V | tail -n 1)
+    cluster=main
+    pg_createcluster "$version" "$cluster" >/dev/null
+    status=down
+  fi
+  if [ "$status" != "online" ]; then
+    pg_ctlcluster "$version" "$cluster" start
+  fi
+  local port
+  port=$(pg_lsclusters -h | awk -v v="$version" -v c="$cluster" '$1==v && $2==c {print $3}')
+  local i
+  for i in $(seq 1 50); do
+    runuser -u postgres -- pg_isready -q -h 127.0.0.1 -p "$port" && break
+    sleep 0.2
+  done
+  runuser -u postgres -- psql -q -p "$port" -v ON_ERROR_STOP=1 <<'SQL'
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'loads') THEN
+    CREATE ROLE loads LOGIN PASSWORD 'loads' CREATEDB;
+  END IF;
+END
+$$;
+SQL
+  export LOADS_TEST_POSTGRES_URL="postgres://loads:loads@127.0.0.1:${port}/postgres"
+}
+
+# The OpenAPI validator the API tests run the served document through.
+ensure_python_tools() {
+  if ! python3 -c 'import openapi_spec_validator' >/dev/null 2>&1; then
+    python3 -m pip install --quiet --disable-pip-version-check 'openapi-spec-validator>=0.7,<0.8'
+  fi
+}

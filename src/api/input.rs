@@ -1,0 +1,152 @@
+//! Reading request input: ids in paths, query parameters and bodies, each
+//! refused with a 4xx that names what is wrong.
+
+use std::collections::HashMap;
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest};
+use futures_util::StreamExt;
+use loads_actors::domain::parse::{parse_document, DocumentFormat};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::error::ApiError;
+
+/// The page size used when `limit` is not given.
+pub const DEFAULT_LIMIT: u64 = 50;
+/// The largest page size.
+pub const MAX_LIMIT: u64 = 1000;
+
+/// Parses a path id; a malformed one is a 400 naming the parameter.
+pub fn id(raw: &str, name: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| {
+        ApiError::bad_request("invalid_id", format!("{name} must be a UUID, got {raw:?}")).at(name)
+    })
+}
+
+/// Query parameters by name (the last one wins when repeated).
+pub struct Query(HashMap<String, String>);
+
+impl Query {
+    /// Parses the request's query string.
+    pub fn of(req: &HttpRequest) -> Result<Self, ApiError> {
+        web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+            .map(|q| Self(q.into_inner().into_iter().collect()))
+            .map_err(|e| ApiError::bad_request("invalid_query", format!("malformed query string: {e}")))
+    }
+
+    /// A string parameter.
+    pub fn text(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str).filter(|v| !v.is_empty())
+    }
+
+    /// A non-negative integer parameter within `range`.
+    pub fn whole(&self, name: &str, range: std::ops::RangeInclusive<u64>) -> Result<Option<u64>, ApiError> {
+        let Some(raw) = self.text(name) else { return Ok(None) };
+        match raw.parse::<u64>() {
+            Ok(v) if range.contains(&v) => Ok(Some(v)),
+            _ => Err(ApiError::bad_request(
+                "invalid_query",
+                format!("{name} must be a whole number from {} to {}, got {raw:?}", range.start(), range.end()),
+            )
+            .at(name)),
+        }
+    }
+
+    /// A UUID parameter.
+    pub fn uuid(&self, name: &str) -> Result<Option<Uuid>, ApiError> {
+        self.text(name).map(|raw| id(raw, name)).transpose()
+    }
+
+    /// A boolean flag: `1`/`true`/`yes` or `0`/`false`/`no`.
+    pub fn flag(&self, name: &str) -> Result<bool, ApiError> {
+        match self.text(name).map(str::to_ascii_lowercase).as_deref() {
+            None | Some("0" | "false" | "no") => Ok(false),
+            Some("1" | "true" | "yes") => Ok(true),
+            Some(other) => Err(ApiError::bad_request("invalid_query", format!("{name} must be 1 or 0, got {other:?}")).at(name)),
+        }
+    }
+
+    /// `limit` and `offset`, defaulted and range-checked.
+    pub fn page(&self) -> Result<(u64, u64), ApiError> {
+        let limit = self.whole("limit", 1..=MAX_LIMIT)?.unwrap_or(DEFAULT_LIMIT);
+        let offset = self.whole("offset", 0..=i64::MAX as u64)?.unwrap_or(0);
+        Ok((limit, offset))
+    }
+}
+
+/// Reads the whole body, refusing more than `limit` bytes with a 413.
+pub async fn body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("the request body is larger than {limit} bytes"))
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut buf = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request("invalid_body", format!("could not read the request body: {e}")))?;
+        if buf.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+fn content_type(req: &HttpRequest) -> Option<&str> {
+    req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok())
+}
+
+/// The document format of the body: JSON, TOML or YAML by `Content-Type`
+/// (JSON when none is given); `json_only` refuses the other two.
+pub fn format(req: &HttpRequest, json_only: bool) -> Result<DocumentFormat, ApiError> {
+    let Some(ct) = content_type(req) else { return Ok(DocumentFormat::Json) };
+    match DocumentFormat::from_content_type(ct) {
+        Some(DocumentFormat::Json) => Ok(DocumentFormat::Json),
+        Some(f) if !json_only => Ok(f),
+        _ => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            if json_only {
+                format!("Content-Type {ct:?} is not accepted here; send application/json")
+            } else {
+                format!("Content-Type {ct:?} is not accepted here; send application/json, application/toml or application/yaml")
+            },
+        )),
+    }
+}
+
+/// Parses a body as a document; malformed text is a 400 saying where.
+pub fn document(bytes: &[u8], format: DocumentFormat) -> Result<Value, ApiError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| ApiError::bad_request("invalid_body", format!("the body is not UTF-8: {e}")))?;
+    if text.trim().is_empty() {
+        return Err(ApiError::bad_request("invalid_body", "the request body is empty; a document is required"));
+    }
+    parse_document(text, format).map_err(|e| {
+        let code = if format == DocumentFormat::Json { "invalid_json" } else { "invalid_document" };
+        ApiError::bad_request(code, e.0.first().map(|f| f.message.clone()).unwrap_or_default())
+    })
+}
+
+/// Reads and parses a body in one go; an empty body gives `None`.
+pub async fn optional_json(req: &HttpRequest, payload: web::Payload, limit: usize) -> Result<Option<Value>, ApiError> {
+    let format = format(req, true)?;
+    let bytes = body(req, payload, limit).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    document(&bytes, format).map(Some)
+}
+
+/// Reads and parses a required body.
+pub async fn required(req: &HttpRequest, payload: web::Payload, limit: usize, json_only: bool) -> Result<Value, ApiError> {
+    let format = format(req, json_only)?;
+    let bytes = body(req, payload, limit).await?;
+    document(&bytes, format)
+}

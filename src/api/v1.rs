@@ -1,0 +1,297 @@
+//! REST API v1 under `/api/v1`: projects, plans, runs and project import.
+//!
+//! Every handler reads its input, sends one message to the catalog actor and
+//! returns the answer. The `#[utoipa::path]` attributes are the OpenAPI
+//! document, so the document cannot drift from the routes.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use loads_actors::catalog::{
+    CreatePlan, CreateProject, DeletePlan, DeleteProject, ForkPlan, GetPlan, GetProject, GetRun, ImportProject,
+    ListPlans, ListProjects, ListRuns, Ping, UpdatePlan, UpdateProject,
+};
+use loads_actors::domain::views::{
+    ImportReport, Page, PlanSummary, PlanView, ProjectDetail, ProjectView, RunState, RunView,
+};
+use loads_actors::domain::{PlanSpec, ProjectSpec};
+use loads_actors::store::runs::RunFilter;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+
+use super::error::{ApiError, ErrorBody};
+use super::input::{self, Query};
+use super::ApiState;
+
+/// Paging parameters of every list.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// Page size, 1 to 1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u64>,
+    /// How many items to skip (default 0).
+    #[param(minimum = 0)]
+    pub offset: Option<u64>,
+}
+
+/// Filters and paging of the run list.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RunParams {
+    /// Runs of this plan.
+    pub plan_id: Option<uuid::Uuid>,
+    /// Runs of any plan of this project.
+    pub project_id: Option<uuid::Uuid>,
+    /// Runs in this state.
+    pub state: Option<RunState>,
+    /// Runs started by this owner.
+    pub owner: Option<String>,
+    /// Page size, 1 to 1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u64>,
+    /// How many items to skip (default 0).
+    #[param(minimum = 0)]
+    pub offset: Option<u64>,
+}
+
+/// Body of a fork request; all optional.
+#[derive(Deserialize, ToSchema)]
+pub struct ForkRequest {
+    /// Name of the copy; default `<name> (fork)`.
+    pub name: Option<String>,
+}
+
+/// The health answer.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// `ok`.
+    pub status: &'static str,
+    /// The broker's version.
+    pub version: &'static str,
+}
+
+type Reply = Result<HttpResponse, ApiError>;
+
+/// Answers 200 when the database answers.
+#[utoipa::path(get, path = "/health", tag = "health",
+    responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
+pub async fn health(state: web::Data<ApiState>) -> Reply {
+    state.catalog.send(Ping {}).await?.map_err(|e| {
+        tracing::warn!(error = %e, "health check failed");
+        ApiError::unavailable()
+    })?;
+    Ok(HttpResponse::Ok().json(Health { status: "ok", version: crate::VERSION }))
+}
+
+/// Lists projects by name.
+#[utoipa::path(get, path = "/api/v1/projects", tag = "projects", params(PageParams),
+    responses((status = 200, body = Page<ProjectView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_projects(state: web::Data<ApiState>, req: HttpRequest) -> Reply {
+    let (limit, offset) = Query::of(&req)?.page()?;
+    Ok(HttpResponse::Ok().json(state.catalog.send(ListProjects { limit, offset }).await??))
+}
+
+/// Creates a project, with plans if the body has them.
+#[utoipa::path(post, path = "/api/v1/projects", tag = "projects", request_body = ProjectSpec,
+    responses((status = 201, body = ProjectDetail), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+              (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_project(state: web::Data<ApiState>, req: HttpRequest, payload: web::Payload) -> Reply {
+    let document = input::required(&req, payload, state.max_body_bytes, true).await?;
+    Ok(HttpResponse::Created().json(state.catalog.send(CreateProject { document }).await??))
+}
+
+/// Imports a project file (JSON, TOML or YAML by `Content-Type`): creates the
+/// project when missing, creates or replaces its plans.
+#[utoipa::path(post, path = "/api/v1/projects/import", tag = "projects",
+    request_body(content((ProjectSpec = "application/json"), (String = "application/toml"), (String = "application/yaml"))),
+    responses((status = 200, description = "Existing project updated", body = ImportReport),
+              (status = 201, description = "Project created", body = ImportReport),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody),
+              (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn import_project(state: web::Data<ApiState>, req: HttpRequest, payload: web::Payload) -> Reply {
+    let document = input::required(&req, payload, state.max_body_bytes, false).await?;
+    let report: ImportReport = state.catalog.send(ImportProject { document }).await??;
+    let status = if report.project_created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok(HttpResponse::build(status).json(report))
+}
+
+/// Reads a project with its plan summaries.
+#[utoipa::path(get, path = "/api/v1/projects/{id}", tag = "projects",
+    params(("id" = uuid::Uuid, Path, description = "Project id")),
+    responses((status = 200, body = ProjectDetail), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_project(state: web::Data<ApiState>, path: web::Path<String>) -> Reply {
+    let id = input::id(&path, "id")?;
+    Ok(HttpResponse::Ok().json(state.catalog.send(GetProject { id }).await??))
+}
+
+/// Renames a project or changes its home page (`{name, home_page?}`).
+#[utoipa::path(put, path = "/api/v1/projects/{id}", tag = "projects",
+    params(("id" = uuid::Uuid, Path, description = "Project id")),
+    request_body = ProjectHeader,
+    responses((status = 200, body = ProjectDetail), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+              (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn update_project(state: web::Data<ApiState>, req: HttpRequest, path: web::Path<String>, payload: web::Payload) -> Reply {
+    let id = input::id(&path, "id")?;
+    let document = input::required(&req, payload, state.max_body_bytes, true).await?;
+    Ok(HttpResponse::Ok().json(state.catalog.send(UpdateProject { id, document }).await??))
+}
+
+/// The fields of a project itself.
+#[derive(Deserialize, ToSchema)]
+pub struct ProjectHeader {
+    /// Project name.
+    pub name: String,
+    /// Home page of the service under test.
+    pub home_page: Option<String>,
+}
+
+/// Deletes a project with its plans and finished runs.
+#[utoipa::path(delete, path = "/api/v1/projects/{id}", tag = "projects",
+    params(("id" = uuid::Uuid, Path, description = "Project id")),
+    responses((status = 204, description = "Deleted"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn delete_project(state: web::Data<ApiState>, path: web::Path<String>) -> Reply {
+    let id = input::id(&path, "id")?;
+    state.catalog.send(DeleteProject { id }).await??;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Lists a project's plans by name.
+#[utoipa::path(get, path = "/api/v1/projects/{id}/plans", tag = "plans",
+    params(("id" = uuid::Uuid, Path, description = "Project id"), PageParams),
+    responses((status = 200, body = Page<PlanSummary>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_plans(state: web::Data<ApiState>, req: HttpRequest, path: web::Path<String>) -> Reply {
+    let project_id = input::id(&path, "id")?;
+    let (limit, offset) = Query::of(&req)?.page()?;
+    Ok(HttpResponse::Ok().json(state.catalog.send(ListPlans { project_id, limit, offset }).await??))
+}
+
+/// Creates a plan with its steps.
+#[utoipa::path(post, path = "/api/v1/projects/{id}/plans", tag = "plans",
+    params(("id" = uuid::Uuid, Path, description = "Project id")),
+    request_body = PlanSpec,
+    responses((status = 201, body = PlanView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+              (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_plan(state: web::Data<ApiState>, req: HttpRequest, path: web::Path<String>, payload: web::Payload) -> Reply {
+    let project_id = input::id(&path, "id")?;
+    let document = input::required(&req, payload, state.max_body_bytes, true).await?;
+    Ok(HttpResponse::Created().json(state.catalog.send(CreatePlan { project_id, document }).await??))
+}
+
+/// Reads a plan with its steps.
+#[utoipa::path(get, path = "/api/v1/plans/{id}", tag = "plans",
+    params(("id" = uuid::Uuid, Path, description = "Plan id")),
+    responses((status = 200, body = PlanView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_plan(state: web::Data<ApiState>, path: web::Path<String>) -> Reply {
+    let id = input::id(&path, "id")?;
+    Ok(HttpResponse::Ok().json(state.catalog.send(GetPlan { id }).await??))
+}
+
+/// Replaces a plan. Once a plan has runs only its name, description and
+/// `enabled` may change (409 `plan_immutable` otherwise; fork it instead).
+#[utoipa::path(put, path = "/api/v1/plans/{id}", tag = "plans",
+    params(("id" = uuid::Uuid, Path, description = "Plan id")),
+    request_body = PlanSpec,
+    responses((status = 200, body = PlanView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+              (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn update_plan(state: web::Data<ApiState>, req: HttpRequest, path: web::Path<String>, payload: web::Payload) -> Reply {
+    let id = input::id(&path, "id")?;
+    let document = input::required(&req, payload, state.max_body_bytes, true).await?;
+    Ok(HttpResponse::Ok().json(state.catalog.send(UpdatePlan { id, document }).await??))
+}
+
+/// Deletes a plan with its steps and finished runs.
+#[utoipa::path(delete, path = "/api/v1/plans/{id}", tag = "plans",
+    params(("id" = uuid::Uuid, Path, description = "Plan id")),
+    responses((status = 204, description = "Deleted"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn delete_plan(state: web::Data<ApiState>, path: web::Path<String>) -> Reply {
+    let id = input::id(&path, "id")?;
+    state.catalog.send(DeletePlan { id }).await??;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Copies a plan into a new editable plan of the same project.
+#[utoipa::path(post, path = "/api/v1/plans/{id}/fork", tag = "plans",
+    params(("id" = uuid::Uuid, Path, description = "Plan id")),
+    request_body(content = Option<ForkRequest>, description = "Optional; the copy's name"),
+    responses((status = 201, body = PlanView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+              (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn fork_plan(state: web::Data<ApiState>, req: HttpRequest, path: web::Path<String>, payload: web::Payload) -> Reply {
+    let id = input::id(&path, "id")?;
+    let name = match input::optional_json(&req, payload, state.max_body_bytes).await? {
+        None => None,
+        Some(body) => fork_name(&body)?,
+    };
+    Ok(HttpResponse::Created().json(state.catalog.send(ForkPlan { id, name }).await??))
+}
+
+fn fork_name(body: &Value) -> Result<Option<String>, ApiError> {
+    let unprocessable = |path: &str, message: &str| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", format!("{path}: {message}")).at(path)
+    };
+    let Value::Object(map) = body else { return Err(unprocessable("", "must be an object")) };
+    if let Some(key) = map.keys().find(|k| k.as_str() != "name") {
+        return Err(unprocessable(key, "unknown field (expected: name)"));
+    }
+    match map.get("name") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if !s.trim().is_empty() => Ok(Some(s.clone())),
+        Some(_) => Err(unprocessable("name", "must be a non-empty string")),
+    }
+}
+
+/// Lists runs, newest first, with optional filters.
+#[utoipa::path(get, path = "/api/v1/runs", tag = "runs", params(RunParams),
+    responses((status = 200, body = Page<RunView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_runs(state: web::Data<ApiState>, req: HttpRequest) -> Reply {
+    let query = Query::of(&req)?;
+    let (limit, offset) = query.page()?;
+    let state_filter = match query.text("state") {
+        None => None,
+        Some(raw) => Some(RunState::parse(raw).ok_or_else(|| {
+            let names: Vec<&str> = RunState::ALL.iter().map(|s| s.as_str()).collect();
+            ApiError::bad_request("invalid_query", format!("state must be one of {}, got {raw:?}", names.join(", "))).at("state")
+        })?),
+    };
+    let filter = RunFilter {
+        plan_id: query.uuid("plan_id")?,
+        project_id: query.uuid("project_id")?,
+        state: state_filter,
+        owner: query.text("owner").map(str::to_string),
+    };
+    Ok(HttpResponse::Ok().json(state.catalog.send(ListRuns { filter, limit, offset }).await??))
+}
+
+/// Reads a run with its step records.
+#[utoipa::path(get, path = "/api/v1/runs/{id}", tag = "runs",
+    params(("id" = uuid::Uuid, Path, description = "Run id")),
+    responses((status = 200, body = RunView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_run(state: web::Data<ApiState>, path: web::Path<String>) -> Reply {
+    let id = input::id(&path, "id")?;
+    Ok(HttpResponse::Ok().json(state.catalog.send(GetRun { id }).await??))
+}

@@ -1,0 +1,152 @@
+//! The `loads` command line: `serve`, `plan validate`, `import`, `config show`.
+
+mod plan;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use actix::Actor;
+use clap::{Parser, Subcommand};
+use loads_actors::catalog::ImportProject;
+use loads_actors::{store, CatalogActor};
+
+use crate::config::{LogFormat, Settings};
+use crate::startup::Application;
+use crate::telemetry;
+
+const EXAMPLES: &str = "\
+Examples:
+  loads serve                                  serve the API on 127.0.0.1:8080 with ./loads.db
+  LOADS__SERVER__PORT=9000 loads serve         any setting can come from LOADS__SECTION__KEY
+  loads plan validate examples/quickstart.toml check a project or plan file
+  loads import examples/quickstart.toml        load a project file into the database
+  loads config show                            print the effective configuration (secrets masked)";
+
+/// loads: run Docker load generators on many machines, with honest numbers.
+#[derive(Debug, Parser)]
+#[command(name = "loads", version, about, after_help = EXAMPLES)]
+pub struct Cli {
+    /// Configuration file (TOML); default ./loads.toml when present.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log format; overrides log.format.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the REST API (v1 and loads v2 compatibility).
+    #[command(after_help = "Examples:\n  loads serve\n  LOADS__SERVER__PORT=0 LOADS__DATABASE__URL=sqlite:///tmp/x.db loads serve")]
+    Serve,
+    /// Work with plan files.
+    #[command(subcommand)]
+    Plan(PlanCommand),
+    /// Import a project file (JSON, TOML or YAML) into the configured database.
+    #[command(after_help = "Examples:\n  loads import examples/quickstart.toml\n  loads import pushgo.json\n\n\
+        Plans are created, or replaced when they changed; a plan that has runs keeps its steps.")]
+    Import {
+        /// The project file.
+        file: PathBuf,
+    },
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// `loads plan ...`.
+#[derive(Debug, Subcommand)]
+pub enum PlanCommand {
+    /// Check a project file or a single plan and print every problem with its path.
+    #[command(after_help = "Examples:\n  loads plan validate examples/quickstart.toml\n  \
+        loads plan validate plan.yaml --env TARGET=http://svc:8080\n\n\
+        Exit status: 0 when valid, 1 when not, 2 when the file cannot be read.")]
+    Validate {
+        /// A project file ({name, plans}) or a plan ({name, steps}); .json, .toml, .yaml or .yml.
+        file: PathBuf,
+        /// A run environment variable, so `$KEY` in the plan counts as defined.
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+    },
+}
+
+/// `loads config ...`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration as TOML, secrets masked.
+    #[command(after_help = "Examples:\n  loads config show\n  LOADS__SERVER__PORT=9000 loads config show")]
+    Show,
+}
+
+/// Runs the command; the exit code says how it went.
+pub async fn run(cli: Cli) -> ExitCode {
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Command::Plan(PlanCommand::Validate { file, env }) = &cli.command {
+        return plan::validate(file, env, &settings.limits());
+    }
+    telemetry::init(cli.log_format.unwrap_or(settings.log_format()), &settings.log.level);
+    let result = match cli.command {
+        Command::Serve => serve(&settings).await,
+        Command::Import { file } => import(&settings, &file).await,
+        Command::Config(ConfigCommand::Show) => {
+            print!("{}", settings.to_masked_toml());
+            Ok(())
+        }
+        Command::Plan(_) => unreachable!("handled above"),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(settings: &Settings) -> anyhow::Result<()> {
+    let app = Application::build(settings).await?;
+    app.run_until_stopped().await?;
+    Ok(())
+}
+
+async fn import(settings: &Settings, file: &std::path::Path) -> anyhow::Result<()> {
+    let document = plan::read_document(file)?;
+    let db = store::connect(settings.database.url.expose()).await?;
+    let catalog = CatalogActor::new(db, settings.limits()).start();
+    let report = match catalog.send(ImportProject { document }).await? {
+        Ok(report) => report,
+        Err(store::StoreError::Invalid(errors)) => anyhow::bail!("{}: {errors}", file.display()),
+        Err(e) => return Err(e.into()),
+    };
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
+    let project = &report.project.project;
+    println!(
+        "{} project {:?} ({})",
+        if report.project_created { "created" } else { "updated" },
+        project.name,
+        project.id
+    );
+    for plan in &report.project.plans {
+        let what = if report.created.contains(&plan.name) {
+            "created"
+        } else if report.updated.contains(&plan.name) {
+            "updated"
+        } else {
+            "unchanged"
+        };
+        println!("  plan {:?} {} ({} steps): {what}", plan.name, plan.id, plan.step_count);
+    }
+    Ok(())
+}

@@ -1,0 +1,398 @@
+//! Configuration: built-in defaults, then `loads.toml` (or `--config FILE`),
+//! then `LOADS__SECTION__KEY` environment variables.
+//!
+//! Unknown keys and bad values are errors naming the key, so a typo in a
+//! variable name cannot silently fall back to a default. Secrets print masked.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::Path;
+
+use config::{Config, Environment, File, FileFormat};
+use loads_actors::domain::Limits;
+use serde::{Deserialize, Serialize, Serializer};
+
+/// The built-in defaults, as a TOML document (also the reference of every key).
+pub const DEFAULTS: &str = r#"
+[server]
+host = "127.0.0.1"
+port = 8080
+max_body_bytes = 1048576
+
+[database]
+url = "sqlite://loads.db"
+
+[broker]
+id = "loads"
+
+[auth]
+tokens = []
+
+[limits]
+max_instance_count = 100
+max_steps_per_plan = 50
+
+[log]
+format = "human"
+level = "info"
+"#;
+
+/// Every setting of the broker.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// The HTTP server.
+    pub server: ServerSettings,
+    /// The database.
+    pub database: DatabaseSettings,
+    /// This broker's identity.
+    pub broker: BrokerSettings,
+    /// API authentication.
+    pub auth: AuthSettings,
+    /// Caps on what plans may ask for.
+    pub limits: LimitSettings,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+/// The HTTP server.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address to bind; without auth tokens only a loopback address is allowed.
+    pub host: String,
+    /// Port to bind; 0 picks a free one.
+    pub port: u16,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+/// The database.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `sqlite://FILE` or `postgres://user:password@host/db`.
+    pub url: DatabaseUrl,
+}
+
+/// This broker's identity.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerSettings {
+    /// Tags every resource this broker creates, so it only ever cleans up its own.
+    pub id: String,
+}
+
+/// API authentication.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Bearer tokens accepted by the API; empty = no auth (loopback only).
+    pub tokens: Vec<Secret>,
+}
+
+/// Caps on what plans may ask for.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Largest `instance_count` of one step.
+    pub max_instance_count: u32,
+    /// Most steps in one plan.
+    pub max_steps_per_plan: usize,
+}
+
+/// Logging.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// `human` or `json`.
+    pub format: String,
+    /// A tracing filter, e.g. `info` or `loads=debug,info`; `RUST_LOG` wins.
+    pub level: String,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    /// Parses `human` or `json`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "human" => Some(Self::Human),
+            "json" => Some(Self::Json),
+            _ => None,
+        }
+    }
+}
+
+/// A secret string: read from configuration, never printed.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for comparing or sending.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"********\"")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("********")
+    }
+}
+
+/// A database URL whose password is masked when printed.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// The URL itself, for connecting.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced by `********`.
+    pub fn masked(&self) -> String {
+        let url = &self.0;
+        let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return url.clone() };
+        let rest = &url[scheme_end..];
+        let Some(at) = rest.find('@') else { return url.clone() };
+        match rest[..at].find(':') {
+            Some(colon) => format!("{}{}:********{}", &url[..scheme_end], &rest[..colon], &rest[at..]),
+            None => url.clone(),
+        }
+    }
+
+    fn is_sqlite(&self) -> bool {
+        self.0.starts_with("sqlite:")
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.masked())
+    }
+}
+
+impl Serialize for DatabaseUrl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.masked())
+    }
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A source could not be read or a value has the wrong type.
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    /// A key that no setting has.
+    #[error("configuration: unknown key `{key}` (known here: {known})")]
+    Unknown {
+        /// The full key, e.g. `server.prot`.
+        key: String,
+        /// The keys known at that level.
+        known: String,
+    },
+    /// A value is well-typed but not acceptable.
+    #[error("configuration: {key}: {message}")]
+    Invalid {
+        /// The key, e.g. `database.url`.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The first key of `tree` that `reference` (the defaults) does not have, with the known keys beside it.
+fn unknown_key(tree: &serde_json::Value, reference: &serde_json::Value, prefix: &str) -> Option<(String, String)> {
+    let (serde_json::Value::Object(tree), serde_json::Value::Object(reference)) = (tree, reference) else { return None };
+    for (key, value) in tree {
+        let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        match reference.get(key) {
+            None => return Some((path, reference.keys().cloned().collect::<Vec<_>>().join(", "))),
+            Some(inner) => {
+                if let Some(found) = unknown_key(value, inner, &path) {
+                    return Some(found);
+                }
+            }
+        }
+    }
+    None
+}
+
+impl Settings {
+    /// Loads the settings: defaults, then `file` (or `./loads.toml` when present), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// Like `load`, with the environment given explicitly.
+    pub fn load_from(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
+        builder = match file {
+            Some(path) => builder.add_source(File::from(path).format(FileFormat::Toml).required(true)),
+            None => builder.add_source(File::new("loads.toml", FileFormat::Toml).required(false)),
+        };
+        let vars: config::Map<String, String> = env.into_iter().filter(|(k, _)| k.starts_with("LOADS__")).collect();
+        builder = builder.add_source(
+            Environment::with_prefix("LOADS")
+                .prefix_separator("__")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("auth.tokens")
+                .try_parsing(true)
+                .source(Some(vars)),
+        );
+        let merged = builder.build()?;
+        let tree: serde_json::Value = merged.clone().try_deserialize()?;
+        let defaults: serde_json::Value = toml::from_str(DEFAULTS).expect("built-in defaults are valid TOML");
+        if let Some((key, known)) = unknown_key(&tree, &defaults, "") {
+            return Err(ConfigError::Unknown { key, known });
+        }
+        let settings: Settings = merged.try_deserialize()?;
+        settings.check()?;
+        Ok(settings)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| Err(ConfigError::Invalid { key, message: message.to_string() });
+        let url = self.database.url.expose();
+        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return invalid("database.url", "must start with sqlite:, postgres:// or postgresql://");
+        }
+        if self.server.host.trim().is_empty() {
+            return invalid("server.host", "must not be empty");
+        }
+        if self.server.max_body_bytes < 1024 {
+            return invalid("server.max_body_bytes", "must be at least 1024");
+        }
+        if self.broker.id.is_empty()
+            || self.broker.id.len() > 64
+            || !self.broker.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return invalid("broker.id", "must be 1-64 letters, digits, - or _");
+        }
+        if self.auth.tokens.iter().any(|t| t.expose().len() < 16) {
+            return invalid("auth.tokens", "every token must be at least 16 characters long");
+        }
+        if self.limits.max_instance_count == 0 {
+            return invalid("limits.max_instance_count", "must be at least 1");
+        }
+        if self.limits.max_steps_per_plan == 0 {
+            return invalid("limits.max_steps_per_plan", "must be at least 1");
+        }
+        if LogFormat::parse(&self.log.format).is_none() {
+            return invalid("log.format", "must be `human` or `json`");
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return invalid("log.level", "must be a tracing filter such as `info` or `loads=debug,info`");
+        }
+        Ok(())
+    }
+
+    /// The configured log format (checked at load).
+    pub fn log_format(&self) -> LogFormat {
+        LogFormat::parse(&self.log.format).unwrap_or(LogFormat::Human)
+    }
+
+    /// Whether API requests need a token.
+    pub fn auth_enabled(&self) -> bool {
+        !self.auth.tokens.is_empty()
+    }
+
+    /// Whether `server.host` is a loopback address (or `localhost`).
+    pub fn binds_loopback_only(&self) -> bool {
+        let host = self.server.host.trim_matches(|c| c == '[' || c == ']');
+        host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    }
+
+    /// The plan validation limits.
+    pub fn limits(&self) -> Limits {
+        Limits { max_instance_count: self.limits.max_instance_count, max_steps_per_plan: self.limits.max_steps_per_plan }
+    }
+
+    /// Whether the database is an embedded SQLite file.
+    pub fn uses_sqlite(&self) -> bool {
+        self.database.url.is_sqlite()
+    }
+
+    /// The effective configuration as TOML, secrets masked.
+    pub fn to_masked_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_are_loopback_port_8080_and_sqlite() {
+        let s = Settings::load_from(None, env(&[])).unwrap();
+        assert_eq!(s.server.host, "127.0.0.1");
+        assert_eq!(s.server.port, 8080);
+        assert_eq!(s.database.url.expose(), "sqlite://loads.db");
+        assert!(!s.auth_enabled());
+    }
+
+    #[test]
+    fn environment_variables_override_defaults() {
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("LOADS__SERVER__PORT", "0"),
+                ("LOADS__DATABASE__URL", "sqlite:///tmp/x.db"),
+                ("LOADS__AUTH__TOKENS", "0123456789abcdef0,fedcba9876543210f"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.server.port, 0);
+        assert_eq!(s.database.url.expose(), "sqlite:///tmp/x.db");
+        assert_eq!(s.auth.tokens.len(), 2);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let err = Settings::load_from(None, env(&[("LOADS__SERVER__PROT", "1")])).unwrap_err().to_string();
+        assert!(err.contains("unknown key `server.prot`"), "{err}");
+        let err = Settings::load_from(None, env(&[("LOADS__SERVER__PORT", "eighty")])).unwrap_err().to_string();
+        assert!(err.contains("server.port"), "{err}");
+        let err = Settings::load_from(None, env(&[("LOADS__DATABASE__URL", "mysql://x")])).unwrap_err().to_string();
+        assert!(err.contains("database.url"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_masked_when_shown() {
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("LOADS__DATABASE__URL", "postgres://loads:hunter2@127.0.0.1/loads"),
+                ("LOADS__AUTH__TOKENS", "supersecrettoken0"),
+            ]),
+        )
+        .unwrap();
+        let shown = s.to_masked_toml();
+        assert!(!shown.contains("hunter2") && !shown.contains("supersecrettoken0"), "{shown}");
+        assert!(shown.contains("postgres://loads:********@127.0.0.1/loads"), "{shown}");
+    }
+}

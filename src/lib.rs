@@ -1,0 +1,12 @@
+//! loads: a load-test orchestrator. This crate is the binary's face: the CLI,
+//! the HTTP API, configuration, logging, and `startup`, which wires the actor
+//! system of `loads-actors` to the HTTP server.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod startup;
+pub mod telemetry;
+
+/// This build's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,169 @@
+//! The `loads` binary: plan validation, import, configuration, help.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::helpers::fixtures;
+
+fn loads(args: &[&str], env: &[(&str, &str)], dir: &Path) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_loads"));
+    cmd.args(args).current_dir(dir);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("LOADS__")) {
+        cmd.env_remove(k);
+    }
+    cmd.envs(env.iter().copied());
+    cmd.output().expect("run loads")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The loads v2 fixture validates as is.
+#[test]
+fn plan_validate_accepts_the_loads_v2_project_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = fixtures().join("loads-broker/pushgo.json");
+    let out = loads(&["plan", "validate", file.to_str().unwrap()], &[], dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("ok: project \"Push Testing\", 2 plan(s), 3 step(s)"), "{}", text(&out.stdout));
+}
+
+/// Every problem is printed with its path, and the exit status is 1.
+#[test]
+fn plan_validate_prints_every_problem_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plan.toml");
+    std::fs::write(
+        &file,
+        r#"
+name = "broken"
+[[steps]]
+name = "a"
+container_name = "gen"
+run_max_time = -1
+port_mapping = "80"
+[[steps]]
+name = "a"
+container_name = "gen:$VERSION"
+"#,
+    )
+    .unwrap();
+    let out = loads(&["plan", "validate", file.to_str().unwrap()], &[], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    for line in [
+        "4 problems",
+        "steps[0].run_max_time: must be >= 0",
+        "steps[0].port_mapping: \"80\" must be container_port:host_port",
+        "steps[1].name: duplicate step name \"a\" (also steps[0])",
+        "steps[1].container_name: unknown variable `$VERSION`",
+    ] {
+        assert!(err.contains(line), "missing {line:?} in:\n{err}");
+    }
+}
+
+/// `--env` defines run variables, YAML works, and an unreadable file is exit status 2.
+#[test]
+fn plan_validate_takes_run_env_and_reports_unreadable_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plan.yaml");
+    std::fs::write(&file, "name: p\nsteps:\n  - name: gen\n    container_name: gen\n    additional_command_args: $TARGET\n").unwrap();
+    let out = loads(&["plan", "validate", file.to_str().unwrap()], &[], dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let out = loads(&["plan", "validate", file.to_str().unwrap(), "--env", "TARGET=http://svc"], &[], dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("ok: plan \"p\""));
+
+    let out = loads(&["plan", "validate", "missing.json"], &[], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("cannot read missing.json"), "{}", text(&out.stderr));
+    let out = loads(&["plan", "validate", "plan.txt"], &[], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("name it .json, .toml, .yaml or .yml"), "{}", text(&out.stderr));
+}
+
+/// `import` loads a project file into the configured database, idempotently.
+#[test]
+fn import_loads_a_project_file_into_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("cli.db").display());
+    let file = fixtures().join("loads-broker/pushgo.json");
+    let env = [("LOADS__DATABASE__URL", url.as_str()), ("LOADS__LOG__LEVEL", "warn")];
+    let out = loads(&["import", file.to_str().unwrap()], &env, dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("created project \"Push Testing\""), "{stdout}");
+    assert!(stdout.contains("plan \"Single Server\"") && stdout.contains("(2 steps): created"), "{stdout}");
+    let again = loads(&["import", file.to_str().unwrap()], &env, dir.path());
+    assert!(again.status.success());
+    assert!(text(&again.stdout).contains("(2 steps): unchanged"), "{}", text(&again.stdout));
+
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"name": "x", "plans": [{"name": "p", "steps": [{"name": "s", "instance_count": 0}]}]}"#).unwrap();
+    let out = loads(&["import", bad.to_str().unwrap()], &env, dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("plans[0].steps[0].instance_count: must be at least 1"), "{err}");
+    assert!(err.contains("plans[0].steps[0].container_name: is required"), "{err}");
+}
+
+/// `config show` prints the layered configuration with secrets masked.
+#[test]
+fn config_show_layers_file_and_environment_and_masks_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("loads.toml"), "[server]\nport = 9000\n[broker]\nid = \"from-file\"\n").unwrap();
+    let env = [
+        ("LOADS__BROKER__ID", "from-env"),
+        ("LOADS__DATABASE__URL", "postgres://loads:s3cret-pw@127.0.0.1/loads"),
+        ("LOADS__AUTH__TOKENS", "abcdefghijklmnop-secret"),
+    ];
+    let out = loads(&["config", "show"], &env, dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown: toml::Value = toml::from_str(&text(&out.stdout)).expect("TOML output");
+    assert_eq!(shown["server"]["port"].as_integer(), Some(9000), "from loads.toml");
+    assert_eq!(shown["server"]["host"].as_str(), Some("127.0.0.1"), "built-in default");
+    assert_eq!(shown["broker"]["id"].as_str(), Some("from-env"), "environment wins over the file");
+    assert_eq!(shown["database"]["url"].as_str(), Some("postgres://loads:********@127.0.0.1/loads"));
+    assert_eq!(shown["auth"]["tokens"].as_array().unwrap()[0].as_str(), Some("********"));
+    let all = text(&out.stdout);
+    assert!(!all.contains("s3cret-pw") && !all.contains("abcdefghijklmnop-secret"));
+
+    let explicit = dir.path().join("other.toml");
+    std::fs::write(&explicit, "[server]\nport = 9100\n").unwrap();
+    let out = loads(&["--config", explicit.to_str().unwrap(), "config", "show"], &[], dir.path());
+    let shown: toml::Value = toml::from_str(&text(&out.stdout)).unwrap();
+    assert_eq!(shown["server"]["port"].as_integer(), Some(9100), "--config replaces ./loads.toml");
+}
+
+/// Unknown keys and bad values stop the command with the key named.
+#[test]
+fn bad_configuration_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (env, key) in [
+        (("LOADS__SERVER__PROT", "1"), "unknown key `server.prot`"),
+        (("LOADS__SERVER__PORT", "http"), "server.port"),
+        (("LOADS__LOG__FORMAT", "xml"), "log.format"),
+        (("LOADS__DATABASE__URL", "mysql://db"), "database.url"),
+    ] {
+        let out = loads(&["config", "show"], &[env], dir.path());
+        assert_eq!(out.status.code(), Some(2), "{env:?}");
+        let err = text(&out.stderr);
+        assert!(err.contains(key), "{env:?}: {err}");
+    }
+    std::fs::write(dir.path().join("loads.toml"), "[sever]\nport = 1\n").unwrap();
+    let out = loads(&["config", "show"], &[], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("unknown key `sever`"), "{}", text(&out.stderr));
+}
+
+/// Help text has examples for the top level and each command.
+#[test]
+fn help_has_examples() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [vec!["--help"], vec!["serve", "--help"], vec!["plan", "validate", "--help"], vec!["import", "--help"], vec!["config", "show", "--help"]] {
+        let out = loads(&args, &[], dir.path());
+        assert!(out.status.success(), "{args:?}");
+        assert!(text(&out.stdout).contains("Examples:"), "{args:?}: {}", text(&out.stdout));
+    }
+}

@@ -1,0 +1,239 @@
+//! The test harness: a broker per test with its own database, and an HTTP client.
+
+use std::path::PathBuf;
+
+use awc::http::StatusCode;
+use loads::config::Settings;
+use loads::startup::{Application, ServerHandle};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// Which database a test runs against.
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs each test body once against SQLite and once against PostgreSQL, as
+/// `<name>::sqlite` and `<name>::postgres`.
+macro_rules! on_both_databases {
+    ($(
+        $(#[$doc:meta])*
+        async fn $name:ident($app:ident) $body:block
+    )*) => {$(
+        $(#[$doc])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn body($app: $crate::helpers::TestApp) $body
+
+            #[actix_web::test]
+            async fn sqlite() {
+                body($crate::helpers::TestApp::spawn($crate::helpers::Backend::Sqlite, &[]).await).await
+            }
+
+            #[actix_web::test]
+            async fn postgres() {
+                body($crate::helpers::TestApp::spawn($crate::helpers::Backend::Postgres, &[]).await).await
+            }
+        }
+    )*};
+}
+pub(crate) use on_both_databases;
+
+/// A database created for one test and removed when the test ends, failed or not.
+enum TestDatabase {
+    Sqlite(#[allow(dead_code)] tempfile::TempDir),
+    Postgres { admin_url: String, name: String },
+}
+
+impl TestDatabase {
+    async fn create(backend: Backend) -> (Self, String) {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}", dir.path().join("loads.db").display());
+                (Self::Sqlite(dir), url)
+            }
+            Backend::Postgres => {
+                let admin_url = std::env::var("LOADS_TEST_POSTGRES_URL").expect(
+                    "LOADS_TEST_POSTGRES_URL is not set: run the suite with scripts/test, which starts PostgreSQL",
+                );
+                let name = format!("loads_test_{}", Uuid::new_v4().simple());
+                run_admin_sql(&admin_url, &format!("CREATE DATABASE {name}")).await;
+                let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(base, _)| base);
+                let url = format!("{base}/{name}");
+                (Self::Postgres { admin_url, name }, url)
+            }
+        }
+    }
+}
+
+async fn run_admin_sql(admin_url: &str, sql: &str) {
+    use sea_orm::{ConnectionTrait, Database};
+    let db = Database::connect(admin_url).await.expect("connect to PostgreSQL as admin");
+    db.execute_unprepared(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    db.close().await.ok();
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let Self::Postgres { admin_url, name } = self {
+            let (admin_url, sql) = (admin_url.clone(), format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+            // Drop cannot await; a short-lived runtime on its own thread does the cleanup.
+            let cleanup = std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime")
+                    .block_on(run_admin_sql(&admin_url, &sql));
+            });
+            let _ = cleanup.join();
+        }
+    }
+}
+
+/// A running broker and a client for it.
+pub struct TestApp {
+    pub base: String,
+    pub database_url: String,
+    pub token: Option<String>,
+    client: awc::Client,
+    server: ServerHandle,
+    _database: TestDatabase,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        // Sends the stop command; the server winds down with the test's system.
+        drop(self.server.stop(false));
+    }
+}
+
+/// Settings for a test broker: port 0, the given database, then `LOADS__...`-style overrides.
+pub fn settings(database_url: &str, overrides: &[(&str, &str)]) -> Settings {
+    let mut env = vec![
+        ("LOADS__SERVER__PORT".to_string(), "0".to_string()),
+        ("LOADS__DATABASE__URL".to_string(), database_url.to_string()),
+    ];
+    env.extend(overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    Settings::load_from(None, env).expect("test settings")
+}
+
+impl TestApp {
+    /// Starts a broker on a fresh database with `overrides` applied to its settings.
+    pub async fn spawn(backend: Backend, overrides: &[(&str, &str)]) -> Self {
+        let (database, database_url) = TestDatabase::create(backend).await;
+        let settings = settings(&database_url, overrides);
+        let app = Application::build(&settings).await.expect("build the broker");
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let server = app.handle();
+        actix_web::rt::spawn(app.run_until_stopped());
+        Self {
+            base,
+            database_url,
+            token: None,
+            client: awc::Client::builder().disable_timeout().finish(),
+            server,
+            _database: database,
+        }
+    }
+
+    fn request(&self, method: awc::http::Method, path: &str) -> awc::ClientRequest {
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        req
+    }
+
+    /// Sends a request with a raw body and returns the status and the JSON body (Null when empty).
+    pub async fn send(&self, method: &str, path: &str, content_type: Option<&str>, body: Vec<u8>) -> (StatusCode, Value) {
+        let method = awc::http::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.request(method, path);
+        if let Some(ct) = content_type {
+            req = req.insert_header(("content-type", ct));
+        }
+        let mut response = req.send_body(body).await.expect("request sent");
+        let bytes = response.body().limit(16 * 1024 * 1024).await.expect("response body");
+        let json = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("non-JSON body ({e}): {}", String::from_utf8_lossy(&bytes)))
+        };
+        (response.status(), json)
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.send("GET", path, None, Vec::new()).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        self.send("DELETE", path, None, Vec::new()).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.send("POST", path, Some("application/json"), body.to_string().into_bytes()).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.send("PUT", path, Some("application/json"), body.to_string().into_bytes()).await
+    }
+
+    /// Imports the loads v2 fixture and returns the import report.
+    pub async fn import_pushgo(&self) -> Value {
+        let (status, body) =
+            self.send("POST", "/api/v1/projects/import", Some("application/json"), pushgo_json().into_bytes()).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body
+    }
+
+    /// Creates a project with one plan from `plan` and returns the plan as the API shows it.
+    pub async fn create_plan(&self, plan: Value) -> Value {
+        let (status, project) = self.post("/api/v1/projects", &serde_json::json!({"name": format!("p-{}", Uuid::new_v4())})).await;
+        assert_eq!(status, StatusCode::CREATED, "{project}");
+        let (status, plan) = self.post(&format!("/api/v1/projects/{}/plans", project["id"].as_str().unwrap()), &plan).await;
+        assert_eq!(status, StatusCode::CREATED, "{plan}");
+        plan
+    }
+
+    /// Records a run of `plan_id` straight in the database, as the run engine does, and returns its id.
+    pub async fn record_run(&self, plan_id: &str, owner: Option<&str>) -> Uuid {
+        let db = loads_actors::store::connect(&self.database_url).await.expect("connect");
+        let plan_id = Uuid::parse_str(plan_id).expect("plan id");
+        let run = loads_actors::store::runs::create(&db, plan_id, owner.map(str::to_string), &Default::default())
+            .await
+            .expect("record run");
+        run.id
+    }
+
+    /// Moves a recorded run to `state`.
+    pub async fn set_run_state(&self, run_id: Uuid, state: loads_actors::domain::views::RunState) {
+        let db = loads_actors::store::connect(&self.database_url).await.expect("connect");
+        loads_actors::store::runs::set_state(&db, run_id, state, None).await.expect("set state");
+    }
+}
+
+/// The shared fixtures directory (`../shared/fixtures` beside the repository).
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
+}
+
+/// The loads v2 project file of the original broker.
+pub fn pushgo_json() -> String {
+    let path = fixtures().join("loads-broker/pushgo.json");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+/// A minimal valid plan document.
+pub fn plan_doc(name: &str) -> Value {
+    serde_json::json!({
+        "name": name,
+        "steps": [
+            {"name": "service", "container_name": "svc:1", "service": true, "dns_name": "svc"},
+            {"name": "load", "container_name": "gen:1", "run_delay": 5, "environment_data": {"TARGET": "http://svc"}}
+        ]
+    })
+}

@@ -1,0 +1,14 @@
+//! Integration tests: the real server on port 0 against a fresh SQLite file
+//! and a fresh PostgreSQL database per test, and the real `loads` binary.
+
+mod helpers;
+
+mod api_input;
+mod auth;
+mod cli;
+mod compat;
+mod immutability;
+mod openapi;
+mod paging;
+mod projects;
+mod validation;
