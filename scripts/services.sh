@@ -45,6 +45,8 @@ SQL
 # The OpenAPI validator the API tests run the served document through.
 ensure_python_tools() {
   if ! python3 -c 'import openapi_spec_validator' >/dev/null 2>&1; then
-    python3 -m pip install --quiet --disable-pip-version-check 'openapi-spec-validator>=0.7,<0.8'
+    local spec='openapi-spec-validator>=0.7'
+    python3 -m pip install --quiet --disable-pip-version-check "$spec" 2>/dev/null \
+      || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "$spec"
   fi
 }
