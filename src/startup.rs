@@ -14,7 +14,7 @@ use tracing_actix_web::TracingLogger;
 
 use crate::api::{self, auth::Tokens, ApiState};
 use crate::config::Settings;
-use crate::telemetry::RequestSpans;
+use crate::telemetry::{self, RequestSpans};
 
 /// A built, bound, not yet running broker.
 pub struct Application {
@@ -49,6 +49,7 @@ impl Application {
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(middleware::from_fn(api::auth::require_token))
+                .wrap(middleware::from_fn(telemetry::request_id_header))
                 .wrap(TracingLogger::<RequestSpans>::new())
                 .app_data(state.clone())
                 .app_data(tokens.clone())

@@ -48,6 +48,8 @@ async fn unauthorized_answers_carry_a_bearer_challenge() {
     let response = awc::Client::new().get(format!("{}/api/v1/runs", app.base)).send().await.expect("request");
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(response.headers().get("www-authenticate").and_then(|v| v.to_str().ok()), Some("Bearer realm=\"loads\""));
+    let request_id = response.headers().get("x-request-id").and_then(|v| v.to_str().ok()).expect("x-request-id");
+    assert!(uuid::Uuid::parse_str(request_id).is_ok(), "{request_id}");
 }
 
 /// Without tokens the API is open, on loopback.

@@ -64,8 +64,24 @@ on_both_databases! {
 
         let moar = plan_named(project, "Moar Servers");
         let (_, plan) = app.get(&format!("/api/v1/plans/{}", moar["id"].as_str().unwrap())).await;
-        assert_eq!(plan["steps"][0]["container_name"], "bbangert/pushgo:1.5rc3");
-        assert_eq!(plan["steps"][0]["run_max_time"], 840);
+        let third = &plan["steps"][0];
+        assert_eq!(third["name"], "Test Cluster");
+        assert_eq!(third["instance_count"], 3);
+        assert_eq!(third["instance_type"], "m3.large");
+        assert_eq!(third["instance_region"], "us-east-1");
+        assert_eq!(third["container_name"], "bbangert/pushgo:1.5rc3");
+        assert_eq!(third["container_url"], "https://s3.amazonaws.com/loads-docker-images/pushgo-1.5rc3.tar.bz2");
+        assert_eq!(third["run_max_time"], 840);
+        assert_eq!(third["prune_running"], true, "default");
+        assert_eq!(third["dns_name"], "testcluster.mozilla.org");
+        assert_eq!(third["port_mapping"], "8080:8090,8081:8081,3000:3000");
+        assert_eq!(third["volume_mapping"], "/var/log:/var/log/$RUN_ID:rw");
+        assert_eq!(third["docker_series"], "pushgo");
+        assert_eq!(third["environment_data"].as_object().unwrap().len(), 18);
+        assert_eq!(third["environment_data"]["PUSHGO_DEFAULT_PUSH_ENDPOINT_TEMPLATE"], "http://$HOST_IP:8081/update/{{.Token}}");
+        for flag in ["monitor", "service"] {
+            assert_eq!(third[flag], false);
+        }
     }
 
     /// Importing the same file again reports every plan unchanged and creates nothing.
