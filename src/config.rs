@@ -32,6 +32,14 @@ tokens = []
 max_instance_count = 100
 max_steps_per_plan = 50
 
+[pool]
+provider = "local"
+
+[docker]
+stop_grace_seconds = 15
+volume_root = "/var/tmp/loads/volumes"
+log_tail = 1000
+
 [log]
 format = "human"
 level = "info"
@@ -51,6 +59,10 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// Caps on what plans may ask for.
     pub limits: LimitSettings,
+    /// Where nodes come from.
+    pub pool: PoolSettings,
+    /// How containers are run.
+    pub docker: DockerSettings,
     /// Logging.
     pub log: LogSettings,
 }
@@ -99,6 +111,26 @@ pub struct LimitSettings {
     pub max_instance_count: u32,
     /// Most steps in one plan.
     pub max_steps_per_plan: usize,
+}
+
+/// Where nodes come from.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSettings {
+    /// `local`: every node is a set of containers on this machine's Docker engine.
+    pub provider: String,
+}
+
+/// How containers are run.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerSettings {
+    /// Seconds between SIGTERM and SIGKILL when a container is stopped.
+    pub stop_grace_seconds: u32,
+    /// The only host directory `volume_mapping` may mount from.
+    pub volume_root: String,
+    /// Lines of each container's output kept after it is removed.
+    pub log_tail: usize,
 }
 
 /// Logging.
@@ -297,6 +329,15 @@ impl Settings {
         if self.limits.max_steps_per_plan == 0 {
             return invalid("limits.max_steps_per_plan", "must be at least 1");
         }
+        if self.pool.provider != "local" {
+            return invalid("pool.provider", "must be `local`");
+        }
+        if !std::path::Path::new(&self.docker.volume_root).is_absolute() {
+            return invalid("docker.volume_root", "must be an absolute path");
+        }
+        if self.docker.log_tail == 0 {
+            return invalid("docker.log_tail", "must be at least 1");
+        }
         if LogFormat::parse(&self.log.format).is_none() {
             return invalid("log.format", "must be `human` or `json`");
         }
@@ -320,6 +361,18 @@ impl Settings {
     pub fn binds_loopback_only(&self) -> bool {
         let host = self.server.host.trim_matches(|c| c == '[' || c == ']');
         host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    }
+
+    /// How the run engine runs.
+    pub fn run_settings(&self) -> loads_actors::settings::RunSettings {
+        loads_actors::settings::RunSettings {
+            broker_id: self.broker.id.clone(),
+            broker_version: crate::VERSION.to_string(),
+            relay_image: crate::images::RELAY.to_string(),
+            stop_grace_secs: self.docker.stop_grace_seconds,
+            volume_root: self.docker.volume_root.clone().into(),
+            log_tail: self.docker.log_tail,
+        }
     }
 
     /// The plan validation limits.

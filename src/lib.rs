@@ -5,6 +5,8 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod images;
+pub mod relay;
 pub mod startup;
 pub mod telemetry;
 

@@ -9,12 +9,38 @@ use actix::Actor;
 use actix_web::dev::Server;
 use actix_web::{middleware, web, App, HttpServer};
 use anyhow::{bail, Context as _};
+use actix::Addr;
+use loads_actors::broker::BrokerActor;
+use loads_actors::pool::Ec2PoolActor;
 use loads_actors::{store, CatalogActor};
 use tracing_actix_web::TracingLogger;
 
 use crate::api::{self, auth::Tokens, ApiState};
 use crate::config::Settings;
 use crate::telemetry::{self, RequestSpans};
+
+/// The running actor system: what the web layer and the CLI talk to.
+#[derive(Clone)]
+pub struct Actors {
+    /// Projects, plans, steps and run records.
+    pub catalog: Addr<CatalogActor>,
+    /// The runs.
+    pub broker: Addr<BrokerActor>,
+}
+
+impl Actors {
+    /// Connects the database (applying migrations) and starts the actors.
+    /// Must be called inside an actix system.
+    pub async fn start(settings: &Settings) -> anyhow::Result<Self> {
+        let db = store::connect(settings.database.url.expose())
+            .await
+            .with_context(|| format!("cannot open the database {}", settings.database.url.masked()))?;
+        let catalog = CatalogActor::new(db.clone(), settings.limits()).start();
+        let pool = Ec2PoolActor::local(settings.broker.id.clone()).await.start();
+        let broker = BrokerActor::new(db, pool, settings.run_settings()).start();
+        Ok(Self { catalog, broker })
+    }
+}
 
 /// A built, bound, not yet running broker.
 pub struct Application {
@@ -36,11 +62,12 @@ impl Application {
                 settings.server.host
             );
         }
-        let db = store::connect(settings.database.url.expose())
-            .await
-            .with_context(|| format!("cannot open the database {}", settings.database.url.masked()))?;
-        let catalog = CatalogActor::new(db, settings.limits()).start();
-        let state = web::Data::new(ApiState { catalog, max_body_bytes: settings.server.max_body_bytes });
+        let actors = Actors::start(settings).await?;
+        let state = web::Data::new(ApiState {
+            catalog: actors.catalog,
+            broker: actors.broker,
+            max_body_bytes: settings.server.max_body_bytes,
+        });
         let tokens = web::Data::new(Tokens(settings.auth.tokens.iter().map(|t| t.expose().to_string()).collect()));
 
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))

@@ -5,8 +5,16 @@
 //! `store` is the only code that speaks SQL (through sea-orm). The actors own
 //! the state and are the only way the web layer reaches it.
 
+pub mod broker;
 pub mod catalog;
 pub mod domain;
+pub mod docker_node;
+pub mod feed;
+pub mod infra;
+pub mod pool;
+pub mod run_supervisor;
+pub mod settings;
+pub mod step;
 pub mod store;
 
 pub use catalog::CatalogActor;

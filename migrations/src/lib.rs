@@ -5,6 +5,7 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m20261127_000001_create_catalog;
+mod m20261128_000002_create_container;
 
 /// Applies every migration in order.
 pub struct Migrator;
@@ -12,6 +13,9 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261127_000001_create_catalog::Migration)]
+        vec![
+            Box::new(m20261127_000001_create_catalog::Migration),
+            Box::new(m20261128_000002_create_container::Migration),
+        ]
     }
 }

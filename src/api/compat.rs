@@ -7,7 +7,8 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
-use loads_actors::catalog::{DeleteProject, GetRun, ImportProject, ListRuns, ProjectTrees};
+use loads_actors::broker::{AbortRun as BrokerAbort, DeleteRun, StartRun};
+use loads_actors::catalog::{DeleteProject, GetRun, GetRun as GetRunState, ImportProject, ListRuns, ProjectTrees};
 use loads_actors::domain::views::{PlanTree, ProjectTree, RunView, StepView};
 use loads_actors::store::runs::RunFilter;
 use loads_actors::store::StoreError;
@@ -167,4 +168,40 @@ pub async fn get_run(state: web::Data<ApiState>, path: web::Path<String>) -> Rep
     let id = input::id(&path, "uuid")?;
     let run = state.catalog.send(GetRun { id }).await?.map_err(no_such("run"))?;
     Ok(ok(with("run", run_json(&run))))
+}
+
+/// `POST /api/orchestrate/{plan_uuid}?owner=`: starts a run; the body is the run env. `{run_id}`.
+pub async fn orchestrate(state: web::Data<ApiState>, req: HttpRequest, path: web::Path<String>, payload: web::Payload) -> Reply {
+    let plan_id = input::id(&path, "uuid")?;
+    let owner = Query::of(&req)?.text("owner").map(str::to_string);
+    let env = input::optional_json(&req, payload, state.max_body_bytes).await?;
+    let run = state.broker.send(StartRun { plan_id, owner, env }).await?.map_err(no_such("plan"))?;
+    Ok(ok(with("run_id", json!(run.id))))
+}
+
+/// `DELETE /api/orchestrate/{run_uuid}`: aborts a run.
+pub async fn abort(state: web::Data<ApiState>, path: web::Path<String>) -> Reply {
+    let run_id = input::id(&path, "uuid")?;
+    state.broker.send(BrokerAbort { run_id }).await?.map_err(no_such("run"))?;
+    Ok(ok(Map::new()))
+}
+
+/// `DELETE /api/run/{uuid}?purge=1&terminate=1`: stops a live run; with
+/// `purge`, deletes a finished run's record. A finished run without `purge`
+/// is 400 `Already terminated`, as in the original.
+pub async fn delete_run(state: web::Data<ApiState>, req: HttpRequest, path: web::Path<String>) -> Reply {
+    let run_id = input::id(&path, "uuid")?;
+    let query = Query::of(&req)?;
+    let purge = query.flag("purge")?;
+    query.flag("terminate")?;
+    let run = state.catalog.send(GetRunState { id: run_id }).await?.map_err(no_such("run"))?;
+    if !run.state.is_finished() {
+        state.broker.send(BrokerAbort { run_id }).await?.map_err(no_such("run"))?;
+        return Ok(ok(with("message", json!(if purge { "aborting; purge the run once it has ended" } else { "aborting" }))));
+    }
+    if !purge {
+        return Err(CompatError(ApiError::bad_request("already_terminated", "Already terminated")));
+    }
+    state.broker.send(DeleteRun { run_id }).await?.map_err(no_such("run"))?;
+    Ok(ok(Map::new()))
 }

@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod compat;
 pub mod error;
+pub mod events;
 pub mod input;
 pub mod openapi;
 pub mod v1;
@@ -14,6 +15,7 @@ pub mod v1;
 use actix::Addr;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse, Resource};
+use loads_actors::broker::BrokerActor;
 use loads_actors::CatalogActor;
 
 use error::ApiError;
@@ -23,6 +25,8 @@ use error::ApiError;
 pub struct ApiState {
     /// Projects, plans, steps and run records.
     pub catalog: Addr<CatalogActor>,
+    /// The runs.
+    pub broker: Addr<BrokerActor>,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
 }
@@ -63,13 +67,22 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                         .route(web::delete().to(v1::delete_plan)),
                 )
                 .service(resource("/plans/{id}/fork").route(web::post().to(v1::fork_plan)))
+                .service(resource("/plans/{id}/runs").route(web::post().to(v1::start_run)))
                 .service(resource("/runs").route(web::get().to(v1::list_runs)))
-                .service(resource("/runs/{id}").route(web::get().to(v1::get_run)))
+                .service(resource("/runs/{id}").route(web::get().to(v1::get_run)).route(web::delete().to(v1::delete_run)))
+                .service(resource("/runs/{id}/abort").route(web::post().to(v1::abort_run)))
+                .service(resource("/runs/{id}/logs").route(web::get().to(v1::run_logs)))
+                .service(resource("/runs/{id}/events").route(web::get().to(events::run_events)))
                 .default_service(web::to(not_found)),
         )
         .service(resource("/api").route(web::get().to(compat::root)))
         .service(resource("/api/project").route(web::get().to(compat::list_projects)).route(web::post().to(compat::create_project)))
         .service(resource("/api/project/{uuid}").route(web::get().to(compat::get_project)).route(web::delete().to(compat::delete_project)))
-        .service(resource("/api/run/{uuid}").route(web::get().to(compat::get_run)))
+        .service(resource("/api/run/{uuid}").route(web::get().to(compat::get_run)).route(web::delete().to(compat::delete_run)))
+        .service(
+            resource("/api/orchestrate/{uuid}")
+                .route(web::post().to(compat::orchestrate))
+                .route(web::delete().to(compat::abort)),
+        )
         .default_service(web::to(not_found));
 }

@@ -10,8 +10,9 @@ use loads_actors::catalog::{
     CreatePlan, CreateProject, DeletePlan, DeleteProject, ForkPlan, GetPlan, GetProject, GetRun, ImportProject,
     ListPlans, ListProjects, ListRuns, Ping, UpdatePlan, UpdateProject,
 };
+use loads_actors::broker::{AbortRun, DeleteRun, RunLogs, StartRun};
 use loads_actors::domain::views::{
-    ImportReport, Page, PlanSummary, PlanView, ProjectDetail, ProjectView, RunState, RunView,
+    ContainerView, ImportReport, Page, PlanSummary, PlanView, ProjectDetail, ProjectView, RunState, RunView,
 };
 use loads_actors::domain::{PlanSpec, ProjectSpec};
 use loads_actors::store::runs::RunFilter;
@@ -294,4 +295,105 @@ pub async fn list_runs(state: web::Data<ApiState>, req: HttpRequest) -> Reply {
 pub async fn get_run(state: web::Data<ApiState>, path: web::Path<String>) -> Reply {
     let id = input::id(&path, "id")?;
     Ok(HttpResponse::Ok().json(state.catalog.send(GetRun { id }).await??))
+}
+
+/// Body of a run request; all optional.
+#[derive(Deserialize, ToSchema)]
+pub struct RunRequest {
+    /// The run env: an object of strings, or a list of `KEY=VALUE`; wins over the plan's env defaults.
+    #[schema(value_type = Option<Object>)]
+    pub env: Option<Value>,
+    /// Who starts the run.
+    pub owner: Option<String>,
+}
+
+fn run_request(body: Option<Value>) -> Result<(Option<Value>, Option<String>), ApiError> {
+    let unprocessable = |path: &str, message: &str| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", format!("{path}: {message}")).at(path)
+    };
+    let Some(body) = body else { return Ok((None, None)) };
+    let Value::Object(map) = body else { return Err(unprocessable("", "must be an object")) };
+    if let Some(key) = map.keys().find(|k| !["env", "owner"].contains(&k.as_str())) {
+        return Err(unprocessable(key, "unknown field (expected: env, owner)"));
+    }
+    let owner = match map.get("owner") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= 200 => Some(s.clone()),
+        Some(_) => return Err(unprocessable("owner", "must be a non-empty string of at most 200 characters")),
+    };
+    Ok((map.get("env").cloned(), owner))
+}
+
+/// Starts a run of a plan; answers the recorded run (state `pending`). Follow
+/// it with `GET /api/v1/runs/{id}` or the websocket feed.
+#[utoipa::path(post, path = "/api/v1/plans/{id}/runs", tag = "runs",
+    params(("id" = uuid::Uuid, Path, description = "Plan id")),
+    request_body(content = Option<RunRequest>, description = "Optional run env and owner"),
+    responses((status = 201, body = RunView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+              (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn start_run(state: web::Data<ApiState>, req: HttpRequest, path: web::Path<String>, payload: web::Payload) -> Reply {
+    let plan_id = input::id(&path, "id")?;
+    let (env, owner) = run_request(input::optional_json(&req, payload, state.max_body_bytes).await?)?;
+    let run = state.broker.send(StartRun { plan_id, owner, env }).await??;
+    Ok(HttpResponse::Created().json(run))
+}
+
+/// Aborts a run in any state; idempotent. Answers the run as it is now.
+#[utoipa::path(post, path = "/api/v1/runs/{id}/abort", tag = "runs",
+    params(("id" = uuid::Uuid, Path, description = "Run id")),
+    responses((status = 202, body = RunView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn abort_run(state: web::Data<ApiState>, path: web::Path<String>) -> Reply {
+    let run_id = input::id(&path, "id")?;
+    Ok(HttpResponse::Accepted().json(state.broker.send(AbortRun { run_id }).await??))
+}
+
+/// Deletes a finished run and its records; a live run is a 409.
+#[utoipa::path(delete, path = "/api/v1/runs/{id}", tag = "runs",
+    params(("id" = uuid::Uuid, Path, description = "Run id")),
+    responses((status = 204, description = "Deleted"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn delete_run(state: web::Data<ApiState>, path: web::Path<String>) -> Reply {
+    let run_id = input::id(&path, "id")?;
+    state.broker.send(DeleteRun { run_id }).await??;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Filters of the logs route.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LogParams {
+    /// Only this step (by name).
+    pub step: Option<String>,
+    /// Only this node (e.g. `s1n0`).
+    pub node: Option<String>,
+    /// Only the last lines of each container, 1 to 100000.
+    #[param(minimum = 1, maximum = 100000)]
+    pub tail: Option<u64>,
+}
+
+/// The run's containers: exit codes and output.
+#[derive(Serialize, ToSchema)]
+pub struct RunLogsView {
+    /// One entry per container, relays included.
+    pub containers: Vec<ContainerView>,
+}
+
+/// The output and exit code of each container of a run, recorded when it was removed.
+#[utoipa::path(get, path = "/api/v1/runs/{id}/logs", tag = "runs",
+    params(("id" = uuid::Uuid, Path, description = "Run id"), LogParams),
+    responses((status = 200, body = RunLogsView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn run_logs(state: web::Data<ApiState>, req: HttpRequest, path: web::Path<String>) -> Reply {
+    let run_id = input::id(&path, "id")?;
+    let query = Query::of(&req)?;
+    let tail = query.whole("tail", 1..=100_000)?.map(|t| t as usize);
+    let msg = RunLogs { run_id, step: query.text("step").map(str::to_string), node: query.text("node").map(str::to_string), tail };
+    let containers = state.broker.send(msg).await??;
+    Ok(HttpResponse::Ok().json(RunLogsView { containers }))
 }

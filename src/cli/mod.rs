@@ -1,6 +1,7 @@
 //! The `loads` command line: `serve`, `plan validate`, `import`, `config show`.
 
 mod plan;
+mod run;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,6 +57,44 @@ pub enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Run a plan now, on this machine's Docker engine, with live progress.
+    #[command(after_help = "Examples:\n  loads run examples/demo.toml\n  \
+        loads run project.json --plan \"Single Server\" --env TARGET=http://web:8080\n\n\
+        Builds the images the plan needs when missing, imports the file into the configured \
+        database, and exits 0 only when the run completed. Ctrl-C aborts the run and removes \
+        everything it started.")]
+    Run {
+        /// A project file or a single plan (.json, .toml, .yaml or .yml).
+        file: PathBuf,
+        /// The plan to run, when the file has several.
+        #[arg(long)]
+        plan: Option<String>,
+        /// A run environment variable.
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// Who runs it (recorded on the run).
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// Manage the images loads builds locally.
+    #[command(subcommand)]
+    Images(ImagesCommand),
+    /// Run the per-node metrics relay (statsd on port 8125); this is what the relay image runs.
+    #[command(hide = true)]
+    Relay {
+        /// The port for statsd, UDP and TCP.
+        #[arg(long, default_value_t = 8125)]
+        port: u16,
+    },
+}
+
+/// `loads images ...`.
+#[derive(Debug, Subcommand)]
+pub enum ImagesCommand {
+    /// Build (again) every image loads needs: the relay, busybox, and the demo's images.
+    #[command(after_help = "Examples:\n  loads images build\n\n\
+        Needs a Docker engine, a static busybox (apt-get install busybox-static) and a C compiler.")]
+    Build,
 }
 
 /// `loads plan ...`.
@@ -94,7 +133,17 @@ pub async fn run(cli: Cli) -> ExitCode {
     if let Command::Plan(PlanCommand::Validate { file, env }) = &cli.command {
         return plan::validate(file, env, &settings.limits());
     }
-    telemetry::init(cli.log_format.unwrap_or(settings.log_format()), &settings.log.level);
+    if let Command::Relay { port } = cli.command {
+        return match crate::relay::run(port, std::time::Duration::from_secs(10)).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: relay: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let quiet = matches!(cli.command, Command::Run { .. });
+    telemetry::init(cli.log_format.unwrap_or(settings.log_format()), if quiet { "warn" } else { &settings.log.level });
     let result = match cli.command {
         Command::Serve => serve(&settings).await,
         Command::Import { file } => import(&settings, &file).await,
@@ -102,7 +151,16 @@ pub async fn run(cli: Cli) -> ExitCode {
             print!("{}", settings.to_masked_toml());
             Ok(())
         }
-        Command::Plan(_) => unreachable!("handled above"),
+        Command::Run { file, plan, env, owner } => {
+            let args = run::RunArgs { file: &file, plan: plan.as_deref(), env: &env, owner };
+            match run::run(&settings, args).await {
+                Ok(true) => Ok(()),
+                Ok(false) => return ExitCode::FAILURE,
+                Err(e) => Err(e),
+            }
+        }
+        Command::Images(ImagesCommand::Build) => build_images().await,
+        Command::Plan(_) | Command::Relay { .. } => unreachable!("handled above"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -113,7 +171,31 @@ pub async fn run(cli: Cli) -> ExitCode {
     }
 }
 
+async fn build_images() -> anyhow::Result<()> {
+    let engine = loads_actors::infra::docker::Engine::local().await?;
+    let binary = std::env::current_exe()?;
+    for tag in crate::images::ALL {
+        crate::images::build(&engine, tag, &binary).await?;
+        println!("built {tag}");
+    }
+    Ok(())
+}
+
+/// Builds the relay image when missing, so runs can start; a failure is logged, not fatal.
+async fn ensure_relay_image() {
+    let result = async {
+        let engine = loads_actors::infra::docker::Engine::local().await?;
+        let binary = std::env::current_exe()?;
+        crate::images::ensure(&engine, [crate::images::RELAY], &binary).await?;
+        anyhow::Ok(())
+    };
+    if let Err(e) = result.await {
+        tracing::warn!(error = %e, "the relay image is not available; runs will fail until `loads images build` succeeds");
+    }
+}
+
 async fn serve(settings: &Settings) -> anyhow::Result<()> {
+    ensure_relay_image().await;
     let app = Application::build(settings).await?;
     app.run_until_stopped().await?;
     Ok(())

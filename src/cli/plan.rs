@@ -17,7 +17,7 @@ pub fn read_document(file: &Path) -> anyhow::Result<Value> {
     parse_document(&text, format).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
 }
 
-fn parse_env(pairs: &[String]) -> Result<Env, String> {
+pub fn parse_env(pairs: &[String]) -> Result<Env, String> {
     pairs
         .iter()
         .map(|p| match p.split_once('=') {

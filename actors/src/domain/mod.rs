@@ -4,6 +4,7 @@
 pub mod error;
 pub mod ids;
 pub mod interpolate;
+pub mod launch;
 pub mod parse;
 pub mod spec;
 pub mod validate;

@@ -295,3 +295,28 @@ pub struct PlanTree {
     /// Its runs, newest first.
     pub runs: Vec<RunView>,
 }
+
+/// A container a run started, as recorded when it was removed.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct ContainerView {
+    /// The step it ran for.
+    pub step_id: Uuid,
+    /// The step's name.
+    pub step_name: String,
+    /// The node it ran on.
+    pub node: String,
+    /// `relay` or `step`.
+    pub role: String,
+    /// The engine's container id.
+    pub docker_id: String,
+    /// Its image.
+    pub image: String,
+    /// How it exited; null if it never exited on its own before removal.
+    pub exit_code: Option<i64>,
+    /// Its output (stdout and stderr), possibly only the last lines.
+    pub logs: String,
+    /// When it was started.
+    pub created_at: DateTime<Utc>,
+    /// When it was removed.
+    pub finished_at: Option<DateTime<Utc>>,
+}

@@ -136,3 +136,29 @@ pub mod step_record {
 
     no_relations!();
 }
+
+/// A container a run started, with its exit code and output.
+pub mod container {
+    use sea_orm::entity::prelude::*;
+
+    /// A container row.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "container")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub run_id: Uuid,
+        pub step_id: Uuid,
+        pub node: String,
+        pub role: String,
+        pub docker_id: String,
+        pub image: String,
+        pub exit_code: Option<i64>,
+        #[sea_orm(column_type = "Text")]
+        pub logs: String,
+        pub created_at: DateTimeUtc,
+        pub finished_at: Option<DateTimeUtc>,
+    }
+
+    no_relations!();
+}

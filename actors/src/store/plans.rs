@@ -117,39 +117,33 @@ pub(crate) async fn steps_of(db: &impl ConnectionTrait, plan_id: Uuid) -> Result
         .collect())
 }
 
-async fn count_by(db: &impl ConnectionTrait, ids: &[Uuid], runs: bool) -> Result<HashMap<Uuid, u64>, StoreError> {
+/// How many rows of `E` each plan in `ids` has, by the entity's plan column.
+async fn count_per_plan<E: EntityTrait>(
+    db: &impl ConnectionTrait,
+    plan_column: E::Column,
+    id_column: E::Column,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, u64>, StoreError> {
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows: Vec<(Uuid, i64)> = if runs {
-        run::Entity::find()
-            .select_only()
-            .column(run::Column::PlanId)
-            .column_as(run::Column::Id.count(), "n")
-            .filter(run::Column::PlanId.is_in(ids.iter().copied()))
-            .group_by(run::Column::PlanId)
-            .into_tuple()
-            .all(db)
-            .await?
-    } else {
-        step::Entity::find()
-            .select_only()
-            .column(step::Column::PlanId)
-            .column_as(step::Column::Id.count(), "n")
-            .filter(step::Column::PlanId.is_in(ids.iter().copied()))
-            .group_by(step::Column::PlanId)
-            .into_tuple()
-            .all(db)
-            .await?
-    };
+    let rows: Vec<(Uuid, i64)> = E::find()
+        .select_only()
+        .column(plan_column)
+        .column_as(id_column.count(), "n")
+        .filter(plan_column.is_in(ids.iter().copied()))
+        .group_by(plan_column)
+        .into_tuple()
+        .all(db)
+        .await?;
     Ok(rows.into_iter().map(|(id, n)| (id, u64::try_from(n).unwrap_or(0))).collect())
 }
 
 /// Builds summaries of `plans`, with their step and run counts.
 pub(crate) async fn summaries(db: &impl ConnectionTrait, plans: Vec<plan::Model>) -> Result<Vec<PlanSummary>, StoreError> {
     let ids: Vec<Uuid> = plans.iter().map(|p| p.id).collect();
-    let steps = count_by(db, &ids, false).await?;
-    let runs = count_by(db, &ids, true).await?;
+    let steps = count_per_plan::<step::Entity>(db, step::Column::PlanId, step::Column::Id, &ids).await?;
+    let runs = count_per_plan::<run::Entity>(db, run::Column::PlanId, run::Column::Id, &ids).await?;
     Ok(plans
         .into_iter()
         .map(|p| PlanSummary {

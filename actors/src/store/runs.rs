@@ -10,9 +10,9 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::entities::{plan, run, step, step_record};
+use super::entities::{container, plan, run, step, step_record};
 use super::{clamp_page, env_from_json, env_to_json, StoreError};
-use crate::domain::views::{Page, RunState, RunView, StepRecordView, StepState};
+use crate::domain::views::{ContainerView, Page, RunState, RunView, StepRecordView, StepState};
 use crate::domain::Env;
 
 /// Which runs to list; every filter is optional.
@@ -219,4 +219,142 @@ pub async fn set_state(
         other => other.into(),
     })?;
     Ok(())
+}
+
+/// Moves one step of a run to `state`, stamping `started_at`/`completed_at` as the state implies.
+pub async fn set_step_state(
+    db: &impl ConnectionTrait,
+    run_id: Uuid,
+    step_id: Uuid,
+    state: StepState,
+    failure_reason: Option<String>,
+) -> Result<(), StoreError> {
+    let now = Utc::now();
+    let record = step_record::Entity::find()
+        .filter(step_record::Column::RunId.eq(run_id))
+        .filter(step_record::Column::StepId.eq(step_id))
+        .one(db)
+        .await?
+        .ok_or_else(|| StoreError::not_found("step record", format!("{run_id}/{step_id}")))?;
+    let mut row = step_record::ActiveModel {
+        id: Set(record.id),
+        state: Set(state.as_str().to_string()),
+        updated_at: Set(now),
+        ..Default::default()
+    };
+    if state == StepState::Running {
+        row.started_at = Set(Some(now));
+    }
+    if matches!(state, StepState::Completed | StepState::Failed | StepState::Skipped) {
+        row.completed_at = Set(Some(now));
+        row.failed = Set(state == StepState::Failed);
+        row.failure_reason = Set(failure_reason);
+    }
+    row.update(db).await?;
+    Ok(())
+}
+
+/// What to record of a container when it is removed.
+#[derive(Clone, Debug)]
+pub struct ContainerRecord {
+    /// The run.
+    pub run_id: Uuid,
+    /// The step.
+    pub step_id: Uuid,
+    /// The node.
+    pub node: String,
+    /// `relay` or `step`.
+    pub role: String,
+    /// The engine's id.
+    pub docker_id: String,
+    /// The image.
+    pub image: String,
+    /// How it exited.
+    pub exit_code: Option<i64>,
+    /// Its output.
+    pub logs: String,
+    /// When it started.
+    pub started_at: chrono::DateTime<Utc>,
+}
+
+/// Records a removed container.
+pub async fn record_container(db: &impl ConnectionTrait, c: ContainerRecord) -> Result<(), StoreError> {
+    container::ActiveModel {
+        id: Set(Uuid::new_v4()),
+        run_id: Set(c.run_id),
+        step_id: Set(c.step_id),
+        node: Set(c.node),
+        role: Set(c.role),
+        docker_id: Set(c.docker_id),
+        image: Set(c.image),
+        exit_code: Set(c.exit_code),
+        logs: Set(c.logs),
+        created_at: Set(c.started_at),
+        finished_at: Set(Some(Utc::now())),
+    }
+    .insert(db)
+    .await?;
+    Ok(())
+}
+
+/// The recorded containers of a run, optionally of one step (by name) and one node.
+pub async fn containers(
+    db: &impl ConnectionTrait,
+    run_id: Uuid,
+    step: Option<&str>,
+    node: Option<&str>,
+) -> Result<Vec<ContainerView>, StoreError> {
+    let run = get(db, run_id).await?;
+    let names: HashMap<Uuid, String> = run.step_records.iter().map(|r| (r.step_id, r.step_name.clone())).collect();
+    let mut query = container::Entity::find().filter(container::Column::RunId.eq(run_id));
+    if let Some(step) = step {
+        let ids: Vec<Uuid> = names.iter().filter(|(_, n)| n.as_str() == step).map(|(id, _)| *id).collect();
+        if ids.is_empty() {
+            return Err(StoreError::not_found("step", step));
+        }
+        query = query.filter(container::Column::StepId.is_in(ids));
+    }
+    if let Some(node) = node {
+        query = query.filter(container::Column::Node.eq(node));
+    }
+    let rows = query.order_by_asc(container::Column::CreatedAt).order_by_asc(container::Column::Node).all(db).await?;
+    Ok(rows
+        .into_iter()
+        .map(|c| ContainerView {
+            step_name: names.get(&c.step_id).cloned().unwrap_or_default(),
+            step_id: c.step_id,
+            node: c.node,
+            role: c.role,
+            docker_id: c.docker_id,
+            image: c.image,
+            exit_code: c.exit_code,
+            logs: c.logs,
+            created_at: c.created_at,
+            finished_at: c.finished_at,
+        })
+        .collect())
+}
+
+/// Deletes a finished run with its step and container records.
+pub async fn delete<C: ConnectionTrait + TransactionTrait>(db: &C, id: Uuid) -> Result<(), StoreError> {
+    let txn = db.begin().await?;
+    let row = run::Entity::find_by_id(id).one(&txn).await?.ok_or_else(|| StoreError::not_found("run", id))?;
+    if !RunState::parse(&row.state).is_some_and(RunState::is_finished) {
+        return Err(StoreError::conflict("run_live", format!("run {id} is {}; abort it first", row.state)));
+    }
+    run::Entity::delete_by_id(id).exec(&txn).await?;
+    txn.commit().await?;
+    Ok(())
+}
+
+/// The ids of runs that have not finished.
+pub async fn unfinished(db: &impl ConnectionTrait) -> Result<Vec<Uuid>, StoreError> {
+    let finished: Vec<&str> = [RunState::Completed, RunState::Failed, RunState::Aborted].map(RunState::as_str).to_vec();
+    Ok(run::Entity::find()
+        .filter(run::Column::State.is_not_in(finished))
+        .select_only()
+        .column(run::Column::Id)
+        .into_tuple()
+        .all(db)
+        .await?)
 }

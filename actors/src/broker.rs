@@ -1,0 +1,310 @@
+//! `BrokerActor`: owns the runs. Starts a `RunSupervisor` per run, forwards
+//! aborts and feed subscriptions to it, serves finished runs from the
+//! database, and reconciles at start: runs the database still calls live are
+//! failed with a reason, and every resource labelled with this broker that
+//! belongs to no live run is removed.
+
+use std::collections::{HashMap, VecDeque};
+
+use actix::{Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, ResponseActFuture, WrapFuture};
+use sea_orm::DatabaseConnection;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::domain::validate;
+use crate::domain::views::{ContainerView, RunState, RunView};
+use crate::domain::{Env, PlanSpec};
+use crate::feed::{Feed, RunEvent};
+use crate::pool::{Ec2PoolActor, SweepOrphans};
+use crate::run_supervisor::{AbortRun as AbortSupervised, RunEnded, RunSupervisor, Subscribe as SubscribeSupervised, Subscription};
+use crate::settings::RunSettings;
+use crate::store::{plans, runs, StoreError};
+
+/// How many finished runs keep their feed in memory for late subscribers.
+const FINISHED_FEEDS: usize = 64;
+
+/// The reason given to runs found live at start.
+pub const RESTART_REASON: &str = "the broker stopped while this run was live; its containers and networks were removed";
+
+/// Owns the runs.
+pub struct BrokerActor {
+    db: DatabaseConnection,
+    pool: Addr<Ec2PoolActor>,
+    settings: RunSettings,
+    live: HashMap<Uuid, Addr<RunSupervisor>>,
+    finished: VecDeque<(Uuid, Vec<RunEvent>)>,
+}
+
+impl BrokerActor {
+    /// A broker over `db`, getting nodes from `pool`.
+    pub fn new(db: DatabaseConnection, pool: Addr<Ec2PoolActor>, settings: RunSettings) -> Self {
+        Self { db, pool, settings, live: HashMap::new(), finished: VecDeque::new() }
+    }
+}
+
+impl Actor for BrokerActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let (db, pool) = (self.db.clone(), self.pool.clone());
+        // Waited for, so no run starts before the reconciliation is done.
+        ctx.wait(
+            async move {
+                match runs::unfinished(&db).await {
+                    Ok(ids) => {
+                        for id in ids {
+                            tracing::warn!(run_id = %id, "failing a run left live by a previous broker");
+                            if let Err(e) = runs::set_state(&db, id, RunState::Failed, Some(RESTART_REASON.into())).await {
+                                tracing::error!(run_id = %id, error = %e, "could not fail a stale run");
+                            }
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "could not list stale runs"),
+                }
+                match pool.send(SweepOrphans { live: Vec::new() }).await {
+                    Ok(Ok(swept)) if !swept.is_empty() => tracing::info!(runs = ?swept, "removed resources of runs no longer live"),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "could not sweep leftover resources"),
+                    Err(e) => tracing::warn!(error = %e, "could not sweep leftover resources"),
+                }
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+/// Starts a run of a plan; answers the recorded run.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<RunView, StoreError>")]
+pub struct StartRun {
+    /// The plan.
+    pub plan_id: Uuid,
+    /// Who starts it.
+    pub owner: Option<String>,
+    /// The run env (object or `KEY=VALUE` list); `None` for none.
+    pub env: Option<Value>,
+}
+
+impl Handler<StartRun> for BrokerActor {
+    type Result = ResponseActFuture<Self, Result<RunView, StoreError>>;
+
+    fn handle(&mut self, msg: StartRun, _: &mut Context<Self>) -> Self::Result {
+        let db = self.db.clone();
+        Box::pin(
+            async move {
+                let run_env: Env = match &msg.env {
+                    None | Some(Value::Null) => Env::new(),
+                    Some(v) => validate::run_env(v).map_err(|mut e| {
+                        for f in &mut e.0 {
+                            f.path = if f.path.is_empty() { "env".into() } else { format!("env.{}", f.path) };
+                        }
+                        StoreError::Invalid(e)
+                    })?,
+                };
+                let plan = plans::get(&db, msg.plan_id).await?;
+                if !plan.plan.enabled {
+                    return Err(StoreError::conflict("plan_disabled", format!("plan {:?} is disabled; enable it to run it", plan.plan.name)));
+                }
+                let spec = PlanSpec {
+                    name: plan.plan.name.clone(),
+                    description: plan.plan.description.clone(),
+                    enabled: true,
+                    environment_data: plan.environment_data.clone(),
+                    steps: plan.steps.iter().map(|s| s.spec.clone()).collect(),
+                };
+                validate::plan_variables(&spec, &run_env).map_err(StoreError::Invalid)?;
+                let run = runs::create(&db, msg.plan_id, msg.owner, &run_env).await?;
+                Ok((run, plan, run_env))
+            }
+            .into_actor(self)
+            .map(|res, act, ctx| {
+                let (run, plan, run_env) = res?;
+                let supervisor = RunSupervisor::new(
+                    run.id,
+                    plan,
+                    run_env,
+                    act.settings.clone(),
+                    act.db.clone(),
+                    act.pool.clone(),
+                    ctx.address().recipient(),
+                )
+                .start();
+                act.live.insert(run.id, supervisor);
+                tracing::info!(run_id = %run.id, plan = %run.plan_name, "run started");
+                Ok(run)
+            }),
+        )
+    }
+}
+
+/// Aborts a run; idempotent; answers the run as stored.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<RunView, StoreError>")]
+pub struct AbortRun {
+    /// The run.
+    pub run_id: Uuid,
+}
+
+impl Handler<AbortRun> for BrokerActor {
+    type Result = ResponseActFuture<Self, Result<RunView, StoreError>>;
+
+    fn handle(&mut self, msg: AbortRun, _: &mut Context<Self>) -> Self::Result {
+        let supervisor = self.live.get(&msg.run_id).cloned();
+        let db = self.db.clone();
+        Box::pin(
+            async move {
+                if let Some(s) = supervisor {
+                    // Sent and processed before the read below, so the answer shows the abort under way.
+                    let _ = s.send(AbortSupervised).await;
+                }
+                runs::get(&db, msg.run_id).await
+            }
+            .into_actor(self),
+        )
+    }
+}
+
+/// Deletes a finished run and its records.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct DeleteRun {
+    /// The run.
+    pub run_id: Uuid,
+}
+
+impl Handler<DeleteRun> for BrokerActor {
+    type Result = ResponseActFuture<Self, Result<(), StoreError>>;
+
+    fn handle(&mut self, msg: DeleteRun, _: &mut Context<Self>) -> Self::Result {
+        if self.live.contains_key(&msg.run_id) {
+            let err = StoreError::conflict("run_live", format!("run {} is still live; abort it first", msg.run_id));
+            return Box::pin(actix::fut::ready(Err(err)));
+        }
+        let db = self.db.clone();
+        let run_id = msg.run_id;
+        Box::pin(async move { runs::delete(&db, run_id).await }.into_actor(self).map(move |res, act, _| {
+            if res.is_ok() {
+                act.finished.retain(|(id, _)| *id != run_id);
+            }
+            res
+        }))
+    }
+}
+
+/// Subscribes to a run's live feed from event `since` on.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Subscription, StoreError>")]
+pub struct Subscribe {
+    /// The run.
+    pub run_id: Uuid,
+    /// The last event the subscriber has; 0 for all.
+    pub since: u64,
+}
+
+impl Handler<Subscribe> for BrokerActor {
+    type Result = ResponseActFuture<Self, Result<Subscription, StoreError>>;
+
+    fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) -> Self::Result {
+        if let Some(s) = self.live.get(&msg.run_id).cloned() {
+            let run_id = msg.run_id;
+            return Box::pin(
+                async move {
+                    match s.send(SubscribeSupervised { since: msg.since }).await {
+                        Ok(sub) => sub.map(Some),
+                        // The run ended between the lookup and the send: serve it as finished.
+                        Err(_) => Ok(None),
+                    }
+                }
+                .into_actor(self)
+                .then(move |res, act, _| {
+                    let fallback = act.finished_subscription(run_id, msg.since);
+                    async move {
+                        match res? {
+                            Some(sub) => Ok(sub),
+                            None => fallback.await,
+                        }
+                    }
+                    .into_actor(act)
+                }),
+            );
+        }
+        let fut = self.finished_subscription(msg.run_id, msg.since);
+        Box::pin(fut.into_actor(self))
+    }
+}
+
+impl BrokerActor {
+    fn finished_subscription(
+        &self,
+        run_id: Uuid,
+        since: u64,
+    ) -> impl std::future::Future<Output = Result<Subscription, StoreError>> + 'static {
+        let events = self.finished.iter().find(|(id, _)| *id == run_id).map(|(_, e)| e.clone()).unwrap_or_default();
+        let db = self.db.clone();
+        async move {
+            let snapshot = runs::get(&db, run_id).await?;
+            let feed = Feed::from_events(events);
+            Ok(Subscription { snapshot, seq: feed.last_seq(), backlog: feed.since(since), live: None })
+        }
+    }
+}
+
+/// The recorded containers of a run (exit codes and output), optionally of one step and node.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Vec<ContainerView>, StoreError>")]
+pub struct RunLogs {
+    /// The run.
+    pub run_id: Uuid,
+    /// A step's name.
+    pub step: Option<String>,
+    /// A node's name.
+    pub node: Option<String>,
+    /// Keep only the last lines of each.
+    pub tail: Option<usize>,
+}
+
+impl Handler<RunLogs> for BrokerActor {
+    type Result = ResponseActFuture<Self, Result<Vec<ContainerView>, StoreError>>;
+
+    fn handle(&mut self, msg: RunLogs, _: &mut Context<Self>) -> Self::Result {
+        let db = self.db.clone();
+        Box::pin(
+            async move {
+                let mut containers = runs::containers(&db, msg.run_id, msg.step.as_deref(), msg.node.as_deref()).await?;
+                if let Some(tail) = msg.tail {
+                    for c in &mut containers {
+                        let lines: Vec<&str> = c.logs.lines().collect();
+                        c.logs = lines[lines.len().saturating_sub(tail)..].join("\n");
+                    }
+                }
+                Ok(containers)
+            }
+            .into_actor(self),
+        )
+    }
+}
+
+impl Handler<RunEnded> for BrokerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RunEnded, _: &mut Context<Self>) {
+        self.live.remove(&msg.run_id);
+        self.finished.push_back((msg.run_id, msg.events));
+        while self.finished.len() > FINISHED_FEEDS {
+            self.finished.pop_front();
+        }
+    }
+}
+
+/// How many runs are live.
+#[derive(Debug, Message)]
+#[rtype(result = "usize")]
+pub struct LiveRuns;
+
+impl Handler<LiveRuns> for BrokerActor {
+    type Result = usize;
+
+    fn handle(&mut self, _: LiveRuns, _: &mut Context<Self>) -> usize {
+        self.live.len()
+    }
+}

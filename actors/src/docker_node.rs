@@ -1,0 +1,285 @@
+//! `DockerNodeActor`: one per node. Owns that node's containers on its engine:
+//! the relay (the "heka" role: statsd in, aggregated metrics out) and the
+//! step's containers. Reports each container's exit to its step.
+//!
+//! Every container is tracked by id and labels; at tear-down the node keeps
+//! each container's exit code and last lines of output in the database, then
+//! removes it.
+
+use std::collections::HashMap;
+
+use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, Recipient, ResponseActFuture, WrapFuture};
+use chrono::{DateTime, Utc};
+use futures_util::future::join_all;
+use sea_orm::DatabaseConnection;
+use uuid::Uuid;
+
+use crate::domain::launch::Launch;
+use crate::infra::docker::{labels, ContainerSpec, DockerError, Engine};
+use crate::settings::RunSettings;
+use crate::store::runs::{self, ContainerRecord};
+
+/// Who a node belongs to.
+#[derive(Clone, Debug)]
+pub struct NodeIdentity {
+    /// The run.
+    pub run_id: Uuid,
+    /// The step.
+    pub step_id: Uuid,
+    /// The node's name within the run.
+    pub node: String,
+    /// The run's network on this node's engine.
+    pub network: String,
+}
+
+#[derive(Clone, Debug)]
+struct Tracked {
+    docker_id: String,
+    image: String,
+    role: &'static str,
+    started_at: DateTime<Utc>,
+    exit_code: Option<i64>,
+}
+
+/// Drives one node's containers.
+pub struct DockerNodeActor {
+    engine: Engine,
+    db: DatabaseConnection,
+    settings: RunSettings,
+    who: NodeIdentity,
+    containers: Vec<Tracked>,
+    step: Recipient<ContainerExited>,
+}
+
+impl DockerNodeActor {
+    /// A node actor reporting container exits to `step`.
+    pub fn new(engine: Engine, db: DatabaseConnection, settings: RunSettings, who: NodeIdentity, step: Recipient<ContainerExited>) -> Self {
+        Self { engine, db, settings, who, containers: Vec::new(), step }
+    }
+
+    fn labels(&self, role: &str) -> HashMap<String, String> {
+        HashMap::from([
+            (labels::BROKER.to_string(), self.settings.broker_id.clone()),
+            (labels::RUN.to_string(), self.who.run_id.to_string()),
+            (labels::STEP.to_string(), self.who.step_id.to_string()),
+            (labels::NODE.to_string(), self.who.node.clone()),
+            (labels::ROLE.to_string(), role.to_string()),
+        ])
+    }
+
+    fn container_name(&self, suffix: &str) -> String {
+        format!("loads-{}-{}-{suffix}", self.who.run_id.simple(), self.who.node)
+    }
+}
+
+impl Actor for DockerNodeActor {
+    type Context = Context<Self>;
+}
+
+/// A container of a node exited.
+#[derive(Clone, Debug, Message)]
+#[rtype(result = "()")]
+pub struct ContainerExited {
+    /// The node.
+    pub node: String,
+    /// The engine's container id.
+    pub docker_id: String,
+    /// Its exit code.
+    pub exit_code: i64,
+}
+
+/// Makes the node ready: the step's image present and the relay running; answers the relay's address.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<String, DockerError>")]
+pub struct PrepareNode {
+    /// The step's image.
+    pub image: String,
+    /// Where to load it from, if not present.
+    pub image_source: Option<String>,
+}
+
+impl Handler<PrepareNode> for DockerNodeActor {
+    type Result = ResponseActFuture<Self, Result<String, DockerError>>;
+
+    fn handle(&mut self, msg: PrepareNode, _: &mut Context<Self>) -> Self::Result {
+        let engine = self.engine.clone();
+        let relay = ContainerSpec {
+            name: self.container_name("relay"),
+            image: self.settings.relay_image.clone(),
+            env: vec![format!("LOADS_RUN={}", self.who.run_id), format!("LOADS_NODE={}", self.who.node)],
+            labels: self.labels("relay"),
+            network: self.who.network.clone(),
+            ..Default::default()
+        };
+        let network = self.who.network.clone();
+        let image = relay.image.clone();
+        Box::pin(
+            async move {
+                engine.ensure_image(&msg.image, msg.image_source.as_deref()).await?;
+                let id = engine.start_container(&relay).await?;
+                let ip = engine.container_ip(&id, &network).await;
+                Ok((id, ip))
+            }
+            .into_actor(self)
+            .map(move |res: Result<(String, Result<String, DockerError>), DockerError>, act, _| {
+                let (id, ip) = res?;
+                act.containers.push(Tracked { docker_id: id, image, role: "relay", started_at: Utc::now(), exit_code: None });
+                ip
+            }),
+        )
+    }
+}
+
+/// Starts the step's container on this node; answers its id.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<String, DockerError>")]
+pub struct StartContainer {
+    /// What to run.
+    pub launch: Launch,
+    /// DNS names on the run network (the step's `dns_name`).
+    pub aliases: Vec<String>,
+}
+
+impl Handler<StartContainer> for DockerNodeActor {
+    type Result = ResponseActFuture<Self, Result<String, DockerError>>;
+
+    fn handle(&mut self, msg: StartContainer, _: &mut Context<Self>) -> Self::Result {
+        let engine = self.engine.clone();
+        let launch = msg.launch;
+        let mut spec = ContainerSpec {
+            name: self.container_name("step"),
+            image: launch.image.clone(),
+            env: launch.env.clone(),
+            cmd: None,
+            labels: self.labels("step"),
+            network: self.who.network.clone(),
+            aliases: msg.aliases,
+            ports: launch.ports.clone(),
+            binds: launch.binds.clone(),
+        };
+        Box::pin(
+            async move {
+                if !launch.args.is_empty() {
+                    let (_, mut cmd) = engine.image_command(&spec.image).await?;
+                    cmd.extend(launch.args.iter().cloned());
+                    spec.cmd = Some(cmd);
+                }
+                engine.start_container(&spec).await
+            }
+            .into_actor(self)
+            .map(move |res: Result<String, DockerError>, act, ctx| {
+                let id = res?;
+                act.containers.push(Tracked {
+                    docker_id: id.clone(),
+                    image: launch.image,
+                    role: "step",
+                    started_at: Utc::now(),
+                    exit_code: None,
+                });
+                let engine = act.engine.clone();
+                let waited = id.clone();
+                let answer = id.clone();
+                ctx.spawn(async move { engine.wait(&waited).await }.into_actor(act).map(move |exit, act, _| {
+                    let exit_code = exit.unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, container = %id, "lost track of a container");
+                        -1
+                    });
+                    if let Some(t) = act.containers.iter_mut().find(|t| t.docker_id == id) {
+                        t.exit_code = Some(exit_code);
+                    }
+                    act.step.do_send(ContainerExited { node: act.who.node.clone(), docker_id: id, exit_code });
+                }));
+                Ok(answer)
+            }),
+        )
+    }
+}
+
+/// Stops the step's containers (SIGTERM, then SIGKILL after the grace period).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct StopContainers;
+
+impl Handler<StopContainers> for DockerNodeActor {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: StopContainers, _: &mut Context<Self>) -> Self::Result {
+        let engine = self.engine.clone();
+        let grace = self.settings.stop_grace_secs;
+        let ids: Vec<String> =
+            self.containers.iter().filter(|t| t.role == "step" && t.exit_code.is_none()).map(|t| t.docker_id.clone()).collect();
+        Box::pin(
+            async move {
+                for result in join_all(ids.iter().map(|id| engine.stop(id, grace))).await {
+                    if let Err(e) = result {
+                        tracing::warn!(error = %e, "stopping a container failed; it is removed at tear-down");
+                    }
+                }
+            }
+            .into_actor(self),
+        )
+    }
+}
+
+/// What became of one container.
+#[derive(Clone, Debug)]
+pub struct ContainerOutcome {
+    /// The engine's id.
+    pub docker_id: String,
+    /// `relay` or `step`.
+    pub role: &'static str,
+    /// How it exited, if it did before removal.
+    pub exit_code: Option<i64>,
+}
+
+/// Keeps every container's output and exit code, then removes them all.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<ContainerOutcome>")]
+pub struct TearDown;
+
+impl Handler<TearDown> for DockerNodeActor {
+    type Result = ResponseActFuture<Self, Vec<ContainerOutcome>>;
+
+    fn handle(&mut self, _: TearDown, _: &mut Context<Self>) -> Self::Result {
+        let engine = self.engine.clone();
+        let db = self.db.clone();
+        let who = self.who.clone();
+        let tail = self.settings.log_tail;
+        let grace = self.settings.stop_grace_secs;
+        let containers = std::mem::take(&mut self.containers);
+        Box::pin(
+            async move {
+                let mut outcomes = Vec::with_capacity(containers.len());
+                for c in containers {
+                    if c.role == "relay" {
+                        // Stopped, not killed, so it can report its final counts.
+                        if let Err(e) = engine.stop(&c.docker_id, grace).await {
+                            tracing::warn!(error = %e, "stopping a relay failed");
+                        }
+                    }
+                    let logs = engine.logs(&c.docker_id, Some(tail)).await.unwrap_or_else(|e| format!("(logs unavailable: {e})"));
+                    if let Err(e) = engine.remove_container(&c.docker_id).await {
+                        tracing::warn!(error = %e, "removing a container failed; the run's sweep removes it");
+                    }
+                    let record = ContainerRecord {
+                        run_id: who.run_id,
+                        step_id: who.step_id,
+                        node: who.node.clone(),
+                        role: c.role.to_string(),
+                        docker_id: c.docker_id.clone(),
+                        image: c.image.clone(),
+                        exit_code: c.exit_code,
+                        logs,
+                        started_at: c.started_at,
+                    };
+                    if let Err(e) = runs::record_container(&db, record).await {
+                        tracing::warn!(error = %e, "could not record a container");
+                    }
+                    outcomes.push(ContainerOutcome { docker_id: c.docker_id, role: c.role, exit_code: c.exit_code });
+                }
+                outcomes
+            }
+            .into_actor(self),
+        )
+    }
+}

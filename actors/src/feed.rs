@@ -1,0 +1,155 @@
+//! The live feed of a run: every state change of the run, its steps, nodes
+//! and containers, numbered in order.
+//!
+//! The feed keeps every event of the run, so a subscriber that joins late or
+//! reconnects with `since` misses nothing. Subscribers get events through
+//! bounded channels; one that falls behind is dropped (it reconnects with
+//! `since`) rather than holding the run back.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use utoipa::ToSchema;
+
+use crate::domain::views::{RunState, StepState};
+
+/// How many events a subscriber may have unread before it is dropped.
+pub const SUBSCRIBER_BUFFER: usize = 4096;
+
+/// One numbered event.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct RunEvent {
+    /// Position in the run's feed, from 1.
+    pub seq: u64,
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// What happened.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventKind {
+    /// The run changed state.
+    Run {
+        /// The new state.
+        state: RunState,
+        /// Why, for failures.
+        reason: Option<String>,
+    },
+    /// A step changed state.
+    Step {
+        /// The step's name.
+        step: String,
+        /// The new state.
+        state: StepState,
+        /// Why, for failures.
+        reason: Option<String>,
+    },
+    /// A node changed state: `acquired`, `ready`, `released`.
+    Node {
+        /// The step's name.
+        step: String,
+        /// The node.
+        node: String,
+        /// The new state.
+        state: String,
+    },
+    /// A container changed state: `started`, `exited`, `removed`.
+    Container {
+        /// The step's name.
+        step: String,
+        /// The node.
+        node: String,
+        /// The engine's container id.
+        container: String,
+        /// The new state.
+        state: String,
+        /// The exit code, once it exited.
+        exit_code: Option<i64>,
+    },
+}
+
+/// The events of one run and who listens to them.
+#[derive(Default)]
+pub struct Feed {
+    events: Vec<RunEvent>,
+    subscribers: Vec<mpsc::Sender<RunEvent>>,
+}
+
+impl Feed {
+    /// A feed that continues from earlier events.
+    pub fn from_events(events: Vec<RunEvent>) -> Self {
+        Self { events, subscribers: Vec::new() }
+    }
+
+    /// The number of the last event, 0 before any.
+    pub fn last_seq(&self) -> u64 {
+        self.events.last().map_or(0, |e| e.seq)
+    }
+
+    /// Appends an event and hands it to every subscriber that keeps up.
+    pub fn publish(&mut self, kind: EventKind) -> RunEvent {
+        let event = RunEvent { seq: self.last_seq() + 1, at: Utc::now(), kind };
+        self.events.push(event.clone());
+        self.subscribers.retain(|s| s.try_send(event.clone()).is_ok());
+        event
+    }
+
+    /// Events after `since`, and a channel for the ones to come.
+    pub fn subscribe(&mut self, since: u64) -> (Vec<RunEvent>, mpsc::Receiver<RunEvent>) {
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
+        self.subscribers.push(tx);
+        (self.since(since), rx)
+    }
+
+    /// Events after `since`.
+    pub fn since(&self, since: u64) -> Vec<RunEvent> {
+        let start = self.events.partition_point(|e| e.seq <= since);
+        self.events[start..].to_vec()
+    }
+
+    /// Closes every subscriber's channel and hands back the events.
+    pub fn close(&mut self) -> Vec<RunEvent> {
+        self.subscribers.clear();
+        std::mem::take(&mut self.events)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(state: RunState) -> EventKind {
+        EventKind::Run { state, reason: None }
+    }
+
+    #[test]
+    fn late_subscribers_get_the_backlog_after_since() {
+        let mut feed = Feed::default();
+        feed.publish(run(RunState::Pending));
+        feed.publish(run(RunState::Initializing));
+        let (backlog, mut rx) = feed.subscribe(1);
+        assert_eq!(backlog.iter().map(|e| e.seq).collect::<Vec<_>>(), [2]);
+        feed.publish(run(RunState::Running));
+        assert_eq!(rx.try_recv().unwrap().seq, 3);
+    }
+
+    #[test]
+    fn a_subscriber_that_falls_behind_is_dropped_not_waited_for() {
+        let mut feed = Feed::default();
+        let (_, mut rx) = feed.subscribe(0);
+        for _ in 0..SUBSCRIBER_BUFFER + 10 {
+            feed.publish(run(RunState::Running));
+        }
+        assert_eq!(feed.subscribers.len(), 0);
+        let mut got = 0;
+        while rx.try_recv().is_ok() {
+            got += 1;
+        }
+        assert_eq!(got, SUBSCRIBER_BUFFER, "it received what fit, then its channel closed");
+        assert_eq!(feed.last_seq(), (SUBSCRIBER_BUFFER + 10) as u64);
+    }
+}

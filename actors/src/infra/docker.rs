@@ -1,0 +1,448 @@
+//! The Docker engine, through bollard: images, networks, containers, logs,
+//! and the label sweep that guarantees nothing of a run is left behind.
+//!
+//! Every resource loads creates carries labels (`loads.broker`, `loads.run`,
+//! `loads.step`, `loads.node`, `loads.role`) and is found by id or by those
+//! labels, never by image name.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig, PortBinding,
+};
+use bollard::query_parameters::{
+    BuildImageOptions, CreateContainerOptions, CreateImageOptions, ImportImageOptions, ListContainersOptions,
+    ListNetworksOptions, LogsOptions, RemoveContainerOptions, StopContainerOptions, WaitContainerOptions,
+};
+use bollard::Docker;
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+/// Label keys put on every resource.
+pub mod labels {
+    /// The broker that created the resource.
+    pub const BROKER: &str = "loads.broker";
+    /// The run it belongs to.
+    pub const RUN: &str = "loads.run";
+    /// The step it belongs to.
+    pub const STEP: &str = "loads.step";
+    /// The node it belongs to.
+    pub const NODE: &str = "loads.node";
+    /// `relay` or `step`.
+    pub const ROLE: &str = "loads.role";
+}
+
+/// What went wrong talking to a Docker engine; every variant names what it was doing.
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    /// The engine could not be reached.
+    #[error("cannot reach the Docker engine: {0}")]
+    Connect(#[source] bollard::errors::Error),
+    /// An image is missing and could not be pulled.
+    #[error("image {image} is not on the engine and could not be pulled: {message}")]
+    Pull {
+        /// The image.
+        image: String,
+        /// The engine's message.
+        message: String,
+    },
+    /// A `container_url` tarball could not be fetched or loaded.
+    #[error("cannot load image {image} from {source_url}: {message}")]
+    Load {
+        /// The image.
+        image: String,
+        /// Where it was to come from.
+        source_url: String,
+        /// Why it failed.
+        message: String,
+    },
+    /// An image build failed.
+    #[error("cannot build image {image}: {message}")]
+    Build {
+        /// The image.
+        image: String,
+        /// The engine's message.
+        message: String,
+    },
+    /// A network could not be created.
+    #[error("cannot create network {name}: {source}")]
+    CreateNetwork {
+        /// The network.
+        name: String,
+        /// The engine's error.
+        source: bollard::errors::Error,
+    },
+    /// A container could not be created or started.
+    #[error("cannot start container {name} ({image}): {message}")]
+    StartContainer {
+        /// The container's name.
+        name: String,
+        /// Its image.
+        image: String,
+        /// The engine's message.
+        message: String,
+    },
+    /// Another operation on a container failed.
+    #[error("{operation} container {id}: {source}")]
+    Container {
+        /// What was being done.
+        operation: &'static str,
+        /// The container.
+        id: String,
+        /// The engine's error.
+        source: bollard::errors::Error,
+    },
+    /// Listing or removing labelled resources failed.
+    #[error("cannot {operation}: {source}")]
+    Sweep {
+        /// What was being done.
+        operation: &'static str,
+        /// The engine's error.
+        source: bollard::errors::Error,
+    },
+}
+
+/// The engine's own message for an error, without bollard's wrapping.
+pub fn engine_message(e: &bollard::errors::Error) -> String {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Whether the engine said the thing does not exist.
+pub fn is_not_found(e: &bollard::errors::Error) -> bool {
+    matches!(e, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
+}
+
+/// A container to create and start.
+#[derive(Clone, Debug, Default)]
+pub struct ContainerSpec {
+    /// Unique name.
+    pub name: String,
+    /// Image reference.
+    pub image: String,
+    /// `KEY=VALUE` pairs.
+    pub env: Vec<String>,
+    /// The command; `None` keeps the image's.
+    pub cmd: Option<Vec<String>>,
+    /// Labels.
+    pub labels: HashMap<String, String>,
+    /// The network to join.
+    pub network: String,
+    /// DNS aliases on that network.
+    pub aliases: Vec<String>,
+    /// `(container port, host port)` pairs, bound on 127.0.0.1.
+    pub ports: Vec<(u16, u16)>,
+    /// Bind mounts, `host:container[:ro|rw]`.
+    pub binds: Vec<String>,
+}
+
+/// A connection to one Docker engine.
+#[derive(Clone)]
+pub struct Engine {
+    docker: Docker,
+}
+
+impl Engine {
+    /// The engine of this machine (`DOCKER_HOST` or the local socket), API version negotiated.
+    pub async fn local() -> Result<Self, DockerError> {
+        let docker = Docker::connect_with_local_defaults().map_err(DockerError::Connect)?;
+        let docker = docker.negotiate_version().await.map_err(DockerError::Connect)?;
+        Ok(Self { docker })
+    }
+
+    /// Whether `image` is on the engine.
+    pub async fn has_image(&self, image: &str) -> Result<bool, DockerError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(DockerError::Pull { image: image.into(), message: engine_message(&e) }),
+        }
+    }
+
+    /// The image's entrypoint and default command.
+    pub async fn image_command(&self, image: &str) -> Result<(Vec<String>, Vec<String>), DockerError> {
+        let inspect = self
+            .docker
+            .inspect_image(image)
+            .await
+            .map_err(|e| DockerError::Pull { image: image.into(), message: engine_message(&e) })?;
+        let config = inspect.config.unwrap_or_default();
+        Ok((config.entrypoint.unwrap_or_default(), config.cmd.unwrap_or_default()))
+    }
+
+    /// Makes sure `image` is present: already there, loaded from `source` (a
+    /// `docker save` tarball, gzip/bzip2/xz accepted, at a path, `file://` or
+    /// `http(s)://` URL), or pulled.
+    pub async fn ensure_image(&self, image: &str, source: Option<&str>) -> Result<(), DockerError> {
+        if self.has_image(image).await? {
+            return Ok(());
+        }
+        match source {
+            Some(url) => self.load_image(image, url).await,
+            None => self.pull(image).await,
+        }
+    }
+
+    async fn pull(&self, image: &str) -> Result<(), DockerError> {
+        let options = CreateImageOptions { from_image: Some(image.to_string()), ..Default::default() };
+        let mut stream = self.docker.create_image(Some(options), None, None);
+        while let Some(item) = stream.next().await {
+            if let Err(e) = item {
+                return Err(DockerError::Pull { image: image.into(), message: engine_message(&e) });
+            }
+        }
+        Ok(())
+    }
+
+    async fn load_image(&self, image: &str, url: &str) -> Result<(), DockerError> {
+        let fail = |message: String| DockerError::Load { image: image.into(), source_url: url.into(), message };
+        let bytes = fetch(url).await.map_err(fail)?;
+        let mut stream = self.docker.import_image(ImportImageOptions::default(), bollard::body_full(bytes), None);
+        while let Some(item) = stream.next().await {
+            item.map_err(|e| fail(engine_message(&e)))?;
+        }
+        if !self.has_image(image).await? {
+            return Err(fail(format!("the tarball does not contain {image}")));
+        }
+        Ok(())
+    }
+
+    /// Builds `tag` from a tar build context.
+    pub async fn build_image(&self, tag: &str, context: Vec<u8>) -> Result<(), DockerError> {
+        let options = BuildImageOptions {
+            dockerfile: "Dockerfile".into(),
+            t: Some(tag.to_string()),
+            rm: true,
+            forcerm: true,
+            ..Default::default()
+        };
+        let mut stream = self.docker.build_image(options, None, Some(bollard::body_full(Bytes::from(context))));
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(detail) = info.error_detail {
+                        return Err(DockerError::Build { image: tag.into(), message: detail.message.unwrap_or_default() });
+                    }
+                }
+                Err(e) => return Err(DockerError::Build { image: tag.into(), message: engine_message(&e) }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a bridge network with `labels`; answers its id and gateway address.
+    pub async fn create_network(&self, name: &str, labels: HashMap<String, String>) -> Result<(String, String), DockerError> {
+        let request = NetworkCreateRequest {
+            name: name.to_string(),
+            driver: Some("bridge".into()),
+            labels: Some(labels),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_network(request)
+            .await
+            .map_err(|source| DockerError::CreateNetwork { name: name.into(), source })?;
+        let inspect = self
+            .docker
+            .inspect_network(&created.id, None::<bollard::query_parameters::InspectNetworkOptions>)
+            .await
+            .map_err(|source| DockerError::CreateNetwork { name: name.into(), source })?;
+        let gateway = inspect
+            .ipam
+            .and_then(|ipam| ipam.config)
+            .and_then(|configs| configs.into_iter().find_map(|c| c.gateway))
+            .unwrap_or_default();
+        Ok((created.id, gateway))
+    }
+
+    /// Creates and starts a container; answers its id. A container that was
+    /// created but failed to start is removed again.
+    pub async fn start_container(&self, spec: &ContainerSpec) -> Result<String, DockerError> {
+        let fail = |message: String| DockerError::StartContainer { name: spec.name.clone(), image: spec.image.clone(), message };
+        let port_bindings = (!spec.ports.is_empty()).then(|| {
+            spec.ports
+                .iter()
+                .map(|(container, host)| {
+                    let binding = PortBinding { host_ip: Some("127.0.0.1".into()), host_port: Some(host.to_string()) };
+                    (format!("{container}/tcp"), Some(vec![binding]))
+                })
+                .collect()
+        });
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            env: Some(spec.env.clone()),
+            cmd: spec.cmd.clone(),
+            labels: Some(spec.labels.clone()),
+            exposed_ports: (!spec.ports.is_empty()).then(|| spec.ports.iter().map(|(c, _)| format!("{c}/tcp")).collect()),
+            host_config: Some(HostConfig {
+                network_mode: Some(spec.network.clone()),
+                port_bindings,
+                binds: (!spec.binds.is_empty()).then(|| spec.binds.clone()),
+                init: Some(true),
+                ..Default::default()
+            }),
+            networking_config: Some(NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(
+                    spec.network.clone(),
+                    EndpointSettings { aliases: Some(spec.aliases.clone()), ..Default::default() },
+                )])),
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptions { name: Some(spec.name.clone()), ..Default::default() };
+        let created = self.docker.create_container(Some(options), body).await.map_err(|e| fail(engine_message(&e)))?;
+        if let Err(e) = self.docker.start_container(&created.id, None).await {
+            let _ = self.remove_container(&created.id).await;
+            return Err(fail(engine_message(&e)));
+        }
+        Ok(created.id)
+    }
+
+    /// The container's address on `network`.
+    pub async fn container_ip(&self, id: &str, network: &str) -> Result<String, DockerError> {
+        let inspect = self
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(|source| DockerError::Container { operation: "inspect", id: id.into(), source })?;
+        Ok(inspect
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|mut n| n.remove(network))
+            .and_then(|e| e.ip_address)
+            .unwrap_or_default())
+    }
+
+    /// Waits for the container to exit; answers its exit code.
+    pub async fn wait(&self, id: &str) -> Result<i64, DockerError> {
+        let mut stream = self.docker.wait_container(id, None::<WaitContainerOptions>);
+        match stream.next().await {
+            Some(Ok(response)) => Ok(response.status_code),
+            // bollard reports a non-zero exit as an error carrying the code.
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(source)) => Err(DockerError::Container { operation: "wait for", id: id.into(), source }),
+            None => Err(DockerError::Container {
+                operation: "wait for",
+                id: id.into(),
+                source: bollard::errors::Error::IOError { err: std::io::Error::other("the wait stream ended") },
+            }),
+        }
+    }
+
+    /// Stops the container: SIGTERM, then SIGKILL after `grace_secs`. A container already gone is fine.
+    pub async fn stop(&self, id: &str, grace_secs: u32) -> Result<(), DockerError> {
+        let options = StopContainerOptions { t: Some(i32::try_from(grace_secs).unwrap_or(i32::MAX)), ..Default::default() };
+        match self.docker.stop_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
+            Err(source) => Err(DockerError::Container { operation: "stop", id: id.into(), source }),
+        }
+    }
+
+    /// The container's output (stdout and stderr), the last `tail` lines or all.
+    pub async fn logs(&self, id: &str, tail: Option<usize>) -> Result<String, DockerError> {
+        let options = LogsOptions {
+            stdout: true,
+            stderr: true,
+            tail: tail.map_or_else(|| "all".to_string(), |n| n.to_string()),
+            ..Default::default()
+        };
+        let mut stream = self.docker.logs(id, Some(options));
+        let mut out = String::new();
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(chunk) => out.push_str(&String::from_utf8_lossy(&chunk.into_bytes())),
+                Err(source) => return Err(DockerError::Container { operation: "read logs of", id: id.into(), source }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes a container, running or not. Already gone is fine.
+    pub async fn remove_container(&self, id: &str) -> Result<(), DockerError> {
+        let options = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(source) => Err(DockerError::Container { operation: "remove", id: id.into(), source }),
+        }
+    }
+
+    /// Removes every container and network carrying all of `filter`'s labels;
+    /// answers how many of each were removed.
+    pub async fn sweep(&self, filter: &[(&str, &str)]) -> Result<(usize, usize), DockerError> {
+        let label_filter: Vec<String> = filter.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let filters = HashMap::from([("label".to_string(), label_filter)]);
+        let containers = self
+            .docker
+            .list_containers(Some(ListContainersOptions { all: true, filters: Some(filters.clone()), ..Default::default() }))
+            .await
+            .map_err(|source| DockerError::Sweep { operation: "list containers", source })?;
+        for c in &containers {
+            if let Some(id) = &c.id {
+                self.remove_container(id).await?;
+            }
+        }
+        let networks = self
+            .docker
+            .list_networks(Some(ListNetworksOptions { filters: Some(filters) }))
+            .await
+            .map_err(|source| DockerError::Sweep { operation: "list networks", source })?;
+        for n in &networks {
+            if let Some(id) = &n.id {
+                match self.docker.remove_network(id).await {
+                    Ok(()) => {}
+                    Err(e) if is_not_found(&e) => {}
+                    Err(source) => return Err(DockerError::Sweep { operation: "remove a network", source }),
+                }
+            }
+        }
+        Ok((containers.len(), networks.len()))
+    }
+
+    /// The values of label `key` on containers and networks carrying all of `filter`'s labels.
+    pub async fn labelled(&self, filter: &[(&str, &str)], key: &str) -> Result<Vec<String>, DockerError> {
+        let label_filter: Vec<String> = filter.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let filters = HashMap::from([("label".to_string(), label_filter)]);
+        let containers = self
+            .docker
+            .list_containers(Some(ListContainersOptions { all: true, filters: Some(filters.clone()), ..Default::default() }))
+            .await
+            .map_err(|source| DockerError::Sweep { operation: "list containers", source })?;
+        let networks = self
+            .docker
+            .list_networks(Some(ListNetworksOptions { filters: Some(filters) }))
+            .await
+            .map_err(|source| DockerError::Sweep { operation: "list networks", source })?;
+        let mut values: Vec<String> = containers
+            .into_iter()
+            .filter_map(|c| c.labels.and_then(|mut l| l.remove(key)))
+            .chain(networks.into_iter().filter_map(|n| n.labels.and_then(|mut l| l.remove(key))))
+            .collect();
+        values.sort();
+        values.dedup();
+        Ok(values)
+    }
+}
+
+/// Reads a tarball from a path, `file://` URL or `http(s)://` URL.
+async fn fetch(url: &str) -> Result<Bytes, String> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        let client = awc::Client::builder().timeout(std::time::Duration::from_secs(300)).finish();
+        let mut response = client.get(url).send().await.map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("HTTP {}", response.status()));
+        }
+        return response.body().limit(8 * 1024 * 1024 * 1024).await.map_err(|e| e.to_string());
+    }
+    let path = url.strip_prefix("file://").unwrap_or(url);
+    if !Path::new(path).is_absolute() {
+        return Err("must be an http(s):// or file:// URL or an absolute path".into());
+    }
+    tokio::fs::read(path).await.map(Bytes::from).map_err(|e| e.to_string())
+}

@@ -1,0 +1,218 @@
+//! `Ec2PoolActor`: hands out nodes for steps and takes them back.
+//!
+//! With the `local` provider every node lives on this machine's Docker engine:
+//! N nodes are N independent container sets, each with its own relay. The
+//! pool also owns each run's network and the final label sweep, because it is
+//! the one that knows which engines a run touched.
+
+use std::collections::HashMap;
+
+use actix::{Actor, Context, Handler, Message, ResponseFuture};
+use uuid::Uuid;
+
+use crate::infra::docker::{labels, DockerError, Engine};
+
+/// Why the pool could not serve a request.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// The provider cannot be used (e.g. no Docker engine).
+    #[error("the node provider is unavailable: {0}")]
+    Unavailable(String),
+    /// The engine refused.
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+}
+
+/// A run's network on one engine.
+#[derive(Clone, Debug)]
+pub struct RunNetwork {
+    /// The network's name.
+    pub name: String,
+    /// The address of the host on that network.
+    pub gateway: String,
+}
+
+/// A node lent to a step.
+#[derive(Clone)]
+pub struct NodeGrant {
+    /// The node's name within the run, e.g. `s1n0`.
+    pub id: String,
+    /// The engine that runs the node's containers.
+    pub engine: Engine,
+    /// The node's address (`HOST_IP`, `PRIVATE_IP`).
+    pub address: String,
+}
+
+/// Hands out nodes.
+pub struct Ec2PoolActor {
+    broker_id: String,
+    engine: Result<Engine, String>,
+    networks: HashMap<Uuid, RunNetwork>,
+    leases: HashMap<(Uuid, Uuid), usize>,
+}
+
+impl Ec2PoolActor {
+    /// A pool of nodes on this machine's Docker engine.
+    pub async fn local(broker_id: String) -> Self {
+        let engine = Engine::local().await.map_err(|e| e.to_string());
+        if let Err(e) = &engine {
+            tracing::warn!(error = %e, "no Docker engine: runs will fail until one is reachable");
+        }
+        Self { broker_id, engine, networks: HashMap::new(), leases: HashMap::new() }
+    }
+
+    fn engine(&self) -> Result<Engine, PoolError> {
+        self.engine.clone().map_err(PoolError::Unavailable)
+    }
+
+    /// The name of a run's network.
+    pub fn network_name(run_id: Uuid) -> String {
+        format!("loads-{}", run_id.simple())
+    }
+}
+
+impl Actor for Ec2PoolActor {
+    type Context = Context<Self>;
+}
+
+/// Creates the run's network; answers it.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<RunNetwork, PoolError>")]
+pub struct OpenRun {
+    /// The run.
+    pub run_id: Uuid,
+}
+
+impl Handler<OpenRun> for Ec2PoolActor {
+    type Result = actix::ResponseActFuture<Self, Result<RunNetwork, PoolError>>;
+
+    fn handle(&mut self, msg: OpenRun, _: &mut Context<Self>) -> Self::Result {
+        use actix::{ActorFutureExt, WrapFuture};
+        if let Some(existing) = self.networks.get(&msg.run_id) {
+            let existing = existing.clone();
+            return Box::pin(actix::fut::ready(Ok(existing)));
+        }
+        let engine = self.engine();
+        let name = Self::network_name(msg.run_id);
+        let labels = HashMap::from([
+            (labels::BROKER.to_string(), self.broker_id.clone()),
+            (labels::RUN.to_string(), msg.run_id.to_string()),
+        ]);
+        let run_id = msg.run_id;
+        Box::pin(
+            async move {
+                let (_, gateway) = engine?.create_network(&name, labels).await?;
+                Ok(RunNetwork { name, gateway })
+            }
+            .into_actor(self)
+            .map(move |res: Result<RunNetwork, PoolError>, act, _| {
+                if let Ok(network) = &res {
+                    act.networks.insert(run_id, network.clone());
+                }
+                res
+            }),
+        )
+    }
+}
+
+/// Lends `count` nodes to a step.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Vec<NodeGrant>, PoolError>")]
+pub struct AcquireNodes {
+    /// The run.
+    pub run_id: Uuid,
+    /// The step.
+    pub step_id: Uuid,
+    /// The step's position in its plan, for node names.
+    pub step_position: u32,
+    /// How many nodes.
+    pub count: u32,
+    /// Machine type (used by cloud providers).
+    pub instance_type: String,
+    /// Region (used by cloud providers).
+    pub region: String,
+}
+
+impl Handler<AcquireNodes> for Ec2PoolActor {
+    type Result = Result<Vec<NodeGrant>, PoolError>;
+
+    fn handle(&mut self, msg: AcquireNodes, _: &mut Context<Self>) -> Self::Result {
+        let engine = self.engine()?;
+        let address = self.networks.get(&msg.run_id).map(|n| n.gateway.clone()).unwrap_or_else(|| "127.0.0.1".into());
+        self.leases.insert((msg.run_id, msg.step_id), msg.count as usize);
+        Ok((0..msg.count)
+            .map(|i| NodeGrant { id: format!("s{}n{i}", msg.step_position), engine: engine.clone(), address: address.clone() })
+            .collect())
+    }
+}
+
+/// Takes back a step's nodes.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct ReleaseNodes {
+    /// The run.
+    pub run_id: Uuid,
+    /// The step.
+    pub step_id: Uuid,
+}
+
+impl Handler<ReleaseNodes> for Ec2PoolActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReleaseNodes, _: &mut Context<Self>) {
+        self.leases.remove(&(msg.run_id, msg.step_id));
+    }
+}
+
+/// Removes everything labelled with the run (containers, then its network);
+/// answers how many containers and networks were left to remove.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(usize, usize), PoolError>")]
+pub struct CloseRun {
+    /// The run.
+    pub run_id: Uuid,
+}
+
+impl Handler<CloseRun> for Ec2PoolActor {
+    type Result = ResponseFuture<Result<(usize, usize), PoolError>>;
+
+    fn handle(&mut self, msg: CloseRun, _: &mut Context<Self>) -> Self::Result {
+        self.networks.remove(&msg.run_id);
+        self.leases.retain(|(run, _), _| *run != msg.run_id);
+        let engine = self.engine();
+        let broker = self.broker_id.clone();
+        Box::pin(async move {
+            let run = msg.run_id.to_string();
+            Ok(engine?.sweep(&[(labels::BROKER, &broker), (labels::RUN, &run)]).await?)
+        })
+    }
+}
+
+/// Removes resources of this broker that belong to none of `live` runs; answers the runs swept.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Vec<String>, PoolError>")]
+pub struct SweepOrphans {
+    /// Runs whose resources must stay.
+    pub live: Vec<Uuid>,
+}
+
+impl Handler<SweepOrphans> for Ec2PoolActor {
+    type Result = ResponseFuture<Result<Vec<String>, PoolError>>;
+
+    fn handle(&mut self, msg: SweepOrphans, _: &mut Context<Self>) -> Self::Result {
+        let engine = self.engine();
+        let broker = self.broker_id.clone();
+        Box::pin(async move {
+            let engine = engine?;
+            let live: Vec<String> = msg.live.iter().map(Uuid::to_string).collect();
+            let mut swept = Vec::new();
+            for run in engine.labelled(&[(labels::BROKER, &broker)], labels::RUN).await? {
+                if !live.contains(&run) {
+                    engine.sweep(&[(labels::BROKER, &broker), (labels::RUN, &run)]).await?;
+                    swept.push(run);
+                }
+            }
+            Ok(swept)
+        })
+    }
+}

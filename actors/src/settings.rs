@@ -1,0 +1,20 @@
+//! Settings the run engine's actors share, built once from the broker's configuration.
+
+use std::path::PathBuf;
+
+/// How runs are carried out.
+#[derive(Clone, Debug)]
+pub struct RunSettings {
+    /// This broker's id, on every resource it creates.
+    pub broker_id: String,
+    /// This broker's version, given to containers as `BROKER_VERSION`.
+    pub broker_version: String,
+    /// The image of the per-node metrics relay.
+    pub relay_image: String,
+    /// Seconds between SIGTERM and SIGKILL when stopping containers.
+    pub stop_grace_secs: u32,
+    /// The only host directory volumes may mount from.
+    pub volume_root: PathBuf,
+    /// Lines of each container's output kept when it is removed.
+    pub log_tail: usize,
+}

@@ -1,0 +1,467 @@
+//! `StepActor`: one per step of a run. Gets nodes from the pool, has each
+//! node's `DockerNodeActor` prepare (image, relay), starts the step's
+//! containers when told, staggered by `node_delay`, and stops them at
+//! `run_max_time` or when asked. It finishes when every container has exited
+//! or it was stopped, and reports `StepReport::Finished` to its supervisor.
+//!
+//! Phases: preparing → ready → running → stopping → done. A stop that arrives
+//! while preparing is honoured as soon as preparation ends, so nothing that
+//! was being created is left behind.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use actix::{
+    Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, Recipient, SpawnHandle, WrapFuture,
+};
+use futures_util::future::join_all;
+use sea_orm::DatabaseConnection;
+use uuid::Uuid;
+
+use crate::docker_node::{ContainerExited, DockerNodeActor, NodeIdentity, PrepareNode, StartContainer, StopContainers, TearDown};
+use crate::domain::launch::{self, Launch};
+use crate::domain::views::{StepState, StepView};
+use crate::domain::Env;
+use crate::feed::EventKind;
+use crate::pool::{AcquireNodes, Ec2PoolActor, NodeGrant, ReleaseNodes, RunNetwork};
+use crate::settings::RunSettings;
+use crate::store::runs;
+
+/// Why a step is asked to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// The run was aborted.
+    Abort,
+    /// Every other step finished; a service step is no longer needed.
+    ServiceDone,
+    /// A required step failed, so the run is ending.
+    RunFailing,
+}
+
+/// How a step ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StepOutcome {
+    /// Ran as planned.
+    Completed,
+    /// Failed, with why.
+    Failed(String),
+    /// Never started its containers.
+    Skipped,
+}
+
+/// What a step tells its supervisor.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct StepReport {
+    /// The step.
+    pub step_id: Uuid,
+    /// What happened.
+    pub kind: ReportKind,
+}
+
+/// The kinds of step report.
+#[derive(Debug)]
+pub enum ReportKind {
+    /// Nodes are ready (or could not be made ready).
+    Prepared(Result<(), String>),
+    /// Something for the live feed.
+    Event(EventKind),
+    /// The step is over and its nodes are released.
+    Finished(StepOutcome),
+}
+
+/// Everything a step needs to know about its run.
+#[derive(Clone)]
+pub struct StepContext {
+    /// The run.
+    pub run_id: Uuid,
+    /// The step.
+    pub step: StepView,
+    /// The plan's env defaults.
+    pub plan_env: Env,
+    /// The run env.
+    pub run_env: Env,
+    /// The run's network.
+    pub network: RunNetwork,
+    /// Shared settings.
+    pub settings: RunSettings,
+    /// The database.
+    pub db: DatabaseConnection,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Preparing,
+    Ready,
+    Running,
+    Stopping,
+    Done,
+}
+
+struct Node {
+    id: String,
+    addr: Addr<DockerNodeActor>,
+    launch: Launch,
+}
+
+/// Runs one step.
+pub struct StepActor {
+    ctx: StepContext,
+    pool: Addr<Ec2PoolActor>,
+    supervisor: Recipient<StepReport>,
+    phase: Phase,
+    nodes: Vec<Node>,
+    started: usize,
+    exits: HashMap<String, Option<i64>>,
+    pending_starts: Vec<SpawnHandle>,
+    stop: Option<StopReason>,
+    failure: Option<String>,
+}
+
+impl StepActor {
+    /// A step of a run, reporting to `supervisor`.
+    pub fn new(ctx: StepContext, pool: Addr<Ec2PoolActor>, supervisor: Recipient<StepReport>) -> Self {
+        Self {
+            ctx,
+            pool,
+            supervisor,
+            phase: Phase::Preparing,
+            nodes: Vec::new(),
+            started: 0,
+            exits: HashMap::new(),
+            pending_starts: Vec::new(),
+            stop: None,
+            failure: None,
+        }
+    }
+
+    fn name(&self) -> String {
+        self.ctx.step.spec.name.clone()
+    }
+
+    fn report(&self, kind: ReportKind) {
+        self.supervisor.do_send(StepReport { step_id: self.ctx.step.id, kind });
+    }
+
+    fn event(&self, kind: EventKind) {
+        self.report(ReportKind::Event(kind));
+    }
+
+    fn injected(&self, grant: &NodeGrant, relay_ip: &str) -> Env {
+        let s = &self.ctx.settings;
+        BTreeMap::from([
+            ("RUN_ID".into(), self.ctx.run_id.to_string()),
+            ("BROKER_ID".into(), s.broker_id.clone()),
+            ("BROKER_VERSION".into(), s.broker_version.clone()),
+            ("CONTAINER_ID".into(), self.ctx.step.id.to_string()),
+            ("HOST_IP".into(), grant.address.clone()),
+            ("PRIVATE_IP".into(), grant.address.clone()),
+            ("STATSD_HOST".into(), relay_ip.to_string()),
+            ("STATSD_PORT".into(), "8125".into()),
+        ])
+    }
+
+    /// Records the step's state in the database and the feed.
+    fn set_state(&self, state: StepState, reason: Option<String>, ctx: &mut Context<Self>) {
+        let (db, run_id, step_id) = (self.ctx.db.clone(), self.ctx.run_id, self.ctx.step.id);
+        let stored_reason = reason.clone();
+        ctx.wait(
+            async move {
+                if let Err(e) = runs::set_step_state(&db, run_id, step_id, state, stored_reason).await {
+                    tracing::error!(error = %e, %run_id, %step_id, "could not record a step state");
+                }
+            }
+            .into_actor(self),
+        );
+        self.event(EventKind::Step { step: self.name(), state, reason });
+    }
+
+    fn prepare(&mut self, ctx: &mut Context<Self>) {
+        let c = self.ctx.clone();
+        let pool = self.pool.clone();
+        let me = ctx.address().recipient::<ContainerExited>();
+        let acquire = AcquireNodes {
+            run_id: c.run_id,
+            step_id: c.step.id,
+            step_position: c.step.position,
+            count: c.step.spec.instance_count,
+            instance_type: c.step.spec.instance_type.clone(),
+            region: c.step.spec.instance_region.clone(),
+        };
+        let fut = async move {
+            let grants = pool.send(acquire).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+            Ok::<_, String>(grants)
+        };
+        ctx.wait(fut.into_actor(self).then(move |grants, act, _| {
+            let prepared: Vec<(NodeGrant, Addr<DockerNodeActor>)> = match grants {
+                Err(e) => {
+                    act.failure = Some(e);
+                    Vec::new()
+                }
+                Ok(grants) => grants
+                    .into_iter()
+                    .map(|g| {
+                        let who = NodeIdentity { run_id: c.run_id, step_id: c.step.id, node: g.id.clone(), network: c.network.name.clone() };
+                        let addr = DockerNodeActor::new(g.engine.clone(), c.db.clone(), c.settings.clone(), who, me.clone()).start();
+                        (g, addr)
+                    })
+                    .collect(),
+            };
+            for (g, _) in &prepared {
+                act.event(EventKind::Node { step: act.name(), node: g.id.clone(), state: "acquired".into() });
+            }
+            // The image and its source may use run variables; STATSD_HOST is not known yet.
+            let sends: Vec<_> = prepared
+                .iter()
+                .map(|(grant, addr)| {
+                    let early = launch::resolve(&c.step.spec, &c.plan_env, &c.run_env, &act.injected(grant, ""), &c.settings.volume_root);
+                    let (image, image_source) = match early {
+                        Ok(l) => (l.image, l.image_source),
+                        Err(_) => (c.step.spec.container_name.clone(), c.step.spec.container_url.clone()),
+                    };
+                    addr.send(PrepareNode { image, image_source })
+                })
+                .collect();
+            async move { join_all(sends).await }.into_actor(act).map(move |results, act, ctx| {
+                for ((grant, addr), result) in prepared.into_iter().zip(results) {
+                    let relay_ip = match result {
+                        Ok(Ok(ip)) => ip,
+                        Ok(Err(e)) => {
+                            act.failure.get_or_insert_with(|| format!("node {}: {e}", grant.id));
+                            String::new()
+                        }
+                        Err(e) => {
+                            act.failure.get_or_insert_with(|| format!("node {}: {e}", grant.id));
+                            String::new()
+                        }
+                    };
+                    let injected = act.injected(&grant, &relay_ip);
+                    let c = &act.ctx;
+                    let launch = launch::resolve(&c.step.spec, &c.plan_env, &c.run_env, &injected, &c.settings.volume_root);
+                    let launch = match launch {
+                        Ok(l) => l,
+                        Err(e) => {
+                            act.failure.get_or_insert(e);
+                            Launch { image: String::new(), image_source: None, env: vec![], args: vec![], ports: vec![], binds: vec![] }
+                        }
+                    };
+                    if act.failure.is_none() {
+                        act.event(EventKind::Node { step: act.name(), node: grant.id.clone(), state: "ready".into() });
+                    }
+                    act.nodes.push(Node { id: grant.id, addr, launch });
+                }
+                act.after_prepare(ctx);
+            })
+        }));
+    }
+
+    fn after_prepare(&mut self, ctx: &mut Context<Self>) {
+        if let Some(reason) = self.failure.clone() {
+            self.report(ReportKind::Prepared(Err(reason.clone())));
+            self.finish(StepOutcome::Failed(reason), ctx);
+        } else if self.stop.is_some() {
+            self.finish(StepOutcome::Skipped, ctx);
+        } else {
+            self.phase = Phase::Ready;
+            self.report(ReportKind::Prepared(Ok(())));
+        }
+    }
+
+    fn start_node(&mut self, index: usize, ctx: &mut Context<Self>) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        let node = &self.nodes[index];
+        let msg = StartContainer { launch: node.launch.clone(), aliases: self.ctx.step.spec.dns_name.iter().cloned().collect() };
+        let (addr, node_id) = (node.addr.clone(), node.id.clone());
+        ctx.spawn(async move { addr.send(msg).await }.into_actor(self).map(move |res, act, ctx| {
+            act.started += 1;
+            match res {
+                Ok(Ok(id)) => {
+                    act.exits.entry(id.clone()).or_insert(None);
+                    act.event(EventKind::Container {
+                        step: act.name(),
+                        node: node_id,
+                        container: id,
+                        state: "started".into(),
+                        exit_code: None,
+                    });
+                }
+                Ok(Err(e)) => {
+                    act.failure.get_or_insert_with(|| format!("node {node_id}: {e}"));
+                    act.begin_stop(None, ctx);
+                }
+                Err(e) => {
+                    act.failure.get_or_insert_with(|| format!("node {node_id}: {e}"));
+                    act.begin_stop(None, ctx);
+                }
+            }
+            act.check_done(ctx);
+        }));
+    }
+
+    /// Done when every node started and every container exited.
+    fn check_done(&mut self, ctx: &mut Context<Self>) {
+        let all_started = self.started == self.nodes.len();
+        let all_exited = self.exits.values().all(Option::is_some);
+        if self.phase == Phase::Running && all_started && all_exited {
+            let outcome = match &self.failure {
+                Some(reason) => StepOutcome::Failed(reason.clone()),
+                None => StepOutcome::Completed,
+            };
+            self.finish(outcome, ctx);
+        }
+    }
+
+    fn begin_stop(&mut self, reason: Option<StopReason>, ctx: &mut Context<Self>) {
+        if reason.is_some() {
+            self.stop = self.stop.or(reason);
+        }
+        match self.phase {
+            Phase::Preparing => {}
+            Phase::Ready => self.finish(StepOutcome::Skipped, ctx),
+            Phase::Running => {
+                self.phase = Phase::Stopping;
+                for handle in self.pending_starts.drain(..) {
+                    ctx.cancel_future(handle);
+                }
+                self.set_state(StepState::Stopping, None, ctx);
+                let stops: Vec<_> = self.nodes.iter().map(|n| n.addr.send(StopContainers)).collect();
+                ctx.spawn(async move { join_all(stops).await }.into_actor(self).map(|_, act, ctx| {
+                    let outcome = match &act.failure {
+                        Some(reason) => StepOutcome::Failed(reason.clone()),
+                        None => StepOutcome::Completed,
+                    };
+                    act.finish(outcome, ctx);
+                }));
+            }
+            Phase::Stopping | Phase::Done => {}
+        }
+    }
+
+    /// Tears the nodes down, releases them, records the outcome, reports, stops.
+    fn finish(&mut self, outcome: StepOutcome, ctx: &mut Context<Self>) {
+        if self.phase == Phase::Done {
+            return;
+        }
+        self.phase = Phase::Done;
+        let teardowns: Vec<_> = self.nodes.iter().map(|n| (n.id.clone(), n.addr.send(TearDown))).collect();
+        let pool = self.pool.clone();
+        let release = ReleaseNodes { run_id: self.ctx.run_id, step_id: self.ctx.step.id };
+        let (state, reason) = match &outcome {
+            StepOutcome::Completed => (StepState::Completed, None),
+            StepOutcome::Failed(r) => (StepState::Failed, Some(r.clone())),
+            StepOutcome::Skipped => (StepState::Skipped, None),
+        };
+        let (db, run_id, step_id) = (self.ctx.db.clone(), self.ctx.run_id, self.ctx.step.id);
+        let stored_reason = reason.clone();
+        ctx.wait(
+            async move {
+                let mut removed = Vec::new();
+                for (node, teardown) in teardowns {
+                    if let Ok(outcomes) = teardown.await {
+                        removed.extend(outcomes.into_iter().map(|o| (node.clone(), o)));
+                    }
+                }
+                let _ = pool.send(release).await;
+                if let Err(e) = runs::set_step_state(&db, run_id, step_id, state, stored_reason).await {
+                    tracing::error!(error = %e, %run_id, %step_id, "could not record a step state");
+                }
+                removed
+            }
+            .into_actor(self)
+            .map(move |removed, act, ctx| {
+                for (node, o) in removed {
+                    act.event(EventKind::Container {
+                        step: act.name(),
+                        node: node.clone(),
+                        container: o.docker_id,
+                        state: "removed".into(),
+                        exit_code: o.exit_code,
+                    });
+                }
+                for node in &act.nodes {
+                    act.event(EventKind::Node { step: act.name(), node: node.id.clone(), state: "released".into() });
+                }
+                act.event(EventKind::Step { step: act.name(), state, reason });
+                act.report(ReportKind::Finished(outcome));
+                ctx.stop();
+            }),
+        );
+    }
+}
+
+impl Actor for StepActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.prepare(ctx);
+    }
+}
+
+/// Starts the step's containers now, node after node `node_delay` apart.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct StartStep;
+
+impl Handler<StartStep> for StepActor {
+    type Result = ();
+
+    fn handle(&mut self, _: StartStep, ctx: &mut Context<Self>) {
+        if self.phase != Phase::Ready {
+            return;
+        }
+        self.phase = Phase::Running;
+        self.set_state(StepState::Running, None, ctx);
+        let delay = self.ctx.step.spec.node_delay;
+        for i in 0..self.nodes.len() {
+            if i == 0 || delay == 0 {
+                self.start_node(i, ctx);
+            } else {
+                let handle = ctx.run_later(Duration::from_secs(delay * i as u64), move |act, ctx| act.start_node(i, ctx));
+                self.pending_starts.push(handle);
+            }
+        }
+        let max = self.ctx.step.spec.run_max_time;
+        if max > 0 && !self.ctx.step.spec.service {
+            ctx.run_later(Duration::from_secs(max), |act, ctx| act.begin_stop(None, ctx));
+        } else if max > 0 {
+            ctx.run_later(Duration::from_secs(max), |act, ctx| act.begin_stop(Some(StopReason::ServiceDone), ctx));
+        }
+    }
+}
+
+/// Stops the step early.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct StopStep {
+    /// Why.
+    pub reason: StopReason,
+}
+
+impl Handler<StopStep> for StepActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: StopStep, ctx: &mut Context<Self>) {
+        self.begin_stop(Some(msg.reason), ctx);
+    }
+}
+
+impl Handler<ContainerExited> for StepActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ContainerExited, ctx: &mut Context<Self>) {
+        self.exits.insert(msg.docker_id.clone(), Some(msg.exit_code));
+        self.event(EventKind::Container {
+            step: self.name(),
+            node: msg.node.clone(),
+            container: msg.docker_id,
+            state: "exited".into(),
+            exit_code: Some(msg.exit_code),
+        });
+        if msg.exit_code != 0 && self.phase == Phase::Running && self.failure.is_none() {
+            self.failure = Some(format!("the container on node {} exited with code {}", msg.node, msg.exit_code));
+        }
+        self.check_done(ctx);
+    }
+}

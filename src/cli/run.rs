@@ -1,0 +1,254 @@
+//! `loads run PLAN_FILE`: the whole loop in one command. Starts the broker's
+//! actors in this process (the configured database, SQLite by default; the
+//! local Docker engine), builds the images the plan needs when missing,
+//! imports the file, runs the plan with live progress, prints a summary, and
+//! exits 0 only when the run completed. Ctrl-C aborts the run cleanly.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use loads_actors::broker::{AbortRun, RunLogs, StartRun, Subscribe};
+use loads_actors::catalog::{ForkPlan, ImportProject, ProjectTrees, UpdatePlan};
+use loads_actors::domain::views::{RunState, RunView, StepState};
+use loads_actors::feed::{EventKind, RunEvent};
+use loads_actors::infra::docker::Engine;
+use loads_actors::store::StoreError;
+use serde_json::{json, Value};
+
+use crate::config::Settings;
+use crate::images;
+use crate::startup::Actors;
+
+/// What `loads run` was asked to do.
+pub struct RunArgs<'a> {
+    /// The plan or project file.
+    pub file: &'a Path,
+    /// Which plan of a project file.
+    pub plan: Option<&'a str>,
+    /// The run env.
+    pub env: &'a [String],
+    /// Who runs it.
+    pub owner: Option<String>,
+}
+
+/// Runs the plan; answers whether the run completed.
+pub async fn run(settings: &Settings, args: RunArgs<'_>) -> anyhow::Result<bool> {
+    let mut document = super::plan::read_document(args.file)?;
+    if document.get("steps").is_some() && document.get("plans").is_none() {
+        let name = args.file.file_stem().map_or("plans".into(), |s| s.to_string_lossy().into_owned());
+        document = json!({"name": name, "plans": [document]});
+    }
+    let env: BTreeMap<String, String> = super::plan::parse_env(args.env).map_err(|e| anyhow!(e))?;
+
+    let engine = Engine::local().await.context("loads run needs a Docker engine")?;
+    let binary = std::env::current_exe().context("cannot find this program's path")?;
+    let wanted: Vec<String> = document["plans"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|p| p["steps"].as_array().into_iter().flatten())
+        .filter_map(|s| s["container_name"].as_str().map(str::to_string))
+        .collect();
+    let tags = std::iter::once(images::RELAY).chain(wanted.iter().map(String::as_str));
+    for tag in images::ensure(&engine, tags, &binary).await? {
+        eprintln!("built image {tag}");
+    }
+
+    let actors = Actors::start(settings).await?;
+    let plan_id = import_plan(&actors, document, args.plan).await?;
+    let env = (!env.is_empty()).then(|| json!(env));
+    let run = match actors.broker.send(StartRun { plan_id, owner: args.owner, env }).await? {
+        Ok(run) => run,
+        Err(StoreError::Invalid(e)) => bail!("{}: {e}", args.file.display()),
+        Err(e) => return Err(e.into()),
+    };
+    println!("run {} of plan {:?}", run.id, run.plan_name);
+    let final_run = follow(&actors, &run).await?;
+    summary(&actors, &final_run).await?;
+    Ok(final_run.state == RunState::Completed)
+}
+
+/// Imports the file and answers the plan to run: the named one, or the only one.
+/// A plan that already ran and has changed since is forked, so history stays true.
+async fn import_plan(actors: &Actors, document: Value, wanted: Option<&str>) -> anyhow::Result<uuid::Uuid> {
+    let plans: Vec<Value> = document["plans"].as_array().cloned().unwrap_or_default();
+    let name = match wanted {
+        Some(n) => n.to_string(),
+        None if plans.len() == 1 => plans[0]["name"].as_str().unwrap_or_default().to_string(),
+        None => {
+            let names: Vec<&str> = plans.iter().filter_map(|p| p["name"].as_str()).collect();
+            bail!("the file has {} plans ({}); choose one with --plan", names.len(), names.join(", "))
+        }
+    };
+    let plan_doc = plans.iter().find(|p| p["name"] == name.as_str()).cloned().ok_or_else(|| anyhow!("no plan named {name:?} in the file"))?;
+    let project_name = document["name"].as_str().unwrap_or_default().to_string();
+    match actors.catalog.send(ImportProject { document }).await? {
+        Ok(report) => {
+            for w in &report.warnings {
+                eprintln!("warning: {w}");
+            }
+            report.project.plans.iter().find(|p| p.name == name).map(|p| p.id).ok_or_else(|| anyhow!("plan {name:?} vanished"))
+        }
+        Err(StoreError::Conflict { code: "plan_immutable", .. }) => {
+            let trees = actors.catalog.send(ProjectTrees { id: None }).await??;
+            let current = trees
+                .iter()
+                .filter(|t| t.project.name == project_name)
+                .flat_map(|t| &t.plans)
+                .find(|p| p.plan.plan.name == name)
+                .ok_or_else(|| anyhow!("plan {name:?} not found"))?;
+            let fork = actors.catalog.send(ForkPlan { id: current.plan.plan.id, name: None }).await??;
+            let mut doc = plan_doc;
+            doc["name"] = json!(fork.plan.name);
+            let updated = actors.catalog.send(UpdatePlan { id: fork.plan.id, document: doc }).await??;
+            eprintln!("plan {name:?} has runs and changed since; running the changed copy {:?}", updated.plan.name);
+            Ok(updated.plan.id)
+        }
+        Err(StoreError::Invalid(e)) => bail!("{e}"),
+        Err(e) => Err(e.into()),
+    }
+}
+
+struct StepLine {
+    bar: ProgressBar,
+    state: StepState,
+    running: usize,
+    exited: Vec<i64>,
+}
+
+impl StepLine {
+    fn render(&self) {
+        let exits = if self.exited.is_empty() { String::new() } else { format!(", exit codes {:?}", self.exited) };
+        self.bar.set_message(format!("{} ({} running{exits})", self.state.as_str(), self.running));
+    }
+}
+
+/// Shows the run's progress until it ends; Ctrl-C aborts it. Answers the final run.
+async fn follow(actors: &Actors, run: &RunView) -> anyhow::Result<RunView> {
+    let sub = actors.broker.send(Subscribe { run_id: run.id, since: 0 }).await??;
+    let multi = MultiProgress::new();
+    let style = ProgressStyle::with_template("{spinner} {prefix:>24} {elapsed:>4} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner());
+    let mut lines: BTreeMap<String, StepLine> = BTreeMap::new();
+    for record in &run.step_records {
+        let bar = multi.add(ProgressBar::new_spinner().with_style(style.clone()).with_prefix(record.step_name.clone()));
+        bar.enable_steady_tick(Duration::from_millis(200));
+        let line = StepLine { bar, state: record.state, running: 0, exited: Vec::new() };
+        line.render();
+        lines.insert(record.step_name.clone(), line);
+    }
+    // Off a terminal the bars are hidden, so every event is a plain line instead.
+    let plain = multi.is_hidden();
+    let say = move |multi: &MultiProgress, line: String| {
+        if plain {
+            eprintln!("{line}");
+        } else {
+            let _ = multi.println(line);
+        }
+    };
+    let mut apply = |event: &RunEvent, multi: &MultiProgress| match &event.kind {
+        EventKind::Run { state, reason } => {
+            say(multi, format!("run {}{}", state.as_str(), reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()));
+        }
+        EventKind::Step { step, state, reason } => {
+            if let Some(line) = lines.get_mut(step) {
+                line.state = *state;
+                line.render();
+                if matches!(state, StepState::Completed | StepState::Failed | StepState::Skipped) {
+                    line.bar.finish();
+                }
+            }
+            match reason {
+                Some(reason) => say(multi, format!("step {step}: {}: {reason}", state.as_str())),
+                None if plain => say(multi, format!("step {step}: {}", state.as_str())),
+                None => {}
+            }
+        }
+        EventKind::Container { step, node, state, exit_code, .. } => {
+            if plain && state != "removed" {
+                let code = exit_code.map(|c| format!(" with code {c}")).unwrap_or_default();
+                say(multi, format!("step {step}: node {node}: container {state}{code}"));
+            }
+            if let Some(line) = lines.get_mut(step) {
+                match state.as_str() {
+                    "started" => line.running += 1,
+                    "exited" => {
+                        line.running = line.running.saturating_sub(1);
+                        line.exited.extend(*exit_code);
+                    }
+                    _ => {}
+                }
+                line.render();
+            }
+        }
+        EventKind::Node { .. } => {}
+    };
+    for event in &sub.backlog {
+        apply(event, &multi);
+    }
+    if let Some(mut live) = sub.live {
+        let mut aborted = false;
+        loop {
+            tokio::select! {
+                event = live.recv() => match event {
+                    Some(event) => {
+                        apply(&event, &multi);
+                        if matches!(&event.kind, EventKind::Run { state, .. } if state.is_finished()) {
+                            break;
+                        }
+                    }
+                    None => break,
+                },
+                _ = tokio::signal::ctrl_c(), if !aborted => {
+                    aborted = true;
+                    say(&multi, "aborting the run (its containers are being stopped and removed)...".to_string());
+                    actors.broker.send(AbortRun { run_id: run.id }).await??;
+                }
+            }
+        }
+    }
+    for line in lines.values() {
+        line.bar.finish();
+    }
+    wait_until_finished(actors, run.id).await
+}
+
+/// The run once its final state is stored (the feed may end a moment before).
+async fn wait_until_finished(actors: &Actors, run_id: uuid::Uuid) -> anyhow::Result<RunView> {
+    for _ in 0..600 {
+        let run = actors.catalog.send(loads_actors::catalog::GetRun { id: run_id }).await??;
+        if run.state.is_finished() {
+            return Ok(run);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("run {run_id} did not reach a final state")
+}
+
+async fn summary(actors: &Actors, run: &RunView) -> anyhow::Result<()> {
+    let containers = actors.broker.send(RunLogs { run_id: run.id, step: None, node: None, tail: Some(1) }).await??;
+    let elapsed = |a: Option<chrono::DateTime<chrono::Utc>>, b: Option<chrono::DateTime<chrono::Utc>>| match (a, b) {
+        (Some(a), Some(b)) => format!("{:.1}s", (b - a).num_milliseconds() as f64 / 1000.0),
+        _ => "-".into(),
+    };
+    println!();
+    println!("{:<24} {:<10} {:>8}  {:<16} last output", "step", "state", "ran", "exit codes");
+    for r in &run.step_records {
+        let mine: Vec<_> = containers.iter().filter(|c| c.step_id == r.step_id && c.role == "step").collect();
+        let codes: Vec<String> = mine.iter().map(|c| c.exit_code.map_or("-".into(), |x| x.to_string())).collect();
+        let last = mine.first().map(|c| c.logs.trim().to_string()).unwrap_or_default();
+        println!("{:<24} {:<10} {:>8}  {:<16} {}", r.step_name, r.state.as_str(), elapsed(r.started_at, r.completed_at), codes.join(","), last);
+        if let Some(reason) = &r.failure_reason {
+            println!("{:<24} {reason}", "");
+        }
+    }
+    println!();
+    let took = elapsed(Some(run.created_at), run.completed_at);
+    match &run.failure_reason {
+        Some(reason) => println!("run {} {} after {took}: {reason}", run.id, run.state.as_str()),
+        None => println!("run {} {} after {took}", run.id, run.state.as_str()),
+    }
+    Ok(())
+}
