@@ -28,8 +28,10 @@ const GEN_C: &str = include_str!("../examples/demo/gen.c");
 const INDEX_HTML: &str = include_str!("../examples/demo/index.html");
 
 /// Busybox applets the images use, linked under /bin.
-const APPLETS: [&str; 16] =
-    ["sh", "wget", "nc", "date", "sleep", "usleep", "cat", "echo", "printf", "httpd", "seq", "ls", "env", "true", "false", "kill"];
+const APPLETS: [&str; 18] = [
+    "sh", "wget", "nc", "date", "sleep", "usleep", "cat", "echo", "printf", "httpd", "seq", "ls", "env", "true", "false", "kill",
+    "mkdir", "trap",
+];
 
 fn tool_error(tag: &str, message: impl Into<String>) -> ImageError {
     ImageError::Tool { tag: tag.to_string(), message: message.into() }

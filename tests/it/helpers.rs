@@ -100,6 +100,8 @@ pub struct TestApp {
     pub base: String,
     pub database_url: String,
     pub token: Option<String>,
+    /// This broker's id: every Docker resource it creates carries it.
+    pub broker_id: String,
     client: awc::Client,
     server: ServerHandle,
     _database: TestDatabase,
@@ -109,6 +111,50 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         // Sends the stop command; the server winds down with the test's system.
         drop(self.server.stop(false));
+        // Whatever a failing test left behind goes too.
+        remove_labelled(&self.broker_id);
+    }
+}
+
+/// Docker containers and networks labelled with `broker_id`, as `(containers, networks)`.
+pub fn leftovers(broker_id: &str) -> (Vec<String>, Vec<String>) {
+    let list = |args: &[&str]| -> Vec<String> {
+        let out = std::process::Command::new("docker").args(args).output().expect("docker CLI");
+        String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).filter(|l| !l.is_empty()).collect()
+    };
+    let filter = format!("label=loads.broker={broker_id}");
+    (list(&["ps", "-aq", "--filter", &filter]), list(&["network", "ls", "-q", "--filter", &filter]))
+}
+
+fn remove_labelled(broker_id: &str) {
+    let (containers, networks) = leftovers(broker_id);
+    if !containers.is_empty() {
+        let _ = std::process::Command::new("docker").args(["rm", "-f"]).args(&containers).output();
+    }
+    if !networks.is_empty() {
+        let _ = std::process::Command::new("docker").args(["network", "rm"]).args(&networks).output();
+    }
+}
+
+/// Builds the images tests run (the relay from the real `loads` binary, busybox) once per test process.
+pub fn ensure_images() {
+    static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let result = BUILT.get_or_init(|| {
+        std::thread::spawn(|| {
+            tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(async {
+                let engine = loads_actors::infra::docker::Engine::local().await.map_err(|e| e.to_string())?;
+                let binary = std::path::Path::new(env!("CARGO_BIN_EXE_loads"));
+                for tag in [loads::images::RELAY, loads::images::BUSYBOX] {
+                    loads::images::build(&engine, tag, binary).await.map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            })
+        })
+        .join()
+        .unwrap_or_else(|_| Err("image build panicked".into()))
+    });
+    if let Err(e) = result {
+        panic!("cannot build the test images: {e}");
     }
 }
 
@@ -126,7 +172,10 @@ impl TestApp {
     /// Starts a broker on a fresh database with `overrides` applied to its settings.
     pub async fn spawn(backend: Backend, overrides: &[(&str, &str)]) -> Self {
         let (database, database_url) = TestDatabase::create(backend).await;
-        let settings = settings(&database_url, overrides);
+        let broker_id = format!("t{}", &Uuid::new_v4().simple().to_string()[..12]);
+        let mut all = vec![("LOADS__BROKER__ID", broker_id.as_str()), ("LOADS__DOCKER__STOP_GRACE_SECONDS", "2")];
+        all.extend_from_slice(overrides);
+        let settings = settings(&database_url, &all);
         let app = Application::build(&settings).await.expect("build the broker");
         let base = format!("http://127.0.0.1:{}", app.port());
         let server = app.handle();
@@ -135,6 +184,7 @@ impl TestApp {
             base,
             database_url,
             token: None,
+            broker_id,
             client: awc::Client::builder().disable_timeout().finish(),
             server,
             _database: database,
@@ -236,4 +286,64 @@ pub fn plan_doc(name: &str) -> Value {
             {"name": "load", "container_name": "gen:1", "run_delay": 5, "environment_data": {"TARGET": "http://svc"}}
         ]
     })
+}
+
+impl TestApp {
+    /// Polls the run until `done` holds for it, at most `seconds`; answers the run.
+    pub async fn wait_for_run(&self, run_id: &str, seconds: u64, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+        loop {
+            let (status, run) = self.get(&format!("/api/v1/runs/{run_id}")).await;
+            assert_eq!(status, StatusCode::OK, "{run}");
+            if done(&run) {
+                return run;
+            }
+            assert!(std::time::Instant::now() < deadline, "run {run_id} did not get there in {seconds}s: {run:#}");
+            actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Polls until the run has finished; answers it.
+    pub async fn wait_finished(&self, run_id: &str, seconds: u64) -> Value {
+        self.wait_for_run(run_id, seconds, |r| ["completed", "failed", "aborted"].contains(&r["state"].as_str().unwrap_or(""))).await
+    }
+
+    /// Creates a plan from `plan` and starts a run of it with `body`; answers the run id.
+    pub async fn start(&self, plan: Value, body: Value) -> (Value, String) {
+        let plan = self.create_plan(plan).await;
+        let (status, run) = self.post(&format!("/api/v1/plans/{}/runs", plan["id"].as_str().unwrap()), &body).await;
+        assert_eq!(status, StatusCode::CREATED, "{run}");
+        assert_eq!(run["state"], "pending");
+        (plan, run["id"].as_str().unwrap().to_string())
+    }
+
+    /// Asserts that nothing labelled with this broker is left on the engine.
+    pub fn assert_no_leftovers(&self) {
+        let (containers, networks) = leftovers(&self.broker_id);
+        assert!(containers.is_empty() && networks.is_empty(), "left behind: containers {containers:?}, networks {networks:?}");
+    }
+}
+
+/// A busybox step running `script` with `sh -c`.
+pub fn sh_step(name: &str, script: &str) -> Value {
+    serde_json::json!({
+        "name": name,
+        "container_name": loads::images::BUSYBOX,
+        "additional_command_args": format!("-c {}", shell_quote(script)),
+    })
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// The step record of `name` in a run.
+pub fn record<'a>(run: &'a Value, name: &str) -> &'a Value {
+    run["step_records"].as_array().unwrap().iter().find(|r| r["step_name"] == name).unwrap_or_else(|| panic!("no step {name}: {run}"))
+}
+
+/// Seconds between two RFC 3339 timestamps.
+pub fn seconds_between(a: &Value, b: &Value) -> f64 {
+    let parse = |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap_or_else(|| panic!("not a time: {v}"))).unwrap();
+    (parse(b) - parse(a)).num_milliseconds() as f64 / 1000.0
 }

@@ -11,4 +11,5 @@ mod immutability;
 mod openapi;
 mod paging;
 mod projects;
+mod runs;
 mod validation;

@@ -1,0 +1,187 @@
+//! The run engine against the real Docker engine: schedule, stops, failures,
+//! aborts, environment, service steps and cleanup.
+
+use awc::http::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::{ensure_images, on_both_databases, record, seconds_between, sh_step};
+
+fn plan(name: &str, steps: Vec<Value>) -> Value {
+    json!({"name": name, "steps": steps})
+}
+
+fn with(mut step: Value, fields: Value) -> Value {
+    for (k, v) in fields.as_object().unwrap() {
+        step[k] = v.clone();
+    }
+    step
+}
+
+on_both_databases! {
+    /// Steps start `run_delay` after the run's start and nodes `node_delay` apart; every transition is recorded.
+    async fn steps_start_in_order_after_their_delays(app) {
+        ensure_images();
+        let (_, run_id) = app.start(plan("schedule", vec![
+            sh_step("first", "sleep 1"),
+            with(sh_step("second", "sleep 1"), json!({"run_delay": 2})),
+            with(sh_step("third", "sleep 1"), json!({"run_delay": 4, "instance_count": 2, "node_delay": 1})),
+        ]), json!({})).await;
+        let run = app.wait_finished(&run_id, 60).await;
+        assert_eq!(run["state"], "completed", "{run:#}");
+        assert!(run["failure_reason"].is_null());
+        let started = &run["started_at"];
+        for (step, delay) in [("first", 0.0), ("second", 2.0), ("third", 4.0)] {
+            let r = record(&run, step);
+            assert_eq!(r["state"], "completed", "{r}");
+            let offset = seconds_between(started, &r["started_at"]);
+            assert!((offset - delay).abs() < 1.0, "{step} started {offset:.2}s after the run, expected {delay}s");
+        }
+        assert!(seconds_between(&run["created_at"], started) >= 0.0);
+        assert!(seconds_between(started, &run["completed_at"]) >= 5.0);
+
+        let (status, logs) = app.get(&format!("/api/v1/runs/{run_id}/logs?step=third")).await;
+        assert_eq!(status, StatusCode::OK);
+        let starts: Vec<&Value> = logs["containers"].as_array().unwrap().iter().filter(|c| c["role"] == "step").map(|c| &c["created_at"]).collect();
+        assert_eq!(starts.len(), 2);
+        let spread = seconds_between(starts[0], starts[1]).abs();
+        assert!((spread - 1.0).abs() < 0.6, "nodes of one step started {spread:.2}s apart, expected 1s");
+        app.assert_no_leftovers();
+    }
+
+    /// `run_max_time` stops a step that would run for minutes; the run completes.
+    async fn run_max_time_stops_a_step(app) {
+        ensure_images();
+        let (_, run_id) = app.start(plan("max time", vec![with(sh_step("long", "sleep 300"), json!({"run_max_time": 2}))]), json!({})).await;
+        let run = app.wait_finished(&run_id, 60).await;
+        assert_eq!(run["state"], "completed", "{run:#}");
+        let r = record(&run, "long");
+        assert_eq!(r["state"], "completed");
+        let ran = seconds_between(&r["started_at"], &r["completed_at"]);
+        assert!((2.0..10.0).contains(&ran), "ran {ran:.2}s");
+        let (_, logs) = app.get(&format!("/api/v1/runs/{run_id}/logs?step=long")).await;
+        let step = logs["containers"].as_array().unwrap().iter().find(|c| c["role"] == "step").unwrap().clone();
+        assert_ne!(step["exit_code"], 0, "it was stopped, not finished: {step}");
+        app.assert_no_leftovers();
+    }
+
+    /// A generator that exits ends its step at once; a required step exiting non-zero fails the run with why.
+    async fn exits_end_steps_and_required_failures_fail_the_run(app) {
+        ensure_images();
+        let (_, run_id) = app.start(plan("exits", vec![
+            with(sh_step("quick", "echo done"), json!({"run_max_time": 600})),
+            with(sh_step("optional", "exit 4"), json!({"required": false})),
+        ]), json!({})).await;
+        let run = app.wait_finished(&run_id, 60).await;
+        assert_eq!(run["state"], "completed", "an optional step's failure does not fail the run: {run:#}");
+        assert_eq!(record(&run, "quick")["state"], "completed");
+        let optional = record(&run, "optional");
+        assert_eq!(optional["state"], "failed");
+        assert_eq!(optional["failed"], true);
+        assert_eq!(optional["failure_reason"], "the container on node s1n0 exited with code 4");
+        assert!(seconds_between(&record(&run, "quick")["started_at"], &record(&run, "quick")["completed_at"]) < 10.0);
+
+        let (_, run_id) = app.start(plan("required exit", vec![
+            sh_step("broken", "exit 3"),
+            with(sh_step("bystander", "sleep 300"), json!({"run_max_time": 0})),
+        ]), json!({})).await;
+        let run = app.wait_finished(&run_id, 60).await;
+        assert_eq!(run["state"], "failed", "{run:#}");
+        assert_eq!(run["failure_reason"], "step \"broken\" failed: the container on node s0n0 exited with code 3");
+        assert_eq!(record(&run, "bystander")["state"], "completed", "stopped because the run failed");
+        app.assert_no_leftovers();
+    }
+
+    /// A missing image fails its step with the engine's message; nothing is swallowed.
+    async fn a_bad_image_fails_the_step_with_a_readable_reason(app) {
+        ensure_images();
+        let (_, run_id) = app.start(plan("bad image", vec![
+            json!({"name": "ghost", "container_name": "loads/no-such-image:1"}),
+            sh_step("other", "sleep 1"),
+        ]), json!({})).await;
+        let run = app.wait_finished(&run_id, 60).await;
+        assert_eq!(run["state"], "failed", "{run:#}");
+        let reason = run["failure_reason"].as_str().unwrap();
+        assert!(reason.starts_with("step \"ghost\" failed: node s0n0: image loads/no-such-image:1 is not on the engine and could not be pulled"), "{reason}");
+        assert_eq!(record(&run, "ghost")["state"], "failed");
+        assert_eq!(record(&run, "other")["state"], "skipped", "never started: the run failed while initializing");
+        assert!(run["started_at"].is_null());
+        app.assert_no_leftovers();
+    }
+
+    /// Abort while running stops and removes everything; a second abort changes nothing.
+    async fn abort_during_running_removes_everything(app) {
+        ensure_images();
+        let (_, run_id) = app.start(plan("abort", vec![with(sh_step("forever", "sleep 300"), json!({"run_max_time": 0, "instance_count": 2}))]), json!({})).await;
+        app.wait_for_run(&run_id, 60, |r| record(r, "forever")["state"] == "running").await;
+        let (status, aborted) = app.post(&format!("/api/v1/runs/{run_id}/abort"), &json!({})).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{aborted}");
+        let run = app.wait_finished(&run_id, 60).await;
+        assert_eq!(run["state"], "aborted");
+        assert_eq!(run["aborted"], true);
+        let (status, again) = app.post(&format!("/api/v1/runs/{run_id}/abort"), &json!({})).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        assert_eq!(again["state"], "aborted", "idempotent");
+        app.assert_no_leftovers();
+    }
+
+    /// Env precedence: plan defaults < run env < step env < injected; `$VAR`s resolved; nothing leaks between steps.
+    async fn containers_get_the_environment_in_order_of_precedence(app) {
+        ensure_images();
+        let plan_doc = json!({
+            "name": "env",
+            "environment_data": {"A": "plan", "B": "plan", "C": "plan"},
+            "steps": [
+                with(sh_step("first", "env | sort"), json!({"environment_data": {"C": "step", "ONLY_FIRST": "1", "D": "$A-$B-$C-${RUN_ID}", "PRICE": "$$5"}})),
+                with(sh_step("second", "env | sort"), json!({"environment_data": {"E": "$STATSD_HOST:$STATSD_PORT"}})),
+            ]
+        });
+        let (plan, run_id) = app.start(plan_doc, json!({"env": {"B": "run", "C": "run"}, "owner": "qa"})).await;
+        let run = app.wait_finished(&run_id, 60).await;
+        assert_eq!(run["state"], "completed", "{run:#}");
+        assert_eq!(run["owner"], "qa");
+        assert_eq!(run["environment_data"], json!({"B": "run", "C": "run"}));
+        let (_, logs) = app.get(&format!("/api/v1/runs/{run_id}/logs")).await;
+        let env_of = |step: &str| -> std::collections::BTreeMap<String, String> {
+            let c = logs["containers"].as_array().unwrap().iter().find(|c| c["step_name"] == step && c["role"] == "step").unwrap();
+            c["logs"].as_str().unwrap().lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let first = env_of("first");
+        assert_eq!(first["A"], "plan");
+        assert_eq!(first["B"], "run");
+        assert_eq!(first["C"], "step");
+        assert_eq!(first["D"], format!("plan-run-step-{run_id}"));
+        assert_eq!(first["PRICE"], "$5");
+        assert_eq!(first["RUN_ID"], run_id);
+        assert_eq!(first["BROKER_ID"], app.broker_id);
+        assert_eq!(first["BROKER_VERSION"], loads::VERSION);
+        assert_eq!(first["CONTAINER_ID"], plan["steps"][0]["id"].as_str().unwrap());
+        assert_eq!(first["STATSD_PORT"], "8125");
+        assert!(first["STATSD_HOST"].parse::<std::net::Ipv4Addr>().is_ok(), "{}", first["STATSD_HOST"]);
+        assert!(first["HOST_IP"].parse::<std::net::Ipv4Addr>().is_ok());
+        let second = env_of("second");
+        assert!(!second.contains_key("ONLY_FIRST") && !second.contains_key("D"), "step env does not leak: {second:?}");
+        assert_eq!(second["C"], "run");
+        assert_eq!(second["E"], format!("{}:8125", second["STATSD_HOST"]));
+        assert_ne!(second["STATSD_HOST"], first["STATSD_HOST"], "each node has its own relay");
+        app.assert_no_leftovers();
+    }
+
+    /// A later step reaches an earlier service step by its dns_name; the service stops when the others are done.
+    async fn a_service_step_is_reached_by_its_dns_name(app) {
+        ensure_images();
+        let (_, run_id) = app.start(plan("service", vec![
+            with(sh_step("svc", "mkdir -p /w && echo hello-from-svc > /w/index.html && exec httpd -f -p 8080 -h /w"),
+                 json!({"service": true, "dns_name": "svc.test", "run_max_time": 0})),
+            with(sh_step("client", "for i in 1 2 3 4 5 6 7 8 9 10; do wget -q -O - http://svc.test:8080/ && exit 0; sleep 1; done; exit 1"),
+                 json!({"run_delay": 1})),
+        ]), json!({})).await;
+        let run = app.wait_finished(&run_id, 60).await;
+        assert_eq!(run["state"], "completed", "{run:#}");
+        assert_eq!(record(&run, "svc")["state"], "completed");
+        let (_, logs) = app.get(&format!("/api/v1/runs/{run_id}/logs?step=client&tail=5")).await;
+        let client = logs["containers"].as_array().unwrap().iter().find(|c| c["role"] == "step").unwrap().clone();
+        assert_eq!(client["exit_code"], 0);
+        assert!(client["logs"].as_str().unwrap().contains("hello-from-svc"), "{client}");
+        app.assert_no_leftovers();
+    }
+}
