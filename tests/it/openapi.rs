@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::helpers::{Backend, TestApp};
 
-const ROUTES: [(&str, &str); 15] = [
+const ROUTES: [(&str, &str); 20] = [
     ("get", "/health"),
     ("get", "/api/v1/projects"),
     ("post", "/api/v1/projects"),
@@ -21,8 +21,13 @@ const ROUTES: [(&str, &str); 15] = [
     ("put", "/api/v1/plans/{id}"),
     ("delete", "/api/v1/plans/{id}"),
     ("post", "/api/v1/plans/{id}/fork"),
+    ("post", "/api/v1/plans/{id}/runs"),
     ("get", "/api/v1/runs"),
     ("get", "/api/v1/runs/{id}"),
+    ("delete", "/api/v1/runs/{id}"),
+    ("post", "/api/v1/runs/{id}/abort"),
+    ("get", "/api/v1/runs/{id}/logs"),
+    ("get", "/api/v1/runs/{id}/events"),
 ];
 
 async fn document() -> Value {

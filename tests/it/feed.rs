@@ -1,0 +1,86 @@
+//! The websocket live feed: snapshot, order, late joins and reconnects with `since`.
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+use crate::helpers::{ensure_images, on_both_databases, sh_step, TestApp};
+
+/// Reads the feed until the server ends it; answers every JSON message.
+async fn read_feed(app: &TestApp, run_id: &str, since: u64) -> Vec<Value> {
+    let url = format!("{}/api/v1/runs/{run_id}/events?since={since}", app.base.replace("http://", "ws://"));
+    let (_, mut socket) = awc::Client::new().ws(url).connect().await.expect("websocket connects");
+    let mut messages = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while let Some(frame) = socket.next().await {
+        assert!(std::time::Instant::now() < deadline, "the feed did not end: {messages:#?}");
+        match frame.expect("frame") {
+            awc::ws::Frame::Text(text) => {
+                let message: Value = serde_json::from_slice(&text).unwrap();
+                let end = message["type"] == "end";
+                messages.push(message);
+                if end {
+                    break;
+                }
+            }
+            awc::ws::Frame::Close(_) => break,
+            _ => {}
+        }
+    }
+    messages
+}
+
+fn events(messages: &[Value]) -> Vec<Value> {
+    messages.iter().filter(|m| !["snapshot", "end"].contains(&m["type"].as_str().unwrap())).cloned().collect()
+}
+
+on_both_databases! {
+    /// A subscriber that joins a live run gets the snapshot, the backlog and the rest, in order, with no gaps;
+    /// one that reconnects later with `since` gets exactly what it missed.
+    async fn the_feed_misses_nothing_for_late_and_returning_subscribers(app) {
+        ensure_images();
+        let (_, run_id) = app.start(json!({"name": "feed", "steps": [
+            sh_step("a", "sleep 2"),
+            {"name": "b", "container_name": loads::images::BUSYBOX, "additional_command_args": "-c 'sleep 1'", "run_delay": 1, "instance_count": 2}
+        ]}), json!({})).await;
+        app.wait_for_run(&run_id, 60, |r| r["state"] == "running").await;
+
+        let live = read_feed(&app, &run_id, 0).await;
+        assert_eq!(live[0]["type"], "snapshot");
+        assert_eq!(live[0]["run"]["id"], json!(run_id));
+        assert_eq!(live.last().unwrap()["type"], "end");
+        let all = events(&live);
+        let seqs: Vec<u64> = all.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "numbered from 1 with no gap");
+        assert!(all.iter().all(|e| e["at"].as_str().is_some()));
+        let run_states: Vec<&str> = all.iter().filter(|e| e["type"] == "run").map(|e| e["state"].as_str().unwrap()).collect();
+        assert_eq!(run_states, ["pending", "initializing", "running", "terminating", "completed"]);
+        let b_states: Vec<&str> = all.iter().filter(|e| e["type"] == "step" && e["step"] == "b").map(|e| e["state"].as_str().unwrap()).collect();
+        assert_eq!(b_states, ["running", "completed"]);
+        let containers = |state: &str| all.iter().filter(|e| e["type"] == "container" && e["state"] == state).count();
+        assert_eq!((containers("started"), containers("exited"), containers("removed")), (3, 3, 6), "3 step containers and 3 relays");
+        let nodes_ready = all.iter().filter(|e| e["type"] == "node" && e["state"] == "ready").count();
+        assert_eq!(nodes_ready, 3);
+
+        let again = read_feed(&app, &run_id, 5).await;
+        assert_eq!(again[0]["type"], "snapshot");
+        assert_eq!(again[0]["run"]["state"], "completed");
+        assert_eq!(events(&again), all[5..].to_vec(), "a reconnect with since=5 gets events 6.. exactly");
+        let none_missed = read_feed(&app, &run_id, seqs.len() as u64).await;
+        assert_eq!(events(&none_missed), Vec::<Value>::new());
+        app.assert_no_leftovers();
+    }
+}
+
+/// The feed of an unknown run is a 404, and a plain HTTP request to it is a clear 400.
+#[actix_web::test]
+async fn the_feed_refuses_unknown_runs_and_non_websocket_requests() {
+    let app = TestApp::spawn(crate::helpers::Backend::Sqlite, &[]).await;
+    let (status, body) = app.get(&format!("/api/v1/runs/{}/events", uuid::Uuid::new_v4())).await;
+    assert_eq!(status, awc::http::StatusCode::NOT_FOUND, "{body}");
+    let plan = app.create_plan(crate::helpers::plan_doc("p")).await;
+    let run = app.record_run(plan["id"].as_str().unwrap(), None).await;
+    app.set_run_state(run, loads_actors::domain::views::RunState::Completed).await;
+    let (status, body) = app.get(&format!("/api/v1/runs/{run}/events")).await;
+    assert_eq!(status, awc::http::StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"], "not_websocket");
+}

@@ -1,0 +1,222 @@
+//! The runs API around the engine: bad requests, deletes, logs, the loads v2 routes,
+//! abort during initialization, and a broker killed in the middle of a run.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+
+use awc::http::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::{ensure_images, leftovers, on_both_databases, plan_doc, record, sh_step};
+
+on_both_databases! {
+    /// Bad run requests are 4xx naming the field; a disabled plan is 409.
+    async fn bad_run_requests_are_refused_clearly(app) {
+        let plan = app.create_plan(plan_doc("p")).await;
+        let runs = format!("/api/v1/plans/{}/runs", plan["id"].as_str().unwrap());
+        for (body, path) in [
+            (json!([]), ""),
+            (json!({"env": "A=1"}), "env"),
+            (json!({"env": {"A": [1]}}), "env.A"),
+            (json!({"owner": ""}), "owner"),
+            (json!({"colour": "red"}), "colour"),
+        ] {
+            let (status, answer) = app.post(&runs, &body).await;
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {answer}");
+            assert_eq!(answer["details"][0]["path"], path, "{body}: {answer}");
+        }
+        let (status, _) = app.post(&format!("/api/v1/plans/{}/runs", uuid::Uuid::new_v4()), &json!({})).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, _) = app.post("/api/v1/plans/nope/runs", &json!({})).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+
+        let mut disabled = plan_doc("off");
+        disabled["enabled"] = json!(false);
+        let off = app.create_plan(disabled).await;
+        let (status, answer) = app.post(&format!("/api/v1/plans/{}/runs", off["id"].as_str().unwrap()), &json!({})).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert_eq!(answer["error"], "plan_disabled");
+        let (_, list) = app.get("/api/v1/runs").await;
+        assert_eq!(list["total"], 0, "no run recorded for refused requests");
+    }
+
+    /// Live runs cannot be deleted; finished ones can. Logs filter by step, node and tail.
+    async fn runs_are_deleted_once_finished_and_logs_can_be_filtered(app) {
+        ensure_images();
+        let (_, run_id) = app.start(json!({"name": "logs", "steps": [
+            {"name": "talk", "container_name": loads::images::BUSYBOX, "instance_count": 2,
+             "additional_command_args": "-c 'for i in 1 2 3 4 5; do echo line-$$i; done; sleep 1'"}
+        ]}), json!({})).await;
+        let (status, answer) = app.delete(&format!("/api/v1/runs/{run_id}")).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+        assert_eq!(answer["error"], "run_live");
+        app.wait_finished(&run_id, 60).await;
+
+        let (status, logs) = app.get(&format!("/api/v1/runs/{run_id}/logs?step=talk&node=s0n1&tail=2")).await;
+        assert_eq!(status, StatusCode::OK, "{logs}");
+        let containers = logs["containers"].as_array().unwrap();
+        assert_eq!(containers.len(), 2, "the node's step container and its relay: {logs}");
+        let step = containers.iter().find(|c| c["role"] == "step").unwrap();
+        assert_eq!(step["logs"], "line-4\nline-5");
+        assert_eq!(step["node"], "s0n1");
+        assert_eq!(step["exit_code"], 0);
+        assert_eq!(step["image"], loads::images::BUSYBOX);
+        let (status, _) = app.get(&format!("/api/v1/runs/{run_id}/logs?step=nope")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, _) = app.get(&format!("/api/v1/runs/{run_id}/logs?tail=0")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+
+        let (status, _) = app.delete(&format!("/api/v1/runs/{run_id}")).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        let (status, _) = app.get(&format!("/api/v1/runs/{run_id}")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        app.assert_no_leftovers();
+    }
+
+    /// POST/DELETE /api/orchestrate and DELETE /api/run keep the original's behaviour.
+    async fn the_loads_v2_run_routes_start_abort_and_purge(app) {
+        ensure_images();
+        let plan = app.create_plan(json!({"name": "v2", "steps": [sh_step("s", "sleep 300")]})).await;
+        let plan_id = plan["id"].as_str().unwrap();
+        let (status, started) = app.post(&format!("/api/orchestrate/{plan_id}?owner=ops"), &json!({"TARGET": "x"})).await;
+        assert_eq!(status, StatusCode::OK, "{started}");
+        assert_eq!(started["success"], true);
+        let run_id = started["run_id"].as_str().unwrap().to_string();
+        let run = app.wait_for_run(&run_id, 60, |r| record(r, "s")["state"] == "running").await;
+        assert_eq!(run["owner"], "ops");
+        assert_eq!(run["environment_data"], json!({"TARGET": "x"}));
+
+        let (status, aborted) = app.delete(&format!("/api/orchestrate/{run_id}")).await;
+        assert_eq!(status, StatusCode::OK, "{aborted}");
+        assert_eq!(aborted["success"], true);
+        assert_eq!(app.wait_finished(&run_id, 60).await["state"], "aborted");
+
+        let (status, refused) = app.delete(&format!("/api/run/{run_id}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(refused, json!({"success": false, "status": 400, "message": "Already terminated"}));
+        let (status, purged) = app.delete(&format!("/api/run/{run_id}?purge=1&terminate=1")).await;
+        assert_eq!(status, StatusCode::OK, "{purged}");
+        let (status, gone) = app.get(&format!("/api/run/{run_id}")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(gone["message"], "No such run");
+        let (status, missing) = app.post(&format!("/api/orchestrate/{}", uuid::Uuid::new_v4()), &json!({})).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(missing["message"], "No such plan");
+        app.assert_no_leftovers();
+    }
+
+    /// Abort while nodes are still being prepared: the run ends aborted once preparation returns,
+    /// and what was already created (another step's relay) is removed.
+    async fn abort_during_initialization_releases_nodes(app) {
+        ensure_images();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = [0u8; 1024];
+            let _ = stream.read(&mut request);
+            let _ = released.recv_timeout(std::time::Duration::from_secs(60));
+            let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        });
+        let (_, run_id) = app.start(json!({"name": "slow init", "steps": [
+            sh_step("ready", "sleep 1"),
+            {"name": "slow", "container_name": "loads/never-built:1", "container_url": format!("http://127.0.0.1:{port}/image.tar")}
+        ]}), json!({})).await;
+        let run = app.wait_for_run(&run_id, 60, |r| r["state"] == "initializing").await;
+        assert!(run["started_at"].is_null());
+        let (status, _) = app.post(&format!("/api/v1/runs/{run_id}/abort"), &json!({})).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        app.wait_for_run(&run_id, 30, |r| r["state"] == "terminating").await;
+        release.send(()).unwrap();
+        let run = app.wait_finished(&run_id, 60).await;
+        assert_eq!(run["state"], "aborted", "{run:#}");
+        assert!(run["started_at"].is_null(), "it never started");
+        assert_eq!(record(&run, "ready")["state"], "skipped");
+        server.join().unwrap();
+        app.assert_no_leftovers();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn serve(db: &str, broker: &str, port: u16) -> Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loads"))
+        .arg("serve")
+        .env("LOADS__DATABASE__URL", db)
+        .env("LOADS__BROKER__ID", broker)
+        .env("LOADS__SERVER__PORT", port.to_string())
+        .env("LOADS__DOCKER__STOP_GRACE_SECONDS", "1")
+        .env("LOADS__LOG__LEVEL", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start loads serve");
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let line = lines.next().expect("loads serve exited early").unwrap();
+        if line.contains("loads listening") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "loads serve did not start");
+    }
+    std::thread::spawn(move || for _ in lines {});
+    child
+}
+
+/// Kill the broker with SIGKILL mid-run and start it again: the run is failed with a
+/// reason and everything it created is removed.
+#[actix_web::test]
+async fn a_broker_killed_mid_run_cleans_up_when_it_starts_again() {
+    ensure_images();
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("loads.db").display());
+    let broker = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = awc::Client::new();
+    let json_of = |bytes: &[u8]| serde_json::from_slice::<Value>(bytes).unwrap();
+
+    let mut first = serve(&db, &broker, port);
+    let mut r = client.post(format!("{base}/api/v1/projects")).send_json(&json!({"name": "crash", "plans": [{"name": "p", "steps": [sh_step("s", "sleep 300")]}]})).await.unwrap();
+    let project = json_of(&r.body().await.unwrap());
+    let plan_id = project["plans"][0]["id"].as_str().unwrap().to_string();
+    let mut r = client.post(format!("{base}/api/v1/plans/{plan_id}/runs")).send_json(&json!({})).await.unwrap();
+    let run_id = json_of(&r.body().await.unwrap())["id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let mut r = client.get(format!("{base}/api/v1/runs/{run_id}")).send().await.unwrap();
+        if record(&json_of(&r.body().await.unwrap()), "s")["state"] == "running" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the run did not start");
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let (containers, networks) = leftovers(&broker);
+    assert_eq!((containers.len(), networks.len()), (2, 1), "the killed broker left its step container, relay and network");
+
+    let mut second = serve(&db, &broker, port);
+    let client = awc::Client::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let run = loop {
+        let mut r = client.get(format!("{base}/api/v1/runs/{run_id}")).send().await.unwrap();
+        let run = json_of(&r.body().await.unwrap());
+        let (c, n) = leftovers(&broker);
+        if run["state"] == "failed" && c.is_empty() && n.is_empty() {
+            break run;
+        }
+        assert!(std::time::Instant::now() < deadline, "not reconciled: {run:#}, leftovers {c:?} {n:?}");
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(run["failure_reason"], loads_actors::broker::RESTART_REASON);
+    assert!(run["completed_at"].is_string());
+    second.kill().unwrap();
+    second.wait().unwrap();
+}
