@@ -48,13 +48,15 @@ pub struct DockerNodeActor {
     settings: RunSettings,
     who: NodeIdentity,
     containers: Vec<Tracked>,
+    /// The step image's default command, looked up while preparing so starts need no lookup.
+    image_cmd: Vec<String>,
     step: Recipient<ContainerExited>,
 }
 
 impl DockerNodeActor {
     /// A node actor reporting container exits to `step`.
     pub fn new(engine: Engine, db: DatabaseConnection, settings: RunSettings, who: NodeIdentity, step: Recipient<ContainerExited>) -> Self {
-        Self { engine, db, settings, who, containers: Vec::new(), step }
+        Self { engine, db, settings, who, containers: Vec::new(), image_cmd: Vec::new(), step }
     }
 
     fn labels(&self, role: &str) -> HashMap<String, String> {
@@ -116,13 +118,15 @@ impl Handler<PrepareNode> for DockerNodeActor {
         Box::pin(
             async move {
                 engine.ensure_image(&msg.image, msg.image_source.as_deref()).await?;
+                let (_, cmd) = engine.image_command(&msg.image).await?;
                 let id = engine.start_container(&relay).await?;
                 let ip = engine.container_ip(&id, &network).await;
-                Ok((id, ip))
+                Ok((id, ip, cmd))
             }
             .into_actor(self)
-            .map(move |res: Result<(String, Result<String, DockerError>), DockerError>, act, _| {
-                let (id, ip) = res?;
+            .map(move |res: Result<(String, Result<String, DockerError>, Vec<String>), DockerError>, act, _| {
+                let (id, ip, cmd) = res?;
+                act.image_cmd = cmd;
                 act.containers.push(Tracked { docker_id: id, image, role: "relay", started_at: Utc::now(), exit_code: None });
                 ip
             }),
@@ -146,11 +150,12 @@ impl Handler<StartContainer> for DockerNodeActor {
     fn handle(&mut self, msg: StartContainer, _: &mut Context<Self>) -> Self::Result {
         let engine = self.engine.clone();
         let launch = msg.launch;
-        let mut spec = ContainerSpec {
+        let cmd = (!launch.args.is_empty()).then(|| self.image_cmd.iter().chain(&launch.args).cloned().collect());
+        let spec = ContainerSpec {
             name: self.container_name("step"),
             image: launch.image.clone(),
             env: launch.env.clone(),
-            cmd: None,
+            cmd,
             labels: self.labels("step"),
             network: self.who.network.clone(),
             aliases: msg.aliases,
@@ -158,14 +163,7 @@ impl Handler<StartContainer> for DockerNodeActor {
             binds: launch.binds.clone(),
         };
         Box::pin(
-            async move {
-                if !launch.args.is_empty() {
-                    let (_, mut cmd) = engine.image_command(&spec.image).await?;
-                    cmd.extend(launch.args.iter().cloned());
-                    spec.cmd = Some(cmd);
-                }
-                engine.start_container(&spec).await
-            }
+            async move { engine.start_container(&spec).await }
             .into_actor(self)
             .map(move |res: Result<String, DockerError>, act, ctx| {
                 let id = res?;
