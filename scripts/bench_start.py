@@ -7,9 +7,10 @@ from the broker's own records:
   - POST /runs -> all step containers running (run.created_at -> last start),
   - the spread of start times across the step's nodes,
   - the engine's own time to create and start the same containers with
-    `docker run -d`: N relays at once, then N step containers at once (a run
-    starts only when every node's relay is up): the floor loads cannot go
-    below. Overhead = the first minus this.
+    `docker run -d --init` on a fresh user-defined network: N relays (the
+    relay image) at once, then N step containers at once (a run starts only
+    when every node's relay is up): the floor loads cannot go below.
+    Overhead = the first minus this.
 Usage: scripts/bench_start.py [--binary PATH] [--nodes 1 10 50] [--repeat 3]
 """
 import argparse
@@ -47,11 +48,11 @@ def wait_finished(base, run_id, limit=300):
     raise SystemExit(f"run {run_id} did not finish in {limit}s")
 
 
-def engine_baseline(n):
-    """Seconds for the engine to create and start n busybox containers, all at once."""
+def engine_baseline(n, network, image, *command):
+    """Seconds for the engine to create and start n containers of image on network, all at once."""
     names = [f"loads-bench-{uuid.uuid4().hex[:12]}" for _ in range(n)]
     t0 = time.time()
-    procs = [subprocess.Popen(["docker", "run", "-d", "--name", name, "--label", "loads.bench=1", "loads/busybox:1", "sleep", "5"],
+    procs = [subprocess.Popen(["docker", "run", "-d", "--init", "--network", network, "--name", name, "--label", "loads.bench=1", image, *command],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for name in names]
     for p in procs:
         p.wait()
@@ -65,6 +66,7 @@ def main():
     ap.add_argument("--binary", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", "target"), "debug", "loads"))
     ap.add_argument("--nodes", type=int, nargs="+", default=[1, 10, 50])
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--relay-image", default="loads/relay:0.1.0")
     args = ap.parse_args()
 
     workdir = tempfile.mkdtemp(prefix="loads-bench-")
@@ -97,7 +99,14 @@ def main():
                 assert len(starts) == n, (len(starts), n)
                 totals.append((starts[-1] - ts(run["created_at"])).total_seconds())
                 spreads.append((starts[-1] - starts[0]).total_seconds())
-                engine.append(engine_baseline(n) + engine_baseline(n))
+                network = f"loads-bench-{uuid.uuid4().hex[:12]}"
+                t0 = time.time()
+                subprocess.run(["docker", "network", "create", network], check=True, stdout=subprocess.DEVNULL)
+                floor = time.time() - t0
+                floor += engine_baseline(n, network, args.relay_image)
+                floor += engine_baseline(n, network, "loads/busybox:1", "sleep", "5")
+                subprocess.run(["docker", "network", "rm", network], stdout=subprocess.DEVNULL)
+                engine.append(floor)
             total, floor = statistics.median(totals), statistics.median(engine)
             print(f"{n:>5} {total:>22.2f} {statistics.median(spreads):>17.2f} {floor:>17.2f} {total - floor:>13.2f}")
     finally:
