@@ -191,6 +191,58 @@ impl Handler<DeleteRun> for BrokerActor {
     }
 }
 
+/// What `StopRun` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// The run was live and is being aborted.
+    Aborting,
+    /// The run had finished and its record was deleted.
+    Purged,
+    /// The run had finished and nothing was done.
+    AlreadyFinished,
+}
+
+/// Stops a live run, or with `purge` deletes a finished one (the loads v2 `DELETE /api/run`).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Stopped, StoreError>")]
+pub struct StopRun {
+    /// The run.
+    pub run_id: Uuid,
+    /// Delete the record of a finished run.
+    pub purge: bool,
+}
+
+impl Handler<StopRun> for BrokerActor {
+    type Result = ResponseActFuture<Self, Result<Stopped, StoreError>>;
+
+    fn handle(&mut self, msg: StopRun, _: &mut Context<Self>) -> Self::Result {
+        let supervisor = self.live.get(&msg.run_id).cloned();
+        let db = self.db.clone();
+        let run_id = msg.run_id;
+        Box::pin(
+            async move {
+                if let Some(s) = supervisor {
+                    let _ = s.send(AbortSupervised).await;
+                    return Ok(Stopped::Aborting);
+                }
+                runs::get(&db, run_id).await?;
+                if !msg.purge {
+                    return Ok(Stopped::AlreadyFinished);
+                }
+                runs::delete(&db, run_id).await?;
+                Ok(Stopped::Purged)
+            }
+            .into_actor(self)
+            .map(move |res, act, _| {
+                if matches!(res, Ok(Stopped::Purged)) {
+                    act.finished.retain(|(id, _)| *id != run_id);
+                }
+                res
+            }),
+        )
+    }
+}
+
 /// Subscribes to a run's live feed from event `since` on.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Subscription, StoreError>")]

@@ -184,3 +184,14 @@ catalog_message!(
     ProjectTrees { id: Option<Uuid> } -> Vec<ProjectTree>,
     |db, limits, msg| projects::trees(&db, msg.id).await
 );
+
+catalog_message!(
+    /// Imports a project document and answers the project's whole tree (the loads v2 `POST /api/project`).
+    ImportProjectTree { document: Value } -> ProjectTree,
+    |db, limits, msg| {
+        let spec = validate::project(&msg.document, &limits).map_err(invalid)?;
+        let report = projects::import(&db, &spec.value, spec.warnings).await?;
+        let mut trees = projects::trees(&db, Some(report.project.project.id)).await?;
+        Ok(trees.remove(0))
+    }
+);

@@ -7,8 +7,8 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
-use loads_actors::broker::{AbortRun as BrokerAbort, DeleteRun, StartRun};
-use loads_actors::catalog::{DeleteProject, GetRun, GetRun as GetRunState, ImportProject, ListRuns, ProjectTrees};
+use loads_actors::broker::{AbortRun as BrokerAbort, StartRun, StopRun, Stopped};
+use loads_actors::catalog::{DeleteProject, GetRun, ImportProjectTree, ListRuns, ProjectTrees};
 use loads_actors::domain::views::{PlanTree, ProjectTree, RunView, StepView};
 use loads_actors::store::runs::RunFilter;
 use loads_actors::store::StoreError;
@@ -143,10 +143,8 @@ pub async fn list_projects(state: web::Data<ApiState>) -> Reply {
 /// `POST /api/project`: imports a project file (JSON body).
 pub async fn create_project(state: web::Data<ApiState>, req: HttpRequest, payload: web::Payload) -> Reply {
     let document = input::required(&req, payload, state.max_body_bytes, true).await?;
-    let report = state.catalog.send(ImportProject { document }).await??;
-    let id = report.project.project.id;
-    let trees = state.catalog.send(ProjectTrees { id: Some(id) }).await?.map_err(no_such("project"))?;
-    Ok(ok(with("project", trees.first().map(project_json).unwrap_or(Value::Null))))
+    let tree = state.catalog.send(ImportProjectTree { document }).await??;
+    Ok(ok(with("project", project_json(&tree))))
 }
 
 /// `GET /api/project/{uuid}`.
@@ -194,14 +192,12 @@ pub async fn delete_run(state: web::Data<ApiState>, req: HttpRequest, path: web:
     let query = Query::of(&req)?;
     let purge = query.flag("purge")?;
     query.flag("terminate")?;
-    let run = state.catalog.send(GetRunState { id: run_id }).await?.map_err(no_such("run"))?;
-    if !run.state.is_finished() {
-        state.broker.send(BrokerAbort { run_id }).await?.map_err(no_such("run"))?;
-        return Ok(ok(with("message", json!(if purge { "aborting; purge the run once it has ended" } else { "aborting" }))));
+    match state.broker.send(StopRun { run_id, purge }).await?.map_err(no_such("run"))? {
+        Stopped::Aborting => {
+            let message = if purge { "aborting; purge the run once it has ended" } else { "aborting" };
+            Ok(ok(with("message", json!(message))))
+        }
+        Stopped::AlreadyFinished => Err(CompatError(ApiError::bad_request("already_terminated", "Already terminated"))),
+        Stopped::Purged => Ok(ok(Map::new())),
     }
-    if !purge {
-        return Err(CompatError(ApiError::bad_request("already_terminated", "Already terminated")));
-    }
-    state.broker.send(DeleteRun { run_id }).await?.map_err(no_such("run"))?;
-    Ok(ok(Map::new()))
 }

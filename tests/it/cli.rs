@@ -167,3 +167,77 @@ fn help_has_examples() {
         assert!(text(&out.stdout).contains("Examples:"), "{args:?}: {}", text(&out.stdout));
     }
 }
+
+fn run_plan_file(dir: &Path, body: &str) -> std::path::PathBuf {
+    let file = dir.join("plan.toml");
+    std::fs::write(&file, body).unwrap();
+    file
+}
+
+fn run_env(dir: &Path, broker: &str) -> Vec<(String, String)> {
+    vec![
+        ("LOADS__DATABASE__URL".into(), format!("sqlite://{}", dir.join("run.db").display())),
+        ("LOADS__BROKER__ID".into(), broker.into()),
+        ("LOADS__DOCKER__STOP_GRACE_SECONDS".into(), "1".into()),
+    ]
+}
+
+/// `loads run` runs a plan file, prints a summary, and exits 0 only when the run completed.
+#[test]
+fn loads_run_exits_with_the_runs_outcome() {
+    crate::helpers::ensure_images();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let env = run_env(dir.path(), &broker);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let ok = run_plan_file(dir.path(), "name = \"ok\"\n[[steps]]\nname = \"hello\"\ncontainer_name = \"loads/busybox:1\"\ninstance_count = 2\nadditional_command_args = \"-c 'echo hello-from-$$HOSTNAME'\"\n");
+    let out = loads(&["run", ok.to_str().unwrap()], &env, dir.path());
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("completed after"), "{stdout}");
+    assert!(stdout.contains("hello") && stdout.contains("0,0"), "the summary shows both exit codes: {stdout}");
+    assert!(stderr.contains("run running") && stderr.contains("run completed"), "progress is shown: {stderr}");
+
+    let failing = run_plan_file(dir.path(), "name = \"bad\"\n[[steps]]\nname = \"oops\"\ncontainer_name = \"loads/busybox:1\"\nadditional_command_args = \"-c 'exit 7'\"\n");
+    let out = loads(&["run", failing.to_str().unwrap()], &env, dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).contains("exited with code 7"), "{}", text(&out.stdout));
+    let (containers, networks) = crate::helpers::leftovers(&broker);
+    assert!(containers.is_empty() && networks.is_empty());
+}
+
+/// Ctrl-C (SIGINT) aborts the run: the command exits non-zero and leaves nothing behind.
+#[test]
+fn ctrl_c_aborts_loads_run_and_leaves_nothing() {
+    use std::io::BufRead;
+    crate::helpers::ensure_images();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let file = run_plan_file(dir.path(), "name = \"long\"\n[[steps]]\nname = \"sleeper\"\ncontainer_name = \"loads/busybox:1\"\nrun_max_time = 0\nadditional_command_args = \"-c 'sleep 300'\"\n");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loads"))
+        .args(["run", file.to_str().unwrap()])
+        .current_dir(dir.path())
+        .envs(run_env(dir.path(), &broker))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let line = lines.next().expect("loads run ended early").unwrap();
+        if line.contains("container started") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline);
+    }
+    let (containers, _) = crate::helpers::leftovers(&broker);
+    assert_eq!(containers.len(), 2, "the step's container and its relay are running");
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "{rest:?}");
+    assert!(rest.iter().any(|l| l.contains("run aborted")), "{rest:?}");
+    let (containers, networks) = crate::helpers::leftovers(&broker);
+    assert!(containers.is_empty() && networks.is_empty(), "left: {containers:?} {networks:?}");
+}

@@ -185,3 +185,61 @@ on_both_databases! {
         app.assert_no_leftovers();
     }
 }
+
+/// `port_mapping` publishes on 127.0.0.1; `volume_mapping` mounts from under the volume root
+/// (read-write when asked); a host path outside the root fails the step before anything starts.
+#[actix_web::test]
+async fn ports_and_volumes_are_mapped_within_their_bounds() {
+    ensure_images();
+    let root = tempfile::tempdir().unwrap();
+    let root_path = root.path().to_str().unwrap().to_string();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let app = crate::helpers::TestApp::spawn(crate::helpers::Backend::Sqlite, &[("LOADS__DOCKER__VOLUME_ROOT", &root_path)]).await;
+    let (_, run_id) = app.start(plan("mappings", vec![
+        with(sh_step("web", "mkdir -p /w && echo mapped > /w/index.html && exec httpd -f -p 8080 -h /w"),
+             json!({"service": true, "run_max_time": 0, "port_mapping": format!("8080:{port}")})),
+        with(sh_step("writer", "echo written-by-$$HOSTNAME > /data/out.txt && sleep 3"),
+             json!({"volume_mapping": format!("/data:{root_path}/$RUN_ID:rw")})),
+    ]), json!({})).await;
+    app.wait_for_run(&run_id, 60, |r| record(r, "writer")["state"] == "running").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let body = loop {
+        let answer = awc::Client::new().get(format!("http://127.0.0.1:{port}/")).send().await;
+        if let Ok(mut response) = answer {
+            break response.body().await.unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "the mapped port never answered");
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(String::from_utf8_lossy(&body).trim(), "mapped");
+    let run = app.wait_finished(&run_id, 60).await;
+    assert_eq!(run["state"], "completed", "{run:#}");
+    let written = std::fs::read_to_string(root.path().join(&run_id).join("out.txt")).unwrap();
+    assert!(written.starts_with("written-by-"), "{written}");
+
+    let (_, run_id) = app.start(plan("escape", vec![
+        with(sh_step("escaper", "true"), json!({"volume_mapping": "/data:/etc"})),
+    ]), json!({})).await;
+    let run = app.wait_finished(&run_id, 60).await;
+    assert_eq!(run["state"], "failed");
+    let reason = run["failure_reason"].as_str().unwrap();
+    assert!(reason.contains("host path \"/etc\" is not under the volume root"), "{reason}");
+    app.assert_no_leftovers();
+}
+
+/// Each node's relay is its STATSD_HOST and counts the lines it gets, malformed ones apart.
+#[actix_web::test]
+async fn the_relay_receives_the_nodes_statsd() {
+    ensure_images();
+    let app = crate::helpers::TestApp::spawn(crate::helpers::Backend::Sqlite, &[]).await;
+    let (_, run_id) = app.start(plan("statsd", vec![
+        sh_step("sender", "printf \"hits:1|c\\nlatency:12|ms\\nnot statsd\\n\" | nc $$STATSD_HOST $$STATSD_PORT"),
+    ]), json!({})).await;
+    let run = app.wait_finished(&run_id, 60).await;
+    assert_eq!(run["state"], "completed", "{run:#}");
+    let (_, logs) = app.get(&format!("/api/v1/runs/{run_id}/logs")).await;
+    let relay = logs["containers"].as_array().unwrap().iter().find(|c| c["role"] == "relay").unwrap().clone();
+    let last = relay["logs"].as_str().unwrap().lines().last().unwrap_or_default().to_string();
+    assert_eq!(last, "statsd lines=2 malformed=1", "{relay}");
+    app.assert_no_leftovers();
+}
