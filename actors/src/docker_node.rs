@@ -90,6 +90,13 @@ pub struct ContainerExited {
     pub exit_code: i64,
 }
 
+/// A started relay: its id, its address (or why it is unknown), the step image's command.
+struct Relay {
+    id: String,
+    ip: Result<String, DockerError>,
+    cmd: Vec<String>,
+}
+
 /// Makes the node ready: the step's image present and the relay running; answers the relay's address.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<String, DockerError>")]
@@ -121,14 +128,15 @@ impl Handler<PrepareNode> for DockerNodeActor {
                 let (_, cmd) = engine.image_command(&msg.image).await?;
                 let id = engine.start_container(&relay).await?;
                 let ip = engine.container_ip(&id, &network).await;
-                Ok((id, ip, cmd))
+                Ok(Relay { id, ip, cmd })
             }
             .into_actor(self)
-            .map(move |res: Result<(String, Result<String, DockerError>, Vec<String>), DockerError>, act, _| {
-                let (id, ip, cmd) = res?;
-                act.image_cmd = cmd;
-                act.containers.push(Tracked { docker_id: id, image, role: "relay", started_at: Utc::now(), exit_code: None });
-                ip
+            .map(move |res: Result<Relay, DockerError>, act, _| {
+                let relay = res?;
+                act.image_cmd = relay.cmd;
+                // Tracked before its address is checked, so a failed lookup still removes it.
+                act.containers.push(Tracked { docker_id: relay.id, image, role: "relay", started_at: Utc::now(), exit_code: None });
+                relay.ip
             }),
         )
     }

@@ -373,9 +373,11 @@ impl Engine {
         }
     }
 
-    /// Removes every container and network carrying all of `filter`'s labels;
-    /// answers how many of each were removed.
-    pub async fn sweep(&self, filter: &[(&str, &str)]) -> Result<(usize, usize), DockerError> {
+    /// Containers (stopped ones too) and networks carrying all of `filter`'s labels.
+    async fn list_labelled(
+        &self,
+        filter: &[(&str, &str)],
+    ) -> Result<(Vec<bollard::models::ContainerSummary>, Vec<bollard::models::Network>), DockerError> {
         let label_filter: Vec<String> = filter.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let filters = HashMap::from([("label".to_string(), label_filter)]);
         let containers = self
@@ -383,23 +385,26 @@ impl Engine {
             .list_containers(Some(ListContainersOptions { all: true, filters: Some(filters.clone()), ..Default::default() }))
             .await
             .map_err(|source| DockerError::Sweep { operation: "list containers", source })?;
-        for c in &containers {
-            if let Some(id) = &c.id {
-                self.remove_container(id).await?;
-            }
-        }
         let networks = self
             .docker
             .list_networks(Some(ListNetworksOptions { filters: Some(filters) }))
             .await
             .map_err(|source| DockerError::Sweep { operation: "list networks", source })?;
-        for n in &networks {
-            if let Some(id) = &n.id {
-                match self.docker.remove_network(id).await {
-                    Ok(()) => {}
-                    Err(e) if is_not_found(&e) => {}
-                    Err(source) => return Err(DockerError::Sweep { operation: "remove a network", source }),
-                }
+        Ok((containers, networks))
+    }
+
+    /// Removes every container and then every network carrying all of
+    /// `filter`'s labels; answers how many of each were removed.
+    pub async fn sweep(&self, filter: &[(&str, &str)]) -> Result<(usize, usize), DockerError> {
+        let (containers, networks) = self.list_labelled(filter).await?;
+        for id in containers.iter().filter_map(|c| c.id.as_deref()) {
+            self.remove_container(id).await?;
+        }
+        for id in networks.iter().filter_map(|n| n.id.as_deref()) {
+            match self.docker.remove_network(id).await {
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(source) => return Err(DockerError::Sweep { operation: "remove a network", source }),
             }
         }
         Ok((containers.len(), networks.len()))
@@ -407,18 +412,7 @@ impl Engine {
 
     /// The values of label `key` on containers and networks carrying all of `filter`'s labels.
     pub async fn labelled(&self, filter: &[(&str, &str)], key: &str) -> Result<Vec<String>, DockerError> {
-        let label_filter: Vec<String> = filter.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let filters = HashMap::from([("label".to_string(), label_filter)]);
-        let containers = self
-            .docker
-            .list_containers(Some(ListContainersOptions { all: true, filters: Some(filters.clone()), ..Default::default() }))
-            .await
-            .map_err(|source| DockerError::Sweep { operation: "list containers", source })?;
-        let networks = self
-            .docker
-            .list_networks(Some(ListNetworksOptions { filters: Some(filters) }))
-            .await
-            .map_err(|source| DockerError::Sweep { operation: "list networks", source })?;
+        let (containers, networks) = self.list_labelled(filter).await?;
         let mut values: Vec<String> = containers
             .into_iter()
             .filter_map(|c| c.labels.and_then(|mut l| l.remove(key)))
