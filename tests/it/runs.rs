@@ -243,3 +243,51 @@ async fn the_relay_receives_the_nodes_statsd() {
     assert_eq!(last, "statsd lines=2 malformed=1", "{relay}");
     app.assert_no_leftovers();
 }
+
+/// A step's image is loaded from its `container_url` (a gzipped `docker save`
+/// tarball, by path and over HTTP) when the engine does not have it.
+#[actix_web::test]
+async fn images_are_loaded_from_container_url_tarballs() {
+    ensure_images();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = format!("loads/tarball-test:{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let tarball = dir.path().join("image.tar.gz");
+    let docker = |args: &[&str]| {
+        let out = std::process::Command::new("docker").args(args).output().unwrap();
+        assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    docker(&["tag", loads::images::BUSYBOX, &tag]);
+    let save = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("docker save {tag} | gzip > {}", tarball.display()))
+        .status()
+        .unwrap();
+    assert!(save.success());
+    let bytes = std::fs::read(&tarball).unwrap();
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut request = [0u8; 1024];
+        let _ = std::io::Read::read(&mut stream, &mut request);
+        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", bytes.len());
+        let _ = std::io::Write::write_all(&mut stream, head.as_bytes());
+        let _ = std::io::Write::write_all(&mut stream, &bytes);
+    });
+
+    let app = crate::helpers::TestApp::spawn(crate::helpers::Backend::Sqlite, &[]).await;
+    for url in [format!("http://127.0.0.1:{port}/image.tar.gz"), tarball.display().to_string()] {
+        docker(&["rmi", &tag]);
+        let step = json!({"name": "loaded", "container_name": tag, "container_url": url, "additional_command_args": "-c 'echo from-tarball'"});
+        let (_, run_id) = app.start(plan("tarball", vec![step]), json!({})).await;
+        let run = app.wait_finished(&run_id, 60).await;
+        assert_eq!(run["state"], "completed", "{url}: {run:#}");
+        let (_, logs) = app.get(&format!("/api/v1/runs/{run_id}/logs?step=loaded")).await;
+        let step = logs["containers"].as_array().unwrap().iter().find(|c| c["role"] == "step").unwrap().clone();
+        assert_eq!(step["logs"].as_str().unwrap().trim(), "from-tarball");
+    }
+    server.join().unwrap();
+    docker(&["rmi", &tag]);
+    app.assert_no_leftovers();
+}

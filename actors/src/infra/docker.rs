@@ -233,6 +233,19 @@ impl Engine {
         Ok(())
     }
 
+    /// Removes untagged images carrying `label` (`key=value`), left behind when a tag is rebuilt.
+    pub async fn prune_untagged(&self, label: &str) -> Result<(), DockerError> {
+        let filters = HashMap::from([
+            ("dangling".to_string(), vec!["true".to_string()]),
+            ("label".to_string(), vec![label.to_string()]),
+        ]);
+        self.docker
+            .prune_images(Some(bollard::query_parameters::PruneImagesOptions { filters: Some(filters) }))
+            .await
+            .map_err(|source| DockerError::Sweep { operation: "prune untagged images", source })?;
+        Ok(())
+    }
+
     /// Creates a bridge network with `labels`; answers its id and gateway address.
     pub async fn create_network(&self, name: &str, labels: HashMap<String, String>) -> Result<(String, String), DockerError> {
         let request = NetworkCreateRequest {

@@ -103,9 +103,12 @@ pub fn binary_with_libraries(binary: &Path, to: &str) -> Result<Vec<RootEntry>, 
     Ok(entries)
 }
 
+/// The label on every image loads builds.
+pub const IMAGE_LABEL: &str = "loads.image";
+
 fn dockerfile(recipe: &Recipe) -> String {
     let json = |v: &[String]| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
-    let mut text = String::from("FROM scratch\nCOPY rootfs/ /\nLABEL loads.image=\"true\"\n");
+    let mut text = format!("FROM scratch\nCOPY rootfs/ /\nLABEL {IMAGE_LABEL}=\"true\"\n");
     if !recipe.entrypoint.is_empty() {
         text.push_str(&format!("ENTRYPOINT {}\n", json(&recipe.entrypoint)));
     }
@@ -159,10 +162,11 @@ pub fn context(recipe: &Recipe) -> Result<Vec<u8>, ImageError> {
     tar.into_inner().map_err(|e| io(Path::new("context"), e))
 }
 
-/// Builds `recipe` on `engine`.
+/// Builds `recipe` on `engine`, then removes earlier builds the tag no longer names.
 pub async fn build(engine: &Engine, recipe: &Recipe) -> Result<(), ImageError> {
     let context = context(recipe)?;
     engine.build_image(&recipe.tag, context).await?;
+    engine.prune_untagged(&format!("{IMAGE_LABEL}=true")).await?;
     Ok(())
 }
 
