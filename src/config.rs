@@ -37,6 +37,7 @@ provider = "local"
 
 [docker]
 stop_grace_seconds = 15
+prepare_timeout_seconds = 900
 volume_root = "/var/tmp/loads/volumes"
 log_tail = 1000
 
@@ -127,6 +128,8 @@ pub struct PoolSettings {
 pub struct DockerSettings {
     /// Seconds between SIGTERM and SIGKILL when a container is stopped.
     pub stop_grace_seconds: u32,
+    /// Longest a node may take to get its image (load or pull) before its step fails.
+    pub prepare_timeout_seconds: u64,
     /// The only host directory `volume_mapping` may mount from.
     pub volume_root: String,
     /// Lines of each container's output kept after it is removed.
@@ -335,6 +338,9 @@ impl Settings {
         if !std::path::Path::new(&self.docker.volume_root).is_absolute() {
             return invalid("docker.volume_root", "must be an absolute path");
         }
+        if self.docker.prepare_timeout_seconds == 0 {
+            return invalid("docker.prepare_timeout_seconds", "must be at least 1");
+        }
         if self.docker.log_tail == 0 {
             return invalid("docker.log_tail", "must be at least 1");
         }
@@ -372,6 +378,7 @@ impl Settings {
             stop_grace_secs: self.docker.stop_grace_seconds,
             volume_root: self.docker.volume_root.clone().into(),
             log_tail: self.docker.log_tail,
+            prepare_timeout_secs: self.docker.prepare_timeout_seconds,
         }
     }
 

@@ -122,9 +122,15 @@ impl Handler<PrepareNode> for DockerNodeActor {
         };
         let network = self.who.network.clone();
         let image = relay.image.clone();
+        let limit = std::time::Duration::from_secs(self.settings.prepare_timeout_secs);
+        let node = self.who.node.clone();
         Box::pin(
             async move {
-                engine.ensure_image(&msg.image, msg.image_source.as_deref()).await?;
+                let ensured = tokio::time::timeout(limit, engine.ensure_image(&msg.image, msg.image_source.as_deref())).await;
+                ensured.map_err(|_| DockerError::Timeout {
+                    operation: format!("getting image {} ready on node {node}", msg.image),
+                    seconds: limit.as_secs(),
+                })??;
                 let (_, cmd) = engine.image_command(&msg.image).await?;
                 let id = engine.start_container(&relay).await?;
                 let ip = engine.container_ip(&id, &network).await;

@@ -17,4 +17,6 @@ pub struct RunSettings {
     pub volume_root: PathBuf,
     /// Lines of each container's output kept when it is removed.
     pub log_tail: usize,
+    /// Longest a node may take to get ready (image load or pull, relay start).
+    pub prepare_timeout_secs: u64,
 }

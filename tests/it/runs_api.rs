@@ -220,3 +220,28 @@ async fn a_broker_killed_mid_run_cleans_up_when_it_starts_again() {
     second.kill().unwrap();
     second.wait().unwrap();
 }
+
+/// An image download that never answers fails its step after `docker.prepare_timeout_seconds`
+/// with a reason saying so, instead of holding the run forever.
+#[actix_web::test]
+async fn a_hung_image_download_times_out_with_a_clear_reason() {
+    ensure_images();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let server = std::thread::spawn(move || {
+        let (_stream, _) = listener.accept().unwrap();
+        let _ = finished.recv_timeout(std::time::Duration::from_secs(60));
+    });
+    let app = crate::helpers::TestApp::spawn(crate::helpers::Backend::Sqlite, &[("LOADS__DOCKER__PREPARE_TIMEOUT_SECONDS", "2")]).await;
+    let (_, run_id) = app.start(json!({"name": "hung", "steps": [
+        {"name": "stuck", "container_name": "loads/never-built:2", "container_url": format!("http://127.0.0.1:{port}/image.tar")}
+    ]}), json!({})).await;
+    let run = app.wait_finished(&run_id, 60).await;
+    done.send(()).unwrap();
+    server.join().unwrap();
+    assert_eq!(run["state"], "failed", "{run:#}");
+    let reason = run["failure_reason"].as_str().unwrap();
+    assert!(reason.contains("getting image loads/never-built:2 ready on node s0n0 took longer than 2 s"), "{reason}");
+    app.assert_no_leftovers();
+}

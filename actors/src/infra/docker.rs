@@ -93,6 +93,14 @@ pub enum DockerError {
         /// The engine's error.
         source: bollard::errors::Error,
     },
+    /// An operation took longer than allowed.
+    #[error("{operation} took longer than {seconds} s (docker.prepare_timeout_seconds)")]
+    Timeout {
+        /// What was being done.
+        operation: String,
+        /// The limit.
+        seconds: u64,
+    },
     /// Listing or removing labelled resources failed.
     #[error("cannot {operation}: {source}")]
     Sweep {
