@@ -42,8 +42,13 @@ SQL
   export LOADS_TEST_POSTGRES_URL="postgres://loads:loads@127.0.0.1:${port}/postgres"
 }
 
-# The OpenAPI validator the API tests run the served document through.
+# The OpenAPI validator the API tests run the served document through, and a
+# real statsd client the metrics tests send with.
 ensure_python_tools() {
+  if ! python3 -c 'import statsd' >/dev/null 2>&1; then
+    python3 -m pip install --quiet --disable-pip-version-check 'statsd>=4' 2>/dev/null \
+      || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'statsd>=4'
+  fi
   if ! python3 -c 'import openapi_spec_validator' >/dev/null 2>&1; then
     local spec='openapi-spec-validator>=0.7'
     python3 -m pip install --quiet --disable-pip-version-check "$spec" 2>/dev/null \

@@ -35,6 +35,10 @@ max_steps_per_plan = 50
 [pool]
 provider = "local"
 
+[metrics]
+ingest_host = "0.0.0.0"
+ingest_port = 0
+
 [docker]
 stop_grace_seconds = 15
 prepare_timeout_seconds = 900
@@ -64,6 +68,8 @@ pub struct Settings {
     pub pool: PoolSettings,
     /// How containers are run.
     pub docker: DockerSettings,
+    /// Where relays deliver metrics.
+    pub metrics: MetricsSettings,
     /// Logging.
     pub log: LogSettings,
 }
@@ -120,6 +126,16 @@ pub struct LimitSettings {
 pub struct PoolSettings {
     /// `local`: every node is a set of containers on this machine's Docker engine.
     pub provider: String,
+}
+
+/// Where relays deliver metrics.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Address of the ingest listener; nodes must reach it (on the local provider, through the run network's gateway).
+    pub ingest_host: String,
+    /// Its port; 0 picks a free one.
+    pub ingest_port: u16,
 }
 
 /// How containers are run.
@@ -379,6 +395,7 @@ impl Settings {
             volume_root: self.docker.volume_root.clone().into(),
             log_tail: self.docker.log_tail,
             prepare_timeout_secs: self.docker.prepare_timeout_seconds,
+            ingest_port: self.metrics.ingest_port,
         }
     }
 

@@ -11,10 +11,12 @@ use actix_web::{middleware, web, App, HttpServer};
 use anyhow::{bail, Context as _};
 use actix::Addr;
 use loads_actors::broker::BrokerActor;
+use loads_actors::metrics::MetricsActor;
 use loads_actors::pool::Ec2PoolActor;
 use loads_actors::{store, CatalogActor};
 use tracing_actix_web::TracingLogger;
 
+use crate::api::ingest::{self, IngestState};
 use crate::api::{self, auth::Tokens, ApiState};
 use crate::config::Settings;
 use crate::telemetry::{self, RequestSpans};
@@ -26,6 +28,10 @@ pub struct Actors {
     pub catalog: Addr<CatalogActor>,
     /// The runs.
     pub broker: Addr<BrokerActor>,
+    /// The metrics ingest listener, to stop with the rest.
+    pub ingest: ServerHandle,
+    /// Its port.
+    pub ingest_port: u16,
 }
 
 impl Actors {
@@ -37,15 +43,43 @@ impl Actors {
             .with_context(|| format!("cannot open the database {}", settings.database.url.masked()))?;
         let catalog = CatalogActor::new(db.clone(), settings.limits()).start();
         let pool = Ec2PoolActor::local(settings.broker.id.clone()).await.start();
-        let broker = BrokerActor::new(db, pool, settings.run_settings()).start();
-        Ok(Self { catalog, broker })
+        let metrics = MetricsActor::new(db.clone()).start();
+        let (ingest, ingest_port) = start_ingest(settings, metrics.clone())?;
+        let mut run_settings = settings.run_settings();
+        run_settings.ingest_port = ingest_port;
+        let broker = BrokerActor::new(db, pool, metrics, run_settings).start();
+        Ok(Self { catalog, broker, ingest, ingest_port })
     }
+}
+
+/// Starts the metrics ingest listener; answers its handle and port.
+fn start_ingest(settings: &Settings, metrics: Addr<MetricsActor>) -> anyhow::Result<(ServerHandle, u16)> {
+    let (host, port) = (settings.metrics.ingest_host.as_str(), settings.metrics.ingest_port);
+    let listener = TcpListener::bind((host, port)).with_context(|| format!("cannot bind the metrics ingest listener {host}:{port}"))?;
+    let bound = listener.local_addr()?.port();
+    let state = web::Data::new(IngestState { metrics });
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap(TracingLogger::<RequestSpans>::new())
+            .app_data(state.clone())
+            .route("/ingest/{run_id}", web::post().to(ingest::ingest))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+    tracing::info!(port = bound, "metrics ingest listening");
+    Ok((handle, bound))
 }
 
 /// A built, bound, not yet running broker.
 pub struct Application {
     port: u16,
     server: Server,
+    ingest: ServerHandle,
+    ingest_port: u16,
 }
 
 /// Stops a running server.
@@ -63,6 +97,7 @@ impl Application {
             );
         }
         let actors = Actors::start(settings).await?;
+        let ingest = actors.ingest.clone();
         let state = web::Data::new(ApiState {
             catalog: actors.catalog,
             broker: actors.broker,
@@ -90,7 +125,7 @@ impl Application {
         } else {
             tracing::warn!(%address, "loads listening without authentication (loopback only): set auth.tokens to require tokens");
         }
-        Ok(Self { port: address.port(), server })
+        Ok(Self { port: address.port(), server, ingest, ingest_port: actors.ingest_port })
     }
 
     /// The bound port.
@@ -98,9 +133,14 @@ impl Application {
         self.port
     }
 
-    /// A handle that stops the server.
-    pub fn handle(&self) -> ServerHandle {
-        self.server.handle()
+    /// The metrics ingest listener's port.
+    pub fn ingest_port(&self) -> u16 {
+        self.ingest_port
+    }
+
+    /// Handles that stop the API server and the ingest listener.
+    pub fn handles(&self) -> [ServerHandle; 2] {
+        [self.server.handle(), self.ingest.clone()]
     }
 
     /// Serves until the server is stopped (SIGINT/SIGTERM).

@@ -15,6 +15,7 @@ use crate::domain::validate;
 use crate::domain::views::{ContainerView, RunState, RunView};
 use crate::domain::{Env, PlanSpec};
 use crate::feed::{Feed, RunEvent};
+use crate::metrics::MetricsActor;
 use crate::pool::{Ec2PoolActor, SweepOrphans};
 use crate::run_supervisor::{AbortRun as AbortSupervised, RunEnded, RunSupervisor, Subscribe as SubscribeSupervised, Subscription};
 use crate::settings::RunSettings;
@@ -30,15 +31,16 @@ pub const RESTART_REASON: &str = "the broker stopped while this run was live; it
 pub struct BrokerActor {
     db: DatabaseConnection,
     pool: Addr<Ec2PoolActor>,
+    metrics: Addr<MetricsActor>,
     settings: RunSettings,
     live: HashMap<Uuid, Addr<RunSupervisor>>,
     finished: VecDeque<(Uuid, Vec<RunEvent>)>,
 }
 
 impl BrokerActor {
-    /// A broker over `db`, getting nodes from `pool`.
-    pub fn new(db: DatabaseConnection, pool: Addr<Ec2PoolActor>, settings: RunSettings) -> Self {
-        Self { db, pool, settings, live: HashMap::new(), finished: VecDeque::new() }
+    /// A broker over `db`, getting nodes from `pool`, metrics collected by `metrics`.
+    pub fn new(db: DatabaseConnection, pool: Addr<Ec2PoolActor>, metrics: Addr<MetricsActor>, settings: RunSettings) -> Self {
+        Self { db, pool, metrics, settings, live: HashMap::new(), finished: VecDeque::new() }
     }
 }
 
@@ -126,6 +128,7 @@ impl Handler<StartRun> for BrokerActor {
                     act.settings.clone(),
                     act.db.clone(),
                     act.pool.clone(),
+                    act.metrics.clone(),
                     ctx.address().recipient(),
                 )
                 .start();
@@ -333,6 +336,23 @@ impl Handler<RunLogs> for BrokerActor {
             }
             .into_actor(self),
         )
+    }
+}
+
+/// The metric summaries of a run, stored when it ended.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Vec<crate::domain::views::MetricSummaryView>, StoreError>")]
+pub struct RunMetrics {
+    /// The run.
+    pub run_id: Uuid,
+}
+
+impl Handler<RunMetrics> for BrokerActor {
+    type Result = ResponseActFuture<Self, Result<Vec<crate::domain::views::MetricSummaryView>, StoreError>>;
+
+    fn handle(&mut self, msg: RunMetrics, _: &mut Context<Self>) -> Self::Result {
+        let db = self.db.clone();
+        Box::pin(async move { runs::metrics(&db, msg.run_id).await }.into_actor(self))
     }
 }
 

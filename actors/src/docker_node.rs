@@ -30,6 +30,8 @@ pub struct NodeIdentity {
     pub node: String,
     /// The run's network on this node's engine.
     pub network: String,
+    /// Where the node's relay delivers its windows, and the run's token.
+    pub ingest: Option<(String, String)>,
 }
 
 #[derive(Clone, Debug)]
@@ -115,7 +117,18 @@ impl Handler<PrepareNode> for DockerNodeActor {
         let relay = ContainerSpec {
             name: self.container_name("relay"),
             image: self.settings.relay_image.clone(),
-            env: vec![format!("LOADS_RUN={}", self.who.run_id), format!("LOADS_NODE={}", self.who.node)],
+            env: {
+                let mut env = vec![
+                    format!("LOADS_RUN={}", self.who.run_id),
+                    format!("LOADS_STEP={}", self.who.step_id),
+                    format!("LOADS_NODE={}", self.who.node),
+                ];
+                if let Some((url, token)) = &self.who.ingest {
+                    env.push(format!("LOADS_INGEST_URL={url}"));
+                    env.push(format!("LOADS_INGEST_TOKEN={token}"));
+                }
+                env
+            },
             labels: self.labels("relay"),
             network: self.who.network.clone(),
             ..Default::default()

@@ -57,6 +57,21 @@ pub enum EventKind {
         /// The new state.
         state: String,
     },
+    /// One flush window of a step's metrics, merged over its nodes.
+    Metrics {
+        /// The step's name.
+        step: String,
+        /// Start of the window, Unix milliseconds.
+        start_ms: i64,
+        /// How many nodes it merges.
+        nodes: usize,
+        /// Counter sums.
+        #[schema(value_type = Object)]
+        counters: std::collections::BTreeMap<String, f64>,
+        /// Timer statistics (milliseconds) over every node's samples.
+        #[schema(value_type = Object)]
+        timers: std::collections::BTreeMap<String, crate::domain::metrics::TimerStats>,
+    },
     /// A container changed state: `started`, `exited`, `removed`.
     Container {
         /// The step's name.

@@ -11,6 +11,7 @@ pub mod domain;
 pub mod docker_node;
 pub mod feed;
 pub mod infra;
+pub mod metrics;
 pub mod pool;
 pub mod run_supervisor;
 pub mod settings;

@@ -28,6 +28,7 @@ use uuid::Uuid;
 use crate::domain::views::{PlanView, RunState, RunView, StepState, StepView};
 use crate::domain::Env;
 use crate::feed::{EventKind, Feed, RunEvent};
+use crate::metrics::{FinishRun, MetricsActor, MetricsPublished, TrackRun};
 use crate::pool::{CloseRun, Ec2PoolActor, OpenRun};
 use crate::settings::RunSettings;
 use crate::step::{ReportKind, StartStep, StepActor, StepContext, StepOutcome, StepReport, StopReason, StopStep};
@@ -58,6 +59,8 @@ pub struct RunSupervisor {
     settings: RunSettings,
     db: DatabaseConnection,
     pool: Addr<Ec2PoolActor>,
+    metrics: Addr<MetricsActor>,
+    ingest_token: String,
     broker: Recipient<RunEnded>,
     state: RunState,
     feed: Feed,
@@ -77,6 +80,7 @@ impl RunSupervisor {
         settings: RunSettings,
         db: DatabaseConnection,
         pool: Addr<Ec2PoolActor>,
+        metrics: Addr<MetricsActor>,
         broker: Recipient<RunEnded>,
     ) -> Self {
         let steps = plan
@@ -91,6 +95,8 @@ impl RunSupervisor {
             settings,
             db,
             pool,
+            metrics,
+            ingest_token: format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple()),
             broker,
             state: RunState::Pending,
             feed: Feed::default(),
@@ -167,6 +173,18 @@ impl RunSupervisor {
                 return act.maybe_close(ctx);
             }
             let me = ctx.address().recipient::<StepReport>();
+            let tracked = act
+                .steps
+                .values()
+                .filter(|s| !s.view.spec.monitor)
+                .map(|s| (s.view.id, s.view.spec.name.clone(), s.view.spec.instance_count as usize))
+                .collect();
+            act.metrics.do_send(TrackRun {
+                run_id: act.run_id,
+                token: act.ingest_token.clone(),
+                steps: tracked,
+                feed: ctx.address().recipient(),
+            });
             let mut monitor_steps = Vec::new();
             for slot in act.steps.values_mut() {
                 if slot.view.spec.monitor {
@@ -182,6 +200,7 @@ impl RunSupervisor {
                     network: network.clone(),
                     settings: act.settings.clone(),
                     db: act.db.clone(),
+                    ingest_token: act.ingest_token.clone(),
                 };
                 slot.addr = Some(StepActor::new(step_ctx, act.pool.clone(), me.clone()).start());
             }
@@ -250,9 +269,15 @@ impl RunSupervisor {
         };
         let reason = if last == RunState::Failed { self.failure.clone() } else { None };
         let (db, stored_reason) = (self.db.clone(), reason.clone());
-        // The sweep and the final write complete before the actor stops.
+        let metrics = self.metrics.clone();
+        // The sweep, the metrics summary and the final write complete before the actor stops.
         ctx.wait(
             async move {
+                match metrics.send(FinishRun { run_id }).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::error!(%run_id, error = %e, "could not store the run's metrics"),
+                    Err(e) => tracing::error!(%run_id, error = %e, "could not store the run's metrics"),
+                }
                 match pool.send(CloseRun { run_id }).await {
                     Ok(Ok((0, _))) => {}
                     Ok(Ok((containers, networks))) => tracing::info!(%run_id, containers, networks, "swept what the run left"),
@@ -318,6 +343,20 @@ impl Handler<StepReport> for RunSupervisor {
                 self.maybe_close(ctx);
             }
         }
+    }
+}
+
+impl Handler<MetricsPublished> for RunSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: MetricsPublished, _: &mut Context<Self>) {
+        self.feed.publish(EventKind::Metrics {
+            step: msg.step,
+            start_ms: msg.start_ms,
+            nodes: msg.nodes,
+            counters: msg.counters,
+            timers: msg.timers,
+        });
     }
 }
 

@@ -87,6 +87,8 @@ pub struct StepContext {
     pub settings: RunSettings,
     /// The database.
     pub db: DatabaseConnection,
+    /// The run's metrics ingest token.
+    pub ingest_token: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -201,7 +203,11 @@ impl StepActor {
                 Ok(grants) => grants
                     .into_iter()
                     .map(|g| {
-                        let who = NodeIdentity { run_id: c.run_id, step_id: c.step.id, node: g.id.clone(), network: c.network.name.clone() };
+                        let ingest = Some((
+                            format!("http://{}:{}/ingest/{}", g.address, c.settings.ingest_port, c.run_id),
+                            c.ingest_token.clone(),
+                        ));
+                        let who = NodeIdentity { run_id: c.run_id, step_id: c.step.id, node: g.id.clone(), network: c.network.name.clone(), ingest };
                         let addr = DockerNodeActor::new(g.engine.clone(), c.db.clone(), c.settings.clone(), who, me.clone()).start();
                         (g, addr)
                     })

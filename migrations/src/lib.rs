@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261127_000001_create_catalog;
 mod m20261128_000002_create_container;
+mod m20261128_000003_create_metric_summary;
 
 /// Applies every migration in order.
 pub struct Migrator;
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261127_000001_create_catalog::Migration),
             Box::new(m20261128_000002_create_container::Migration),
+            Box::new(m20261128_000003_create_metric_summary::Migration),
         ]
     }
 }

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod compat;
 pub mod error;
 pub mod events;
+pub mod ingest;
 pub mod input;
 pub mod openapi;
 pub mod v1;
@@ -72,6 +73,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .service(resource("/runs/{id}").route(web::get().to(v1::get_run)).route(web::delete().to(v1::delete_run)))
                 .service(resource("/runs/{id}/abort").route(web::post().to(v1::abort_run)))
                 .service(resource("/runs/{id}/logs").route(web::get().to(v1::run_logs)))
+                .service(resource("/runs/{id}/metrics").route(web::get().to(v1::run_metrics)))
                 .service(resource("/runs/{id}/events").route(web::get().to(events::run_events)))
                 .default_service(web::to(not_found)),
         )

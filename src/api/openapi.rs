@@ -40,6 +40,7 @@ impl Modify for BearerAuth {
         v1::abort_run,
         v1::delete_run,
         v1::run_logs,
+        v1::run_metrics,
         super::events::run_events,
     ),
     components(schemas(ErrorBody)),

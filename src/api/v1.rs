@@ -10,9 +10,9 @@ use loads_actors::catalog::{
     CreatePlan, CreateProject, DeletePlan, DeleteProject, ForkPlan, GetPlan, GetProject, GetRun, ImportProject,
     ListPlans, ListProjects, ListRuns, Ping, UpdatePlan, UpdateProject,
 };
-use loads_actors::broker::{AbortRun, DeleteRun, RunLogs, StartRun};
+use loads_actors::broker::{AbortRun, DeleteRun, RunLogs, RunMetrics, StartRun};
 use loads_actors::domain::views::{
-    ContainerView, ImportReport, Page, PlanSummary, PlanView, ProjectDetail, ProjectView, RunState, RunView,
+    ContainerView, ImportReport, MetricSummaryView, Page, PlanSummary, PlanView, ProjectDetail, ProjectView, RunState, RunView,
 };
 use loads_actors::domain::{PlanSpec, ProjectSpec};
 use loads_actors::store::runs::RunFilter;
@@ -396,4 +396,23 @@ pub async fn run_logs(state: web::Data<ApiState>, req: HttpRequest, path: web::P
     let msg = RunLogs { run_id, step: query.text("step").map(str::to_string), node: query.text("node").map(str::to_string), tail };
     let containers = state.broker.send(msg).await??;
     Ok(HttpResponse::Ok().json(RunLogsView { containers }))
+}
+
+/// The run's metrics, per step.
+#[derive(Serialize, ToSchema)]
+pub struct RunMetricsView {
+    /// One entry per step and metric, stored when the run ended.
+    pub metrics: Vec<MetricSummaryView>,
+}
+
+/// Every step's metrics over the whole run: counters with totals and rates,
+/// timers with percentiles over every node's samples, and the relays' own counts.
+#[utoipa::path(get, path = "/api/v1/runs/{id}/metrics", tag = "runs",
+    params(("id" = uuid::Uuid, Path, description = "Run id")),
+    responses((status = 200, body = RunMetricsView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn run_metrics(state: web::Data<ApiState>, path: web::Path<String>) -> Reply {
+    let run_id = input::id(&path, "id")?;
+    Ok(HttpResponse::Ok().json(RunMetricsView { metrics: state.broker.send(RunMetrics { run_id }).await?? }))
 }

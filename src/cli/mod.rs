@@ -85,6 +85,9 @@ pub enum Command {
         /// The port for statsd, UDP and TCP.
         #[arg(long, default_value_t = 8125)]
         port: u16,
+        /// The flush window, in milliseconds.
+        #[arg(long, default_value_t = 1000, env = "LOADS_FLUSH_MS")]
+        flush_ms: u64,
     },
 }
 
@@ -133,8 +136,9 @@ pub async fn run(cli: Cli) -> ExitCode {
     if let Command::Plan(PlanCommand::Validate { file, env }) = &cli.command {
         return plan::validate(file, env, &settings.limits());
     }
-    if let Command::Relay { port } = cli.command {
-        return match crate::relay::run(port, std::time::Duration::from_secs(10)).await {
+    if let Command::Relay { port, flush_ms } = cli.command {
+        let config = crate::relay::RelayConfig::from_env(port, std::time::Duration::from_millis(flush_ms.max(10)));
+        return match crate::relay::run(config).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: relay: {e}");

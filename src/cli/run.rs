@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use loads_actors::broker::{AbortRun, RunLogs, StartRun, Subscribe};
+use loads_actors::broker::{AbortRun, RunLogs, RunMetrics, StartRun, Subscribe};
+use loads_actors::domain::views::MetricSummaryView;
 use loads_actors::catalog::{ForkPlan, ImportProject, ProjectTrees, UpdatePlan};
 use loads_actors::domain::views::{RunState, RunView, StepState};
 use loads_actors::feed::{EventKind, RunEvent};
@@ -117,12 +118,15 @@ struct StepLine {
     state: StepState,
     running: usize,
     exited: Vec<i64>,
+    /// The last merged window's numbers: statsd lines per second and a timer's p95.
+    last_window: Option<String>,
 }
 
 impl StepLine {
     fn render(&self) {
         let exits = if self.exited.is_empty() { String::new() } else { format!(", exit codes {:?}", self.exited) };
-        self.bar.set_message(format!("{} ({} running{exits})", self.state.as_str(), self.running));
+        let window = self.last_window.as_ref().map(|w| format!(" · {w}")).unwrap_or_default();
+        self.bar.set_message(format!("{} ({} running{exits}){window}", self.state.as_str(), self.running));
     }
 }
 
@@ -135,7 +139,7 @@ async fn follow(actors: &Actors, run: &RunView) -> anyhow::Result<RunView> {
     for record in &run.step_records {
         let bar = multi.add(ProgressBar::new_spinner().with_style(style.clone()).with_prefix(record.step_name.clone()));
         bar.enable_steady_tick(Duration::from_millis(200));
-        let line = StepLine { bar, state: record.state, running: 0, exited: Vec::new() };
+        let line = StepLine { bar, state: record.state, running: 0, exited: Vec::new(), last_window: None };
         line.render();
         lines.insert(record.step_name.clone(), line);
     }
@@ -180,6 +184,14 @@ async fn follow(actors: &Actors, run: &RunView) -> anyhow::Result<RunView> {
                     }
                     _ => {}
                 }
+                line.render();
+            }
+        }
+        EventKind::Metrics { step, counters, timers, nodes, .. } => {
+            if let Some(line) = lines.get_mut(step) {
+                let count: f64 = counters.values().sum();
+                let p95 = timers.iter().next().map(|(k, t)| format!(", {k} p95 {:.1} ms", t.p95)).unwrap_or_default();
+                line.last_window = Some(format!("{count:.0} counted/s over {nodes} node(s){p95}"));
                 line.render();
             }
         }
@@ -229,6 +241,7 @@ async fn wait_until_finished(actors: &Actors, run_id: uuid::Uuid) -> anyhow::Res
 
 async fn summary(actors: &Actors, run: &RunView) -> anyhow::Result<()> {
     let containers = actors.broker.send(RunLogs { run_id: run.id, step: None, node: None, tail: Some(1) }).await??;
+    let metrics = actors.broker.send(RunMetrics { run_id: run.id }).await??;
     let elapsed = |a: Option<chrono::DateTime<chrono::Utc>>, b: Option<chrono::DateTime<chrono::Utc>>| match (a, b) {
         (Some(a), Some(b)) => format!("{:.1}s", (b - a).num_milliseconds() as f64 / 1000.0),
         _ => "-".into(),
@@ -244,6 +257,7 @@ async fn summary(actors: &Actors, run: &RunView) -> anyhow::Result<()> {
             println!("{:<24} {reason}", "");
         }
     }
+    print_metrics(&metrics);
     println!();
     let took = elapsed(Some(run.created_at), run.completed_at);
     match &run.failure_reason {
@@ -251,4 +265,22 @@ async fn summary(actors: &Actors, run: &RunView) -> anyhow::Result<()> {
         None => println!("run {} {} after {took}", run.id, run.state.as_str()),
     }
     Ok(())
+}
+
+/// The metrics table: per step, counters with total and rate, timers with exact percentiles.
+fn print_metrics(metrics: &[MetricSummaryView]) {
+    let shown: Vec<&MetricSummaryView> = metrics.iter().filter(|m| m.kind != "relay" || m.count > 0.0).collect();
+    if shown.iter().all(|m| m.kind == "relay") {
+        return;
+    }
+    println!();
+    println!("{:<20} {:<32} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}", "step", "metric", "count", "per s", "p50 ms", "p95 ms", "p99 ms", "max ms");
+    let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+    for m in shown {
+        let rate = m.rate.map_or("-".to_string(), |r| format!("{r:.1}"));
+        println!(
+            "{:<20} {:<32} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            m.step_name, m.metric, m.count, rate, ms(m.p50), ms(m.p95), ms(m.p99), ms(m.max)
+        );
+    }
 }

@@ -102,15 +102,19 @@ pub struct TestApp {
     pub token: Option<String>,
     /// This broker's id: every Docker resource it creates carries it.
     pub broker_id: String,
+    /// The metrics ingest listener's port.
+    pub ingest_port: u16,
     client: awc::Client,
-    server: ServerHandle,
+    servers: [ServerHandle; 2],
     _database: TestDatabase,
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
         // Sends the stop command; the server winds down with the test's system.
-        drop(self.server.stop(false));
+        for server in &self.servers {
+            drop(server.stop(false));
+        }
         // Whatever a failing test left behind goes too.
         remove_labelled(&self.broker_id);
     }
@@ -178,15 +182,17 @@ impl TestApp {
         let settings = settings(&database_url, &all);
         let app = Application::build(&settings).await.expect("build the broker");
         let base = format!("http://127.0.0.1:{}", app.port());
-        let server = app.handle();
+        let servers = app.handles();
+        let ingest_port = app.ingest_port();
         actix_web::rt::spawn(app.run_until_stopped());
         Self {
             base,
             database_url,
             token: None,
             broker_id,
+            ingest_port,
             client: awc::Client::builder().disable_timeout().finish(),
-            server,
+            servers,
             _database: database,
         }
     }

@@ -9,6 +9,7 @@ mod cli;
 mod compat;
 mod feed;
 mod immutability;
+mod metrics;
 mod openapi;
 mod paging;
 mod projects;

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::helpers::{Backend, TestApp};
 
-const ROUTES: [(&str, &str); 20] = [
+const ROUTES: [(&str, &str); 21] = [
     ("get", "/health"),
     ("get", "/api/v1/projects"),
     ("post", "/api/v1/projects"),
@@ -27,6 +27,7 @@ const ROUTES: [(&str, &str); 20] = [
     ("delete", "/api/v1/runs/{id}"),
     ("post", "/api/v1/runs/{id}/abort"),
     ("get", "/api/v1/runs/{id}/logs"),
+    ("get", "/api/v1/runs/{id}/metrics"),
     ("get", "/api/v1/runs/{id}/events"),
 ];
 

@@ -197,6 +197,11 @@ async fn a_broker_killed_mid_run_cleans_up_when_it_starts_again() {
         assert!(std::time::Instant::now() < deadline, "the run did not start");
         actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    // The step is running once its container has started: wait for both containers to exist.
+    while leftovers(&broker).0.len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "the step's container did not start");
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     first.kill().unwrap();
     first.wait().unwrap();
     let (containers, networks) = leftovers(&broker);

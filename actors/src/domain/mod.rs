@@ -5,6 +5,7 @@ pub mod error;
 pub mod ids;
 pub mod interpolate;
 pub mod launch;
+pub mod metrics;
 pub mod parse;
 pub mod spec;
 pub mod validate;

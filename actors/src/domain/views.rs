@@ -320,3 +320,35 @@ pub struct ContainerView {
     /// When it was removed.
     pub finished_at: Option<DateTime<Utc>>,
 }
+
+/// One metric of one step, over the whole step: counters with their total and
+/// rate, timers with exact percentiles (milliseconds) over every node's samples.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct MetricSummaryView {
+    /// The step.
+    pub step_id: Uuid,
+    /// The step's name.
+    pub step_name: String,
+    /// The metric, with its tags: `name` or `name;k=v,...`; the relay's own are `relay.*`.
+    pub metric: String,
+    /// `counter`, `timer`, `gauge`, `set` or `relay`.
+    pub kind: String,
+    /// Counters: the total; timers: the samples; gauges: the last value summed over nodes.
+    pub count: f64,
+    /// Per second over the step's windows (counters and timers).
+    pub rate: Option<f64>,
+    /// Timers: smallest.
+    pub min: Option<f64>,
+    /// Timers: mean.
+    pub mean: Option<f64>,
+    /// Timers: median.
+    pub p50: Option<f64>,
+    /// Timers: 90th percentile.
+    pub p90: Option<f64>,
+    /// Timers: 95th percentile.
+    pub p95: Option<f64>,
+    /// Timers: 99th percentile.
+    pub p99: Option<f64>,
+    /// Timers: largest.
+    pub max: Option<f64>,
+}

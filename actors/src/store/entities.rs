@@ -162,3 +162,32 @@ pub mod container {
 
     no_relations!();
 }
+
+/// One metric of one step of a run, summarised when the run ended.
+pub mod metric_summary {
+    use sea_orm::entity::prelude::*;
+
+    /// A metric summary row.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "metric_summary")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub run_id: Uuid,
+        pub step_id: Uuid,
+        pub metric: String,
+        pub kind: String,
+        pub count: f64,
+        pub rate: Option<f64>,
+        pub min: Option<f64>,
+        pub mean: Option<f64>,
+        pub p50: Option<f64>,
+        pub p90: Option<f64>,
+        pub p95: Option<f64>,
+        pub p99: Option<f64>,
+        pub max: Option<f64>,
+        pub created_at: DateTimeUtc,
+    }
+
+    no_relations!();
+}

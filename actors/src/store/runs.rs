@@ -10,9 +10,9 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::entities::{container, plan, run, step, step_record};
+use super::entities::{container, metric_summary, plan, run, step, step_record};
 use super::{clamp_page, env_from_json, env_to_json, StoreError};
-use crate::domain::views::{ContainerView, Page, RunState, RunView, StepRecordView, StepState};
+use crate::domain::views::{ContainerView, MetricSummaryView, Page, RunState, RunView, StepRecordView, StepState};
 use crate::domain::Env;
 
 /// Which runs to list; every filter is optional.
@@ -357,4 +357,64 @@ pub async fn unfinished(db: &impl ConnectionTrait) -> Result<Vec<Uuid>, StoreErr
         .into_tuple()
         .all(db)
         .await?)
+}
+
+/// Stores the metric summaries of a run (replacing earlier ones).
+pub async fn record_metrics(db: &impl ConnectionTrait, run_id: Uuid, rows: &[MetricSummaryView]) -> Result<(), StoreError> {
+    metric_summary::Entity::delete_many().filter(metric_summary::Column::RunId.eq(run_id)).exec(db).await?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let now = Utc::now();
+    let models = rows.iter().map(|m| metric_summary::ActiveModel {
+        id: Set(Uuid::new_v4()),
+        run_id: Set(run_id),
+        step_id: Set(m.step_id),
+        metric: Set(m.metric.clone()),
+        kind: Set(m.kind.clone()),
+        count: Set(m.count),
+        rate: Set(m.rate),
+        min: Set(m.min),
+        mean: Set(m.mean),
+        p50: Set(m.p50),
+        p90: Set(m.p90),
+        p95: Set(m.p95),
+        p99: Set(m.p99),
+        max: Set(m.max),
+        created_at: Set(now),
+    });
+    metric_summary::Entity::insert_many(models).exec(db).await?;
+    Ok(())
+}
+
+/// The metric summaries of a run, by step and metric.
+pub async fn metrics(db: &impl ConnectionTrait, run_id: Uuid) -> Result<Vec<MetricSummaryView>, StoreError> {
+    let run = get(db, run_id).await?;
+    let names: HashMap<Uuid, String> = run.step_records.iter().map(|r| (r.step_id, r.step_name.clone())).collect();
+    let rows = metric_summary::Entity::find()
+        .filter(metric_summary::Column::RunId.eq(run_id))
+        .order_by_asc(metric_summary::Column::Metric)
+        .all(db)
+        .await?;
+    let mut out: Vec<MetricSummaryView> = rows
+        .into_iter()
+        .map(|m| MetricSummaryView {
+            step_name: names.get(&m.step_id).cloned().unwrap_or_default(),
+            step_id: m.step_id,
+            metric: m.metric,
+            kind: m.kind,
+            count: m.count,
+            rate: m.rate,
+            min: m.min,
+            mean: m.mean,
+            p50: m.p50,
+            p90: m.p90,
+            p95: m.p95,
+            p99: m.p99,
+            max: m.max,
+        })
+        .collect();
+    let order: HashMap<Uuid, usize> = run.step_records.iter().enumerate().map(|(i, r)| (r.step_id, i)).collect();
+    out.sort_by_key(|m| order.get(&m.step_id).copied().unwrap_or(usize::MAX));
+    Ok(out)
 }

@@ -1,0 +1,359 @@
+//! Statsd in, windows out: parsing, per-window aggregation on a node, and the
+//! exact merge of many nodes' windows into a step's.
+//!
+//! Timers, histograms and distributions go into HDR histograms (microseconds,
+//! 3 significant digits) that travel serialized, so a step's percentiles are
+//! computed from the union of every node's samples, never by averaging
+//! per-node percentiles.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use base64::Engine as _;
+use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Largest value a timer histogram holds: one hour, in microseconds.
+const MAX_MICROS: u64 = 3_600_000_000;
+
+/// One parsed statsd sample.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    /// The metric name with its tags, `name` or `name;k=v,k2=v2` (tags sorted).
+    pub key: String,
+    /// What it is.
+    pub value: SampleValue,
+}
+
+/// The value of a sample, by statsd type.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SampleValue {
+    /// `c`: added to the counter, already divided by its sample rate.
+    Count(f64),
+    /// `g`: the gauge's new value.
+    Gauge(f64),
+    /// `g` with a sign: added to the gauge.
+    GaugeDelta(f64),
+    /// `ms`, `h`, `d`: a measurement (milliseconds for timers), with how many samples it stands for.
+    Timing(f64, f64),
+    /// `s`: a member of a set.
+    SetMember(String),
+}
+
+/// Parses one statsd line: `name:value|type[|@rate][|#tag:value,...]`.
+pub fn parse_line(line: &str) -> Option<Sample> {
+    let (name, rest) = line.split_once(':')?;
+    if name.is_empty() || name.contains(['|', ' ']) {
+        return None;
+    }
+    let mut fields = rest.split('|');
+    let (raw, kind) = (fields.next()?, fields.next()?);
+    let mut rate = 1.0;
+    let mut tags = BTreeMap::new();
+    for extra in fields {
+        if let Some(r) = extra.strip_prefix('@') {
+            rate = r.parse::<f64>().ok().filter(|r| *r > 0.0 && *r <= 1.0)?;
+        } else if let Some(list) = extra.strip_prefix('#') {
+            for tag in list.split(',').filter(|t| !t.is_empty()) {
+                let (k, v) = tag.split_once(':').unwrap_or((tag, ""));
+                tags.insert(k.to_string(), v.to_string());
+            }
+        } else {
+            return None;
+        }
+    }
+    let number = || raw.parse::<f64>().ok().filter(|v| v.is_finite());
+    let value = match kind {
+        "c" => SampleValue::Count(number()? / rate),
+        "g" if raw.starts_with(['+', '-']) => SampleValue::GaugeDelta(number()?),
+        "g" => SampleValue::Gauge(number()?),
+        "ms" | "h" | "d" => SampleValue::Timing(number().filter(|v| *v >= 0.0)?, 1.0 / rate),
+        "s" if !raw.is_empty() => SampleValue::SetMember(raw.to_string()),
+        _ => return None,
+    };
+    let key = if tags.is_empty() {
+        name.to_string()
+    } else {
+        let list: Vec<String> = tags.iter().map(|(k, v)| if v.is_empty() { k.clone() } else { format!("{k}={v}") }).collect();
+        format!("{name};{}", list.join(","))
+    };
+    Some(Sample { key, value })
+}
+
+/// What one node received in one flush window.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Window {
+    /// The run.
+    pub run_id: String,
+    /// The step.
+    pub step_id: String,
+    /// The node.
+    pub node: String,
+    /// The window's number on this node, from 1.
+    pub seq: u64,
+    /// Start of the window, Unix milliseconds.
+    pub start_ms: i64,
+    /// Length of the window.
+    pub duration_ms: u64,
+    /// Counters: the sum of the window's increments.
+    pub counters: BTreeMap<String, f64>,
+    /// Gauges: the value at the end of the window.
+    pub gauges: BTreeMap<String, f64>,
+    /// Sets: how many distinct members the window saw.
+    pub sets: BTreeMap<String, u64>,
+    /// Timers, histograms, distributions: HDR histograms of microseconds, V2-deflate, base64.
+    pub timers: BTreeMap<String, String>,
+    /// Well-formed lines received.
+    pub lines: u64,
+    /// Malformed lines received (and skipped).
+    pub malformed: u64,
+    /// Windows this node could not deliver so far (its buffer overflowed).
+    pub dropped_windows: u64,
+}
+
+fn new_histogram() -> Histogram<u64> {
+    let mut h = Histogram::new_with_bounds(1, MAX_MICROS, 3).expect("valid histogram bounds");
+    h.auto(true);
+    h
+}
+
+/// Encodes a histogram for transport.
+pub fn encode_histogram(h: &Histogram<u64>) -> String {
+    let mut bytes = Vec::new();
+    let _ = V2DeflateSerializer::new().serialize(h, &mut bytes);
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Decodes a histogram from transport.
+pub fn decode_histogram(text: &str) -> Option<Histogram<u64>> {
+    let bytes = base64::engine::general_purpose::STANDARD.decode(text).ok()?;
+    Deserializer::new().deserialize(&mut bytes.as_slice()).ok()
+}
+
+/// Aggregates a node's statsd traffic into windows.
+#[derive(Default)]
+pub struct Aggregator {
+    counters: BTreeMap<String, f64>,
+    gauges: BTreeMap<String, f64>,
+    sets: HashMap<String, HashSet<String>>,
+    timers: HashMap<String, Histogram<u64>>,
+    lines: u64,
+    malformed: u64,
+}
+
+impl Aggregator {
+    /// Takes a packet or a TCP line: several newline-separated statsd lines.
+    pub fn take(&mut self, text: &str) {
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            match parse_line(line) {
+                Some(sample) => {
+                    self.lines += 1;
+                    self.add(sample);
+                }
+                None => self.malformed += 1,
+            }
+        }
+    }
+
+    fn add(&mut self, s: Sample) {
+        match s.value {
+            SampleValue::Count(v) => *self.counters.entry(s.key).or_default() += v,
+            SampleValue::Gauge(v) => {
+                self.gauges.insert(s.key, v);
+            }
+            SampleValue::GaugeDelta(v) => *self.gauges.entry(s.key).or_default() += v,
+            SampleValue::SetMember(m) => {
+                self.sets.entry(s.key).or_default().insert(m);
+            }
+            SampleValue::Timing(ms, weight) => {
+                let micros = ((ms * 1000.0).round() as u64).min(MAX_MICROS);
+                let times = weight.round().max(1.0) as u64;
+                let _ = self.timers.entry(s.key).or_insert_with(new_histogram).record_n(micros, times);
+            }
+        }
+    }
+
+    /// Totals so far of well-formed and malformed lines.
+    pub fn totals(&self) -> (u64, u64) {
+        (self.lines, self.malformed)
+    }
+
+    /// Closes the window: counters, sets and timers start again; gauges keep their value.
+    pub fn flush(&mut self, seq: u64, start_ms: i64, duration_ms: u64) -> Window {
+        let window = Window {
+            seq,
+            start_ms,
+            duration_ms,
+            counters: std::mem::take(&mut self.counters),
+            gauges: self.gauges.clone(),
+            sets: self.sets.drain().map(|(k, v)| (k, v.len() as u64)).collect(),
+            timers: self.timers.drain().map(|(k, h)| (k, encode_histogram(&h))).collect(),
+            lines: std::mem::take(&mut self.lines),
+            malformed: std::mem::take(&mut self.malformed),
+            ..Window::default()
+        };
+        window
+    }
+}
+
+/// Statistics of a timer, in milliseconds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TimerStats {
+    /// Samples.
+    pub count: u64,
+    /// Smallest.
+    pub min: f64,
+    /// Mean.
+    pub mean: f64,
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+impl TimerStats {
+    /// The statistics of a histogram of microseconds.
+    pub fn of(h: &Histogram<u64>) -> Self {
+        let ms = |v: u64| v as f64 / 1000.0;
+        if h.is_empty() {
+            return Self::default();
+        }
+        Self {
+            count: h.len(),
+            min: ms(h.min()),
+            mean: h.mean() / 1000.0,
+            p50: ms(h.value_at_quantile(0.50)),
+            p90: ms(h.value_at_quantile(0.90)),
+            p95: ms(h.value_at_quantile(0.95)),
+            p99: ms(h.value_at_quantile(0.99)),
+            max: ms(h.max()),
+        }
+    }
+}
+
+/// Many windows merged exactly: counters and sets summed, gauges summed across
+/// nodes, histograms added sample for sample.
+#[derive(Clone, Debug, Default)]
+pub struct Merged {
+    /// Counter sums.
+    pub counters: BTreeMap<String, f64>,
+    /// Gauge sums across nodes (each node's last value).
+    pub gauges: BTreeMap<String, f64>,
+    /// Distinct members seen per node, summed (an upper bound of the union).
+    pub sets: BTreeMap<String, u64>,
+    /// Merged histograms.
+    pub timers: BTreeMap<String, Histogram<u64>>,
+    /// Lines and malformed lines.
+    pub lines: u64,
+    /// Malformed lines.
+    pub malformed: u64,
+    /// Total time covered (sum of window lengths per node / nodes), for rates.
+    pub duration_ms: u64,
+}
+
+impl Merged {
+    /// Adds one window; an undecodable histogram is skipped and counted as malformed.
+    pub fn add(&mut self, w: &Window) {
+        for (k, v) in &w.counters {
+            *self.counters.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &w.gauges {
+            *self.gauges.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &w.sets {
+            *self.sets.entry(k.clone()).or_default() += v;
+        }
+        for (k, encoded) in &w.timers {
+            match decode_histogram(encoded) {
+                Some(h) => {
+                    let _ = self.timers.entry(k.clone()).or_insert_with(new_histogram).add(&h);
+                }
+                None => self.malformed += 1,
+            }
+        }
+        self.lines += w.lines;
+        self.malformed += w.malformed;
+    }
+
+    /// Adds another merge (e.g. a window slot into a whole step's totals).
+    pub fn absorb(&mut self, other: &Merged) {
+        for (k, v) in &other.counters {
+            *self.counters.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &other.sets {
+            *self.sets.entry(k.clone()).or_default() += v;
+        }
+        for (k, h) in &other.timers {
+            let _ = self.timers.entry(k.clone()).or_insert_with(new_histogram).add(h);
+        }
+        self.gauges.clone_from(&other.gauges);
+        self.lines += other.lines;
+        self.malformed += other.malformed;
+        self.duration_ms += other.duration_ms;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_statsd_type_with_rates_and_tags() {
+        assert_eq!(parse_line("hits:3|c|@0.5").unwrap().value, SampleValue::Count(6.0));
+        assert_eq!(parse_line("temp:-2|g").unwrap().value, SampleValue::GaugeDelta(-2.0));
+        assert_eq!(parse_line("temp:20|g").unwrap().value, SampleValue::Gauge(20.0));
+        assert_eq!(parse_line("t:12.5|ms").unwrap().value, SampleValue::Timing(12.5, 1.0));
+        assert_eq!(parse_line("t:1|h|@0.25").unwrap().value, SampleValue::Timing(1.0, 4.0));
+        assert_eq!(parse_line("u:alice|s").unwrap().value, SampleValue::SetMember("alice".into()));
+        let tagged = parse_line("req:1|c|#status:ok,az:b,canary").unwrap();
+        assert_eq!(tagged.key, "req;az=b,canary,status=ok");
+        for bad in ["", "x", "a:|c", "a:1|q", "a:1|c|@0", "a:1|c|@2", "a:-1|ms", "a:x|c", ":1|c", "a b:1|c", "a:1|c|junk"] {
+            assert!(parse_line(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_window_counts_lines_and_keeps_gauges() {
+        let mut a = Aggregator::default();
+        a.take("hits:1|c\nhits:2|c\ng:5|g\ng:+1|g\nu:x|s\nu:x|s\nu:y|s\nt:10|ms\nbogus\n");
+        let w = a.flush(1, 0, 1000);
+        assert_eq!(w.counters["hits"], 3.0);
+        assert_eq!(w.gauges["g"], 6.0);
+        assert_eq!(w.sets["u"], 2);
+        assert_eq!((w.lines, w.malformed), (8, 1));
+        assert_eq!(TimerStats::of(&decode_histogram(&w.timers["t"]).unwrap()).count, 1);
+        let next = a.flush(2, 1000, 1000);
+        assert!(next.counters.is_empty() && next.timers.is_empty());
+        assert_eq!(next.gauges["g"], 6.0, "gauges hold their value");
+    }
+
+    #[test]
+    fn merged_percentiles_are_those_of_the_union_of_samples() {
+        let mut all: Vec<f64> = Vec::new();
+        let mut merged = Merged::default();
+        for node in 0..3u32 {
+            let mut a = Aggregator::default();
+            for i in 0..1000u32 {
+                // Different distributions per node, so averaging per-node percentiles would be wrong.
+                let ms = f64::from((i * (node + 1) * 7919) % 5000) / 10.0 + f64::from(node) * 100.0;
+                all.push(ms);
+                a.take(&format!("lat:{ms}|ms"));
+            }
+            merged.add(&a.flush(1, 0, 1000));
+        }
+        all.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let stats = TimerStats::of(&merged.timers["lat"]);
+        assert_eq!(stats.count, 3000);
+        for (q, got) in [(0.50, stats.p50), (0.95, stats.p95), (0.99, stats.p99)] {
+            let exact = all[((q * all.len() as f64).ceil() as usize).saturating_sub(1)];
+            assert!((got - exact).abs() <= exact * 0.001 + 0.001, "p{q}: {got} vs exact {exact}");
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Metrics end to end: statsd from a real client to three nodes' relays, exact
+//! merged counts and percentiles, ingest authentication, loss accounting.
+
+use std::process::Command;
+
+use awc::http::StatusCode;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+use crate::helpers::{ensure_images, leftovers, on_both_databases, record, sh_step, TestApp};
+
+/// The timer values node `i` sends: different distributions per node, so
+/// averaging per-node percentiles would be visibly wrong.
+fn values(node: usize) -> Vec<f64> {
+    (0..500u32).map(|j| f64::from((j * (node as u32 + 1) * 7919) % 5000) / 10.0 + node as f64 * 100.0).collect()
+}
+
+fn docker_out(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().expect("docker CLI");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn relay_addresses(run_id: &str) -> Vec<String> {
+    let ids = docker_out(&["ps", "-q", "--filter", &format!("label=loads.run={run_id}"), "--filter", "label=loads.role=relay"]);
+    ids.lines()
+        .map(|id| docker_out(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", id]))
+        .collect()
+}
+
+/// Sends with PyPI's statsd client (pipelined), plus malformed lines on a raw socket.
+fn send_statsd(host: &str, node: usize) {
+    let series: Vec<String> = values(node).iter().map(|v| format!("{v}")).collect();
+    let script = format!(
+        "import socket, statsd\n\
+         c = statsd.StatsClient('{host}', 8125)\n\
+         with c.pipeline() as p:\n\
+         \x20   for v in [{}]:\n\
+         \x20       p.timing('lat', v)\n\
+         \x20       p.incr('hits')\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.sendto(b'not statsd\\nbad:|c\\nworse:1|zz', ('{host}', 8125))\n",
+        series.join(",")
+    );
+    let status = Command::new("python3").args(["-c", &script]).status().expect("python3 with statsd (scripts/test installs it)");
+    assert!(status.success());
+}
+
+/// Reads the run's feed until the merged windows have counted `hits` to `total`.
+async fn wait_for_hits(app: &TestApp, run_id: &str, total: f64) {
+    let url = format!("{}/api/v1/runs/{run_id}/events", app.base.replace("http://", "ws://"));
+    let (_, mut socket) = awc::Client::new().ws(url).connect().await.expect("websocket");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut seen = 0.0;
+    while seen < total {
+        assert!(std::time::Instant::now() < deadline, "the feed counted {seen} of {total} hits");
+        match socket.next().await.expect("feed open").expect("frame") {
+            awc::ws::Frame::Text(text) => {
+                let event: Value = serde_json::from_slice(&text).unwrap();
+                if event["type"] == "metrics" {
+                    assert_eq!(event["step"], "target");
+                    seen += event["counters"]["hits"].as_f64().unwrap_or(0.0);
+                }
+            }
+            awc::ws::Frame::Close(_) => panic!("the feed closed before all hits were counted"),
+            _ => {}
+        }
+    }
+    assert_eq!(seen, total, "merged windows count every hit once");
+}
+
+on_both_databases! {
+    /// Three nodes' statsd arrives with exact counts; merged percentiles are those of the union of all samples.
+    async fn three_nodes_merge_into_exact_step_metrics(app) {
+        ensure_images();
+        let step = json!({"name": "target", "container_name": loads::images::BUSYBOX, "instance_count": 3,
+                          "run_max_time": 0, "additional_command_args": "-c 'sleep 300'"});
+        let (_, run_id) = app.start(json!({"name": "metrics", "steps": [step]}), json!({})).await;
+        app.wait_for_run(&run_id, 60, |r| record(r, "target")["state"] == "running").await;
+        let relays = relay_addresses(&run_id);
+        assert_eq!(relays.len(), 3);
+        for (i, host) in relays.iter().enumerate() {
+            send_statsd(host, i);
+        }
+        wait_for_hits(&app, &run_id, 1500.0).await;
+        let (status, _) = app.post(&format!("/api/v1/runs/{run_id}/abort"), &json!({})).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        assert_eq!(app.wait_finished(&run_id, 60).await["state"], "aborted");
+
+        let (status, body) = app.get(&format!("/api/v1/runs/{run_id}/metrics")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let metric = |name: &str| body["metrics"].as_array().unwrap().iter().find(|m| m["metric"] == name).unwrap_or_else(|| panic!("no {name}: {body:#}")).clone();
+        let hits = metric("hits");
+        assert_eq!((hits["kind"].as_str(), hits["count"].as_f64()), (Some("counter"), Some(1500.0)));
+        assert!(hits["rate"].as_f64().unwrap() > 0.0);
+        let lat = metric("lat");
+        assert_eq!(lat["count"], 1500.0);
+        let mut union: Vec<f64> = (0..3).flat_map(values).collect();
+        union.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        for (q, key) in [(0.50, "p50"), (0.95, "p95"), (0.99, "p99")] {
+            let exact = union[((q * union.len() as f64).ceil() as usize) - 1];
+            let got = lat[key].as_f64().unwrap();
+            assert!((got - exact).abs() <= exact * 0.001 + 0.001, "{key}: {got} ms, exact {exact} ms");
+        }
+        assert_eq!(lat["min"].as_f64().unwrap(), union[0]);
+        assert!((lat["max"].as_f64().unwrap() - union[union.len() - 1]).abs() <= union[union.len() - 1] * 0.001);
+        assert_eq!(metric("relay.lines")["count"], 3000.0);
+        assert_eq!(metric("relay.malformed")["count"], 9.0, "three malformed lines on each of three nodes");
+        assert_eq!(metric("relay.windows_dropped")["count"], 0.0);
+        app.assert_no_leftovers();
+    }
+}
+
+/// The ingest endpoint takes windows only with a live run's own token.
+#[actix_web::test]
+async fn ingest_accepts_only_the_runs_own_token() {
+    ensure_images();
+    let app = TestApp::spawn(crate::helpers::Backend::Sqlite, &[]).await;
+    let (_, run_id) = app.start(json!({"name": "auth", "steps": [sh_step("s", "sleep 300")]}), json!({})).await;
+    app.wait_for_run(&run_id, 60, |r| r["state"] == "running").await;
+    let url = |run: &str| format!("http://127.0.0.1:{}/ingest/{run}", app.ingest_port);
+    let client = awc::Client::new();
+    let window = json!([{"run_id": run_id, "step_id": uuid::Uuid::new_v4().to_string(), "node": "x", "seq": 1, "start_ms": 0, "duration_ms": 1000,
+                         "counters": {}, "gauges": {}, "sets": {}, "timers": {}, "lines": 0, "malformed": 0, "dropped_windows": 0}]);
+    let r = client.post(url(&run_id)).send_json(&window).await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "no token");
+    let r = client.post(url(&run_id)).bearer_auth("guess").send_json(&window).await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "wrong token");
+    let r = client.post(url(&uuid::Uuid::new_v4().to_string())).bearer_auth("guess").send_json(&window).await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "no such run");
+    let r = client.post(url("nope")).bearer_auth("guess").send_json(&window).await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let (status, _) = app.post(&format!("/api/v1/runs/{run_id}/abort"), &json!({})).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    app.wait_finished(&run_id, 60).await;
+    app.assert_no_leftovers();
+}
+
+/// A relay whose broker cannot be reached keeps a bounded buffer, drops the
+/// oldest windows, and says exactly how many it lost and how many are undelivered.
+#[test]
+fn an_unreachable_broker_makes_the_relay_count_its_losses() {
+    ensure_images();
+    let tag = format!("loss{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let network = format!("loads-test-{tag}");
+    assert!(Command::new("docker").args(["network", "create", "--label", &format!("loads.broker={tag}"), &network]).status().unwrap().success());
+    let gateway = docker_out(&["network", "inspect", "-f", "{{(index .IPAM.Config 0).Gateway}}", &network]);
+    let closed = std::net::TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port();
+    let id = docker_out(&[
+        "run", "-d", "--network", &network, "--label", &format!("loads.broker={tag}"),
+        "-e", &format!("LOADS_INGEST_URL=http://{gateway}:{closed}/ingest/x"), "-e", "LOADS_INGEST_TOKEN=t",
+        "-e", "LOADS_RELAY_BUFFER=3", "-e", "LOADS_FLUSH_MS=50", loads::images::RELAY,
+    ]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let logs = Command::new("docker").args(["logs", &id]).output().unwrap();
+        let failures = String::from_utf8_lossy(&logs.stderr).matches("ingest unreachable").count();
+        if failures >= 10 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the relay did not try to deliver");
+    }
+    assert!(Command::new("docker").args(["stop", "-t", "5", &id]).status().unwrap().success());
+    let out = Command::new("docker").args(["logs", &id]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default().to_string();
+    let number = |key: &str| -> u64 {
+        last.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{key}="))).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{key} in {last:?}"))
+    };
+    assert_eq!(number("windows_sent"), 0);
+    assert_eq!(number("windows_undelivered"), 3, "the buffer holds 3");
+    assert!(number("windows_dropped") >= 8, "{last}");
+    let _ = Command::new("docker").args(["rm", "-f", &id]).output();
+    let _ = Command::new("docker").args(["network", "rm", &network]).output();
+    let (containers, networks) = leftovers(&tag);
+    assert!(containers.is_empty() && networks.is_empty());
+}
