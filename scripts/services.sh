@@ -42,6 +42,44 @@ SQL
   export LOADS_TEST_POSTGRES_URL="postgres://loads:loads@127.0.0.1:${port}/postgres"
 }
 
+# InfluxDB 1.x from Debian's package, with its own configuration bound to
+# 127.0.0.1 (the packaged one listens on every interface). LOADS_TEST_INFLUX_URL,
+# when already set, wins.
+ensure_influx() {
+  if [ -n "${LOADS_TEST_INFLUX_URL:-}" ]; then
+    return 0
+  fi
+  if ! command -v influxd >/dev/null 2>&1; then
+    echo "InfluxDB is not installed: apt-get install influxdb (or set LOADS_TEST_INFLUX_URL)" >&2
+    return 1
+  fi
+  local dir=/var/tmp/loads-influx port=18086
+  if ! curl -sf "http://127.0.0.1:$port/ping" >/dev/null 2>&1; then
+    mkdir -p "$dir"
+    cat > "$dir/influxdb.conf" <<CONF
+reporting-disabled = true
+bind-address = "127.0.0.1:18088"
+[meta]
+  dir = "$dir/meta"
+[data]
+  dir = "$dir/data"
+  wal-dir = "$dir/wal"
+[http]
+  enabled = true
+  bind-address = "127.0.0.1:$port"
+  auth-enabled = false
+  log-enabled = false
+CONF
+    nohup influxd -config "$dir/influxdb.conf" > "$dir/influxd.log" 2>&1 &
+    local i
+    for i in $(seq 1 100); do
+      curl -sf "http://127.0.0.1:$port/ping" >/dev/null 2>&1 && break
+      sleep 0.2
+    done
+  fi
+  export LOADS_TEST_INFLUX_URL="http://127.0.0.1:$port"
+}
+
 # The OpenAPI validator the API tests run the served document through, and a
 # real statsd client the metrics tests send with.
 ensure_python_tools() {

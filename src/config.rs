@@ -39,6 +39,12 @@ provider = "local"
 ingest_host = "0.0.0.0"
 ingest_port = 0
 
+[influx]
+url = ""
+database = "loads"
+username = ""
+password = ""
+
 [docker]
 stop_grace_seconds = 15
 prepare_timeout_seconds = 900
@@ -70,6 +76,8 @@ pub struct Settings {
     pub docker: DockerSettings,
     /// Where relays deliver metrics.
     pub metrics: MetricsSettings,
+    /// Where metrics are written (InfluxDB 1.x); an empty `url` writes nothing there.
+    pub influx: InfluxSettings,
     /// Logging.
     pub log: LogSettings,
 }
@@ -136,6 +144,31 @@ pub struct MetricsSettings {
     pub ingest_host: String,
     /// Its port; 0 picks a free one.
     pub ingest_port: u16,
+}
+
+/// Where metrics are written.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InfluxSettings {
+    /// `http://host:8086`; empty to write nothing.
+    pub url: String,
+    /// The database, created when missing.
+    pub database: String,
+    /// User, if InfluxDB requires authentication.
+    pub username: String,
+    /// Password, if InfluxDB requires authentication.
+    pub password: Secret,
+}
+
+impl InfluxSettings {
+    /// The client, when a URL is configured.
+    pub fn client(&self) -> Option<loads_actors::infra::influx::Influx> {
+        if self.url.is_empty() {
+            return None;
+        }
+        let credentials = (!self.username.is_empty()).then(|| (self.username.as_str(), self.password.expose()));
+        Some(loads_actors::infra::influx::Influx::new(&self.url, &self.database, credentials))
+    }
 }
 
 /// How containers are run.
@@ -359,6 +392,15 @@ impl Settings {
         }
         if self.docker.log_tail == 0 {
             return invalid("docker.log_tail", "must be at least 1");
+        }
+        if !(self.influx.url.is_empty() || self.influx.url.starts_with("http://") || self.influx.url.starts_with("https://")) {
+            return invalid("influx.url", "must be empty or an http(s):// URL");
+        }
+        if self.influx.database.is_empty() || self.influx.database.contains(['"', '\\']) {
+            return invalid("influx.database", "must be a database name");
+        }
+        if self.influx.url.starts_with("https://") {
+            return invalid("influx.url", "https is not supported by this build; use http on a trusted network");
         }
         if LogFormat::parse(&self.log.format).is_none() {
             return invalid("log.format", "must be `human` or `json`");

@@ -43,7 +43,13 @@ impl Actors {
             .with_context(|| format!("cannot open the database {}", settings.database.url.masked()))?;
         let catalog = CatalogActor::new(db.clone(), settings.limits()).start();
         let pool = Ec2PoolActor::local(settings.broker.id.clone()).await.start();
-        let metrics = MetricsActor::new(db.clone()).start();
+        let influx = settings.influx.client();
+        if let Some(influx) = &influx {
+            if let Err(e) = influx.ensure_database().await {
+                tracing::warn!(error = %e, "InfluxDB is not answering; windows will be logged as not written");
+            }
+        }
+        let metrics = MetricsActor::new(db.clone(), influx).start();
         let (ingest, ingest_port) = start_ingest(settings, metrics.clone())?;
         let mut run_settings = settings.run_settings();
         run_settings.ingest_port = ingest_port;

@@ -17,7 +17,9 @@ use crate::domain::{Env, PlanSpec};
 use crate::feed::{Feed, RunEvent};
 use crate::metrics::MetricsActor;
 use crate::pool::{Ec2PoolActor, SweepOrphans};
-use crate::run_supervisor::{AbortRun as AbortSupervised, RunEnded, RunSupervisor, Subscribe as SubscribeSupervised, Subscription};
+use crate::run_supervisor::{
+    AbortRun as AbortSupervised, RunEnded, RunServices, RunSupervisor, Subscribe as SubscribeSupervised, Subscription,
+};
 use crate::settings::RunSettings;
 use crate::store::{plans, runs, StoreError};
 
@@ -121,17 +123,13 @@ impl Handler<StartRun> for BrokerActor {
             .into_actor(self)
             .map(|res, act, ctx| {
                 let (run, plan, run_env) = res?;
-                let supervisor = RunSupervisor::new(
-                    run.id,
-                    plan,
-                    run_env,
-                    act.settings.clone(),
-                    act.db.clone(),
-                    act.pool.clone(),
-                    act.metrics.clone(),
-                    ctx.address().recipient(),
-                )
-                .start();
+                let services = RunServices {
+                    settings: act.settings.clone(),
+                    db: act.db.clone(),
+                    pool: act.pool.clone(),
+                    metrics: act.metrics.clone(),
+                };
+                let supervisor = RunSupervisor::new(run.id, plan, run_env, services, ctx.address().recipient()).start();
                 act.live.insert(run.id, supervisor);
                 tracing::info!(run_id = %run.id, plan = %run.plan_name, "run started");
                 Ok(run)

@@ -122,6 +122,7 @@ impl Handler<PrepareNode> for DockerNodeActor {
                     format!("LOADS_RUN={}", self.who.run_id),
                     format!("LOADS_STEP={}", self.who.step_id),
                     format!("LOADS_NODE={}", self.who.node),
+                    "LOADS_PROC=/host/proc".to_string(),
                 ];
                 if let Some((url, token)) = &self.who.ingest {
                     env.push(format!("LOADS_INGEST_URL={url}"));
@@ -131,6 +132,8 @@ impl Handler<PrepareNode> for DockerNodeActor {
             },
             labels: self.labels("relay"),
             network: self.who.network.clone(),
+            // The host's /proc, read-only, for the node's CPU, memory, network and load.
+            binds: vec!["/proc:/host/proc:ro".to_string()],
             ..Default::default()
         };
         let network = self.who.network.clone();

@@ -16,6 +16,7 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use crate::domain::metrics::{Merged, TimerStats, Window};
+use crate::infra::influx::{window_points, Influx, PointTags};
 use crate::domain::views::MetricSummaryView;
 use crate::store::{runs, StoreError};
 
@@ -44,9 +45,28 @@ struct Slot {
     first_seen_ms: i64,
 }
 
+/// A node's host over a step: sums for means, maxima, and busy windows.
+#[derive(Default)]
+struct HostTotals {
+    samples: u64,
+    busy: u64,
+    sums: [f64; 4],
+    maxima: [f64; 4],
+}
+
+const HOST_FIELDS: [&str; 4] = ["host.cpu_percent", "host.memory_percent", "host.net_rx_bytes_per_s", "host.net_tx_bytes_per_s"];
+
+/// CPU above which a window counts as busy, and the share of busy windows that means saturated.
+const BUSY_CPU_PERCENT: f64 = 90.0;
+const SATURATED_SHARE: f64 = 0.10;
+
 struct StepMetrics {
     name: String,
+    series: String,
+    region: String,
     nodes: usize,
+    generator: bool,
+    hosts: BTreeMap<String, HostTotals>,
     totals: Merged,
     windows: BTreeMap<String, u64>,
     dropped: BTreeMap<String, u64>,
@@ -55,6 +75,7 @@ struct StepMetrics {
 
 struct RunMetrics {
     token: String,
+    plan: String,
     feed: Recipient<MetricsPublished>,
     steps: HashMap<Uuid, StepMetrics>,
 }
@@ -76,21 +97,36 @@ pub enum IngestError {
 /// Collects the runs' metrics.
 pub struct MetricsActor {
     db: DatabaseConnection,
+    influx: Option<Influx>,
     runs: HashMap<Uuid, RunMetrics>,
 }
 
 impl MetricsActor {
-    /// A metrics collector storing summaries in `db`.
-    pub fn new(db: DatabaseConnection) -> Self {
-        Self { db, runs: HashMap::new() }
+    /// A metrics collector storing summaries in `db` and, when given, every window in InfluxDB.
+    pub fn new(db: DatabaseConnection, influx: Option<Influx>) -> Self {
+        Self { db, influx, runs: HashMap::new() }
+    }
+
+    /// Writes points in the background; a failure is logged, never holds a run.
+    fn write(&self, points: Vec<influxdb::WriteQuery>, ctx: &mut Context<Self>) {
+        let Some(influx) = self.influx.clone() else { return };
+        if points.is_empty() {
+            return;
+        }
+        ctx.spawn(actix::fut::wrap_future(async move {
+            if let Err(e) = influx.write(points).await {
+                tracing::warn!(error = %e, "metrics points not written");
+            }
+        }));
     }
 
     fn now_ms() -> i64 {
         chrono::Utc::now().timestamp_millis()
     }
 
-    /// Publishes slots that are complete, or late.
-    fn publish_ready(run: &mut RunMetrics, now_ms: i64, everything: bool) {
+    /// Publishes slots that are complete, or late; answers their InfluxDB points.
+    fn publish_ready(run_id: Uuid, run: &mut RunMetrics, now_ms: i64, everything: bool) -> Vec<influxdb::WriteQuery> {
+        let mut points = Vec::new();
         for step in run.steps.values_mut() {
             let ready: Vec<i64> = step
                 .slots
@@ -100,6 +136,16 @@ impl MetricsActor {
                 .collect();
             for key in ready {
                 if let Some(slot) = step.slots.remove(&key) {
+                    let tags = PointTags {
+                        run: run_id.to_string(),
+                        plan: run.plan.clone(),
+                        step: step.name.clone(),
+                        node: "all".into(),
+                        series: step.series.clone(),
+                        region: step.region.clone(),
+                    };
+                    let seconds = slot.merged.duration_ms as f64 / 1000.0 / slot.nodes.len().max(1) as f64;
+                    points.extend(window_points(&tags, key, &slot.merged, seconds.max(1.0), None));
                     run.feed.do_send(MetricsPublished {
                         step: step.name.clone(),
                         start_ms: key,
@@ -110,6 +156,7 @@ impl MetricsActor {
                 }
             }
         }
+        points
     }
 }
 
@@ -117,13 +164,32 @@ impl Actor for MetricsActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.run_interval(Duration::from_secs(1), |act, _| {
+        ctx.run_interval(Duration::from_secs(1), |act, ctx| {
             let now = Self::now_ms();
-            for run in act.runs.values_mut() {
-                Self::publish_ready(run, now, false);
+            let mut points = Vec::new();
+            for (id, run) in &mut act.runs {
+                points.extend(Self::publish_ready(*id, run, now, false));
             }
+            act.write(points, ctx);
         });
     }
+}
+
+/// A step whose metrics are collected.
+#[derive(Clone, Debug)]
+pub struct TrackedStep {
+    /// The step.
+    pub id: Uuid,
+    /// Its name.
+    pub name: String,
+    /// Its `docker_series` (or its name): the `type` tag.
+    pub series: String,
+    /// Its region.
+    pub region: String,
+    /// How many nodes report for it.
+    pub nodes: usize,
+    /// Whether it generates load (not a service under test), so saturation matters.
+    pub generator: bool,
 }
 
 /// Starts collecting a run's metrics: its token, its steps and their node counts.
@@ -134,8 +200,10 @@ pub struct TrackRun {
     pub run_id: Uuid,
     /// The token its relays present.
     pub token: String,
-    /// `(step id, step name, nodes)`.
-    pub steps: Vec<(Uuid, String, usize)>,
+    /// The plan's name.
+    pub plan: String,
+    /// Its steps.
+    pub steps: Vec<TrackedStep>,
     /// Where merged windows go (the run's feed).
     pub feed: Recipient<MetricsPublished>,
 }
@@ -147,10 +215,14 @@ impl Handler<TrackRun> for MetricsActor {
         let steps = msg
             .steps
             .into_iter()
-            .map(|(id, name, nodes)| {
+            .map(|TrackedStep { id, name, series, region, nodes, generator }| {
                 let step = StepMetrics {
                     name,
+                    series,
+                    region,
                     nodes,
+                    generator,
+                    hosts: BTreeMap::new(),
                     totals: Merged::default(),
                     windows: BTreeMap::new(),
                     dropped: BTreeMap::new(),
@@ -159,7 +231,7 @@ impl Handler<TrackRun> for MetricsActor {
                 (id, step)
             })
             .collect();
-        self.runs.insert(msg.run_id, RunMetrics { token: msg.token, feed: msg.feed, steps });
+        self.runs.insert(msg.run_id, RunMetrics { token: msg.token, plan: msg.plan, feed: msg.feed, steps });
     }
 }
 
@@ -178,7 +250,7 @@ pub struct Ingest {
 impl Handler<Ingest> for MetricsActor {
     type Result = Result<usize, IngestError>;
 
-    fn handle(&mut self, msg: Ingest, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Ingest, ctx: &mut Context<Self>) -> Self::Result {
         let run = self.runs.get_mut(&msg.run_id).ok_or(IngestError::UnknownRun(msg.run_id))?;
         if !bool::from(run.token.as_bytes().ct_eq(msg.token.as_bytes())) {
             return Err(IngestError::Unauthorized);
@@ -191,13 +263,35 @@ impl Handler<Ingest> for MetricsActor {
             }
         }
         let now = Self::now_ms();
+        let mut points = Vec::new();
         for w in &msg.windows {
             let Some(step) = Uuid::parse_str(&w.step_id).ok().and_then(|id| run.steps.get_mut(&id)) else { continue };
+            let mut single = Merged::default();
+            single.add(w);
+            let tags = PointTags {
+                run: run_text.clone(),
+                plan: run.plan.clone(),
+                step: step.name.clone(),
+                node: w.node.clone(),
+                series: step.series.clone(),
+                region: step.region.clone(),
+            };
+            points.extend(window_points(&tags, w.start_ms / 1000 * 1000, &single, w.duration_ms as f64 / 1000.0, w.host.as_ref()));
             step.totals.add(w);
             if w.lines > 0 {
                 *step.windows.entry(w.node.clone()).or_default() += 1;
             }
             step.dropped.insert(w.node.clone(), w.dropped_windows);
+            if let Some(h) = &w.host {
+                let totals = step.hosts.entry(w.node.clone()).or_default();
+                let values = [h.cpu_percent, h.memory_percent, h.net_rx_bytes_per_s, h.net_tx_bytes_per_s];
+                totals.samples += 1;
+                totals.busy += u64::from(h.cpu_percent > BUSY_CPU_PERCENT);
+                for (i, v) in values.iter().enumerate() {
+                    totals.sums[i] += v;
+                    totals.maxima[i] = totals.maxima[i].max(*v);
+                }
+            }
             let slot = step.slots.entry(w.start_ms / 1000 * 1000).or_insert_with(|| Slot {
                 merged: Merged::default(),
                 nodes: HashSet::new(),
@@ -206,7 +300,8 @@ impl Handler<Ingest> for MetricsActor {
             slot.merged.add(w);
             slot.nodes.insert(w.node.clone());
         }
-        Self::publish_ready(run, now, false);
+        points.extend(Self::publish_ready(msg.run_id, run, now, false));
+        self.write(points, ctx);
         Ok(msg.windows.len())
     }
 }
@@ -260,6 +355,17 @@ fn summarise(step_id: Uuid, step: &StepMetrics) -> Vec<MetricSummaryView> {
     for (k, v) in &step.totals.sets {
         out.push(row(k, "set", *v as f64));
     }
+    for (i, field) in HOST_FIELDS.iter().enumerate() {
+        let samples: u64 = step.hosts.values().map(|h| h.samples).sum();
+        if samples > 0 {
+            let mean = step.hosts.values().map(|h| h.sums[i]).sum::<f64>() / samples as f64;
+            let max = step.hosts.values().map(|h| h.maxima[i]).fold(0.0, f64::max);
+            out.push(MetricSummaryView { mean: Some(mean), max: Some(max), ..row(field, "host", samples as f64) });
+        }
+    }
+    let saturated = step.generator
+        && step.hosts.values().any(|h| h.samples > 0 && h.busy as f64 / h.samples as f64 > SATURATED_SHARE);
+    out.push(row("generator_saturated", "flag", f64::from(u8::from(saturated))));
     out.push(row("relay.lines", "relay", step.totals.lines as f64));
     out.push(row("relay.malformed", "relay", step.totals.malformed as f64));
     out.push(row("relay.windows_dropped", "relay", step.dropped.values().sum::<u64>() as f64));
@@ -278,9 +384,11 @@ impl Handler<FinishRun> for MetricsActor {
     type Result = ResponseFuture<Result<Vec<MetricSummaryView>, StoreError>>;
 
     fn handle(&mut self, msg: FinishRun, _: &mut Context<Self>) -> Self::Result {
+        let influx = self.influx.clone();
+        let mut last_points = Vec::new();
         let rows: Vec<MetricSummaryView> = match self.runs.remove(&msg.run_id) {
             Some(mut run) => {
-                Self::publish_ready(&mut run, Self::now_ms(), true);
+                last_points = Self::publish_ready(msg.run_id, &mut run, Self::now_ms(), true);
                 let mut steps: Vec<(&Uuid, &StepMetrics)> = run.steps.iter().collect();
                 steps.sort_by(|a, b| a.1.name.cmp(&b.1.name));
                 steps.into_iter().flat_map(|(id, s)| summarise(*id, s)).collect()
@@ -289,8 +397,48 @@ impl Handler<FinishRun> for MetricsActor {
         };
         let db = self.db.clone();
         Box::pin(async move {
+            if let Some(influx) = influx {
+                if let Err(e) = influx.write(last_points).await {
+                    tracing::warn!(error = %e, "metrics points not written");
+                }
+            }
             runs::record_metrics(&db, msg.run_id, &rows).await?;
             Ok(rows)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(generator: bool, busy: u64, samples: u64) -> StepMetrics {
+        let host = HostTotals { samples, busy, sums: [50.0 * samples as f64, 0.0, 0.0, 0.0], maxima: [95.0, 0.0, 0.0, 0.0] };
+        StepMetrics {
+            name: "gen".into(),
+            series: "gen".into(),
+            region: "local".into(),
+            nodes: 1,
+            generator,
+            hosts: BTreeMap::from([("s0n0".to_string(), host)]),
+            totals: Merged::default(),
+            windows: BTreeMap::new(),
+            dropped: BTreeMap::new(),
+            slots: BTreeMap::new(),
+        }
+    }
+
+    fn flag(rows: &[MetricSummaryView]) -> f64 {
+        rows.iter().find(|r| r.metric == "generator_saturated").unwrap().count
+    }
+
+    #[test]
+    fn a_generator_busy_for_more_than_a_tenth_of_its_windows_is_saturated() {
+        let id = Uuid::new_v4();
+        assert_eq!(flag(&summarise(id, &step(true, 11, 100))), 1.0);
+        assert_eq!(flag(&summarise(id, &step(true, 10, 100))), 0.0, "exactly 10% is not more than 10%");
+        assert_eq!(flag(&summarise(id, &step(false, 100, 100))), 0.0, "a busy service under test is not a saturated generator");
+        let cpu = summarise(id, &step(true, 0, 4)).into_iter().find(|r| r.metric == "host.cpu_percent").unwrap();
+        assert_eq!((cpu.mean, cpu.max), (Some(50.0), Some(95.0)));
     }
 }

@@ -28,7 +28,7 @@ use uuid::Uuid;
 use crate::domain::views::{PlanView, RunState, RunView, StepState, StepView};
 use crate::domain::Env;
 use crate::feed::{EventKind, Feed, RunEvent};
-use crate::metrics::{FinishRun, MetricsActor, MetricsPublished, TrackRun};
+use crate::metrics::{FinishRun, MetricsActor, MetricsPublished, TrackRun, TrackedStep};
 use crate::pool::{CloseRun, Ec2PoolActor, OpenRun};
 use crate::settings::RunSettings;
 use crate::step::{ReportKind, StartStep, StepActor, StepContext, StepOutcome, StepReport, StopReason, StopStep};
@@ -49,6 +49,19 @@ struct StepSlot {
     addr: Option<Addr<StepActor>>,
     prepared: bool,
     outcome: Option<StepOutcome>,
+}
+
+/// What every run uses: settings, the database, the pool, the metrics collector.
+#[derive(Clone)]
+pub struct RunServices {
+    /// Shared settings.
+    pub settings: RunSettings,
+    /// The database.
+    pub db: DatabaseConnection,
+    /// The node pool.
+    pub pool: Addr<Ec2PoolActor>,
+    /// The metrics collector.
+    pub metrics: Addr<MetricsActor>,
 }
 
 /// Supervises one run.
@@ -73,16 +86,8 @@ pub struct RunSupervisor {
 
 impl RunSupervisor {
     /// A supervisor for the recorded run `run_id` of `plan`.
-    pub fn new(
-        run_id: Uuid,
-        plan: PlanView,
-        run_env: Env,
-        settings: RunSettings,
-        db: DatabaseConnection,
-        pool: Addr<Ec2PoolActor>,
-        metrics: Addr<MetricsActor>,
-        broker: Recipient<RunEnded>,
-    ) -> Self {
+    pub fn new(run_id: Uuid, plan: PlanView, run_env: Env, services: RunServices, broker: Recipient<RunEnded>) -> Self {
+        let RunServices { settings, db, pool, metrics } = services;
         let steps = plan
             .steps
             .iter()
@@ -177,11 +182,19 @@ impl RunSupervisor {
                 .steps
                 .values()
                 .filter(|s| !s.view.spec.monitor)
-                .map(|s| (s.view.id, s.view.spec.name.clone(), s.view.spec.instance_count as usize))
+                .map(|s| TrackedStep {
+                    id: s.view.id,
+                    name: s.view.spec.name.clone(),
+                    series: s.view.spec.docker_series.clone().unwrap_or_else(|| s.view.spec.name.clone()),
+                    region: s.view.spec.instance_region.clone(),
+                    nodes: s.view.spec.instance_count as usize,
+                    generator: !s.view.spec.service,
+                })
                 .collect();
             act.metrics.do_send(TrackRun {
                 run_id: act.run_id,
                 token: act.ingest_token.clone(),
+                plan: act.plan.plan.name.clone(),
                 steps: tracked,
                 feed: ctx.address().recipient(),
             });

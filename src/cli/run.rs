@@ -269,7 +269,8 @@ async fn summary(actors: &Actors, run: &RunView) -> anyhow::Result<()> {
 
 /// The metrics table: per step, counters with total and rate, timers with exact percentiles.
 fn print_metrics(metrics: &[MetricSummaryView]) {
-    let shown: Vec<&MetricSummaryView> = metrics.iter().filter(|m| m.kind != "relay" || m.count > 0.0).collect();
+    let shown: Vec<&MetricSummaryView> =
+        metrics.iter().filter(|m| !matches!(m.kind.as_str(), "relay" | "host" | "flag") || (m.kind == "relay" && m.count > 0.0)).collect();
     if shown.iter().all(|m| m.kind == "relay") {
         return;
     }
@@ -281,6 +282,15 @@ fn print_metrics(metrics: &[MetricSummaryView]) {
         println!(
             "{:<20} {:<32} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
             m.step_name, m.metric, m.count, rate, ms(m.p50), ms(m.p95), ms(m.p99), ms(m.max)
+        );
+    }
+    for m in metrics.iter().filter(|m| m.metric == "host.cpu_percent") {
+        println!("{:<20} node CPU mean {:.0}%, max {:.0}%", m.step_name, m.mean.unwrap_or(0.0), m.max.unwrap_or(0.0));
+    }
+    for m in metrics.iter().filter(|m| m.metric == "generator_saturated" && m.count > 0.0) {
+        println!(
+            "{:<20} warning: its generator nodes ran above 90% CPU for more than 10% of the step: the numbers may show the generator's limits, not the service's",
+            m.step_name
         );
     }
 }

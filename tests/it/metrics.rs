@@ -7,7 +7,7 @@ use awc::http::StatusCode;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use crate::helpers::{ensure_images, leftovers, on_both_databases, record, sh_step, TestApp};
+use crate::helpers::{ensure_images, leftovers, record, sh_step, TestApp};
 
 /// The timer values node `i` sends: different distributions per node, so
 /// averaging per-node percentiles would be visibly wrong.
@@ -68,10 +68,28 @@ async fn wait_for_hits(app: &TestApp, run_id: &str, total: f64) {
     assert_eq!(seen, total, "merged windows count every hit once");
 }
 
-on_both_databases! {
-    /// Three nodes' statsd arrives with exact counts; merged percentiles are those of the union of all samples.
-    async fn three_nodes_merge_into_exact_step_metrics(app) {
+/// Asks the test InfluxDB; answers the first series' values.
+async fn influx_query(database: &str, query: &str) -> Vec<Value> {
+    let base = std::env::var("LOADS_TEST_INFLUX_URL").expect("LOADS_TEST_INFLUX_URL (scripts/test starts InfluxDB)");
+    let mut r = awc::Client::new().get(format!("{base}/query")).query(&[("db", database), ("q", query)]).unwrap().send().await.unwrap();
+    let body: Value = r.json().await.unwrap();
+    body["results"][0]["series"][0]["values"].as_array().cloned().unwrap_or_default()
+}
+
+async fn influx_admin(query: &str) {
+    let base = std::env::var("LOADS_TEST_INFLUX_URL").unwrap();
+    let _ = awc::Client::new().post(format!("{base}/query")).query(&[("q", query)]).unwrap().send().await;
+}
+
+/// Three nodes' statsd arrives with exact counts, in the API and in InfluxDB; merged
+/// percentiles are those of the union of all samples.
+#[actix_web::test]
+async fn three_nodes_merge_into_exact_step_metrics() {
+    for backend in [crate::helpers::Backend::Sqlite, crate::helpers::Backend::Postgres] {
         ensure_images();
+        let influx_db = format!("loads_test_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let influx_url = std::env::var("LOADS_TEST_INFLUX_URL").expect("LOADS_TEST_INFLUX_URL (scripts/test starts InfluxDB)");
+        let app = TestApp::spawn(backend, &[("LOADS__INFLUX__URL", &influx_url), ("LOADS__INFLUX__DATABASE", &influx_db)]).await;
         let step = json!({"name": "target", "container_name": loads::images::BUSYBOX, "instance_count": 3,
                           "run_max_time": 0, "additional_command_args": "-c 'sleep 300'"});
         let (_, run_id) = app.start(json!({"name": "metrics", "steps": [step]}), json!({})).await;
@@ -106,6 +124,21 @@ on_both_databases! {
         assert_eq!(metric("relay.lines")["count"], 3000.0);
         assert_eq!(metric("relay.malformed")["count"], 9.0, "three malformed lines on each of three nodes");
         assert_eq!(metric("relay.windows_dropped")["count"], 0.0);
+        let cpu = metric("host.cpu_percent");
+        assert!(cpu["count"].as_f64().unwrap() >= 3.0 && (0.0..=100.0).contains(&cpu["mean"].as_f64().unwrap()), "{cpu}");
+        assert_eq!(metric("generator_saturated")["kind"], "flag");
+
+        let step_hits = influx_query(&influx_db, &format!("SELECT sum(\"value\") FROM \"counter\" WHERE \"run\" = '{run_id}' AND \"metric\" = 'hits' AND \"node\" = 'all'")).await;
+        assert_eq!(step_hits[0][1], 1500.0, "merged windows in InfluxDB: {step_hits:?}");
+        let node_hits = influx_query(&influx_db, &format!("SELECT sum(\"value\") FROM \"counter\" WHERE \"run\" = '{run_id}' AND \"metric\" = 'hits' AND \"node\" != 'all' GROUP BY \"node\"")).await;
+        assert!(!node_hits.is_empty());
+        let per_node = influx_query(&influx_db, &format!("SELECT sum(\"count\") FROM \"timer\" WHERE \"run\" = '{run_id}' AND \"node\" != 'all'")).await;
+        assert_eq!(per_node[0][1], 1500.0, "node-level timer samples add up");
+        let tagged = influx_query(&influx_db, &format!("SELECT \"p99\", \"type\", \"plan\", \"region\" FROM \"timer\" WHERE \"run\" = '{run_id}' AND \"node\" = 'all' LIMIT 1")).await;
+        assert_eq!((&tagged[0][2], &tagged[0][3], &tagged[0][4]), (&json!("target"), &json!("metrics"), &json!("us-west-2")), "{tagged:?}");
+        let hosts = influx_query(&influx_db, &format!("SELECT count(\"cpu_percent\") FROM \"host\" WHERE \"run\" = '{run_id}'")).await;
+        assert!(hosts[0][1].as_f64().unwrap() >= 3.0, "{hosts:?}");
+        influx_admin(&format!("DROP DATABASE \"{influx_db}\"")).await;
         app.assert_no_leftovers();
     }
 }

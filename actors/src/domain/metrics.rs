@@ -110,6 +110,24 @@ pub struct Window {
     pub malformed: u64,
     /// Windows this node could not deliver so far (its buffer overflowed).
     pub dropped_windows: u64,
+    /// The node's host over the window, when it could be read.
+    #[serde(default)]
+    pub host: Option<HostSample>,
+}
+
+/// A node's host over one window.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostSample {
+    /// CPU busy, percent of all cores.
+    pub cpu_percent: f64,
+    /// Memory in use, percent.
+    pub memory_percent: f64,
+    /// Bytes received per second, all interfaces but loopback.
+    pub net_rx_bytes_per_s: f64,
+    /// Bytes sent per second, all interfaces but loopback.
+    pub net_tx_bytes_per_s: f64,
+    /// One-minute load average.
+    pub load1: f64,
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -280,6 +298,7 @@ impl Merged {
         }
         self.lines += w.lines;
         self.malformed += w.malformed;
+        self.duration_ms += w.duration_ms;
     }
 
     /// Adds another merge (e.g. a window slot into a whole step's totals).

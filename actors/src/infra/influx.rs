@@ -1,0 +1,126 @@
+//! InfluxDB: where every window goes, per node and merged per step, with the
+//! run's tags (`run`, `plan`, `step`, `node` — `all` for a step's merge —
+//! `type` = the step's `docker_series`, `region`, and `metric`).
+//!
+//! Measurements: `counter` (value, rate), `timer` (count, rate, min, mean,
+//! p50, p90, p95, p99, max, in ms), `gauge` (value), `host` (cpu_percent,
+//! memory_percent, net_rx_bytes_per_s, net_tx_bytes_per_s, load1).
+
+use influxdb::{Client, ReadQuery, Timestamp, WriteQuery};
+
+use crate::domain::metrics::{HostSample, Merged, TimerStats};
+
+/// Why InfluxDB refused.
+#[derive(Debug, thiserror::Error)]
+#[error("InfluxDB at {url}: {message}")]
+pub struct InfluxError {
+    /// Where.
+    pub url: String,
+    /// What it said.
+    pub message: String,
+}
+
+/// A connection to one InfluxDB database.
+#[derive(Clone)]
+pub struct Influx {
+    client: Client,
+    url: String,
+    database: String,
+}
+
+/// The tags of a run's points.
+#[derive(Clone, Debug)]
+pub struct PointTags {
+    /// The run.
+    pub run: String,
+    /// The plan's name.
+    pub plan: String,
+    /// The step's name.
+    pub step: String,
+    /// The node, or `all` for a step's merge.
+    pub node: String,
+    /// The step's `docker_series` (or its name).
+    pub series: String,
+    /// The step's region.
+    pub region: String,
+}
+
+impl Influx {
+    /// A client of `database` at `url`, with credentials when given.
+    pub fn new(url: &str, database: &str, credentials: Option<(&str, &str)>) -> Self {
+        let mut client = Client::new(url.trim_end_matches('/'), database);
+        if let Some((user, password)) = credentials {
+            client = client.with_auth(user, password);
+        }
+        Self { client, url: url.to_string(), database: database.to_string() }
+    }
+
+    fn error(&self, e: impl ToString) -> InfluxError {
+        InfluxError { url: self.url.clone(), message: e.to_string() }
+    }
+
+    /// Creates the database if it is missing.
+    pub async fn ensure_database(&self) -> Result<(), InfluxError> {
+        let name = self.database.replace('"', "");
+        self.client.query(ReadQuery::new(format!("CREATE DATABASE \"{name}\""))).await.map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    /// Writes points.
+    pub async fn write(&self, points: Vec<WriteQuery>) -> Result<(), InfluxError> {
+        if points.is_empty() {
+            return Ok(());
+        }
+        self.client.query(points).await.map_err(|e| self.error(e))?;
+        Ok(())
+    }
+}
+
+fn point(measurement: &str, start_ms: i64, tags: &PointTags, metric: &str) -> WriteQuery {
+    WriteQuery::new(Timestamp::Milliseconds(u128::try_from(start_ms).unwrap_or(0)), measurement)
+        .add_tag("run", tags.run.clone())
+        .add_tag("plan", tags.plan.clone())
+        .add_tag("step", tags.step.clone())
+        .add_tag("node", tags.node.clone())
+        .add_tag("type", tags.series.clone())
+        .add_tag("region", tags.region.clone())
+        .add_tag("metric", metric.to_string())
+}
+
+/// The points of one window (a node's, or a step's merge) starting at `start_ms` and lasting `seconds`.
+pub fn window_points(tags: &PointTags, start_ms: i64, merged: &Merged, seconds: f64, host: Option<&HostSample>) -> Vec<WriteQuery> {
+    let seconds = seconds.max(0.001);
+    let mut points = Vec::new();
+    for (metric, value) in &merged.counters {
+        points.push(point("counter", start_ms, tags, metric).add_field("value", *value).add_field("rate", value / seconds));
+    }
+    for (metric, h) in &merged.timers {
+        let s = TimerStats::of(h);
+        points.push(
+            point("timer", start_ms, tags, metric)
+                .add_field("count", s.count as f64)
+                .add_field("rate", s.count as f64 / seconds)
+                .add_field("min", s.min)
+                .add_field("mean", s.mean)
+                .add_field("p50", s.p50)
+                .add_field("p90", s.p90)
+                .add_field("p95", s.p95)
+                .add_field("p99", s.p99)
+                .add_field("max", s.max),
+        );
+    }
+    for (metric, value) in &merged.gauges {
+        points.push(point("gauge", start_ms, tags, metric).add_field("value", *value));
+    }
+    if let Some(h) = host {
+        points.push(
+            point("host", start_ms, tags, "host")
+                .add_field("cpu_percent", h.cpu_percent)
+                .add_field("memory_percent", h.memory_percent)
+                .add_field("net_rx_bytes_per_s", h.net_rx_bytes_per_s)
+                .add_field("net_tx_bytes_per_s", h.net_tx_bytes_per_s)
+                .add_field("load1", h.load1),
+        );
+    }
+    points
+}
