@@ -39,6 +39,13 @@ provider = "local"
 ingest_host = "0.0.0.0"
 ingest_port = 0
 
+[grafana]
+url = ""
+token = ""
+folder_uid = ""
+datasource = "InfluxDB"
+templates_dir = ""
+
 [influx]
 url = ""
 database = "loads"
@@ -78,6 +85,8 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     /// Where metrics are written (InfluxDB 1.x); an empty `url` writes nothing there.
     pub influx: InfluxSettings,
+    /// Per-run dashboards.
+    pub grafana: GrafanaSettings,
     /// Logging.
     pub log: LogSettings,
 }
@@ -144,6 +153,36 @@ pub struct MetricsSettings {
     pub ingest_host: String,
     /// Its port; 0 picks a free one.
     pub ingest_port: u16,
+}
+
+/// Per-run dashboards: rendered always, published when `url` and `token` are set.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrafanaSettings {
+    /// Grafana's base URL; empty to publish nothing.
+    pub url: String,
+    /// A service-account token that may write dashboards.
+    pub token: Secret,
+    /// The folder to publish into, by uid; empty for General.
+    pub folder_uid: String,
+    /// The name of the Grafana data source for `influx.database`.
+    pub datasource: String,
+    /// A directory of `NAME.json.hbs` templates that plans may name; empty for the built-in only.
+    pub templates_dir: String,
+}
+
+impl GrafanaSettings {
+    /// How the metrics actor makes and publishes dashboards.
+    pub fn dashboards(&self) -> loads_actors::metrics::DashboardSettings {
+        use loads_actors::infra::grafana::{Dashboards, Grafana};
+        let dir = (!self.templates_dir.is_empty()).then(|| self.templates_dir.clone().into());
+        let grafana = (!self.url.is_empty() && !self.token.expose().is_empty()).then(|| Grafana {
+            url: self.url.clone(),
+            token: self.token.expose().to_string(),
+            folder_uid: (!self.folder_uid.is_empty()).then(|| self.folder_uid.clone()),
+        });
+        loads_actors::metrics::DashboardSettings { templates: Dashboards::new(dir), datasource: self.datasource.clone(), grafana }
+    }
 }
 
 /// Where metrics are written.
@@ -401,6 +440,15 @@ impl Settings {
         }
         if self.influx.url.starts_with("https://") {
             return invalid("influx.url", "https is not supported by this build; use http on a trusted network");
+        }
+        if !(self.grafana.url.is_empty() || self.grafana.url.starts_with("http://") || self.grafana.url.starts_with("https://")) {
+            return invalid("grafana.url", "must be empty or an http(s):// URL");
+        }
+        if self.grafana.url.starts_with("https://") {
+            return invalid("grafana.url", "https is not supported by this build; use http on a trusted network");
+        }
+        if !self.grafana.url.is_empty() && self.grafana.token.expose().is_empty() {
+            return invalid("grafana.token", "is required with grafana.url");
         }
         if LogFormat::parse(&self.log.format).is_none() {
             return invalid("log.format", "must be `human` or `json`");

@@ -49,7 +49,7 @@ impl Actors {
                 tracing::warn!(error = %e, "InfluxDB is not answering; windows will be logged as not written");
             }
         }
-        let metrics = MetricsActor::new(db.clone(), influx).start();
+        let metrics = MetricsActor::new(db.clone(), influx, settings.grafana.dashboards()).start();
         let (ingest, ingest_port) = start_ingest(settings, metrics.clone())?;
         let mut run_settings = settings.run_settings();
         run_settings.ingest_port = ingest_port;

@@ -114,6 +114,7 @@ impl Handler<StartRun> for BrokerActor {
                     description: plan.plan.description.clone(),
                     enabled: true,
                     environment_data: plan.environment_data.clone(),
+                    dashboard: plan.dashboard.clone(),
                     steps: plan.steps.iter().map(|s| s.spec.clone()).collect(),
                 };
                 validate::plan_variables(&spec, &run_env).map_err(StoreError::Invalid)?;
@@ -331,6 +332,31 @@ impl Handler<RunLogs> for BrokerActor {
                     }
                 }
                 Ok(containers)
+            }
+            .into_actor(self),
+        )
+    }
+}
+
+/// The run's dashboard JSON.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<serde_json::Value, StoreError>")]
+pub struct RunDashboard {
+    /// The run.
+    pub run_id: Uuid,
+}
+
+impl Handler<RunDashboard> for BrokerActor {
+    type Result = ResponseActFuture<Self, Result<serde_json::Value, StoreError>>;
+
+    fn handle(&mut self, msg: RunDashboard, _: &mut Context<Self>) -> Self::Result {
+        let metrics = self.metrics.clone();
+        Box::pin(
+            async move {
+                metrics
+                    .send(crate::metrics::RenderDashboard { run_id: msg.run_id })
+                    .await
+                    .map_err(|e| StoreError::Database(sea_orm::DbErr::Custom(e.to_string())))?
             }
             .into_actor(self),
         )

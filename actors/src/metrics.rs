@@ -16,7 +16,11 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use crate::domain::metrics::{Merged, TimerStats, Window};
+use crate::domain::dashboard;
+use crate::domain::ValidationErrors;
+use crate::infra::grafana::{DashboardError, Dashboards, Grafana};
 use crate::infra::influx::{window_points, Influx, PointTags};
+use crate::store::plans;
 use crate::domain::views::MetricSummaryView;
 use crate::store::{runs, StoreError};
 
@@ -98,13 +102,63 @@ pub enum IngestError {
 pub struct MetricsActor {
     db: DatabaseConnection,
     influx: Option<Influx>,
+    dashboards: DashboardSettings,
     runs: HashMap<Uuid, RunMetrics>,
 }
 
+/// How run dashboards are made and published.
+#[derive(Clone)]
+pub struct DashboardSettings {
+    /// The templates.
+    pub templates: Dashboards,
+    /// The Grafana data source name of the InfluxDB database.
+    pub datasource: String,
+    /// Where to publish them, if anywhere.
+    pub grafana: Option<Grafana>,
+}
+
+fn dashboard_problem(e: DashboardError) -> StoreError {
+    StoreError::Invalid(ValidationErrors::one("dashboard", e.to_string()))
+}
+
+/// Renders the dashboard of a stored run (its plan's template), closed at `until` when given.
+async fn render_dashboard(
+    db: &DatabaseConnection,
+    settings: &DashboardSettings,
+    run_id: Uuid,
+    until: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<serde_json::Value, StoreError> {
+    let run = runs::get(db, run_id).await?;
+    let template = plans::get(db, run.plan_id).await?.dashboard;
+    let metrics = runs::metrics(db, run_id).await?;
+    let mut model = dashboard::model(&run, &metrics, &settings.datasource);
+    if let Some(until) = until {
+        model.to = dashboard::rfc3339(until);
+        model.refresh = String::new();
+    }
+    settings.templates.render(template.as_deref(), &model).map_err(dashboard_problem)
+}
+
+/// Step starts and ends, as annotation events in InfluxDB.
+fn step_events(run: &crate::domain::views::RunView) -> Vec<influxdb::WriteQuery> {
+    let at = |t: chrono::DateTime<chrono::Utc>| influxdb::Timestamp::Milliseconds(u128::try_from(t.timestamp_millis()).unwrap_or(0));
+    let mut points = Vec::new();
+    for r in &run.step_records {
+        let tags = |q: influxdb::WriteQuery| q.add_tag("run", run.id.to_string()).add_tag("step", r.step_name.clone());
+        if let Some(t) = r.started_at {
+            points.push(tags(influxdb::WriteQuery::new(at(t), "events")).add_field("text", format!("{} started", r.step_name)));
+        }
+        if let Some(t) = r.completed_at {
+            points.push(tags(influxdb::WriteQuery::new(at(t), "events")).add_field("text", format!("{} {}", r.step_name, r.state.as_str())));
+        }
+    }
+    points
+}
+
 impl MetricsActor {
-    /// A metrics collector storing summaries in `db` and, when given, every window in InfluxDB.
-    pub fn new(db: DatabaseConnection, influx: Option<Influx>) -> Self {
-        Self { db, influx, runs: HashMap::new() }
+    /// A metrics collector storing summaries in `db`, every window in InfluxDB when given, and making dashboards.
+    pub fn new(db: DatabaseConnection, influx: Option<Influx>, dashboards: DashboardSettings) -> Self {
+        Self { db, influx, dashboards, runs: HashMap::new() }
     }
 
     /// Writes points in the background; a failure is logged, never holds a run.
@@ -385,6 +439,7 @@ impl Handler<FinishRun> for MetricsActor {
 
     fn handle(&mut self, msg: FinishRun, _: &mut Context<Self>) -> Self::Result {
         let influx = self.influx.clone();
+        let dashboards = self.dashboards.clone();
         let mut last_points = Vec::new();
         let rows: Vec<MetricSummaryView> = match self.runs.remove(&msg.run_id) {
             Some(mut run) => {
@@ -397,14 +452,48 @@ impl Handler<FinishRun> for MetricsActor {
         };
         let db = self.db.clone();
         Box::pin(async move {
-            if let Some(influx) = influx {
+            if let Some(influx) = &influx {
                 if let Err(e) = influx.write(last_points).await {
                     tracing::warn!(error = %e, "metrics points not written");
                 }
             }
             runs::record_metrics(&db, msg.run_id, &rows).await?;
+            if let (Some(influx), Ok(run)) = (&influx, runs::get(&db, msg.run_id).await) {
+                if let Err(e) = influx.write(step_events(&run)).await {
+                    tracing::warn!(error = %e, "step events not written");
+                }
+            }
+            if let Some(grafana) = &dashboards.grafana {
+                let published = async {
+                    let json = render_dashboard(&db, &dashboards, msg.run_id, Some(chrono::Utc::now())).await?;
+                    let url = grafana.push(&json).await.map_err(dashboard_problem)?;
+                    runs::set_dashboard_url(&db, msg.run_id, &url).await?;
+                    Ok::<_, StoreError>(url)
+                };
+                match published.await {
+                    Ok(url) => tracing::info!(run_id = %msg.run_id, %url, "dashboard published"),
+                    Err(e) => tracing::warn!(run_id = %msg.run_id, error = %e, "dashboard not published"),
+                }
+            }
             Ok(rows)
         })
+    }
+}
+
+/// The run's dashboard JSON (whether or not Grafana is configured).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<serde_json::Value, StoreError>")]
+pub struct RenderDashboard {
+    /// The run.
+    pub run_id: Uuid,
+}
+
+impl Handler<RenderDashboard> for MetricsActor {
+    type Result = ResponseFuture<Result<serde_json::Value, StoreError>>;
+
+    fn handle(&mut self, msg: RenderDashboard, _: &mut Context<Self>) -> Self::Result {
+        let (db, settings) = (self.db.clone(), self.dashboards.clone());
+        Box::pin(async move { render_dashboard(&db, &settings, msg.run_id, None).await })
     }
 }
 

@@ -7,6 +7,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261127_000001_create_catalog;
 mod m20261128_000002_create_container;
 mod m20261128_000003_create_metric_summary;
+mod m20261128_000004_add_dashboards;
 
 /// Applies every migration in order.
 pub struct Migrator;
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000001_create_catalog::Migration),
             Box::new(m20261128_000002_create_container::Migration),
             Box::new(m20261128_000003_create_metric_summary::Migration),
+            Box::new(m20261128_000004_add_dashboards::Migration),
         ]
     }
 }

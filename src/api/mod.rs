@@ -74,6 +74,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .service(resource("/runs/{id}/abort").route(web::post().to(v1::abort_run)))
                 .service(resource("/runs/{id}/logs").route(web::get().to(v1::run_logs)))
                 .service(resource("/runs/{id}/metrics").route(web::get().to(v1::run_metrics)))
+                .service(resource("/runs/{id}/dashboard").route(web::get().to(v1::run_dashboard)))
                 .service(resource("/runs/{id}/events").route(web::get().to(events::run_events)))
                 .default_service(web::to(not_found)),
         )

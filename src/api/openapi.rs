@@ -41,6 +41,7 @@ impl Modify for BearerAuth {
         v1::delete_run,
         v1::run_logs,
         v1::run_metrics,
+        v1::run_dashboard,
         super::events::run_events,
     ),
     components(schemas(ErrorBody)),

@@ -10,7 +10,7 @@ use loads_actors::catalog::{
     CreatePlan, CreateProject, DeletePlan, DeleteProject, ForkPlan, GetPlan, GetProject, GetRun, ImportProject,
     ListPlans, ListProjects, ListRuns, Ping, UpdatePlan, UpdateProject,
 };
-use loads_actors::broker::{AbortRun, DeleteRun, RunLogs, RunMetrics, StartRun};
+use loads_actors::broker::{AbortRun, DeleteRun, RunDashboard, RunLogs, RunMetrics, StartRun};
 use loads_actors::domain::views::{
     ContainerView, ImportReport, MetricSummaryView, Page, PlanSummary, PlanView, ProjectDetail, ProjectView, RunState, RunView,
 };
@@ -415,4 +415,17 @@ pub struct RunMetricsView {
 pub async fn run_metrics(state: web::Data<ApiState>, path: web::Path<String>) -> Reply {
     let run_id = input::id(&path, "id")?;
     Ok(HttpResponse::Ok().json(RunMetricsView { metrics: state.broker.send(RunMetrics { run_id }).await?? }))
+}
+
+/// The run's Grafana dashboard JSON: a row per step with throughput, latency
+/// percentiles, errors and node CPU, memory and network panels on the run's
+/// InfluxDB tags, over the run's time range.
+#[utoipa::path(get, path = "/api/v1/runs/{id}/dashboard", tag = "runs",
+    params(("id" = uuid::Uuid, Path, description = "Run id")),
+    responses((status = 200, description = "Grafana dashboard JSON", body = Object), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn run_dashboard(state: web::Data<ApiState>, path: web::Path<String>) -> Reply {
+    let run_id = input::id(&path, "id")?;
+    Ok(HttpResponse::Ok().json(state.broker.send(RunDashboard { run_id }).await??))
 }

@@ -7,6 +7,7 @@ mod api_input;
 mod auth;
 mod cli;
 mod compat;
+mod dashboards;
 mod feed;
 mod immutability;
 mod metrics;

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::helpers::{Backend, TestApp};
 
-const ROUTES: [(&str, &str); 21] = [
+const ROUTES: [(&str, &str); 22] = [
     ("get", "/health"),
     ("get", "/api/v1/projects"),
     ("post", "/api/v1/projects"),
@@ -28,6 +28,7 @@ const ROUTES: [(&str, &str); 21] = [
     ("post", "/api/v1/runs/{id}/abort"),
     ("get", "/api/v1/runs/{id}/logs"),
     ("get", "/api/v1/runs/{id}/metrics"),
+    ("get", "/api/v1/runs/{id}/dashboard"),
     ("get", "/api/v1/runs/{id}/events"),
 ];
 

@@ -52,6 +52,8 @@ pub struct PlanSpec {
     /// Defaults for the run environment; the env given when a run is started wins.
     #[schema(value_type = Object)]
     pub environment_data: Env,
+    /// The dashboard template for its runs (a file of `grafana.templates_dir`); none = the built-in one.
+    pub dashboard: Option<String>,
     /// The steps, in order.
     pub steps: Vec<StepSpec>,
 }

@@ -37,7 +37,7 @@ pub struct Validated<T> {
 }
 
 const PROJECT_FIELDS: &[&str] = &["name", "home_page", "plans"];
-const PLAN_FIELDS: &[&str] = &["name", "description", "enabled", "environment_data", "steps"];
+const PLAN_FIELDS: &[&str] = &["name", "description", "enabled", "environment_data", "dashboard", "steps"];
 const STEP_FIELDS: &[&str] = &[
     "name",
     "instance_count",
@@ -316,9 +316,16 @@ impl<'l> Walker<'l> {
             description: None,
             enabled: true,
             environment_data: Env::new(),
+            dashboard: None,
             steps: Vec::new(),
         };
         let Some(m) = self.object(v, path, PLAN_FIELDS) else { return spec };
+        spec.dashboard = self.string(m, path, "dashboard", false);
+        if let Some(name) = &spec.dashboard {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                self.error(join(path, "dashboard"), "must be a template name: letters, digits, - and _");
+            }
+        }
         spec.name = self.string(m, path, "name", true).unwrap_or_default();
         spec.description = self.string(m, path, "description", false);
         spec.enabled = self.boolean(m, path, "enabled", true);
@@ -540,7 +547,7 @@ mod tests {
         assert_eq!(
             errs,
             vec![
-                "bogus: unknown field (expected one of: name, description, enabled, environment_data, steps)",
+                "bogus: unknown field (expected one of: name, description, enabled, environment_data, dashboard, steps)",
                 "name: must not be empty",
                 "steps[0].instance_count: must be at least 1",
                 "steps[0].run_max_time: must be >= 0",

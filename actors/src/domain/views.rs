@@ -175,6 +175,8 @@ pub struct PlanView {
     /// Defaults for the run environment.
     #[schema(value_type = Object)]
     pub environment_data: Env,
+    /// The dashboard template its runs use; none = the built-in one.
+    pub dashboard: Option<String>,
     /// The steps, in order.
     pub steps: Vec<StepView>,
 }
@@ -219,6 +221,8 @@ pub struct RunView {
     pub started_at: Option<DateTime<Utc>>,
     /// When it finished.
     pub completed_at: Option<DateTime<Utc>>,
+    /// The run's Grafana dashboard, once pushed.
+    pub dashboard_url: Option<String>,
     /// One record per step.
     pub step_records: Vec<StepRecordView>,
 }

@@ -4,4 +4,5 @@
 
 pub mod docker;
 pub mod images;
+pub mod grafana;
 pub mod influx;

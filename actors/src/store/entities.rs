@@ -45,6 +45,7 @@ pub mod plan {
         pub environment_data: Json,
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
+        pub dashboard: Option<String>,
     }
 
     no_relations!();
@@ -108,6 +109,7 @@ pub mod run {
         pub started_at: Option<DateTimeUtc>,
         pub completed_at: Option<DateTimeUtc>,
         pub updated_at: DateTimeUtc,
+        pub dashboard_url: Option<String>,
     }
 
     no_relations!();

@@ -97,6 +97,7 @@ pub(crate) async fn insert(db: &impl ConnectionTrait, project_id: Uuid, spec: &P
         environment_data: Set(env_to_json(&spec.environment_data)),
         created_at: Set(now),
         updated_at: Set(now),
+        dashboard: Set(spec.dashboard.clone()),
     }
     .insert(db)
     .await
@@ -168,9 +169,10 @@ async fn find(db: &impl ConnectionTrait, id: Uuid) -> Result<plan::Model, StoreE
 pub async fn get(db: &impl ConnectionTrait, id: Uuid) -> Result<PlanView, StoreError> {
     let model = find(db, id).await?;
     let environment_data = env_from_json(&model.environment_data);
+    let dashboard = model.dashboard.clone();
     let steps = steps_of(db, id).await?;
     let plan = summaries(db, vec![model]).await?.remove(0);
-    Ok(PlanView { plan, environment_data, steps })
+    Ok(PlanView { plan, environment_data, dashboard, steps })
 }
 
 /// One page of a project's plans, by name.
@@ -207,7 +209,8 @@ fn same_content(current: &PlanView, spec: &PlanSpec) -> (bool, bool) {
         && current.environment_data == spec.environment_data;
     let header_same = current.plan.name == spec.name
         && current.plan.description == spec.description
-        && current.plan.enabled == spec.enabled;
+        && current.plan.enabled == spec.enabled
+        && current.dashboard == spec.dashboard;
     (header_same, steps_same)
 }
 
@@ -234,6 +237,7 @@ pub(crate) async fn replace_in(db: &impl ConnectionTrait, id: Uuid, spec: &PlanS
         description: Set(spec.description.clone()),
         enabled: Set(spec.enabled),
         environment_data: Set(env_to_json(&spec.environment_data)),
+        dashboard: Set(spec.dashboard.clone()),
         updated_at: Set(Utc::now()),
         ..Default::default()
     }
@@ -306,6 +310,7 @@ pub async fn fork<C: ConnectionTrait + TransactionTrait>(db: &C, id: Uuid, name:
         description: source.plan.description.clone(),
         enabled: source.plan.enabled,
         environment_data: source.environment_data.clone(),
+        dashboard: source.dashboard.clone(),
         steps: source.steps.iter().map(|s| s.spec.clone()).collect(),
     };
     let new_id = insert(&txn, source.plan.project_id, &spec).await?;

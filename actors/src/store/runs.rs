@@ -84,6 +84,7 @@ async fn views(db: &impl ConnectionTrait, runs: Vec<run::Model>) -> Result<Vec<R
                 created_at: r.created_at,
                 started_at: r.started_at,
                 completed_at: r.completed_at,
+                dashboard_url: r.dashboard_url,
                 step_records: records.remove(&r.id).unwrap_or_default(),
             }
         })
@@ -162,6 +163,7 @@ pub async fn create<C: ConnectionTrait + TransactionTrait>(
         started_at: Set(None),
         completed_at: Set(None),
         updated_at: Set(now),
+        dashboard_url: Set(None),
     }
     .insert(&txn)
     .await?;
@@ -417,4 +419,10 @@ pub async fn metrics(db: &impl ConnectionTrait, run_id: Uuid) -> Result<Vec<Metr
     let order: HashMap<Uuid, usize> = run.step_records.iter().enumerate().map(|(i, r)| (r.step_id, i)).collect();
     out.sort_by_key(|m| order.get(&m.step_id).copied().unwrap_or(usize::MAX));
     Ok(out)
+}
+
+/// Records where a run's dashboard was published.
+pub async fn set_dashboard_url(db: &impl ConnectionTrait, id: Uuid, url: &str) -> Result<(), StoreError> {
+    run::ActiveModel { id: Set(id), dashboard_url: Set(Some(url.to_string())), ..Default::default() }.update(db).await?;
+    Ok(())
 }
