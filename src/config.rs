@@ -38,6 +38,7 @@ provider = "local"
 [metrics]
 ingest_host = "0.0.0.0"
 ingest_port = 0
+flush_ms = 1000
 
 [grafana]
 url = ""
@@ -153,6 +154,8 @@ pub struct MetricsSettings {
     pub ingest_host: String,
     /// Its port; 0 picks a free one.
     pub ingest_port: u16,
+    /// The relays' flush window, in milliseconds (merged windows are grouped by the second).
+    pub flush_ms: u64,
 }
 
 /// Per-run dashboards: rendered always, published when `url` and `token` are set.
@@ -432,6 +435,9 @@ impl Settings {
         if self.docker.log_tail == 0 {
             return invalid("docker.log_tail", "must be at least 1");
         }
+        if !(100..=60_000).contains(&self.metrics.flush_ms) {
+            return invalid("metrics.flush_ms", "must be from 100 to 60000");
+        }
         if !(self.influx.url.is_empty() || self.influx.url.starts_with("http://") || self.influx.url.starts_with("https://")) {
             return invalid("influx.url", "must be empty or an http(s):// URL");
         }
@@ -486,6 +492,7 @@ impl Settings {
             log_tail: self.docker.log_tail,
             prepare_timeout_secs: self.docker.prepare_timeout_seconds,
             ingest_port: self.metrics.ingest_port,
+            flush_ms: self.metrics.flush_ms,
         }
     }
 

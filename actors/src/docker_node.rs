@@ -123,6 +123,7 @@ impl Handler<PrepareNode> for DockerNodeActor {
                     format!("LOADS_STEP={}", self.who.step_id),
                     format!("LOADS_NODE={}", self.who.node),
                     "LOADS_PROC=/host/proc".to_string(),
+                    format!("LOADS_FLUSH_MS={}", self.settings.flush_ms),
                 ];
                 if let Some((url, token)) = &self.who.ingest {
                     env.push(format!("LOADS_INGEST_URL={url}"));

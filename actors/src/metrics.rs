@@ -386,6 +386,9 @@ fn summarise(step_id: Uuid, step: &StepMetrics) -> Vec<MetricSummaryView> {
         max: None,
     };
     let mut out = Vec::new();
+    // Errors: counters whose name or tags say error (`fail;status=error`, `http.errors`).
+    let errors: f64 = step.totals.counters.iter().filter(|(k, _)| k.contains("error")).map(|(_, v)| v).sum();
+    out.push(MetricSummaryView { rate: Some(errors / seconds), ..row("errors", "errors", errors) });
     for (k, v) in &step.totals.counters {
         out.push(MetricSummaryView { rate: Some(v / seconds), ..row(k, "counter", *v) });
     }

@@ -271,6 +271,7 @@ async fn summary(actors: &Actors, run: &RunView) -> anyhow::Result<()> {
 fn print_metrics(metrics: &[MetricSummaryView]) {
     let shown: Vec<&MetricSummaryView> =
         metrics.iter().filter(|m| !matches!(m.kind.as_str(), "relay" | "host" | "flag") || (m.kind == "relay" && m.count > 0.0)).collect();
+    let shown: Vec<&MetricSummaryView> = shown.into_iter().filter(|m| m.kind != "errors" || m.count > 0.0).collect();
     if shown.iter().all(|m| m.kind == "relay") {
         return;
     }

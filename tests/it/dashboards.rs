@@ -82,6 +82,9 @@ async fn a_runs_dashboard_is_rendered_and_pushed_to_grafana() {
     let run = app.wait_finished(&run_id, 60).await;
     assert_eq!(run["state"], "completed", "{run:#}");
 
+    let (_, metrics) = app.get(&format!("/api/v1/runs/{run_id}/metrics")).await;
+    let errors = metrics["metrics"].as_array().unwrap().iter().find(|m| m["step_name"] == "gen" && m["metric"] == "errors").unwrap().clone();
+    assert_eq!((errors["kind"].as_str(), errors["count"].as_f64()), (Some("errors"), Some(1.0)), "the failed request is an error");
     let pushed = grafana.join().unwrap();
     assert_eq!(pushed.request_line, "POST /api/dashboards/db HTTP/1.1");
     let header = |k: &str| pushed.headers.iter().find(|(h, _)| h == k).map(|(_, v)| v.clone());

@@ -175,7 +175,7 @@ fn an_unreachable_broker_makes_the_relay_count_its_losses() {
     ensure_images();
     let tag = format!("loss{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
     let network = format!("loads-test-{tag}");
-    assert!(Command::new("docker").args(["network", "create", "--label", &format!("loads.broker={tag}"), &network]).status().unwrap().success());
+    assert!(Command::new("docker").args(["network", "create", "--label", &format!("loads.broker={tag}"), &network]).output().unwrap().status.success());
     let gateway = docker_out(&["network", "inspect", "-f", "{{(index .IPAM.Config 0).Gateway}}", &network]);
     let closed = std::net::TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port();
     let id = docker_out(&[
@@ -192,7 +192,7 @@ fn an_unreachable_broker_makes_the_relay_count_its_losses() {
         }
         assert!(std::time::Instant::now() < deadline, "the relay did not try to deliver");
     }
-    assert!(Command::new("docker").args(["stop", "-t", "5", &id]).status().unwrap().success());
+    assert!(Command::new("docker").args(["stop", "-t", "5", &id]).output().unwrap().status.success());
     let out = Command::new("docker").args(["logs", &id]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let last = stdout.lines().last().unwrap_or_default().to_string();
