@@ -48,11 +48,11 @@ def wait_finished(base, run_id, limit=300):
     raise SystemExit(f"run {run_id} did not finish in {limit}s")
 
 
-def engine_baseline(n, network, image, *command):
-    """Seconds for the engine to create and start n containers of image on network, all at once."""
+def engine_baseline(n, network, *image_and_command):
+    """Seconds for the engine to create and start n containers (docker run arguments after the name) on network, all at once."""
     names = [f"loads-bench-{uuid.uuid4().hex[:12]}" for _ in range(n)]
     t0 = time.time()
-    procs = [subprocess.Popen(["docker", "run", "-d", "--init", "--network", network, "--name", name, "--label", "loads.bench=1", image, *command],
+    procs = [subprocess.Popen(["docker", "run", "-d", "--init", "--network", network, "--name", name, "--label", "loads.bench=1", *image_and_command],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for name in names]
     for p in procs:
         p.wait()
@@ -103,7 +103,7 @@ def main():
                 t0 = time.time()
                 subprocess.run(["docker", "network", "create", network], check=True, stdout=subprocess.DEVNULL)
                 floor = time.time() - t0
-                floor += engine_baseline(n, network, args.relay_image)
+                floor += engine_baseline(n, network, "-v", "/proc:/host/proc:ro", args.relay_image)
                 floor += engine_baseline(n, network, "loads/busybox:1", "sleep", "5")
                 subprocess.run(["docker", "network", "rm", network], stdout=subprocess.DEVNULL)
                 engine.append(floor)

@@ -190,12 +190,15 @@ fn loads_run_exits_with_the_runs_outcome() {
     let broker = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let env = run_env(dir.path(), &broker);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let ok = run_plan_file(dir.path(), "name = \"ok\"\n[[steps]]\nname = \"hello\"\ncontainer_name = \"loads/busybox:1\"\ninstance_count = 2\nadditional_command_args = \"-c 'echo hello-from-$$HOSTNAME'\"\n");
+    let ok = run_plan_file(dir.path(), "name = \"ok\"\n[[steps]]\nname = \"hello\"\ncontainer_name = \"loads/busybox:1\"\ninstance_count = 2\nadditional_command_args = \"-c 'printf \\\"req:1|c\\\\nlat:3|ms\\\\n\\\" | nc $$STATSD_HOST $$STATSD_PORT; echo hello-from-$$HOSTNAME'\"\n");
     let out = loads(&["run", ok.to_str().unwrap()], &env, dir.path());
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("completed after"), "{stdout}");
     assert!(stdout.contains("hello") && stdout.contains("0,0"), "the summary shows both exit codes: {stdout}");
+    let req = stdout.lines().find(|l| l.split_whitespace().nth(1) == Some("req")).unwrap_or_else(|| panic!("no metrics table: {stdout}"));
+    assert_eq!(req.split_whitespace().nth(2), Some("2"), "one request from each of the two nodes: {req}");
+    assert!(stdout.lines().any(|l| l.split_whitespace().nth(1) == Some("lat")), "{stdout}");
     assert!(stderr.contains("run running") && stderr.contains("run completed"), "progress is shown: {stderr}");
 
     let failing = run_plan_file(dir.path(), "name = \"bad\"\n[[steps]]\nname = \"oops\"\ncontainer_name = \"loads/busybox:1\"\nadditional_command_args = \"-c 'exit 7'\"\n");
