@@ -80,6 +80,29 @@ CONF
   export LOADS_TEST_INFLUX_URL="http://127.0.0.1:$port"
 }
 
+# The EC2 test double: PyPI's moto server, on loopback. LOADS_TEST_MOTO_URL,
+# when already set, wins.
+ensure_moto() {
+  if [ -n "${LOADS_TEST_MOTO_URL:-}" ]; then
+    return 0
+  fi
+  if ! command -v moto_server >/dev/null 2>&1; then
+    python3 -m pip install --quiet --disable-pip-version-check 'moto[server]>=5' 2>/dev/null \
+      || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'moto[server]>=5'
+  fi
+  local port=18500
+  if ! curl -s -o /dev/null "http://127.0.0.1:$port/moto-api/" 2>/dev/null; then
+    mkdir -p /var/tmp/loads-moto
+    nohup moto_server -H 127.0.0.1 -p "$port" > /var/tmp/loads-moto/moto.log 2>&1 &
+    local i
+    for i in $(seq 1 150); do
+      curl -s -o /dev/null "http://127.0.0.1:$port/moto-api/" 2>/dev/null && break
+      sleep 0.2
+    done
+  fi
+  export LOADS_TEST_MOTO_URL="http://127.0.0.1:$port"
+}
+
 # The OpenAPI validator the API tests run the served document through, and a
 # real statsd client the metrics tests send with.
 ensure_python_tools() {

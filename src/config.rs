@@ -35,6 +35,10 @@ max_steps_per_plan = 50
 [pool]
 provider = "local"
 
+[ec2]
+endpoint_url = ""
+regions = []
+
 [metrics]
 ingest_host = "0.0.0.0"
 ingest_port = 0
@@ -80,6 +84,8 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// Where nodes come from.
     pub pool: PoolSettings,
+    /// The EC2 regions whose instances this broker manages.
+    pub ec2: Ec2Settings,
     /// How containers are run.
     pub docker: DockerSettings,
     /// Where relays deliver metrics.
@@ -211,6 +217,16 @@ impl InfluxSettings {
         let credentials = (!self.username.is_empty()).then(|| (self.username.as_str(), self.password.expose()));
         Some(loads_actors::infra::influx::Influx::new(&self.url, &self.database, credentials))
     }
+}
+
+/// The EC2 regions whose instances this broker manages (lists, terminates, reaps).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ec2Settings {
+    /// Another EC2 endpoint (a test double); the standard `AWS_ENDPOINT_URL` works too.
+    pub endpoint_url: String,
+    /// Regions, e.g. `["us-west-2"]`; credentials come from the standard AWS chain.
+    pub regions: Vec<String>,
 }
 
 /// How containers are run.
@@ -382,6 +398,7 @@ impl Settings {
                 .separator("__")
                 .list_separator(",")
                 .with_list_parse_key("auth.tokens")
+                .with_list_parse_key("ec2.regions")
                 .try_parsing(true)
                 .source(Some(vars)),
         );
@@ -434,6 +451,13 @@ impl Settings {
         }
         if self.docker.log_tail == 0 {
             return invalid("docker.log_tail", "must be at least 1");
+        }
+        if !(self.ec2.endpoint_url.is_empty() || self.ec2.endpoint_url.starts_with("http://") || self.ec2.endpoint_url.starts_with("https://")) {
+            return invalid("ec2.endpoint_url", "must be empty or an http(s):// URL");
+        }
+        let region_ok = |r: &String| r.starts_with(|c: char| c.is_ascii_lowercase()) && r.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !self.ec2.regions.iter().all(region_ok) {
+            return invalid("ec2.regions", "must be region names such as \"us-west-2\"");
         }
         if !(100..=60_000).contains(&self.metrics.flush_ms) {
             return invalid("metrics.flush_ms", "must be from 100 to 60000");

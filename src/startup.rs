@@ -28,6 +28,8 @@ pub struct Actors {
     pub catalog: Addr<CatalogActor>,
     /// The runs.
     pub broker: Addr<BrokerActor>,
+    /// Nodes and instances.
+    pub pool: Addr<Ec2PoolActor>,
     /// The metrics ingest listener, to stop with the rest.
     pub ingest: ServerHandle,
     /// Its port.
@@ -42,7 +44,12 @@ impl Actors {
             .await
             .with_context(|| format!("cannot open the database {}", settings.database.url.masked()))?;
         let catalog = CatalogActor::new(db.clone(), settings.limits()).start();
-        let pool = Ec2PoolActor::local(settings.broker.id.clone()).await.start();
+        let endpoint = (!settings.ec2.endpoint_url.is_empty()).then_some(settings.ec2.endpoint_url.as_str());
+        let mut regions = Vec::new();
+        for region in &settings.ec2.regions {
+            regions.push(loads_actors::infra::ec2::Region::connect(region, endpoint).await);
+        }
+        let pool = Ec2PoolActor::local(settings.broker.id.clone()).await.with_regions(regions).start();
         let influx = settings.influx.client();
         if let Some(influx) = &influx {
             if let Err(e) = influx.ensure_database().await {
@@ -53,8 +60,8 @@ impl Actors {
         let (ingest, ingest_port) = start_ingest(settings, metrics.clone())?;
         let mut run_settings = settings.run_settings();
         run_settings.ingest_port = ingest_port;
-        let broker = BrokerActor::new(db, pool, metrics, run_settings).start();
-        Ok(Self { catalog, broker, ingest, ingest_port })
+        let broker = BrokerActor::new(db, pool.clone(), metrics, run_settings).start();
+        Ok(Self { catalog, broker, pool, ingest, ingest_port })
     }
 }
 
@@ -107,6 +114,7 @@ impl Application {
         let state = web::Data::new(ApiState {
             catalog: actors.catalog,
             broker: actors.broker,
+            pool: actors.pool,
             max_body_bytes: settings.server.max_body_bytes,
         });
         let tokens = web::Data::new(Tokens(settings.auth.tokens.iter().map(|t| t.expose().to_string()).collect()));

@@ -16,7 +16,7 @@ use crate::domain::views::{ContainerView, RunState, RunView};
 use crate::domain::{Env, PlanSpec};
 use crate::feed::{Feed, RunEvent};
 use crate::metrics::MetricsActor;
-use crate::pool::{Ec2PoolActor, SweepOrphans};
+use crate::pool::{Ec2PoolActor, Reap, SweepOrphans};
 use crate::run_supervisor::{
     AbortRun as AbortSupervised, RunEnded, RunServices, RunSupervisor, Subscribe as SubscribeSupervised, Subscription,
 };
@@ -65,6 +65,12 @@ impl Actor for BrokerActor {
                     }
                     Err(e) => tracing::error!(error = %e, "could not list stale runs"),
                 }
+                match pool.send(Reap { live: Vec::new() }).await {
+                    Ok(Ok(reaped)) if !reaped.is_empty() => tracing::info!(instances = ?reaped, "terminated instances no live run needs"),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "could not reap instances"),
+                    Err(e) => tracing::warn!(error = %e, "could not reap instances"),
+                }
                 match pool.send(SweepOrphans { live: Vec::new() }).await {
                     Ok(Ok(swept)) if !swept.is_empty() => tracing::info!(runs = ?swept, "removed resources of runs no longer live"),
                     Ok(Ok(_)) => {}
@@ -74,8 +80,23 @@ impl Actor for BrokerActor {
             }
             .into_actor(self),
         );
+        // The reaper, on a timer: instances of runs no longer live, or past their expiry, go.
+        ctx.run_interval(REAP_EVERY, |act, _| {
+            let live: Vec<Uuid> = act.live.keys().copied().collect();
+            let pool = act.pool.clone();
+            actix::spawn(async move {
+                match pool.send(Reap { live }).await {
+                    Ok(Ok(reaped)) if !reaped.is_empty() => tracing::info!(instances = ?reaped, "terminated instances no live run needs"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "could not reap instances"),
+                    _ => {}
+                }
+            });
+        });
     }
 }
+
+/// How often the reaper looks for instances no live run needs.
+const REAP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Starts a run of a plan; answers the recorded run.
 #[derive(Debug, Message)]

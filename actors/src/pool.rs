@@ -11,6 +11,7 @@ use actix::{Actor, Context, Handler, Message, ResponseFuture};
 use uuid::Uuid;
 
 use crate::infra::docker::{labels, DockerError, Engine};
+use crate::infra::ec2::{self, Ec2Error, InstanceView, Region};
 
 /// Why the pool could not serve a request.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +22,12 @@ pub enum PoolError {
     /// The engine refused.
     #[error(transparent)]
     Docker(#[from] DockerError),
+    /// EC2 refused.
+    #[error(transparent)]
+    Ec2(#[from] Ec2Error),
+    /// No instance of this broker has that id.
+    #[error("no instance {0} belongs to this broker")]
+    NoInstance(String),
 }
 
 /// A run's network on one engine.
@@ -47,6 +54,7 @@ pub struct NodeGrant {
 pub struct Ec2PoolActor {
     broker_id: String,
     engine: Result<Engine, String>,
+    regions: Vec<Region>,
     networks: HashMap<Uuid, RunNetwork>,
     leases: HashMap<(Uuid, Uuid), usize>,
 }
@@ -58,7 +66,13 @@ impl Ec2PoolActor {
         if let Err(e) = &engine {
             tracing::warn!(error = %e, "no Docker engine: runs will fail until one is reachable");
         }
-        Self { broker_id, engine, networks: HashMap::new(), leases: HashMap::new() }
+        Self { broker_id, engine, regions: Vec::new(), networks: HashMap::new(), leases: HashMap::new() }
+    }
+
+    /// Also manages this broker's EC2 instances in `regions`.
+    pub fn with_regions(mut self, regions: Vec<Region>) -> Self {
+        self.regions = regions;
+        self
     }
 
     fn engine(&self) -> Result<Engine, PoolError> {
@@ -213,6 +227,89 @@ impl Handler<SweepOrphans> for Ec2PoolActor {
                 }
             }
             Ok(swept)
+        })
+    }
+}
+
+async fn all_instances(regions: &[Region], broker: &str) -> Result<Vec<(Region, InstanceView)>, PoolError> {
+    let mut out = Vec::new();
+    for region in regions {
+        for instance in region.instances(broker).await? {
+            out.push((region.clone(), instance));
+        }
+    }
+    Ok(out)
+}
+
+/// This broker's EC2 instances, in every configured region.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Vec<InstanceView>, PoolError>")]
+pub struct ListInstances;
+
+impl Handler<ListInstances> for Ec2PoolActor {
+    type Result = ResponseFuture<Result<Vec<InstanceView>, PoolError>>;
+
+    fn handle(&mut self, _: ListInstances, _: &mut Context<Self>) -> Self::Result {
+        let (regions, broker) = (self.regions.clone(), self.broker_id.clone());
+        Box::pin(async move { Ok(all_instances(&regions, &broker).await?.into_iter().map(|(_, i)| i).collect()) })
+    }
+}
+
+/// Terminates one of this broker's instances, or all of them; answers the ids terminated.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Vec<String>, PoolError>")]
+pub struct TerminateInstances {
+    /// One instance; `None` for all.
+    pub id: Option<String>,
+}
+
+impl Handler<TerminateInstances> for Ec2PoolActor {
+    type Result = ResponseFuture<Result<Vec<String>, PoolError>>;
+
+    fn handle(&mut self, msg: TerminateInstances, _: &mut Context<Self>) -> Self::Result {
+        let (regions, broker) = (self.regions.clone(), self.broker_id.clone());
+        Box::pin(async move {
+            let mine = all_instances(&regions, &broker).await?;
+            let chosen: Vec<&(Region, InstanceView)> = mine.iter().filter(|(_, i)| msg.id.as_ref().is_none_or(|id| *id == i.id)).collect();
+            if let (Some(id), true) = (&msg.id, chosen.is_empty()) {
+                return Err(PoolError::NoInstance(id.clone()));
+            }
+            let mut terminated = Vec::new();
+            for region in &regions {
+                let ids: Vec<String> = chosen.iter().filter(|(r, _)| r.name() == region.name()).map(|(_, i)| i.id.clone()).collect();
+                region.terminate(&ids).await?;
+                terminated.extend(ids);
+            }
+            Ok(terminated)
+        })
+    }
+}
+
+/// Terminates this broker's instances that belong to no live run or have expired; answers `(id, why)`.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Vec<(String, String)>, PoolError>")]
+pub struct Reap {
+    /// The runs that are live.
+    pub live: Vec<Uuid>,
+}
+
+impl Handler<Reap> for Ec2PoolActor {
+    type Result = ResponseFuture<Result<Vec<(String, String)>, PoolError>>;
+
+    fn handle(&mut self, msg: Reap, _: &mut Context<Self>) -> Self::Result {
+        let (regions, broker) = (self.regions.clone(), self.broker_id.clone());
+        Box::pin(async move {
+            let live: Vec<String> = msg.live.iter().map(Uuid::to_string).collect();
+            let now = chrono::Utc::now();
+            let mut reaped = Vec::new();
+            for (region, instance) in all_instances(&regions, &broker).await? {
+                if let Some(why) = ec2::reap_reason(&instance, &live, now) {
+                    region.terminate(std::slice::from_ref(&instance.id)).await?;
+                    tracing::warn!(instance = %instance.id, region = %region.name(), reason = %why, "reaped an instance");
+                    reaped.push((instance.id, why));
+                }
+            }
+            Ok(reaped)
         })
     }
 }

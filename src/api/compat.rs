@@ -201,3 +201,44 @@ pub async fn delete_run(state: web::Data<ApiState>, req: HttpRequest, path: web:
         Stopped::Purged => Ok(ok(Map::new())),
     }
 }
+
+fn instance_json(i: &loads_actors::infra::ec2::InstanceView) -> Value {
+    json!({
+        "id": i.id,
+        "tags": i.tags,
+        "state": i.state,
+        "instance_type": i.instance_type,
+        "ip_address": i.ip_address,
+        "placement": i.placement,
+    })
+}
+
+/// `GET /api/instances`: `{instances: {id: {id, tags, state, instance_type, ip_address, placement}}}`.
+pub async fn list_instances(state: web::Data<ApiState>) -> Reply {
+    let instances = state.pool.send(loads_actors::pool::ListInstances).await??;
+    let map: Map<String, Value> = instances.iter().map(|i| (i.id.clone(), instance_json(i))).collect();
+    Ok(ok(with("instances", Value::Object(map))))
+}
+
+/// `DELETE /api/instances`: terminates all of this broker's instances.
+pub async fn terminate_instances(state: web::Data<ApiState>) -> Reply {
+    let ids = state.pool.send(loads_actors::pool::TerminateInstances { id: None }).await??;
+    Ok(ok(with("terminated", json!(ids))))
+}
+
+/// `GET /api/instances/{id}`.
+pub async fn get_instance(state: web::Data<ApiState>, path: web::Path<String>) -> Reply {
+    let instances = state.pool.send(loads_actors::pool::ListInstances).await??;
+    let one = instances.iter().find(|i| i.id == *path).ok_or_else(|| CompatError(ApiError::new(StatusCode::NOT_FOUND, "not_found", "No such instance")))?;
+    Ok(ok(with("instance", instance_json(one))))
+}
+
+/// `DELETE /api/instances/{id}`.
+pub async fn terminate_instance(state: web::Data<ApiState>, path: web::Path<String>) -> Reply {
+    let id = path.into_inner();
+    state.pool.send(loads_actors::pool::TerminateInstances { id: Some(id) }).await?.map_err(|e| match e {
+        loads_actors::pool::PoolError::NoInstance(_) => CompatError(ApiError::new(StatusCode::NOT_FOUND, "not_found", "No such instance")),
+        other => other.into(),
+    })?;
+    Ok(ok(Map::new()))
+}

@@ -111,6 +111,19 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<loads_actors::pool::PoolError> for ApiError {
+    fn from(err: loads_actors::pool::PoolError) -> Self {
+        use loads_actors::pool::PoolError;
+        match err {
+            PoolError::NoInstance(_) => Self::new(StatusCode::NOT_FOUND, "not_found", err.to_string()),
+            other => {
+                tracing::error!(error = %other, "instance operation failed");
+                Self::new(StatusCode::BAD_GATEWAY, "provider_error", other.to_string())
+            }
+        }
+    }
+}
+
 impl From<MailboxError> for ApiError {
     fn from(err: MailboxError) -> Self {
         tracing::error!(error = %err, "actor mailbox error");

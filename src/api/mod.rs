@@ -28,6 +28,8 @@ pub struct ApiState {
     pub catalog: Addr<CatalogActor>,
     /// The runs.
     pub broker: Addr<BrokerActor>,
+    /// Nodes and instances.
+    pub pool: Addr<loads_actors::pool::Ec2PoolActor>,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
 }
@@ -69,6 +71,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 )
                 .service(resource("/plans/{id}/fork").route(web::post().to(v1::fork_plan)))
                 .service(resource("/plans/{id}/runs").route(web::post().to(v1::start_run)))
+                .service(resource("/instances").route(web::get().to(v1::list_instances)))
+                .service(resource("/instances/{id}").route(web::delete().to(v1::terminate_instance)))
                 .service(resource("/runs").route(web::get().to(v1::list_runs)))
                 .service(resource("/runs/{id}").route(web::get().to(v1::get_run)).route(web::delete().to(v1::delete_run)))
                 .service(resource("/runs/{id}/abort").route(web::post().to(v1::abort_run)))
@@ -81,6 +85,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/api").route(web::get().to(compat::root)))
         .service(resource("/api/project").route(web::get().to(compat::list_projects)).route(web::post().to(compat::create_project)))
         .service(resource("/api/project/{uuid}").route(web::get().to(compat::get_project)).route(web::delete().to(compat::delete_project)))
+        .service(resource("/api/instances").route(web::get().to(compat::list_instances)).route(web::delete().to(compat::terminate_instances)))
+        .service(
+            resource("/api/instances/{id}")
+                .route(web::get().to(compat::get_instance))
+                .route(web::delete().to(compat::terminate_instance)),
+        )
         .service(resource("/api/run/{uuid}").route(web::get().to(compat::get_run)).route(web::delete().to(compat::delete_run)))
         .service(
             resource("/api/orchestrate/{uuid}")

@@ -35,6 +35,8 @@ impl Modify for BearerAuth {
         v1::delete_plan,
         v1::fork_plan,
         v1::start_run,
+        v1::list_instances,
+        v1::terminate_instance,
         v1::list_runs,
         v1::get_run,
         v1::abort_run,
@@ -51,6 +53,7 @@ impl Modify for BearerAuth {
         (name = "projects", description = "Projects and project files"),
         (name = "plans", description = "Plans and their steps"),
         (name = "runs", description = "Runs and step records"),
+        (name = "instances", description = "This broker's EC2 instances"),
     )
 )]
 pub struct ApiDoc;

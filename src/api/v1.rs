@@ -429,3 +429,31 @@ pub async fn run_dashboard(state: web::Data<ApiState>, path: web::Path<String>) 
     let run_id = input::id(&path, "id")?;
     Ok(HttpResponse::Ok().json(state.broker.send(RunDashboard { run_id }).await??))
 }
+
+/// This broker's EC2 instances.
+#[derive(Serialize, ToSchema)]
+pub struct InstancesView {
+    /// Instances not terminated, in every configured region.
+    pub instances: Vec<loads_actors::infra::ec2::InstanceView>,
+}
+
+/// Lists this broker's EC2 instances (found by its `loads:broker` tag) in `ec2.regions`.
+#[utoipa::path(get, path = "/api/v1/instances", tag = "instances",
+    responses((status = 200, body = InstancesView), (status = 401, body = ErrorBody), (status = 502, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_instances(state: web::Data<ApiState>) -> Reply {
+    let instances = state.pool.send(loads_actors::pool::ListInstances).await??;
+    Ok(HttpResponse::Ok().json(InstancesView { instances }))
+}
+
+/// Terminates one of this broker's instances; others are 404.
+#[utoipa::path(delete, path = "/api/v1/instances/{id}", tag = "instances",
+    params(("id" = String, Path, description = "Instance id")),
+    responses((status = 204, description = "Terminating"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 502, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn terminate_instance(state: web::Data<ApiState>, path: web::Path<String>) -> Reply {
+    let id = path.into_inner();
+    state.pool.send(loads_actors::pool::TerminateInstances { id: Some(id) }).await??;
+    Ok(HttpResponse::NoContent().finish())
+}

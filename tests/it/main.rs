@@ -10,6 +10,7 @@ mod compat;
 mod dashboards;
 mod feed;
 mod immutability;
+mod instances;
 mod metrics;
 mod openapi;
 mod paging;

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::helpers::{Backend, TestApp};
 
-const ROUTES: [(&str, &str); 22] = [
+const ROUTES: [(&str, &str); 24] = [
     ("get", "/health"),
     ("get", "/api/v1/projects"),
     ("post", "/api/v1/projects"),
@@ -22,6 +22,8 @@ const ROUTES: [(&str, &str); 22] = [
     ("delete", "/api/v1/plans/{id}"),
     ("post", "/api/v1/plans/{id}/fork"),
     ("post", "/api/v1/plans/{id}/runs"),
+    ("get", "/api/v1/instances"),
+    ("delete", "/api/v1/instances/{id}"),
     ("get", "/api/v1/runs"),
     ("get", "/api/v1/runs/{id}"),
     ("delete", "/api/v1/runs/{id}"),

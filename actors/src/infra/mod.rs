@@ -3,6 +3,7 @@
 //! images loads needs from files on this machine (no registry is needed).
 
 pub mod docker;
+pub mod ec2;
 pub mod images;
 pub mod grafana;
 pub mod influx;
