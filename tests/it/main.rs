@@ -17,4 +17,5 @@ mod paging;
 mod projects;
 mod runs;
 mod runs_api;
+mod ssh;
 mod validation;

@@ -161,6 +161,19 @@ impl Engine {
         Ok(Self { docker })
     }
 
+    /// The engine at a `tcp://host:port` address (an SSH bridge), API version negotiated.
+    pub async fn at(address: &str) -> Result<Self, DockerError> {
+        let docker = Docker::connect_with_http(address, 120, bollard::API_DEFAULT_VERSION).map_err(DockerError::Connect)?;
+        let docker = docker.negotiate_version().await.map_err(DockerError::Connect)?;
+        Ok(Self { docker })
+    }
+
+    /// The engine's version, e.g. `20.10.24`.
+    pub async fn version(&self) -> Result<String, DockerError> {
+        let v = self.docker.version().await.map_err(DockerError::Connect)?;
+        Ok(v.version.unwrap_or_default())
+    }
+
     /// Whether `image` is on the engine.
     pub async fn has_image(&self, image: &str) -> Result<bool, DockerError> {
         match self.docker.inspect_image(image).await {

@@ -1,0 +1,218 @@
+//! SSH to nodes, with async-ssh2-lite: connect with host-key checking against a
+//! known-hosts file, run commands, and reach the node's Docker engine through
+//! the connection (`docker system dial-stdio` on an exec channel per Docker
+//! connection, behind a listener on 127.0.0.1), so bollard drives a remote
+//! node exactly as it drives the local engine. No Docker port is opened on a node.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_ssh2_lite::ssh2::{CheckResult, HashType, KnownHostFileKind};
+use async_ssh2_lite::{AsyncSession, TokioTcpStream};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+
+use super::docker::{DockerError, Engine};
+
+/// Why a node could not be reached over SSH.
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    /// No SSH server answered in time.
+    #[error("ssh {addr}: no answer within {seconds} s: {message}")]
+    Unreachable {
+        /// The node.
+        addr: SocketAddr,
+        /// The limit.
+        seconds: u64,
+        /// The last error.
+        message: String,
+    },
+    /// The node's host key is not the one on record.
+    #[error("ssh {addr}: the host key ({fingerprint}) does not match {known_hosts}: refusing to connect")]
+    HostKeyMismatch {
+        /// The node.
+        addr: SocketAddr,
+        /// SHA-256 of the key offered.
+        fingerprint: String,
+        /// The known-hosts file.
+        known_hosts: String,
+    },
+    /// The node's host key is not on record and recording is off.
+    #[error("ssh {addr}: unknown host key ({fingerprint}); add it to {known_hosts} (or enable ssh.record_new_hosts)")]
+    UnknownHost {
+        /// The node.
+        addr: SocketAddr,
+        /// SHA-256 of the key offered.
+        fingerprint: String,
+        /// The known-hosts file.
+        known_hosts: String,
+    },
+    /// Any other SSH failure.
+    #[error("ssh {addr}: {operation}: {message}")]
+    Session {
+        /// The node.
+        addr: SocketAddr,
+        /// What was being done.
+        operation: &'static str,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// How to reach nodes.
+#[derive(Clone, Debug)]
+pub struct SshSettings {
+    /// The user to log in as.
+    pub user: String,
+    /// The private key.
+    pub key_path: PathBuf,
+    /// The known-hosts file the broker checks (and maintains when recording).
+    pub known_hosts: PathBuf,
+    /// Whether an unknown host key is recorded on first use (off by default).
+    pub record_new_hosts: bool,
+    /// How long to keep trying to connect.
+    pub connect_timeout: Duration,
+}
+
+/// An authenticated SSH connection to a node.
+#[derive(Clone)]
+pub struct SshNode {
+    session: Arc<AsyncSession<TokioTcpStream>>,
+    addr: SocketAddr,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl SshNode {
+    /// Connects, retrying until the node answers or the timeout passes, then checks its host key and logs in.
+    pub async fn connect(addr: SocketAddr, settings: &SshSettings) -> Result<Self, SshError> {
+        let deadline = tokio::time::Instant::now() + settings.connect_timeout;
+        let mut session = loop {
+            let attempt = async {
+                let mut s = AsyncSession::<TokioTcpStream>::connect(addr, None).await?;
+                s.handshake().await?;
+                Ok::<_, async_ssh2_lite::Error>(s)
+            };
+            match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+                Ok(Ok(s)) => break s,
+                Ok(Err(e)) if tokio::time::Instant::now() >= deadline => {
+                    return Err(SshError::Unreachable { addr, seconds: settings.connect_timeout.as_secs(), message: e.to_string() })
+                }
+                Err(_) if tokio::time::Instant::now() >= deadline => {
+                    return Err(SshError::Unreachable { addr, seconds: settings.connect_timeout.as_secs(), message: "handshake timed out".into() })
+                }
+                _ => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        };
+        Self::check_host_key(&mut session, addr, settings)?;
+        session
+            .userauth_pubkey_file(&settings.user, None, &settings.key_path, None)
+            .await
+            .map_err(|e| SshError::Session { addr, operation: "public key login", message: e.to_string() })?;
+        Ok(Self { session: Arc::new(session), addr })
+    }
+
+    fn check_host_key(session: &mut AsyncSession<TokioTcpStream>, addr: SocketAddr, settings: &SshSettings) -> Result<(), SshError> {
+        let fail = |operation, e: &dyn std::fmt::Display| SshError::Session { addr, operation, message: e.to_string() };
+        let (key, kind) = session.host_key().ok_or_else(|| fail("read the host key", &"none offered"))?;
+        let key = key.to_vec();
+        let fingerprint = format!("SHA256:{}", hex(session.host_key_hash(HashType::Sha256).unwrap_or_default()));
+        let known_hosts = settings.known_hosts.display().to_string();
+        let mut known = session.known_hosts().map_err(|e| fail("open known hosts", &e))?;
+        if settings.known_hosts.exists() {
+            known.read_file(&settings.known_hosts, KnownHostFileKind::OpenSSH).map_err(|e| fail("read known hosts", &e))?;
+        }
+        let host = addr.ip().to_string();
+        match known.check_port(&host, addr.port(), &key) {
+            CheckResult::Match => Ok(()),
+            CheckResult::Mismatch => Err(SshError::HostKeyMismatch { addr, fingerprint, known_hosts }),
+            CheckResult::NotFound | CheckResult::Failure if settings.record_new_hosts => {
+                let name = if addr.port() == 22 { host } else { format!("[{host}]:{}", addr.port()) };
+                known.add(&name, &key, "recorded by loads", kind.into()).map_err(|e| fail("record the host key", &e))?;
+                known.write_file(&settings.known_hosts, KnownHostFileKind::OpenSSH).map_err(|e| fail("write known hosts", &e))?;
+                Ok(())
+            }
+            CheckResult::NotFound | CheckResult::Failure => Err(SshError::UnknownHost { addr, fingerprint, known_hosts }),
+        }
+    }
+
+    /// Runs a command; answers its exit status and output.
+    pub async fn exec(&self, command: &str) -> Result<(i32, String), SshError> {
+        let fail = |operation, e: async_ssh2_lite::Error| SshError::Session { addr: self.addr, operation, message: e.to_string() };
+        let mut channel = self.session.channel_session().await.map_err(|e| fail("open a channel", e))?;
+        channel.exec(command).await.map_err(|e| fail("run a command", e))?;
+        let mut out = String::new();
+        channel.read_to_string(&mut out).await.map_err(|e| fail("read output", e.into()))?;
+        channel.wait_close().await.map_err(|e| fail("close a channel", e))?;
+        Ok((channel.exit_status().map_err(|e| fail("read the exit status", e))?, out))
+    }
+
+    /// The node's Docker engine through this connection: a listener on
+    /// 127.0.0.1 whose every connection is an exec channel running
+    /// `docker system dial-stdio` on the node.
+    pub async fn docker(&self) -> Result<Engine, DockerError> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| DockerError::Connect(e.into()))?;
+        let port = listener.local_addr().map_err(|e| DockerError::Connect(e.into()))?.port();
+        let node = self.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let node = node.clone();
+                tokio::spawn(async move {
+                    let Ok(mut channel) = node.session.channel_session().await else { return };
+                    if channel.exec("docker system dial-stdio").await.is_ok() {
+                        pump(&mut socket, &mut channel).await;
+                    }
+                    let _ = channel.close().await;
+                });
+            }
+        });
+        Engine::at(&format!("tcp://127.0.0.1:{port}")).await
+    }
+}
+
+/// Copies bytes both ways between a local connection and an exec channel.
+/// A channel read of 0 bytes is end-of-stream only when the channel says so:
+/// libssh2 also answers 0 when it processed another channel's packet.
+async fn pump(socket: &mut tokio::net::TcpStream, channel: &mut async_ssh2_lite::AsyncChannel<TokioTcpStream>) {
+    use tokio::io::AsyncWriteExt;
+    let (mut from_client, mut to_client) = socket.split();
+    let (mut from_node, mut to_node) = (channel.stream(0), channel.stream(0));
+    let up = async {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match from_client.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if to_node.write_all(&buf[..n]).await.is_err() || to_node.flush().await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    let down = async {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match from_node.read(&mut buf).await {
+                Err(_) => break,
+                Ok(0) if channel.eof() => break,
+                Ok(0) => tokio::time::sleep(Duration::from_millis(1)).await,
+                Ok(n) => {
+                    if to_client.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = to_client.shutdown().await;
+    };
+    // Whichever side ends first ends the exchange; the caller then closes the channel.
+    tokio::select! {
+        _ = down => {}
+        _ = up => {}
+    }
+}

@@ -1,0 +1,151 @@
+//! SSH to a node (a real sshd on loopback, started by the test): host keys
+//! are checked, commands run, and the node's Docker engine is driven through
+//! the SSH connection.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use loads_actors::infra::docker::ContainerSpec;
+use loads_actors::infra::ssh::{SshError, SshNode, SshSettings};
+
+use crate::helpers::{ensure_images, leftovers};
+
+struct Sshd {
+    child: Child,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn keygen(path: &Path) {
+    let out = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(path).output().expect("ssh-keygen");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn start_sshd() -> Sshd {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    keygen(&d.join("host_key"));
+    keygen(&d.join("client_key"));
+    std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = format!(
+        "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n\
+         PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
+         StrictModes no\nPidFile {d}/sshd.pid\n",
+        d = d.display()
+    );
+    std::fs::write(d.join("sshd_config"), config).unwrap();
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    let child = Command::new("/usr/sbin/sshd")
+        .args(["-D", "-e", "-f"])
+        .arg(d.join("sshd_config"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sshd (apt-get install openssh-server)");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(std::time::Instant::now() < deadline, "sshd did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Sshd { child, addr, dir }
+}
+
+fn settings(sshd: &Sshd, known_hosts: PathBuf, record: bool) -> SshSettings {
+    SshSettings {
+        user: "root".into(),
+        key_path: sshd.dir.path().join("client_key"),
+        known_hosts,
+        record_new_hosts: record,
+        connect_timeout: Duration::from_secs(10),
+    }
+}
+
+fn known_hosts_with(sshd: &Sshd, key: &Path, name: &str) -> PathBuf {
+    let public = std::fs::read_to_string(key).unwrap();
+    let mut fields = public.split_whitespace();
+    let line = format!("[127.0.0.1]:{} {} {}\n", sshd.addr.port(), fields.next().unwrap(), fields.next().unwrap());
+    let path = sshd.dir.path().join(name);
+    std::fs::write(&path, line).unwrap();
+    path
+}
+
+/// The host key is checked: known matches connect, a different key or an unknown one is refused,
+/// and first-use recording (when enabled) records it.
+#[actix_web::test]
+async fn host_keys_are_checked_before_logging_in() {
+    let sshd = start_sshd();
+    let good = known_hosts_with(&sshd, &sshd.dir.path().join("host_key.pub"), "known_good");
+    let node = SshNode::connect(sshd.addr, &settings(&sshd, good, false)).await.expect("known host connects");
+    let (status, out) = node.exec("echo hello; exit 3").await.unwrap();
+    assert_eq!((status, out.trim()), (3, "hello"));
+
+    let wrong = known_hosts_with(&sshd, &sshd.dir.path().join("client_key.pub"), "known_wrong");
+    let err = SshNode::connect(sshd.addr, &settings(&sshd, wrong, false)).await.err().expect("refused");
+    assert!(matches!(err, SshError::HostKeyMismatch { .. }), "{err}");
+    assert!(err.to_string().contains("does not match"), "{err}");
+
+    let empty = sshd.dir.path().join("known_empty");
+    let err = SshNode::connect(sshd.addr, &settings(&sshd, empty.clone(), false)).await.err().expect("refused");
+    assert!(matches!(err, SshError::UnknownHost { .. }), "{err}");
+    assert!(err.to_string().contains("SHA256:"), "the message shows the fingerprint: {err}");
+
+    SshNode::connect(sshd.addr, &settings(&sshd, empty.clone(), true)).await.expect("recorded on first use");
+    assert!(std::fs::read_to_string(&empty).unwrap().contains(&format!("[127.0.0.1]:{}", sshd.addr.port())));
+    SshNode::connect(sshd.addr, &settings(&sshd, empty, false)).await.expect("then known");
+}
+
+/// A node that does not answer is an error after the timeout, not a hang.
+#[actix_web::test]
+async fn an_unreachable_node_times_out_clearly() {
+    let sshd = start_sshd();
+    let closed: SocketAddr = format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()).parse().unwrap();
+    let mut s = settings(&sshd, sshd.dir.path().join("kh"), true);
+    s.connect_timeout = Duration::from_secs(2);
+    let err = SshNode::connect(closed, &s).await.err().expect("unreachable");
+    assert!(matches!(err, SshError::Unreachable { .. }), "{err}");
+}
+
+/// The node's Docker engine is driven through the SSH connection with bollard, as the local one is.
+#[actix_web::test]
+async fn docker_on_the_node_is_reached_through_ssh() {
+    ensure_images();
+    let sshd = start_sshd();
+    let known = known_hosts_with(&sshd, &sshd.dir.path().join("host_key.pub"), "known");
+    let node = SshNode::connect(sshd.addr, &settings(&sshd, known, false)).await.unwrap();
+    let engine = node.docker().await.expect("docker over ssh");
+    assert!(!engine.version().await.unwrap().is_empty());
+    assert!(engine.has_image(loads::images::BUSYBOX).await.unwrap());
+
+    let broker = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let network = format!("loads-ssh-{broker}");
+    let labels = std::collections::HashMap::from([("loads.broker".to_string(), broker.clone())]);
+    engine.create_network(&network, labels.clone()).await.unwrap();
+    let spec = ContainerSpec {
+        name: format!("{network}-c"),
+        image: loads::images::BUSYBOX.into(),
+        cmd: Some(vec!["/bin/sh".into(), "-c".into(), "echo through-ssh; exit 5".into()]),
+        labels,
+        network: network.clone(),
+        ..Default::default()
+    };
+    let id = engine.start_container(&spec).await.unwrap();
+    assert_eq!(engine.wait(&id).await.unwrap(), 5);
+    assert_eq!(engine.logs(&id, None).await.unwrap().trim(), "through-ssh");
+    for _ in 0..20 {
+        assert!(engine.has_image(loads::images::BUSYBOX).await.unwrap(), "pooled connections keep working");
+    }
+    let (containers, networks) = engine.sweep(&[("loads.broker", &broker)]).await.unwrap();
+    assert_eq!((containers, networks), (1, 1));
+    let (c, n) = leftovers(&broker);
+    assert!(c.is_empty() && n.is_empty());
+}
