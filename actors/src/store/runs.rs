@@ -306,8 +306,7 @@ pub async fn containers(
     step: Option<&str>,
     node: Option<&str>,
 ) -> Result<Vec<ContainerView>, StoreError> {
-    let run = get(db, run_id).await?;
-    let names: HashMap<Uuid, String> = run.step_records.iter().map(|r| (r.step_id, r.step_name.clone())).collect();
+    let (_, names) = with_step_names(db, run_id).await?;
     let mut query = container::Entity::find().filter(container::Column::RunId.eq(run_id));
     if let Some(step) = step {
         let ids: Vec<Uuid> = names.iter().filter(|(_, n)| n.as_str() == step).map(|(id, _)| *id).collect();
@@ -361,6 +360,13 @@ pub async fn unfinished(db: &impl ConnectionTrait) -> Result<Vec<Uuid>, StoreErr
         .await?)
 }
 
+/// A run (404 when missing) and the names of its steps by id.
+async fn with_step_names(db: &impl ConnectionTrait, run_id: Uuid) -> Result<(RunView, HashMap<Uuid, String>), StoreError> {
+    let run = get(db, run_id).await?;
+    let names = run.step_records.iter().map(|r| (r.step_id, r.step_name.clone())).collect();
+    Ok((run, names))
+}
+
 /// Stores the metric summaries of a run (replacing earlier ones).
 pub async fn record_metrics(db: &impl ConnectionTrait, run_id: Uuid, rows: &[MetricSummaryView]) -> Result<(), StoreError> {
     metric_summary::Entity::delete_many().filter(metric_summary::Column::RunId.eq(run_id)).exec(db).await?;
@@ -391,8 +397,7 @@ pub async fn record_metrics(db: &impl ConnectionTrait, run_id: Uuid, rows: &[Met
 
 /// The metric summaries of a run, by step and metric.
 pub async fn metrics(db: &impl ConnectionTrait, run_id: Uuid) -> Result<Vec<MetricSummaryView>, StoreError> {
-    let run = get(db, run_id).await?;
-    let names: HashMap<Uuid, String> = run.step_records.iter().map(|r| (r.step_id, r.step_name.clone())).collect();
+    let (run, names) = with_step_names(db, run_id).await?;
     let rows = metric_summary::Entity::find()
         .filter(metric_summary::Column::RunId.eq(run_id))
         .order_by_asc(metric_summary::Column::Metric)
