@@ -343,9 +343,17 @@ impl Handler<RunLogs> for BrokerActor {
 
     fn handle(&mut self, msg: RunLogs, _: &mut Context<Self>) -> Self::Result {
         let db = self.db.clone();
+        let supervisor = self.live.get(&msg.run_id).cloned();
         Box::pin(
             async move {
                 let mut containers = runs::containers(&db, msg.run_id, msg.step.as_deref(), msg.node.as_deref()).await?;
+                if let Some(s) = supervisor {
+                    // Containers not removed yet: their output as it is now, from their engines.
+                    let ask = crate::run_supervisor::RunLiveLogs { step: msg.step.clone(), node: msg.node.clone(), tail: msg.tail };
+                    let live = s.send(ask).await.unwrap_or_default();
+                    let recorded: Vec<String> = containers.iter().map(|c| c.docker_id.clone()).collect();
+                    containers.extend(live.into_iter().filter(|c| !recorded.contains(&c.docker_id)));
+                }
                 if let Some(tail) = msg.tail {
                     for c in &mut containers {
                         let lines: Vec<&str> = c.logs.lines().collect();

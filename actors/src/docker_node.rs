@@ -15,6 +15,7 @@ use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
 use crate::domain::launch::Launch;
+use crate::domain::views::ContainerView;
 use crate::infra::docker::{labels, ContainerSpec, DockerError, Engine};
 use crate::settings::RunSettings;
 use crate::store::runs::{self, ContainerRecord};
@@ -307,6 +308,49 @@ impl Handler<TearDown> for DockerNodeActor {
                     outcomes.push(ContainerOutcome { docker_id: c.docker_id, role: c.role, exit_code: c.exit_code });
                 }
                 outcomes
+            }
+            .into_actor(self),
+        )
+    }
+}
+
+/// The output of the node's containers as they are now (running or not yet removed).
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<ContainerView>")]
+pub struct LiveLogs {
+    /// The step's name, for the answer.
+    pub step_name: String,
+    /// Keep only the last lines of each.
+    pub tail: Option<usize>,
+}
+
+impl Handler<LiveLogs> for DockerNodeActor {
+    type Result = ResponseActFuture<Self, Vec<ContainerView>>;
+
+    fn handle(&mut self, msg: LiveLogs, _: &mut Context<Self>) -> Self::Result {
+        let engine = self.engine.clone();
+        let who = self.who.clone();
+        let tail = msg.tail.unwrap_or(self.settings.log_tail);
+        let containers = self.containers.clone();
+        Box::pin(
+            async move {
+                let mut out = Vec::with_capacity(containers.len());
+                for c in containers {
+                    let logs = engine.logs(&c.docker_id, Some(tail)).await.unwrap_or_else(|e| format!("(logs unavailable: {e})"));
+                    out.push(ContainerView {
+                        step_id: who.step_id,
+                        step_name: msg.step_name.clone(),
+                        node: who.node.clone(),
+                        role: c.role.to_string(),
+                        docker_id: c.docker_id,
+                        image: c.image,
+                        exit_code: c.exit_code,
+                        logs,
+                        created_at: c.started_at,
+                        finished_at: None,
+                    });
+                }
+                out
             }
             .into_actor(self),
         )

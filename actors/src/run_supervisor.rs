@@ -31,7 +31,8 @@ use crate::feed::{EventKind, Feed, RunEvent};
 use crate::metrics::{FinishRun, MetricsActor, MetricsPublished, TrackRun, TrackedStep};
 use crate::pool::{CloseRun, Ec2PoolActor, OpenRun};
 use crate::settings::RunSettings;
-use crate::step::{ReportKind, StartStep, StepActor, StepContext, StepOutcome, StepReport, StopReason, StopStep};
+use crate::domain::views::ContainerView;
+use crate::step::{ReportKind, StartStep, StepActor, StepContext, StepLogs, StepOutcome, StepReport, StopReason, StopStep};
 use crate::store::{runs, StoreError};
 
 /// A run has ended; its events are handed over for late subscribers.
@@ -426,5 +427,32 @@ impl Handler<Subscribe> for RunSupervisor {
             let snapshot = runs::get(&db, run_id).await?;
             Ok(Subscription { snapshot, seq, backlog, live: Some(live) })
         }.into_actor(self))
+    }
+}
+
+/// The output of the run's containers that are not removed yet, optionally of one step (by name) and node.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<ContainerView>")]
+pub struct RunLiveLogs {
+    /// Only this step.
+    pub step: Option<String>,
+    /// Only this node.
+    pub node: Option<String>,
+    /// Keep only the last lines of each.
+    pub tail: Option<usize>,
+}
+
+impl Handler<RunLiveLogs> for RunSupervisor {
+    type Result = actix::ResponseFuture<Vec<ContainerView>>;
+
+    fn handle(&mut self, msg: RunLiveLogs, _: &mut Context<Self>) -> Self::Result {
+        let asks: Vec<_> = self
+            .steps
+            .values()
+            .filter(|s| msg.step.as_ref().is_none_or(|wanted| *wanted == s.view.spec.name))
+            .filter_map(|s| s.addr.as_ref())
+            .map(|addr| addr.send(StepLogs { node: msg.node.clone(), tail: msg.tail }))
+            .collect();
+        Box::pin(async move { futures_util::future::join_all(asks).await.into_iter().flatten().flatten().collect() })
     }
 }

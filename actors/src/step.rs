@@ -18,7 +18,10 @@ use futures_util::future::join_all;
 use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
-use crate::docker_node::{ContainerExited, DockerNodeActor, NodeIdentity, PrepareNode, StartContainer, StopContainers, TearDown};
+use crate::docker_node::{
+    ContainerExited, DockerNodeActor, LiveLogs, NodeIdentity, PrepareNode, StartContainer, StopContainers, TearDown,
+};
+use crate::domain::views::ContainerView;
 use crate::domain::launch::{self, Launch};
 use crate::domain::views::{StepState, StepView};
 use crate::domain::Env;
@@ -469,5 +472,29 @@ impl Handler<ContainerExited> for StepActor {
             self.failure = Some(format!("the container on node {} exited with code {}", msg.node, msg.exit_code));
         }
         self.check_done(ctx);
+    }
+}
+
+/// The output of the step's containers that are not removed yet, optionally of one node.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<ContainerView>")]
+pub struct StepLogs {
+    /// Only this node.
+    pub node: Option<String>,
+    /// Keep only the last lines of each.
+    pub tail: Option<usize>,
+}
+
+impl Handler<StepLogs> for StepActor {
+    type Result = actix::ResponseFuture<Vec<ContainerView>>;
+
+    fn handle(&mut self, msg: StepLogs, _: &mut Context<Self>) -> Self::Result {
+        let asks: Vec<_> = self
+            .nodes
+            .iter()
+            .filter(|n| msg.node.as_ref().is_none_or(|wanted| *wanted == n.id))
+            .map(|n| n.addr.send(LiveLogs { step_name: self.name(), tail: msg.tail }))
+            .collect();
+        Box::pin(async move { join_all(asks).await.into_iter().flatten().flatten().collect() })
     }
 }

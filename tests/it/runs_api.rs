@@ -250,3 +250,38 @@ async fn a_hung_image_download_times_out_with_a_clear_reason() {
     assert!(reason.contains("getting image loads/never-built:2 ready on node s0n0 took longer than 2 s"), "{reason}");
     app.assert_no_leftovers();
 }
+
+/// While a run is live, its containers' output is served from their engines, filtered like the rest.
+#[actix_web::test]
+async fn logs_of_running_containers_are_served_while_the_run_is_live() {
+    ensure_images();
+    let app = crate::helpers::TestApp::spawn(crate::helpers::Backend::Sqlite, &[]).await;
+    let (_, run_id) = app.start(json!({"name": "live logs", "steps": [
+        {"name": "talker", "container_name": loads::images::BUSYBOX, "instance_count": 2, "run_max_time": 0,
+         "additional_command_args": "-c 'echo first-line; echo second-line; sleep 300'"}
+    ]}), json!({})).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let step = loop {
+        let (status, logs) = app.get(&format!("/api/v1/runs/{run_id}/logs?step=talker&node=s0n1&tail=1")).await;
+        assert_eq!(status, StatusCode::OK, "{logs}");
+        let step = logs["containers"].as_array().unwrap().iter().find(|c| c["role"] == "step").cloned();
+        if let Some(step) = step.filter(|s| s["logs"].as_str().is_some_and(|l| l.contains("second-line"))) {
+            break step;
+        }
+        assert!(std::time::Instant::now() < deadline, "no live output: {logs}");
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(step["logs"].as_str().unwrap().trim(), "second-line", "tail applies to live output");
+    assert_eq!(step["node"], "s0n1");
+    assert!(step["finished_at"].is_null() && step["exit_code"].is_null(), "still running: {step}");
+    let (_, run) = app.get(&format!("/api/v1/runs/{run_id}")).await;
+    assert_eq!(run["state"], "running");
+    let (status, _) = app.post(&format!("/api/v1/runs/{run_id}/abort"), &json!({})).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    app.wait_finished(&run_id, 60).await;
+    let (_, logs) = app.get(&format!("/api/v1/runs/{run_id}/logs?step=talker")).await;
+    let recorded = logs["containers"].as_array().unwrap();
+    assert_eq!(recorded.len(), 4, "after the run: each container once, as recorded: {logs}");
+    assert!(recorded.iter().all(|c| c["finished_at"].is_string()));
+    app.assert_no_leftovers();
+}
