@@ -188,6 +188,7 @@ fn loads_run_exits_with_the_runs_outcome() {
     crate::helpers::ensure_images();
     let dir = tempfile::tempdir().unwrap();
     let broker = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let _cleanup = crate::helpers::LabelGuard(broker.clone());
     let env = run_env(dir.path(), &broker);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let ok = run_plan_file(dir.path(), "name = \"ok\"\n[[steps]]\nname = \"hello\"\ncontainer_name = \"loads/busybox:1\"\ninstance_count = 2\nadditional_command_args = \"-c 'printf \\\"req:1|c\\\\nlat:3|ms\\\\n\\\" | nc $$STATSD_HOST $$STATSD_PORT; echo hello-from-$$HOSTNAME'\"\n");
@@ -216,6 +217,7 @@ fn ctrl_c_aborts_loads_run_and_leaves_nothing() {
     crate::helpers::ensure_images();
     let dir = tempfile::tempdir().unwrap();
     let broker = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let _cleanup = crate::helpers::LabelGuard(broker.clone());
     let file = run_plan_file(dir.path(), "name = \"long\"\n[[steps]]\nname = \"sleeper\"\ncontainer_name = \"loads/busybox:1\"\nrun_max_time = 0\nadditional_command_args = \"-c 'sleep 300'\"\n");
     let mut child = Command::new(env!("CARGO_BIN_EXE_loads"))
         .args(["run", file.to_str().unwrap()])

@@ -130,6 +130,16 @@ pub fn leftovers(broker_id: &str) -> (Vec<String>, Vec<String>) {
     (list(&["ps", "-aq", "--filter", &filter]), list(&["network", "ls", "-q", "--filter", &filter]))
 }
 
+/// Removes every container and network labelled with a broker id when dropped,
+/// so a test that fails half-way leaves nothing behind either.
+pub struct LabelGuard(pub String);
+
+impl Drop for LabelGuard {
+    fn drop(&mut self) {
+        remove_labelled(&self.0);
+    }
+}
+
 fn remove_labelled(broker_id: &str) {
     let (containers, networks) = leftovers(broker_id);
     if !containers.is_empty() {

@@ -7,7 +7,7 @@ use awc::http::StatusCode;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use crate::helpers::{ensure_images, leftovers, record, sh_step, TestApp};
+use crate::helpers::{ensure_images, leftovers, record, sh_step, LabelGuard, TestApp};
 
 /// The timer values node `i` sends: different distributions per node, so
 /// averaging per-node percentiles would be visibly wrong.
@@ -174,6 +174,7 @@ async fn ingest_accepts_only_the_runs_own_token() {
 fn an_unreachable_broker_makes_the_relay_count_its_losses() {
     ensure_images();
     let tag = format!("loss{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let _cleanup = LabelGuard(tag.clone());
     let network = format!("loads-test-{tag}");
     assert!(Command::new("docker").args(["network", "create", "--label", &format!("loads.broker={tag}"), &network]).output().unwrap().status.success());
     let gateway = docker_out(&["network", "inspect", "-f", "{{(index .IPAM.Config 0).Gateway}}", &network]);

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use awc::http::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{ensure_images, leftovers, on_both_databases, plan_doc, record, sh_step};
+use crate::helpers::{ensure_images, leftovers, on_both_databases, plan_doc, record, sh_step, LabelGuard};
 
 on_both_databases! {
     /// Bad run requests are 4xx naming the field; a disabled plan is 409.
@@ -177,6 +177,7 @@ async fn a_broker_killed_mid_run_cleans_up_when_it_starts_again() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("loads.db").display());
     let broker = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let _cleanup = LabelGuard(broker.clone());
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let client = awc::Client::new();

@@ -10,7 +10,7 @@ use std::time::Duration;
 use loads_actors::infra::docker::ContainerSpec;
 use loads_actors::infra::ssh::{SshError, SshNode, SshSettings};
 
-use crate::helpers::{ensure_images, leftovers};
+use crate::helpers::{ensure_images, leftovers, LabelGuard};
 
 struct Sshd {
     child: Child,
@@ -127,6 +127,7 @@ async fn docker_on_the_node_is_reached_through_ssh() {
     assert!(engine.has_image(loads::images::BUSYBOX).await.unwrap());
 
     let broker = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let _cleanup = LabelGuard(broker.clone());
     let network = format!("loads-ssh-{broker}");
     let labels = std::collections::HashMap::from([("loads.broker".to_string(), broker.clone())]);
     engine.create_network(&network, labels.clone()).await.unwrap();
