@@ -420,16 +420,3 @@ impl Handler<RunEnded> for BrokerActor {
         }
     }
 }
-
-/// How many runs are live.
-#[derive(Debug, Message)]
-#[rtype(result = "usize")]
-pub struct LiveRuns;
-
-impl Handler<LiveRuns> for BrokerActor {
-    type Result = usize;
-
-    fn handle(&mut self, _: LiveRuns, _: &mut Context<Self>) -> usize {
-        self.live.len()
-    }
-}

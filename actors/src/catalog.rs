@@ -14,7 +14,6 @@ use crate::domain::validate::{self, Limits};
 use crate::domain::views::{
     ImportReport, Page, PlanSummary, PlanView, ProjectDetail, ProjectTree, ProjectView, RunView,
 };
-use crate::domain::Env;
 use crate::store::runs::RunFilter;
 use crate::store::{self, plans, projects, runs, StoreError};
 
@@ -171,12 +170,6 @@ catalog_message!(
     /// Reads one run with its step records.
     GetRun { id: Uuid } -> RunView,
     |db, limits, msg| runs::get(&db, msg.id).await
-);
-
-catalog_message!(
-    /// Records a new pending run of a plan (the run engine then drives it).
-    RecordRun { plan_id: Uuid, owner: Option<String>, env: Env } -> RunView,
-    |db, limits, msg| runs::create(&db, msg.plan_id, msg.owner, &msg.env).await
 );
 
 catalog_message!(

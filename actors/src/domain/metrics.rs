@@ -192,11 +192,6 @@ impl Aggregator {
         }
     }
 
-    /// Totals so far of well-formed and malformed lines.
-    pub fn totals(&self) -> (u64, u64) {
-        (self.lines, self.malformed)
-    }
-
     /// Closes the window: counters, sets and timers start again; gauges keep their value.
     pub fn flush(&mut self, seq: u64, start_ms: i64, duration_ms: u64) -> Window {
         let window = Window {
@@ -272,7 +267,7 @@ pub struct Merged {
     pub lines: u64,
     /// Malformed lines.
     pub malformed: u64,
-    /// Total time covered (sum of window lengths per node / nodes), for rates.
+    /// The summed lengths of the windows added.
     pub duration_ms: u64,
 }
 
@@ -299,23 +294,6 @@ impl Merged {
         self.lines += w.lines;
         self.malformed += w.malformed;
         self.duration_ms += w.duration_ms;
-    }
-
-    /// Adds another merge (e.g. a window slot into a whole step's totals).
-    pub fn absorb(&mut self, other: &Merged) {
-        for (k, v) in &other.counters {
-            *self.counters.entry(k.clone()).or_default() += v;
-        }
-        for (k, v) in &other.sets {
-            *self.sets.entry(k.clone()).or_default() += v;
-        }
-        for (k, h) in &other.timers {
-            let _ = self.timers.entry(k.clone()).or_insert_with(new_histogram).add(h);
-        }
-        self.gauges.clone_from(&other.gauges);
-        self.lines += other.lines;
-        self.malformed += other.malformed;
-        self.duration_ms += other.duration_ms;
     }
 }
 

@@ -3,7 +3,6 @@
 
 pub mod dashboard;
 pub mod error;
-pub mod ids;
 pub mod interpolate;
 pub mod launch;
 pub mod metrics;
@@ -13,7 +12,6 @@ pub mod validate;
 pub mod views;
 
 pub use error::{FieldError, ValidationErrors};
-pub use ids::{PlanId, ProjectId, RunId, StepId, StepRecordId};
 pub use parse::DocumentFormat;
 pub use spec::{Env, PlanSpec, ProjectSpec, StepSpec};
 pub use validate::{Limits, Validated};

@@ -169,12 +169,3 @@ pub async fn build(engine: &Engine, recipe: &Recipe) -> Result<(), ImageError> {
     engine.prune_untagged(&format!("{IMAGE_LABEL}=true")).await?;
     Ok(())
 }
-
-/// Builds `recipe` unless `engine` already has the tag; answers whether it built.
-pub async fn ensure(engine: &Engine, recipe: &Recipe) -> Result<bool, ImageError> {
-    if engine.has_image(&recipe.tag).await? {
-        return Ok(false);
-    }
-    build(engine, recipe).await?;
-    Ok(true)
-}
