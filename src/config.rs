@@ -27,6 +27,7 @@ id = "loads"
 
 [auth]
 tokens = []
+read_tokens = []
 
 [limits]
 max_instance_count = 100
@@ -34,10 +35,35 @@ max_steps_per_plan = 50
 
 [pool]
 provider = "local"
+pooling = false
+idle_seconds = 600
+launch_timeout_seconds = 600
 
 [ec2]
 endpoint_url = ""
-regions = []
+max_instances = 50
+max_instances_per_run = 50
+address = "public"
+address_override = []
+owner = ""
+expiry_grace_seconds = 900
+user_data_template = ""
+
+[ec2.regions]
+
+[ssh]
+user = "ubuntu"
+key_path = ""
+known_hosts = "loads_known_hosts"
+record_new_hosts = false
+connect_timeout_seconds = 300
+node_dir = "/var/lib/loads"
+node_tuning = [
+  "sysctl -qw net.core.somaxconn=65535",
+  "sysctl -qw net.ipv4.ip_local_port_range='1024 65535'",
+  "sysctl -qw net.ipv4.tcp_tw_reuse=1",
+  "sysctl -qw fs.file-max=1048576",
+]
 
 [metrics]
 ingest_host = "0.0.0.0"
@@ -84,8 +110,10 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// Where nodes come from.
     pub pool: PoolSettings,
-    /// The EC2 regions whose instances this broker manages.
+    /// EC2: where and how instances are launched, and which regions are managed.
     pub ec2: Ec2Settings,
+    /// SSH to cloud nodes.
+    pub ssh: SshConfig,
     /// How containers are run.
     pub docker: DockerSettings,
     /// Where relays deliver metrics.
@@ -130,8 +158,10 @@ pub struct BrokerSettings {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
-    /// Bearer tokens accepted by the API; empty = no auth (loopback only).
+    /// Bearer tokens with the `operate` role (everything); empty with `read_tokens` = no auth (loopback only).
     pub tokens: Vec<Secret>,
+    /// Bearer tokens with the `read` role: `GET` only.
+    pub read_tokens: Vec<Secret>,
 }
 
 /// Caps on what plans may ask for.
@@ -148,8 +178,34 @@ pub struct LimitSettings {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolSettings {
-    /// `local`: every node is a set of containers on this machine's Docker engine.
+    /// `local`: every node is a set of containers on this machine's Docker engine; `ec2`: every node is an EC2 instance.
     pub provider: String,
+    /// `ec2`: keep released instances for later runs of the same type and region.
+    pub pooling: bool,
+    /// `ec2` with pooling: seconds an idle instance is kept before it is terminated.
+    pub idle_seconds: u64,
+    /// `ec2`: seconds instances may take to be running, and Docker on them to answer.
+    pub launch_timeout_seconds: u64,
+}
+
+/// SSH to cloud nodes.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshConfig {
+    /// The login (root, or a user with passwordless sudo).
+    pub user: String,
+    /// The private key (its public half is the EC2 key pair `ec2.regions.<region>.key_name`).
+    pub key_path: String,
+    /// The known-hosts file host keys are checked against.
+    pub known_hosts: String,
+    /// Record an unknown host key on first use instead of refusing it.
+    pub record_new_hosts: bool,
+    /// Seconds to keep trying to connect to a node.
+    pub connect_timeout_seconds: u64,
+    /// The node's directory for loads' files (the dead-man's switch deadline).
+    pub node_dir: String,
+    /// Commands run as root on every node before use (and in the user-data).
+    pub node_tuning: Vec<String>,
 }
 
 /// Where relays deliver metrics.
@@ -219,14 +275,58 @@ impl InfluxSettings {
     }
 }
 
-/// The EC2 regions whose instances this broker manages (lists, terminates, reaps).
+/// EC2: the regions this broker launches in and manages (lists, terminates, reaps).
+/// Credentials come from the standard AWS chain, never from here.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Ec2Settings {
     /// Another EC2 endpoint (a test double); the standard `AWS_ENDPOINT_URL` works too.
     pub endpoint_url: String,
-    /// Regions, e.g. `["us-west-2"]`; credentials come from the standard AWS chain.
-    pub regions: Vec<String>,
+    /// Most instances this broker has at once (running, idle in the pool, or being launched).
+    pub max_instances: u32,
+    /// Most instances one run may use.
+    pub max_instances_per_run: u32,
+    /// `public` or `private`: the address SSH connects to.
+    pub address: String,
+    /// `host:port` addresses nodes' SSH is reached at instead, assigned in launch order (test doubles).
+    pub address_override: Vec<String>,
+    /// The `Owner` tag of instances; empty = the broker id.
+    pub owner: String,
+    /// Seconds added to a run's maximum time before a node's dead-man's switch fires.
+    pub expiry_grace_seconds: u64,
+    /// Another user-data template file; empty = `templates/user-data.sh.hbs`.
+    pub user_data_template: String,
+    /// Per region (`ec2.regions.us-west-2`, or `LOADS__EC2__REGIONS__US_WEST_2__AMI`).
+    pub regions: std::collections::BTreeMap<String, RegionSettings>,
+}
+
+/// How instances are launched in one region.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegionSettings {
+    /// The machine image: `ami-...`, or `resolve:ssm:/aws/service/...` for a public SSM parameter.
+    pub ami: String,
+    /// The subnet; empty for the default VPC's.
+    pub subnet_id: String,
+    /// Security groups, which must let the broker reach port 22 (a list, or comma-separated).
+    #[serde(deserialize_with = "list_or_commas")]
+    pub security_group_ids: Vec<String>,
+    /// The EC2 key pair whose private key is `ssh.key_path`.
+    pub key_name: String,
+}
+
+/// A list, or one comma-separated string (as environment variables give it).
+fn list_or_commas<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        List(Vec<String>),
+        One(String),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::List(list) => list,
+        Either::One(text) => text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect(),
+    })
 }
 
 /// How containers are run.
@@ -366,6 +466,18 @@ fn unknown_key(tree: &serde_json::Value, reference: &serde_json::Value, prefix: 
     let (serde_json::Value::Object(tree), serde_json::Value::Object(reference)) = (tree, reference) else { return None };
     for (key, value) in tree {
         let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        // Regions are named by the operator; each one's keys are checked against the region reference.
+        if path == "ec2.regions" {
+            let region: serde_json::Value = serde_json::json!({"ami": "", "subnet_id": "", "security_group_ids": [], "key_name": ""});
+            if let serde_json::Value::Object(named) = value {
+                for (name, settings) in named {
+                    if let Some(found) = unknown_key(settings, &region, &format!("{path}.{name}")) {
+                        return Some(found);
+                    }
+                }
+            }
+            continue;
+        }
         match reference.get(key) {
             None => return Some((path, reference.keys().cloned().collect::<Vec<_>>().join(", "))),
             Some(inner) => {
@@ -398,7 +510,9 @@ impl Settings {
                 .separator("__")
                 .list_separator(",")
                 .with_list_parse_key("auth.tokens")
-                .with_list_parse_key("ec2.regions")
+                .with_list_parse_key("auth.read_tokens")
+                .with_list_parse_key("ec2.address_override")
+                .with_list_parse_key("ssh.node_tuning")
                 .try_parsing(true)
                 .source(Some(vars)),
         );
@@ -408,7 +522,9 @@ impl Settings {
         if let Some((key, known)) = unknown_key(&tree, &defaults, "") {
             return Err(ConfigError::Unknown { key, known });
         }
-        let settings: Settings = merged.try_deserialize()?;
+        let mut settings: Settings = merged.try_deserialize()?;
+        // Environment variable names cannot hold `-`: `US_WEST_2` is `us-west-2`.
+        settings.ec2.regions = std::mem::take(&mut settings.ec2.regions).into_iter().map(|(k, v)| (k.replace('_', "-"), v)).collect();
         settings.check()?;
         Ok(settings)
     }
@@ -434,14 +550,49 @@ impl Settings {
         if self.auth.tokens.iter().any(|t| t.expose().len() < 16) {
             return invalid("auth.tokens", "every token must be at least 16 characters long");
         }
+        if self.auth.read_tokens.iter().any(|t| t.expose().len() < 16) {
+            return invalid("auth.read_tokens", "every token must be at least 16 characters long");
+        }
         if self.limits.max_instance_count == 0 {
             return invalid("limits.max_instance_count", "must be at least 1");
         }
         if self.limits.max_steps_per_plan == 0 {
             return invalid("limits.max_steps_per_plan", "must be at least 1");
         }
-        if self.pool.provider != "local" {
-            return invalid("pool.provider", "must be `local`");
+        if self.pool.provider != "local" && self.pool.provider != "ec2" {
+            return invalid("pool.provider", "must be `local` or `ec2`");
+        }
+        if self.pool.idle_seconds == 0 {
+            return invalid("pool.idle_seconds", "must be at least 1");
+        }
+        if self.pool.launch_timeout_seconds == 0 {
+            return invalid("pool.launch_timeout_seconds", "must be at least 1");
+        }
+        if self.ec2.address != "public" && self.ec2.address != "private" {
+            return invalid("ec2.address", "must be `public` or `private`");
+        }
+        if self.ec2.max_instances == 0 || self.ec2.max_instances_per_run == 0 {
+            return invalid("ec2.max_instances", "ec2.max_instances and ec2.max_instances_per_run must be at least 1");
+        }
+        if let Some(bad) = self.ec2.address_override.iter().find(|a| a.parse::<std::net::SocketAddr>().is_err()) {
+            return Err(ConfigError::Invalid { key: "ec2.address_override", message: format!("{bad:?} is not an ip:port address") });
+        }
+        if self.ssh.connect_timeout_seconds == 0 {
+            return invalid("ssh.connect_timeout_seconds", "must be at least 1");
+        }
+        if !self.ssh.node_dir.starts_with('/') || self.ssh.node_dir.contains(|c: char| c.is_whitespace() || "'\"$`;&|".contains(c)) {
+            return invalid("ssh.node_dir", "must be an absolute path without spaces or shell characters");
+        }
+        if self.pool.provider == "ec2" {
+            if self.ssh.key_path.is_empty() {
+                return invalid("ssh.key_path", "is required with pool.provider = \"ec2\"");
+            }
+            if self.ec2.regions.is_empty() {
+                return invalid("ec2.regions", "needs at least one region with an `ami` with pool.provider = \"ec2\"");
+            }
+            if let Some((name, _)) = self.ec2.regions.iter().find(|(_, r)| r.ami.is_empty()) {
+                return Err(ConfigError::Invalid { key: "ec2.regions", message: format!("ec2.regions.{name}.ami must be set with pool.provider = \"ec2\"") });
+            }
         }
         if !std::path::Path::new(&self.docker.volume_root).is_absolute() {
             return invalid("docker.volume_root", "must be an absolute path");
@@ -456,7 +607,7 @@ impl Settings {
             return invalid("ec2.endpoint_url", "must be empty or an http(s):// URL");
         }
         let region_ok = |r: &String| r.starts_with(|c: char| c.is_ascii_lowercase()) && r.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-        if !self.ec2.regions.iter().all(region_ok) {
+        if !self.ec2.regions.keys().all(region_ok) {
             return invalid("ec2.regions", "must be region names such as \"us-west-2\"");
         }
         if !(100..=60_000).contains(&self.metrics.flush_ms) {
@@ -496,13 +647,72 @@ impl Settings {
 
     /// Whether API requests need a token.
     pub fn auth_enabled(&self) -> bool {
-        !self.auth.tokens.is_empty()
+        !self.auth.tokens.is_empty() || !self.auth.read_tokens.is_empty()
     }
 
     /// Whether `server.host` is a loopback address (or `localhost`).
     pub fn binds_loopback_only(&self) -> bool {
         let host = self.server.host.trim_matches(|c| c == '[' || c == ']');
         host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    }
+
+    /// The regions whose instances this broker manages.
+    pub fn region_names(&self) -> Vec<String> {
+        self.ec2.regions.keys().cloned().collect()
+    }
+
+    /// How the `ec2` provider launches and reaches nodes; `None` with the `local` provider.
+    pub fn cloud(&self) -> anyhow::Result<Option<loads_actors::pool::CloudSettings>> {
+        use loads_actors::infra::ec2::{Backoff, RegionConfig, USER_DATA_TEMPLATE};
+        use loads_actors::pool::{AddressKind, CloudSettings};
+        use std::time::Duration;
+        if self.pool.provider != "ec2" {
+            return Ok(None);
+        }
+        let user_data_template = if self.ec2.user_data_template.is_empty() {
+            USER_DATA_TEMPLATE.to_string()
+        } else {
+            std::fs::read_to_string(&self.ec2.user_data_template)
+                .map_err(|e| anyhow::anyhow!("ec2.user_data_template {}: {e}", self.ec2.user_data_template))?
+        };
+        let regions = self
+            .ec2
+            .regions
+            .iter()
+            .map(|(name, r)| {
+                let config = RegionConfig {
+                    ami: r.ami.clone(),
+                    subnet_id: r.subnet_id.clone(),
+                    security_group_ids: r.security_group_ids.clone(),
+                    key_name: r.key_name.clone(),
+                };
+                (name.clone(), config)
+            })
+            .collect();
+        Ok(Some(CloudSettings {
+            regions,
+            max_instances: self.ec2.max_instances,
+            max_instances_per_run: self.ec2.max_instances_per_run,
+            address: if self.ec2.address == "private" { AddressKind::Private } else { AddressKind::Public },
+            address_override: self.ec2.address_override.iter().filter_map(|a| a.parse().ok()).collect(),
+            owner: if self.ec2.owner.is_empty() { self.broker.id.clone() } else { self.ec2.owner.clone() },
+            launch_timeout: Duration::from_secs(self.pool.launch_timeout_seconds),
+            expiry_grace: Duration::from_secs(self.ec2.expiry_grace_seconds),
+            pooling: self.pool.pooling,
+            idle: Duration::from_secs(self.pool.idle_seconds),
+            ssh: loads_actors::infra::ssh::SshSettings {
+                user: self.ssh.user.clone(),
+                key_path: self.ssh.key_path.clone().into(),
+                known_hosts: self.ssh.known_hosts.clone().into(),
+                record_new_hosts: self.ssh.record_new_hosts,
+                connect_timeout: Duration::from_secs(self.ssh.connect_timeout_seconds),
+            },
+            node_tuning: self.ssh.node_tuning.clone(),
+            node_dir: self.ssh.node_dir.clone(),
+            user_data_template,
+            backoff: Backoff::default(),
+            relay_image: crate::images::RELAY.to_string(),
+        }))
     }
 
     /// How the run engine runs.
@@ -515,7 +725,6 @@ impl Settings {
             volume_root: self.docker.volume_root.clone().into(),
             log_tail: self.docker.log_tail,
             prepare_timeout_secs: self.docker.prepare_timeout_seconds,
-            ingest_port: self.metrics.ingest_port,
             flush_ms: self.metrics.flush_ms,
         }
     }
@@ -577,6 +786,44 @@ mod tests {
         assert!(err.contains("server.port"), "{err}");
         let err = Settings::load_from(None, env(&[("LOADS__DATABASE__URL", "mysql://x")])).unwrap_err().to_string();
         assert!(err.contains("database.url"), "{err}");
+    }
+
+    #[test]
+    fn ec2_regions_come_from_tables_or_variables_and_are_checked() {
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("LOADS__EC2__REGIONS__US_WEST_2__AMI", "ami-1"),
+                ("LOADS__EC2__REGIONS__US_WEST_2__SECURITY_GROUP_IDS", "sg-1, sg-2"),
+                ("LOADS__EC2__ADDRESS_OVERRIDE", "127.0.0.1:2222,127.0.0.1:2223"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.region_names(), ["us-west-2"]);
+        assert_eq!(s.ec2.regions["us-west-2"].security_group_ids, ["sg-1", "sg-2"]);
+        assert_eq!(s.ec2.address_override.len(), 2);
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("loads.toml");
+        std::fs::write(&file, "[pool]\nprovider = \"ec2\"\n[ssh]\nkey_path = \"/k\"\n[ec2.regions.eu-west-1]\nami = \"ami-2\"\nsecurity_group_ids = [\"sg-3\"]\n").unwrap();
+        let s = Settings::load_from(Some(&file), env(&[])).unwrap();
+        let cloud = s.cloud().unwrap().expect("ec2 provider");
+        assert_eq!(cloud.regions["eu-west-1"].security_group_ids, ["sg-3"]);
+        assert_eq!(cloud.owner, "loads", "the broker id by default");
+
+        std::fs::write(&file, "[ec2.regions.eu-west-1]\namii = \"x\"\n").unwrap();
+        let err = Settings::load_from(Some(&file), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("unknown key `ec2.regions.eu-west-1.amii`"), "{err}");
+        let err = Settings::load_from(None, env(&[("LOADS__POOL__PROVIDER", "ec2")])).unwrap_err().to_string();
+        assert!(err.contains("ssh.key_path"), "{err}");
+        let err = Settings::load_from(None, env(&[("LOADS__POOL__PROVIDER", "ec2"), ("LOADS__SSH__KEY_PATH", "/k"), ("LOADS__EC2__REGIONS__US_WEST_2__SUBNET_ID", "s")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ec2.regions.us-west-2.ami must be set"), "{err}");
+        let err = Settings::load_from(None, env(&[("LOADS__EC2__ADDRESS_OVERRIDE", "node-1")])).unwrap_err().to_string();
+        assert!(err.contains("ec2.address_override"), "{err}");
+        let err = Settings::load_from(None, env(&[("LOADS__POOL__PROVIDER", "gce")])).unwrap_err().to_string();
+        assert!(err.contains("pool.provider: must be `local` or `ec2`"), "{err}");
     }
 
     #[test]

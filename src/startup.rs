@@ -44,12 +44,6 @@ impl Actors {
             .await
             .with_context(|| format!("cannot open the database {}", settings.database.url.masked()))?;
         let catalog = CatalogActor::new(db.clone(), settings.limits()).start();
-        let endpoint = (!settings.ec2.endpoint_url.is_empty()).then_some(settings.ec2.endpoint_url.as_str());
-        let mut regions = Vec::new();
-        for region in &settings.ec2.regions {
-            regions.push(loads_actors::infra::ec2::Region::connect(region, endpoint).await);
-        }
-        let pool = Ec2PoolActor::local(settings.broker.id.clone()).await.with_regions(regions).start();
         let influx = settings.influx.client();
         if let Some(influx) = &influx {
             if let Err(e) = influx.ensure_database().await {
@@ -58,8 +52,17 @@ impl Actors {
         }
         let metrics = MetricsActor::new(db.clone(), influx, settings.grafana.dashboards()).start();
         let (ingest, ingest_port) = start_ingest(settings, metrics.clone())?;
-        let mut run_settings = settings.run_settings();
-        run_settings.ingest_port = ingest_port;
+        let endpoint = (!settings.ec2.endpoint_url.is_empty()).then_some(settings.ec2.endpoint_url.as_str());
+        let mut regions = Vec::new();
+        for region in settings.region_names() {
+            regions.push(loads_actors::infra::ec2::Region::connect(&region, endpoint).await);
+        }
+        let mut pool = Ec2PoolActor::local(settings.broker.id.clone()).await.with_regions(regions).with_ingest_port(ingest_port);
+        if let Some(cloud) = settings.cloud()? {
+            pool = pool.with_cloud(cloud);
+        }
+        let pool = pool.start();
+        let run_settings = settings.run_settings();
         let broker = BrokerActor::new(db, pool.clone(), metrics, run_settings).start();
         Ok(Self { catalog, broker, pool, ingest, ingest_port })
     }
@@ -117,7 +120,8 @@ impl Application {
             pool: actors.pool,
             max_body_bytes: settings.server.max_body_bytes,
         });
-        let tokens = web::Data::new(Tokens(settings.auth.tokens.iter().map(|t| t.expose().to_string()).collect()));
+        let expose = |list: &[crate::config::Secret]| list.iter().map(|t| t.expose().to_string()).collect();
+        let tokens = web::Data::new(Tokens { operate: expose(&settings.auth.tokens), read: expose(&settings.auth.read_tokens) });
 
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
             .with_context(|| format!("cannot bind {}:{}", settings.server.host, settings.server.port))?;

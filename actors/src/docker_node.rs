@@ -29,8 +29,11 @@ pub struct NodeIdentity {
     pub step_id: Uuid,
     /// The node's name within the run.
     pub node: String,
-    /// The run's network on this node's engine.
+    /// The run's network on this node's engine (the relay's; the step's too unless `host_network`).
     pub network: String,
+    /// The step's containers use the node's network (cloud nodes, one per machine), reaching
+    /// other steps by `extra_hosts` rather than network aliases.
+    pub host_network: bool,
     /// Where the node's relay delivers its windows, and the run's token.
     pub ingest: Option<(String, String)>,
 }
@@ -89,8 +92,10 @@ pub struct ContainerExited {
     pub node: String,
     /// The engine's container id.
     pub docker_id: String,
-    /// Its exit code.
+    /// Its exit code (-1 when lost).
     pub exit_code: i64,
+    /// Set when the node stopped answering, so the exit is unknown: why.
+    pub lost: Option<String>,
 }
 
 /// A started relay: its id, its address (or why it is unknown), the step image's command.
@@ -108,6 +113,8 @@ pub struct PrepareNode {
     pub image: String,
     /// Where to load it from, if not present.
     pub image_source: Option<String>,
+    /// An engine holding the image to copy from, if it is neither present nor given a source (the broker's, for cloud nodes).
+    pub images_from: Option<Engine>,
 }
 
 impl Handler<PrepareNode> for DockerNodeActor {
@@ -144,7 +151,15 @@ impl Handler<PrepareNode> for DockerNodeActor {
         let node = self.who.node.clone();
         Box::pin(
             async move {
-                let ensured = tokio::time::timeout(limit, engine.ensure_image(&msg.image, msg.image_source.as_deref())).await;
+                let get = async {
+                    match &msg.images_from {
+                        Some(from) if msg.image_source.is_none() && !engine.has_image(&msg.image).await? && from.has_image(&msg.image).await? => {
+                            engine.copy_image_from(from, &msg.image).await
+                        }
+                        _ => engine.ensure_image(&msg.image, msg.image_source.as_deref()).await,
+                    }
+                };
+                let ensured = tokio::time::timeout(limit, get).await;
                 ensured.map_err(|_| DockerError::Timeout {
                     operation: format!("getting image {} ready on node {node}", msg.image),
                     seconds: limit.as_secs(),
@@ -174,6 +189,8 @@ pub struct StartContainer {
     pub launch: Launch,
     /// DNS names on the run network (the step's `dns_name`).
     pub aliases: Vec<String>,
+    /// `name:address` entries for the container's /etc/hosts (other steps' `dns_name` on host-network nodes).
+    pub extra_hosts: Vec<String>,
 }
 
 impl Handler<StartContainer> for DockerNodeActor {
@@ -189,9 +206,10 @@ impl Handler<StartContainer> for DockerNodeActor {
             env: launch.env.clone(),
             cmd,
             labels: self.labels("step"),
-            network: self.who.network.clone(),
-            aliases: msg.aliases,
-            ports: launch.ports.clone(),
+            network: if self.who.host_network { "host".to_string() } else { self.who.network.clone() },
+            aliases: if self.who.host_network { Vec::new() } else { msg.aliases },
+            extra_hosts: if self.who.host_network { msg.extra_hosts } else { Vec::new() },
+            ports: if self.who.host_network { Vec::new() } else { launch.ports.clone() },
             binds: launch.binds.clone(),
         };
         Box::pin(
@@ -210,14 +228,17 @@ impl Handler<StartContainer> for DockerNodeActor {
                 let waited = id.clone();
                 let answer = id.clone();
                 ctx.spawn(async move { engine.wait(&waited).await }.into_actor(act).map(move |exit, act, _| {
-                    let exit_code = exit.unwrap_or_else(|e| {
-                        tracing::warn!(error = %e, container = %id, "lost track of a container");
-                        -1
-                    });
+                    let (exit_code, lost) = match exit {
+                        Ok(code) => (code, None),
+                        Err(e) => {
+                            tracing::warn!(error = %e, container = %id, node = %act.who.node, "lost track of a container: the node stopped answering");
+                            (-1, Some(e.to_string()))
+                        }
+                    };
                     if let Some(t) = act.containers.iter_mut().find(|t| t.docker_id == id) {
                         t.exit_code = Some(exit_code);
                     }
-                    act.step.do_send(ContainerExited { node: act.who.node.clone(), docker_id: id, exit_code });
+                    act.step.do_send(ContainerExited { node: act.who.node.clone(), docker_id: id, exit_code, lost });
                 }));
                 Ok(answer)
             }),

@@ -49,6 +49,8 @@ struct StepSlot {
     view: StepView,
     addr: Option<Addr<StepActor>>,
     prepared: bool,
+    /// The addresses of the step's nodes, once prepared.
+    addresses: Vec<String>,
     outcome: Option<StepOutcome>,
 }
 
@@ -92,7 +94,7 @@ impl RunSupervisor {
         let steps = plan
             .steps
             .iter()
-            .map(|s| (s.id, StepSlot { view: s.clone(), addr: None, prepared: false, outcome: None }))
+            .map(|s| (s.id, StepSlot { view: s.clone(), addr: None, prepared: false, addresses: Vec::new(), outcome: None }))
             .collect();
         Self {
             run_id,
@@ -162,6 +164,14 @@ impl RunSupervisor {
             self.transition(RunState::Terminating, ctx);
         }
         self.stop_steps(StopReason::RunFailing, ctx);
+        // Steps whose actor never started (the run failed while opening) are over too.
+        let never_started: Vec<Uuid> = self.steps.values().filter(|s| s.addr.is_none() && s.outcome.is_none()).map(|s| s.view.id).collect();
+        for id in never_started {
+            if let Some(slot) = self.steps.get_mut(&id) {
+                slot.outcome = Some(StepOutcome::Skipped);
+            }
+            self.record_skipped(id, "the run failed before the step started", ctx);
+        }
         self.maybe_close(ctx);
     }
 
@@ -169,12 +179,20 @@ impl RunSupervisor {
         self.transition(RunState::Initializing, ctx);
         let pool = self.pool.clone();
         let run_id = self.run_id;
-        ctx.wait(async move { pool.send(OpenRun { run_id }).await }.into_actor(self).map(|res, act, ctx| {
-            let network = match res {
-                Ok(Ok(n)) => n,
+        let instances = self.steps.values().filter(|s| !s.view.spec.monitor).map(|s| s.view.spec.instance_count).sum();
+        // A step without a time limit is taken to need a day, for the nodes' dead-man's switch.
+        let run_span = self
+            .steps
+            .values()
+            .map(|s| s.view.spec.run_delay + if s.view.spec.run_max_time == 0 { 86_400 } else { s.view.spec.run_max_time })
+            .max()
+            .unwrap_or(0);
+        ctx.wait(async move { pool.send(OpenRun { run_id, instances }).await }.into_actor(self).map(move |res, act, ctx| {
+            match res {
+                Ok(Ok(())) => {}
                 Ok(Err(e)) => return act.fail(format!("cannot prepare the run: {e}"), ctx),
                 Err(e) => return act.fail(format!("cannot prepare the run: {e}"), ctx),
-            };
+            }
             if act.aborted {
                 return act.maybe_close(ctx);
             }
@@ -211,7 +229,8 @@ impl RunSupervisor {
                     step: slot.view.clone(),
                     plan_env: act.plan.environment_data.clone(),
                     run_env: act.run_env.clone(),
-                    network: network.clone(),
+                    plan_name: act.plan.plan.name.clone(),
+                    run_span: std::time::Duration::from_secs(run_span),
                     settings: act.settings.clone(),
                     db: act.db.clone(),
                     ingest_token: act.ingest_token.clone(),
@@ -219,13 +238,13 @@ impl RunSupervisor {
                 slot.addr = Some(StepActor::new(step_ctx, act.pool.clone(), me.clone()).start());
             }
             for id in monitor_steps {
-                act.record_skipped(id, ctx);
+                act.record_skipped(id, "monitor steps are not run", ctx);
             }
             act.maybe_start(ctx);
         }));
     }
 
-    fn record_skipped(&mut self, step_id: Uuid, ctx: &mut Context<Self>) {
+    fn record_skipped(&mut self, step_id: Uuid, why: &str, ctx: &mut Context<Self>) {
         let (db, run_id) = (self.db.clone(), self.run_id);
         ctx.wait(
             async move {
@@ -236,7 +255,7 @@ impl RunSupervisor {
             .into_actor(self),
         );
         let step = self.step_name(step_id);
-        self.feed.publish(EventKind::Step { step, state: StepState::Skipped, reason: Some("monitor steps are not run".into()) });
+        self.feed.publish(EventKind::Step { step, state: StepState::Skipped, reason: Some(why.into()) });
     }
 
     /// Once every step is prepared: running, and each step started after its delay.
@@ -245,14 +264,22 @@ impl RunSupervisor {
             return;
         }
         self.transition(RunState::Running, ctx);
+        // Each `dns_name` and the addresses of its step's nodes, for nodes that share no network.
+        let hosts: Vec<(String, Vec<String>)> = self
+            .steps
+            .values()
+            .filter_map(|s| Some((s.view.spec.dns_name.clone()?, s.addresses.clone())))
+            .filter(|(_, addresses)| !addresses.is_empty())
+            .collect();
         let mut order: Vec<(u64, Addr<StepActor>)> =
             self.live_steps().filter_map(|s| s.addr.clone().map(|a| (s.view.spec.run_delay, a))).collect();
         order.sort_by_key(|(delay, _)| *delay);
         for (delay, addr) in order {
+            let start = StartStep { hosts: hosts.clone() };
             if delay == 0 {
-                addr.do_send(StartStep);
+                addr.do_send(start);
             } else {
-                self.start_timers.push(ctx.run_later(Duration::from_secs(delay), move |_, _| addr.do_send(StartStep)));
+                self.start_timers.push(ctx.run_later(Duration::from_secs(delay), move |_, _| addr.do_send(start)));
             }
         }
         self.maybe_close(ctx);
@@ -333,9 +360,10 @@ impl Handler<StepReport> for RunSupervisor {
             ReportKind::Event(kind) => {
                 self.feed.publish(kind);
             }
-            ReportKind::Prepared(Ok(())) => {
+            ReportKind::Prepared(Ok(addresses)) => {
                 if let Some(slot) = self.steps.get_mut(&msg.step_id) {
                     slot.prepared = true;
+                    slot.addresses = addresses;
                 }
                 self.maybe_start(ctx);
             }

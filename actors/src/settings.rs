@@ -19,8 +19,6 @@ pub struct RunSettings {
     pub log_tail: usize,
     /// Longest a node may take to get ready (image load or pull, relay start).
     pub prepare_timeout_secs: u64,
-    /// The port of the broker's metrics ingest listener, which relays reach through their node's address.
-    pub ingest_port: u16,
     /// The relays' flush window, in milliseconds.
     pub flush_ms: u64,
 }

@@ -26,7 +26,7 @@ use crate::domain::launch::{self, Launch};
 use crate::domain::views::{StepState, StepView};
 use crate::domain::Env;
 use crate::feed::EventKind;
-use crate::pool::{AcquireNodes, Ec2PoolActor, NodeGrant, ReleaseNodes, RunNetwork};
+use crate::pool::{AcquireNodes, Ec2PoolActor, NodeGrant, ReleaseNodes};
 use crate::settings::RunSettings;
 use crate::store::runs;
 
@@ -65,8 +65,8 @@ pub struct StepReport {
 /// The kinds of step report.
 #[derive(Debug)]
 pub enum ReportKind {
-    /// Nodes are ready (or could not be made ready).
-    Prepared(Result<(), String>),
+    /// Nodes are ready, with their addresses (or could not be made ready).
+    Prepared(Result<Vec<String>, String>),
     /// Something for the live feed.
     Event(EventKind),
     /// The step is over and its nodes are released.
@@ -84,8 +84,10 @@ pub struct StepContext {
     pub plan_env: Env,
     /// The run env.
     pub run_env: Env,
-    /// The run's network.
-    pub network: RunNetwork,
+    /// The plan's name.
+    pub plan_name: String,
+    /// How long the run may last at most, from its start (for the nodes' dead-man's switch).
+    pub run_span: Duration,
     /// Shared settings.
     pub settings: RunSettings,
     /// The database.
@@ -107,6 +109,7 @@ struct Node {
     id: String,
     addr: Addr<DockerNodeActor>,
     launch: Launch,
+    address: String,
 }
 
 /// Runs one step.
@@ -121,6 +124,8 @@ pub struct StepActor {
     pending_starts: Vec<SpawnHandle>,
     stop: Option<StopReason>,
     failure: Option<String>,
+    lost: Vec<String>,
+    hosts: Vec<(String, Vec<String>)>,
 }
 
 impl StepActor {
@@ -137,6 +142,8 @@ impl StepActor {
             pending_starts: Vec::new(),
             stop: None,
             failure: None,
+            lost: Vec::new(),
+            hosts: Vec::new(),
         }
     }
 
@@ -188,10 +195,13 @@ impl StepActor {
         let acquire = AcquireNodes {
             run_id: c.run_id,
             step_id: c.step.id,
+            plan: c.plan_name.clone(),
             step_position: c.step.position,
             count: c.step.spec.instance_count,
+            min_nodes: c.step.spec.min_nodes.unwrap_or(c.step.spec.instance_count),
             instance_type: c.step.spec.instance_type.clone(),
             region: c.step.spec.instance_region.clone(),
+            needed_for: c.run_span + Duration::from_secs(c.settings.prepare_timeout_secs),
         };
         let fut = async move {
             let grants = pool.send(acquire).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
@@ -206,11 +216,15 @@ impl StepActor {
                 Ok(grants) => grants
                     .into_iter()
                     .map(|g| {
-                        let ingest = Some((
-                            format!("http://{}:{}/ingest/{}", g.address, c.settings.ingest_port, c.run_id),
-                            c.ingest_token.clone(),
-                        ));
-                        let who = NodeIdentity { run_id: c.run_id, step_id: c.step.id, node: g.id.clone(), network: c.network.name.clone(), ingest };
+                        let ingest = Some((format!("{}/ingest/{}", g.ingest_base, c.run_id), c.ingest_token.clone()));
+                        let who = NodeIdentity {
+                            run_id: c.run_id,
+                            step_id: c.step.id,
+                            node: g.id.clone(),
+                            network: g.network.clone(),
+                            host_network: g.host_network,
+                            ingest,
+                        };
                         let addr = DockerNodeActor::new(g.engine.clone(), c.db.clone(), c.settings.clone(), who, me.clone()).start();
                         (g, addr)
                     })
@@ -228,7 +242,7 @@ impl StepActor {
                         Ok(l) => (l.image, l.image_source),
                         Err(_) => (c.step.spec.container_name.clone(), c.step.spec.container_url.clone()),
                     };
-                    addr.send(PrepareNode { image, image_source })
+                    addr.send(PrepareNode { image, image_source, images_from: grant.images_from.clone() })
                 })
                 .collect();
             async move { join_all(sends).await }.into_actor(act).map(move |results, act, ctx| {
@@ -257,7 +271,7 @@ impl StepActor {
                     if act.failure.is_none() {
                         act.event(EventKind::Node { step: act.name(), node: grant.id.clone(), state: "ready".into() });
                     }
-                    act.nodes.push(Node { id: grant.id, addr, launch });
+                    act.nodes.push(Node { id: grant.id, addr, launch, address: grant.address });
                 }
                 act.after_prepare(ctx);
             })
@@ -272,7 +286,7 @@ impl StepActor {
             self.finish(StepOutcome::Skipped, ctx);
         } else {
             self.phase = Phase::Ready;
-            self.report(ReportKind::Prepared(Ok(())));
+            self.report(ReportKind::Prepared(Ok(self.nodes.iter().map(|n| n.address.clone()).collect())));
         }
     }
 
@@ -281,7 +295,9 @@ impl StepActor {
             return;
         }
         let node = &self.nodes[index];
-        let msg = StartContainer { launch: node.launch.clone(), aliases: self.ctx.step.spec.dns_name.iter().cloned().collect() };
+        // Node i of this step reaches node i (mod n) of a step by its dns_name.
+        let extra_hosts = self.hosts.iter().map(|(name, addresses)| format!("{name}:{}", addresses[index % addresses.len()])).collect();
+        let msg = StartContainer { launch: node.launch.clone(), aliases: self.ctx.step.spec.dns_name.iter().cloned().collect(), extra_hosts };
         let (addr, node_id) = (node.addr.clone(), node.id.clone());
         ctx.spawn(async move { addr.send(msg).await }.into_actor(self).map(move |res, act, ctx| {
             act.started += 1;
@@ -409,17 +425,21 @@ impl Actor for StepActor {
 }
 
 /// Starts the step's containers now, node after node `node_delay` apart.
-#[derive(Debug, Message)]
+#[derive(Clone, Debug, Message)]
 #[rtype(result = "()")]
-pub struct StartStep;
+pub struct StartStep {
+    /// Every `dns_name` of the run with its step's node addresses (used where nodes share no network).
+    pub hosts: Vec<(String, Vec<String>)>,
+}
 
 impl Handler<StartStep> for StepActor {
     type Result = ();
 
-    fn handle(&mut self, _: StartStep, ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: StartStep, ctx: &mut Context<Self>) {
         if self.phase != Phase::Ready {
             return;
         }
+        self.hosts = msg.hosts;
         self.phase = Phase::Running;
         self.set_state(StepState::Running, None, ctx);
         let delay = self.ctx.step.spec.node_delay;
@@ -461,6 +481,10 @@ impl Handler<ContainerExited> for StepActor {
 
     fn handle(&mut self, msg: ContainerExited, ctx: &mut Context<Self>) {
         self.exits.insert(msg.docker_id.clone(), Some(msg.exit_code));
+        if let Some(why) = msg.lost {
+            self.node_lost(msg.node, why, ctx);
+            return self.check_done(ctx);
+        }
         self.event(EventKind::Container {
             step: self.name(),
             node: msg.node.clone(),
@@ -472,6 +496,31 @@ impl Handler<ContainerExited> for StepActor {
             self.failure = Some(format!("the container on node {} exited with code {}", msg.node, msg.exit_code));
         }
         self.check_done(ctx);
+    }
+}
+
+impl StepActor {
+    /// A node stopped answering: with `prune_running` the step goes on without it
+    /// (unless it was the last); otherwise the step fails and stops its other nodes.
+    fn node_lost(&mut self, node: String, why: String, ctx: &mut Context<Self>) {
+        self.lost.push(node.clone());
+        let state = if self.ctx.step.spec.prune_running { "pruned" } else { "lost" };
+        self.event(EventKind::Node { step: self.name(), node: node.clone(), state: state.into() });
+        let all_lost = self.lost.len() >= self.nodes.len();
+        if self.phase != Phase::Running {
+            return;
+        }
+        if !self.ctx.step.spec.prune_running || all_lost {
+            let reason = if all_lost && self.ctx.step.spec.prune_running {
+                format!("every node stopped answering (last: {node}: {why})")
+            } else {
+                format!("node {node} stopped answering: {why}")
+            };
+            self.failure.get_or_insert(reason);
+            self.begin_stop(None, ctx);
+        } else {
+            tracing::warn!(run_id = %self.ctx.run_id, step = %self.name(), %node, reason = %why, "node pruned; the step goes on without it");
+        }
     }
 }
 

@@ -8,6 +8,7 @@ mod m20261127_000001_create_catalog;
 mod m20261128_000002_create_container;
 mod m20261128_000003_create_metric_summary;
 mod m20261128_000004_add_dashboards;
+mod m20261128_000005_add_min_nodes;
 
 /// Applies every migration in order.
 pub struct Migrator;
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000002_create_container::Migration),
             Box::new(m20261128_000003_create_metric_summary::Migration),
             Box::new(m20261128_000004_add_dashboards::Migration),
+            Box::new(m20261128_000005_add_min_nodes::Migration),
         ]
     }
 }

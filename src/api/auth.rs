@@ -1,11 +1,13 @@
-//! Bearer-token authentication of the API.
+//! Bearer-token authentication of the API, with two roles.
 //!
-//! With no token configured the API is open, which startup allows only on a
-//! loopback address. Tokens are compared in constant time.
+//! `operate` tokens (`auth.tokens`) may do everything; `read` tokens
+//! (`auth.read_tokens`) may only `GET` (the websocket feed included): anything
+//! else is 403. With no token configured the API is open, which startup allows
+//! only on a loopback address. Tokens are compared in constant time.
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::{header, StatusCode};
+use actix_web::http::{header, Method, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{web, Error, ResponseError};
 use subtle::ConstantTimeEq;
@@ -13,14 +15,44 @@ use subtle::ConstantTimeEq;
 use super::compat::CompatError;
 use super::error::ApiError;
 
-/// The accepted tokens.
+/// What a token may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Read anything.
+    Read,
+    /// Read and change anything: start, abort and delete runs, terminate instances, edit the catalog.
+    Operate,
+}
+
+/// The accepted tokens, by role.
 #[derive(Clone, Default)]
-pub struct Tokens(pub Vec<String>);
+pub struct Tokens {
+    /// Tokens with the `operate` role.
+    pub operate: Vec<String>,
+    /// Tokens with the `read` role.
+    pub read: Vec<String>,
+}
+
+fn any_equal(tokens: &[String], candidate: &str) -> bool {
+    tokens.iter().fold(false, |found, token| found | bool::from(token.as_bytes().ct_eq(candidate.as_bytes())))
+}
 
 impl Tokens {
-    /// Whether `candidate` is one of the tokens; every token is compared, in constant time each.
-    pub fn accepts(&self, candidate: &str) -> bool {
-        self.0.iter().fold(false, |found, token| found | bool::from(token.as_bytes().ct_eq(candidate.as_bytes())))
+    /// Whether any token is configured.
+    pub fn enabled(&self) -> bool {
+        !self.operate.is_empty() || !self.read.is_empty()
+    }
+
+    /// The role of `candidate`; every token is compared, in constant time each.
+    pub fn role(&self, candidate: &str) -> Option<Role> {
+        let (operate, read) = (any_equal(&self.operate, candidate), any_equal(&self.read, candidate));
+        if operate {
+            Some(Role::Operate)
+        } else if read {
+            Some(Role::Read)
+        } else {
+            None
+        }
     }
 }
 
@@ -39,12 +71,19 @@ pub async fn require_token(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
     let tokens = req.app_data::<web::Data<Tokens>>().map(|t| t.get_ref().clone()).unwrap_or_default();
-    if tokens.0.is_empty() || PUBLIC.contains(&req.path()) {
+    if !tokens.enabled() || PUBLIC.contains(&req.path()) {
         return next.call(req).await.map(ServiceResponse::map_into_left_body);
     }
-    let error = match bearer(&req) {
-        Some(token) if tokens.accepts(token) => return next.call(req).await.map(ServiceResponse::map_into_left_body),
-        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the bearer token is not valid"),
+    let reads = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let error = match bearer(&req).map(|token| tokens.role(token)) {
+        Some(Some(Role::Operate)) => return next.call(req).await.map(ServiceResponse::map_into_left_body),
+        Some(Some(Role::Read)) if reads => return next.call(req).await.map(ServiceResponse::map_into_left_body),
+        Some(Some(Role::Read)) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("this token has the `read` role; {} {} needs an `operate` token (auth.tokens)", req.method(), req.path()),
+        ),
+        Some(None) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the bearer token is not valid"),
         None => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "this API needs an `Authorization: Bearer <token>` header"),
     };
     let response = if req.path().starts_with("/api/v1") {
@@ -57,13 +96,15 @@ pub async fn require_token(
 
 #[cfg(test)]
 mod tests {
-    use super::Tokens;
+    use super::{Role, Tokens};
 
     #[test]
-    fn accepts_only_configured_tokens() {
-        let tokens = Tokens(vec!["0123456789abcdef".into(), "fedcba9876543210".into()]);
-        assert!(tokens.accepts("fedcba9876543210"));
-        assert!(!tokens.accepts("fedcba987654321"));
-        assert!(!tokens.accepts(""));
+    fn tokens_have_the_role_they_were_configured_with() {
+        let tokens = Tokens { operate: vec!["0123456789abcdef".into()], read: vec!["fedcba9876543210".into()] };
+        assert_eq!(tokens.role("0123456789abcdef"), Some(Role::Operate));
+        assert_eq!(tokens.role("fedcba9876543210"), Some(Role::Read));
+        assert_eq!(tokens.role("fedcba987654321"), None);
+        assert_eq!(tokens.role(""), None);
+        assert!(!Tokens::default().enabled());
     }
 }

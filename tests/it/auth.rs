@@ -80,3 +80,40 @@ fn short_tokens_are_refused() {
     let err = loads::config::Settings::load_from(None, vec![("LOADS__AUTH__TOKENS".into(), "short".into())]).unwrap_err();
     assert!(err.to_string().contains("auth.tokens"), "{err}");
 }
+
+/// A `read` token may read everything, the live feed included, and nothing else:
+/// every change answers 403 naming the role it needs; an `operate` token may do it.
+#[actix_web::test]
+async fn read_tokens_read_and_operate_tokens_change() {
+    const READER: &str = "reader-token-0123456789";
+    let mut app = TestApp::spawn(Backend::Sqlite, &[("LOADS__AUTH__TOKENS", TOKEN), ("LOADS__AUTH__READ_TOKENS", READER)]).await;
+    app.token = Some(TOKEN.into());
+    let plan = app.create_plan(json!({"name": "p", "enabled": false, "steps": [{"name": "s", "container_name": "x"}]})).await;
+    let plan_id = plan["id"].as_str().unwrap().to_string();
+
+    app.token = Some(READER.into());
+    for path in ["/api/v1/projects", "/api/v1/runs", &format!("/api/v1/plans/{plan_id}"), "/api"] {
+        let (status, body) = app.get(path).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+    }
+    let writes: Vec<(&str, String)> = vec![
+        ("POST", "/api/v1/projects".into()),
+        ("POST", format!("/api/v1/plans/{plan_id}/runs")),
+        ("DELETE", format!("/api/v1/plans/{plan_id}")),
+        ("POST", format!("/api/v1/runs/{}/abort", uuid::Uuid::new_v4())),
+        ("DELETE", "/api/v1/instances/i-0123456789abcdef0".into()),
+    ];
+    for (method, path) in &writes {
+        let (status, body) = app.send(method, path, Some("application/json"), b"{}".to_vec()).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}: {body}");
+        assert_eq!(body["error"], "forbidden");
+        assert!(body["message"].as_str().unwrap().contains("needs an `operate` token"), "{body}");
+    }
+    let (status, body) = app.send("DELETE", "/api/instances", None, Vec::new()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "the compat API too: {body}");
+    assert_eq!(body["status"], 403);
+
+    app.token = Some(TOKEN.into());
+    let (status, body) = app.send("DELETE", &format!("/api/v1/plans/{plan_id}"), None, Vec::new()).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+}

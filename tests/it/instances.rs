@@ -10,13 +10,13 @@ use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_ec2::types::{InstanceType, ResourceType, Tag, TagSpecification};
 use serde_json::Value;
 
-const REGION: &str = "us-west-2";
+pub const REGION: &str = "us-west-2";
 
-fn moto() -> String {
+pub fn moto() -> String {
     std::env::var("LOADS_TEST_MOTO_URL").expect("LOADS_TEST_MOTO_URL (scripts/test starts the moto server)")
 }
 
-fn client() -> aws_sdk_ec2::Client {
+pub fn client() -> aws_sdk_ec2::Client {
     let config = aws_sdk_ec2::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(REGION))
@@ -57,7 +57,7 @@ fn serve(broker: &str, port: u16, db: &str) -> Child {
         .env("LOADS__BROKER__ID", broker)
         .env("LOADS__SERVER__PORT", port.to_string())
         .env("LOADS__EC2__ENDPOINT_URL", moto())
-        .env("LOADS__EC2__REGIONS", REGION)
+        .env("LOADS__EC2__REGIONS__US_WEST_2__AMI", "ami-12c6146b")
         .env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing")
         .env_remove("AWS_PROFILE")

@@ -3,62 +3,14 @@
 //! the SSH connection.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use loads_actors::infra::docker::ContainerSpec;
 use loads_actors::infra::ssh::{SshError, SshNode, SshSettings};
 
 use crate::helpers::{ensure_images, leftovers, LabelGuard};
-
-struct Sshd {
-    child: Child,
-    addr: SocketAddr,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn keygen(path: &Path) {
-    let out = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(path).output().expect("ssh-keygen");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn start_sshd() -> Sshd {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    keygen(&d.join("host_key"));
-    keygen(&d.join("client_key"));
-    std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys")).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let config = format!(
-        "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n\
-         PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
-         StrictModes no\nPidFile {d}/sshd.pid\n",
-        d = d.display()
-    );
-    std::fs::write(d.join("sshd_config"), config).unwrap();
-    std::fs::create_dir_all("/run/sshd").unwrap();
-    let child = Command::new("/usr/sbin/sshd")
-        .args(["-D", "-e", "-f"])
-        .arg(d.join("sshd_config"))
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("sshd (apt-get install openssh-server)");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(std::time::Instant::now() < deadline, "sshd did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Sshd { child, addr, dir }
-}
+use crate::sshd::{known_hosts_with, start_sshd, Sshd};
 
 fn settings(sshd: &Sshd, known_hosts: PathBuf, record: bool) -> SshSettings {
     SshSettings {
@@ -70,14 +22,6 @@ fn settings(sshd: &Sshd, known_hosts: PathBuf, record: bool) -> SshSettings {
     }
 }
 
-fn known_hosts_with(sshd: &Sshd, key: &Path, name: &str) -> PathBuf {
-    let public = std::fs::read_to_string(key).unwrap();
-    let mut fields = public.split_whitespace();
-    let line = format!("[127.0.0.1]:{} {} {}\n", sshd.addr.port(), fields.next().unwrap(), fields.next().unwrap());
-    let path = sshd.dir.path().join(name);
-    std::fs::write(&path, line).unwrap();
-    path
-}
 
 /// The host key is checked: known matches connect, a different key or an unknown one is refused,
 /// and first-use recording (when enabled) records it.
@@ -122,7 +66,7 @@ async fn docker_on_the_node_is_reached_through_ssh() {
     let sshd = start_sshd();
     let known = known_hosts_with(&sshd, &sshd.dir.path().join("host_key.pub"), "known");
     let node = SshNode::connect(sshd.addr, &settings(&sshd, known, false)).await.unwrap();
-    let engine = node.docker().await.expect("docker over ssh");
+    let (engine, _bridge) = node.docker().await.expect("docker over ssh");
     assert!(!engine.version().await.unwrap().is_empty());
     assert!(engine.has_image(loads::images::BUSYBOX).await.unwrap());
 
@@ -145,6 +89,9 @@ async fn docker_on_the_node_is_reached_through_ssh() {
     for _ in 0..20 {
         assert!(engine.has_image(loads::images::BUSYBOX).await.unwrap(), "pooled connections keep working");
     }
+    // An image streamed from the broker's engine into the node's (here the same engine: a reload).
+    let local = loads_actors::infra::docker::Engine::local().await.unwrap();
+    engine.copy_image_from(&local, loads::images::BUSYBOX).await.expect("image streamed over ssh");
     let (containers, networks) = engine.sweep(&[("loads.broker", &broker)]).await.unwrap();
     assert_eq!((containers, networks), (1, 1));
     let (c, n) = leftovers(&broker);

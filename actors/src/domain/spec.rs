@@ -92,7 +92,9 @@ pub struct StepSpec {
     pub volume_mapping: Option<String>,
     /// Metrics `type` tag of this step.
     pub docker_series: Option<String>,
-    /// Terminate nodes that stop answering.
+    /// Fewer ready nodes than this and the step fails; with more it runs on those it got. `None` = all.
+    pub min_nodes: Option<u32>,
+    /// A node that stops answering during the run is dropped and the step goes on (else the step fails).
     pub prune_running: bool,
     /// The original broker's monitoring step (InfluxDB + Grafana); accepted, not needed.
     pub monitor: bool,
@@ -121,6 +123,7 @@ impl StepSpec {
             port_mapping: None,
             volume_mapping: None,
             docker_series: None,
+            min_nodes: None,
             prune_running: true,
             monitor: false,
             service: false,

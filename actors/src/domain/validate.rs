@@ -55,6 +55,7 @@ const STEP_FIELDS: &[&str] = &[
     "volume_mapping",
     "docker_series",
     "prune_running",
+    "min_nodes",
     "monitor",
     "service",
     "required",
@@ -373,6 +374,13 @@ impl<'l> Walker<'l> {
             self.error(join(path, "instance_count"), format!("must be at most {cap} (limits.max_instance_count)"));
         }
         step.instance_count = u32::try_from(count.min(cap)).unwrap_or(defaults::INSTANCE_COUNT);
+        if m.get("min_nodes").is_some_and(|v| !v.is_null()) {
+            let min = self.whole(m, path, "min_nodes", count);
+            if min == 0 || min > count {
+                self.error(join(path, "min_nodes"), format!("must be from 1 to instance_count ({count})"));
+            }
+            step.min_nodes = u32::try_from(min.clamp(1, count.max(1))).ok();
+        }
 
         if let Some(t) = self.string(m, path, "instance_type", false) {
             if t.is_empty() || t.chars().any(char::is_whitespace) {
@@ -575,6 +583,18 @@ mod tests {
         }));
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(errs[0].starts_with("steps[0].environment_data.BAD: unknown variable `$NOPE`"), "{errs:?}");
+    }
+
+    #[test]
+    fn min_nodes_is_between_one_and_instance_count() {
+        let ok = plan(&json!({"name": "p", "steps": [{"name": "s", "container_name": "i", "instance_count": 3, "min_nodes": 2}]}), &Limits::default()).unwrap();
+        assert_eq!(ok.value.steps[0].min_nodes, Some(2));
+        let default = plan(&json!({"name": "p", "steps": [{"name": "s", "container_name": "i"}]}), &Limits::default()).unwrap();
+        assert_eq!(default.value.steps[0].min_nodes, None, "all nodes");
+        for bad in [0, 4] {
+            let err = plan(&json!({"name": "p", "steps": [{"name": "s", "container_name": "i", "instance_count": 3, "min_nodes": bad}]}), &Limits::default()).unwrap_err();
+            assert_eq!(err.0[0].to_string(), "steps[0].min_nodes: must be from 1 to instance_count (3)");
+        }
     }
 
     #[test]

@@ -47,6 +47,14 @@ pub enum DockerError {
         /// The engine's message.
         message: String,
     },
+    /// An image could not be streamed from the broker's engine to a node's.
+    #[error("cannot copy image {image} to the node: {message}")]
+    Copy {
+        /// The image.
+        image: String,
+        /// Why it failed.
+        message: String,
+    },
     /// A `container_url` tarball could not be fetched or loaded.
     #[error("cannot load image {image} from {source_url}: {message}")]
     Load {
@@ -145,12 +153,20 @@ pub struct ContainerSpec {
     pub ports: Vec<(u16, u16)>,
     /// Bind mounts, `host:container[:ro|rw]`.
     pub binds: Vec<String>,
+    /// `name:address` lines added to the container's /etc/hosts.
+    pub extra_hosts: Vec<String>,
 }
 
 /// A connection to one Docker engine.
 #[derive(Clone)]
 pub struct Engine {
     docker: Docker,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Engine")
+    }
 }
 
 impl Engine {
@@ -293,6 +309,56 @@ impl Engine {
         Ok((created.id, gateway))
     }
 
+    /// The network `name`, created with `labels` unless it exists; answers its id and gateway.
+    /// Several nodes may share one engine (a test double of a cluster) and create it at the same
+    /// moment (the engine allows equal names): every racer settles on the oldest and removes its
+    /// own, so callers must refer to the network by the id answered.
+    pub async fn ensure_network(&self, name: &str, labels: HashMap<String, String>) -> Result<(String, String), DockerError> {
+        if let Some(found) = self.oldest_network(name).await? {
+            return Ok(found);
+        }
+        let (id, gateway) = self.create_network(name, labels).await?;
+        match self.oldest_network(name).await? {
+            Some((oldest, gateway)) if oldest != id => {
+                self.docker.remove_network(&id).await.map_err(|source| DockerError::CreateNetwork { name: name.into(), source })?;
+                Ok((oldest, gateway))
+            }
+            _ => Ok((id, gateway)),
+        }
+    }
+
+    /// The oldest network named exactly `name`, with its gateway.
+    async fn oldest_network(&self, name: &str) -> Result<Option<(String, String)>, DockerError> {
+        let filters = HashMap::from([("name".to_string(), vec![name.to_string()])]);
+        let mut same: Vec<_> = self
+            .docker
+            .list_networks(Some(ListNetworksOptions { filters: Some(filters) }))
+            .await
+            .map_err(|source| DockerError::CreateNetwork { name: name.into(), source })?
+            .into_iter()
+            .filter(|n| n.name.as_deref() == Some(name))
+            .collect();
+        same.sort_by(|a, b| (&a.created, &a.id).cmp(&(&b.created, &b.id)));
+        Ok(same.into_iter().next().map(|n| {
+            let gateway = n.ipam.and_then(|ipam| ipam.config).and_then(|configs| configs.into_iter().find_map(|c| c.gateway));
+            (n.id.unwrap_or_default(), gateway.unwrap_or_default())
+        }))
+    }
+
+    /// Streams `image` from the `source` engine into this one (`docker save | docker load` without a file).
+    pub async fn copy_image_from(&self, source: &Engine, image: &str) -> Result<(), DockerError> {
+        let fail = |message: String| DockerError::Copy { image: image.into(), message };
+        let export = source.docker.export_image(image).map(|chunk| chunk.map_err(|e| std::io::Error::other(engine_message(&e))));
+        let mut stream = self.docker.import_image(ImportImageOptions::default(), bollard::body_try_stream(export), None);
+        while let Some(item) = stream.next().await {
+            item.map_err(|e| fail(engine_message(&e)))?;
+        }
+        if !self.has_image(image).await? {
+            return Err(fail("the engine did not keep it".into()));
+        }
+        Ok(())
+    }
+
     /// Creates and starts a container; answers its id. A container that was
     /// created but failed to start is removed again.
     pub async fn start_container(&self, spec: &ContainerSpec) -> Result<String, DockerError> {
@@ -316,10 +382,12 @@ impl Engine {
                 network_mode: Some(spec.network.clone()),
                 port_bindings,
                 binds: (!spec.binds.is_empty()).then(|| spec.binds.clone()),
+                extra_hosts: (!spec.extra_hosts.is_empty()).then(|| spec.extra_hosts.clone()),
                 init: Some(true),
                 ..Default::default()
             }),
-            networking_config: Some(NetworkingConfig {
+            // The host's network has no endpoint settings (and no aliases).
+            networking_config: (spec.network != "host").then(|| NetworkingConfig {
                 endpoints_config: Some(HashMap::from([(
                     spec.network.clone(),
                     EndpointSettings { aliases: Some(spec.aliases.clone()), ..Default::default() },
@@ -343,11 +411,12 @@ impl Engine {
             .inspect_container(id, None)
             .await
             .map_err(|source| DockerError::Container { operation: "inspect", id: id.into(), source })?;
+        // `network` is a name or an id; the engine keys its answer by name.
         Ok(inspect
             .network_settings
             .and_then(|n| n.networks)
-            .and_then(|mut n| n.remove(network))
-            .and_then(|e| e.ip_address)
+            .and_then(|n| n.into_iter().find(|(key, e)| key == network || e.network_id.as_deref() == Some(network)))
+            .and_then(|(_, e)| e.ip_address)
             .unwrap_or_default())
     }
 

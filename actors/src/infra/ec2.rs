@@ -1,5 +1,7 @@
-//! EC2, through aws-sdk-ec2: the instances this broker owns, found by its
-//! tags, and the reaper that terminates those no live run needs.
+//! EC2, through aws-sdk-ec2: launching a step's instances (tagged, with the
+//! user-data that arms the dead-man's switch), waiting for them, the instances
+//! this broker owns, found by its tags, and the reaper rule that terminates
+//! those no live run needs.
 //!
 //! Every instance loads launches carries `Name = loads-<broker>-<plan>`,
 //! `Project = loads`, `loads:broker`, `loads:run`, `loads:step`, `Owner` and
@@ -7,8 +9,10 @@
 //! tagged with its own `loads:broker`.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-use aws_sdk_ec2::types::{Filter, Instance};
+use aws_sdk_ec2::error::ProvideErrorMetadata;
+use aws_sdk_ec2::types::{Filter, Instance, InstanceType, ResourceType, ShutdownBehavior, Tag, TagSpecification};
 use aws_sdk_ec2::Client;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -24,6 +28,8 @@ pub mod tags {
     pub const STEP: &str = "loads:step";
     /// When it must be gone, RFC 3339.
     pub const EXPIRES_AT: &str = "loads:expires-at";
+    /// Set while a pooled instance waits, idle, for its next run: since when, RFC 3339.
+    pub const IDLE_SINCE: &str = "loads:idle-since";
 }
 
 /// Why EC2 refused.
@@ -34,8 +40,83 @@ pub struct Ec2Error {
     pub region: String,
     /// What was being done.
     pub operation: &'static str,
-    /// AWS's message.
+    /// AWS's message, with its error code.
     pub message: String,
+    /// AWS's error code (`RequestLimitExceeded`, `InsufficientInstanceCapacity`, ...), when it gave one.
+    pub code: Option<String>,
+}
+
+impl Ec2Error {
+    /// Whether trying again later may succeed: throttling, capacity, AWS-side failures.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self.code.as_deref(),
+            Some(
+                "RequestLimitExceeded"
+                    | "Throttling"
+                    | "ThrottlingException"
+                    | "InsufficientInstanceCapacity"
+                    | "InsufficientCapacity"
+                    | "InternalError"
+                    | "ServiceUnavailable"
+                    | "Unavailable"
+            )
+        )
+    }
+}
+
+/// Where and how a region's instances are launched (`ec2.regions.<region>`).
+#[derive(Clone, Debug, Default)]
+pub struct RegionConfig {
+    /// The machine image: an id (`ami-...`) or `resolve:ssm:<public parameter>`, which EC2 resolves itself.
+    pub ami: String,
+    /// The subnet; empty for the default VPC's.
+    pub subnet_id: String,
+    /// Security groups (they must let the broker reach port 22); empty for the default.
+    pub security_group_ids: Vec<String>,
+    /// The EC2 key pair whose private half is `ssh.key_path`; empty for none.
+    pub key_name: String,
+}
+
+/// How launches retry throttling and capacity errors: exponential backoff with full jitter.
+#[derive(Clone, Copy, Debug)]
+pub struct Backoff {
+    /// Attempts in all, the first included.
+    pub attempts: u32,
+    /// The first wait; each next one doubles.
+    pub base: Duration,
+    /// The longest wait.
+    pub cap: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { attempts: 6, base: Duration::from_millis(500), cap: Duration::from_secs(20) }
+    }
+}
+
+impl Backoff {
+    /// The wait before attempt `n` (1 = the first retry): a random time up to `min(cap, base * 2^(n-1))`.
+    pub fn wait(&self, n: u32) -> Duration {
+        let ceiling = self.base.saturating_mul(1 << n.saturating_sub(1).min(16)).min(self.cap);
+        let fraction = (uuid::Uuid::new_v4().as_u128() % 1000) as u32;
+        ceiling * fraction / 1000
+    }
+}
+
+/// One `RunInstances` request of a step.
+#[derive(Clone, Debug)]
+pub struct Launch {
+    /// Machine type.
+    pub instance_type: String,
+    /// How many are wanted.
+    pub count: u32,
+    /// Fewer than this and the launch fails (EC2's `MinCount`).
+    pub min_count: u32,
+    /// Tags on the instances and their volumes.
+    pub tags: Vec<(String, String)>,
+    /// The rendered user-data script.
+    pub user_data: String,
 }
 
 /// An instance as the API shows it.
@@ -57,6 +138,36 @@ pub struct InstanceView {
     pub private_ip_address: Option<String>,
     /// Its tags.
     pub tags: BTreeMap<String, String>,
+}
+
+/// The built-in user-data template (`templates/user-data.sh.hbs`).
+pub const USER_DATA_TEMPLATE: &str = include_str!("../../../templates/user-data.sh.hbs");
+
+/// What the user-data template is given.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeBoot {
+    /// This broker's id.
+    pub broker: String,
+    /// The run.
+    pub run: String,
+    /// The step.
+    pub step: String,
+    /// The dead-man's switch deadline, RFC 3339.
+    pub expires_at: String,
+    /// The same deadline, in seconds since the epoch.
+    pub expires_epoch: i64,
+    /// The node's directory for loads' files (the deadline).
+    pub node_dir: String,
+    /// Node tuning commands, run as root.
+    pub tuning: Vec<String>,
+}
+
+/// Renders a user-data template; values are inserted verbatim (it is a shell script, not HTML).
+pub fn render_user_data(template: &str, boot: &NodeBoot) -> Result<String, String> {
+    let mut hb = handlebars::Handlebars::new();
+    hb.set_strict_mode(true);
+    hb.register_escape_fn(handlebars::no_escape);
+    hb.render_template(template, boot).map_err(|e| format!("the user-data template: {e}"))
 }
 
 /// EC2 in one region.
@@ -97,8 +208,116 @@ impl Region {
         Self { client, name: region.to_string() }
     }
 
-    fn error(&self, operation: &'static str, e: impl std::error::Error) -> Ec2Error {
-        Ec2Error { region: self.name.clone(), operation, message: message(e) }
+    fn error<E: std::error::Error + ProvideErrorMetadata>(&self, operation: &'static str, e: E) -> Ec2Error {
+        let code = e.code().map(str::to_string);
+        let text = match (e.code(), e.message()) {
+            (Some(code), Some(msg)) => format!("{code}: {msg}"),
+            _ => message(e),
+        };
+        Ec2Error { region: self.name.clone(), operation, message: text, code }
+    }
+
+    /// Launches instances (`RunInstances`), retrying throttling and capacity errors per `backoff`; answers their ids.
+    pub async fn launch(&self, config: &RegionConfig, launch: &Launch, backoff: Backoff) -> Result<Vec<String>, Ec2Error> {
+        use base64::Engine as _;
+        let tags: Vec<Tag> = launch.tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect();
+        let on = |kind| TagSpecification::builder().resource_type(kind).set_tags(Some(tags.clone())).build();
+        let mut attempt = 0;
+        loop {
+            let mut request = self
+                .client
+                .run_instances()
+                .image_id(&config.ami)
+                .instance_type(InstanceType::from(launch.instance_type.as_str()))
+                .min_count(i32::try_from(launch.min_count.max(1)).unwrap_or(1))
+                .max_count(i32::try_from(launch.count).unwrap_or(i32::MAX))
+                .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
+                .user_data(base64::engine::general_purpose::STANDARD.encode(&launch.user_data))
+                .tag_specifications(on(ResourceType::Instance))
+                .tag_specifications(on(ResourceType::Volume));
+            if !config.subnet_id.is_empty() {
+                request = request.subnet_id(&config.subnet_id);
+            }
+            if !config.security_group_ids.is_empty() {
+                request = request.set_security_group_ids(Some(config.security_group_ids.clone()));
+            }
+            if !config.key_name.is_empty() {
+                request = request.key_name(&config.key_name);
+            }
+            match request.send().await {
+                Ok(out) => return Ok(out.instances().iter().filter_map(|i| i.instance_id().map(str::to_string)).collect()),
+                Err(e) => {
+                    let error = self.error("launch instances", e);
+                    attempt += 1;
+                    if !error.is_transient() || attempt >= backoff.attempts {
+                        return Err(error);
+                    }
+                    let wait = backoff.wait(attempt);
+                    tracing::warn!(region = %self.name, error = %error, attempt, wait_ms = wait.as_millis() as u64, "EC2 refused a launch; trying again");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// Instances by id, whatever their state.
+    pub async fn describe(&self, ids: &[String]) -> Result<Vec<InstanceView>, Ec2Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let answer = self
+            .client
+            .describe_instances()
+            .set_instance_ids(Some(ids.to_vec()))
+            .send()
+            .await
+            .map_err(|e| self.error("describe instances", e))?;
+        Ok(answer.reservations().iter().flat_map(|r| r.instances()).map(|i| self.view(i)).collect())
+    }
+
+    /// Waits until the instances are running or `timeout` passes; answers those running and the ids of the others.
+    pub async fn wait_running(&self, ids: &[String], timeout: Duration) -> Result<(Vec<InstanceView>, Vec<String>), Ec2Error> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let seen = self.describe(ids).await?;
+            let running: Vec<InstanceView> = seen.iter().filter(|i| i.state == "running").cloned().collect();
+            let waiting = seen.iter().any(|i| i.state == "pending");
+            if !waiting || tokio::time::Instant::now() >= deadline {
+                let others = ids.iter().filter(|id| !running.iter().any(|r| &r.id == *id)).cloned().collect();
+                return Ok((running, others));
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+
+    /// Sets tags on instances (and replaces those with the same keys).
+    pub async fn tag(&self, ids: &[String], tags: &[(String, String)]) -> Result<(), Ec2Error> {
+        if ids.is_empty() || tags.is_empty() {
+            return Ok(());
+        }
+        self.client
+            .create_tags()
+            .set_resources(Some(ids.to_vec()))
+            .set_tags(Some(tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect()))
+            .send()
+            .await
+            .map_err(|e| self.error("tag instances", e))?;
+        Ok(())
+    }
+
+    /// Removes tags from instances.
+    pub async fn untag(&self, ids: &[String], keys: &[&str]) -> Result<(), Ec2Error> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.client
+            .delete_tags()
+            .set_resources(Some(ids.to_vec()))
+            .set_tags(Some(keys.iter().map(|k| Tag::builder().key(*k).build()).collect()))
+            .send()
+            .await
+            .map_err(|e| self.error("untag instances", e))?;
+        Ok(())
     }
 
     fn view(&self, i: &Instance) -> InstanceView {
@@ -155,6 +374,10 @@ pub fn reap_reason(instance: &InstanceView, live_runs: &[String], now: DateTime<
             Err(_) => return Some(format!("unreadable {} tag {expiry:?}", tags::EXPIRES_AT)),
         }
     }
+    if instance.tags.contains_key(tags::IDLE_SINCE) && !instance.tags.contains_key(tags::RUN) {
+        // A pooled instance waiting for its next run: its expiry tag says how long it may wait.
+        return None;
+    }
     match instance.tags.get(tags::RUN) {
         Some(run) if live_runs.contains(run) => None,
         Some(run) => Some(format!("run {run} is not live")),
@@ -195,5 +418,48 @@ mod tests {
         assert_eq!(reap_reason(&instance(Some("r2"), None), &live, now).unwrap(), "run r2 is not live");
         assert!(reap_reason(&instance(None, None), &live, now).is_some());
         assert!(reap_reason(&instance(Some("r1"), Some("soon")), &live, now).unwrap().starts_with("unreadable"));
+        let mut idle = instance(None, Some("2026-01-01T12:05:00Z"));
+        idle.tags.insert(tags::IDLE_SINCE.into(), "2026-01-01T11:55:00Z".into());
+        assert_eq!(reap_reason(&idle, &live, now), None, "a pooled instance waits until its expiry");
+        idle.tags.insert(tags::EXPIRES_AT.into(), "2026-01-01T11:59:00Z".into());
+        assert!(reap_reason(&idle, &live, now).unwrap().starts_with("expired"));
+    }
+
+    #[test]
+    fn the_user_data_arms_the_dead_mans_switch_with_the_deadline() {
+        let boot = NodeBoot {
+            broker: "b1".into(),
+            run: "r1".into(),
+            step: "s1".into(),
+            expires_at: "2026-01-01T13:00:00Z".into(),
+            expires_epoch: 1_767_272_400,
+            node_dir: "/var/lib/loads".into(),
+            tuning: vec!["sysctl -qw net.core.somaxconn=65535".into()],
+        };
+        let script = render_user_data(USER_DATA_TEMPLATE, &boot).unwrap();
+        assert!(script.starts_with("#!/bin/sh"));
+        assert!(script.contains("echo 1767272400 > /var/lib/loads/expires-at"), "{script}");
+        assert!(script.contains("poweroff"));
+        assert!(script.contains("GatewayPorts clientspecified"));
+        assert!(script.contains("\nsysctl -qw net.core.somaxconn=65535\n"));
+        assert!(render_user_data("{{nope}}", &boot).unwrap_err().contains("user-data"));
+    }
+
+    #[test]
+    fn only_throttling_capacity_and_aws_failures_are_retried() {
+        let error = |code: &str| Ec2Error { region: "r".into(), operation: "launch instances", message: String::new(), code: Some(code.into()) };
+        assert!(error("RequestLimitExceeded").is_transient());
+        assert!(error("InsufficientInstanceCapacity").is_transient());
+        assert!(!error("InstanceLimitExceeded").is_transient(), "a quota does not lift by waiting");
+        assert!(!error("InvalidAMIID.NotFound").is_transient());
+    }
+
+    #[test]
+    fn backoff_waits_grow_and_stay_under_the_cap() {
+        let b = Backoff { attempts: 10, base: Duration::from_millis(100), cap: Duration::from_secs(1) };
+        for n in 1..12 {
+            let ceiling = Duration::from_millis(100 * (1u64 << (n - 1).min(16))).min(Duration::from_secs(1));
+            assert!(b.wait(n) <= ceiling);
+        }
     }
 }

@@ -83,6 +83,15 @@ pub struct SshNode {
     addr: SocketAddr,
 }
 
+/// A background task serving a node (its Docker bridge, a forward); dropping it stops the task.
+pub struct Task(tokio::task::JoinHandle<()>);
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -151,26 +160,69 @@ impl SshNode {
         Ok((channel.exit_status().map_err(|e| fail("read the exit status", e))?, out))
     }
 
+    /// The node's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Runs `docker version` until the node's engine answers or `timeout` passes.
+    pub async fn wait_for_docker(&self, timeout: Duration) -> Result<(), SshError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let (status, out) = self.exec("docker version --format '{{.Server.Version}}' 2>&1").await?;
+            if status == 0 {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(SshError::Session { addr: self.addr, operation: "wait for Docker", message: out.trim().to_string() });
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
     /// The node's Docker engine through this connection: a listener on
     /// 127.0.0.1 whose every connection is an exec channel running
-    /// `docker system dial-stdio` on the node.
-    pub async fn docker(&self) -> Result<Engine, DockerError> {
+    /// `docker system dial-stdio` on the node. The engine works while the task lives.
+    pub async fn docker(&self) -> Result<(Engine, Task), DockerError> {
         let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| DockerError::Connect(e.into()))?;
         let port = listener.local_addr().map_err(|e| DockerError::Connect(e.into()))?.port();
-        let node = self.clone();
-        tokio::spawn(async move {
+        let session = self.session.clone();
+        let task = Task(tokio::spawn(async move {
             while let Ok((mut socket, _)) = listener.accept().await {
-                let node = node.clone();
+                let session = session.clone();
                 tokio::spawn(async move {
-                    let Ok(mut channel) = node.session.channel_session().await else { return };
+                    let Ok(mut channel) = session.channel_session().await else { return };
                     if channel.exec("docker system dial-stdio").await.is_ok() {
                         pump(&mut socket, &mut channel).await;
                     }
                     let _ = channel.close().await;
                 });
             }
-        });
-        Engine::at(&format!("tcp://127.0.0.1:{port}")).await
+        }));
+        Ok((Engine::at(&format!("tcp://127.0.0.1:{port}")).await?, task))
+    }
+
+    /// A reverse forward: the node listens on `bind` (an address of the node, port
+    /// chosen by its sshd) and every connection made there reaches `local` on this
+    /// machine. Answers the node's port. Binding anything but the node's loopback
+    /// needs `GatewayPorts clientspecified` in the node's sshd (the user-data sets it).
+    pub async fn forward_to_broker(&self, bind: &str, local: SocketAddr) -> Result<(u16, Task), SshError> {
+        let (mut listener, port) = self.session.channel_forward_listen(0, Some(bind), None).await.map_err(|e| SshError::Session {
+            addr: self.addr,
+            operation: "open a remote forward (is GatewayPorts clientspecified set on the node?)",
+            message: e.to_string(),
+        })?;
+        let task = Task(tokio::spawn(async move {
+            while let Ok(mut channel) = listener.accept().await {
+                tokio::spawn(async move {
+                    if let Ok(mut socket) = tokio::net::TcpStream::connect(local).await {
+                        pump(&mut socket, &mut channel).await;
+                    }
+                    let _ = channel.close().await;
+                });
+            }
+        }));
+        Ok((port, task))
     }
 }
 

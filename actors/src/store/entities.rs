@@ -79,6 +79,7 @@ pub mod step {
         pub volume_mapping: Option<String>,
         pub docker_series: Option<String>,
         pub prune_running: bool,
+        pub min_nodes: Option<i32>,
         pub monitor: bool,
         pub service: bool,
         pub required: bool,

@@ -1,0 +1,87 @@
+//! A real sshd on loopback for tests: its own host key, a client key in
+//! `authorized_keys`, root login by key only, and reverse forwards allowed on
+//! any address (`GatewayPorts clientspecified`, as the nodes' user-data sets).
+//! It runs as this user, so it reaches this machine's Docker engine: a node.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A running sshd, stopped (with every session) when dropped.
+pub struct Sshd {
+    child: Child,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        self.kill_with_sessions();
+    }
+}
+
+impl Sshd {
+    /// Stops the server and every session it serves: the node is gone.
+    pub fn kill_with_sessions(&mut self) {
+        let _ = Command::new("pkill").args(["-KILL", "-P", &self.child.id().to_string()]).status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The client's private key.
+    pub fn client_key(&self) -> PathBuf {
+        self.dir.path().join("client_key")
+    }
+
+    /// A known-hosts file holding this server's host key; answers its path.
+    pub fn known_hosts(&self, name: &str) -> PathBuf {
+        known_hosts_with(self, &self.dir.path().join("host_key.pub"), name)
+    }
+}
+
+fn keygen(path: &Path) {
+    let out = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(path).output().expect("ssh-keygen");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Starts an sshd on a free loopback port and waits until it accepts connections.
+pub fn start_sshd() -> Sshd {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    keygen(&d.join("host_key"));
+    keygen(&d.join("client_key"));
+    std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = format!(
+        "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n\
+         PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
+         StrictModes no\nPidFile {d}/sshd.pid\nGatewayPorts clientspecified\nAllowTcpForwarding yes\n",
+        d = d.display()
+    );
+    std::fs::write(d.join("sshd_config"), config).unwrap();
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    let child = Command::new("/usr/sbin/sshd")
+        .args(["-D", "-e", "-f"])
+        .arg(d.join("sshd_config"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sshd (apt-get install openssh-server)");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(std::time::Instant::now() < deadline, "sshd did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Sshd { child, addr, dir }
+}
+
+/// A known-hosts file naming `key` (a public key file) for this server; answers its path.
+pub fn known_hosts_with(sshd: &Sshd, key: &Path, name: &str) -> PathBuf {
+    let public = std::fs::read_to_string(key).unwrap();
+    let mut fields = public.split_whitespace();
+    let line = format!("[127.0.0.1]:{} {} {}\n", sshd.addr.port(), fields.next().unwrap(), fields.next().unwrap());
+    let path = sshd.dir.path().join(name);
+    std::fs::write(&path, line).unwrap();
+    path
+}
