@@ -83,6 +83,9 @@ database = "loads"
 username = ""
 password = ""
 
+[secrets]
+file = ""
+
 [docker]
 stop_grace_seconds = 15
 prepare_timeout_seconds = 900
@@ -122,6 +125,8 @@ pub struct Settings {
     pub influx: InfluxSettings,
     /// Per-run dashboards.
     pub grafana: GrafanaSettings,
+    /// What `secret:NAME` env values stand for.
+    pub secrets: SecretSettings,
     /// Logging.
     pub log: LogSettings,
 }
@@ -341,6 +346,15 @@ pub struct DockerSettings {
     pub volume_root: String,
     /// Lines of each container's output kept after it is removed.
     pub log_tail: usize,
+}
+
+/// Secrets that env values refer to as `secret:NAME`: from `file` (lines
+/// `NAME=value`, `#` comments) and from `LOADS_SECRET_<NAME>` variables, which win.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSettings {
+    /// A file of `NAME=value` lines; empty for none.
+    pub file: String,
 }
 
 /// Logging.
@@ -715,6 +729,26 @@ impl Settings {
         }))
     }
 
+    /// The secrets: `secrets.file`, then `LOADS_SECRET_<NAME>` variables.
+    pub fn secrets(&self, env: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<loads_actors::domain::secrets::Secrets> {
+        let mut values = std::collections::BTreeMap::new();
+        if !self.secrets.file.is_empty() {
+            let text = std::fs::read_to_string(&self.secrets.file).map_err(|e| anyhow::anyhow!("secrets.file {}: {e}", self.secrets.file))?;
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let (name, value) = line
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("secrets.file {} line {}: expected NAME=value", self.secrets.file, n + 1))?;
+                values.insert(name.trim().to_string(), value.to_string());
+            }
+        }
+        values.extend(env.into_iter().filter_map(|(k, v)| Some((k.strip_prefix("LOADS_SECRET_")?.to_string(), v))));
+        Ok(loads_actors::domain::secrets::Secrets::new(values))
+    }
+
     /// How the run engine runs.
     pub fn run_settings(&self) -> loads_actors::settings::RunSettings {
         loads_actors::settings::RunSettings {
@@ -726,6 +760,7 @@ impl Settings {
             log_tail: self.docker.log_tail,
             prepare_timeout_secs: self.docker.prepare_timeout_seconds,
             flush_ms: self.metrics.flush_ms,
+            secrets: Default::default(),
         }
     }
 

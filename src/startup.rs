@@ -62,7 +62,8 @@ impl Actors {
             pool = pool.with_cloud(cloud);
         }
         let pool = pool.start();
-        let run_settings = settings.run_settings();
+        let mut run_settings = settings.run_settings();
+        run_settings.secrets = settings.secrets(std::env::vars())?;
         let broker = BrokerActor::new(db, pool.clone(), metrics, run_settings).start();
         Ok(Self { catalog, broker, pool, ingest, ingest_port })
     }

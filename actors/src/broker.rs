@@ -115,6 +115,7 @@ impl Handler<StartRun> for BrokerActor {
 
     fn handle(&mut self, msg: StartRun, _: &mut Context<Self>) -> Self::Result {
         let db = self.db.clone();
+        let secrets = self.settings.secrets.clone();
         Box::pin(
             async move {
                 let run_env: Env = match &msg.env {
@@ -139,6 +140,7 @@ impl Handler<StartRun> for BrokerActor {
                     steps: plan.steps.iter().map(|s| s.spec.clone()).collect(),
                 };
                 validate::plan_variables(&spec, &run_env).map_err(StoreError::Invalid)?;
+                secrets.check(&spec, &run_env).map_err(StoreError::Invalid)?;
                 let run = runs::create(&db, msg.plan_id, msg.owner, &run_env).await?;
                 Ok((run, plan, run_env))
             }

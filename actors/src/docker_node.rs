@@ -298,6 +298,7 @@ impl Handler<TearDown> for DockerNodeActor {
         let tail = self.settings.log_tail;
         let grace = self.settings.stop_grace_secs;
         let containers = std::mem::take(&mut self.containers);
+        let secrets = self.settings.secrets.clone();
         Box::pin(
             async move {
                 let mut outcomes = Vec::with_capacity(containers.len());
@@ -309,6 +310,7 @@ impl Handler<TearDown> for DockerNodeActor {
                         }
                     }
                     let logs = engine.logs(&c.docker_id, Some(tail)).await.unwrap_or_else(|e| format!("(logs unavailable: {e})"));
+                    let logs = secrets.mask(&logs);
                     if let Err(e) = engine.remove_container(&c.docker_id).await {
                         tracing::warn!(error = %e, "removing a container failed; the run's sweep removes it");
                     }
@@ -353,11 +355,13 @@ impl Handler<LiveLogs> for DockerNodeActor {
         let who = self.who.clone();
         let tail = msg.tail.unwrap_or(self.settings.log_tail);
         let containers = self.containers.clone();
+        let secrets = self.settings.secrets.clone();
         Box::pin(
             async move {
                 let mut out = Vec::with_capacity(containers.len());
                 for c in containers {
                     let logs = engine.logs(&c.docker_id, Some(tail)).await.unwrap_or_else(|e| format!("(logs unavailable: {e})"));
+                    let logs = secrets.mask(&logs);
                     out.push(ContainerView {
                         step_id: who.step_id,
                         step_name: msg.step_name.clone(),

@@ -21,4 +21,6 @@ pub struct RunSettings {
     pub prepare_timeout_secs: u64,
     /// The relays' flush window, in milliseconds.
     pub flush_ms: u64,
+    /// What `secret:NAME` env values stand for.
+    pub secrets: crate::domain::secrets::Secrets,
 }

@@ -237,7 +237,7 @@ impl StepActor {
             let sends: Vec<_> = prepared
                 .iter()
                 .map(|(grant, addr)| {
-                    let early = launch::resolve(&c.step.spec, &c.plan_env, &c.run_env, &act.injected(grant, ""), &c.settings.volume_root);
+                    let early = launch::resolve(&c.step.spec, &c.plan_env, &c.run_env, &act.injected(grant, ""), &c.settings.volume_root, &c.settings.secrets);
                     let (image, image_source) = match early {
                         Ok(l) => (l.image, l.image_source),
                         Err(_) => (c.step.spec.container_name.clone(), c.step.spec.container_url.clone()),
@@ -260,7 +260,7 @@ impl StepActor {
                     };
                     let injected = act.injected(&grant, &relay_ip);
                     let c = &act.ctx;
-                    let launch = launch::resolve(&c.step.spec, &c.plan_env, &c.run_env, &injected, &c.settings.volume_root);
+                    let launch = launch::resolve(&c.step.spec, &c.plan_env, &c.run_env, &injected, &c.settings.volume_root, &c.settings.secrets);
                     let launch = match launch {
                         Ok(l) => l,
                         Err(e) => {

@@ -18,6 +18,7 @@ mod paging;
 mod projects;
 mod runs;
 mod runs_api;
+mod secrets;
 mod ssh;
 mod sshd;
 mod validation;

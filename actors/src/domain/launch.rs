@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Component, Path};
 
 use super::interpolate::{self, RenderError};
+use super::secrets::{self, Secrets};
 use super::spec::{Env, StepSpec};
 
 /// A step's container, ready to create.
@@ -62,11 +63,25 @@ impl Resolver<'_> {
 
 /// Resolves `step` for one container. `injected` holds the broker's variables
 /// (`RUN_ID`, `STATSD_HOST`, ...); `volume_root` is the only host directory
-/// volumes may mount from. Errors name the field.
-pub fn resolve(step: &StepSpec, plan_env: &Env, run_env: &Env, injected: &Env, volume_root: &Path) -> Result<Launch, String> {
+/// volumes may mount from; `secret:NAME` values become the secret's value,
+/// taken literally. Errors name the field.
+pub fn resolve(
+    step: &StepSpec,
+    plan_env: &Env,
+    run_env: &Env,
+    injected: &Env,
+    volume_root: &Path,
+    secrets: &Secrets,
+) -> Result<Launch, String> {
     let mut values: BTreeMap<String, String> = plan_env.clone();
     values.extend(run_env.iter().map(|(k, v)| (k.clone(), v.clone())));
     values.extend(step.environment_data.iter().map(|(k, v)| (k.clone(), v.clone())));
+    for (key, value) in values.iter_mut() {
+        if let Some(name) = secrets::reference(value) {
+            let secret = secrets.get(name).ok_or_else(|| format!("environment_data.{key}: secret `{name}` is not configured"))?;
+            *value = secret.replace('$', "$$");
+        }
+    }
     values.extend(injected.iter().map(|(k, v)| (k.clone(), v.clone())));
     let r = Resolver { values: &values };
     let field = |name: &str, template: &str| r.render(template, 0).map_err(|e| format!("{name}: {e}"));
@@ -139,6 +154,18 @@ mod tests {
     }
 
     #[test]
+    fn secret_references_become_their_values_taken_literally() {
+        let mut step = StepSpec::new("s", "img");
+        step.environment_data = env(&[("PASS", "secret:DB"), ("DSN", "db://u:$PASS@h")]);
+        let secrets = Secrets::new(BTreeMap::from([("DB".to_string(), "p$w".to_string())]));
+        let launch = resolve(&step, &Env::new(), &Env::new(), &Env::new(), Path::new("/srv"), &secrets).unwrap();
+        assert_eq!(value(&launch, "PASS"), "p$w");
+        assert_eq!(value(&launch, "DSN"), "db://u:p$w@h");
+        let err = resolve(&step, &Env::new(), &Env::new(), &Env::new(), Path::new("/srv"), &Secrets::default()).unwrap_err();
+        assert_eq!(err, "environment_data.PASS: secret `DB` is not configured");
+    }
+
+    #[test]
     fn step_env_wins_over_run_env_and_injected_wins_over_both() {
         let mut step = StepSpec::new("s", "img:$TAG");
         step.environment_data = env(&[("A", "step"), ("RUN_ID", "spoofed"), ("URL", "$TARGET/$RUN_ID")]);
@@ -148,6 +175,7 @@ mod tests {
             &env(&[("A", "run"), ("TARGET", "http://svc")]),
             &env(&[("RUN_ID", "r1")]),
             Path::new("/srv"),
+            &Secrets::default(),
         )
         .unwrap();
         assert_eq!(value(&launch, "A"), "step");
@@ -161,7 +189,7 @@ mod tests {
     fn arguments_are_split_like_a_shell_and_dollars_escape() {
         let mut step = StepSpec::new("s", "img");
         step.additional_command_args = Some("--url 'http://$HOST/a b' --price $$5".into());
-        let launch = resolve(&step, &Env::new(), &Env::new(), &env(&[("HOST", "web")]), Path::new("/srv")).unwrap();
+        let launch = resolve(&step, &Env::new(), &Env::new(), &env(&[("HOST", "web")]), Path::new("/srv"), &Secrets::default()).unwrap();
         assert_eq!(launch.args, ["--url", "http://web/a b", "--price", "$5"]);
     }
 
@@ -169,10 +197,10 @@ mod tests {
     fn cycles_and_unknown_variables_are_errors() {
         let mut step = StepSpec::new("s", "img");
         step.environment_data = env(&[("A", "$B"), ("B", "$A")]);
-        let err = resolve(&step, &Env::new(), &Env::new(), &Env::new(), Path::new("/srv")).unwrap_err();
+        let err = resolve(&step, &Env::new(), &Env::new(), &Env::new(), Path::new("/srv"), &Secrets::default()).unwrap_err();
         assert!(err.contains("cycle"), "{err}");
         let step = StepSpec::new("s", "img:$NOPE");
-        let err = resolve(&step, &Env::new(), &Env::new(), &Env::new(), Path::new("/srv")).unwrap_err();
+        let err = resolve(&step, &Env::new(), &Env::new(), &Env::new(), Path::new("/srv"), &Secrets::default()).unwrap_err();
         assert_eq!(err, "container_name: unknown variable `$NOPE`");
     }
 
@@ -180,11 +208,11 @@ mod tests {
     fn volumes_must_stay_under_the_root() {
         let mut step = StepSpec::new("s", "img");
         step.volume_mapping = Some("/data:/srv/$RUN_ID:rw,/cfg:/srv/cfg".into());
-        let launch = resolve(&step, &Env::new(), &Env::new(), &env(&[("RUN_ID", "r1")]), Path::new("/srv")).unwrap();
+        let launch = resolve(&step, &Env::new(), &Env::new(), &env(&[("RUN_ID", "r1")]), Path::new("/srv"), &Secrets::default()).unwrap();
         assert_eq!(launch.binds, ["/srv/r1:/data:rw", "/srv/cfg:/cfg:ro"]);
         for bad in ["/data:/etc", "/data:/srv/../etc"] {
             step.volume_mapping = Some(bad.into());
-            assert!(resolve(&step, &Env::new(), &Env::new(), &Env::new(), Path::new("/srv")).is_err(), "{bad}");
+            assert!(resolve(&step, &Env::new(), &Env::new(), &Env::new(), Path::new("/srv"), &Secrets::default()).is_err(), "{bad}");
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod interpolate;
 pub mod launch;
 pub mod metrics;
 pub mod parse;
+pub mod secrets;
 pub mod spec;
 pub mod validate;
 pub mod views;
