@@ -32,6 +32,9 @@ read_tokens = []
 [limits]
 max_instance_count = 100
 max_steps_per_plan = 50
+max_env_vars = 200
+max_env_bytes = 65536
+max_subscribers_per_run = 1000
 
 [pool]
 provider = "local"
@@ -177,6 +180,12 @@ pub struct LimitSettings {
     pub max_instance_count: u32,
     /// Most steps in one plan.
     pub max_steps_per_plan: usize,
+    /// Most variables in one environment (plan, step or run).
+    pub max_env_vars: usize,
+    /// Most bytes (names and values) in one environment.
+    pub max_env_bytes: usize,
+    /// Most websocket subscribers of one run's live feed.
+    pub max_subscribers_per_run: usize,
 }
 
 /// Where nodes come from.
@@ -573,6 +582,9 @@ impl Settings {
         if self.limits.max_steps_per_plan == 0 {
             return invalid("limits.max_steps_per_plan", "must be at least 1");
         }
+        if self.limits.max_env_vars == 0 || self.limits.max_env_bytes == 0 || self.limits.max_subscribers_per_run == 0 {
+            return invalid("limits", "max_env_vars, max_env_bytes and max_subscribers_per_run must be at least 1");
+        }
         if self.pool.provider != "local" && self.pool.provider != "ec2" {
             return invalid("pool.provider", "must be `local` or `ec2`");
         }
@@ -761,12 +773,19 @@ impl Settings {
             prepare_timeout_secs: self.docker.prepare_timeout_seconds,
             flush_ms: self.metrics.flush_ms,
             secrets: Default::default(),
+            limits: self.limits(),
+            max_subscribers_per_run: self.limits.max_subscribers_per_run,
         }
     }
 
     /// The plan validation limits.
     pub fn limits(&self) -> Limits {
-        Limits { max_instance_count: self.limits.max_instance_count, max_steps_per_plan: self.limits.max_steps_per_plan }
+        Limits {
+            max_instance_count: self.limits.max_instance_count,
+            max_steps_per_plan: self.limits.max_steps_per_plan,
+            max_env_vars: self.limits.max_env_vars,
+            max_env_bytes: self.limits.max_env_bytes,
+        }
     }
 
     /// Whether the database is an embedded SQLite file.

@@ -116,11 +116,12 @@ impl Handler<StartRun> for BrokerActor {
     fn handle(&mut self, msg: StartRun, _: &mut Context<Self>) -> Self::Result {
         let db = self.db.clone();
         let secrets = self.settings.secrets.clone();
+        let limits = self.settings.limits.clone();
         Box::pin(
             async move {
                 let run_env: Env = match &msg.env {
                     None | Some(Value::Null) => Env::new(),
-                    Some(v) => validate::run_env(v).map_err(|mut e| {
+                    Some(v) => validate::run_env(v, &limits).map_err(|mut e| {
                         for f in &mut e.0 {
                             f.path = if f.path.is_empty() { "env".into() } else { format!("env.{}", f.path) };
                         }

@@ -113,6 +113,12 @@ impl Feed {
         event
     }
 
+    /// How many subscribers are still listening.
+    pub fn subscribers(&mut self) -> usize {
+        self.subscribers.retain(|s| !s.is_closed());
+        self.subscribers.len()
+    }
+
     /// Events after `since`, and a channel for the ones to come.
     pub fn subscribe(&mut self, since: u64) -> (Vec<RunEvent>, mpsc::Receiver<RunEvent>) {
         let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);

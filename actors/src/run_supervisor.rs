@@ -448,6 +448,14 @@ impl Handler<Subscribe> for RunSupervisor {
     type Result = ResponseActFuture<Self, Result<Subscription, StoreError>>;
 
     fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) -> Self::Result {
+        let max = self.settings.max_subscribers_per_run;
+        if self.feed.subscribers() >= max {
+            let refused = StoreError::Limit {
+                code: "too_many_subscribers",
+                message: format!("this run already has {max} live subscribers (limits.max_subscribers_per_run); try again later"),
+            };
+            return Box::pin(actix::fut::ready(Err(refused)));
+        }
         let seq = self.feed.last_seq();
         let (backlog, live) = self.feed.subscribe(msg.since);
         let (db, run_id) = (self.db.clone(), self.run_id);

@@ -23,4 +23,8 @@ pub struct RunSettings {
     pub flush_ms: u64,
     /// What `secret:NAME` env values stand for.
     pub secrets: crate::domain::secrets::Secrets,
+    /// Caps on plans and run envs.
+    pub limits: crate::domain::Limits,
+    /// Most live-feed subscribers one run may have.
+    pub max_subscribers_per_run: usize,
 }

@@ -99,6 +99,7 @@ impl From<StoreError> for ApiError {
                 details: errors.0,
             },
             StoreError::Conflict { code, message } => Self::new(StatusCode::CONFLICT, code, message),
+            StoreError::Limit { code, message } => Self::new(StatusCode::TOO_MANY_REQUESTS, code, message),
             e @ StoreError::Database(_) => {
                 tracing::error!(error = %e, "database error");
                 if e.is_unreachable() {

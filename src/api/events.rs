@@ -27,7 +27,8 @@ const HEARTBEAT: Duration = Duration::from_secs(10);
     params(("id" = uuid::Uuid, Path, description = "Run id"),
            ("since" = Option<u64>, Query, description = "Send only events after this seq")),
     responses((status = 101, description = "Switching to the websocket protocol"), (status = 400, body = super::error::ErrorBody),
-              (status = 401, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody)),
+              (status = 401, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody),
+              (status = 429, description = "The run has `limits.max_subscribers_per_run` subscribers already", body = super::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn run_events(
     state: web::Data<ApiState>,

@@ -84,3 +84,28 @@ async fn the_feed_refuses_unknown_runs_and_non_websocket_requests() {
     assert_eq!(status, awc::http::StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["error"], "not_websocket");
 }
+
+/// A run's live feed takes at most `limits.max_subscribers_per_run` subscribers; the next one is told so (429).
+#[actix_web::test]
+async fn subscribers_beyond_the_limit_are_refused_clearly() {
+    crate::helpers::ensure_images();
+    let app = TestApp::spawn(crate::helpers::Backend::Sqlite, &[("LOADS__LIMITS__MAX_SUBSCRIBERS_PER_RUN", "2")]).await;
+    let (_, run_id) = app.start(serde_json::json!({"name": "p", "steps": [crate::helpers::sh_step("s", "sleep 30")]}), serde_json::json!({})).await;
+    let url = format!("{}/api/v1/runs/{run_id}/events", app.base.replace("http://", "ws://"));
+    let (_, first) = awc::Client::new().ws(url.clone()).connect().await.expect("first subscriber");
+    let (_, second) = awc::Client::new().ws(url.clone()).connect().await.expect("second subscriber");
+    let refused = awc::Client::new().ws(url.clone()).connect().await.err().expect("a third is refused");
+    assert!(
+        matches!(refused, awc::error::WsClientError::InvalidResponseStatus(s) if s == awc::http::StatusCode::TOO_MANY_REQUESTS),
+        "{refused:?}"
+    );
+    let (status, body) = app.get(&format!("/api/v1/runs/{run_id}/events")).await;
+    assert_eq!(status, awc::http::StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"], "too_many_subscribers");
+    assert!(body["message"].as_str().unwrap().contains("limits.max_subscribers_per_run"), "{body}");
+    drop((first, second));
+    let (status, _) = app.post(&format!("/api/v1/runs/{run_id}/abort"), &serde_json::json!({})).await;
+    assert!(status.is_success());
+    app.wait_finished(&run_id, 60).await;
+    app.assert_no_leftovers();
+}

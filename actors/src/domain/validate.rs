@@ -19,11 +19,15 @@ pub struct Limits {
     pub max_instance_count: u32,
     /// Most steps a plan may have.
     pub max_steps_per_plan: usize,
+    /// Most variables in one environment (a plan's, a step's or a run's).
+    pub max_env_vars: usize,
+    /// Most bytes (names and values) in one environment.
+    pub max_env_bytes: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_instance_count: 100, max_steps_per_plan: 50 }
+        Self { max_instance_count: 100, max_steps_per_plan: 50, max_env_vars: 200, max_env_bytes: 65_536 }
     }
 }
 
@@ -99,9 +103,8 @@ pub fn plan_with_run_env(value: &Value, limits: &Limits, run_env: &Env) -> Resul
 
 /// Validates the run environment given when a run is started: an object of strings,
 /// or a list of `KEY=VALUE` strings.
-pub fn run_env(value: &Value) -> Result<Env, ValidationErrors> {
-    let limits = Limits::default();
-    let mut w = Walker::new(&limits);
+pub fn run_env(value: &Value, limits: &Limits) -> Result<Env, ValidationErrors> {
+    let mut w = Walker::new(limits);
     let env = w.env_value(value, "");
     w.finish(env).map(|v| v.value)
 }
@@ -282,6 +285,14 @@ impl<'l> Walker<'l> {
                 }
             }
             other => self.error(path, format!("must be an object or a list of \"KEY=VALUE\" strings, not {}", kind(other))),
+        }
+        let at = path;
+        if env.len() > self.limits.max_env_vars {
+            self.error(at, format!("has {} variables; at most {} (limits.max_env_vars)", env.len(), self.limits.max_env_vars));
+        }
+        let bytes: usize = env.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if bytes > self.limits.max_env_bytes {
+            self.error(at, format!("is {bytes} bytes; at most {} (limits.max_env_bytes)", self.limits.max_env_bytes));
         }
         env
     }
@@ -583,6 +594,15 @@ mod tests {
         }));
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(errs[0].starts_with("steps[0].environment_data.BAD: unknown variable `$NOPE`"), "{errs:?}");
+    }
+
+    #[test]
+    fn environments_are_capped_in_variables_and_bytes() {
+        let limits = Limits { max_env_vars: 2, max_env_bytes: 10, ..Limits::default() };
+        let err = plan(&json!({"name": "p", "environment_data": {"A": "1", "B": "2", "C": "3"}, "steps": [{"name": "s", "container_name": "i"}]}), &limits).unwrap_err();
+        assert_eq!(err.0[0].to_string(), "environment_data: has 3 variables; at most 2 (limits.max_env_vars)");
+        let err = run_env(&json!({"A": "0123456789"}), &limits).unwrap_err();
+        assert_eq!((err.0[0].path.as_str(), err.0[0].message.as_str()), ("", "is 11 bytes; at most 10 (limits.max_env_bytes)"));
     }
 
     #[test]

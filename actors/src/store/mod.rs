@@ -38,6 +38,14 @@ pub enum StoreError {
         /// What conflicts and what to do, for a human.
         message: String,
     },
+    /// A configured limit refuses the request for now.
+    #[error("{message}")]
+    Limit {
+        /// Stable snake_case code.
+        code: &'static str,
+        /// Which limit, for a human.
+        message: String,
+    },
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[from] DbErr),
