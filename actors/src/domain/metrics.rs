@@ -65,7 +65,7 @@ pub fn parse_line(line: &str) -> Option<Sample> {
     }
     let number = || raw.parse::<f64>().ok().filter(|v| v.is_finite());
     let value = match kind {
-        "c" => SampleValue::Count(number()? / rate),
+        "c" => SampleValue::Count(Some(number()? / rate).filter(|v| v.is_finite())?),
         "g" if raw.starts_with(['+', '-']) => SampleValue::GaugeDelta(number()?),
         "g" => SampleValue::Gauge(number()?),
         "ms" | "h" | "d" => SampleValue::Timing(number().filter(|v| *v >= 0.0)?, 1.0 / rate),
@@ -164,23 +164,28 @@ impl Aggregator {
     /// Takes a packet or a TCP line: several newline-separated statsd lines.
     pub fn take(&mut self, text: &str) {
         for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            match parse_line(line) {
-                Some(sample) => {
-                    self.lines += 1;
-                    self.add(sample);
-                }
-                None => self.malformed += 1,
+            match parse_line(line).map(|sample| self.add(sample)) {
+                Some(true) => self.lines += 1,
+                _ => self.malformed += 1,
             }
         }
     }
 
-    fn add(&mut self, s: Sample) {
+    /// Adds a sample; a counter or gauge it would take beyond what a number can hold is refused.
+    fn add(&mut self, s: Sample) -> bool {
+        let add_to = |slot: &mut f64, v: f64| {
+            let sum = *slot + v;
+            sum.is_finite() && {
+                *slot = sum;
+                true
+            }
+        };
         match s.value {
-            SampleValue::Count(v) => *self.counters.entry(s.key).or_default() += v,
+            SampleValue::Count(v) => return add_to(self.counters.entry(s.key).or_default(), v),
             SampleValue::Gauge(v) => {
                 self.gauges.insert(s.key, v);
             }
-            SampleValue::GaugeDelta(v) => *self.gauges.entry(s.key).or_default() += v,
+            SampleValue::GaugeDelta(v) => return add_to(self.gauges.entry(s.key).or_default(), v),
             SampleValue::SetMember(m) => {
                 self.sets.entry(s.key).or_default().insert(m);
             }
@@ -190,6 +195,7 @@ impl Aggregator {
                 let _ = self.timers.entry(s.key).or_insert_with(new_histogram).record_n(micros, times);
             }
         }
+        true
     }
 
     /// Closes the window: counters, sets and timers start again; gauges keep their value.
@@ -274,11 +280,13 @@ pub struct Merged {
 impl Merged {
     /// Adds one window; an undecodable histogram is skipped and counted as malformed.
     pub fn add(&mut self, w: &Window) {
+        // Sums across nodes saturate rather than become infinite, which JSON cannot carry.
+        let add = |slot: &mut f64, v: f64| *slot = (*slot + v).clamp(f64::MIN, f64::MAX);
         for (k, v) in &w.counters {
-            *self.counters.entry(k.clone()).or_default() += v;
+            add(self.counters.entry(k.clone()).or_default(), *v);
         }
         for (k, v) in &w.gauges {
-            *self.gauges.entry(k.clone()).or_default() += v;
+            add(self.gauges.entry(k.clone()).or_default(), *v);
         }
         for (k, v) in &w.sets {
             *self.sets.entry(k.clone()).or_default() += v;
@@ -300,6 +308,15 @@ impl Merged {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_counter_is_never_taken_beyond_a_finite_number() {
+        let mut a = Aggregator::default();
+        a.take("big:1e308|c\nbig:1e308|c\nbig:1e300|c|@0.000000001");
+        let w = a.flush(1, 0, 1000);
+        assert_eq!((w.counters["big"], w.lines, w.malformed), (1e308, 1, 2), "the overflowing lines are counted malformed");
+        assert!(serde_json::from_str::<Window>(&serde_json::to_string(&w).unwrap()).is_ok());
+    }
 
     #[test]
     fn parses_every_statsd_type_with_rates_and_tags() {

@@ -3,6 +3,8 @@
 
 pub mod dashboard;
 pub mod error;
+#[cfg(test)]
+mod fuzz;
 pub mod interpolate;
 pub mod launch;
 pub mod metrics;

@@ -633,8 +633,9 @@ mod tests {
 
     #[test]
     fn run_env_accepts_objects_and_lists() {
-        assert_eq!(run_env(&json!({"A": 1, "B": "x"})).unwrap().get("A").map(String::as_str), Some("1"));
-        assert_eq!(run_env(&json!(["A=1=2"])).unwrap().get("A").map(String::as_str), Some("1=2"));
-        assert!(run_env(&json!("A=1")).is_err());
+        let limits = Limits::default();
+        assert_eq!(run_env(&json!({"A": 1, "B": "x"}), &limits).unwrap().get("A").map(String::as_str), Some("1"));
+        assert_eq!(run_env(&json!(["A=1=2"]), &limits).unwrap().get("A").map(String::as_str), Some("1=2"));
+        assert!(run_env(&json!("A=1"), &limits).is_err());
     }
 }
