@@ -72,7 +72,7 @@ def main():
     workdir = tempfile.mkdtemp(prefix="loads-bench-")
     port = 18000 + os.getpid() % 1000
     env = dict(os.environ, LOADS__SERVER__PORT=str(port), LOADS__DATABASE__URL=f"sqlite://{workdir}/bench.db",
-               LOADS__BROKER__ID=f"bench{os.getpid()}", LOADS__LOG__LEVEL="warn", LOADS__DOCKER__STOP_GRACE_SECONDS="1")
+               LOADS__BROKER__ID=f"bench{os.getpid()}", LOADS__LOG__LEVEL="warn", LOADS__DOCKER__STOP_GRACE_SECONDS="1", LOADS__METRICS__INGEST_PORT="0")
     server = subprocess.Popen([args.binary, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:

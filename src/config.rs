@@ -70,7 +70,7 @@ node_tuning = [
 
 [metrics]
 ingest_host = "0.0.0.0"
-ingest_port = 0
+ingest_port = 8081
 flush_ms = 1000
 
 [grafana]
@@ -228,7 +228,7 @@ pub struct SshConfig {
 pub struct MetricsSettings {
     /// Address of the ingest listener; nodes must reach it (on the local provider, through the run network's gateway).
     pub ingest_host: String,
-    /// Its port; 0 picks a free one.
+    /// Its port; 0 picks a free one (but relays of runs carried on after a restart need the same port).
     pub ingest_port: u16,
     /// The relays' flush window, in milliseconds (merged windows are grouped by the second).
     pub flush_ms: u64,

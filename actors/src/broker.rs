@@ -1,8 +1,10 @@
 //! `BrokerActor`: owns the runs. Starts a `RunSupervisor` per run, forwards
 //! aborts and feed subscriptions to it, serves finished runs from the
 //! database, and reconciles at start: runs the database still calls live are
-//! failed with a reason, and every resource labelled with this broker that
-//! belongs to no live run is removed.
+//! carried on (running or terminating: adopted by a resuming supervisor;
+//! pending or initializing: swept and initialized again), and every resource
+//! labelled with this broker that belongs to no live run is removed. A run
+//! that cannot be carried on fails with a reason and is swept.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -46,6 +48,12 @@ impl BrokerActor {
     }
 }
 
+impl BrokerActor {
+    fn services(&self) -> RunServices {
+        RunServices { settings: self.settings.clone(), db: self.db.clone(), pool: self.pool.clone(), metrics: self.metrics.clone() }
+    }
+}
+
 impl Actor for BrokerActor {
     type Context = Context<Self>;
 
@@ -54,31 +62,60 @@ impl Actor for BrokerActor {
         // Waited for, so no run starts before the reconciliation is done.
         ctx.wait(
             async move {
-                match runs::unfinished(&db).await {
-                    Ok(ids) => {
-                        for id in ids {
-                            tracing::warn!(run_id = %id, "failing a run left live by a previous broker");
+                let ids = runs::unfinished(&db).await.unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "could not list the runs left live");
+                    Vec::new()
+                });
+                let mut carried = Vec::new();
+                for id in ids {
+                    match carry_on(&db, &pool, id).await {
+                        Ok(found) => carried.push(found),
+                        Err(e) => {
+                            tracing::warn!(run_id = %id, error = %e, "failing a run left live by a previous broker");
                             if let Err(e) = runs::set_state(&db, id, RunState::Failed, Some(RESTART_REASON.into())).await {
                                 tracing::error!(run_id = %id, error = %e, "could not fail a stale run");
                             }
                         }
                     }
-                    Err(e) => tracing::error!(error = %e, "could not list stale runs"),
                 }
-                match pool.send(Reap { live: Vec::new() }).await {
-                    Ok(Ok(reaped)) if !reaped.is_empty() => tracing::info!(instances = ?reaped, "terminated instances no live run needs"),
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::warn!(error = %e, "could not reap instances"),
-                    Err(e) => tracing::warn!(error = %e, "could not reap instances"),
-                }
-                match pool.send(SweepOrphans { live: Vec::new() }).await {
-                    Ok(Ok(swept)) if !swept.is_empty() => tracing::info!(runs = ?swept, "removed resources of runs no longer live"),
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::warn!(error = %e, "could not sweep leftover resources"),
-                    Err(e) => tracing::warn!(error = %e, "could not sweep leftover resources"),
-                }
+                carried
             }
-            .into_actor(self),
+            .into_actor(self)
+            .then(|carried, act, ctx| {
+                for (run, plan, recovery) in carried {
+                    let services = act.services();
+                    let run_env = run.environment_data.clone();
+                    let supervisor = match run.state {
+                        RunState::Running | RunState::Terminating => {
+                            tracing::info!(run_id = %run.id, state = run.state.as_str(), "carrying on a run left live by a previous broker");
+                            RunSupervisor::resume(&run, plan, run_env, services, ctx.address().recipient(), recovery)
+                        }
+                        _ => {
+                            tracing::info!(run_id = %run.id, "initializing again a run left initializing by a previous broker");
+                            let token = recovery.ingest_token.unwrap_or_else(new_token);
+                            RunSupervisor::new(run.id, plan, run_env, services, ctx.address().recipient(), token)
+                        }
+                    };
+                    act.live.insert(run.id, supervisor.start());
+                }
+                let live: Vec<Uuid> = act.live.keys().copied().collect();
+                let pool = act.pool.clone();
+                async move {
+                    match pool.send(Reap { live: live.clone() }).await {
+                        Ok(Ok(reaped)) if !reaped.is_empty() => tracing::info!(instances = ?reaped, "terminated instances no live run needs"),
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => tracing::warn!(error = %e, "could not reap instances"),
+                        Err(e) => tracing::warn!(error = %e, "could not reap instances"),
+                    }
+                    match pool.send(SweepOrphans { live }).await {
+                        Ok(Ok(swept)) if !swept.is_empty() => tracing::info!(runs = ?swept, "removed resources of runs no longer live"),
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => tracing::warn!(error = %e, "could not sweep leftover resources"),
+                        Err(e) => tracing::warn!(error = %e, "could not sweep leftover resources"),
+                    }
+                }
+                .into_actor(act)
+            }),
         );
         // The reaper, on a timer: instances of runs no longer live, or past their expiry, go.
         ctx.run_interval(REAP_EVERY, |act, _| {
@@ -93,6 +130,29 @@ impl Actor for BrokerActor {
             });
         });
     }
+}
+
+/// A fresh metrics token for a run.
+fn new_token() -> String {
+    format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple())
+}
+
+/// What is needed to carry on run `id`; a run still pending or initializing is swept first, to start over.
+async fn carry_on(
+    db: &DatabaseConnection,
+    pool: &Addr<Ec2PoolActor>,
+    id: Uuid,
+) -> Result<(RunView, crate::domain::views::PlanView, runs::Recovery), String> {
+    let run = runs::get(db, id).await.map_err(|e| e.to_string())?;
+    let plan = plans::get(db, run.plan_id).await.map_err(|e| e.to_string())?;
+    let recovery = runs::recovery(db, id).await.map_err(|e| e.to_string())?;
+    if matches!(run.state, RunState::Running | RunState::Terminating) && recovery.ingest_token.is_none() {
+        return Err("the run was started by a broker that did not record what carrying it on needs".into());
+    }
+    if matches!(run.state, RunState::Pending | RunState::Initializing) {
+        pool.send(crate::pool::CloseRun { run_id: id }).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+    }
+    Ok((run, plan, recovery))
 }
 
 /// How often the reaper looks for instances no live run needs.
@@ -142,19 +202,14 @@ impl Handler<StartRun> for BrokerActor {
                 };
                 validate::plan_variables(&spec, &run_env).map_err(StoreError::Invalid)?;
                 secrets.check(&spec, &run_env).map_err(StoreError::Invalid)?;
-                let run = runs::create(&db, msg.plan_id, msg.owner, &run_env).await?;
-                Ok((run, plan, run_env))
+                let token = new_token();
+                let run = runs::create(&db, msg.plan_id, msg.owner, &run_env, &token).await?;
+                Ok((run, plan, run_env, token))
             }
             .into_actor(self)
             .map(|res, act, ctx| {
-                let (run, plan, run_env) = res?;
-                let services = RunServices {
-                    settings: act.settings.clone(),
-                    db: act.db.clone(),
-                    pool: act.pool.clone(),
-                    metrics: act.metrics.clone(),
-                };
-                let supervisor = RunSupervisor::new(run.id, plan, run_env, services, ctx.address().recipient()).start();
+                let (run, plan, run_env, token) = res?;
+                let supervisor = RunSupervisor::new(run.id, plan, run_env, act.services(), ctx.address().recipient(), token).start();
                 act.live.insert(run.id, supervisor);
                 tracing::info!(run_id = %run.id, plan = %run.plan_name, "run started");
                 Ok(run)

@@ -98,16 +98,28 @@ pub struct ContainerExited {
     pub lost: Option<String>,
 }
 
-/// A started relay: its id, its address (or why it is unknown), the step image's command.
+/// A started (or adopted) relay: its id, its address (or why it is unknown), the step
+/// image's command, and the step containers adopted with it.
 struct Relay {
     id: String,
     ip: Result<String, DockerError>,
     cmd: Vec<String>,
+    adopted: Vec<(String, String)>,
 }
 
-/// Makes the node ready: the step's image present and the relay running; answers the relay's address.
+/// A node ready for its step.
+#[derive(Debug)]
+pub struct NodeReady {
+    /// The relay's address on the run network.
+    pub relay_ip: String,
+    /// The step containers found on the node (when adopting), now watched.
+    pub adopted: Vec<String>,
+}
+
+/// Makes the node ready: the step's image present and the relay running (adopted
+/// when `adopt` and it is still there); answers the relay's address.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<String, DockerError>")]
+#[rtype(result = "Result<NodeReady, DockerError>")]
 pub struct PrepareNode {
     /// The step's image.
     pub image: String,
@@ -115,12 +127,16 @@ pub struct PrepareNode {
     pub image_source: Option<String>,
     /// An engine holding the image to copy from, if it is neither present nor given a source (the broker's, for cloud nodes).
     pub images_from: Option<Engine>,
+    /// Adopt this node's relay and step containers when they exist (a restarted broker carrying a run on).
+    pub adopt: bool,
 }
 
 impl Handler<PrepareNode> for DockerNodeActor {
-    type Result = ResponseActFuture<Self, Result<String, DockerError>>;
+    type Result = ResponseActFuture<Self, Result<NodeReady, DockerError>>;
 
     fn handle(&mut self, msg: PrepareNode, _: &mut Context<Self>) -> Self::Result {
+        let (run, step) = (self.who.run_id.to_string(), self.who.step_id.to_string());
+        let (broker, node_name) = (self.settings.broker_id.clone(), self.who.node.clone());
         let engine = self.engine.clone();
         let relay = ContainerSpec {
             name: self.container_name("relay"),
@@ -165,19 +181,59 @@ impl Handler<PrepareNode> for DockerNodeActor {
                     seconds: limit.as_secs(),
                 })??;
                 let (_, cmd) = engine.image_command(&msg.image).await?;
+                let mut adopted = Vec::new();
+                if msg.adopt {
+                    let filter = [(labels::BROKER, broker.as_str()), (labels::RUN, run.as_str()), (labels::STEP, step.as_str()), (labels::NODE, node_name.as_str())];
+                    let found = engine.containers_labelled(&filter, labels::ROLE).await?;
+                    adopted = found.iter().filter(|c| c.role == "step").map(|c| (c.id.clone(), c.image.clone())).collect();
+                    if let Some(relay) = found.iter().find(|c| c.role == "relay" && c.running) {
+                        let ip = engine.container_ip(&relay.id, &network).await;
+                        return Ok(Relay { id: relay.id.clone(), ip, cmd, adopted });
+                    }
+                    // A relay that died while the broker was away is replaced.
+                    for dead in found.iter().filter(|c| c.role == "relay") {
+                        engine.remove_container(&dead.id).await?;
+                    }
+                }
                 let id = engine.start_container(&relay).await?;
                 let ip = engine.container_ip(&id, &network).await;
-                Ok(Relay { id, ip, cmd })
+                Ok(Relay { id, ip, cmd, adopted })
             }
             .into_actor(self)
-            .map(move |res: Result<Relay, DockerError>, act, _| {
+            .map(move |res: Result<Relay, DockerError>, act, ctx| {
                 let relay = res?;
                 act.image_cmd = relay.cmd;
                 // Tracked before its address is checked, so a failed lookup still removes it.
                 act.containers.push(Tracked { docker_id: relay.id, image, role: "relay", started_at: Utc::now(), exit_code: None });
-                relay.ip
+                let ids: Vec<String> = relay.adopted.iter().map(|(id, _)| id.clone()).collect();
+                for (id, image) in relay.adopted {
+                    act.containers.push(Tracked { docker_id: id.clone(), image, role: "step", started_at: Utc::now(), exit_code: None });
+                    act.watch(id, ctx);
+                }
+                Ok(NodeReady { relay_ip: relay.ip?, adopted: ids })
             }),
         )
+    }
+}
+
+impl DockerNodeActor {
+    /// Waits for a step container to exit and reports it to the step (lost, if the node stops answering).
+    fn watch(&mut self, id: String, ctx: &mut Context<Self>) {
+        let engine = self.engine.clone();
+        let waited = id.clone();
+        ctx.spawn(async move { engine.wait(&waited).await }.into_actor(self).map(move |exit, act, _| {
+            let (exit_code, lost) = match exit {
+                Ok(code) => (code, None),
+                Err(e) => {
+                    tracing::warn!(error = %e, container = %id, node = %act.who.node, "lost track of a container: the node stopped answering");
+                    (-1, Some(e.to_string()))
+                }
+            };
+            if let Some(t) = act.containers.iter_mut().find(|t| t.docker_id == id) {
+                t.exit_code = Some(exit_code);
+            }
+            act.step.do_send(ContainerExited { node: act.who.node.clone(), docker_id: id, exit_code, lost });
+        }));
     }
 }
 
@@ -224,22 +280,8 @@ impl Handler<StartContainer> for DockerNodeActor {
                     started_at: Utc::now(),
                     exit_code: None,
                 });
-                let engine = act.engine.clone();
-                let waited = id.clone();
                 let answer = id.clone();
-                ctx.spawn(async move { engine.wait(&waited).await }.into_actor(act).map(move |exit, act, _| {
-                    let (exit_code, lost) = match exit {
-                        Ok(code) => (code, None),
-                        Err(e) => {
-                            tracing::warn!(error = %e, container = %id, node = %act.who.node, "lost track of a container: the node stopped answering");
-                            (-1, Some(e.to_string()))
-                        }
-                    };
-                    if let Some(t) = act.containers.iter_mut().find(|t| t.docker_id == id) {
-                        t.exit_code = Some(exit_code);
-                    }
-                    act.step.do_send(ContainerExited { node: act.who.node.clone(), docker_id: id, exit_code, lost });
-                }));
+                act.watch(id, ctx);
                 Ok(answer)
             }),
         )

@@ -92,17 +92,24 @@ pub enum EventKind {
 pub struct Feed {
     events: Vec<RunEvent>,
     subscribers: Vec<mpsc::Sender<RunEvent>>,
+    /// Numbers at or below this were handed out by an earlier broker process.
+    base: u64,
 }
 
 impl Feed {
     /// A feed that continues from earlier events.
     pub fn from_events(events: Vec<RunEvent>) -> Self {
-        Self { events, subscribers: Vec::new() }
+        Self { events, subscribers: Vec::new(), base: 0 }
+    }
+
+    /// A feed whose numbers continue after `seq` (a run carried on by a restarted broker).
+    pub fn after(seq: u64) -> Self {
+        Self { events: Vec::new(), subscribers: Vec::new(), base: seq }
     }
 
     /// The number of the last event, 0 before any.
     pub fn last_seq(&self) -> u64 {
-        self.events.last().map_or(0, |e| e.seq)
+        self.events.last().map_or(self.base, |e| e.seq)
     }
 
     /// Appends an event and hands it to every subscriber that keeps up.

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use actix::{Actor, AsyncContext, Context, Handler, Message, Recipient, ResponseFuture};
+use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, Recipient, ResponseFuture, WrapFuture};
 use sea_orm::DatabaseConnection;
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
@@ -50,7 +50,7 @@ struct Slot {
 }
 
 /// A node's host over a step: sums for means, maxima, and busy windows.
-#[derive(Default)]
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 struct HostTotals {
     samples: u64,
     busy: u64,
@@ -82,6 +82,54 @@ struct RunMetrics {
     plan: String,
     feed: Recipient<MetricsPublished>,
     steps: HashMap<Uuid, StepMetrics>,
+    /// Windows arrived since the totals were last written to the database.
+    dirty: bool,
+}
+
+/// A step's totals as written to the database every second, so a restarted broker carries them on.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct SavedStep {
+    totals: Window,
+    windows: BTreeMap<String, u64>,
+    dropped: BTreeMap<String, u64>,
+    hosts: BTreeMap<String, HostTotals>,
+}
+
+impl RunMetrics {
+    /// The totals of every step, as JSON.
+    fn saved(&self) -> String {
+        let steps: BTreeMap<String, SavedStep> = self
+            .steps
+            .iter()
+            .map(|(id, s)| {
+                let hosts = s
+                    .hosts
+                    .iter()
+                    .map(|(node, h)| (node.clone(), HostTotals { samples: h.samples, busy: h.busy, sums: h.sums, maxima: h.maxima }))
+                    .collect();
+                let saved = SavedStep { totals: s.totals.to_window(), windows: s.windows.clone(), dropped: s.dropped.clone(), hosts };
+                (id.to_string(), saved)
+            })
+            .collect();
+        serde_json::to_string(&steps).unwrap_or_default()
+    }
+
+    /// Takes back totals written by `saved`.
+    fn restore(&mut self, text: &str) {
+        let Ok(mut steps) = serde_json::from_str::<BTreeMap<String, SavedStep>>(text) else {
+            tracing::warn!("the saved metrics of a run could not be read; its totals start again");
+            return;
+        };
+        for (id, step) in &mut self.steps {
+            if let Some(saved) = steps.remove(&id.to_string()) {
+                step.totals = Merged::default();
+                step.totals.add(&saved.totals);
+                step.windows = saved.windows;
+                step.dropped = saved.dropped;
+                step.hosts = saved.hosts;
+            }
+        }
+    }
 }
 
 /// Why a delivery of windows was refused.
@@ -221,10 +269,22 @@ impl Actor for MetricsActor {
         ctx.run_interval(Duration::from_secs(1), |act, ctx| {
             let now = Self::now_ms();
             let mut points = Vec::new();
+            let mut saves = Vec::new();
             for (id, run) in &mut act.runs {
                 points.extend(Self::publish_ready(*id, run, now, false));
+                if std::mem::take(&mut run.dirty) {
+                    saves.push((*id, run.saved()));
+                }
             }
             act.write(points, ctx);
+            let db = act.db.clone();
+            ctx.spawn(actix::fut::wrap_future(async move {
+                for (run_id, state) in saves {
+                    if let Err(e) = runs::set_metrics_state(&db, run_id, state).await {
+                        tracing::warn!(%run_id, error = %e, "could not record the run's metrics so far");
+                    }
+                }
+            }));
         });
     }
 }
@@ -260,12 +320,14 @@ pub struct TrackRun {
     pub steps: Vec<TrackedStep>,
     /// Where merged windows go (the run's feed).
     pub feed: Recipient<MetricsPublished>,
+    /// The run is carried on after a broker restart: its totals so far are in the database.
+    pub resumed: bool,
 }
 
 impl Handler<TrackRun> for MetricsActor {
     type Result = ();
 
-    fn handle(&mut self, msg: TrackRun, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: TrackRun, ctx: &mut Context<Self>) {
         let steps = msg
             .steps
             .into_iter()
@@ -285,7 +347,23 @@ impl Handler<TrackRun> for MetricsActor {
                 (id, step)
             })
             .collect();
-        self.runs.insert(msg.run_id, RunMetrics { token: msg.token, plan: msg.plan, feed: msg.feed, steps });
+        let run = RunMetrics { token: msg.token, plan: msg.plan, feed: msg.feed, steps, dirty: false };
+        if !msg.resumed {
+            self.runs.insert(msg.run_id, run);
+            return;
+        }
+        // Carried on: the totals so far come back first (windows arriving meanwhile are
+        // refused as from an unknown run, and their relays send them again).
+        let (db, run_id) = (self.db.clone(), msg.run_id);
+        ctx.wait(async move { runs::recovery(&db, run_id).await }.into_actor(self).map(move |recovery, act, _| {
+            let mut run = run;
+            match recovery {
+                Ok(runs::Recovery { metrics_state: Some(text), .. }) => run.restore(&text),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(%run_id, error = %e, "could not read the run's metrics so far"),
+            }
+            act.runs.insert(run_id, run);
+        }));
     }
 }
 
@@ -318,6 +396,7 @@ impl Handler<Ingest> for MetricsActor {
         }
         let now = Self::now_ms();
         let mut points = Vec::new();
+        run.dirty = true;
         for w in &msg.windows {
             let Some(step) = Uuid::parse_str(&w.step_id).ok().and_then(|id| run.steps.get_mut(&id)) else { continue };
             let mut single = Merged::default();

@@ -330,6 +330,42 @@ impl Handler<OpenRun> for Ec2PoolActor {
     }
 }
 
+/// Takes over a run left live by a previous broker process: its network
+/// (`local`). Runs on cloud nodes are not carried on: their SSH connections
+/// and forwards died with the process.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), PoolError>")]
+pub struct AdoptRun {
+    /// The run.
+    pub run_id: Uuid,
+}
+
+impl Handler<AdoptRun> for Ec2PoolActor {
+    type Result = ResponseActFuture<Self, Result<(), PoolError>>;
+
+    fn handle(&mut self, msg: AdoptRun, _: &mut Context<Self>) -> Self::Result {
+        if self.cloud.is_some() {
+            let refused = PoolError::Refused("runs on EC2 nodes are not carried on across a broker restart".into());
+            return Box::pin(actix::fut::ready(Err(refused)));
+        }
+        let engine = self.engine();
+        let name = Self::network_name(msg.run_id);
+        let labels = self.labels(msg.run_id);
+        let run_id = msg.run_id;
+        Box::pin(
+            async move {
+                let (_, gateway) = engine?.ensure_network(&name, labels).await?;
+                Ok(RunNetwork { name, gateway })
+            }
+            .into_actor(self)
+            .map(move |res: Result<RunNetwork, PoolError>, act, _| {
+                act.networks.insert(run_id, res?);
+                Ok(())
+            }),
+        )
+    }
+}
+
 /// Lends `count` nodes to a step.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Vec<NodeGrant>, PoolError>")]

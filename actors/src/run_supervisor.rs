@@ -10,6 +10,14 @@
 //! stopped and everything labelled with the run is swept. Every transition is
 //! persisted with its time; `failed` carries a reason a user can read.
 //!
+//! Carrying on after a restart (`resume`): a run the database still calls
+//! running or terminating is taken over by a new supervisor. Its network and
+//! containers are found by their labels and adopted, steps that finished keep
+//! their outcome, steps that were running go on until their `run_max_time`
+//! counted from their recorded start, steps not started yet start at the run's
+//! recorded start plus their `run_delay`. Feed numbers continue after the last
+//! recorded one (recorded every second, with a margin for the last second).
+//!
 //! Policy: a required step that fails (to prepare, to start, or by exiting
 //! non-zero) fails the run and stops the others; an optional step's failure
 //! is recorded and the run goes on. Abort works in every state and is idempotent.
@@ -25,14 +33,16 @@ use sea_orm::DatabaseConnection;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use chrono::{DateTime, Utc};
+
 use crate::domain::views::{PlanView, RunState, RunView, StepState, StepView};
 use crate::domain::Env;
 use crate::feed::{EventKind, Feed, RunEvent};
 use crate::metrics::{FinishRun, MetricsActor, MetricsPublished, TrackRun, TrackedStep};
-use crate::pool::{CloseRun, Ec2PoolActor, OpenRun};
+use crate::pool::{AdoptRun, CloseRun, Ec2PoolActor, OpenRun};
 use crate::settings::RunSettings;
 use crate::domain::views::ContainerView;
-use crate::step::{ReportKind, StartStep, StepActor, StepContext, StepLogs, StepOutcome, StepReport, StopReason, StopStep};
+use crate::step::{ReportKind, StartStep, StepActor, StepContext, StepLogs, StepOutcome, StepReport, StepResume, StopReason, StopStep};
 use crate::store::{runs, StoreError};
 
 /// A run has ended; its events are handed over for late subscribers.
@@ -85,11 +95,32 @@ pub struct RunSupervisor {
     aborted: bool,
     failure: Option<String>,
     closing: bool,
+    /// Set when carrying on a run after a restart: when it started, and each step's recorded state and start.
+    resumed: Option<Resumed>,
+    /// The feed number last written to the database.
+    recorded_seq: u64,
 }
 
+/// What the database says of a run being carried on.
+struct Resumed {
+    started_at: Option<DateTime<Utc>>,
+    steps: HashMap<Uuid, StepResume>,
+    scheduled: bool,
+}
+
+/// Feed numbers a crashed broker may have handed out after the last one it recorded (it records every second).
+const FEED_SEQ_MARGIN: u64 = 10_000;
+
 impl RunSupervisor {
-    /// A supervisor for the recorded run `run_id` of `plan`.
-    pub fn new(run_id: Uuid, plan: PlanView, run_env: Env, services: RunServices, broker: Recipient<RunEnded>) -> Self {
+    /// A supervisor for the recorded run `run_id` of `plan`; its relays present `ingest_token`.
+    pub fn new(
+        run_id: Uuid,
+        plan: PlanView,
+        run_env: Env,
+        services: RunServices,
+        broker: Recipient<RunEnded>,
+        ingest_token: String,
+    ) -> Self {
         let RunServices { settings, db, pool, metrics } = services;
         let steps = plan
             .steps
@@ -104,7 +135,7 @@ impl RunSupervisor {
             db,
             pool,
             metrics,
-            ingest_token: format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple()),
+            ingest_token,
             broker,
             state: RunState::Pending,
             feed: Feed::default(),
@@ -113,7 +144,47 @@ impl RunSupervisor {
             aborted: false,
             failure: None,
             closing: false,
+            resumed: None,
+            recorded_seq: 0,
         }
+    }
+
+    /// A supervisor that carries on `run` (running or terminating) after a broker restart.
+    pub fn resume(
+        run: &RunView,
+        plan: PlanView,
+        run_env: Env,
+        services: RunServices,
+        broker: Recipient<RunEnded>,
+        recovery: runs::Recovery,
+    ) -> Self {
+        let token = recovery.ingest_token.clone().unwrap_or_default();
+        let mut me = Self::new(run.id, plan, run_env, services, broker, token);
+        me.state = run.state;
+        let seq = recovery.feed_seq + FEED_SEQ_MARGIN;
+        me.feed = Feed::after(seq);
+        me.recorded_seq = recovery.feed_seq;
+        let steps = run.step_records.iter().map(|r| (r.step_id, StepResume { state: r.state, started_at: r.started_at })).collect();
+        me.resumed = Some(Resumed { started_at: run.started_at, steps, scheduled: false });
+        me
+    }
+
+    /// Writes the feed's last number when it moved, so a restarted broker continues after it.
+    fn record_seq(&mut self, ctx: &mut Context<Self>) {
+        let seq = self.feed.last_seq();
+        if seq <= self.recorded_seq {
+            return;
+        }
+        self.recorded_seq = seq;
+        let (db, run_id) = (self.db.clone(), self.run_id);
+        ctx.spawn(
+            async move {
+                if let Err(e) = runs::set_feed_seq(&db, run_id, seq).await {
+                    tracing::warn!(%run_id, error = %e, "could not record the feed's position");
+                }
+            }
+            .into_actor(self),
+        );
     }
 
     /// Persists a transition (the actor waits for the write), then publishes it.
@@ -180,13 +251,7 @@ impl RunSupervisor {
         let pool = self.pool.clone();
         let run_id = self.run_id;
         let instances = self.steps.values().filter(|s| !s.view.spec.monitor).map(|s| s.view.spec.instance_count).sum();
-        // A step without a time limit is taken to need a day, for the nodes' dead-man's switch.
-        let run_span = self
-            .steps
-            .values()
-            .map(|s| s.view.spec.run_delay + if s.view.spec.run_max_time == 0 { 86_400 } else { s.view.spec.run_max_time })
-            .max()
-            .unwrap_or(0);
+        let run_span = self.run_span();
         ctx.wait(async move { pool.send(OpenRun { run_id, instances }).await }.into_actor(self).map(move |res, act, ctx| {
             match res {
                 Ok(Ok(())) => {}
@@ -196,51 +261,117 @@ impl RunSupervisor {
             if act.aborted {
                 return act.maybe_close(ctx);
             }
-            let me = ctx.address().recipient::<StepReport>();
-            let tracked = act
-                .steps
-                .values()
-                .filter(|s| !s.view.spec.monitor)
-                .map(|s| TrackedStep {
-                    id: s.view.id,
-                    name: s.view.spec.name.clone(),
-                    series: s.view.spec.docker_series.clone().unwrap_or_else(|| s.view.spec.name.clone()),
-                    region: s.view.spec.instance_region.clone(),
-                    nodes: s.view.spec.instance_count as usize,
-                    generator: !s.view.spec.service,
-                })
-                .collect();
-            act.metrics.do_send(TrackRun {
-                run_id: act.run_id,
-                token: act.ingest_token.clone(),
-                plan: act.plan.plan.name.clone(),
-                steps: tracked,
-                feed: ctx.address().recipient(),
-            });
-            let mut monitor_steps = Vec::new();
-            for slot in act.steps.values_mut() {
-                if slot.view.spec.monitor {
-                    slot.outcome = Some(StepOutcome::Skipped);
-                    monitor_steps.push(slot.view.id);
+            act.spawn_steps(run_span, ctx);
+        }));
+    }
+
+    /// A day for steps without a time limit, for the nodes' dead-man's switch.
+    fn run_span(&self) -> u64 {
+        self.steps
+            .values()
+            .map(|s| s.view.spec.run_delay + if s.view.spec.run_max_time == 0 { 86_400 } else { s.view.spec.run_max_time })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Has the metrics actor track the run, and starts one `StepActor` per step still to run.
+    fn spawn_steps(&mut self, run_span: u64, ctx: &mut Context<Self>) {
+        let me = ctx.address().recipient::<StepReport>();
+        let tracked = self
+            .steps
+            .values()
+            .filter(|s| !s.view.spec.monitor)
+            .map(|s| TrackedStep {
+                id: s.view.id,
+                name: s.view.spec.name.clone(),
+                series: s.view.spec.docker_series.clone().unwrap_or_else(|| s.view.spec.name.clone()),
+                region: s.view.spec.instance_region.clone(),
+                nodes: s.view.spec.instance_count as usize,
+                generator: !s.view.spec.service,
+            })
+            .collect();
+        self.metrics.do_send(TrackRun {
+            run_id: self.run_id,
+            token: self.ingest_token.clone(),
+            plan: self.plan.plan.name.clone(),
+            steps: tracked,
+            feed: ctx.address().recipient(),
+            resumed: self.resumed.is_some(),
+        });
+        let mut monitor_steps = Vec::new();
+        let mut failed_before = Vec::new();
+        for slot in self.steps.values_mut() {
+            if slot.view.spec.monitor {
+                slot.outcome = Some(StepOutcome::Skipped);
+                monitor_steps.push(slot.view.id);
+                continue;
+            }
+            let resume = self.resumed.as_ref().and_then(|r| r.steps.get(&slot.view.id)).cloned();
+            // A step that finished before the restart keeps its outcome.
+            match resume.as_ref().map(|r| r.state) {
+                Some(StepState::Completed) => {
+                    slot.outcome = Some(StepOutcome::Completed);
                     continue;
                 }
-                let step_ctx = StepContext {
-                    run_id: act.run_id,
-                    step: slot.view.clone(),
-                    plan_env: act.plan.environment_data.clone(),
-                    run_env: act.run_env.clone(),
-                    plan_name: act.plan.plan.name.clone(),
-                    run_span: std::time::Duration::from_secs(run_span),
-                    settings: act.settings.clone(),
-                    db: act.db.clone(),
-                    ingest_token: act.ingest_token.clone(),
-                };
-                slot.addr = Some(StepActor::new(step_ctx, act.pool.clone(), me.clone()).start());
+                Some(StepState::Skipped) => {
+                    slot.outcome = Some(StepOutcome::Skipped);
+                    continue;
+                }
+                Some(StepState::Failed) => {
+                    slot.outcome = Some(StepOutcome::Failed("failed before the broker restarted".into()));
+                    if slot.view.spec.required {
+                        failed_before.push(slot.view.spec.name.clone());
+                    }
+                    continue;
+                }
+                _ => {}
             }
-            for id in monitor_steps {
-                act.record_skipped(id, "monitor steps are not run", ctx);
+            let step_ctx = StepContext {
+                run_id: self.run_id,
+                step: slot.view.clone(),
+                plan_env: self.plan.environment_data.clone(),
+                run_env: self.run_env.clone(),
+                plan_name: self.plan.plan.name.clone(),
+                run_span: std::time::Duration::from_secs(run_span),
+                settings: self.settings.clone(),
+                db: self.db.clone(),
+                ingest_token: self.ingest_token.clone(),
+                resume,
+            };
+            slot.addr = Some(StepActor::new(step_ctx, self.pool.clone(), me.clone()).start());
+        }
+        for id in monitor_steps {
+            self.record_skipped(id, "monitor steps are not run", ctx);
+        }
+        if let Some(name) = failed_before.first() {
+            self.fail(format!("step {name:?} failed"), ctx);
+        } else if self.state == RunState::Terminating {
+            self.stop_steps(StopReason::RunFailing, ctx);
+        }
+        self.maybe_start(ctx);
+        self.maybe_close(ctx);
+    }
+
+    /// Carries on a run after a restart: adopts its network, then its steps.
+    fn adopt(&mut self, ctx: &mut Context<Self>) {
+        let pool = self.pool.clone();
+        let run_id = self.run_id;
+        let run_span = self.run_span();
+        self.feed.publish(EventKind::Run { state: self.state, reason: Some("carried on by a restarted broker".into()) });
+        ctx.wait(async move { pool.send(AdoptRun { run_id }).await }.into_actor(self).map(move |res, act, ctx| {
+            let refused = match res {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(e) = refused {
+                // Nothing of the run is adopted: every step is over, and the run fails and is swept.
+                for slot in act.steps.values_mut() {
+                    slot.outcome.get_or_insert(StepOutcome::Skipped);
+                }
+                return act.fail(format!("the broker restarted and cannot carry on this run: {e}"), ctx);
             }
-            act.maybe_start(ctx);
+            act.spawn_steps(run_span, ctx);
         }));
     }
 
@@ -258,19 +389,47 @@ impl RunSupervisor {
         self.feed.publish(EventKind::Step { step, state: StepState::Skipped, reason: Some(why.into()) });
     }
 
-    /// Once every step is prepared: running, and each step started after its delay.
-    fn maybe_start(&mut self, ctx: &mut Context<Self>) {
-        if self.state != RunState::Initializing || !self.live_steps().all(|s| s.prepared) {
-            return;
-        }
-        self.transition(RunState::Running, ctx);
-        // Each `dns_name` and the addresses of its step's nodes, for nodes that share no network.
-        let hosts: Vec<(String, Vec<String>)> = self
-            .steps
+    /// Each `dns_name` and the addresses of its step's nodes, for nodes that share no network.
+    fn hosts(&self) -> Vec<(String, Vec<String>)> {
+        self.steps
             .values()
             .filter_map(|s| Some((s.view.spec.dns_name.clone()?, s.addresses.clone())))
             .filter(|(_, addresses)| !addresses.is_empty())
-            .collect();
+            .collect()
+    }
+
+    /// Once every step is prepared: running, and each step started after its delay.
+    fn maybe_start(&mut self, ctx: &mut Context<Self>) {
+        if !self.live_steps().all(|s| s.prepared) {
+            return;
+        }
+        if let Some(resumed) = &mut self.resumed {
+            // Carried on: steps not started yet start at the run's recorded start plus their delay.
+            if self.state != RunState::Running || resumed.scheduled {
+                return;
+            }
+            resumed.scheduled = true;
+            let started_at = resumed.started_at.unwrap_or_else(Utc::now);
+            let waiting: Vec<(Uuid, u64)> = resumed
+                .steps
+                .iter()
+                .filter(|(_, r)| r.state == StepState::Pending)
+                .filter_map(|(id, _)| self.steps.get(id).map(|s| (*id, s.view.spec.run_delay)))
+                .collect();
+            for (id, delay) in waiting {
+                let Some(addr) = self.steps.get(&id).and_then(|s| s.addr.clone()) else { continue };
+                let due = started_at + chrono::Duration::seconds(i64::try_from(delay).unwrap_or(i64::MAX / 1000));
+                let wait = (due - Utc::now()).to_std().unwrap_or_default();
+                let start = StartStep { hosts: self.hosts() };
+                self.start_timers.push(ctx.run_later(wait, move |_, _| addr.do_send(start)));
+            }
+            return self.maybe_close(ctx);
+        }
+        if self.state != RunState::Initializing {
+            return;
+        }
+        self.transition(RunState::Running, ctx);
+        let hosts = self.hosts();
         let mut order: Vec<(u64, Addr<StepActor>)> =
             self.live_steps().filter_map(|s| s.addr.clone().map(|a| (s.view.spec.run_delay, a))).collect();
         order.sort_by_key(|(delay, _)| *delay);
@@ -346,6 +505,10 @@ impl Actor for RunSupervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(Duration::from_secs(1), |act, ctx| act.record_seq(ctx));
+        if self.resumed.is_some() {
+            return self.adopt(ctx);
+        }
         self.feed.publish(EventKind::Run { state: RunState::Pending, reason: None });
         self.open(ctx);
     }

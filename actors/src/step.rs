@@ -7,6 +7,12 @@
 //! Phases: preparing → ready → running → stopping → done. A stop that arrives
 //! while preparing is honoured as soon as preparation ends, so nothing that
 //! was being created is left behind.
+//!
+//! Carried on after a broker restart (`StepContext::resume`), the step adopts
+//! its nodes' relays and containers (found by their labels) instead of making
+//! them; if it was running it goes straight back to running, starting only
+//! the nodes that had not started yet, and stops at `run_max_time` counted
+//! from its recorded start.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -73,6 +79,15 @@ pub enum ReportKind {
     Finished(StepOutcome),
 }
 
+/// What the database says of a step being carried on after a restart.
+#[derive(Clone, Debug)]
+pub struct StepResume {
+    /// Its recorded state.
+    pub state: StepState,
+    /// When it started, if it did.
+    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 /// Everything a step needs to know about its run.
 #[derive(Clone)]
 pub struct StepContext {
@@ -94,6 +109,8 @@ pub struct StepContext {
     pub db: DatabaseConnection,
     /// The run's metrics ingest token.
     pub ingest_token: String,
+    /// Set when a restarted broker carries the step on.
+    pub resume: Option<StepResume>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,6 +127,8 @@ struct Node {
     addr: Addr<DockerNodeActor>,
     launch: Launch,
     address: String,
+    /// The step containers found on the node when carried on.
+    adopted: Vec<String>,
 }
 
 /// Runs one step.
@@ -242,20 +261,20 @@ impl StepActor {
                         Ok(l) => (l.image, l.image_source),
                         Err(_) => (c.step.spec.container_name.clone(), c.step.spec.container_url.clone()),
                     };
-                    addr.send(PrepareNode { image, image_source, images_from: grant.images_from.clone() })
+                    addr.send(PrepareNode { image, image_source, images_from: grant.images_from.clone(), adopt: c.resume.is_some() })
                 })
                 .collect();
             async move { join_all(sends).await }.into_actor(act).map(move |results, act, ctx| {
                 for ((grant, addr), result) in prepared.into_iter().zip(results) {
-                    let relay_ip = match result {
-                        Ok(Ok(ip)) => ip,
+                    let (relay_ip, adopted) = match result {
+                        Ok(Ok(ready)) => (ready.relay_ip, ready.adopted),
                         Ok(Err(e)) => {
                             act.failure.get_or_insert_with(|| format!("node {}: {e}", grant.id));
-                            String::new()
+                            (String::new(), Vec::new())
                         }
                         Err(e) => {
                             act.failure.get_or_insert_with(|| format!("node {}: {e}", grant.id));
-                            String::new()
+                            (String::new(), Vec::new())
                         }
                     };
                     let injected = act.injected(&grant, &relay_ip);
@@ -271,7 +290,7 @@ impl StepActor {
                     if act.failure.is_none() {
                         act.event(EventKind::Node { step: act.name(), node: grant.id.clone(), state: "ready".into() });
                     }
-                    act.nodes.push(Node { id: grant.id, addr, launch, address: grant.address });
+                    act.nodes.push(Node { id: grant.id, addr, launch, address: grant.address, adopted });
                 }
                 act.after_prepare(ctx);
             })
@@ -282,12 +301,57 @@ impl StepActor {
         if let Some(reason) = self.failure.clone() {
             self.report(ReportKind::Prepared(Err(reason.clone())));
             self.finish(StepOutcome::Failed(reason), ctx);
-        } else if self.stop.is_some() {
+        } else if self.stop.is_some() && !self.was_running() {
             self.finish(StepOutcome::Skipped, ctx);
+        } else if self.was_running() {
+            self.carry_on(ctx);
         } else {
             self.phase = Phase::Ready;
             self.report(ReportKind::Prepared(Ok(self.nodes.iter().map(|n| n.address.clone()).collect())));
         }
+    }
+
+    /// Whether this step was running (or stopping) when the broker restarted.
+    fn was_running(&self) -> bool {
+        self.ctx.resume.as_ref().is_some_and(|r| matches!(r.state, StepState::Running | StepState::Stopping))
+    }
+
+    /// Back to running after a restart: adopted containers count as started, the
+    /// other nodes start on the original `node_delay` schedule, and `run_max_time`
+    /// counts from the recorded start.
+    fn carry_on(&mut self, ctx: &mut Context<Self>) {
+        let resume = self.ctx.resume.clone().expect("carry_on is only called for resumed steps");
+        self.phase = Phase::Running;
+        self.report(ReportKind::Prepared(Ok(self.nodes.iter().map(|n| n.address.clone()).collect())));
+        let started_at = resume.started_at.unwrap_or_else(chrono::Utc::now);
+        let since = |seconds: u64| {
+            let due = started_at + chrono::Duration::seconds(i64::try_from(seconds).unwrap_or(i64::MAX / 1000));
+            (due - chrono::Utc::now()).to_std().unwrap_or_default()
+        };
+        let delay = self.ctx.step.spec.node_delay;
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].adopted.is_empty() {
+                let handle = ctx.run_later(since(delay * i as u64), move |act, ctx| act.start_node(i, ctx));
+                self.pending_starts.push(handle);
+            } else {
+                self.started += 1;
+                for id in self.nodes[i].adopted.clone() {
+                    self.exits.entry(id).or_insert(None);
+                }
+            }
+        }
+        if let Some((node, code)) = self.exits.iter().find_map(|(id, code)| code.filter(|c| *c != 0).map(|c| (id.clone(), c))) {
+            self.failure.get_or_insert(format!("container {node} exited with code {code} while the broker was away"));
+        }
+        let max = self.ctx.step.spec.run_max_time;
+        if max > 0 {
+            let why = if self.ctx.step.spec.service { Some(StopReason::ServiceDone) } else { None };
+            ctx.run_later(since(max), move |act, ctx| act.begin_stop(why, ctx));
+        }
+        if resume.state == StepState::Stopping || self.stop.is_some() {
+            self.begin_stop(None, ctx);
+        }
+        self.check_done(ctx);
     }
 
     fn start_node(&mut self, index: usize, ctx: &mut Context<Self>) {

@@ -9,6 +9,7 @@ mod m20261128_000002_create_container;
 mod m20261128_000003_create_metric_summary;
 mod m20261128_000004_add_dashboards;
 mod m20261128_000005_add_min_nodes;
+mod m20261128_000006_add_run_recovery;
 
 /// Applies every migration in order.
 pub struct Migrator;
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000003_create_metric_summary::Migration),
             Box::new(m20261128_000004_add_dashboards::Migration),
             Box::new(m20261128_000005_add_min_nodes::Migration),
+            Box::new(m20261128_000006_add_run_recovery::Migration),
         ]
     }
 }

@@ -157,6 +157,9 @@ pub async fn run(cli: Cli) -> ExitCode {
         }
         Command::Run { file, plan, env, owner } => {
             let args = run::RunArgs { file: &file, plan: plan.as_deref(), env: &env, owner };
+            // The run lives and dies with this process: any free port does for its relays.
+            let mut settings = settings.clone();
+            settings.metrics.ingest_port = 0;
             match run::run(&settings, args).await {
                 Ok(true) => Ok(()),
                 Ok(false) => return ExitCode::FAILURE,

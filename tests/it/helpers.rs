@@ -187,7 +187,11 @@ impl TestApp {
     pub async fn spawn(backend: Backend, overrides: &[(&str, &str)]) -> Self {
         let (database, database_url) = TestDatabase::create(backend).await;
         let broker_id = format!("t{}", &Uuid::new_v4().simple().to_string()[..12]);
-        let mut all = vec![("LOADS__BROKER__ID", broker_id.as_str()), ("LOADS__DOCKER__STOP_GRACE_SECONDS", "2")];
+        let mut all = vec![
+            ("LOADS__BROKER__ID", broker_id.as_str()),
+            ("LOADS__DOCKER__STOP_GRACE_SECONDS", "2"),
+            ("LOADS__METRICS__INGEST_PORT", "0"),
+        ];
         all.extend_from_slice(overrides);
         let settings = settings(&database_url, &all);
         let app = Application::build(&settings).await.expect("build the broker");
@@ -269,7 +273,7 @@ impl TestApp {
     pub async fn record_run(&self, plan_id: &str, owner: Option<&str>) -> Uuid {
         let db = loads_actors::store::connect(&self.database_url).await.expect("connect");
         let plan_id = Uuid::parse_str(plan_id).expect("plan id");
-        let run = loads_actors::store::runs::create(&db, plan_id, owner.map(str::to_string), &Default::default())
+        let run = loads_actors::store::runs::create(&db, plan_id, owner.map(str::to_string), &Default::default(), "recorded-by-a-test")
             .await
             .expect("record run");
         run.id

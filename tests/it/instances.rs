@@ -56,6 +56,7 @@ fn serve(broker: &str, port: u16, db: &str) -> Child {
         .env("LOADS__DATABASE__URL", db)
         .env("LOADS__BROKER__ID", broker)
         .env("LOADS__SERVER__PORT", port.to_string())
+        .env("LOADS__METRICS__INGEST_PORT", "0")
         .env("LOADS__EC2__ENDPOINT_URL", moto())
         .env("LOADS__EC2__REGIONS__US_WEST_2__AMI", "ami-12c6146b")
         .env("AWS_ACCESS_KEY_ID", "testing")

@@ -16,6 +16,7 @@ mod metrics;
 mod openapi;
 mod paging;
 mod projects;
+mod recovery;
 mod runs;
 mod runs_api;
 mod secrets;

@@ -1,14 +1,13 @@
 //! The runs API around the engine: bad requests, deletes, logs, the loads v2 routes,
-//! abort during initialization, and a broker killed in the middle of a run.
+//! abort during initialization.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 
 use awc::http::StatusCode;
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::helpers::{ensure_images, leftovers, on_both_databases, plan_doc, record, sh_step, LabelGuard};
+use crate::helpers::{ensure_images, on_both_databases, plan_doc, record, sh_step};
 
 on_both_databases! {
     /// Bad run requests are 4xx naming the field; a disabled plan is 409.
@@ -137,94 +136,6 @@ on_both_databases! {
         server.join().unwrap();
         app.assert_no_leftovers();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn serve(db: &str, broker: &str, port: u16) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_loads"))
-        .arg("serve")
-        .env("LOADS__DATABASE__URL", db)
-        .env("LOADS__BROKER__ID", broker)
-        .env("LOADS__SERVER__PORT", port.to_string())
-        .env("LOADS__DOCKER__STOP_GRACE_SECONDS", "1")
-        .env("LOADS__LOG__LEVEL", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start loads serve");
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let line = lines.next().expect("loads serve exited early").unwrap();
-        if line.contains("loads listening") {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "loads serve did not start");
-    }
-    std::thread::spawn(move || for _ in lines {});
-    child
-}
-
-/// Kill the broker with SIGKILL mid-run and start it again: the run is failed with a
-/// reason and everything it created is removed.
-#[actix_web::test]
-async fn a_broker_killed_mid_run_cleans_up_when_it_starts_again() {
-    ensure_images();
-    let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("loads.db").display());
-    let broker = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let _cleanup = LabelGuard(broker.clone());
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let client = awc::Client::new();
-    let json_of = |bytes: &[u8]| serde_json::from_slice::<Value>(bytes).unwrap();
-
-    let mut first = serve(&db, &broker, port);
-    let mut r = client.post(format!("{base}/api/v1/projects")).send_json(&json!({"name": "crash", "plans": [{"name": "p", "steps": [sh_step("s", "sleep 300")]}]})).await.unwrap();
-    let project = json_of(&r.body().await.unwrap());
-    let plan_id = project["plans"][0]["id"].as_str().unwrap().to_string();
-    let mut r = client.post(format!("{base}/api/v1/plans/{plan_id}/runs")).send_json(&json!({})).await.unwrap();
-    let run_id = json_of(&r.body().await.unwrap())["id"].as_str().unwrap().to_string();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let mut r = client.get(format!("{base}/api/v1/runs/{run_id}")).send().await.unwrap();
-        if record(&json_of(&r.body().await.unwrap()), "s")["state"] == "running" {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the run did not start");
-        actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    // The step is running once its container has started: wait for both containers to exist.
-    while leftovers(&broker).0.len() < 2 {
-        assert!(std::time::Instant::now() < deadline, "the step's container did not start");
-        actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    first.kill().unwrap();
-    first.wait().unwrap();
-    let (containers, networks) = leftovers(&broker);
-    assert_eq!((containers.len(), networks.len()), (2, 1), "the killed broker left its step container, relay and network");
-
-    let mut second = serve(&db, &broker, port);
-    let client = awc::Client::new();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let run = loop {
-        let mut r = client.get(format!("{base}/api/v1/runs/{run_id}")).send().await.unwrap();
-        let run = json_of(&r.body().await.unwrap());
-        let (c, n) = leftovers(&broker);
-        if run["state"] == "failed" && c.is_empty() && n.is_empty() {
-            break run;
-        }
-        assert!(std::time::Instant::now() < deadline, "not reconciled: {run:#}, leftovers {c:?} {n:?}");
-        actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
-    assert_eq!(run["failure_reason"], loads_actors::broker::RESTART_REASON);
-    assert!(run["completed_at"].is_string());
-    second.kill().unwrap();
-    second.wait().unwrap();
 }
 
 /// An image download that never answers fails its step after `docker.prepare_timeout_seconds`

@@ -278,6 +278,20 @@ pub struct Merged {
 }
 
 impl Merged {
+    /// The totals as one window (histograms encoded), which `add` turns back into the same totals.
+    pub fn to_window(&self) -> Window {
+        Window {
+            counters: self.counters.clone(),
+            gauges: self.gauges.clone(),
+            sets: self.sets.clone(),
+            timers: self.timers.iter().map(|(k, h)| (k.clone(), encode_histogram(h))).collect(),
+            lines: self.lines,
+            malformed: self.malformed,
+            duration_ms: self.duration_ms,
+            ..Window::default()
+        }
+    }
+
     /// Adds one window; an undecodable histogram is skipped and counted as malformed.
     pub fn add(&mut self, w: &Window) {
         // Sums across nodes saturate rather than become infinite, which JSON cannot carry.
@@ -308,6 +322,19 @@ impl Merged {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn totals_survive_their_trip_through_a_window() {
+        let mut a = Aggregator::default();
+        a.take("hits:3|c\nlat:12|ms\nlat:40|ms\ng:7|g\nu:x|s");
+        let mut merged = Merged::default();
+        merged.add(&a.flush(1, 0, 1000));
+        let mut back = Merged::default();
+        back.add(&merged.to_window());
+        assert_eq!((back.counters.clone(), back.gauges.clone(), back.sets.clone()), (merged.counters.clone(), merged.gauges.clone(), merged.sets.clone()));
+        assert_eq!(back.timers["lat"], merged.timers["lat"]);
+        assert_eq!((back.lines, back.duration_ms), (merged.lines, merged.duration_ms));
+    }
 
     #[test]
     fn a_counter_is_never_taken_beyond_a_finite_number() {

@@ -157,6 +157,19 @@ pub struct ContainerSpec {
     pub extra_hosts: Vec<String>,
 }
 
+/// A container found by its labels.
+#[derive(Clone, Debug)]
+pub struct LabelledContainer {
+    /// The engine's id.
+    pub id: String,
+    /// Its image.
+    pub image: String,
+    /// The value of the label asked for.
+    pub role: String,
+    /// Whether it is running.
+    pub running: bool,
+}
+
 /// A connection to one Docker engine.
 #[derive(Clone)]
 pub struct Engine {
@@ -474,6 +487,20 @@ impl Engine {
             Err(e) if is_not_found(&e) => Ok(()),
             Err(source) => Err(DockerError::Container { operation: "remove", id: id.into(), source }),
         }
+    }
+
+    /// Containers (stopped ones too) carrying all of `filter`'s labels, with their `key` label.
+    pub async fn containers_labelled(&self, filter: &[(&str, &str)], key: &str) -> Result<Vec<LabelledContainer>, DockerError> {
+        let (containers, _) = self.list_labelled(filter).await?;
+        Ok(containers
+            .into_iter()
+            .map(|c| LabelledContainer {
+                id: c.id.unwrap_or_default(),
+                image: c.image.unwrap_or_default(),
+                role: c.labels.and_then(|mut l| l.remove(key)).unwrap_or_default(),
+                running: c.state.is_some_and(|s| s.to_string() == "running"),
+            })
+            .collect())
     }
 
     /// Containers (stopped ones too) and networks carrying all of `filter`'s labels.

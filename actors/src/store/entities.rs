@@ -111,6 +111,10 @@ pub mod run {
         pub completed_at: Option<DateTimeUtc>,
         pub updated_at: DateTimeUtc,
         pub dashboard_url: Option<String>,
+        pub ingest_token: Option<String>,
+        pub feed_seq: i64,
+        #[sea_orm(column_type = "Text", nullable)]
+        pub metrics_state: Option<String>,
     }
 
     no_relations!();

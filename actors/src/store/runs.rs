@@ -146,6 +146,7 @@ pub async fn create<C: ConnectionTrait + TransactionTrait>(
     plan_id: Uuid,
     owner: Option<String>,
     env: &Env,
+    ingest_token: &str,
 ) -> Result<RunView, StoreError> {
     let txn = db.begin().await?;
     plan::Entity::find_by_id(plan_id).one(&txn).await?.ok_or_else(|| StoreError::not_found("plan", plan_id))?;
@@ -164,6 +165,9 @@ pub async fn create<C: ConnectionTrait + TransactionTrait>(
         completed_at: Set(None),
         updated_at: Set(now),
         dashboard_url: Set(None),
+        ingest_token: Set(Some(ingest_token.to_string())),
+        feed_seq: Set(0),
+        metrics_state: Set(None),
     }
     .insert(&txn)
     .await?;
@@ -424,6 +428,35 @@ pub async fn metrics(db: &impl ConnectionTrait, run_id: Uuid) -> Result<Vec<Metr
     let order: HashMap<Uuid, usize> = run.step_records.iter().enumerate().map(|(i, r)| (r.step_id, i)).collect();
     out.sort_by_key(|m| order.get(&m.step_id).copied().unwrap_or(usize::MAX));
     Ok(out)
+}
+
+/// What a restarted broker needs to carry on a live run.
+#[derive(Clone, Debug, Default)]
+pub struct Recovery {
+    /// The token the run's relays present.
+    pub ingest_token: Option<String>,
+    /// The last feed sequence number recorded.
+    pub feed_seq: u64,
+    /// The metrics totals so far (the metrics actor's own format).
+    pub metrics_state: Option<String>,
+}
+
+/// The recovery record of run `id`.
+pub async fn recovery(db: &impl ConnectionTrait, id: Uuid) -> Result<Recovery, StoreError> {
+    let row = run::Entity::find_by_id(id).one(db).await?.ok_or_else(|| StoreError::not_found("run", id))?;
+    Ok(Recovery { ingest_token: row.ingest_token, feed_seq: u64::try_from(row.feed_seq).unwrap_or(0), metrics_state: row.metrics_state })
+}
+
+/// Records the last feed sequence number handed out for run `id`.
+pub async fn set_feed_seq(db: &impl ConnectionTrait, id: Uuid, seq: u64) -> Result<(), StoreError> {
+    run::ActiveModel { id: Set(id), feed_seq: Set(i64::try_from(seq).unwrap_or(i64::MAX)), ..Default::default() }.update(db).await?;
+    Ok(())
+}
+
+/// Records the metrics totals of run `id` so far.
+pub async fn set_metrics_state(db: &impl ConnectionTrait, id: Uuid, state: String) -> Result<(), StoreError> {
+    run::ActiveModel { id: Set(id), metrics_state: Set(Some(state)), ..Default::default() }.update(db).await?;
+    Ok(())
 }
 
 /// Records where a run's dashboard was published.
