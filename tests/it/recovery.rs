@@ -44,19 +44,23 @@ fn serve(db: &str, broker: &str, port: u16, ingest_port: u16) -> Child {
     child
 }
 
+/// The API of a broker that is killed and started again: a new connection for every request.
 struct Api {
     base: String,
-    client: awc::Client,
 }
 
 impl Api {
+    fn client(&self) -> awc::Client {
+        awc::Client::builder().disable_timeout().finish()
+    }
+
     async fn get(&self, path: &str) -> Value {
-        let mut r = self.client.get(format!("{}{path}", self.base)).send().await.expect("request");
+        let mut r = self.client().get(format!("{}{path}", self.base)).send().await.expect("request");
         serde_json::from_slice(&r.body().limit(4 << 20).await.unwrap()).unwrap()
     }
 
     async fn post(&self, path: &str, body: Value) -> Value {
-        let mut r = self.client.post(format!("{}{path}", self.base)).send_json(&body).await.expect("request");
+        let mut r = self.client().post(format!("{}{path}", self.base)).send_json(&body).await.expect("request");
         serde_json::from_slice(&r.body().await.unwrap()).unwrap()
     }
 
@@ -88,7 +92,7 @@ async fn a_broker_killed_mid_run_carries_the_run_on_when_it_starts_again() {
     let broker = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let _cleanup = LabelGuard(broker.clone());
     let (port, ingest) = (free_port(), free_port());
-    let api = Api { base: format!("http://127.0.0.1:{port}"), client: awc::Client::builder().disable_timeout().finish() };
+    let api = Api { base: format!("http://127.0.0.1:{port}") };
 
     let mut first = serve(&db, &broker, port, ingest);
     let report = "printf 'hits:1|c\\n' | nc -w 2 $$STATSD_HOST $$STATSD_PORT";
@@ -189,7 +193,7 @@ async fn runs_survive_a_broker_killed_at_random_moments() {
     let broker = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let _cleanup = LabelGuard(broker.clone());
     let (port, ingest) = (free_port(), free_port());
-    let api = Api { base: format!("http://127.0.0.1:{port}"), client: awc::Client::builder().disable_timeout().finish() };
+    let api = Api { base: format!("http://127.0.0.1:{port}") };
     let mut service = sh_step("service", "sleep 300");
     service["service"] = json!(true);
     let mut load = sh_step("load", "sleep 3");
@@ -201,13 +205,15 @@ async fn runs_survive_a_broker_killed_at_random_moments() {
 
     let mut rng = Rng(0x5eed_1234_abcd_0042);
     for round in 0..6 {
-        let kill_after = Duration::from_millis(rng.below(7000));
+        // Every third round early (pending or initializing), the others anywhere in the run.
+        let kill_after = Duration::from_millis(if round % 3 == 0 { rng.below(400) } else { rng.below(7000) });
         let run_id = api.post(&format!("/api/v1/plans/{plan_id}/runs"), json!({})).await["id"].as_str().unwrap().to_string();
         actix_web::rt::time::sleep(kill_after).await;
         broker_process.kill().unwrap();
         broker_process.wait().unwrap();
         broker_process = serve(&db, &broker, port, ingest);
         let run = api.wait_run(&run_id, &format!("round {round} (killed after {kill_after:?})"), |r| r["completed_at"].is_string()).await;
+        eprintln!("round {round}: killed after {kill_after:?}; the run ended {} {}", run["state"], run["failure_reason"]);
         match run["state"].as_str() {
             Some("completed") => {}
             Some("failed") => assert!(run["failure_reason"].as_str().is_some_and(|r| !r.is_empty()), "{run:#}"),
