@@ -9,6 +9,7 @@ mod cli;
 mod compat;
 mod dashboards;
 mod ec2_nodes;
+mod faults;
 mod feed;
 mod immutability;
 mod instances;
