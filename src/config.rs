@@ -51,6 +51,8 @@ address_override = []
 owner = ""
 expiry_grace_seconds = 900
 user_data_template = ""
+launch_attempts = 6
+backoff_ms = 500
 
 [ec2.regions]
 
@@ -310,6 +312,10 @@ pub struct Ec2Settings {
     pub expiry_grace_seconds: u64,
     /// Another user-data template file; empty = `templates/user-data.sh.hbs`.
     pub user_data_template: String,
+    /// Launch attempts in all when EC2 throttles or lacks capacity.
+    pub launch_attempts: u32,
+    /// The first wait between attempts, doubled each time (up to 20 s), with full jitter.
+    pub backoff_ms: u64,
     /// Per region (`ec2.regions.us-west-2`, or `LOADS__EC2__REGIONS__US_WEST_2__AMI`).
     pub regions: std::collections::BTreeMap<String, RegionSettings>,
 }
@@ -597,6 +603,9 @@ impl Settings {
         if self.ec2.address != "public" && self.ec2.address != "private" {
             return invalid("ec2.address", "must be `public` or `private`");
         }
+        if self.ec2.launch_attempts == 0 {
+            return invalid("ec2.launch_attempts", "must be at least 1");
+        }
         if self.ec2.max_instances == 0 || self.ec2.max_instances_per_run == 0 {
             return invalid("ec2.max_instances", "ec2.max_instances and ec2.max_instances_per_run must be at least 1");
         }
@@ -736,7 +745,7 @@ impl Settings {
             node_tuning: self.ssh.node_tuning.clone(),
             node_dir: self.ssh.node_dir.clone(),
             user_data_template,
-            backoff: Backoff::default(),
+            backoff: Backoff { attempts: self.ec2.launch_attempts, base: Duration::from_millis(self.ec2.backoff_ms), ..Backoff::default() },
             relay_image: crate::images::RELAY.to_string(),
         }))
     }

@@ -85,6 +85,7 @@ async fn cloud(nodes: &[String], known: &[&Sshd], key: PathBuf, extra: &[(&str, 
         ("LOADS__SSH__NODE_DIR", &node_dir_text),
         ("LOADS__SSH__NODE_TUNING", &tuning),
     ];
+    all.retain(|(k, _)| !extra.iter().any(|(e, _)| e == k));
     all.extend_from_slice(extra);
     let app = TestApp::spawn(Backend::Sqlite, &all).await;
     Cloud { app, node_dir, _dir: dir }
@@ -289,4 +290,88 @@ async fn pooled_instances_are_reused_then_terminated_when_idle() {
     let gone = until_all_terminated(&c.app.broker_id).await;
     assert_eq!(gone.len(), 1);
     c.app.assert_no_leftovers();
+}
+
+/// The fault-injecting proxy (`tests/ec2_fault_proxy.py`) in front of moto; its log is one JSON line per RunInstances.
+struct FaultProxy {
+    child: std::process::Child,
+    url: String,
+    log: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn fault_proxy(args: &[&str]) -> FaultProxy {
+    use std::io::BufRead;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ec2_fault_proxy.py");
+    let mut child = std::process::Command::new("python3")
+        .arg(script)
+        .args(["--upstream", &moto()])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("the proxy starts").unwrap();
+    let port = first.strip_prefix("listening ").expect("listening PORT").to_string();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            sink.lock().unwrap().push(serde_json::from_str(&line).unwrap());
+        }
+    });
+    FaultProxy { child, url: format!("http://127.0.0.1:{port}"), log }
+}
+
+/// EC2 throttling the first launches: the broker backs off and tries again, and the run completes.
+#[actix_web::test]
+async fn throttled_launches_are_retried_with_backoff() {
+    let sshd = start_sshd();
+    let proxy = fault_proxy(&["--fail", "RequestLimitExceeded:2"]);
+    let c = cloud(&[sshd.addr.to_string()], &[&sshd], sshd.client_key(), &[("LOADS__EC2__ENDPOINT_URL", &proxy.url), ("LOADS__EC2__BACKOFF_MS", "50")]).await;
+    let run = run_plan(&c.app, json!({"name": "p", "steps": [gen_step("gen", 1, "true")]})).await;
+    assert_eq!(run["state"], "completed", "{run:#}");
+    let answers: Vec<String> = proxy.log.lock().unwrap().iter().map(|l| l["answer"].as_str().unwrap().to_string()).collect();
+    assert_eq!(answers, ["RequestLimitExceeded", "RequestLimitExceeded", "passed"]);
+    until_all_terminated(&c.app.broker_id).await;
+}
+
+/// EC2 lacking capacity for every node: after the retries the broker asks for at
+/// least the step's `min_nodes`, and the step runs on what it got.
+#[actix_web::test]
+async fn short_capacity_falls_back_to_min_nodes() {
+    let sshd = start_sshd();
+    let proxy = fault_proxy(&["--capacity", "1"]);
+    let extra = [("LOADS__EC2__ENDPOINT_URL", proxy.url.as_str()), ("LOADS__EC2__BACKOFF_MS", "20"), ("LOADS__EC2__LAUNCH_ATTEMPTS", "3")];
+    let c = cloud(&[sshd.addr.to_string()], &[&sshd], sshd.client_key(), &extra).await;
+    let mut step = gen_step("gen", 3, "true");
+    step["min_nodes"] = json!(1);
+    let run = run_plan(&c.app, json!({"name": "p", "steps": [step]})).await;
+    assert_eq!(run["state"], "completed", "{run:#}");
+    let asked: Vec<(u64, String)> =
+        proxy.log.lock().unwrap().iter().map(|l| (l["min"].as_u64().unwrap(), l["answer"].as_str().unwrap().to_string())).collect();
+    let short = "InsufficientInstanceCapacity".to_string();
+    assert_eq!(asked, [(3, short.clone()), (3, short.clone()), (3, short), (1, "passed".into())]);
+    assert!(!instances_of(&c.app.broker_id).await.is_empty());
+    until_all_terminated(&c.app.broker_id).await;
+}
+
+/// A quota error is not retried: the step fails at once with AWS's code and message.
+#[actix_web::test]
+async fn a_quota_error_fails_the_step_with_the_aws_message() {
+    let sshd = start_sshd();
+    let proxy = fault_proxy(&["--fail", "VcpuLimitExceeded:5"]);
+    let c = cloud(&[sshd.addr.to_string()], &[&sshd], sshd.client_key(), &[("LOADS__EC2__ENDPOINT_URL", &proxy.url)]).await;
+    let run = run_plan(&c.app, json!({"name": "p", "steps": [gen_step("gen", 1, "true")]})).await;
+    assert_eq!(run["state"], "failed");
+    let reason = record(&run, "gen")["failure_reason"].as_str().unwrap_or_default().to_string();
+    assert!(reason.contains("VcpuLimitExceeded: You have requested more vCPU capacity"), "{reason}");
+    assert_eq!(proxy.log.lock().unwrap().len(), 1, "not retried");
+    assert!(instances_of(&c.app.broker_id).await.is_empty());
 }

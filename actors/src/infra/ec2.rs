@@ -244,7 +244,9 @@ impl Region {
             if !config.key_name.is_empty() {
                 request = request.key_name(&config.key_name);
             }
-            match request.send().await {
+            // This loop is the one retry layer for launches: the SDK's own is off for them.
+            let no_sdk_retries = aws_sdk_ec2::config::Builder::default().retry_config(aws_sdk_ec2::config::retry::RetryConfig::disabled());
+            match request.customize().config_override(no_sdk_retries).send().await {
                 Ok(out) => return Ok(out.instances().iter().filter_map(|i| i.instance_id().map(str::to_string)).collect()),
                 Err(e) => {
                     let error = self.error("launch instances", e);

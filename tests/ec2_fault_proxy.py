@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""A fault-injecting proxy in front of the moto server, for the EC2 fault tests.
+
+Every request is passed to the upstream EC2 endpoint unchanged, except
+RunInstances calls chosen by the rules below, which get an EC2 error instead.
+Each RunInstances is logged on stdout as one JSON line
+({"min": MinCount, "max": MaxCount, "answer": CODE or "passed"}), so a test can
+read what the broker asked for and what it was told.
+
+  --fail CODE:N      the first N RunInstances get CODE (RequestLimitExceeded,
+                     InsufficientInstanceCapacity, VcpuLimitExceeded, ...)
+  --capacity MAX     RunInstances whose MinCount is above MAX get
+                     InsufficientInstanceCapacity (capacity for MAX only)
+
+Listens on 127.0.0.1 only; prints "listening PORT" when ready.
+"""
+import argparse
+import http.server
+import json
+import sys
+import threading
+import urllib.parse
+import urllib.request
+
+STATUS = {"RequestLimitExceeded": 503, "InsufficientInstanceCapacity": 500}
+MESSAGES = {
+    "RequestLimitExceeded": "Request limit exceeded.",
+    "InsufficientInstanceCapacity": "We currently do not have sufficient capacity in the Availability Zone you requested.",
+    "VcpuLimitExceeded": "You have requested more vCPU capacity than your current vCPU limit of 32 allows.",
+}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--upstream", required=True)
+    parser.add_argument("--fail", default="")
+    parser.add_argument("--capacity", type=int, default=None)
+    args = parser.parse_args()
+    fail_code, fail_left = (args.fail.split(":")[0], int(args.fail.split(":")[1])) if args.fail else ("", 0)
+    lock = threading.Lock()
+    state = {"fail_left": fail_left}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *_):
+            pass
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
+            if form.get("Action") == ["RunInstances"]:
+                low, high = int(form.get("MinCount", ["1"])[0]), int(form.get("MaxCount", ["1"])[0])
+                code = None
+                with lock:
+                    if state["fail_left"] > 0:
+                        state["fail_left"] -= 1
+                        code = fail_code
+                    elif args.capacity is not None and low > args.capacity:
+                        code = "InsufficientInstanceCapacity"
+                print(json.dumps({"min": low, "max": high, "answer": code or "passed"}), flush=True)
+                if code:
+                    xml = (f'<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error><Code>{code}</Code>'
+                           f'<Message>{MESSAGES.get(code, code)}</Message></Error></Errors>'
+                           f'<RequestID>fault-proxy</RequestID></Response>').encode()
+                    self.send_response(STATUS.get(code, 400))
+                    self.send_header("Content-Type", "text/xml")
+                    self.send_header("Content-Length", str(len(xml)))
+                    self.end_headers()
+                    self.wfile.write(xml)
+                    return
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+            request = urllib.request.Request(args.upstream + self.path, data=body, headers=headers, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=30) as answer:
+                    status, payload, kind = answer.status, answer.read(), answer.headers.get("Content-Type", "text/xml")
+            except urllib.error.HTTPError as e:
+                status, payload, kind = e.code, e.read(), e.headers.get("Content-Type", "text/xml")
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    print(f"listening {server.server_address[1]}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
