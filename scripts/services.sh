@@ -115,4 +115,9 @@ ensure_python_tools() {
     python3 -m pip install --quiet --disable-pip-version-check "$spec" 2>/dev/null \
       || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "$spec"
   fi
+  # The API fuzzer the hostile-input test runs (pinned: its check names are part of the test).
+  if ! python3 -c 'import schemathesis, sys; sys.exit(schemathesis.__version__ != "4.32.5")' >/dev/null 2>&1; then
+    python3 -m pip install --quiet --disable-pip-version-check 'schemathesis==4.32.5' 2>/dev/null \
+      || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'schemathesis==4.32.5'
+  fi
 }

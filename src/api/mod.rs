@@ -38,62 +38,64 @@ async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::no_route())
 }
 
-async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not accept that method"))
-}
-
-fn resource(path: &str) -> Resource {
-    web::resource(path).default_service(web::to(method_not_allowed))
+/// A route's resource; any other method answers 405 with the `Allow` header listing `allow`.
+fn resource(path: &str, allow: &'static str) -> Resource {
+    web::resource(path).default_service(web::to(move || async move {
+        let error = ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("this route accepts {allow} only"));
+        let mut response = actix_web::ResponseError::error_response(&error);
+        response.headers_mut().insert(actix_web::http::header::ALLOW, actix_web::http::header::HeaderValue::from_static(allow));
+        response
+    }))
 }
 
 /// Registers every route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/health").route(web::get().to(v1::health)))
-        .service(resource("/api/v1/openapi.json").route(web::get().to(openapi::serve)))
+    cfg.service(resource("/health", "GET").route(web::get().to(v1::health)))
+        .service(resource("/api/v1/openapi.json", "GET").route(web::get().to(openapi::serve)))
         .service(
             web::scope("/api/v1")
-                .service(resource("/projects").route(web::get().to(v1::list_projects)).route(web::post().to(v1::create_project)))
-                .service(resource("/projects/import").route(web::post().to(v1::import_project)))
+                .service(resource("/projects", "GET, POST").route(web::get().to(v1::list_projects)).route(web::post().to(v1::create_project)))
+                .service(resource("/projects/import", "POST").route(web::post().to(v1::import_project)))
                 .service(
-                    resource("/projects/{id}")
+                    resource("/projects/{id}", "GET, PUT, DELETE")
                         .route(web::get().to(v1::get_project))
                         .route(web::put().to(v1::update_project))
                         .route(web::delete().to(v1::delete_project)),
                 )
                 .service(
-                    resource("/projects/{id}/plans").route(web::get().to(v1::list_plans)).route(web::post().to(v1::create_plan)),
+                    resource("/projects/{id}/plans", "GET, POST").route(web::get().to(v1::list_plans)).route(web::post().to(v1::create_plan)),
                 )
                 .service(
-                    resource("/plans/{id}")
+                    resource("/plans/{id}", "GET, PUT, DELETE")
                         .route(web::get().to(v1::get_plan))
                         .route(web::put().to(v1::update_plan))
                         .route(web::delete().to(v1::delete_plan)),
                 )
-                .service(resource("/plans/{id}/fork").route(web::post().to(v1::fork_plan)))
-                .service(resource("/plans/{id}/runs").route(web::post().to(v1::start_run)))
-                .service(resource("/instances").route(web::get().to(v1::list_instances)))
-                .service(resource("/instances/{id}").route(web::delete().to(v1::terminate_instance)))
-                .service(resource("/runs").route(web::get().to(v1::list_runs)))
-                .service(resource("/runs/{id}").route(web::get().to(v1::get_run)).route(web::delete().to(v1::delete_run)))
-                .service(resource("/runs/{id}/abort").route(web::post().to(v1::abort_run)))
-                .service(resource("/runs/{id}/logs").route(web::get().to(v1::run_logs)))
-                .service(resource("/runs/{id}/metrics").route(web::get().to(v1::run_metrics)))
-                .service(resource("/runs/{id}/dashboard").route(web::get().to(v1::run_dashboard)))
-                .service(resource("/runs/{id}/events").route(web::get().to(events::run_events)))
+                .service(resource("/plans/{id}/fork", "POST").route(web::post().to(v1::fork_plan)))
+                .service(resource("/plans/{id}/runs", "POST").route(web::post().to(v1::start_run)))
+                .service(resource("/instances", "GET").route(web::get().to(v1::list_instances)))
+                .service(resource("/instances/{id}", "DELETE").route(web::delete().to(v1::terminate_instance)))
+                .service(resource("/runs", "GET").route(web::get().to(v1::list_runs)))
+                .service(resource("/runs/{id}", "GET, DELETE").route(web::get().to(v1::get_run)).route(web::delete().to(v1::delete_run)))
+                .service(resource("/runs/{id}/abort", "POST").route(web::post().to(v1::abort_run)))
+                .service(resource("/runs/{id}/logs", "GET").route(web::get().to(v1::run_logs)))
+                .service(resource("/runs/{id}/metrics", "GET").route(web::get().to(v1::run_metrics)))
+                .service(resource("/runs/{id}/dashboard", "GET").route(web::get().to(v1::run_dashboard)))
+                .service(resource("/runs/{id}/events", "GET").route(web::get().to(events::run_events)))
                 .default_service(web::to(not_found)),
         )
-        .service(resource("/api").route(web::get().to(compat::root)))
-        .service(resource("/api/project").route(web::get().to(compat::list_projects)).route(web::post().to(compat::create_project)))
-        .service(resource("/api/project/{uuid}").route(web::get().to(compat::get_project)).route(web::delete().to(compat::delete_project)))
-        .service(resource("/api/instances").route(web::get().to(compat::list_instances)).route(web::delete().to(compat::terminate_instances)))
+        .service(resource("/api", "GET").route(web::get().to(compat::root)))
+        .service(resource("/api/project", "GET, POST").route(web::get().to(compat::list_projects)).route(web::post().to(compat::create_project)))
+        .service(resource("/api/project/{uuid}", "GET, DELETE").route(web::get().to(compat::get_project)).route(web::delete().to(compat::delete_project)))
+        .service(resource("/api/instances", "GET, DELETE").route(web::get().to(compat::list_instances)).route(web::delete().to(compat::terminate_instances)))
         .service(
-            resource("/api/instances/{id}")
+            resource("/api/instances/{id}", "GET, DELETE")
                 .route(web::get().to(compat::get_instance))
                 .route(web::delete().to(compat::terminate_instance)),
         )
-        .service(resource("/api/run/{uuid}").route(web::get().to(compat::get_run)).route(web::delete().to(compat::delete_run)))
+        .service(resource("/api/run/{uuid}", "GET, DELETE").route(web::get().to(compat::get_run)).route(web::delete().to(compat::delete_run)))
         .service(
-            resource("/api/orchestrate/{uuid}")
+            resource("/api/orchestrate/{uuid}", "POST, DELETE")
                 .route(web::post().to(compat::orchestrate))
                 .route(web::delete().to(compat::abort)),
         )

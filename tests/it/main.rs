@@ -11,6 +11,7 @@ mod dashboards;
 mod ec2_nodes;
 mod faults;
 mod feed;
+mod hostile;
 mod immutability;
 mod instances;
 mod metrics;
