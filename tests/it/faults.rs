@@ -64,3 +64,99 @@ async fn influxdb_down_leaves_the_run_and_its_summary_unaffected() {
     assert_eq!(hits, Some(json!(3.0)), "{metrics:#}");
     app.assert_no_leftovers();
 }
+
+/// A PostgreSQL server of the test's own (initdb as the `postgres` user, on a free loopback port).
+struct PrivatePostgres {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl PrivatePostgres {
+    fn as_postgres(args: &[&str]) -> std::process::Output {
+        std::process::Command::new("runuser").args(["-u", "postgres", "--"]).args(args).output().expect("runuser")
+    }
+
+    fn bin(tool: &str) -> String {
+        let dir = std::fs::read_dir("/usr/lib/postgresql").unwrap().filter_map(Result::ok).map(|e| e.path()).max().expect("PostgreSQL is installed");
+        dir.join("bin").join(tool).display().to_string()
+    }
+
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::process::Command::new("chown").args(["postgres:postgres"]).arg(dir.path()).status().unwrap();
+        let data = dir.path().join("data").display().to_string();
+        let out = Self::as_postgres(&[&Self::bin("initdb"), "-D", &data, "-A", "trust", "-U", "loads"]);
+        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let pg = Self { dir, port };
+        pg.up();
+        pg
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn up(&self) {
+        let options = format!("-p {} -k {} -c listen_addresses=127.0.0.1", self.port, self.dir.path().display());
+        let out = Self::as_postgres(&[&Self::bin("pg_ctl"), "-D", &self.data(), "-o", &options, "-l", &format!("{}/log", self.data()), "-w", "start"]);
+        assert!(out.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn down(&self) {
+        let out = Self::as_postgres(&[&Self::bin("pg_ctl"), "-D", &self.data(), "-m", "fast", "-w", "stop"]);
+        assert!(out.status.success(), "pg_ctl stop: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn url(&self, database: &str) -> String {
+        format!("postgres://loads@127.0.0.1:{}/{database}", self.port)
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = Self::as_postgres(&[&Self::bin("pg_ctl"), "-D", &self.data(), "-m", "immediate", "-w", "stop"]);
+    }
+}
+
+/// PostgreSQL going away in the middle of a run (and coming back) loses no state:
+/// the transitions made meanwhile are written once it answers, and the run completes.
+#[actix_web::test]
+async fn the_database_restarting_mid_run_loses_no_state() {
+    use sea_orm::ConnectionTrait;
+    ensure_images();
+    let pg = PrivatePostgres::start();
+    let admin = sea_orm::Database::connect(pg.url("postgres")).await.unwrap();
+    admin.execute_unprepared("CREATE DATABASE loads_fault").await.unwrap();
+    drop(admin);
+    let app = TestApp::spawn_on(&pg.url("loads_fault"), &[]).await;
+    let mut late = sh_step("late", "sleep 2");
+    late["run_delay"] = json!(3);
+    let (_, run_id) = app.start(json!({"name": "p", "steps": [sh_step("short", "sleep 1"), late]}), json!({})).await;
+    app.wait_for_run(&run_id, 60, |r| r["state"] == "running").await;
+
+    // Down while `short` finishes and `late` starts: both transitions happen with no database.
+    pg.down();
+    let filter = format!("label=loads.broker={}", app.broker_id);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let out = std::process::Command::new("docker").args(["ps", "-a", "--filter", &filter, "--filter", "label=loads.role=step", "--format", "{{.Status}}"]).output().unwrap();
+        let statuses = String::from_utf8_lossy(&out.stdout).to_string();
+        // `late` has started (its container exists) and `short`'s is gone (torn down).
+        if statuses.lines().count() == 1 && statuses.starts_with("Up") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the run did not go on without its database: {statuses}");
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    pg.up();
+
+    let run = app.wait_finished(&run_id, 120).await;
+    assert_eq!(run["state"], "completed", "{run:#}");
+    for step in ["short", "late"] {
+        let r = record(&run, step);
+        assert_eq!(r["state"], "completed", "{step}: {run:#}");
+        assert!(r["started_at"].is_string() && r["completed_at"].is_string(), "{step}: {run:#}");
+    }
+    app.assert_no_leftovers();
+}

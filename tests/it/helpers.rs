@@ -47,6 +47,8 @@ pub(crate) use on_both_databases;
 enum TestDatabase {
     Sqlite(#[allow(dead_code)] tempfile::TempDir),
     Postgres { admin_url: String, name: String },
+    /// One the test made and removes itself.
+    Given,
 }
 
 impl TestDatabase {
@@ -186,6 +188,15 @@ impl TestApp {
     /// Starts a broker on a fresh database with `overrides` applied to its settings.
     pub async fn spawn(backend: Backend, overrides: &[(&str, &str)]) -> Self {
         let (database, database_url) = TestDatabase::create(backend).await;
+        Self::spawn_with(database, database_url, overrides).await
+    }
+
+    /// Starts a broker on a database the test made (and removes).
+    pub async fn spawn_on(database_url: &str, overrides: &[(&str, &str)]) -> Self {
+        Self::spawn_with(TestDatabase::Given, database_url.to_string(), overrides).await
+    }
+
+    async fn spawn_with(database: TestDatabase, database_url: String, overrides: &[(&str, &str)]) -> Self {
         let broker_id = format!("t{}", &Uuid::new_v4().simple().to_string()[..12]);
         let mut all = vec![
             ("LOADS__BROKER__ID", broker_id.as_str()),

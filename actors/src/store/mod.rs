@@ -57,12 +57,49 @@ impl StoreError {
         matches!(self, Self::Database(DbErr::ConnectionAcquire(_) | DbErr::Conn(_)))
     }
 
+    /// Whether trying again may succeed: the database could not be reached, or a connection broke mid-query.
+    pub fn is_transient(&self) -> bool {
+        let Self::Database(e) = self else { return false };
+        if self.is_unreachable() {
+            return true;
+        }
+        let text = e.to_string();
+        ["Io(", "connection", "Connection", "PoolTimedOut", "PoolClosed", "terminating connection", "the database system is"]
+            .iter()
+            .any(|needle| text.contains(needle))
+    }
+
     pub(crate) fn not_found(what: &'static str, id: impl ToString) -> Self {
         Self::NotFound { what, id: id.to_string() }
     }
 
     pub(crate) fn conflict(code: &'static str, message: impl Into<String>) -> Self {
         Self::Conflict { code, message: message.into() }
+    }
+}
+
+/// How long a state write keeps trying while the database is away.
+const PERSIST_FOR: Duration = Duration::from_secs(120);
+
+/// Runs a write, trying again every half second while the database cannot be
+/// reached (up to two minutes), so a brief outage (a restart) loses no state.
+pub async fn persist<T, F, Fut>(what: &str, mut write: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let deadline = tokio::time::Instant::now() + PERSIST_FOR;
+    let mut warned = false;
+    loop {
+        match write().await {
+            Err(e) if e.is_transient() && tokio::time::Instant::now() < deadline => {
+                if !std::mem::replace(&mut warned, true) {
+                    tracing::warn!(error = %e, "the database is not answering; {what} is tried again until it does");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            other => return other,
+        }
     }
 }
 

@@ -198,8 +198,18 @@ pub async fn create<C: ConnectionTrait + TransactionTrait>(
     get(db, id).await
 }
 
-/// Moves run `id` to `state`, stamping `started_at`/`completed_at` as the state implies.
+/// Moves run `id` to `state`, stamping `started_at`/`completed_at` as the state implies;
+/// waits out a brief database outage rather than losing the transition.
 pub async fn set_state(
+    db: &impl ConnectionTrait,
+    id: Uuid,
+    state: RunState,
+    failure_reason: Option<String>,
+) -> Result<(), StoreError> {
+    super::persist("a run state", || write_state(db, id, state, failure_reason.clone())).await
+}
+
+async fn write_state(
     db: &impl ConnectionTrait,
     id: Uuid,
     state: RunState,
@@ -227,8 +237,19 @@ pub async fn set_state(
     Ok(())
 }
 
-/// Moves one step of a run to `state`, stamping `started_at`/`completed_at` as the state implies.
+/// Moves one step of a run to `state`, stamping `started_at`/`completed_at` as the state implies;
+/// waits out a brief database outage rather than losing the transition.
 pub async fn set_step_state(
+    db: &impl ConnectionTrait,
+    run_id: Uuid,
+    step_id: Uuid,
+    state: StepState,
+    failure_reason: Option<String>,
+) -> Result<(), StoreError> {
+    super::persist("a step state", || write_step_state(db, run_id, step_id, state, failure_reason.clone())).await
+}
+
+async fn write_step_state(
     db: &impl ConnectionTrait,
     run_id: Uuid,
     step_id: Uuid,
@@ -285,6 +306,10 @@ pub struct ContainerRecord {
 
 /// Records a removed container.
 pub async fn record_container(db: &impl ConnectionTrait, c: ContainerRecord) -> Result<(), StoreError> {
+    super::persist("a container record", || write_container(db, c.clone())).await
+}
+
+async fn write_container(db: &impl ConnectionTrait, c: ContainerRecord) -> Result<(), StoreError> {
     container::ActiveModel {
         id: Set(Uuid::new_v4()),
         run_id: Set(c.run_id),
@@ -373,6 +398,10 @@ async fn with_step_names(db: &impl ConnectionTrait, run_id: Uuid) -> Result<(Run
 
 /// Stores the metric summaries of a run (replacing earlier ones).
 pub async fn record_metrics(db: &impl ConnectionTrait, run_id: Uuid, rows: &[MetricSummaryView]) -> Result<(), StoreError> {
+    super::persist("the metrics summary", || write_metrics(db, run_id, rows)).await
+}
+
+async fn write_metrics(db: &impl ConnectionTrait, run_id: Uuid, rows: &[MetricSummaryView]) -> Result<(), StoreError> {
     metric_summary::Entity::delete_many().filter(metric_summary::Column::RunId.eq(run_id)).exec(db).await?;
     if rows.is_empty() {
         return Ok(());
