@@ -156,11 +156,15 @@ struct CloudNode {
     idle_since: Option<DateTime<Utc>>,
 }
 
-/// Who holds a cloud node.
-#[derive(Clone, Copy, Debug)]
+/// Who holds a cloud node, and what it was granted as.
+#[derive(Clone, Debug)]
 struct Lease {
     run_id: Uuid,
     step_id: Uuid,
+    name: String,
+    address: String,
+    network: String,
+    ingest_base: String,
 }
 
 /// Hands out nodes.
@@ -331,8 +335,11 @@ impl Handler<OpenRun> for Ec2PoolActor {
 }
 
 /// Takes over a run left live by a previous broker process: its network
-/// (`local`). Runs on cloud nodes are not carried on: their SSH connections
-/// and forwards died with the process.
+/// (`local`), or its instances (`ec2`: found by their `loads:run` tag,
+/// reached again over SSH at their `loads:ssh` address, the run network made
+/// sure of, the metrics forward opened again on its `loads:forward` port so
+/// the relays' URL still works). An instance that cannot be taken back is
+/// terminated; its step goes on without it.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(), PoolError>")]
 pub struct AdoptRun {
@@ -344,9 +351,22 @@ impl Handler<AdoptRun> for Ec2PoolActor {
     type Result = ResponseActFuture<Self, Result<(), PoolError>>;
 
     fn handle(&mut self, msg: AdoptRun, _: &mut Context<Self>) -> Self::Result {
-        if self.cloud.is_some() {
-            let refused = PoolError::Refused("runs on EC2 nodes are not carried on across a broker restart".into());
-            return Box::pin(actix::fut::ready(Err(refused)));
+        if let Some(cloud) = self.cloud.clone() {
+            let job = Adoption {
+                cloud,
+                regions: self.regions.clone(),
+                broker: self.broker_id.clone(),
+                run_id: msg.run_id,
+                network: Self::network_name(msg.run_id),
+                labels: self.labels(msg.run_id),
+                ingest: SocketAddr::from(([127, 0, 0, 1], self.ingest_port)),
+            };
+            return Box::pin(adopt_nodes(job).into_actor(self).map(|res, act, _| {
+                for node in res? {
+                    act.nodes.insert(node.instance.id.clone(), node);
+                }
+                Ok(())
+            }));
         }
         let engine = self.engine();
         let name = Self::network_name(msg.run_id);
@@ -364,6 +384,57 @@ impl Handler<AdoptRun> for Ec2PoolActor {
             }),
         )
     }
+}
+
+/// What taking a run's instances back needs.
+struct Adoption {
+    cloud: Arc<CloudSettings>,
+    regions: Vec<Region>,
+    broker: String,
+    run_id: Uuid,
+    network: String,
+    labels: HashMap<String, String>,
+    ingest: SocketAddr,
+}
+
+/// Reaches every instance of the run again; terminates those that cannot be.
+async fn adopt_nodes(job: Adoption) -> Result<Vec<CloudNode>, PoolError> {
+    let run = job.run_id.to_string();
+    let mut adopted = Vec::new();
+    for (region, instance) in all_instances(&job.regions, &job.broker).await? {
+        if instance.tags.get(tags::RUN) != Some(&run) || instance.state != "running" {
+            continue;
+        }
+        let id = instance.id.clone();
+        match adopt_node(&job, instance).await {
+            Ok(node) => adopted.push(node),
+            Err(e) => {
+                tracing::warn!(instance = %id, error = %e, "could not take a node back after the restart; terminating it");
+                if let Err(e) = region.terminate(std::slice::from_ref(&id)).await {
+                    tracing::warn!(instance = %id, error = %e, "could not terminate it; the reaper will");
+                }
+            }
+        }
+    }
+    Ok(adopted)
+}
+
+async fn adopt_node(job: &Adoption, instance: InstanceView) -> Result<CloudNode, String> {
+    let tag = |key: &str| instance.tags.get(key).cloned().ok_or_else(|| format!("no {key} tag"));
+    let name = tag(tags::NODE)?;
+    let step_id: Uuid = tag(tags::STEP)?.parse().map_err(|e| format!("{}: {e}", tags::STEP))?;
+    let addr: SocketAddr = tag(tags::SSH)?.parse().map_err(|e| format!("{}: {e}", tags::SSH))?;
+    let port: u16 = tag(tags::FORWARD)?.parse().map_err(|e| format!("{}: {e}", tags::FORWARD))?;
+    let ssh = SshNode::connect(addr, &job.cloud.ssh).await.map_err(|e| e.to_string())?;
+    let (engine, bridge) = ssh.docker().await.map_err(|e| e.to_string())?;
+    let (network, gateway) = engine.ensure_network(&job.network, job.labels.clone()).await.map_err(|e| e.to_string())?;
+    let (port, forward) = ssh.forward_to_broker(&gateway, port, job.ingest).await.map_err(|e| e.to_string())?;
+    let address = match (job.cloud.address_override.is_empty(), &instance.private_ip_address) {
+        (true, Some(private)) => private.clone(),
+        _ => addr.ip().to_string(),
+    };
+    let lease = Lease { run_id: job.run_id, step_id, name, address, network, ingest_base: format!("http://{gateway}:{port}") };
+    Ok(CloudNode { instance, ssh, engine, _bridge: bridge, forward: Some(forward), lease: Some(lease), idle_since: None })
 }
 
 /// Lends `count` nodes to a step.
@@ -388,6 +459,8 @@ pub struct AcquireNodes {
     pub region: String,
     /// How long the nodes are needed at most, from now (the dead-man's switch adds a grace period).
     pub needed_for: Duration,
+    /// Carried on after a restart: the nodes the step had, adopted by `AdoptRun`, not new ones.
+    pub adopt: bool,
 }
 
 impl Handler<AcquireNodes> for Ec2PoolActor {
@@ -397,6 +470,9 @@ impl Handler<AcquireNodes> for Ec2PoolActor {
         let Some(cloud) = self.cloud.clone() else {
             return Box::pin(actix::fut::ready(self.acquire_local(&msg)));
         };
+        if msg.adopt {
+            return Box::pin(actix::fut::ready(Ok(self.adopted_grants(msg.run_id, msg.step_id))));
+        }
         let Some(config) = cloud.regions.get(&msg.region).cloned() else {
             return Box::pin(actix::fut::ready(Err(PoolError::Refused(format!(
                 "region {} is not configured: set ec2.regions.{}.ami",
@@ -438,9 +514,10 @@ impl Handler<AcquireNodes> for Ec2PoolActor {
         };
         let (run_id, step_id) = (job.msg.run_id, job.msg.step_id);
         let position = job.msg.step_position;
-        Box::pin(provision(job, reused).into_actor(self).map(move |res, act, _| {
+        Box::pin(provision(job, reused).into_actor(self).map(move |res, act, ctx| {
             let ready = res?;
             let mut grants = Vec::new();
+            let mut labels = Vec::new();
             for (i, (mut node, network, ingest_base, forward)) in ready.into_iter().enumerate() {
                 // With an address override (a test double) the node's address is the override's.
                 let address = match (act.cloud.as_ref().is_some_and(|c| !c.address_override.is_empty()), &node.instance.private_ip_address) {
@@ -457,13 +534,67 @@ impl Handler<AcquireNodes> for Ec2PoolActor {
                     images_from: act.engine.clone().ok(),
                     host_network: true,
                 });
+                let grant = grants.last().expect("just pushed");
                 node.forward = Some(forward);
-                node.lease = Some(Lease { run_id, step_id });
+                node.lease = Some(Lease {
+                    run_id,
+                    step_id,
+                    name: grant.id.clone(),
+                    address: grant.address.clone(),
+                    network: grant.network.clone(),
+                    ingest_base: grant.ingest_base.clone(),
+                });
                 node.idle_since = None;
+                labels.push((node.instance.region.clone(), node.instance.id.clone(), node_tags(grant, node.ssh.addr())));
                 act.nodes.insert(node.instance.id.clone(), node);
             }
+            // What a restarted broker needs to take the nodes back, on the instances themselves.
+            let regions = act.regions.clone();
+            ctx.spawn(
+                async move {
+                    for (region, id, tags) in labels {
+                        if let Some(r) = regions.iter().find(|r| r.name() == region) {
+                            if let Err(e) = r.tag(std::slice::from_ref(&id), &tags).await {
+                                tracing::warn!(instance = %id, error = %e, "could not tag a node; it cannot be carried on after a restart");
+                            }
+                        }
+                    }
+                }
+                .into_actor(act),
+            );
             Ok(grants)
         }))
+    }
+}
+
+/// The tags that let a restarted broker take a node back: its name in the run, its SSH address, its metrics forward's port.
+fn node_tags(grant: &NodeGrant, ssh: SocketAddr) -> Vec<(String, String)> {
+    let port = grant.ingest_base.rsplit(':').next().unwrap_or_default().to_string();
+    vec![(tags::NODE.to_string(), grant.id.clone()), (tags::SSH.to_string(), ssh.to_string()), (tags::FORWARD.to_string(), port)]
+}
+
+impl Ec2PoolActor {
+    /// The grants of the nodes adopted for a step, by name.
+    fn adopted_grants(&self, run_id: Uuid, step_id: Uuid) -> Vec<NodeGrant> {
+        let mut grants: Vec<NodeGrant> = self
+            .nodes
+            .values()
+            .filter_map(|n| {
+                let l = n.lease.as_ref().filter(|l| l.run_id == run_id && l.step_id == step_id)?;
+                Some(NodeGrant {
+                    id: l.name.clone(),
+                    engine: n.engine.clone(),
+                    address: l.address.clone(),
+                    network: l.network.clone(),
+                    ingest_base: l.ingest_base.clone(),
+                    instance_id: Some(n.instance.id.clone()),
+                    images_from: self.engine.clone().ok(),
+                    host_network: true,
+                })
+            })
+            .collect();
+        grants.sort_by(|a, b| a.id.cmp(&b.id));
+        grants
     }
 }
 
@@ -654,7 +785,7 @@ async fn attach(job: &Provision, node: CloudNode) -> Result<Ready, (String, Stri
         node.engine.copy_image_from(local, relay).await.map_err(|e| fail(e.to_string()))?;
     }
     let (network, gateway) = node.engine.ensure_network(&job.network, job.labels.clone()).await.map_err(|e| fail(e.to_string()))?;
-    let (port, forward) = node.ssh.forward_to_broker(&gateway, job.ingest).await.map_err(|e| fail(e.to_string()))?;
+    let (port, forward) = node.ssh.forward_to_broker(&gateway, 0, job.ingest).await.map_err(|e| fail(e.to_string()))?;
     let ingest_base = format!("http://{gateway}:{port}");
     Ok((node, network, ingest_base, forward))
 }

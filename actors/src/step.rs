@@ -221,6 +221,7 @@ impl StepActor {
             instance_type: c.step.spec.instance_type.clone(),
             region: c.step.spec.instance_region.clone(),
             needed_for: c.run_span + Duration::from_secs(c.settings.prepare_timeout_secs),
+            adopt: c.resume.is_some(),
         };
         let fut = async move {
             let grants = pool.send(acquire).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;

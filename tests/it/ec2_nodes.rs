@@ -375,3 +375,72 @@ async fn a_quota_error_fails_the_step_with_the_aws_message() {
     assert_eq!(proxy.log.lock().unwrap().len(), 1, "not retried");
     assert!(instances_of(&c.app.broker_id).await.is_empty());
 }
+
+/// A broker killed (SIGKILL) while a step runs on an EC2 node, and started again:
+/// it takes the instance back by its tags (SSH again, the metrics forward again
+/// on the same port), the step ends at its `run_max_time` from the recorded
+/// start, every count arrives once, and the instance is terminated; none is launched anew.
+#[actix_web::test]
+async fn a_run_on_ec2_nodes_is_carried_on_after_a_broker_restart() {
+    use crate::recovery::{free_port, serve_with, Api};
+    ensure_images();
+    let sshd = start_sshd();
+    let dir = tempfile::tempdir().unwrap();
+    let known = sshd.known_hosts("kh");
+    let db = format!("sqlite://{}", dir.path().join("loads.db").display());
+    let broker = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let _cleanup = crate::helpers::LabelGuard(broker.clone());
+    let (port, ingest) = (free_port(), free_port());
+    let (moto, key, known, addr) = (moto(), sshd.client_key().display().to_string(), known.display().to_string(), sshd.addr.to_string());
+    let node_dir = dir.path().join("node").display().to_string();
+    let settings = [
+        ("LOADS__POOL__PROVIDER", "ec2"),
+        ("LOADS__EC2__ENDPOINT_URL", moto.as_str()),
+        ("LOADS__EC2__REGIONS__US_WEST_2__AMI", "ami-12c6146b"),
+        ("LOADS__EC2__ADDRESS_OVERRIDE", addr.as_str()),
+        ("LOADS__SSH__USER", "root"),
+        ("LOADS__SSH__KEY_PATH", key.as_str()),
+        ("LOADS__SSH__KNOWN_HOSTS", known.as_str()),
+        ("LOADS__SSH__NODE_DIR", node_dir.as_str()),
+        ("LOADS__SSH__NODE_TUNING", "echo tuned"),
+    ];
+    let api = Api { base: format!("http://127.0.0.1:{port}") };
+    let mut first = serve_with(&db, &broker, port, ingest, &settings);
+    let report = "printf 'hits:1|c\\n' | nc -w 2 $$STATSD_HOST $$STATSD_PORT";
+    let mut step = gen_step("gen", 1, &format!("{report}; sleep 6; {report}; sleep 300"));
+    step["run_max_time"] = json!(12);
+    let project = api.post("/api/v1/projects", json!({"name": "cloud-crash", "plans": [{"name": "p", "steps": [step]}]})).await;
+    let plan_id = project["plans"][0]["id"].as_str().unwrap().to_string();
+    let run_id = api.post(&format!("/api/v1/plans/{plan_id}/runs"), json!({})).await["id"].as_str().unwrap().to_string();
+    api.wait_run(&run_id, "gen did not start", |r| record(r, "gen")["state"] == "running").await;
+    let store = loads_actors::store::connect(&db).await.unwrap();
+    let id = uuid::Uuid::parse_str(&run_id).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let counted = loads_actors::store::runs::recovery(&store, id).await.unwrap().metrics_state.unwrap_or_default().contains("\"hits\":1");
+        let tagged = instances_of(&broker).await.iter().all(|i| i.tags.contains_key("loads:forward"));
+        if counted && tagged {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the first count was not stored or the node not tagged");
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    let mut second = serve_with(&db, &broker, port, ingest, &settings);
+    let run = api.wait_run(&run_id, "the run did not finish", |r| r["completed_at"].is_string()).await;
+    assert_eq!(run["state"], "completed", "{run:#}");
+    let gen = record(&run, "gen");
+    let ran_for = crate::helpers::seconds_between(&gen["started_at"], &gen["completed_at"]);
+    assert!((11.0..17.0).contains(&ran_for), "stopped at run_max_time from the recorded start: {ran_for}s");
+    let metrics = api.get(&format!("/api/v1/runs/{run_id}/metrics")).await;
+    let hits = metrics["metrics"].as_array().unwrap().iter().find(|m| m["metric"] == "hits").map(|m| m["count"].clone());
+    assert_eq!(hits, Some(json!(2.0)), "one count before the restart, one after, through the forward opened again: {metrics:#}");
+    let seen = until_all_terminated(&broker).await;
+    assert_eq!(seen.len(), 1, "the instance was taken back, not replaced: {seen:?}");
+    second.kill().unwrap();
+    second.wait().unwrap();
+    let (containers, networks) = crate::helpers::leftovers(&broker);
+    assert!(containers.is_empty() && networks.is_empty(), "left behind: {containers:?} {networks:?}");
+}

@@ -13,14 +13,20 @@ use serde_json::{json, Value};
 
 use crate::helpers::{ensure_images, leftovers, record, seconds_between, sh_step, LabelGuard};
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// The real `loads serve`, with a fixed ingest port so the relays of a carried-on run reach the new process.
 fn serve(db: &str, broker: &str, port: u16, ingest_port: u16) -> Child {
+    serve_with(db, broker, port, ingest_port, &[])
+}
+
+/// `serve` with more `LOADS__...` settings.
+pub fn serve_with(db: &str, broker: &str, port: u16, ingest_port: u16, extra: &[(&str, &str)]) -> Child {
     let mut child = Command::new(env!("CARGO_BIN_EXE_loads"))
         .arg("serve")
+        .envs(extra.iter().copied())
         .env("LOADS__DATABASE__URL", db)
         .env("LOADS__BROKER__ID", broker)
         .env("LOADS__SERVER__PORT", port.to_string())
@@ -45,8 +51,8 @@ fn serve(db: &str, broker: &str, port: u16, ingest_port: u16) -> Child {
 }
 
 /// The API of a broker that is killed and started again: a new connection for every request.
-struct Api {
-    base: String,
+pub struct Api {
+    pub base: String,
 }
 
 impl Api {
@@ -54,18 +60,18 @@ impl Api {
         awc::Client::builder().disable_timeout().finish()
     }
 
-    async fn get(&self, path: &str) -> Value {
+    pub async fn get(&self, path: &str) -> Value {
         let mut r = self.client().get(format!("{}{path}", self.base)).send().await.expect("request");
         serde_json::from_slice(&r.body().limit(4 << 20).await.unwrap()).unwrap()
     }
 
-    async fn post(&self, path: &str, body: Value) -> Value {
+    pub async fn post(&self, path: &str, body: Value) -> Value {
         let mut r = self.client().post(format!("{}{path}", self.base)).send_json(&body).await.expect("request");
         serde_json::from_slice(&r.body().await.unwrap()).unwrap()
     }
 
     /// Polls the run until `done` holds, at most a minute.
-    async fn wait_run(&self, run_id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    pub async fn wait_run(&self, run_id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let run = self.get(&format!("/api/v1/runs/{run_id}")).await;

@@ -30,6 +30,12 @@ pub mod tags {
     pub const EXPIRES_AT: &str = "loads:expires-at";
     /// Set while a pooled instance waits, idle, for its next run: since when, RFC 3339.
     pub const IDLE_SINCE: &str = "loads:idle-since";
+    /// The node's name in its run (`s0n1`).
+    pub const NODE: &str = "loads:node";
+    /// Where the broker reaches the node's sshd, `ip:port`.
+    pub const SSH: &str = "loads:ssh";
+    /// The node's port of the reverse forward its relay delivers metrics through.
+    pub const FORWARD: &str = "loads:forward";
 }
 
 /// Why EC2 refused.

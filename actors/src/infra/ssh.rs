@@ -206,8 +206,9 @@ impl SshNode {
     /// chosen by its sshd) and every connection made there reaches `local` on this
     /// machine. Answers the node's port. Binding anything but the node's loopback
     /// needs `GatewayPorts clientspecified` in the node's sshd (the user-data sets it).
-    pub async fn forward_to_broker(&self, bind: &str, local: SocketAddr) -> Result<(u16, Task), SshError> {
-        let (mut listener, port) = self.session.channel_forward_listen(0, Some(bind), None).await.map_err(|e| SshError::Session {
+    /// `port` 0 lets sshd choose; a given port takes back a forward an earlier connection had.
+    pub async fn forward_to_broker(&self, bind: &str, port: u16, local: SocketAddr) -> Result<(u16, Task), SshError> {
+        let (mut listener, port) = self.session.channel_forward_listen(port, Some(bind), None).await.map_err(|e| SshError::Session {
             addr: self.addr,
             operation: "open a remote forward (is GatewayPorts clientspecified set on the node?)",
             message: e.to_string(),
