@@ -53,6 +53,7 @@ expiry_grace_seconds = 900
 user_data_template = ""
 launch_attempts = 6
 backoff_ms = 500
+request_timeout_seconds = 30
 
 [ec2.regions]
 
@@ -316,6 +317,8 @@ pub struct Ec2Settings {
     pub launch_attempts: u32,
     /// The first wait between attempts, doubled each time (up to 20 s), with full jitter.
     pub backoff_ms: u64,
+    /// Longest one EC2 request may take before it is abandoned (a launch is then tried again).
+    pub request_timeout_seconds: u64,
     /// Per region (`ec2.regions.us-west-2`, or `LOADS__EC2__REGIONS__US_WEST_2__AMI`).
     pub regions: std::collections::BTreeMap<String, RegionSettings>,
 }
@@ -605,6 +608,9 @@ impl Settings {
         }
         if self.ec2.launch_attempts == 0 {
             return invalid("ec2.launch_attempts", "must be at least 1");
+        }
+        if self.ec2.request_timeout_seconds == 0 {
+            return invalid("ec2.request_timeout_seconds", "must be at least 1");
         }
         if self.ec2.max_instances == 0 || self.ec2.max_instances_per_run == 0 {
             return invalid("ec2.max_instances", "ec2.max_instances and ec2.max_instances_per_run must be at least 1");

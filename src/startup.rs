@@ -55,7 +55,8 @@ impl Actors {
         let endpoint = (!settings.ec2.endpoint_url.is_empty()).then_some(settings.ec2.endpoint_url.as_str());
         let mut regions = Vec::new();
         for region in settings.region_names() {
-            regions.push(loads_actors::infra::ec2::Region::connect(&region, endpoint).await);
+            let timeout = std::time::Duration::from_secs(settings.ec2.request_timeout_seconds);
+            regions.push(loads_actors::infra::ec2::Region::connect(&region, endpoint, timeout).await);
         }
         let mut pool = Ec2PoolActor::local(settings.broker.id.clone()).await.with_regions(regions).with_ingest_port(ingest_port);
         if let Some(cloud) = settings.cloud()? {

@@ -11,6 +11,8 @@ read what the broker asked for and what it was told.
                      InsufficientInstanceCapacity, VcpuLimitExceeded, ...)
   --capacity MAX     RunInstances whose MinCount is above MAX get
                      InsufficientInstanceCapacity (capacity for MAX only)
+  --delay N:SECONDS  the first N RunInstances get no answer for SECONDS (then
+                     none at all: the connection is closed), like a hung API
 
 Listens on 127.0.0.1 only; prints "listening PORT" when ready.
 """
@@ -19,6 +21,7 @@ import http.server
 import json
 import sys
 import threading
+import time
 import urllib.parse
 import urllib.request
 
@@ -35,10 +38,12 @@ def main():
     parser.add_argument("--upstream", required=True)
     parser.add_argument("--fail", default="")
     parser.add_argument("--capacity", type=int, default=None)
+    parser.add_argument("--delay", default="")
     args = parser.parse_args()
     fail_code, fail_left = (args.fail.split(":")[0], int(args.fail.split(":")[1])) if args.fail else ("", 0)
     lock = threading.Lock()
-    state = {"fail_left": fail_left}
+    delay_left, delay_for = (int(args.delay.split(":")[0]), float(args.delay.split(":")[1])) if args.delay else (0, 0.0)
+    state = {"fail_left": fail_left, "delay_left": delay_left}
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def log_message(self, *_):
@@ -50,6 +55,15 @@ def main():
             if form.get("Action") == ["RunInstances"]:
                 low, high = int(form.get("MinCount", ["1"])[0]), int(form.get("MaxCount", ["1"])[0])
                 code = None
+                with lock:
+                    hang = state["delay_left"] > 0
+                    if hang:
+                        state["delay_left"] -= 1
+                if hang:
+                    print(json.dumps({"min": low, "max": high, "answer": "hung"}), flush=True)
+                    time.sleep(delay_for)
+                    self.close_connection = True
+                    return
                 with lock:
                     if state["fail_left"] > 0:
                         state["fail_left"] -= 1

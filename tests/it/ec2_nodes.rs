@@ -362,13 +362,27 @@ async fn short_capacity_falls_back_to_min_nodes() {
     until_all_terminated(&c.app.broker_id).await;
 }
 
+/// A launch request EC2 never answers is abandoned after `ec2.request_timeout_seconds` and tried again.
+#[actix_web::test]
+async fn a_hung_launch_request_times_out_and_is_tried_again() {
+    let sshd = start_sshd();
+    let proxy = fault_proxy(&["--delay", "1:8"]);
+    let extra = [("LOADS__EC2__ENDPOINT_URL", proxy.url.as_str()), ("LOADS__EC2__REQUEST_TIMEOUT_SECONDS", "2"), ("LOADS__EC2__BACKOFF_MS", "50")];
+    let c = cloud(&[sshd.addr.to_string()], &[&sshd], sshd.client_key(), &extra).await;
+    let run = run_plan(&c.app, json!({"name": "p", "steps": [gen_step("gen", 1, "true")]})).await;
+    assert_eq!(run["state"], "completed", "{run:#}");
+    let answers: Vec<String> = proxy.log.lock().unwrap().iter().map(|l| l["answer"].as_str().unwrap().to_string()).collect();
+    assert_eq!(answers, ["hung", "passed"]);
+    until_all_terminated(&c.app.broker_id).await;
+}
+
 /// A quota error is not retried: the step fails at once with AWS's code and message.
 #[actix_web::test]
 async fn a_quota_error_fails_the_step_with_the_aws_message() {
     let sshd = start_sshd();
     let proxy = fault_proxy(&["--fail", "VcpuLimitExceeded:5"]);
     let c = cloud(&[sshd.addr.to_string()], &[&sshd], sshd.client_key(), &[("LOADS__EC2__ENDPOINT_URL", &proxy.url)]).await;
-    let run = run_plan(&c.app, json!({"name": "p", "steps": [gen_step("gen", 1, "true")]})).await;
+    let run = run_plan(&c.app, json!({"name": "p", "steps": [gen_step("gen", 1, "echo quota")]})).await;
     assert_eq!(run["state"], "failed");
     let reason = record(&run, "gen")["failure_reason"].as_str().unwrap_or_default().to_string();
     assert!(reason.contains("VcpuLimitExceeded: You have requested more vCPU capacity"), "{reason}");

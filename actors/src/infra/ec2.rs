@@ -64,6 +64,7 @@ impl Ec2Error {
                     | "InsufficientInstanceCapacity"
                     | "InsufficientCapacity"
                     | "InternalError"
+                    | "RequestTimeout"
                     | "ServiceUnavailable"
                     | "Unavailable"
             )
@@ -194,9 +195,13 @@ fn message(e: impl std::error::Error) -> String {
 }
 
 impl Region {
-    /// A client for `region`, credentials from the standard AWS chain, at `endpoint_url` when given.
-    pub async fn connect(region: &str, endpoint_url: Option<&str>) -> Self {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).region(aws_config::Region::new(region.to_string()));
+    /// A client for `region`, credentials from the standard AWS chain, at `endpoint_url` when given;
+    /// a request attempt that takes longer than `attempt_timeout` is abandoned (and a launch tried again).
+    pub async fn connect(region: &str, endpoint_url: Option<&str>, attempt_timeout: Duration) -> Self {
+        let timeouts = aws_config::timeout::TimeoutConfig::builder().operation_attempt_timeout(attempt_timeout).build();
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(region.to_string()))
+            .timeout_config(timeouts);
         if let Some(url) = endpoint_url {
             loader = loader.endpoint_url(url);
         }
@@ -215,11 +220,14 @@ impl Region {
     }
 
     fn error<E: std::error::Error + ProvideErrorMetadata>(&self, operation: &'static str, e: E) -> Ec2Error {
-        let code = e.code().map(str::to_string);
+        let mut code = e.code().map(str::to_string);
         let text = match (e.code(), e.message()) {
             (Some(code), Some(msg)) => format!("{code}: {msg}"),
             _ => message(e),
         };
+        if code.is_none() && (text.contains("timed out") || text.contains("timeout")) {
+            code = Some("RequestTimeout".into());
+        }
         Ec2Error { region: self.name.clone(), operation, message: text, code }
     }
 
@@ -228,6 +236,9 @@ impl Region {
         use base64::Engine as _;
         let tags: Vec<Tag> = launch.tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect();
         let on = |kind| TagSpecification::builder().resource_type(kind).set_tags(Some(tags.clone())).build();
+        // One token for every attempt of this launch: a retry after an answer that was lost
+        // (a timeout) gets the instances of the first attempt instead of launching more.
+        let client_token = uuid::Uuid::new_v4().to_string();
         let mut attempt = 0;
         loop {
             let mut request = self
@@ -238,6 +249,7 @@ impl Region {
                 .min_count(i32::try_from(launch.min_count.max(1)).unwrap_or(1))
                 .max_count(i32::try_from(launch.count).unwrap_or(i32::MAX))
                 .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
+                .client_token(&client_token)
                 .user_data(base64::engine::general_purpose::STANDARD.encode(&launch.user_data))
                 .tag_specifications(on(ResourceType::Instance))
                 .tag_specifications(on(ResourceType::Volume));
