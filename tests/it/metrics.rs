@@ -162,6 +162,17 @@ async fn ingest_accepts_only_the_runs_own_token() {
     assert_eq!(r.status(), StatusCode::NOT_FOUND, "no such run");
     let r = client.post(url("nope")).bearer_auth("guess").send_json(&window).await.unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // The run's own token, but windows that are not the run's: an unknown step, another run.
+    let store = loads_actors::store::connect(&app.database_url).await.unwrap();
+    let token = loads_actors::store::runs::recovery(&store, uuid::Uuid::parse_str(&run_id).unwrap()).await.unwrap().ingest_token.unwrap();
+    let r = client.post(url(&run_id)).bearer_auth(&token).send_json(&window).await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "a step the run does not have");
+    let (_, run) = app.get(&format!("/api/v1/runs/{run_id}")).await;
+    let mut foreign = window.clone();
+    foreign[0]["step_id"] = run["step_records"][0]["step_id"].clone();
+    foreign[0]["run_id"] = json!(uuid::Uuid::new_v4().to_string());
+    let r = client.post(url(&run_id)).bearer_auth(&token).send_json(&foreign).await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "a window of another run");
     let (status, _) = app.post(&format!("/api/v1/runs/{run_id}/abort"), &json!({})).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     app.wait_finished(&run_id, 60).await;
