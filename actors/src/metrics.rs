@@ -75,6 +75,8 @@ struct StepMetrics {
     windows: BTreeMap<String, u64>,
     dropped: BTreeMap<String, u64>,
     slots: BTreeMap<i64, Slot>,
+    /// InfluxDB points of this step that could not be written.
+    unwritten: u64,
 }
 
 struct RunMetrics {
@@ -209,15 +211,23 @@ impl MetricsActor {
         Self { db, influx, dashboards, runs: HashMap::new() }
     }
 
-    /// Writes points in the background; a failure is logged, never holds a run.
-    fn write(&self, points: Vec<influxdb::WriteQuery>, ctx: &mut Context<Self>) {
+    /// Writes a run's points (each with its step) in the background; a failure never
+    /// holds the run: it is logged, and the points lost are counted on their steps.
+    fn write(&self, run_id: Uuid, points: Vec<(Uuid, influxdb::WriteQuery)>, ctx: &mut Context<Self>) {
         let Some(influx) = self.influx.clone() else { return };
         if points.is_empty() {
             return;
         }
-        ctx.spawn(actix::fut::wrap_future(async move {
-            if let Err(e) = influx.write(points).await {
-                tracing::warn!(error = %e, "metrics points not written");
+        let (steps, queries): (Vec<Uuid>, Vec<influxdb::WriteQuery>) = points.into_iter().unzip();
+        ctx.spawn(async move { influx.write(queries).await }.into_actor(self).map(move |written, act, _| {
+            let Err(e) = written else { return };
+            tracing::warn!(%run_id, points = steps.len(), error = %e, "metrics points not written to InfluxDB");
+            if let Some(run) = act.runs.get_mut(&run_id) {
+                for step in steps {
+                    if let Some(s) = run.steps.get_mut(&step) {
+                        s.unwritten += 1;
+                    }
+                }
             }
         }));
     }
@@ -227,9 +237,9 @@ impl MetricsActor {
     }
 
     /// Publishes slots that are complete, or late; answers their InfluxDB points.
-    fn publish_ready(run_id: Uuid, run: &mut RunMetrics, now_ms: i64, everything: bool) -> Vec<influxdb::WriteQuery> {
+    fn publish_ready(run_id: Uuid, run: &mut RunMetrics, now_ms: i64, everything: bool) -> Vec<(Uuid, influxdb::WriteQuery)> {
         let mut points = Vec::new();
-        for step in run.steps.values_mut() {
+        for (step_id, step) in run.steps.iter_mut() {
             let ready: Vec<i64> = step
                 .slots
                 .iter()
@@ -247,7 +257,7 @@ impl MetricsActor {
                         region: step.region.clone(),
                     };
                     let seconds = slot.merged.duration_ms as f64 / 1000.0 / slot.nodes.len().max(1) as f64;
-                    points.extend(window_points(&tags, key, &slot.merged, seconds.max(1.0), None));
+                    points.extend(window_points(&tags, key, &slot.merged, seconds.max(1.0), None).into_iter().map(|p| (*step_id, p)));
                     run.feed.do_send(MetricsPublished {
                         step: step.name.clone(),
                         start_ms: key,
@@ -271,12 +281,14 @@ impl Actor for MetricsActor {
             let mut points = Vec::new();
             let mut saves = Vec::new();
             for (id, run) in &mut act.runs {
-                points.extend(Self::publish_ready(*id, run, now, false));
+                points.push((*id, Self::publish_ready(*id, run, now, false)));
                 if std::mem::take(&mut run.dirty) {
                     saves.push((*id, run.saved()));
                 }
             }
-            act.write(points, ctx);
+            for (id, run_points) in points {
+                act.write(id, run_points, ctx);
+            }
             let db = act.db.clone();
             ctx.spawn(actix::fut::wrap_future(async move {
                 for (run_id, state) in saves {
@@ -343,6 +355,7 @@ impl Handler<TrackRun> for MetricsActor {
                     windows: BTreeMap::new(),
                     dropped: BTreeMap::new(),
                     slots: BTreeMap::new(),
+                    unwritten: 0,
                 };
                 (id, step)
             })
@@ -398,7 +411,8 @@ impl Handler<Ingest> for MetricsActor {
         let mut points = Vec::new();
         run.dirty = true;
         for w in &msg.windows {
-            let Some(step) = Uuid::parse_str(&w.step_id).ok().and_then(|id| run.steps.get_mut(&id)) else { continue };
+            let Some(step_id) = Uuid::parse_str(&w.step_id).ok() else { continue };
+            let Some(step) = run.steps.get_mut(&step_id) else { continue };
             let mut single = Merged::default();
             single.add(w);
             let tags = PointTags {
@@ -409,7 +423,8 @@ impl Handler<Ingest> for MetricsActor {
                 series: step.series.clone(),
                 region: step.region.clone(),
             };
-            points.extend(window_points(&tags, w.start_ms / 1000 * 1000, &single, w.duration_ms as f64 / 1000.0, w.host.as_ref()));
+            let node_points = window_points(&tags, w.start_ms / 1000 * 1000, &single, w.duration_ms as f64 / 1000.0, w.host.as_ref());
+            points.extend(node_points.into_iter().map(|p| (step_id, p)));
             step.totals.add(w);
             if w.lines > 0 {
                 *step.windows.entry(w.node.clone()).or_default() += 1;
@@ -434,7 +449,7 @@ impl Handler<Ingest> for MetricsActor {
             slot.nodes.insert(w.node.clone());
         }
         points.extend(Self::publish_ready(msg.run_id, run, now, false));
-        self.write(points, ctx);
+        self.write(msg.run_id, points, ctx);
         Ok(msg.windows.len())
     }
 }
@@ -505,6 +520,9 @@ fn summarise(step_id: Uuid, step: &StepMetrics) -> Vec<MetricSummaryView> {
     out.push(row("relay.lines", "relay", step.totals.lines as f64));
     out.push(row("relay.malformed", "relay", step.totals.malformed as f64));
     out.push(row("relay.windows_dropped", "relay", step.dropped.values().sum::<u64>() as f64));
+    if step.unwritten > 0 {
+        out.push(row("influx.points_unwritten", "influx", step.unwritten as f64));
+    }
     out
 }
 
@@ -535,8 +553,9 @@ impl Handler<FinishRun> for MetricsActor {
         let db = self.db.clone();
         Box::pin(async move {
             if let Some(influx) = &influx {
-                if let Err(e) = influx.write(last_points).await {
-                    tracing::warn!(error = %e, "metrics points not written");
+                let queries: Vec<influxdb::WriteQuery> = last_points.into_iter().map(|(_, p)| p).collect();
+                if let Err(e) = influx.write(queries).await {
+                    tracing::warn!(error = %e, "metrics points not written to InfluxDB");
                 }
             }
             runs::record_metrics(&db, msg.run_id, &rows).await?;

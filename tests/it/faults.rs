@@ -62,6 +62,8 @@ async fn influxdb_down_leaves_the_run_and_its_summary_unaffected() {
     let (_, metrics) = app.get(&format!("/api/v1/runs/{run_id}/metrics")).await;
     let hits = metrics["metrics"].as_array().unwrap().iter().find(|m| m["metric"] == "hits").map(|m| m["count"].clone());
     assert_eq!(hits, Some(json!(3.0)), "{metrics:#}");
+    let lost = metrics["metrics"].as_array().unwrap().iter().find(|m| m["metric"] == "influx.points_unwritten").map(|m| m["count"].as_f64().unwrap());
+    assert!(lost.is_some_and(|n| n > 0.0), "the points InfluxDB did not take are reported: {metrics:#}");
     app.assert_no_leftovers();
 }
 
