@@ -14,7 +14,6 @@ Needs: wrk (apt-get install wrk), PyPI websockets.
 """
 import argparse
 import asyncio
-import datetime
 import json
 import os
 import re
@@ -22,21 +21,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 import websockets
 
-
-def call(base, method, path, body=None):
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(base + path, data=data, method=method, headers={"content-type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        text = r.read()
-        return json.loads(text) if text else None
-
-
-def ts(s):
-    return datetime.datetime.fromisoformat(s.replace("Z", "+00:00"))
+from bench_start import call, ts
 
 
 async def subscribe(url, results, index):

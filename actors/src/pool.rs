@@ -318,22 +318,7 @@ impl Handler<OpenRun> for Ec2PoolActor {
         if self.networks.contains_key(&msg.run_id) {
             return Box::pin(actix::fut::ready(Ok(())));
         }
-        let engine = self.engine();
-        let name = Self::network_name(msg.run_id);
-        let labels = self.labels(msg.run_id);
-        let run_id = msg.run_id;
-        Box::pin(
-            async move {
-                let (_, gateway) = engine?.create_network(&name, labels).await?;
-                Ok(RunNetwork { name, gateway })
-            }
-            .into_actor(self)
-            .map(move |res: Result<RunNetwork, PoolError>, act, _| {
-                let network = res?;
-                act.networks.insert(run_id, network);
-                Ok(())
-            }),
-        )
+        self.run_network(msg.run_id)
     }
 }
 
@@ -371,10 +356,16 @@ impl Handler<AdoptRun> for Ec2PoolActor {
                 Ok(())
             }));
         }
+        self.run_network(msg.run_id)
+    }
+}
+
+impl Ec2PoolActor {
+    /// Makes sure the run's network exists on the local engine (made, or found after a restart) and keeps it.
+    fn run_network(&mut self, run_id: Uuid) -> ResponseActFuture<Self, Result<(), PoolError>> {
         let engine = self.engine();
-        let name = Self::network_name(msg.run_id);
-        let labels = self.labels(msg.run_id);
-        let run_id = msg.run_id;
+        let name = Self::network_name(run_id);
+        let labels = self.labels(run_id);
         Box::pin(
             async move {
                 let (_, gateway) = engine?.ensure_network(&name, labels).await?;
