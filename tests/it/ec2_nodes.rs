@@ -396,15 +396,12 @@ async fn a_quota_error_fails_the_step_with_the_aws_message() {
 /// start, every count arrives once, and the instance is terminated; none is launched anew.
 #[actix_web::test]
 async fn a_run_on_ec2_nodes_is_carried_on_after_a_broker_restart() {
-    use crate::recovery::{free_port, serve_with, Api};
     ensure_images();
     let sshd = start_sshd();
     let dir = tempfile::tempdir().unwrap();
     let known = sshd.known_hosts("kh");
-    let db = format!("sqlite://{}", dir.path().join("loads.db").display());
-    let broker = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let _cleanup = crate::helpers::LabelGuard(broker.clone());
-    let (port, ingest) = (free_port(), free_port());
+    let b = crate::recovery::Restartable::new();
+    let (db, broker, api) = (b.db.clone(), b.broker.clone(), &b.api);
     let (moto, key, known, addr) = (moto(), sshd.client_key().display().to_string(), known.display().to_string(), sshd.addr.to_string());
     let node_dir = dir.path().join("node").display().to_string();
     let settings = [
@@ -418,8 +415,7 @@ async fn a_run_on_ec2_nodes_is_carried_on_after_a_broker_restart() {
         ("LOADS__SSH__NODE_DIR", node_dir.as_str()),
         ("LOADS__SSH__NODE_TUNING", "echo tuned"),
     ];
-    let api = Api { base: format!("http://127.0.0.1:{port}") };
-    let mut first = serve_with(&db, &broker, port, ingest, &settings);
+    let mut first = b.serve(&settings);
     let report = "printf 'hits:1|c\\n' | nc -w 2 $$STATSD_HOST $$STATSD_PORT";
     let mut step = gen_step("gen", 1, &format!("{report}; sleep 6; {report}; sleep 300"));
     step["run_max_time"] = json!(12);
@@ -442,7 +438,7 @@ async fn a_run_on_ec2_nodes_is_carried_on_after_a_broker_restart() {
     first.kill().unwrap();
     first.wait().unwrap();
 
-    let mut second = serve_with(&db, &broker, port, ingest, &settings);
+    let mut second = b.serve(&settings);
     let run = api.wait_run(&run_id, "the run did not finish", |r| r["completed_at"].is_string()).await;
     assert_eq!(run["state"], "completed", "{run:#}");
     let gen = record(&run, "gen");

@@ -13,17 +13,40 @@ use serde_json::{json, Value};
 
 use crate::helpers::{ensure_images, leftovers, record, seconds_between, sh_step, LabelGuard};
 
-pub fn free_port() -> u16 {
+fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// The real `loads serve`, with a fixed ingest port so the relays of a carried-on run reach the new process.
-fn serve(db: &str, broker: &str, port: u16, ingest_port: u16) -> Child {
-    serve_with(db, broker, port, ingest_port, &[])
+/// A broker to kill and start again: its database file, id, ports and API. What it
+/// leaves on the engine is removed when this is dropped.
+pub struct Restartable {
+    _dir: tempfile::TempDir,
+    pub db: String,
+    pub broker: String,
+    pub port: u16,
+    ingest: u16,
+    pub api: Api,
+    _cleanup: LabelGuard,
 }
 
-/// `serve` with more `LOADS__...` settings.
-pub fn serve_with(db: &str, broker: &str, port: u16, ingest_port: u16, extra: &[(&str, &str)]) -> Child {
+impl Restartable {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let db = format!("sqlite://{}", dir.path().join("loads.db").display());
+        let broker = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let (port, ingest) = (free_port(), free_port());
+        let api = Api { base: format!("http://127.0.0.1:{port}") };
+        Self { _dir: dir, db, _cleanup: LabelGuard(broker.clone()), broker, port, ingest, api }
+    }
+
+    /// Starts `loads serve` on this broker's database and ports, with more `LOADS__...` settings.
+    pub fn serve(&self, extra: &[(&str, &str)]) -> Child {
+        serve_with(&self.db, &self.broker, self.port, self.ingest, extra)
+    }
+}
+
+/// The real `loads serve`, with a fixed ingest port so the relays of a carried-on run reach the new process.
+fn serve_with(db: &str, broker: &str, port: u16, ingest_port: u16, extra: &[(&str, &str)]) -> Child {
     let mut child = Command::new(env!("CARGO_BIN_EXE_loads"))
         .arg("serve")
         .envs(extra.iter().copied())
@@ -93,14 +116,10 @@ impl Api {
 #[actix_web::test]
 async fn a_broker_killed_mid_run_carries_the_run_on_when_it_starts_again() {
     ensure_images();
-    let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("loads.db").display());
-    let broker = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let _cleanup = LabelGuard(broker.clone());
-    let (port, ingest) = (free_port(), free_port());
-    let api = Api { base: format!("http://127.0.0.1:{port}") };
+    let b = Restartable::new();
+    let (db, broker, port, api) = (b.db.clone(), b.broker.clone(), b.port, &b.api);
 
-    let mut first = serve(&db, &broker, port, ingest);
+    let mut first = b.serve(&[]);
     let report = "printf 'hits:1|c\\n' | nc -w 2 $$STATSD_HOST $$STATSD_PORT";
     let mut long = sh_step("long", &format!("{report}; sleep 6; {report}; sleep 300"));
     long["instance_count"] = json!(2);
@@ -139,7 +158,7 @@ async fn a_broker_killed_mid_run_carries_the_run_on_when_it_starts_again() {
     drop(socket);
     assert_eq!(leftovers(&broker).0.len(), 5, "long's two relays and step containers and late's relay outlive the broker");
 
-    let mut second = serve(&db, &broker, port, ingest);
+    let mut second = b.serve(&[]);
     let (_, mut socket) = awc::Client::new().ws(format!("{url}?since={seen}")).connect().await.expect("feed after the restart");
     let mut next = Vec::new();
     while next.len() < 3 {
@@ -194,18 +213,14 @@ impl Rng {
 #[actix_web::test]
 async fn runs_survive_a_broker_killed_at_random_moments() {
     ensure_images();
-    let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("loads.db").display());
-    let broker = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let _cleanup = LabelGuard(broker.clone());
-    let (port, ingest) = (free_port(), free_port());
-    let api = Api { base: format!("http://127.0.0.1:{port}") };
+    let b = Restartable::new();
+    let (broker, api) = (b.broker.clone(), &b.api);
     let mut service = sh_step("service", "sleep 300");
     service["service"] = json!(true);
     let mut load = sh_step("load", "sleep 3");
     load["run_delay"] = json!(1);
     load["instance_count"] = json!(2);
-    let mut broker_process = serve(&db, &broker, port, ingest);
+    let mut broker_process = b.serve(&[]);
     let project = api.post("/api/v1/projects", json!({"name": "chaos", "plans": [{"name": "p", "steps": [service, load]}]})).await;
     let plan_id = project["plans"][0]["id"].as_str().unwrap().to_string();
 
@@ -217,7 +232,7 @@ async fn runs_survive_a_broker_killed_at_random_moments() {
         actix_web::rt::time::sleep(kill_after).await;
         broker_process.kill().unwrap();
         broker_process.wait().unwrap();
-        broker_process = serve(&db, &broker, port, ingest);
+        broker_process = b.serve(&[]);
         let run = api.wait_run(&run_id, &format!("round {round} (killed after {kill_after:?})"), |r| r["completed_at"].is_string()).await;
         eprintln!("round {round}: killed after {kill_after:?}; the run ended {} {}", run["state"], run["failure_reason"]);
         match run["state"].as_str() {
