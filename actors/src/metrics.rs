@@ -615,6 +615,7 @@ mod tests {
             windows: BTreeMap::new(),
             dropped: BTreeMap::new(),
             slots: BTreeMap::new(),
+            unwritten: 0,
         }
     }
 
