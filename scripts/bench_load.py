@@ -19,12 +19,11 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 
 import websockets
 
-from bench_start import call, ts
+from bench_start import call, start_broker, ts
 
 
 async def subscribe(url, results, index):
@@ -66,20 +65,8 @@ async def main():
     ap.add_argument("--seconds", type=int, default=15)
     args = ap.parse_args()
 
-    workdir = tempfile.mkdtemp(prefix="loads-load-")
-    port = 19000 + os.getpid() % 1000
-    env = dict(os.environ, LOADS__SERVER__PORT=str(port), LOADS__DATABASE__URL=f"sqlite://{workdir}/load.db",
-               LOADS__BROKER__ID=f"load{os.getpid()}", LOADS__LOG__LEVEL="warn", LOADS__DOCKER__STOP_GRACE_SECONDS="1",
-               LOADS__METRICS__INGEST_PORT="0")
-    server = subprocess.Popen([args.binary, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
+    server, base = start_broker(args.binary, "load", 19000)
     try:
-        for _ in range(300):
-            try:
-                call(base, "GET", "/health")
-                break
-            except OSError:
-                time.sleep(0.1)
         project = call(base, "POST", "/api/v1/projects", {"name": "load", "plans": [{"name": "p", "steps": [
             {"name": "hold", "container_name": "loads/busybox:1", "instance_count": 2,
              "additional_command_args": "-c 'sleep 40'", "run_max_time": 0},
@@ -89,7 +76,7 @@ async def main():
         runs = [call(base, "POST", f"/api/v1/plans/{plan_id}/runs", {})["id"] for _ in range(3)]
         while any(call(base, "GET", f"/api/v1/runs/{r}")["state"] != "running" for r in runs):
             time.sleep(0.2)
-        url = f"ws://127.0.0.1:{port}/api/v1/runs/{runs[0]}/events"
+        url = f"{base.replace('http://', 'ws://')}/api/v1/runs/{runs[0]}/events"
         results = [None] * args.subscribers
         feeds = asyncio.gather(*(subscribe(url, results, i) for i in range(args.subscribers)))
         loop = asyncio.get_running_loop()

@@ -48,6 +48,24 @@ def wait_finished(base, run_id, limit=300):
     raise SystemExit(f"run {run_id} did not finish in {limit}s")
 
 
+def start_broker(binary, name, base_port):
+    """`loads serve` on loopback with a fresh SQLite database; answers the process and its base URL once it answers."""
+    workdir = tempfile.mkdtemp(prefix=f"loads-{name}-")
+    port = base_port + os.getpid() % 1000
+    env = dict(os.environ, LOADS__SERVER__PORT=str(port), LOADS__DATABASE__URL=f"sqlite://{workdir}/{name}.db",
+               LOADS__BROKER__ID=f"{name}{os.getpid()}", LOADS__LOG__LEVEL="warn", LOADS__DOCKER__STOP_GRACE_SECONDS="1",
+               LOADS__METRICS__INGEST_PORT="0")
+    server = subprocess.Popen([binary, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            call(base, "GET", "/health")
+            break
+        except OSError:
+            time.sleep(0.1)
+    return server, base
+
+
 def engine_baseline(n, network, *image_and_command):
     """Seconds for the engine to create and start n containers (docker run arguments after the name) on network, all at once."""
     names = [f"loads-bench-{uuid.uuid4().hex[:12]}" for _ in range(n)]
@@ -69,19 +87,8 @@ def main():
     ap.add_argument("--relay-image", default="loads/relay:0.1.0")
     args = ap.parse_args()
 
-    workdir = tempfile.mkdtemp(prefix="loads-bench-")
-    port = 18000 + os.getpid() % 1000
-    env = dict(os.environ, LOADS__SERVER__PORT=str(port), LOADS__DATABASE__URL=f"sqlite://{workdir}/bench.db",
-               LOADS__BROKER__ID=f"bench{os.getpid()}", LOADS__LOG__LEVEL="warn", LOADS__DOCKER__STOP_GRACE_SECONDS="1", LOADS__METRICS__INGEST_PORT="0")
-    server = subprocess.Popen([args.binary, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
+    server, base = start_broker(args.binary, "bench", 18000)
     try:
-        for _ in range(300):
-            try:
-                call(base, "GET", "/health")
-                break
-            except OSError:
-                time.sleep(0.1)
         project = call(base, "POST", "/api/v1/projects", {"name": "bench"})
         print(f"{'nodes':>5} {'POST->all running (s)':>22} {'start spread (s)':>17} {'engine alone (s)':>17} {'overhead (s)':>13}")
         for n in args.nodes:
