@@ -18,6 +18,8 @@ pub const DEFAULTS: &str = r#"
 host = "127.0.0.1"
 port = 8080
 max_body_bytes = 1048576
+allowed_hosts = []
+allowed_origins = []
 
 [database]
 url = "sqlite://loads.db"
@@ -72,8 +74,10 @@ node_tuning = [
 ]
 
 [metrics]
-ingest_host = "0.0.0.0"
+ingest_host = "127.0.0.1"
 ingest_port = 8081
+ingest_body_timeout_seconds = 10
+ingest_max_bodies = 4
 flush_ms = 1000
 
 [grafana]
@@ -96,6 +100,8 @@ file = ""
 stop_grace_seconds = 15
 prepare_timeout_seconds = 900
 volume_root = "/var/tmp/loads/volumes"
+image_root = ""
+allow_loopback_image_urls = false
 log_tail = 1000
 
 [log]
@@ -147,6 +153,12 @@ pub struct ServerSettings {
     pub port: u16,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Host names (`Host` header, port aside) the API answers to besides its own address;
+    /// on a loopback address only loopback names are accepted otherwise, against DNS rebinding.
+    pub allowed_hosts: Vec<String>,
+    /// Origins (`https://ui.example:8443`) whose pages may change things and open the feed;
+    /// a page of the API's own origin always may, any other is refused.
+    pub allowed_origins: Vec<String>,
 }
 
 /// The database.
@@ -229,10 +241,15 @@ pub struct SshConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsSettings {
-    /// Address of the ingest listener; nodes must reach it (on the local provider, through the run network's gateway).
+    /// Address of the ingest listener. Nodes do not reach it there: EC2 nodes through their
+    /// SSH connection, local nodes through a forward on their run network's gateway.
     pub ingest_host: String,
     /// Its port; 0 picks a free one (but relays of runs carried on after a restart need the same port).
     pub ingest_port: u16,
+    /// Longest one delivery's body may take to arrive.
+    pub ingest_body_timeout_seconds: u64,
+    /// Deliveries whose bodies are read at once, at most.
+    pub ingest_max_bodies: usize,
     /// The relays' flush window, in milliseconds (merged windows are grouped by the second).
     pub flush_ms: u64,
 }
@@ -360,8 +377,12 @@ pub struct DockerSettings {
     pub stop_grace_seconds: u32,
     /// Longest a node may take to get its image (load or pull) before its step fails.
     pub prepare_timeout_seconds: u64,
-    /// The only host directory `volume_mapping` may mount from.
+    /// The only host directory `volume_mapping` may mount from (on the local provider).
     pub volume_root: String,
+    /// The only directory a `container_url` on the broker's disk may name; empty: none may.
+    pub image_root: String,
+    /// Whether a `container_url` may be an http(s) URL on a loopback address (the broker's own).
+    pub allow_loopback_image_urls: bool,
     /// Lines of each container's output kept after it is removed.
     pub log_tail: usize,
 }
@@ -638,6 +659,21 @@ impl Settings {
         if !std::path::Path::new(&self.docker.volume_root).is_absolute() {
             return invalid("docker.volume_root", "must be an absolute path");
         }
+        if !(self.docker.image_root.is_empty() || std::path::Path::new(&self.docker.image_root).is_absolute()) {
+            return invalid("docker.image_root", "must be empty or an absolute path");
+        }
+        if self.metrics.ingest_body_timeout_seconds == 0 {
+            return invalid("metrics.ingest_body_timeout_seconds", "must be at least 1");
+        }
+        if self.metrics.ingest_max_bodies == 0 {
+            return invalid("metrics.ingest_max_bodies", "must be at least 1");
+        }
+        if self.metrics.ingest_host.trim_matches(['[', ']']).parse::<IpAddr>().is_err() {
+            return invalid("metrics.ingest_host", "must be an IP address such as 127.0.0.1");
+        }
+        if let Some(bad) = self.server.allowed_origins.iter().find(|o| !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/')) {
+            return Err(ConfigError::Invalid { key: "server.allowed_origins", message: format!("{bad:?} must be an origin such as https://ui.example:8443") });
+        }
         if self.docker.prepare_timeout_seconds == 0 {
             return invalid("docker.prepare_timeout_seconds", "must be at least 1");
         }
@@ -693,8 +729,13 @@ impl Settings {
 
     /// Whether `server.host` is a loopback address (or `localhost`).
     pub fn binds_loopback_only(&self) -> bool {
-        let host = self.server.host.trim_matches(|c| c == '[' || c == ']');
+        let host = self.server_host();
         host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    }
+
+    /// `server.host` as an address to bind: IPv6 literals without their brackets.
+    pub fn server_host(&self) -> &str {
+        self.server.host.trim_matches(['[', ']'])
     }
 
     /// The regions whose instances this broker manages.
@@ -783,7 +824,6 @@ impl Settings {
             broker_version: crate::VERSION.to_string(),
             relay_image: crate::images::RELAY.to_string(),
             stop_grace_secs: self.docker.stop_grace_seconds,
-            volume_root: self.docker.volume_root.clone().into(),
             log_tail: self.docker.log_tail,
             prepare_timeout_secs: self.docker.prepare_timeout_seconds,
             flush_ms: self.metrics.flush_ms,
@@ -800,6 +840,9 @@ impl Settings {
             max_steps_per_plan: self.limits.max_steps_per_plan,
             max_env_vars: self.limits.max_env_vars,
             max_env_bytes: self.limits.max_env_bytes,
+            volume_root: (self.pool.provider != "ec2").then(|| self.docker.volume_root.clone().into()),
+            image_root: (!self.docker.image_root.is_empty()).then(|| self.docker.image_root.clone().into()),
+            allow_loopback_image_urls: self.docker.allow_loopback_image_urls,
         }
     }
 

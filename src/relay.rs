@@ -7,12 +7,16 @@
 //! when the buffer is full the oldest window is dropped and counted, and the
 //! count travels with every later window, so the broker knows what it lost.
 //! Malformed lines are counted and skipped; nothing a sender does can crash it.
+//! The values of the secrets the node's containers hold (`LOADS_MASK`, a JSON
+//! list) are masked in every line before it is aggregated, so a secret that a
+//! container writes into a metric's name or tags never leaves the node.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use loads_actors::domain::metrics::{Aggregator, HostSample, Window};
+use loads_actors::domain::secrets::Masker;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, UdpSocket};
 
@@ -38,6 +42,8 @@ pub struct RelayConfig {
     pub node: String,
     /// Windows kept for delivery at most.
     pub buffer: usize,
+    /// Masks secret values in every line received.
+    pub mask: Masker,
 }
 
 impl RelayConfig {
@@ -53,6 +59,7 @@ impl RelayConfig {
             step_id: var("LOADS_STEP"),
             node: var("LOADS_NODE"),
             buffer: var("LOADS_RELAY_BUFFER").parse().ok().filter(|b| *b > 0).unwrap_or(BUFFER_WINDOWS),
+            mask: Masker::new(serde_json::from_str::<Vec<String>>(&var("LOADS_MASK")).unwrap_or_default()),
         }
     }
 }
@@ -176,24 +183,25 @@ pub async fn run(config: RelayConfig) -> std::io::Result<()> {
     let tcp = TcpListener::bind(("0.0.0.0", config.port)).await?;
     println!("relay listening for statsd on udp and tcp port {}", config.port);
 
-    let agg = aggregator.clone();
+    let (agg, mask) = (aggregator.clone(), config.mask.clone());
     let udp_task = tokio::spawn(async move {
         let mut buf = vec![0u8; 65_536];
         while let Ok((n, _)) = udp.recv_from(&mut buf).await {
+            let text = String::from_utf8_lossy(&buf[..n]);
             if let Ok(mut a) = agg.lock() {
-                a.take(&String::from_utf8_lossy(&buf[..n]));
+                a.take(&mask.mask(&text));
             }
         }
     });
-    let agg = aggregator.clone();
+    let (agg, mask) = (aggregator.clone(), config.mask.clone());
     let tcp_task = tokio::spawn(async move {
         while let Ok((stream, _)) = tcp.accept().await {
-            let agg = agg.clone();
+            let (agg, mask) = (agg.clone(), mask.clone());
             tokio::spawn(async move {
                 let mut lines = BufReader::new(stream).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     if let Ok(mut a) = agg.lock() {
-                        a.take(&line);
+                        a.take(&mask.mask(&line));
                     }
                 }
             });

@@ -3,7 +3,7 @@
 //! `Application::build` binds its own listener, so `server.port = 0` gives a
 //! free port that tests read back with `port()`.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 
 use actix::Actor;
 use actix_web::dev::Server;
@@ -16,6 +16,7 @@ use loads_actors::pool::Ec2PoolActor;
 use loads_actors::{store, CatalogActor};
 use tracing_actix_web::TracingLogger;
 
+use crate::api::browser::BrowserPolicy;
 use crate::api::ingest::{self, IngestState};
 use crate::api::{self, auth::Tokens, ApiState};
 use crate::config::Settings;
@@ -51,14 +52,14 @@ impl Actors {
             }
         }
         let metrics = MetricsActor::new(db.clone(), influx, settings.grafana.dashboards()).start();
-        let (ingest, ingest_port) = start_ingest(settings, metrics.clone())?;
+        let (ingest, ingest_address) = start_ingest(settings, metrics.clone())?;
         let endpoint = (!settings.ec2.endpoint_url.is_empty()).then_some(settings.ec2.endpoint_url.as_str());
         let mut regions = Vec::new();
         for region in settings.region_names() {
             let timeout = std::time::Duration::from_secs(settings.ec2.request_timeout_seconds);
             regions.push(loads_actors::infra::ec2::Region::connect(&region, endpoint, timeout).await);
         }
-        let mut pool = Ec2PoolActor::local(settings.broker.id.clone()).await.with_regions(regions).with_ingest_port(ingest_port);
+        let mut pool = Ec2PoolActor::local(settings.broker.id.clone()).await.with_regions(regions).with_ingest(ingest_address);
         if let Some(cloud) = settings.cloud()? {
             pool = pool.with_cloud(cloud);
         }
@@ -66,16 +67,17 @@ impl Actors {
         let mut run_settings = settings.run_settings();
         run_settings.secrets = settings.secrets(std::env::vars())?;
         let broker = BrokerActor::new(db, pool.clone(), metrics, run_settings).start();
-        Ok(Self { catalog, broker, pool, ingest, ingest_port })
+        Ok(Self { catalog, broker, pool, ingest, ingest_port: ingest_address.port() })
     }
 }
 
-/// Starts the metrics ingest listener; answers its handle and port.
-fn start_ingest(settings: &Settings, metrics: Addr<MetricsActor>) -> anyhow::Result<(ServerHandle, u16)> {
-    let (host, port) = (settings.metrics.ingest_host.as_str(), settings.metrics.ingest_port);
+/// Starts the metrics ingest listener; answers its handle and address.
+fn start_ingest(settings: &Settings, metrics: Addr<MetricsActor>) -> anyhow::Result<(ServerHandle, SocketAddr)> {
+    let (host, port) = (settings.metrics.ingest_host.trim_matches(['[', ']']), settings.metrics.ingest_port);
     let listener = TcpListener::bind((host, port)).with_context(|| format!("cannot bind the metrics ingest listener {host}:{port}"))?;
-    let bound = listener.local_addr()?.port();
-    let state = web::Data::new(IngestState { metrics });
+    let bound = listener.local_addr()?;
+    let body_timeout = std::time::Duration::from_secs(settings.metrics.ingest_body_timeout_seconds);
+    let state = web::Data::new(IngestState::new(metrics, settings.metrics.ingest_max_bodies, body_timeout));
     let server = HttpServer::new(move || {
         App::new()
             .wrap(TracingLogger::<RequestSpans>::new())
@@ -83,12 +85,18 @@ fn start_ingest(settings: &Settings, metrics: Addr<MetricsActor>) -> anyhow::Res
             .route("/ingest/{run_id}", web::post().to(ingest::ingest))
     })
     .workers(1)
+    .client_request_timeout(body_timeout)
     .disable_signals()
     .listen(listener)?
     .run();
     let handle = server.handle();
     actix_web::rt::spawn(server);
-    tracing::info!(port = bound, "metrics ingest listening");
+    let reached = if bound.ip().is_loopback() {
+        "local relays reach it through a forward on their run network's gateway, EC2 relays through their node's SSH connection"
+    } else {
+        "on every address it was bound to"
+    };
+    tracing::info!(address = %bound, "metrics ingest listening; {reached}");
     Ok((handle, bound))
 }
 
@@ -114,6 +122,11 @@ impl Application {
                 settings.server.host
             );
         }
+        // Bound before anything starts, so a taken port fails cleanly with nothing to undo.
+        let host = settings.server_host();
+        let listener = TcpListener::bind((host, settings.server.port))
+            .with_context(|| format!("cannot bind {}:{}", settings.server.host, settings.server.port))?;
+        let address = listener.local_addr()?;
         let actors = Actors::start(settings).await?;
         let ingest = actors.ingest.clone();
         let state = web::Data::new(ApiState {
@@ -124,17 +137,21 @@ impl Application {
         });
         let expose = |list: &[crate::config::Secret]| list.iter().map(|t| t.expose().to_string()).collect();
         let tokens = web::Data::new(Tokens { operate: expose(&settings.auth.tokens), read: expose(&settings.auth.read_tokens) });
+        let browser = web::Data::new(BrowserPolicy::new(
+            &settings.server.allowed_hosts,
+            &settings.server.allowed_origins,
+            settings.binds_loopback_only(),
+        ));
 
-        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
-            .with_context(|| format!("cannot bind {}:{}", settings.server.host, settings.server.port))?;
-        let address = listener.local_addr()?;
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(middleware::from_fn(api::auth::require_token))
+                .wrap(middleware::from_fn(api::browser::guard))
                 .wrap(middleware::from_fn(telemetry::request_id_header))
                 .wrap(TracingLogger::<RequestSpans>::new())
                 .app_data(state.clone())
                 .app_data(tokens.clone())
+                .app_data(browser.clone())
                 .configure(api::configure)
         })
         .listen(listener)?

@@ -17,6 +17,7 @@ use uuid::Uuid;
 use crate::domain::launch::Launch;
 use crate::domain::views::ContainerView;
 use crate::infra::docker::{labels, ContainerSpec, DockerError, Engine};
+use crate::infra::volumes;
 use crate::settings::RunSettings;
 use crate::store::runs::{self, ContainerRecord};
 
@@ -129,6 +130,8 @@ pub struct PrepareNode {
     pub images_from: Option<Engine>,
     /// Adopt this node's relay and step containers when they exist (a restarted broker carrying a run on).
     pub adopt: bool,
+    /// Secret values the step's containers hold: the relay masks them in what it reports.
+    pub mask: Vec<String>,
 }
 
 impl Handler<PrepareNode> for DockerNodeActor {
@@ -153,6 +156,9 @@ impl Handler<PrepareNode> for DockerNodeActor {
                     env.push(format!("LOADS_INGEST_URL={url}"));
                     env.push(format!("LOADS_INGEST_TOKEN={token}"));
                 }
+                if !msg.mask.is_empty() {
+                    env.push(format!("LOADS_MASK={}", serde_json::Value::from(msg.mask.clone())));
+                }
                 env
             },
             labels: self.labels("relay"),
@@ -165,8 +171,16 @@ impl Handler<PrepareNode> for DockerNodeActor {
         let image = relay.image.clone();
         let limit = std::time::Duration::from_secs(self.settings.prepare_timeout_secs);
         let node = self.who.node.clone();
+        let check_source = !self.settings.limits.allow_loopback_image_urls;
         Box::pin(
             async move {
+                if let (Some(url), true) = (&msg.image_source, check_source) {
+                    crate::infra::docker::refuse_loopback_url(url).await.map_err(|message| DockerError::Load {
+                        image: msg.image.clone(),
+                        source_url: url.clone(),
+                        message,
+                    })?;
+                }
                 let get = async {
                     match &msg.images_from {
                         Some(from) if msg.image_source.is_none() && !engine.has_image(&msg.image).await? && from.has_image(&msg.image).await? => {
@@ -256,7 +270,7 @@ impl Handler<StartContainer> for DockerNodeActor {
         let engine = self.engine.clone();
         let launch = msg.launch;
         let cmd = (!launch.args.is_empty()).then(|| self.image_cmd.iter().chain(&launch.args).cloned().collect());
-        let spec = ContainerSpec {
+        let mut spec = ContainerSpec {
             name: self.container_name("step"),
             image: launch.image.clone(),
             env: launch.env.clone(),
@@ -268,8 +282,20 @@ impl Handler<StartContainer> for DockerNodeActor {
             ports: if self.who.host_network { Vec::new() } else { launch.ports.clone() },
             binds: launch.binds.clone(),
         };
+        // On this machine's disk, host paths are resolved right before the container is made.
+        let volume_root = self.settings.limits.volume_root.clone().filter(|_| !spec.binds.is_empty());
         Box::pin(
-            async move { engine.start_container(&spec).await }
+            async move {
+                if let Some(root) = volume_root {
+                    let (binds, name) = (spec.binds.clone(), spec.name.clone());
+                    let confined = tokio::task::spawn_blocking(move || volumes::confine(&binds, &root))
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r);
+                    spec.binds = confined.map_err(|message| DockerError::Volume { name, message })?;
+                }
+                engine.start_container(&spec).await
+            }
             .into_actor(self)
             .map(move |res: Result<String, DockerError>, act, ctx| {
                 let id = res?;

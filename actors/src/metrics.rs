@@ -392,14 +392,41 @@ pub struct Ingest {
     pub windows: Vec<Window>,
 }
 
+/// Checks a relay's token before its delivery is read: `Ok` only for a live run's own token.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), IngestError>")]
+pub struct AuthorizeIngest {
+    /// The run in the URL.
+    pub run_id: Uuid,
+    /// The bearer token presented.
+    pub token: String,
+}
+
+impl MetricsActor {
+    fn authorize(&self, run_id: Uuid, token: &str) -> Result<(), IngestError> {
+        let run = self.runs.get(&run_id).ok_or(IngestError::UnknownRun(run_id))?;
+        if bool::from(run.token.as_bytes().ct_eq(token.as_bytes())) {
+            Ok(())
+        } else {
+            Err(IngestError::Unauthorized)
+        }
+    }
+}
+
+impl Handler<AuthorizeIngest> for MetricsActor {
+    type Result = Result<(), IngestError>;
+
+    fn handle(&mut self, msg: AuthorizeIngest, _: &mut Context<Self>) -> Self::Result {
+        self.authorize(msg.run_id, &msg.token)
+    }
+}
+
 impl Handler<Ingest> for MetricsActor {
     type Result = Result<usize, IngestError>;
 
     fn handle(&mut self, msg: Ingest, ctx: &mut Context<Self>) -> Self::Result {
+        self.authorize(msg.run_id, &msg.token)?;
         let run = self.runs.get_mut(&msg.run_id).ok_or(IngestError::UnknownRun(msg.run_id))?;
-        if !bool::from(run.token.as_bytes().ct_eq(msg.token.as_bytes())) {
-            return Err(IngestError::Unauthorized);
-        }
         let run_text = msg.run_id.to_string();
         for w in &msg.windows {
             let step_id = Uuid::parse_str(&w.step_id).ok().filter(|id| run.steps.contains_key(id));

@@ -28,7 +28,8 @@ use cloud::{adopt_nodes, node_tags, provision, Adoption, Provision};
 
 use crate::infra::docker::{labels, DockerError, Engine};
 use crate::infra::ec2::{self, tags, Backoff, Ec2Error, InstanceView, Region, RegionConfig};
-use crate::infra::ssh::{SshNode, SshSettings, Task};
+use crate::infra::ssh::{SshNode, SshSettings};
+use crate::infra::{forward, Task};
 
 /// Why the pool could not serve a request.
 #[derive(Debug, thiserror::Error)]
@@ -176,7 +177,9 @@ pub struct Ec2PoolActor {
     engine: Result<Engine, String>,
     regions: Vec<Region>,
     networks: HashMap<Uuid, RunNetwork>,
-    ingest_port: u16,
+    /// The forward on each local run network's gateway to the ingest listener.
+    forwards: HashMap<Uuid, Task>,
+    ingest: SocketAddr,
     cloud: Option<Arc<CloudSettings>>,
     nodes: HashMap<String, CloudNode>,
     reserved: HashMap<Uuid, u32>,
@@ -195,7 +198,8 @@ impl Ec2PoolActor {
             engine,
             regions: Vec::new(),
             networks: HashMap::new(),
-            ingest_port: 0,
+            forwards: HashMap::new(),
+            ingest: SocketAddr::from(([127, 0, 0, 1], 0)),
             cloud: None,
             nodes: HashMap::new(),
             reserved: HashMap::new(),
@@ -209,10 +213,19 @@ impl Ec2PoolActor {
         self
     }
 
-    /// Relays deliver to the broker's ingest listener on `port`.
-    pub fn with_ingest_port(mut self, port: u16) -> Self {
-        self.ingest_port = port;
+    /// Relays deliver to the broker's ingest listener at `address`.
+    pub fn with_ingest(mut self, address: SocketAddr) -> Self {
+        self.ingest = address;
         self
+    }
+
+    /// Where forwards to the ingest listener connect to.
+    fn ingest_target(&self) -> SocketAddr {
+        if self.ingest.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], self.ingest.port()))
+        } else {
+            self.ingest
+        }
     }
 
     /// Nodes are EC2 instances (`pool.provider = "ec2"`).
@@ -347,7 +360,7 @@ impl Handler<AdoptRun> for Ec2PoolActor {
                 run_id: msg.run_id,
                 network: Self::network_name(msg.run_id),
                 labels: self.labels(msg.run_id),
-                ingest: SocketAddr::from(([127, 0, 0, 1], self.ingest_port)),
+                ingest: self.ingest_target(),
             };
             return Box::pin(adopt_nodes(job).into_actor(self).map(|res, act, _| {
                 for node in res? {
@@ -362,18 +375,36 @@ impl Handler<AdoptRun> for Ec2PoolActor {
 
 impl Ec2PoolActor {
     /// Makes sure the run's network exists on the local engine (made, or found after a restart) and keeps it.
+    /// With the ingest listener on loopback, a forward on the network's gateway
+    /// (same port) carries the relays' deliveries to it.
     fn run_network(&mut self, run_id: Uuid) -> ResponseActFuture<Self, Result<(), PoolError>> {
         let engine = self.engine();
         let name = Self::network_name(run_id);
         let labels = self.labels(run_id);
+        let (target, needs_forward) = (self.ingest_target(), self.ingest.ip().is_loopback());
         Box::pin(
             async move {
                 let (_, gateway) = engine?.ensure_network(&name, labels).await?;
-                Ok(RunNetwork { name, gateway })
+                let forward = match gateway.parse::<std::net::IpAddr>() {
+                    Ok(ip) if needs_forward => {
+                        let bind = SocketAddr::new(ip, target.port());
+                        let (_, task) = forward::tcp(bind, target).await.map_err(|e| {
+                            PoolError::Unavailable(format!("cannot listen for the run's relays on {bind}: {e}"))
+                        })?;
+                        tracing::info!(%run_id, address = %bind, "metrics ingest reachable from the run network");
+                        Some(task)
+                    }
+                    _ => None,
+                };
+                Ok((RunNetwork { name, gateway }, forward))
             }
             .into_actor(self)
-            .map(move |res: Result<RunNetwork, PoolError>, act, _| {
-                act.networks.insert(run_id, res?);
+            .map(move |res: Result<(RunNetwork, Option<Task>), PoolError>, act, _| {
+                let (network, forward) = res?;
+                act.networks.insert(run_id, network);
+                if let Some(task) = forward {
+                    act.forwards.insert(run_id, task);
+                }
                 Ok(())
             }),
         )
@@ -448,7 +479,7 @@ impl Handler<AcquireNodes> for Ec2PoolActor {
             region,
             broker: self.broker_id.clone(),
             local: self.engine.clone().ok(),
-            ingest: SocketAddr::from(([127, 0, 0, 1], self.ingest_port)),
+            ingest: self.ingest_target(),
             network: Self::network_name(msg.run_id),
             labels: self.labels(msg.run_id),
             expires_at: Utc::now() + chrono::Duration::from_std(msg.needed_for).unwrap_or_default(),
@@ -539,7 +570,7 @@ impl Ec2PoolActor {
     fn acquire_local(&mut self, msg: &AcquireNodes) -> Result<Vec<NodeGrant>, PoolError> {
         let engine = self.engine()?;
         let network = self.networks.get(&msg.run_id).cloned().unwrap_or_else(|| RunNetwork { name: Self::network_name(msg.run_id), gateway: "127.0.0.1".into() });
-        let ingest_base = format!("http://{}:{}", network.gateway, self.ingest_port);
+        let ingest_base = format!("http://{}:{}", network.gateway, self.ingest.port());
         Ok((0..msg.count)
             .map(|i| NodeGrant {
                 id: format!("s{}n{i}", msg.step_position),
@@ -656,6 +687,7 @@ impl Handler<CloseRun> for Ec2PoolActor {
 
     fn handle(&mut self, msg: CloseRun, _: &mut Context<Self>) -> Self::Result {
         self.networks.remove(&msg.run_id);
+        self.forwards.remove(&msg.run_id);
         self.reserved.remove(&msg.run_id);
         let run_id = msg.run_id;
         let ids: Vec<String> =

@@ -1,7 +1,5 @@
 //! Settings the run engine's actors share, built once from the broker's configuration.
 
-use std::path::PathBuf;
-
 /// How runs are carried out.
 #[derive(Clone, Debug)]
 pub struct RunSettings {
@@ -13,8 +11,6 @@ pub struct RunSettings {
     pub relay_image: String,
     /// Seconds between SIGTERM and SIGKILL when stopping containers.
     pub stop_grace_secs: u32,
-    /// The only host directory volumes may mount from.
-    pub volume_root: PathBuf,
     /// Lines of each container's output kept when it is removed.
     pub log_tail: usize,
     /// Longest a node may take to get ready (image load or pull, relay start).

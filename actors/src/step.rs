@@ -257,12 +257,14 @@ impl StepActor {
             let sends: Vec<_> = prepared
                 .iter()
                 .map(|(grant, addr)| {
-                    let early = launch::resolve(&c.step.spec, &c.plan_env, &c.run_env, &act.injected(grant, ""), &c.settings.volume_root, &c.settings.secrets);
+                    let early = launch::resolve(&c.step.spec, &c.plan_env, &c.run_env, &act.injected(grant, ""), &c.settings.limits, &c.settings.secrets);
+                    // Nothing is fetched from a source that did not resolve (and pass its checks).
                     let (image, image_source) = match early {
                         Ok(l) => (l.image, l.image_source),
-                        Err(_) => (c.step.spec.container_name.clone(), c.step.spec.container_url.clone()),
+                        Err(_) => (c.step.spec.container_name.clone(), None),
                     };
-                    addr.send(PrepareNode { image, image_source, images_from: grant.images_from.clone(), adopt: c.resume.is_some() })
+                    let mask = launch::secret_values(&c.step.spec, &c.plan_env, &c.run_env, &c.settings.secrets);
+                    addr.send(PrepareNode { image, image_source, images_from: grant.images_from.clone(), adopt: c.resume.is_some(), mask })
                 })
                 .collect();
             async move { join_all(sends).await }.into_actor(act).map(move |results, act, ctx| {
@@ -280,7 +282,7 @@ impl StepActor {
                     };
                     let injected = act.injected(&grant, &relay_ip);
                     let c = &act.ctx;
-                    let launch = launch::resolve(&c.step.spec, &c.plan_env, &c.run_env, &injected, &c.settings.volume_root, &c.settings.secrets);
+                    let launch = launch::resolve(&c.step.spec, &c.plan_env, &c.run_env, &injected, &c.settings.limits, &c.settings.secrets);
                     let launch = match launch {
                         Ok(l) => l,
                         Err(e) => {

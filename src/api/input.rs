@@ -30,9 +30,13 @@ pub struct Query(HashMap<String, String>);
 impl Query {
     /// Parses the request's query string.
     pub fn of(req: &HttpRequest) -> Result<Self, ApiError> {
-        web::Query::<Vec<(String, String)>>::from_query(req.query_string())
-            .map(|q| Self(q.into_inner().into_iter().collect()))
-            .map_err(|e| ApiError::bad_request("invalid_query", format!("malformed query string: {e}")))
+        let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+            .map_err(|e| ApiError::bad_request("invalid_query", format!("malformed query string: {e}")))?
+            .into_inner();
+        if let Some((name, _)) = pairs.iter().find(|(k, v)| k.chars().chain(v.chars()).any(char::is_control)) {
+            return Err(ApiError::bad_request("invalid_query", format!("query parameter {name:?} contains a control character")).at(name));
+        }
+        Ok(Self(pairs.into_iter().collect()))
     }
 
     /// A string parameter.
@@ -103,32 +107,55 @@ fn content_type(req: &HttpRequest) -> Option<&str> {
     req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok())
 }
 
-/// The document format of the body: JSON, TOML or YAML by `Content-Type`
-/// (JSON when none is given); `json_only` refuses the other two.
+/// The document format of a body, by `Content-Type`; `json_only` refuses TOML
+/// and YAML. A body without a `Content-Type` is refused: a web page may send
+/// one cross-site without asking, a JSON or TOML type it may not.
 pub fn format(req: &HttpRequest, json_only: bool) -> Result<DocumentFormat, ApiError> {
-    let Some(ct) = content_type(req) else { return Ok(DocumentFormat::Json) };
+    let accepted = if json_only { "send application/json" } else { "send application/json, application/toml or application/yaml" };
+    let Some(ct) = content_type(req) else {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("the body has no Content-Type; {accepted}"),
+        ));
+    };
     match DocumentFormat::from_content_type(ct) {
         Some(DocumentFormat::Json) => Ok(DocumentFormat::Json),
         Some(f) if !json_only => Ok(f),
         _ => Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
-            if json_only {
-                format!("Content-Type {ct:?} is not accepted here; send application/json")
-            } else {
-                format!("Content-Type {ct:?} is not accepted here; send application/json, application/toml or application/yaml")
-            },
+            format!("Content-Type {ct:?} is not accepted here; {accepted}"),
         )),
     }
 }
 
-/// Parses a body as a document; malformed text is a 400 saying where.
-pub fn document(bytes: &[u8], format: DocumentFormat) -> Result<Value, ApiError> {
-    let text = std::str::from_utf8(bytes).map_err(|e| ApiError::bad_request("invalid_body", format!("the body is not UTF-8: {e}")))?;
+/// Longest a document may take to parse; past it the request is refused.
+pub const PARSE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Parses a body as a document, off the server's worker threads and within
+/// `PARSE_DEADLINE`: malformed or too deeply nested text is a 400 saying
+/// where; duplicate keys, non-finite numbers and NUL characters a 422 naming the field.
+pub async fn document(bytes: web::Bytes, format: DocumentFormat) -> Result<Value, ApiError> {
+    let text = String::from_utf8(bytes.to_vec()).map_err(|e| ApiError::bad_request("invalid_body", format!("the body is not UTF-8: {e}")))?;
     if text.trim().is_empty() {
         return Err(ApiError::bad_request("invalid_body", "the request body is empty; a document is required"));
     }
-    parse_document(text, format).map_err(|e| {
+    let parse = web::block(move || parse_document(&text, format));
+    let parsed = match tokio::time::timeout(PARSE_DEADLINE, parse).await {
+        Err(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_document",
+                format!("the {} document took longer than {} s to parse", format.name(), PARSE_DEADLINE.as_secs()),
+            ))
+        }
+        Ok(Err(_)) => return Err(ApiError::unavailable()),
+        Ok(Ok(parsed)) => parsed,
+    };
+    parsed.map_err(|e| {
+        if e.0.iter().any(|f| !f.path.is_empty()) {
+            return ApiError::from(loads_actors::store::StoreError::Invalid(e));
+        }
         let code = if format == DocumentFormat::Json { "invalid_json" } else { "invalid_document" };
         ApiError::bad_request(code, e.0.first().map(|f| f.message.clone()).unwrap_or_default())
     })
@@ -136,17 +163,17 @@ pub fn document(bytes: &[u8], format: DocumentFormat) -> Result<Value, ApiError>
 
 /// Reads and parses a body in one go; an empty body gives `None`.
 pub async fn optional_json(req: &HttpRequest, payload: web::Payload, limit: usize) -> Result<Option<Value>, ApiError> {
-    let format = format(req, true)?;
     let bytes = body(req, payload, limit).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    document(&bytes, format).map(Some)
+    let format = format(req, true)?;
+    document(bytes, format).await.map(Some)
 }
 
 /// Reads and parses a required body.
 pub async fn required(req: &HttpRequest, payload: web::Payload, limit: usize, json_only: bool) -> Result<Value, ApiError> {
     let format = format(req, json_only)?;
     let bytes = body(req, payload, limit).await?;
-    document(&bytes, format)
+    document(bytes, format).await
 }

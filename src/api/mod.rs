@@ -5,6 +5,7 @@
 //! message away from its answer. This module wires routes and auth.
 
 pub mod auth;
+pub mod browser;
 pub mod compat;
 pub mod error;
 pub mod events;

@@ -4,7 +4,6 @@ mod plan;
 mod run;
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use actix::Actor;
 use clap::{Parser, Subcommand};
@@ -124,13 +123,13 @@ pub enum ConfigCommand {
     Show,
 }
 
-/// Runs the command; the exit code says how it went.
-pub async fn run(cli: Cli) -> ExitCode {
+/// Runs the command; answers the process exit code (0 success, 1 failure, 2 unreadable input).
+pub async fn run(cli: Cli) -> u8 {
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::from(2);
+            return 2;
         }
     };
     if let Command::Plan(PlanCommand::Validate { file, env }) = &cli.command {
@@ -139,10 +138,10 @@ pub async fn run(cli: Cli) -> ExitCode {
     if let Command::Relay { port, flush_ms } = cli.command {
         let config = crate::relay::RelayConfig::from_env(port, std::time::Duration::from_millis(flush_ms.max(10)));
         return match crate::relay::run(config).await {
-            Ok(()) => ExitCode::SUCCESS,
+            Ok(()) => 0,
             Err(e) => {
                 eprintln!("error: relay: {e}");
-                ExitCode::FAILURE
+                1
             }
         };
     }
@@ -162,7 +161,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             settings.metrics.ingest_port = 0;
             match run::run(&settings, args).await {
                 Ok(true) => Ok(()),
-                Ok(false) => return ExitCode::FAILURE,
+                Ok(false) => return 1,
                 Err(e) => Err(e),
             }
         }
@@ -170,10 +169,10 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Plan(_) | Command::Relay { .. } => unreachable!("handled above"),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            1
         }
     }
 }

@@ -25,7 +25,7 @@ const RUN_KEYS: [&str; 12] = [
 
 on_both_databases! {
     /// POST /api/project imports a project file; GET /api/project and /api/project/{uuid} return the tree.
-    async fn projects_have_the_original_shapes(app) {
+    async fn projects_have_the_original_shapes(app with crate::helpers::V2_FIXTURE) {
         let body: Value = serde_json::from_str(&pushgo_json()).unwrap();
         let (status, created) = app.post("/api/project", &body).await;
         assert_eq!(status, StatusCode::OK, "{created}");
@@ -66,7 +66,7 @@ on_both_databases! {
     }
 
     /// GET /api lists runs with the version; GET /api/run/{uuid} returns one; unknown runs are "No such run".
-    async fn runs_have_the_original_shapes(app) {
+    async fn runs_have_the_original_shapes(app with crate::helpers::V2_FIXTURE) {
         let report = app.import_pushgo().await;
         let plan = &report["project"]["plans"][1];
         assert_eq!(plan["name"], "Single Server");

@@ -20,7 +20,7 @@ pub enum Backend {
 macro_rules! on_both_databases {
     ($(
         $(#[$doc:meta])*
-        async fn $name:ident($app:ident) $body:block
+        async fn $name:ident($app:ident $(with $settings:expr)?) $body:block
     )*) => {$(
         $(#[$doc])*
         mod $name {
@@ -29,18 +29,27 @@ macro_rules! on_both_databases {
 
             async fn body($app: $crate::helpers::TestApp) $body
 
+            fn settings() -> &'static [(&'static str, &'static str)] {
+                [$($settings as &'static [(&'static str, &'static str)],)? &[]][0]
+            }
+
             #[actix_web::test]
             async fn sqlite() {
-                body($crate::helpers::TestApp::spawn($crate::helpers::Backend::Sqlite, &[]).await).await
+                body($crate::helpers::TestApp::spawn($crate::helpers::Backend::Sqlite, settings()).await).await
             }
 
             #[actix_web::test]
             async fn postgres() {
-                body($crate::helpers::TestApp::spawn($crate::helpers::Backend::Postgres, &[]).await).await
+                body($crate::helpers::TestApp::spawn($crate::helpers::Backend::Postgres, settings()).await).await
             }
         }
     )*};
 }
+
+/// Settings for brokers that import the loads v2 fixture: its steps mount
+/// `/var/log/$RUN_ID` from the node's disk, and on the local provider nodes
+/// mount only from under `docker.volume_root`.
+pub const V2_FIXTURE: &[(&str, &str)] = &[("LOADS__DOCKER__VOLUME_ROOT", "/var/log")];
 pub(crate) use on_both_databases;
 
 /// A database created for one test and removed when the test ends, failed or not.

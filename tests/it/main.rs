@@ -22,6 +22,7 @@ mod recovery;
 mod runs;
 mod runs_api;
 mod secrets;
+mod security;
 mod ssh;
 mod sshd;
 mod validation;

@@ -143,11 +143,13 @@ async fn three_nodes_merge_into_exact_step_metrics() {
     }
 }
 
-/// The ingest endpoint takes windows only with a live run's own token.
+/// The ingest endpoint takes windows only with a live run's own token; a
+/// wrong token and an unknown run get the same answer; a body that does not
+/// arrive in time is refused.
 #[actix_web::test]
 async fn ingest_accepts_only_the_runs_own_token() {
     ensure_images();
-    let app = TestApp::spawn(crate::helpers::Backend::Sqlite, &[]).await;
+    let app = TestApp::spawn(crate::helpers::Backend::Sqlite, &[("LOADS__METRICS__INGEST_BODY_TIMEOUT_SECONDS", "1")]).await;
     let (_, run_id) = app.start(json!({"name": "auth", "steps": [sh_step("s", "sleep 300")]}), json!({})).await;
     app.wait_for_run(&run_id, 60, |r| r["state"] == "running").await;
     let url = |run: &str| format!("http://127.0.0.1:{}/ingest/{run}", app.ingest_port);
@@ -156,12 +158,14 @@ async fn ingest_accepts_only_the_runs_own_token() {
                          "counters": {}, "gauges": {}, "sets": {}, "timers": {}, "lines": 0, "malformed": 0, "dropped_windows": 0}]);
     let r = client.post(url(&run_id)).send_json(&window).await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "no token");
-    let r = client.post(url(&run_id)).bearer_auth("guess").send_json(&window).await.unwrap();
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "wrong token");
-    let r = client.post(url(&uuid::Uuid::new_v4().to_string())).bearer_auth("guess").send_json(&window).await.unwrap();
-    assert_eq!(r.status(), StatusCode::NOT_FOUND, "no such run");
+    let mut wrong = client.post(url(&run_id)).bearer_auth("guess").send_json(&window).await.unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED, "wrong token");
+    let wrong_body = wrong.body().await.unwrap();
+    let mut unknown = client.post(url(&uuid::Uuid::new_v4().to_string())).bearer_auth("guess").send_json(&window).await.unwrap();
+    assert_eq!(unknown.status(), StatusCode::UNAUTHORIZED, "no such run");
+    assert_eq!(unknown.body().await.unwrap(), wrong_body, "an unknown run and a wrong token look the same");
     let r = client.post(url("nope")).bearer_auth("guess").send_json(&window).await.unwrap();
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     // The run's own token, but windows that are not the run's: an unknown step, another run.
     let store = loads_actors::store::connect(&app.database_url).await.unwrap();
     let token = loads_actors::store::runs::recovery(&store, uuid::Uuid::parse_str(&run_id).unwrap()).await.unwrap().ingest_token.unwrap();
@@ -173,6 +177,13 @@ async fn ingest_accepts_only_the_runs_own_token() {
     foreign[0]["run_id"] = json!(uuid::Uuid::new_v4().to_string());
     let r = client.post(url(&run_id)).bearer_auth(&token).send_json(&foreign).await.unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN, "a window of another run");
+    // The run's own token with a body that never comes: refused after the body timeout.
+    let answer = crate::security::raw_request(
+        ("127.0.0.1", app.ingest_port),
+        &format!("POST /ingest/{run_id} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n["),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     let (status, _) = app.post(&format!("/api/v1/runs/{run_id}/abort"), &json!({})).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     app.wait_finished(&run_id, 60).await;

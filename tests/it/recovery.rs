@@ -24,7 +24,7 @@ pub struct Restartable {
     pub db: String,
     pub broker: String,
     pub port: u16,
-    ingest: u16,
+    pub ingest: u16,
     pub api: Api,
     _cleanup: LabelGuard,
 }

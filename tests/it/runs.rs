@@ -187,7 +187,7 @@ on_both_databases! {
 }
 
 /// `port_mapping` publishes on 127.0.0.1; `volume_mapping` mounts from under the volume root
-/// (read-write when asked); a host path outside the root fails the step before anything starts.
+/// (read-write when asked); a host path outside the root is refused with the plan.
 #[actix_web::test]
 async fn ports_and_volumes_are_mapped_within_their_bounds() {
     ensure_images();
@@ -217,13 +217,12 @@ async fn ports_and_volumes_are_mapped_within_their_bounds() {
     let written = std::fs::read_to_string(root.path().join(&run_id).join("out.txt")).unwrap();
     assert!(written.starts_with("written-by-"), "{written}");
 
-    let (_, run_id) = app.start(plan("escape", vec![
-        with(sh_step("escaper", "true"), json!({"volume_mapping": "/data:/etc"})),
-    ]), json!({})).await;
-    let run = app.wait_finished(&run_id, 60).await;
-    assert_eq!(run["state"], "failed");
-    let reason = run["failure_reason"].as_str().unwrap();
-    assert!(reason.contains("host path \"/etc\" is not under the volume root"), "{reason}");
+    let escape = plan("escape", vec![with(sh_step("escaper", "true"), json!({"volume_mapping": "/data:/etc"}))]);
+    let (status, body) = app.post("/api/v1/projects", &json!({"name": "escape"})).await;
+    assert_eq!(status, awc::http::StatusCode::CREATED, "{body}");
+    let (status, body) = app.post(&format!("/api/v1/projects/{}/plans", body["id"].as_str().unwrap()), &escape).await;
+    assert_eq!(status, awc::http::StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body["details"][0]["message"].as_str().unwrap().contains("host path \"/etc\" is outside the volume root"), "{body}");
     app.assert_no_leftovers();
 }
 
@@ -246,7 +245,7 @@ async fn the_relay_receives_the_nodes_statsd() {
 }
 
 /// A step's image is loaded from its `container_url` (a gzipped `docker save`
-/// tarball, by path and over HTTP) when the engine does not have it.
+/// tarball, by path under `docker.image_root` and over HTTP) when the engine does not have it.
 #[actix_web::test]
 async fn images_are_loaded_from_container_url_tarballs() {
     ensure_images();
@@ -277,7 +276,10 @@ async fn images_are_loaded_from_container_url_tarballs() {
         let _ = std::io::Write::write_all(&mut stream, &bytes);
     });
 
-    let app = crate::helpers::TestApp::spawn(crate::helpers::Backend::Sqlite, &[]).await;
+    // The test's own server is on loopback, which image URLs may name only when allowed.
+    let image_root = dir.path().display().to_string();
+    let settings = [("LOADS__DOCKER__IMAGE_ROOT", image_root.as_str()), ("LOADS__DOCKER__ALLOW_LOOPBACK_IMAGE_URLS", "true")];
+    let app = crate::helpers::TestApp::spawn(crate::helpers::Backend::Sqlite, &settings).await;
     for url in [format!("http://127.0.0.1:{port}/image.tar.gz"), tarball.display().to_string()] {
         docker(&["rmi", &tag]);
         let step = json!({"name": "loaded", "container_name": tag, "container_url": url, "additional_command_args": "-c 'echo from-tarball'"});

@@ -9,6 +9,9 @@ use serde_json::json;
 
 use crate::helpers::{ensure_images, on_both_databases, plan_doc, record, sh_step};
 
+/// The tests' image servers are on loopback, which image URLs may name only when allowed.
+const LOOPBACK_IMAGES: &[(&str, &str)] = &[("LOADS__DOCKER__ALLOW_LOOPBACK_IMAGE_URLS", "true")];
+
 on_both_databases! {
     /// Bad run requests are 4xx naming the field; a disabled plan is 409.
     async fn bad_run_requests_are_refused_clearly(app) {
@@ -107,7 +110,7 @@ on_both_databases! {
 
     /// Abort while nodes are still being prepared: the run ends aborted once preparation returns,
     /// and what was already created (another step's relay) is removed.
-    async fn abort_during_initialization_releases_nodes(app) {
+    async fn abort_during_initialization_releases_nodes(app with LOOPBACK_IMAGES) {
         ensure_images();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -150,7 +153,7 @@ async fn a_hung_image_download_times_out_with_a_clear_reason() {
         let (_stream, _) = listener.accept().unwrap();
         let _ = finished.recv_timeout(std::time::Duration::from_secs(60));
     });
-    let app = crate::helpers::TestApp::spawn(crate::helpers::Backend::Sqlite, &[("LOADS__DOCKER__PREPARE_TIMEOUT_SECONDS", "2")]).await;
+    let app = crate::helpers::TestApp::spawn(crate::helpers::Backend::Sqlite, &[("LOADS__DOCKER__PREPARE_TIMEOUT_SECONDS", "2"), LOOPBACK_IMAGES[0]]).await;
     let (_, run_id) = app.start(json!({"name": "hung", "steps": [
         {"name": "stuck", "container_name": "loads/never-built:2", "container_url": format!("http://127.0.0.1:{port}/image.tar")}
     ]}), json!({})).await;

@@ -112,7 +112,7 @@ on_both_databases! {
     }
 
     /// Variables from the step env, the plan env and the injected set are all defined.
-    async fn defined_variables_pass_validation(app) {
+    async fn defined_variables_pass_validation(app with &[("LOADS__DOCKER__VOLUME_ROOT", "/srv")]) {
         let plan = app.create_plan(json!({
             "name": "vars",
             "environment_data": ["TARGET=http://svc:8080"],

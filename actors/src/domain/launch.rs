@@ -6,11 +6,12 @@
 //! references are resolved recursively, and a cycle is an error.
 
 use std::collections::BTreeMap;
-use std::path::{Component, Path};
+use std::path::Path;
 
 use super::interpolate::{self, RenderError};
 use super::secrets::{self, Secrets};
 use super::spec::{Env, StepSpec};
+use super::validate::Limits;
 
 /// A step's container, ready to create.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,15 +63,17 @@ impl Resolver<'_> {
 }
 
 /// Resolves `step` for one container. `injected` holds the broker's variables
-/// (`RUN_ID`, `STATSD_HOST`, ...); `volume_root` is the only host directory
-/// volumes may mount from; `secret:NAME` values become the secret's value,
-/// taken literally. Errors name the field.
+/// (`RUN_ID`, `STATSD_HOST`, ...); `limits` say where volumes and image
+/// tarballs may come from (`volume_root`: where nodes mount from the broker's
+/// own disk, the only directory they may mount from; its links are resolved
+/// later, on the disk, by `infra::volumes`); `secret:NAME` values become the
+/// secret's value, taken literally. Errors name the field.
 pub fn resolve(
     step: &StepSpec,
     plan_env: &Env,
     run_env: &Env,
     injected: &Env,
-    volume_root: &Path,
+    limits: &Limits,
     secrets: &Secrets,
 ) -> Result<Launch, String> {
     let mut values: BTreeMap<String, String> = plan_env.clone();
@@ -93,6 +96,9 @@ pub fn resolve(
     }
     let image = field("container_name", &step.container_name)?;
     let image_source = step.container_url.as_deref().map(|u| field("container_url", u)).transpose()?;
+    if let Some(url) = &image_source {
+        super::validate::check_image_url(url, limits).map_err(|e| format!("container_url: {e}"))?;
+    }
     let args = match &step.additional_command_args {
         None => Vec::new(),
         Some(a) => shell_words::split(&field("additional_command_args", a)?)
@@ -101,9 +107,25 @@ pub fn resolve(
     let ports = step.port_mapping.as_deref().map(parse_ports).transpose()?.unwrap_or_default();
     let binds = match &step.volume_mapping {
         None => Vec::new(),
-        Some(v) => parse_volumes(&field("volume_mapping", v)?, volume_root)?,
+        Some(v) => parse_volumes(&field("volume_mapping", v)?, limits.volume_root.as_deref())?,
     };
     Ok(Launch { image, image_source, env, args, ports, binds })
+}
+
+/// The values of the secrets a step's containers are given (through the plan's,
+/// the run's or the step's env), for the node's relay to mask.
+pub fn secret_values(step: &StepSpec, plan_env: &Env, run_env: &Env, secrets: &Secrets) -> Vec<String> {
+    let mut values: Vec<String> = plan_env
+        .values()
+        .chain(run_env.values())
+        .chain(step.environment_data.values())
+        .filter_map(|v| secrets::reference(v))
+        .filter_map(|name| secrets.get(name))
+        .map(str::to_string)
+        .collect();
+    values.sort();
+    values.dedup();
+    values
 }
 
 fn parse_ports(mapping: &str) -> Result<Vec<(u16, u16)>, String> {
@@ -118,7 +140,7 @@ fn parse_ports(mapping: &str) -> Result<Vec<(u16, u16)>, String> {
         .collect()
 }
 
-fn parse_volumes(mapping: &str, root: &Path) -> Result<Vec<String>, String> {
+fn parse_volumes(mapping: &str, root: Option<&Path>) -> Result<Vec<String>, String> {
     mapping
         .split(',')
         .map(|m| {
@@ -128,14 +150,10 @@ fn parse_volumes(mapping: &str, root: &Path) -> Result<Vec<String>, String> {
                 [c, h, mode @ ("rw" | "ro")] => (*c, *h, *mode),
                 _ => return Err(format!("volume_mapping: {m:?} is not /container:/host[:rw]")),
             };
-            let host_path = Path::new(host);
-            let escapes = host_path.components().any(|c| matches!(c, Component::ParentDir));
-            if !host_path.is_absolute() || escapes || !host_path.starts_with(root) {
-                return Err(format!(
-                    "volume_mapping: host path {host:?} is not under the volume root {} (docker.volume_root)",
-                    root.display()
-                ));
+            if !host.starts_with('/') {
+                return Err(format!("volume_mapping: host path {host:?} is not an absolute path"));
             }
+            super::validate::check_host_path(host, root).map_err(|e| format!("volume_mapping: {e}"))?;
             Ok(format!("{host}:{container}:{mode}"))
         })
         .collect()
@@ -144,6 +162,10 @@ fn parse_volumes(mapping: &str, root: &Path) -> Result<Vec<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn srv() -> Limits {
+        Limits { volume_root: Some("/srv".into()), ..Limits::default() }
+    }
 
     fn env(pairs: &[(&str, &str)]) -> Env {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
@@ -158,10 +180,10 @@ mod tests {
         let mut step = StepSpec::new("s", "img");
         step.environment_data = env(&[("PASS", "secret:DB"), ("DSN", "db://u:$PASS@h")]);
         let secrets = Secrets::new(BTreeMap::from([("DB".to_string(), "p$w".to_string())]));
-        let launch = resolve(&step, &Env::new(), &Env::new(), &Env::new(), Path::new("/srv"), &secrets).unwrap();
+        let launch = resolve(&step, &Env::new(), &Env::new(), &Env::new(), &srv(), &secrets).unwrap();
         assert_eq!(value(&launch, "PASS"), "p$w");
         assert_eq!(value(&launch, "DSN"), "db://u:p$w@h");
-        let err = resolve(&step, &Env::new(), &Env::new(), &Env::new(), Path::new("/srv"), &Secrets::default()).unwrap_err();
+        let err = resolve(&step, &Env::new(), &Env::new(), &Env::new(), &srv(), &Secrets::default()).unwrap_err();
         assert_eq!(err, "environment_data.PASS: secret `DB` is not configured");
     }
 
@@ -174,7 +196,7 @@ mod tests {
             &env(&[("A", "plan"), ("B", "plan"), ("TAG", "1")]),
             &env(&[("A", "run"), ("TARGET", "http://svc")]),
             &env(&[("RUN_ID", "r1")]),
-            Path::new("/srv"),
+            &srv(),
             &Secrets::default(),
         )
         .unwrap();
@@ -189,7 +211,7 @@ mod tests {
     fn arguments_are_split_like_a_shell_and_dollars_escape() {
         let mut step = StepSpec::new("s", "img");
         step.additional_command_args = Some("--url 'http://$HOST/a b' --price $$5".into());
-        let launch = resolve(&step, &Env::new(), &Env::new(), &env(&[("HOST", "web")]), Path::new("/srv"), &Secrets::default()).unwrap();
+        let launch = resolve(&step, &Env::new(), &Env::new(), &env(&[("HOST", "web")]), &srv(), &Secrets::default()).unwrap();
         assert_eq!(launch.args, ["--url", "http://web/a b", "--price", "$5"]);
     }
 
@@ -197,10 +219,10 @@ mod tests {
     fn cycles_and_unknown_variables_are_errors() {
         let mut step = StepSpec::new("s", "img");
         step.environment_data = env(&[("A", "$B"), ("B", "$A")]);
-        let err = resolve(&step, &Env::new(), &Env::new(), &Env::new(), Path::new("/srv"), &Secrets::default()).unwrap_err();
+        let err = resolve(&step, &Env::new(), &Env::new(), &Env::new(), &srv(), &Secrets::default()).unwrap_err();
         assert!(err.contains("cycle"), "{err}");
         let step = StepSpec::new("s", "img:$NOPE");
-        let err = resolve(&step, &Env::new(), &Env::new(), &Env::new(), Path::new("/srv"), &Secrets::default()).unwrap_err();
+        let err = resolve(&step, &Env::new(), &Env::new(), &Env::new(), &srv(), &Secrets::default()).unwrap_err();
         assert_eq!(err, "container_name: unknown variable `$NOPE`");
     }
 
@@ -208,11 +230,11 @@ mod tests {
     fn volumes_must_stay_under_the_root() {
         let mut step = StepSpec::new("s", "img");
         step.volume_mapping = Some("/data:/srv/$RUN_ID:rw,/cfg:/srv/cfg".into());
-        let launch = resolve(&step, &Env::new(), &Env::new(), &env(&[("RUN_ID", "r1")]), Path::new("/srv"), &Secrets::default()).unwrap();
+        let launch = resolve(&step, &Env::new(), &Env::new(), &env(&[("RUN_ID", "r1")]), &srv(), &Secrets::default()).unwrap();
         assert_eq!(launch.binds, ["/srv/r1:/data:rw", "/srv/cfg:/cfg:ro"]);
         for bad in ["/data:/etc", "/data:/srv/../etc"] {
             step.volume_mapping = Some(bad.into());
-            assert!(resolve(&step, &Env::new(), &Env::new(), &Env::new(), Path::new("/srv"), &Secrets::default()).is_err(), "{bad}");
+            assert!(resolve(&step, &Env::new(), &Env::new(), &Env::new(), &srv(), &Secrets::default()).is_err(), "{bad}");
         }
     }
 }

@@ -27,6 +27,38 @@ impl fmt::Debug for Secrets {
     }
 }
 
+/// Replaces known secret values in text: the values of 4 characters or longer
+/// (shorter ones would mask everything), longest first.
+#[derive(Clone, Default)]
+pub struct Masker(Vec<String>);
+
+impl fmt::Debug for Masker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Masker({} values)", self.0.len())
+    }
+}
+
+impl Masker {
+    /// A masker of `values`.
+    pub fn new(values: impl IntoIterator<Item = String>) -> Self {
+        let mut values: Vec<String> = values.into_iter().filter(|v| v.len() >= 4).collect();
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        values.dedup();
+        Self(values)
+    }
+
+    /// `text` with every value replaced by `MASK`; borrowed when there is nothing to mask.
+    pub fn mask<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {
+        let mut out = std::borrow::Cow::Borrowed(text);
+        for value in &self.0 {
+            if out.contains(value.as_str()) {
+                out = std::borrow::Cow::Owned(out.replace(value.as_str(), MASK));
+            }
+        }
+        out
+    }
+}
+
 /// The secret a value refers to, if it is a reference.
 pub fn reference(value: &str) -> Option<&str> {
     value.strip_prefix(PREFIX)
@@ -45,9 +77,7 @@ impl Secrets {
 
     /// `text` with every secret value (4 characters or longer) replaced by `MASK`, longest first.
     pub fn mask(&self, text: &str) -> String {
-        let mut values: Vec<&str> = self.0.values().map(String::as_str).filter(|v| v.len() >= 4).collect();
-        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
-        values.into_iter().fold(text.to_string(), |out, v| if out.contains(v) { out.replace(v, MASK) } else { out })
+        Masker::new(self.0.values().cloned()).mask(text).into_owned()
     }
 
     /// Every reference in a plan and a run env that names no configured secret, with its path.

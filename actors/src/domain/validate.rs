@@ -5,6 +5,8 @@
 //! with the path of the field (`plans[0].steps[1].run_max_time: must be >= 0`).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::{Component, Path, PathBuf};
 
 use serde_json::{Map, Value};
 
@@ -23,13 +25,34 @@ pub struct Limits {
     pub max_env_vars: usize,
     /// Most bytes (names and values) in one environment.
     pub max_env_bytes: usize,
+    /// Where `volume_mapping` host paths must lie: the broker's `docker.volume_root` when
+    /// nodes are containers on the broker's own machine; `None` when they are machines of their own.
+    pub volume_root: Option<PathBuf>,
+    /// The directory `container_url` tarballs on the broker's disk may be read from; `None`: no local paths.
+    pub image_root: Option<PathBuf>,
+    /// Whether `container_url` may name an http(s) URL on a loopback address (the broker's own).
+    pub allow_loopback_image_urls: bool,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_instance_count: 100, max_steps_per_plan: 50, max_env_vars: 200, max_env_bytes: 65_536 }
+        Self {
+            max_instance_count: 100,
+            max_steps_per_plan: 50,
+            max_env_vars: 200,
+            max_env_bytes: 65_536,
+            volume_root: None,
+            image_root: None,
+            allow_loopback_image_urls: false,
+        }
     }
 }
+
+/// Longest name of a project, plan or step, in characters.
+pub const MAX_NAME_CHARS: usize = 200;
+
+/// Largest `run_delay`, `run_max_time` and `node_delay`, in seconds (30 days).
+pub const MAX_SECONDS: u64 = 30 * 24 * 3600;
 
 /// A validated value, with warnings that do not stop it from being used.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,9 +105,7 @@ pub fn project_with_run_env(value: &Value, limits: &Limits, run_env: &Env) -> Re
 pub fn project_header(value: &Value) -> Result<(String, Option<String>), ValidationErrors> {
     let limits = Limits::default();
     let mut w = Walker::new(&limits);
-    let header = w.object(value, "", &["name", "home_page"]).map(|m| {
-        (w.string(m, "", "name", true).unwrap_or_default(), w.string(m, "", "home_page", false))
-    });
+    let header = w.object(value, "", &["name", "home_page"]).map(|m| (w.name(m, ""), w.string(m, "", "home_page", false)));
     w.finish(header.unwrap_or_default()).map(|v| v.value)
 }
 
@@ -201,6 +222,27 @@ impl<'l> Walker<'l> {
         }
     }
 
+    /// A required name: at most `MAX_NAME_CHARS` characters, none of them control characters.
+    fn name(&mut self, m: &Map<String, Value>, path: &str) -> String {
+        let name = self.string(m, path, "name", true).unwrap_or_default();
+        if name.chars().any(char::is_control) {
+            self.error(join(path, "name"), "must not contain control characters (tabs, newlines, NUL...)");
+        } else if name.chars().count() > MAX_NAME_CHARS {
+            self.error(join(path, "name"), format!("must be at most {MAX_NAME_CHARS} characters"));
+        }
+        name
+    }
+
+    /// A duration in seconds, from 0 to `MAX_SECONDS`.
+    fn seconds(&mut self, m: &Map<String, Value>, path: &str, key: &str, default: u64) -> u64 {
+        let value = self.whole(m, path, key, default);
+        if value > MAX_SECONDS {
+            self.error(join(path, key), format!("must be at most {MAX_SECONDS} seconds (30 days)"));
+            return default;
+        }
+        value
+    }
+
     fn boolean(&mut self, m: &Map<String, Value>, path: &str, key: &str, default: bool) -> bool {
         match m.get(key) {
             None | Some(Value::Null) => default,
@@ -300,7 +342,7 @@ impl<'l> Walker<'l> {
     fn project(&mut self, v: &Value, path: &str) -> ProjectSpec {
         let mut spec = ProjectSpec { name: String::new(), home_page: None, plans: Vec::new() };
         let Some(m) = self.object(v, path, PROJECT_FIELDS) else { return spec };
-        spec.name = self.string(m, path, "name", true).unwrap_or_default();
+        spec.name = self.name(m, path);
         spec.home_page = self.string(m, path, "home_page", false);
         match m.get("plans") {
             None | Some(Value::Null) => {}
@@ -338,7 +380,7 @@ impl<'l> Walker<'l> {
                 self.error(join(path, "dashboard"), "must be a template name: letters, digits, - and _");
             }
         }
-        spec.name = self.string(m, path, "name", true).unwrap_or_default();
+        spec.name = self.name(m, path);
         spec.description = self.string(m, path, "description", false);
         spec.enabled = self.boolean(m, path, "enabled", true);
         spec.environment_data = self.env(m, path);
@@ -371,7 +413,7 @@ impl<'l> Walker<'l> {
     fn step(&mut self, v: &Value, path: &str) -> Option<StepSpec> {
         let m = self.object(v, path, STEP_FIELDS)?;
         let mut step = StepSpec::new(String::new(), String::new());
-        step.name = self.string(m, path, "name", true).unwrap_or_default();
+        step.name = self.name(m, path);
         step.monitor = self.boolean(m, path, "monitor", false);
         step.service = self.boolean(m, path, "service", false);
         step.required = self.boolean(m, path, "required", true);
@@ -407,12 +449,17 @@ impl<'l> Walker<'l> {
             }
             step.instance_region = r;
         }
-        step.run_delay = self.whole(m, path, "run_delay", defaults::RUN_DELAY);
-        step.run_max_time = self.whole(m, path, "run_max_time", defaults::RUN_MAX_TIME);
-        step.node_delay = self.whole(m, path, "node_delay", defaults::NODE_DELAY);
+        step.run_delay = self.seconds(m, path, "run_delay", defaults::RUN_DELAY);
+        step.run_max_time = self.seconds(m, path, "run_max_time", defaults::RUN_MAX_TIME);
+        step.node_delay = self.seconds(m, path, "node_delay", defaults::NODE_DELAY);
 
         step.container_name = self.string(m, path, "container_name", !step.monitor).unwrap_or_default();
         step.container_url = self.string(m, path, "container_url", false);
+        if let Some(url) = &step.container_url {
+            if let Err(why) = check_image_url(url, self.limits) {
+                self.error(join(path, "container_url"), why);
+            }
+        }
         step.environment_data = self.env(m, path);
         step.additional_command_args = self.string(m, path, "additional_command_args", false);
         step.docker_series = self.string(m, path, "docker_series", false);
@@ -431,7 +478,7 @@ impl<'l> Walker<'l> {
         }
         step.volume_mapping = self.string(m, path, "volume_mapping", false);
         if let Some(volumes) = &step.volume_mapping {
-            for why in check_volume_mapping(volumes) {
+            for why in check_volume_mapping(volumes, self.limits.volume_root.as_deref()) {
                 self.error(join(path, "volume_mapping"), why);
             }
         }
@@ -519,21 +566,83 @@ fn check_port_mapping(ports: &str) -> Vec<String> {
     problems
 }
 
-fn check_volume_mapping(volumes: &str) -> Vec<String> {
+fn check_volume_mapping(volumes: &str, root: Option<&Path>) -> Vec<String> {
     let mut problems = Vec::new();
     for mapping in volumes.split(',').map(str::trim) {
         let parts: Vec<&str> = mapping.split(':').collect();
-        let shape_ok = match parts.as_slice() {
-            [c, h] | [c, h, "rw" | "ro"] => c.starts_with('/') && (h.starts_with('/') || h.starts_with('$')),
-            _ => false,
+        let host = match parts.as_slice() {
+            [c, h] | [c, h, "rw" | "ro"] if c.starts_with('/') && (h.starts_with('/') || h.starts_with('$')) => *h,
+            _ => {
+                problems.push(format!("{mapping:?} must be /container/path:/host/path with an optional :rw or :ro"));
+                continue;
+            }
         };
-        if !shape_ok {
-            problems.push(format!(
-                "{mapping:?} must be /container/path:/host/path with an optional :rw or :ro"
-            ));
+        if let Err(why) = check_host_path(host, root) {
+            problems.push(why);
         }
     }
     problems
+}
+
+/// A volume's host path may not climb with `..`, and where the broker's own
+/// disk is mounted from, its literal part (up to the first `$VARIABLE`) must
+/// lie under the volume root (or lead to it). Symbolic links are followed at
+/// run time, when the path is resolved on the disk itself.
+pub fn check_host_path(host: &str, root: Option<&Path>) -> Result<(), String> {
+    let path = Path::new(host);
+    if path.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(format!("host path {host:?} must not contain `..`"));
+    }
+    let Some(root) = root else { return Ok(()) };
+    let literal: PathBuf = path.components().take_while(|c| !c.as_os_str().to_string_lossy().contains('$')).collect();
+    let complete = !host.contains('$');
+    let inside = literal.starts_with(root) || (!complete && root.starts_with(&literal));
+    if host.starts_with('/') && !inside {
+        return Err(format!(
+            "host path {host:?} is outside the volume root {} (docker.volume_root): nodes on this broker's machine mount only from there",
+            root.display()
+        ));
+    }
+    Ok(())
+}
+
+/// `container_url`: an http(s) URL (not on a loopback address unless allowed), or
+/// a `file://` URL or absolute path under the image root.
+pub fn check_image_url(url: &str, limits: &Limits) -> Result<(), String> {
+    if let Some(rest) = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://")) {
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let host = if host.starts_with('[') { host.split(']').next().unwrap_or_default().trim_start_matches('[') } else { host.split(':').next().unwrap_or_default() };
+        if host.is_empty() {
+            return Err(format!("{url:?} has no host"));
+        }
+        if !limits.allow_loopback_image_urls && is_loopback_name(host) {
+            return Err(format!(
+                "{url:?} is on a loopback address, the broker's own; allowed only with docker.allow_loopback_image_urls"
+            ));
+        }
+        return Ok(());
+    }
+    let local = url.strip_prefix("file://").unwrap_or(url);
+    if local.starts_with('/') || local.starts_with('$') || url.starts_with("file://") {
+        let Some(root) = &limits.image_root else {
+            return Err(format!("{url:?} is on the broker's disk; set docker.image_root to the directory image tarballs may be read from"));
+        };
+        if !local.starts_with('$') && (Path::new(local).components().any(|c| matches!(c, Component::ParentDir)) || !Path::new(local).starts_with(root)) {
+            return Err(format!("{url:?} is outside the image root {} (docker.image_root)", root.display()));
+        }
+        return Ok(());
+    }
+    if url.starts_with('$') {
+        return Ok(());
+    }
+    Err(format!("{url:?} must be an http:// or https:// URL, or a file under docker.image_root"))
+}
+
+/// Whether a host name or address is this machine's loopback.
+pub fn is_loopback_name(host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    host == "localhost" || host.ends_with(".localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified())
 }
 
 #[cfg(test)]
@@ -637,5 +746,48 @@ mod tests {
         assert_eq!(run_env(&json!({"A": 1, "B": "x"}), &limits).unwrap().get("A").map(String::as_str), Some("1"));
         assert_eq!(run_env(&json!(["A=1=2"]), &limits).unwrap().get("A").map(String::as_str), Some("1=2"));
         assert!(run_env(&json!("A=1"), &limits).is_err());
+    }
+
+    #[test]
+    fn names_refuse_control_characters_and_great_lengths() {
+        let long = "n".repeat(MAX_NAME_CHARS + 1);
+        let errs = errors(json!({"name": "a\tb", "steps": [{"name": long, "container_name": "x"}]}));
+        assert_eq!(errs, ["name: must not contain control characters (tabs, newlines, NUL...)", "steps[0].name: must be at most 200 characters"]);
+    }
+
+    #[test]
+    fn durations_past_thirty_days_are_refused_not_truncated() {
+        let errs = errors(json!({"name": "p", "steps": [{"name": "s", "container_name": "x", "run_delay": u64::MAX, "run_max_time": MAX_SECONDS + 1}]}));
+        assert_eq!(errs, ["steps[0].run_delay: must be at most 2592000 seconds (30 days)", "steps[0].run_max_time: must be at most 2592000 seconds (30 days)"]);
+    }
+
+    #[test]
+    fn image_urls_are_http_or_files_under_the_image_root() {
+        let limits = Limits { image_root: Some("/srv/images".into()), ..Limits::default() };
+        for ok in ["https://s3.amazonaws.com/b/i.tar.bz2", "http://images.example:8080/i.tar", "/srv/images/i.tar", "file:///srv/images/i.tar", "https://h/$TAG.tar"] {
+            assert_eq!(check_image_url(ok, &limits), Ok(()), "{ok}");
+        }
+        for bad in ["", "gopher://h/i", "ftp://h/i.tar", "/etc/shadow", "file:///etc/passwd", "/srv/images/../../etc/passwd", "http://127.0.0.1:9/x", "http://localhost/x", "http://[::1]/x", "http://0.0.0.0/x", "https:///x"] {
+            assert!(check_image_url(bad, &limits).is_err(), "{bad}");
+        }
+        assert!(check_image_url("/srv/images/i.tar", &Limits::default()).unwrap_err().contains("docker.image_root"));
+        let open = Limits { allow_loopback_image_urls: true, ..Limits::default() };
+        assert_eq!(check_image_url("http://127.0.0.1:9/x", &open), Ok(()));
+    }
+
+    #[test]
+    fn host_paths_outside_the_volume_root_are_refused_at_import() {
+        let local = Limits { volume_root: Some("/var/tmp/loads/volumes".into()), ..Limits::default() };
+        let plan = |mapping: &str| json!({"name": "p", "steps": [{"name": "s", "container_name": "x", "volume_mapping": mapping}]});
+        for ok in ["/d:/var/tmp/loads/volumes/$RUN_ID:rw", "/d:/var/tmp/loads/volumes/a", "/d:$RUN_ID", "/d:/var/tmp/$RUN_ID"] {
+            assert!(super::plan(&plan(ok), &local).is_ok(), "{ok}");
+        }
+        for bad in ["/x:/etc", "/x:/var/log/$RUN_ID:rw", "/x:/var/tmp/loads/volumes/../../../etc"] {
+            let errs = super::plan(&plan(bad), &local).unwrap_err();
+            assert_eq!(errs.0[0].path, "steps[0].volume_mapping", "{bad}");
+        }
+        // Nodes that are machines of their own mount from their own disk; `..` is still refused.
+        assert!(super::plan(&plan("/x:/var/log/$RUN_ID:rw"), &Limits::default()).is_ok());
+        assert!(super::plan(&plan("/x:/a/../etc"), &Limits::default()).is_err());
     }
 }

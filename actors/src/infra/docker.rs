@@ -81,6 +81,14 @@ pub enum DockerError {
         /// The engine's error.
         source: bollard::errors::Error,
     },
+    /// A bind mount's host path was refused.
+    #[error("cannot mount a volume into container {name}: {message}")]
+    Volume {
+        /// The container's name.
+        name: String,
+        /// Why.
+        message: String,
+    },
     /// A container could not be created or started.
     #[error("cannot start container {name} ({image}): {message}")]
     StartContainer {
@@ -554,10 +562,32 @@ impl Engine {
     }
 }
 
-/// Reads a tarball from a path, `file://` URL or `http(s)://` URL.
+/// Refuses an http(s) URL whose host resolves to a loopback or unspecified
+/// address: the broker's own services are not image sources unless allowed.
+pub async fn refuse_loopback_url(url: &str) -> Result<(), String> {
+    let Some(rest) = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")) else { return Ok(()) };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let default_port = if url.starts_with("https://") { 443 } else { 80 };
+    let target = if authority.starts_with('[') || authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+        authority.to_string()
+    } else {
+        format!("{authority}:{default_port}")
+    };
+    let addresses = tokio::net::lookup_host(target.as_str()).await.map_err(|e| format!("cannot resolve {authority}: {e}"))?;
+    for address in addresses {
+        if address.ip().is_loopback() || address.ip().is_unspecified() {
+            return Err(format!("{authority} resolves to {}, a loopback address; allowed only with docker.allow_loopback_image_urls", address.ip()));
+        }
+    }
+    Ok(())
+}
+
+/// Reads a tarball from a path, `file://` URL or `http(s)://` URL. Redirects
+/// are not followed: a source that was checked is the one read.
 async fn fetch(url: &str) -> Result<Bytes, String> {
     if url.starts_with("http://") || url.starts_with("https://") {
-        let client = awc::Client::builder().timeout(std::time::Duration::from_secs(300)).finish();
+        let client = awc::Client::builder().timeout(std::time::Duration::from_secs(300)).disable_redirects().finish();
         let mut response = client.get(url).send().await.map_err(|e| e.to_string())?;
         if !response.status().is_success() {
             return Err(format!("HTTP {}", response.status()));

@@ -15,6 +15,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
 use super::docker::{DockerError, Engine};
+use super::Task;
 
 /// Why a node could not be reached over SSH.
 #[derive(Debug, thiserror::Error)]
@@ -81,15 +82,6 @@ pub struct SshSettings {
 pub struct SshNode {
     session: Arc<AsyncSession<TokioTcpStream>>,
     addr: SocketAddr,
-}
-
-/// A background task serving a node (its Docker bridge, a forward); dropping it stops the task.
-pub struct Task(tokio::task::JoinHandle<()>);
-
-impl Drop for Task {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -187,7 +179,7 @@ impl SshNode {
         let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| DockerError::Connect(e.into()))?;
         let port = listener.local_addr().map_err(|e| DockerError::Connect(e.into()))?.port();
         let session = self.session.clone();
-        let task = Task(tokio::spawn(async move {
+        let task = Task::spawn(async move {
             while let Ok((mut socket, _)) = listener.accept().await {
                 let session = session.clone();
                 tokio::spawn(async move {
@@ -198,7 +190,7 @@ impl SshNode {
                     let _ = channel.close().await;
                 });
             }
-        }));
+        });
         Ok((Engine::at(&format!("tcp://127.0.0.1:{port}")).await?, task))
     }
 
@@ -213,7 +205,7 @@ impl SshNode {
             operation: "open a remote forward (is GatewayPorts clientspecified set on the node?)",
             message: e.to_string(),
         })?;
-        let task = Task(tokio::spawn(async move {
+        let task = Task::spawn(async move {
             while let Ok(mut channel) = listener.accept().await {
                 tokio::spawn(async move {
                     if let Ok(mut socket) = tokio::net::TcpStream::connect(local).await {
@@ -222,7 +214,7 @@ impl SshNode {
                     let _ = channel.close().await;
                 });
             }
-        }));
+        });
         Ok((port, task))
     }
 }

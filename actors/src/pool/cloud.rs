@@ -14,7 +14,8 @@ use uuid::Uuid;
 use super::{all_instances, AcquireNodes, AddressKind, CloudNode, CloudSettings, Lease, NodeGrant, PoolError};
 use crate::infra::docker::Engine;
 use crate::infra::ec2::{self, tags, InstanceView, NodeBoot, Region, RegionConfig};
-use crate::infra::ssh::{SshError, SshNode, Task};
+use crate::infra::ssh::{SshError, SshNode};
+use crate::infra::Task;
 
 /// What taking a run's instances back needs.
 pub(super) struct Adoption {
