@@ -653,7 +653,10 @@ impl Settings {
                 return invalid("ec2.regions", "needs at least one region with an `ami` with pool.provider = \"ec2\"");
             }
             if let Some((name, _)) = self.ec2.regions.iter().find(|(_, r)| r.ami.is_empty()) {
-                return Err(ConfigError::Invalid { key: "ec2.regions", message: format!("ec2.regions.{name}.ami must be set with pool.provider = \"ec2\"") });
+                return Err(ConfigError::Invalid {
+                    key: "ec2.regions",
+                    message: format!("ec2.regions.{name}.ami must be set with pool.provider = \"ec2\""),
+                });
             }
         }
         if !std::path::Path::new(&self.docker.volume_root).is_absolute() {
@@ -671,8 +674,13 @@ impl Settings {
         if self.metrics.ingest_host.trim_matches(['[', ']']).parse::<IpAddr>().is_err() {
             return invalid("metrics.ingest_host", "must be an IP address such as 127.0.0.1");
         }
-        if let Some(bad) = self.server.allowed_origins.iter().find(|o| !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/')) {
-            return Err(ConfigError::Invalid { key: "server.allowed_origins", message: format!("{bad:?} must be an origin such as https://ui.example:8443") });
+        if let Some(bad) =
+            self.server.allowed_origins.iter().find(|o| !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/'))
+        {
+            return Err(ConfigError::Invalid {
+                key: "server.allowed_origins",
+                message: format!("{bad:?} must be an origin such as https://ui.example:8443"),
+            });
         }
         if self.docker.prepare_timeout_seconds == 0 {
             return invalid("docker.prepare_timeout_seconds", "must be at least 1");
@@ -680,10 +688,15 @@ impl Settings {
         if self.docker.log_tail == 0 {
             return invalid("docker.log_tail", "must be at least 1");
         }
-        if !(self.ec2.endpoint_url.is_empty() || self.ec2.endpoint_url.starts_with("http://") || self.ec2.endpoint_url.starts_with("https://")) {
+        if !(self.ec2.endpoint_url.is_empty()
+            || self.ec2.endpoint_url.starts_with("http://")
+            || self.ec2.endpoint_url.starts_with("https://"))
+        {
             return invalid("ec2.endpoint_url", "must be empty or an http(s):// URL");
         }
-        let region_ok = |r: &String| r.starts_with(|c: char| c.is_ascii_lowercase()) && r.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        let region_ok = |r: &String| {
+            r.starts_with(|c: char| c.is_ascii_lowercase()) && r.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        };
         if !self.ec2.regions.keys().all(region_ok) {
             return invalid("ec2.regions", "must be region names such as \"us-west-2\"");
         }
@@ -801,7 +814,8 @@ impl Settings {
     pub fn secrets(&self, env: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<loads_actors::domain::secrets::Secrets> {
         let mut values = std::collections::BTreeMap::new();
         if !self.secrets.file.is_empty() {
-            let text = std::fs::read_to_string(&self.secrets.file).map_err(|e| anyhow::anyhow!("secrets.file {}: {e}", self.secrets.file))?;
+            let text =
+                std::fs::read_to_string(&self.secrets.file).map_err(|e| anyhow::anyhow!("secrets.file {}: {e}", self.secrets.file))?;
             for (n, line) in text.lines().enumerate() {
                 let line = line.trim();
                 if line.is_empty() || line.starts_with('#') {
@@ -928,9 +942,12 @@ mod tests {
         assert!(err.contains("unknown key `ec2.regions.eu-west-1.amii`"), "{err}");
         let err = Settings::load_from(None, env(&[("LOADS__POOL__PROVIDER", "ec2")])).unwrap_err().to_string();
         assert!(err.contains("ssh.key_path"), "{err}");
-        let err = Settings::load_from(None, env(&[("LOADS__POOL__PROVIDER", "ec2"), ("LOADS__SSH__KEY_PATH", "/k"), ("LOADS__EC2__REGIONS__US_WEST_2__SUBNET_ID", "s")]))
-            .unwrap_err()
-            .to_string();
+        let err = Settings::load_from(
+            None,
+            env(&[("LOADS__POOL__PROVIDER", "ec2"), ("LOADS__SSH__KEY_PATH", "/k"), ("LOADS__EC2__REGIONS__US_WEST_2__SUBNET_ID", "s")]),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("ec2.regions.us-west-2.ami must be set"), "{err}");
         let err = Settings::load_from(None, env(&[("LOADS__EC2__ADDRESS_OVERRIDE", "node-1")])).unwrap_err().to_string();
         assert!(err.contains("ec2.address_override"), "{err}");
@@ -942,10 +959,7 @@ mod tests {
     fn secrets_are_masked_when_shown() {
         let s = Settings::load_from(
             None,
-            env(&[
-                ("LOADS__DATABASE__URL", "postgres://loads:hunter2@127.0.0.1/loads"),
-                ("LOADS__AUTH__TOKENS", "supersecrettoken0"),
-            ]),
+            env(&[("LOADS__DATABASE__URL", "postgres://loads:hunter2@127.0.0.1/loads"), ("LOADS__AUTH__TOKENS", "supersecrettoken0")]),
         )
         .unwrap();
         let shown = s.to_masked_toml();

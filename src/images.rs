@@ -29,8 +29,8 @@ const INDEX_HTML: &str = include_str!("../examples/demo/index.html");
 
 /// Busybox applets the images use, linked under /bin.
 const APPLETS: [&str; 18] = [
-    "sh", "wget", "nc", "date", "sleep", "usleep", "cat", "echo", "printf", "httpd", "seq", "ls", "env", "true", "false", "kill",
-    "mkdir", "trap",
+    "sh", "wget", "nc", "date", "sleep", "usleep", "cat", "echo", "printf", "httpd", "seq", "ls", "env", "true", "false", "kill", "mkdir",
+    "trap",
 ];
 
 fn tool_error(tag: &str, message: impl Into<String>) -> ImageError {

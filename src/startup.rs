@@ -6,10 +6,10 @@
 use std::net::{SocketAddr, TcpListener};
 
 use actix::Actor;
+use actix::Addr;
 use actix_web::dev::Server;
 use actix_web::{middleware, web, App, HttpServer};
 use anyhow::{bail, Context as _};
-use actix::Addr;
 use loads_actors::broker::BrokerActor;
 use loads_actors::metrics::MetricsActor;
 use loads_actors::pool::Ec2PoolActor;

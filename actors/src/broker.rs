@@ -190,7 +190,10 @@ impl Handler<StartRun> for BrokerActor {
                 };
                 let plan = plans::get(&db, msg.plan_id).await?;
                 if !plan.plan.enabled {
-                    return Err(StoreError::conflict("plan_disabled", format!("plan {:?} is disabled; enable it to run it", plan.plan.name)));
+                    return Err(StoreError::conflict(
+                        "plan_disabled",
+                        format!("plan {:?} is disabled; enable it to run it", plan.plan.name),
+                    ));
                 }
                 let spec = PlanSpec {
                     name: plan.plan.name.clone(),

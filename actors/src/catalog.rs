@@ -11,9 +11,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::domain::validate::{self, Limits};
-use crate::domain::views::{
-    ImportReport, Page, PlanSummary, PlanView, ProjectDetail, ProjectTree, ProjectView, RunView,
-};
+use crate::domain::views::{ImportReport, Page, PlanSummary, PlanView, ProjectDetail, ProjectTree, ProjectView, RunView};
 use crate::store::runs::RunFilter;
 use crate::store::{self, plans, projects, runs, StoreError};
 

@@ -183,7 +183,9 @@ impl Handler<PrepareNode> for DockerNodeActor {
                 }
                 let get = async {
                     match &msg.images_from {
-                        Some(from) if msg.image_source.is_none() && !engine.has_image(&msg.image).await? && from.has_image(&msg.image).await? => {
+                        Some(from)
+                            if msg.image_source.is_none() && !engine.has_image(&msg.image).await? && from.has_image(&msg.image).await? =>
+                        {
                             engine.copy_image_from(from, &msg.image).await
                         }
                         _ => engine.ensure_image(&msg.image, msg.image_source.as_deref()).await,
@@ -197,7 +199,12 @@ impl Handler<PrepareNode> for DockerNodeActor {
                 let (_, cmd) = engine.image_command(&msg.image).await?;
                 let mut adopted = Vec::new();
                 if msg.adopt {
-                    let filter = [(labels::BROKER, broker.as_str()), (labels::RUN, run.as_str()), (labels::STEP, step.as_str()), (labels::NODE, node_name.as_str())];
+                    let filter = [
+                        (labels::BROKER, broker.as_str()),
+                        (labels::RUN, run.as_str()),
+                        (labels::STEP, step.as_str()),
+                        (labels::NODE, node_name.as_str()),
+                    ];
                     let found = engine.containers_labelled(&filter, labels::ROLE).await?;
                     adopted = found.iter().filter(|c| c.role == "step").map(|c| (c.id.clone(), c.image.clone())).collect();
                     if let Some(relay) = found.iter().find(|c| c.role == "relay" && c.running) {

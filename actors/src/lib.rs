@@ -7,8 +7,8 @@
 
 pub mod broker;
 pub mod catalog;
-pub mod domain;
 pub mod docker_node;
+pub mod domain;
 pub mod feed;
 pub mod infra;
 pub mod metrics;

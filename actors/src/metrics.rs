@@ -15,13 +15,13 @@ use sea_orm::DatabaseConnection;
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
-use crate::domain::metrics::{Merged, TimerStats, Window};
 use crate::domain::dashboard;
+use crate::domain::metrics::{Merged, TimerStats, Window};
+use crate::domain::views::MetricSummaryView;
 use crate::domain::ValidationErrors;
 use crate::infra::grafana::{DashboardError, Dashboards, Grafana};
 use crate::infra::influx::{window_points, Influx, PointTags};
 use crate::store::plans;
-use crate::domain::views::MetricSummaryView;
 use crate::store::{runs, StoreError};
 
 /// How long a window slot waits for slow nodes before it is published anyway.
@@ -199,7 +199,8 @@ fn step_events(run: &crate::domain::views::RunView) -> Vec<influxdb::WriteQuery>
             points.push(tags(influxdb::WriteQuery::new(at(t), "events")).add_field("text", format!("{} started", r.step_name)));
         }
         if let Some(t) = r.completed_at {
-            points.push(tags(influxdb::WriteQuery::new(at(t), "events")).add_field("text", format!("{} {}", r.step_name, r.state.as_str())));
+            points
+                .push(tags(influxdb::WriteQuery::new(at(t), "events")).add_field("text", format!("{} {}", r.step_name, r.state.as_str())));
         }
     }
     points
@@ -484,13 +485,7 @@ impl Handler<Ingest> for MetricsActor {
 fn summarise(step_id: Uuid, step: &StepMetrics) -> Vec<MetricSummaryView> {
     // The step's active time: the most windows in which any one node received data (plus
     // windows it lost), times the one-second window.
-    let seconds = step
-        .windows
-        .iter()
-        .map(|(node, n)| n + step.dropped.get(node).copied().unwrap_or(0))
-        .max()
-        .unwrap_or(0)
-        .max(1) as f64;
+    let seconds = step.windows.iter().map(|(node, n)| n + step.dropped.get(node).copied().unwrap_or(0)).max().unwrap_or(0).max(1) as f64;
     let row = |metric: &str, kind: &str, count: f64| MetricSummaryView {
         step_id,
         step_name: step.name.clone(),
@@ -541,8 +536,7 @@ fn summarise(step_id: Uuid, step: &StepMetrics) -> Vec<MetricSummaryView> {
             out.push(MetricSummaryView { mean: Some(mean), max: Some(max), ..row(field, "host", samples as f64) });
         }
     }
-    let saturated = step.generator
-        && step.hosts.values().any(|h| h.samples > 0 && h.busy as f64 / h.samples as f64 > SATURATED_SHARE);
+    let saturated = step.generator && step.hosts.values().any(|h| h.samples > 0 && h.busy as f64 / h.samples as f64 > SATURATED_SHARE);
     out.push(row("generator_saturated", "flag", f64::from(u8::from(saturated))));
     out.push(row("relay.lines", "relay", step.totals.lines as f64));
     out.push(row("relay.malformed", "relay", step.totals.malformed as f64));

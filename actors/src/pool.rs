@@ -388,9 +388,9 @@ impl Ec2PoolActor {
                 let forward = match gateway.parse::<std::net::IpAddr>() {
                     Ok(ip) if needs_forward => {
                         let bind = SocketAddr::new(ip, target.port());
-                        let (_, task) = forward::tcp(bind, target).await.map_err(|e| {
-                            PoolError::Unavailable(format!("cannot listen for the run's relays on {bind}: {e}"))
-                        })?;
+                        let (_, task) = forward::tcp(bind, target)
+                            .await
+                            .map_err(|e| PoolError::Unavailable(format!("cannot listen for the run's relays on {bind}: {e}")))?;
                         tracing::info!(%run_id, address = %bind, "metrics ingest reachable from the run network");
                         Some(task)
                     }
@@ -470,7 +470,10 @@ impl Handler<AcquireNodes> for Ec2PoolActor {
         let reused: Vec<CloudNode> = reusable.iter().filter_map(|id| self.nodes.remove(id)).collect();
         let new = msg.count - reused.len() as u32;
         let overrides: Vec<Option<SocketAddr>> = (0..new as usize)
-            .map(|i| (!cloud.address_override.is_empty()).then(|| cloud.address_override[(self.next_override + i) % cloud.address_override.len()]))
+            .map(|i| {
+                (!cloud.address_override.is_empty())
+                    .then(|| cloud.address_override[(self.next_override + i) % cloud.address_override.len()])
+            })
             .collect();
         self.next_override += new as usize;
         let job = Provision {
@@ -494,7 +497,8 @@ impl Handler<AcquireNodes> for Ec2PoolActor {
             let mut labels = Vec::new();
             for (i, (mut node, network, ingest_base, forward)) in ready.into_iter().enumerate() {
                 // With an address override (a test double) the node's address is the override's.
-                let address = match (act.cloud.as_ref().is_some_and(|c| !c.address_override.is_empty()), &node.instance.private_ip_address) {
+                let address = match (act.cloud.as_ref().is_some_and(|c| !c.address_override.is_empty()), &node.instance.private_ip_address)
+                {
                     (false, Some(private)) => private.clone(),
                     _ => node.ssh.addr().ip().to_string(),
                 };
@@ -569,7 +573,11 @@ impl Ec2PoolActor {
 impl Ec2PoolActor {
     fn acquire_local(&mut self, msg: &AcquireNodes) -> Result<Vec<NodeGrant>, PoolError> {
         let engine = self.engine()?;
-        let network = self.networks.get(&msg.run_id).cloned().unwrap_or_else(|| RunNetwork { name: Self::network_name(msg.run_id), gateway: "127.0.0.1".into() });
+        let network = self
+            .networks
+            .get(&msg.run_id)
+            .cloned()
+            .unwrap_or_else(|| RunNetwork { name: Self::network_name(msg.run_id), gateway: "127.0.0.1".into() });
         let ingest_base = format!("http://{}:{}", network.gateway, self.ingest.port());
         Ok((0..msg.count)
             .map(|i| NodeGrant {
@@ -661,7 +669,8 @@ impl Ec2PoolActor {
                 }
             }
             for region in &regions {
-                let ids: Vec<String> = doomed.iter().filter(|n| n.instance.region == region.name()).map(|n| n.instance.id.clone()).collect();
+                let ids: Vec<String> =
+                    doomed.iter().filter(|n| n.instance.region == region.name()).map(|n| n.instance.id.clone()).collect();
                 match region.terminate(&ids).await {
                     Ok(()) if !ids.is_empty() => tracing::info!(instances = ?ids, "terminated released instances"),
                     Ok(()) => {}

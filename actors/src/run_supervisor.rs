@@ -26,8 +26,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use actix::{
-    Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, Recipient, ResponseActFuture,
-    SpawnHandle, WrapFuture,
+    Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, Recipient, ResponseActFuture, SpawnHandle,
+    WrapFuture,
 };
 use sea_orm::DatabaseConnection;
 use tokio::sync::mpsc;
@@ -35,13 +35,13 @@ use uuid::Uuid;
 
 use chrono::{DateTime, Utc};
 
+use crate::domain::views::ContainerView;
 use crate::domain::views::{PlanView, RunState, RunView, StepState, StepView};
 use crate::domain::Env;
 use crate::feed::{EventKind, Feed, RunEvent};
 use crate::metrics::{FinishRun, MetricsActor, MetricsPublished, TrackRun, TrackedStep};
 use crate::pool::{AdoptRun, CloseRun, Ec2PoolActor, OpenRun};
 use crate::settings::RunSettings;
-use crate::domain::views::ContainerView;
 use crate::step::{ReportKind, StartStep, StepActor, StepContext, StepLogs, StepOutcome, StepReport, StepResume, StopReason, StopStep};
 use crate::store::{runs, StoreError};
 
@@ -622,10 +622,13 @@ impl Handler<Subscribe> for RunSupervisor {
         let seq = self.feed.last_seq();
         let (backlog, live) = self.feed.subscribe(msg.since);
         let (db, run_id) = (self.db.clone(), self.run_id);
-        Box::pin(async move {
-            let snapshot = runs::get(&db, run_id).await?;
-            Ok(Subscription { snapshot, seq, backlog, live: Some(live) })
-        }.into_actor(self))
+        Box::pin(
+            async move {
+                let snapshot = runs::get(&db, run_id).await?;
+                Ok(Subscription { snapshot, seq, backlog, live: Some(live) })
+            }
+            .into_actor(self),
+        )
     }
 }
 

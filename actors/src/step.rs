@@ -17,18 +17,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use actix::{
-    Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, Recipient, SpawnHandle, WrapFuture,
-};
+use actix::{Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, Recipient, SpawnHandle, WrapFuture};
 use futures_util::future::join_all;
 use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
-use crate::docker_node::{
-    ContainerExited, DockerNodeActor, LiveLogs, NodeIdentity, PrepareNode, StartContainer, StopContainers, TearDown,
-};
-use crate::domain::views::ContainerView;
+use crate::docker_node::{ContainerExited, DockerNodeActor, LiveLogs, NodeIdentity, PrepareNode, StartContainer, StopContainers, TearDown};
 use crate::domain::launch::{self, Launch};
+use crate::domain::views::ContainerView;
 use crate::domain::views::{StepState, StepView};
 use crate::domain::Env;
 use crate::feed::EventKind;
@@ -257,7 +253,14 @@ impl StepActor {
             let sends: Vec<_> = prepared
                 .iter()
                 .map(|(grant, addr)| {
-                    let early = launch::resolve(&c.step.spec, &c.plan_env, &c.run_env, &act.injected(grant, ""), &c.settings.limits, &c.settings.secrets);
+                    let early = launch::resolve(
+                        &c.step.spec,
+                        &c.plan_env,
+                        &c.run_env,
+                        &act.injected(grant, ""),
+                        &c.settings.limits,
+                        &c.settings.secrets,
+                    );
                     // Nothing is fetched from a source that did not resolve (and pass its checks).
                     let (image, image_source) = match early {
                         Ok(l) => (l.image, l.image_source),
@@ -364,7 +367,8 @@ impl StepActor {
         let node = &self.nodes[index];
         // Node i of this step reaches node i (mod n) of a step by its dns_name.
         let extra_hosts = self.hosts.iter().map(|(name, addresses)| format!("{name}:{}", addresses[index % addresses.len()])).collect();
-        let msg = StartContainer { launch: node.launch.clone(), aliases: self.ctx.step.spec.dns_name.iter().cloned().collect(), extra_hosts };
+        let msg =
+            StartContainer { launch: node.launch.clone(), aliases: self.ctx.step.spec.dns_name.iter().cloned().collect(), extra_hosts };
         let (addr, node_id) = (node.addr.clone(), node.id.clone());
         ctx.spawn(async move { addr.send(msg).await }.into_actor(self).map(move |res, act, ctx| {
             act.started += 1;

@@ -120,7 +120,11 @@ fn json(col: impl IntoIden + 'static) -> ColumnDef {
     ColumnDef::new(col).json().not_null().to_owned()
 }
 
-fn cascade(name: &str, from: (impl IntoIden + 'static, impl IntoIden + 'static), to: (impl IntoIden + 'static, impl IntoIden + 'static)) -> ForeignKeyCreateStatement {
+fn cascade(
+    name: &str,
+    from: (impl IntoIden + 'static, impl IntoIden + 'static),
+    to: (impl IntoIden + 'static, impl IntoIden + 'static),
+) -> ForeignKeyCreateStatement {
     ForeignKey::create()
         .name(name)
         .from(from.0, from.1)
@@ -145,9 +149,7 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        manager
-            .create_index(Index::create().name("ux_project_name").table(Project::Table).col(Project::Name).unique().to_owned())
-            .await?;
+        manager.create_index(Index::create().name("ux_project_name").table(Project::Table).col(Project::Name).unique().to_owned()).await?;
 
         manager
             .create_table(
@@ -204,7 +206,9 @@ impl MigrationTrait for Migration {
             )
             .await?;
         manager
-            .create_index(Index::create().name("ux_step_plan_name").table(Step::Table).col(Step::PlanId).col(Step::Name).unique().to_owned())
+            .create_index(
+                Index::create().name("ux_step_plan_name").table(Step::Table).col(Step::PlanId).col(Step::Name).unique().to_owned(),
+            )
             .await?;
 
         manager
@@ -249,9 +253,7 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        manager
-            .create_index(Index::create().name("ix_step_record_run").table(StepRecord::Table).col(StepRecord::RunId).to_owned())
-            .await?;
+        manager.create_index(Index::create().name("ix_step_record_run").table(StepRecord::Table).col(StepRecord::RunId).to_owned()).await?;
         manager
             .create_index(Index::create().name("ix_step_record_step").table(StepRecord::Table).col(StepRecord::StepId).to_owned())
             .await?;
@@ -259,7 +261,13 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        for table in [StepRecord::Table.into_iden(), Run::Table.into_iden(), Step::Table.into_iden(), Plan::Table.into_iden(), Project::Table.into_iden()] {
+        for table in [
+            StepRecord::Table.into_iden(),
+            Run::Table.into_iden(),
+            Step::Table.into_iden(),
+            Plan::Table.into_iden(),
+            Project::Table.into_iden(),
+        ] {
             manager.drop_table(Table::drop().table(table).to_owned()).await?;
         }
         Ok(())

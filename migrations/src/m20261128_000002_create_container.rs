@@ -69,9 +69,7 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        manager
-            .create_index(Index::create().name("ix_container_run").table(Container::Table).col(Container::RunId).to_owned())
-            .await
+        manager.create_index(Index::create().name("ix_container_run").table(Container::Table).col(Container::RunId).to_owned()).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {

@@ -23,9 +23,7 @@ impl MigrationTrait for Migration {
         manager
             .alter_table(Table::alter().table(Plan::Table).add_column(ColumnDef::new(Plan::Dashboard).string().null()).to_owned())
             .await?;
-        manager
-            .alter_table(Table::alter().table(Run::Table).add_column(ColumnDef::new(Run::DashboardUrl).string().null()).to_owned())
-            .await
+        manager.alter_table(Table::alter().table(Run::Table).add_column(ColumnDef::new(Run::DashboardUrl).string().null()).to_owned()).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {

@@ -18,9 +18,13 @@ enum Run {
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.alter_table(Table::alter().table(Run::Table).add_column(ColumnDef::new(Run::IngestToken).string().null()).to_owned()).await?;
         manager
-            .alter_table(Table::alter().table(Run::Table).add_column(ColumnDef::new(Run::FeedSeq).big_integer().not_null().default(0)).to_owned())
+            .alter_table(Table::alter().table(Run::Table).add_column(ColumnDef::new(Run::IngestToken).string().null()).to_owned())
+            .await?;
+        manager
+            .alter_table(
+                Table::alter().table(Run::Table).add_column(ColumnDef::new(Run::FeedSeq).big_integer().not_null().default(0)).to_owned(),
+            )
             .await?;
         manager.alter_table(Table::alter().table(Run::Table).add_column(ColumnDef::new(Run::MetricsState).text().null()).to_owned()).await
     }

@@ -86,11 +86,7 @@ pub async fn require_token(
         Some(None) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the bearer token is not valid"),
         None => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "this API needs an `Authorization: Bearer <token>` header"),
     };
-    let response = if req.path().starts_with("/api/v1") {
-        error.error_response()
-    } else {
-        CompatError::from(error).error_response()
-    };
+    let response = if req.path().starts_with("/api/v1") { error.error_response() } else { CompatError::from(error).error_response() };
     Ok(req.into_response(response).map_into_right_body())
 }
 

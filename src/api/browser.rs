@@ -76,7 +76,10 @@ fn header(req: &ServiceRequest, name: header::HeaderName) -> Option<&str> {
 }
 
 /// Middleware: applies the `BrowserPolicy` before anything else sees the request.
-pub async fn guard(req: ServiceRequest, next: Next<impl MessageBody + 'static>) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
+pub async fn guard(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
     let policy = req.app_data::<web::Data<BrowserPolicy>>().map(|p| p.get_ref().clone()).unwrap_or_default();
     let host = header(&req, header::HOST).map(str::to_string).unwrap_or_else(|| req.connection_info().host().to_string());
     let origin = header(&req, header::ORIGIN).map(str::to_string);

@@ -229,7 +229,10 @@ pub async fn terminate_instances(state: web::Data<ApiState>) -> Reply {
 /// `GET /api/instances/{id}`.
 pub async fn get_instance(state: web::Data<ApiState>, path: web::Path<String>) -> Reply {
     let instances = state.pool.send(loads_actors::pool::ListInstances).await??;
-    let one = instances.iter().find(|i| i.id == *path).ok_or_else(|| CompatError(ApiError::new(StatusCode::NOT_FOUND, "not_found", "No such instance")))?;
+    let one = instances
+        .iter()
+        .find(|i| i.id == *path)
+        .ok_or_else(|| CompatError(ApiError::new(StatusCode::NOT_FOUND, "not_found", "No such instance")))?;
     Ok(ok(with("instance", instance_json(one))))
 }
 

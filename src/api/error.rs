@@ -92,12 +92,9 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::NotFound { what, id } => Self::new(StatusCode::NOT_FOUND, "not_found", format!("no {what} with id {id}")),
-            StoreError::Invalid(errors) => Self {
-                status: StatusCode::UNPROCESSABLE_ENTITY,
-                code: "validation_failed",
-                message: errors.to_string(),
-                details: errors.0,
-            },
+            StoreError::Invalid(errors) => {
+                Self { status: StatusCode::UNPROCESSABLE_ENTITY, code: "validation_failed", message: errors.to_string(), details: errors.0 }
+            }
             StoreError::Conflict { code, message } => Self::new(StatusCode::CONFLICT, code, message),
             StoreError::Limit { code, message } => Self::new(StatusCode::TOO_MANY_REQUESTS, code, message),
             e @ StoreError::Database(_) => {

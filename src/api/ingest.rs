@@ -55,7 +55,12 @@ fn refusal(e: IngestError) -> ApiError {
 }
 
 /// Takes a batch of windows from a relay.
-pub async fn ingest(state: web::Data<IngestState>, req: HttpRequest, path: web::Path<String>, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+pub async fn ingest(
+    state: web::Data<IngestState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
     let run_id = uuid::Uuid::parse_str(&path).map_err(|_| unauthorized())?;
     let token = req
         .headers()

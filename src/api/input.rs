@@ -19,9 +19,7 @@ pub const MAX_LIMIT: u64 = 1000;
 
 /// Parses a path id; a malformed one is a 400 naming the parameter.
 pub fn id(raw: &str, name: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| {
-        ApiError::bad_request("invalid_id", format!("{name} must be a UUID, got {raw:?}")).at(name)
-    })
+    Uuid::parse_str(raw).map_err(|_| ApiError::bad_request("invalid_id", format!("{name} must be a UUID, got {raw:?}")).at(name))
 }
 
 /// Query parameters by name (the last one wins when repeated).
@@ -81,14 +79,9 @@ impl Query {
 
 /// Reads the whole body, refusing more than `limit` bytes with a 413.
 pub async fn body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
-    let too_large = || {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("the request body is larger than {limit} bytes"))
-    };
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+    let too_large =
+        || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("the request body is larger than {limit} bytes"));
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
@@ -137,7 +130,8 @@ pub const PARSE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2
 /// `PARSE_DEADLINE`: malformed or too deeply nested text is a 400 saying
 /// where; duplicate keys, non-finite numbers and NUL characters a 422 naming the field.
 pub async fn document(bytes: web::Bytes, format: DocumentFormat) -> Result<Value, ApiError> {
-    let text = String::from_utf8(bytes.to_vec()).map_err(|e| ApiError::bad_request("invalid_body", format!("the body is not UTF-8: {e}")))?;
+    let text =
+        String::from_utf8(bytes.to_vec()).map_err(|e| ApiError::bad_request("invalid_body", format!("the body is not UTF-8: {e}")))?;
     if text.trim().is_empty() {
         return Err(ApiError::bad_request("invalid_body", "the request body is empty; a document is required"));
     }

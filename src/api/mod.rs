@@ -55,7 +55,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/api/v1/openapi.json", "GET").route(web::get().to(openapi::serve)))
         .service(
             web::scope("/api/v1")
-                .service(resource("/projects", "GET, POST").route(web::get().to(v1::list_projects)).route(web::post().to(v1::create_project)))
+                .service(
+                    resource("/projects", "GET, POST").route(web::get().to(v1::list_projects)).route(web::post().to(v1::create_project)),
+                )
                 .service(resource("/projects/import", "POST").route(web::post().to(v1::import_project)))
                 .service(
                     resource("/projects/{id}", "GET, PUT, DELETE")
@@ -64,7 +66,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                         .route(web::delete().to(v1::delete_project)),
                 )
                 .service(
-                    resource("/projects/{id}/plans", "GET, POST").route(web::get().to(v1::list_plans)).route(web::post().to(v1::create_plan)),
+                    resource("/projects/{id}/plans", "GET, POST")
+                        .route(web::get().to(v1::list_plans))
+                        .route(web::post().to(v1::create_plan)),
                 )
                 .service(
                     resource("/plans/{id}", "GET, PUT, DELETE")
@@ -86,15 +90,27 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .default_service(web::to(not_found)),
         )
         .service(resource("/api", "GET").route(web::get().to(compat::root)))
-        .service(resource("/api/project", "GET, POST").route(web::get().to(compat::list_projects)).route(web::post().to(compat::create_project)))
-        .service(resource("/api/project/{uuid}", "GET, DELETE").route(web::get().to(compat::get_project)).route(web::delete().to(compat::delete_project)))
-        .service(resource("/api/instances", "GET, DELETE").route(web::get().to(compat::list_instances)).route(web::delete().to(compat::terminate_instances)))
+        .service(
+            resource("/api/project", "GET, POST").route(web::get().to(compat::list_projects)).route(web::post().to(compat::create_project)),
+        )
+        .service(
+            resource("/api/project/{uuid}", "GET, DELETE")
+                .route(web::get().to(compat::get_project))
+                .route(web::delete().to(compat::delete_project)),
+        )
+        .service(
+            resource("/api/instances", "GET, DELETE")
+                .route(web::get().to(compat::list_instances))
+                .route(web::delete().to(compat::terminate_instances)),
+        )
         .service(
             resource("/api/instances/{id}", "GET, DELETE")
                 .route(web::get().to(compat::get_instance))
                 .route(web::delete().to(compat::terminate_instance)),
         )
-        .service(resource("/api/run/{uuid}", "GET, DELETE").route(web::get().to(compat::get_run)).route(web::delete().to(compat::delete_run)))
+        .service(
+            resource("/api/run/{uuid}", "GET, DELETE").route(web::get().to(compat::get_run)).route(web::delete().to(compat::delete_run)),
+        )
         .service(
             resource("/api/orchestrate/{uuid}", "POST, DELETE")
                 .route(web::post().to(compat::orchestrate))

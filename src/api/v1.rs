@@ -6,11 +6,11 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use loads_actors::catalog::{
-    CreatePlan, CreateProject, DeletePlan, DeleteProject, ForkPlan, GetPlan, GetProject, GetRun, ImportProject,
-    ListPlans, ListProjects, ListRuns, Ping, UpdatePlan, UpdateProject,
-};
 use loads_actors::broker::{AbortRun, DeleteRun, RunDashboard, RunLogs, RunMetrics, StartRun};
+use loads_actors::catalog::{
+    CreatePlan, CreateProject, DeletePlan, DeleteProject, ForkPlan, GetPlan, GetProject, GetRun, ImportProject, ListPlans, ListProjects,
+    ListRuns, Ping, UpdatePlan, UpdateProject,
+};
 use loads_actors::domain::views::{
     ContainerView, ImportReport, MetricSummaryView, Page, PlanSummary, PlanView, ProjectDetail, ProjectView, RunState, RunView,
 };

@@ -220,12 +220,7 @@ async fn import(settings: &Settings, file: &std::path::Path) -> anyhow::Result<(
         eprintln!("warning: {w}");
     }
     let project = &report.project.project;
-    println!(
-        "{} project {:?} ({})",
-        if report.project_created { "created" } else { "updated" },
-        project.name,
-        project.id
-    );
+    println!("{} project {:?} ({})", if report.project_created { "created" } else { "updated" }, project.name, project.id);
     for plan in &report.project.plans {
         let what = if report.created.contains(&plan.name) {
             "created"

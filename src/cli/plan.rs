@@ -44,8 +44,7 @@ pub fn validate(file: &Path, env: &[String], limits: &Limits) -> u8 {
     };
     let is_single_plan = document.get("steps").is_some() && document.get("plans").is_none();
     let checked = if is_single_plan {
-        validate::plan_with_run_env(&document, limits, &run_env)
-            .map(|v| (format!("plan {:?}", v.value.name), vec![v.value], v.warnings))
+        validate::plan_with_run_env(&document, limits, &run_env).map(|v| (format!("plan {:?}", v.value.name), vec![v.value], v.warnings))
     } else {
         validate::project_with_run_env(&document, limits, &run_env)
             .map(|v| (format!("project {:?}", v.value.name), v.value.plans, v.warnings))

@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use loads_actors::broker::{AbortRun, RunLogs, RunMetrics, StartRun, Subscribe};
-use loads_actors::domain::views::MetricSummaryView;
 use loads_actors::catalog::{ForkPlan, ImportProject, ProjectTrees, UpdatePlan};
+use loads_actors::domain::views::MetricSummaryView;
 use loads_actors::domain::views::{RunState, RunView, StepState};
 use loads_actors::feed::{EventKind, RunEvent};
 use loads_actors::infra::docker::Engine;
@@ -84,7 +84,8 @@ async fn import_plan(actors: &Actors, document: Value, wanted: Option<&str>) -> 
             bail!("the file has {} plans ({}); choose one with --plan", names.len(), names.join(", "))
         }
     };
-    let plan_doc = plans.iter().find(|p| p["name"] == name.as_str()).cloned().ok_or_else(|| anyhow!("no plan named {name:?} in the file"))?;
+    let plan_doc =
+        plans.iter().find(|p| p["name"] == name.as_str()).cloned().ok_or_else(|| anyhow!("no plan named {name:?} in the file"))?;
     let project_name = document["name"].as_str().unwrap_or_default().to_string();
     match actors.catalog.send(ImportProject { document }).await? {
         Ok(report) => {
@@ -134,7 +135,8 @@ impl StepLine {
 async fn follow(actors: &Actors, run: &RunView) -> anyhow::Result<RunView> {
     let sub = actors.broker.send(Subscribe { run_id: run.id, since: 0 }).await??;
     let multi = MultiProgress::new();
-    let style = ProgressStyle::with_template("{spinner} {prefix:>24} {elapsed:>4} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner());
+    let style =
+        ProgressStyle::with_template("{spinner} {prefix:>24} {elapsed:>4} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner());
     let mut lines: BTreeMap<String, StepLine> = BTreeMap::new();
     for record in &run.step_records {
         let bar = multi.add(ProgressBar::new_spinner().with_style(style.clone()).with_prefix(record.step_name.clone()));
@@ -252,7 +254,14 @@ async fn summary(actors: &Actors, run: &RunView) -> anyhow::Result<()> {
         let mine: Vec<_> = containers.iter().filter(|c| c.step_id == r.step_id && c.role == "step").collect();
         let codes: Vec<String> = mine.iter().map(|c| c.exit_code.map_or("-".into(), |x| x.to_string())).collect();
         let last = mine.first().map(|c| c.logs.trim().to_string()).unwrap_or_default();
-        println!("{:<24} {:<10} {:>8}  {:<16} {}", r.step_name, r.state.as_str(), elapsed(r.started_at, r.completed_at), codes.join(","), last);
+        println!(
+            "{:<24} {:<10} {:>8}  {:<16} {}",
+            r.step_name,
+            r.state.as_str(),
+            elapsed(r.started_at, r.completed_at),
+            codes.join(","),
+            last
+        );
         if let Some(reason) = &r.failure_reason {
             println!("{:<24} {reason}", "");
         }
@@ -276,13 +285,23 @@ fn print_metrics(metrics: &[MetricSummaryView]) {
         return;
     }
     println!();
-    println!("{:<20} {:<32} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}", "step", "metric", "count", "per s", "p50 ms", "p95 ms", "p99 ms", "max ms");
+    println!(
+        "{:<20} {:<32} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "step", "metric", "count", "per s", "p50 ms", "p95 ms", "p99 ms", "max ms"
+    );
     let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
     for m in shown {
         let rate = m.rate.map_or("-".to_string(), |r| format!("{r:.1}"));
         println!(
             "{:<20} {:<32} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
-            m.step_name, m.metric, m.count, rate, ms(m.p50), ms(m.p95), ms(m.p99), ms(m.max)
+            m.step_name,
+            m.metric,
+            m.count,
+            rate,
+            ms(m.p50),
+            ms(m.p95),
+            ms(m.p99),
+            ms(m.max)
         );
     }
     for m in metrics.iter().filter(|m| m.metric == "host.cpu_percent") {

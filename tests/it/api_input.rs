@@ -77,7 +77,8 @@ async fn oversized_bodies_are_413() {
         let big = json!({"name": "x".repeat(4096)});
         let (status, body) = app.post("/api/v1/projects", &big).await;
         assert_error(status, &body, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
-        let (status, body) = app.send("POST", "/api/v1/projects/import", Some("application/json"), crate::helpers::pushgo_json().into_bytes()).await;
+        let (status, body) =
+            app.send("POST", "/api/v1/projects/import", Some("application/json"), crate::helpers::pushgo_json().into_bytes()).await;
         assert_error(status, &body, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
         let (status, _) = app.post("/api/v1/projects", &json!({"name": "small"})).await;
         assert_eq!(status, StatusCode::CREATED);

@@ -166,7 +166,13 @@ fn bad_configuration_names_the_key() {
 #[test]
 fn help_has_examples() {
     let dir = tempfile::tempdir().unwrap();
-    for args in [vec!["--help"], vec!["serve", "--help"], vec!["plan", "validate", "--help"], vec!["import", "--help"], vec!["config", "show", "--help"]] {
+    for args in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["plan", "validate", "--help"],
+        vec!["import", "--help"],
+        vec!["config", "show", "--help"],
+    ] {
         let out = loads(&args, &[], dir.path());
         assert!(out.status.success(), "{args:?}");
         assert!(text(&out.stdout).contains("Examples:"), "{args:?}: {}", text(&out.stdout));
@@ -207,7 +213,10 @@ fn loads_run_exits_with_the_runs_outcome() {
     assert!(stdout.lines().any(|l| l.split_whitespace().nth(1) == Some("lat")), "{stdout}");
     assert!(stderr.contains("run running") && stderr.contains("run completed"), "progress is shown: {stderr}");
 
-    let failing = run_plan_file(dir.path(), "name = \"bad\"\n[[steps]]\nname = \"oops\"\ncontainer_name = \"loads/busybox:1\"\nadditional_command_args = \"-c 'exit 7'\"\n");
+    let failing = run_plan_file(
+        dir.path(),
+        "name = \"bad\"\n[[steps]]\nname = \"oops\"\ncontainer_name = \"loads/busybox:1\"\nadditional_command_args = \"-c 'exit 7'\"\n",
+    );
     let out = loads(&["run", failing.to_str().unwrap()], &env, dir.path());
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stdout).contains("exited with code 7"), "{}", text(&out.stdout));

@@ -19,8 +19,18 @@ fn sorted(names: &[&str]) -> Vec<String> {
 }
 
 const RUN_KEYS: [&str; 12] = [
-    "uuid", "state", "state_name", "aborted", "failure_reason", "step_records", "created_at", "started_at",
-    "completed_at", "plan_id", "plan_name", "owner",
+    "uuid",
+    "state",
+    "state_name",
+    "aborted",
+    "failure_reason",
+    "step_records",
+    "created_at",
+    "started_at",
+    "completed_at",
+    "plan_id",
+    "plan_name",
+    "owner",
 ];
 
 on_both_databases! {

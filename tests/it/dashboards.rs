@@ -42,7 +42,12 @@ fn recording_grafana() -> (u16, std::thread::JoinHandle<Recorded>) {
         let uid = body["dashboard"]["uid"].as_str().unwrap_or_default().to_string();
         let answer = json!({"id": 7, "uid": uid, "url": format!("/d/{uid}/loads-run"), "status": "success", "version": 1}).to_string();
         let mut stream = stream;
-        write!(stream, "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}", answer.len()).unwrap();
+        write!(
+            stream,
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+            answer.len()
+        )
+        .unwrap();
         Recorded { request_line: request_line.trim_end().to_string(), headers, body }
     });
     (port, handle)
@@ -72,18 +77,23 @@ async fn a_runs_dashboard_is_rendered_and_pushed_to_grafana() {
     ensure_images();
     let (port, grafana) = recording_grafana();
     let grafana_url = format!("http://127.0.0.1:{port}");
-    let app = TestApp::spawn(Backend::Sqlite, &[
-        ("LOADS__GRAFANA__URL", &grafana_url),
-        ("LOADS__GRAFANA__TOKEN", "glsa_test_token_0123456789"),
-        ("LOADS__GRAFANA__FOLDER_UID", "load-tests"),
-        ("LOADS__GRAFANA__DATASOURCE", "loads-influx"),
-    ]).await;
+    let app = TestApp::spawn(
+        Backend::Sqlite,
+        &[
+            ("LOADS__GRAFANA__URL", &grafana_url),
+            ("LOADS__GRAFANA__TOKEN", "glsa_test_token_0123456789"),
+            ("LOADS__GRAFANA__FOLDER_UID", "load-tests"),
+            ("LOADS__GRAFANA__DATASOURCE", "loads-influx"),
+        ],
+    )
+    .await;
     let (_, run_id) = app.start(statsd_plan(None), json!({})).await;
     let run = app.wait_finished(&run_id, 60).await;
     assert_eq!(run["state"], "completed", "{run:#}");
 
     let (_, metrics) = app.get(&format!("/api/v1/runs/{run_id}/metrics")).await;
-    let errors = metrics["metrics"].as_array().unwrap().iter().find(|m| m["step_name"] == "gen" && m["metric"] == "errors").unwrap().clone();
+    let errors =
+        metrics["metrics"].as_array().unwrap().iter().find(|m| m["step_name"] == "gen" && m["metric"] == "errors").unwrap().clone();
     assert_eq!((errors["kind"].as_str(), errors["count"].as_f64()), (Some("errors"), Some(1.0)), "the failed request is an error");
     let pushed = grafana.join().unwrap();
     assert_eq!(pushed.request_line, "POST /api/dashboards/db HTTP/1.1");
@@ -104,7 +114,9 @@ async fn a_runs_dashboard_is_rendered_and_pushed_to_grafana() {
     assert!(annotation["query"].as_str().unwrap().contains(&format!("\"run\" = '{run_id}'")));
     assert_eq!(annotation["datasource"], "loads-influx");
     let titles = panel_titles(&dashboard);
-    for expected in ["web", "gen", "gen: throughput", "gen: errors", "gen: lat latency", "gen: node CPU", "gen: node memory", "gen: node network"] {
+    for expected in
+        ["web", "gen", "gen: throughput", "gen: errors", "gen: lat latency", "gen: node CPU", "gen: node memory", "gen: node network"]
+    {
         assert!(titles.contains(&expected.to_string()), "no panel {expected:?} in {titles:?}");
     }
     let panels = dashboard["panels"].as_array().unwrap();

@@ -26,7 +26,8 @@ struct Seen {
 
 /// Every instance tagged with `broker`, whatever its state.
 async fn instances_of(broker: &str) -> Vec<Seen> {
-    let out = client().describe_instances().filters(Filter::builder().name("tag:loads:broker").values(broker).build()).send().await.unwrap();
+    let out =
+        client().describe_instances().filters(Filter::builder().name("tag:loads:broker").values(broker).build()).send().await.unwrap();
     out.reservations()
         .iter()
         .flat_map(|r| r.instances())
@@ -146,7 +147,8 @@ async fn a_two_step_plan_runs_on_ec2_nodes_reached_over_ssh() {
         assert_eq!(i.tags["loads:run"], run_id);
         let expires = chrono::DateTime::parse_from_rfc3339(&i.tags["loads:expires-at"]).expect("expiry tag");
         assert!(expires > chrono::Utc::now() + chrono::Duration::minutes(10), "run time + grace ahead: {expires}");
-        let attr = client().describe_instance_attribute().instance_id(&i.id).attribute(InstanceAttributeName::UserData).send().await.unwrap();
+        let attr =
+            client().describe_instance_attribute().instance_id(&i.id).attribute(InstanceAttributeName::UserData).send().await.unwrap();
         let user_data = base64::engine::general_purpose::STANDARD.decode(attr.user_data().unwrap().value().unwrap()).unwrap();
         let user_data = String::from_utf8(user_data).unwrap();
         assert!(user_data.contains(&format!("echo {} > {}/expires-at", expires.timestamp(), c.node_dir.display())), "{user_data}");
@@ -272,7 +274,13 @@ async fn a_node_lost_mid_run_fails_the_step_without_prune_running() {
 #[actix_web::test]
 async fn pooled_instances_are_reused_then_terminated_when_idle() {
     let sshd = start_sshd();
-    let c = cloud(&[sshd.addr.to_string()], &[&sshd], sshd.client_key(), &[("LOADS__POOL__POOLING", "true"), ("LOADS__POOL__IDLE_SECONDS", "5")]).await;
+    let c = cloud(
+        &[sshd.addr.to_string()],
+        &[&sshd],
+        sshd.client_key(),
+        &[("LOADS__POOL__POOLING", "true"), ("LOADS__POOL__IDLE_SECONDS", "5")],
+    )
+    .await;
     let plan = json!({"name": "p", "steps": [gen_step("gen", 1, "echo ran")]});
     let first = run_plan(&c.app, plan.clone()).await;
     assert_eq!(first["state"], "completed", "{first:#}");
@@ -334,7 +342,13 @@ fn fault_proxy(args: &[&str]) -> FaultProxy {
 async fn throttled_launches_are_retried_with_backoff() {
     let sshd = start_sshd();
     let proxy = fault_proxy(&["--fail", "RequestLimitExceeded:2"]);
-    let c = cloud(&[sshd.addr.to_string()], &[&sshd], sshd.client_key(), &[("LOADS__EC2__ENDPOINT_URL", &proxy.url), ("LOADS__EC2__BACKOFF_MS", "50")]).await;
+    let c = cloud(
+        &[sshd.addr.to_string()],
+        &[&sshd],
+        sshd.client_key(),
+        &[("LOADS__EC2__ENDPOINT_URL", &proxy.url), ("LOADS__EC2__BACKOFF_MS", "50")],
+    )
+    .await;
     let run = run_plan(&c.app, json!({"name": "p", "steps": [gen_step("gen", 1, "true")]})).await;
     assert_eq!(run["state"], "completed", "{run:#}");
     let answers: Vec<String> = proxy.log.lock().unwrap().iter().map(|l| l["answer"].as_str().unwrap().to_string()).collect();
@@ -367,7 +381,8 @@ async fn short_capacity_falls_back_to_min_nodes() {
 async fn a_hung_launch_request_times_out_and_is_tried_again() {
     let sshd = start_sshd();
     let proxy = fault_proxy(&["--delay", "1:8"]);
-    let extra = [("LOADS__EC2__ENDPOINT_URL", proxy.url.as_str()), ("LOADS__EC2__REQUEST_TIMEOUT_SECONDS", "2"), ("LOADS__EC2__BACKOFF_MS", "50")];
+    let extra =
+        [("LOADS__EC2__ENDPOINT_URL", proxy.url.as_str()), ("LOADS__EC2__REQUEST_TIMEOUT_SECONDS", "2"), ("LOADS__EC2__BACKOFF_MS", "50")];
     let c = cloud(&[sshd.addr.to_string()], &[&sshd], sshd.client_key(), &extra).await;
     let run = run_plan(&c.app, json!({"name": "p", "steps": [gen_step("gen", 1, "true")]})).await;
     assert_eq!(run["state"], "completed", "{run:#}");
@@ -427,7 +442,8 @@ async fn a_run_on_ec2_nodes_is_carried_on_after_a_broker_restart() {
     let id = uuid::Uuid::parse_str(&run_id).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let counted = loads_actors::store::runs::recovery(&store, id).await.unwrap().metrics_state.unwrap_or_default().contains("\"hits\":1");
+        let counted =
+            loads_actors::store::runs::recovery(&store, id).await.unwrap().metrics_state.unwrap_or_default().contains("\"hits\":1");
         let tagged = instances_of(&broker).await.iter().all(|i| i.tags.contains_key("loads:forward"));
         if counted && tagged {
             break;

@@ -62,7 +62,12 @@ async fn influxdb_down_leaves_the_run_and_its_summary_unaffected() {
     let (_, metrics) = app.get(&format!("/api/v1/runs/{run_id}/metrics")).await;
     let hits = metrics["metrics"].as_array().unwrap().iter().find(|m| m["metric"] == "hits").map(|m| m["count"].clone());
     assert_eq!(hits, Some(json!(3.0)), "{metrics:#}");
-    let lost = metrics["metrics"].as_array().unwrap().iter().find(|m| m["metric"] == "influx.points_unwritten").map(|m| m["count"].as_f64().unwrap());
+    let lost = metrics["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["metric"] == "influx.points_unwritten")
+        .map(|m| m["count"].as_f64().unwrap());
     assert!(lost.is_some_and(|n| n > 0.0), "the points InfluxDB did not take are reported: {metrics:#}");
     app.assert_no_leftovers();
 }
@@ -79,7 +84,12 @@ impl PrivatePostgres {
     }
 
     fn bin(tool: &str) -> String {
-        let dir = std::fs::read_dir("/usr/lib/postgresql").unwrap().filter_map(Result::ok).map(|e| e.path()).max().expect("PostgreSQL is installed");
+        let dir = std::fs::read_dir("/usr/lib/postgresql")
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .max()
+            .expect("PostgreSQL is installed");
         dir.join("bin").join(tool).display().to_string()
     }
 
@@ -101,7 +111,17 @@ impl PrivatePostgres {
 
     fn up(&self) {
         let options = format!("-p {} -k {} -c listen_addresses=127.0.0.1", self.port, self.dir.path().display());
-        let out = Self::as_postgres(&[&Self::bin("pg_ctl"), "-D", &self.data(), "-o", &options, "-l", &format!("{}/log", self.data()), "-w", "start"]);
+        let out = Self::as_postgres(&[
+            &Self::bin("pg_ctl"),
+            "-D",
+            &self.data(),
+            "-o",
+            &options,
+            "-l",
+            &format!("{}/log", self.data()),
+            "-w",
+            "start",
+        ]);
         assert!(out.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&out.stderr));
     }
 
@@ -142,7 +162,10 @@ async fn the_database_restarting_mid_run_loses_no_state() {
     let filter = format!("label=loads.broker={}", app.broker_id);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let out = std::process::Command::new("docker").args(["ps", "-a", "--filter", &filter, "--filter", "label=loads.role=step", "--format", "{{.Status}}"]).output().unwrap();
+        let out = std::process::Command::new("docker")
+            .args(["ps", "-a", "--filter", &filter, "--filter", "label=loads.role=step", "--format", "{{.Status}}"])
+            .output()
+            .unwrap();
         let statuses = String::from_utf8_lossy(&out.stdout).to_string();
         // `late` has started (its container exists) and `short`'s is gone (torn down).
         if statuses.lines().count() == 1 && statuses.starts_with("Up") {

@@ -90,7 +90,8 @@ async fn the_feed_refuses_unknown_runs_and_non_websocket_requests() {
 async fn subscribers_beyond_the_limit_are_refused_clearly() {
     crate::helpers::ensure_images();
     let app = TestApp::spawn(crate::helpers::Backend::Sqlite, &[("LOADS__LIMITS__MAX_SUBSCRIBERS_PER_RUN", "2")]).await;
-    let (_, run_id) = app.start(serde_json::json!({"name": "p", "steps": [crate::helpers::sh_step("s", "sleep 30")]}), serde_json::json!({})).await;
+    let (_, run_id) =
+        app.start(serde_json::json!({"name": "p", "steps": [crate::helpers::sh_step("s", "sleep 30")]}), serde_json::json!({})).await;
     let url = format!("{}/api/v1/runs/{run_id}/events", app.base.replace("http://", "ws://"));
     let (_, first) = awc::Client::new().ws(url.clone()).connect().await.expect("first subscriber");
     let (_, second) = awc::Client::new().ws(url.clone()).connect().await.expect("second subscriber");

@@ -55,7 +55,10 @@ pub(crate) use on_both_databases;
 /// A database created for one test and removed when the test ends, failed or not.
 enum TestDatabase {
     Sqlite(#[allow(dead_code)] tempfile::TempDir),
-    Postgres { admin_url: String, name: String },
+    Postgres {
+        admin_url: String,
+        name: String,
+    },
     /// One the test made and removes itself.
     Given,
 }
@@ -69,9 +72,8 @@ impl TestDatabase {
                 (Self::Sqlite(dir), url)
             }
             Backend::Postgres => {
-                let admin_url = std::env::var("LOADS_TEST_POSTGRES_URL").expect(
-                    "LOADS_TEST_POSTGRES_URL is not set: run the suite with scripts/test, which starts PostgreSQL",
-                );
+                let admin_url = std::env::var("LOADS_TEST_POSTGRES_URL")
+                    .expect("LOADS_TEST_POSTGRES_URL is not set: run the suite with scripts/test, which starts PostgreSQL");
                 let name = format!("loads_test_{}", Uuid::new_v4().simple());
                 run_admin_sql(&admin_url, &format!("CREATE DATABASE {name}")).await;
                 let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(base, _)| base);
@@ -185,10 +187,8 @@ pub fn ensure_images() {
 
 /// Settings for a test broker: port 0, the given database, then `LOADS__...`-style overrides.
 pub fn settings(database_url: &str, overrides: &[(&str, &str)]) -> Settings {
-    let mut env = vec![
-        ("LOADS__SERVER__PORT".to_string(), "0".to_string()),
-        ("LOADS__DATABASE__URL".to_string(), database_url.to_string()),
-    ];
+    let mut env =
+        vec![("LOADS__SERVER__PORT".to_string(), "0".to_string()), ("LOADS__DATABASE__URL".to_string(), database_url.to_string())];
     env.extend(overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     Settings::load_from(None, env).expect("test settings")
 }
@@ -274,8 +274,7 @@ impl TestApp {
 
     /// Imports the loads v2 fixture and returns the import report.
     pub async fn import_pushgo(&self) -> Value {
-        let (status, body) =
-            self.send("POST", "/api/v1/projects/import", Some("application/json"), pushgo_json().into_bytes()).await;
+        let (status, body) = self.send("POST", "/api/v1/projects/import", Some("application/json"), pushgo_json().into_bytes()).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         body
     }

@@ -27,8 +27,20 @@ async fn generated_requests_get_no_5xx_and_only_documented_answers() {
     // Starting runs is left out: a generated plan may name any `container_url`, and tests
     // send traffic to loopback only. The engine's own inputs are covered by the run tests.
     let args: Vec<String> = [
-        "run", &schema, "-H", &auth, "--seed", "20261128", "--max-examples", "25", "--workers", "2", "--checks", &checks,
-        "--exclude-path-regex", "^/api/v1/plans/\\{id\\}/runs$",
+        "run",
+        &schema,
+        "-H",
+        &auth,
+        "--seed",
+        "20261128",
+        "--max-examples",
+        "25",
+        "--workers",
+        "2",
+        "--checks",
+        &checks,
+        "--exclude-path-regex",
+        "^/api/v1/plans/\\{id\\}/runs$",
     ]
     .iter()
     .map(|a| a.to_string())

@@ -22,9 +22,7 @@ fn docker_out(args: &[&str]) -> String {
 
 fn relay_addresses(run_id: &str) -> Vec<String> {
     let ids = docker_out(&["ps", "-q", "--filter", &format!("label=loads.run={run_id}"), "--filter", "label=loads.role=relay"]);
-    ids.lines()
-        .map(|id| docker_out(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", id]))
-        .collect()
+    ids.lines().map(|id| docker_out(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", id])).collect()
 }
 
 /// Sends with PyPI's statsd client (pipelined), plus malformed lines on a raw socket.
@@ -106,7 +104,15 @@ async fn three_nodes_merge_into_exact_step_metrics() {
 
         let (status, body) = app.get(&format!("/api/v1/runs/{run_id}/metrics")).await;
         assert_eq!(status, StatusCode::OK, "{body}");
-        let metric = |name: &str| body["metrics"].as_array().unwrap().iter().find(|m| m["metric"] == name).unwrap_or_else(|| panic!("no {name}: {body:#}")).clone();
+        let metric = |name: &str| {
+            body["metrics"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["metric"] == name)
+                .unwrap_or_else(|| panic!("no {name}: {body:#}"))
+                .clone()
+        };
         let hits = metric("hits");
         assert_eq!((hits["kind"].as_str(), hits["count"].as_f64()), (Some("counter"), Some(1500.0)));
         assert!(hits["rate"].as_f64().unwrap() > 0.0);
@@ -128,13 +134,25 @@ async fn three_nodes_merge_into_exact_step_metrics() {
         assert!(cpu["count"].as_f64().unwrap() >= 3.0 && (0.0..=100.0).contains(&cpu["mean"].as_f64().unwrap()), "{cpu}");
         assert_eq!(metric("generator_saturated")["kind"], "flag");
 
-        let step_hits = influx_query(&influx_db, &format!("SELECT sum(\"value\") FROM \"counter\" WHERE \"run\" = '{run_id}' AND \"metric\" = 'hits' AND \"node\" = 'all'")).await;
+        let step_hits = influx_query(
+            &influx_db,
+            &format!("SELECT sum(\"value\") FROM \"counter\" WHERE \"run\" = '{run_id}' AND \"metric\" = 'hits' AND \"node\" = 'all'"),
+        )
+        .await;
         assert_eq!(step_hits[0][1], 1500.0, "merged windows in InfluxDB: {step_hits:?}");
         let node_hits = influx_query(&influx_db, &format!("SELECT sum(\"value\") FROM \"counter\" WHERE \"run\" = '{run_id}' AND \"metric\" = 'hits' AND \"node\" != 'all' GROUP BY \"node\"")).await;
         assert!(!node_hits.is_empty());
-        let per_node = influx_query(&influx_db, &format!("SELECT sum(\"count\") FROM \"timer\" WHERE \"run\" = '{run_id}' AND \"node\" != 'all'")).await;
+        let per_node =
+            influx_query(&influx_db, &format!("SELECT sum(\"count\") FROM \"timer\" WHERE \"run\" = '{run_id}' AND \"node\" != 'all'"))
+                .await;
         assert_eq!(per_node[0][1], 1500.0, "node-level timer samples add up");
-        let tagged = influx_query(&influx_db, &format!("SELECT \"p99\", \"type\", \"plan\", \"region\" FROM \"timer\" WHERE \"run\" = '{run_id}' AND \"node\" = 'all' LIMIT 1")).await;
+        let tagged = influx_query(
+            &influx_db,
+            &format!(
+                "SELECT \"p99\", \"type\", \"plan\", \"region\" FROM \"timer\" WHERE \"run\" = '{run_id}' AND \"node\" = 'all' LIMIT 1"
+            ),
+        )
+        .await;
         assert_eq!((&tagged[0][2], &tagged[0][3], &tagged[0][4]), (&json!("target"), &json!("metrics"), &json!("us-west-2")), "{tagged:?}");
         let hosts = influx_query(&influx_db, &format!("SELECT count(\"cpu_percent\") FROM \"host\" WHERE \"run\" = '{run_id}'")).await;
         assert!(hosts[0][1].as_f64().unwrap() >= 3.0, "{hosts:?}");
@@ -198,13 +216,30 @@ fn an_unreachable_broker_makes_the_relay_count_its_losses() {
     let tag = format!("loss{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
     let _cleanup = LabelGuard(tag.clone());
     let network = format!("loads-test-{tag}");
-    assert!(Command::new("docker").args(["network", "create", "--label", &format!("loads.broker={tag}"), &network]).output().unwrap().status.success());
+    assert!(Command::new("docker")
+        .args(["network", "create", "--label", &format!("loads.broker={tag}"), &network])
+        .output()
+        .unwrap()
+        .status
+        .success());
     let gateway = docker_out(&["network", "inspect", "-f", "{{(index .IPAM.Config 0).Gateway}}", &network]);
     let closed = std::net::TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port();
     let id = docker_out(&[
-        "run", "-d", "--network", &network, "--label", &format!("loads.broker={tag}"),
-        "-e", &format!("LOADS_INGEST_URL=http://{gateway}:{closed}/ingest/x"), "-e", "LOADS_INGEST_TOKEN=t",
-        "-e", "LOADS_RELAY_BUFFER=3", "-e", "LOADS_FLUSH_MS=50", loads::images::RELAY,
+        "run",
+        "-d",
+        "--network",
+        &network,
+        "--label",
+        &format!("loads.broker={tag}"),
+        "-e",
+        &format!("LOADS_INGEST_URL=http://{gateway}:{closed}/ingest/x"),
+        "-e",
+        "LOADS_INGEST_TOKEN=t",
+        "-e",
+        "LOADS_RELAY_BUFFER=3",
+        "-e",
+        "LOADS_FLUSH_MS=50",
+        loads::images::RELAY,
     ]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
@@ -220,7 +255,10 @@ fn an_unreachable_broker_makes_the_relay_count_its_losses() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let last = stdout.lines().last().unwrap_or_default().to_string();
     let number = |key: &str| -> u64 {
-        last.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{key}="))).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{key} in {last:?}"))
+        last.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{key} in {last:?}"))
     };
     assert_eq!(number("windows_sent"), 0);
     assert_eq!(number("windows_undelivered"), 3, "the buffer holds 3");

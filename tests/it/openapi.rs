@@ -67,7 +67,10 @@ async fn the_document_is_valid_openapi() {
     let path = dir.path().join("openapi.json");
     std::fs::write(&path, doc.to_string()).unwrap();
     let output = std::process::Command::new("python3")
-        .args(["-c", "import sys, json; from openapi_spec_validator import validate; validate(json.load(open(sys.argv[1]))); print('valid')"])
+        .args([
+            "-c",
+            "import sys, json; from openapi_spec_validator import validate; validate(json.load(open(sys.argv[1]))); print('valid')",
+        ])
         .arg(&path)
         .output()
         .expect("python3 runs (install it, and `pip install openapi-spec-validator`, or use scripts/test)");

@@ -132,7 +132,10 @@ async fn a_broker_killed_mid_run_carries_the_run_on_when_it_starts_again() {
     let run_id = api.post(&format!("/api/v1/plans/{plan_id}/runs"), json!({})).await["id"].as_str().unwrap().to_string();
 
     // Before the crash: `early` over, `long` running on both nodes, its first counts stored.
-    api.wait_run(&run_id, "early did not finish", |r| record(r, "early")["state"] == "completed" && record(r, "long")["state"] == "running").await;
+    api.wait_run(&run_id, "early did not finish", |r| {
+        record(r, "early")["state"] == "completed" && record(r, "long")["state"] == "running"
+    })
+    .await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let store = loads_actors::store::connect(&db).await.unwrap();
     let id = uuid::Uuid::parse_str(&run_id).unwrap();

@@ -195,12 +195,24 @@ async fn ports_and_volumes_are_mapped_within_their_bounds() {
     let root_path = root.path().to_str().unwrap().to_string();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let app = crate::helpers::TestApp::spawn(crate::helpers::Backend::Sqlite, &[("LOADS__DOCKER__VOLUME_ROOT", &root_path)]).await;
-    let (_, run_id) = app.start(plan("mappings", vec![
-        with(sh_step("web", "mkdir -p /w && echo mapped > /w/index.html && exec httpd -f -p 8080 -h /w"),
-             json!({"service": true, "run_max_time": 0, "port_mapping": format!("8080:{port}")})),
-        with(sh_step("writer", "echo written-by-$$HOSTNAME > /data/out.txt && sleep 3"),
-             json!({"volume_mapping": format!("/data:{root_path}/$RUN_ID:rw")})),
-    ]), json!({})).await;
+    let (_, run_id) = app
+        .start(
+            plan(
+                "mappings",
+                vec![
+                    with(
+                        sh_step("web", "mkdir -p /w && echo mapped > /w/index.html && exec httpd -f -p 8080 -h /w"),
+                        json!({"service": true, "run_max_time": 0, "port_mapping": format!("8080:{port}")}),
+                    ),
+                    with(
+                        sh_step("writer", "echo written-by-$$HOSTNAME > /data/out.txt && sleep 3"),
+                        json!({"volume_mapping": format!("/data:{root_path}/$RUN_ID:rw")}),
+                    ),
+                ],
+            ),
+            json!({}),
+        )
+        .await;
     app.wait_for_run(&run_id, 60, |r| record(r, "writer")["state"] == "running").await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let body = loop {
@@ -231,9 +243,12 @@ async fn ports_and_volumes_are_mapped_within_their_bounds() {
 async fn the_relay_receives_the_nodes_statsd() {
     ensure_images();
     let app = crate::helpers::TestApp::spawn(crate::helpers::Backend::Sqlite, &[]).await;
-    let (_, run_id) = app.start(plan("statsd", vec![
-        sh_step("sender", "printf \"hits:1|c\\nlatency:12|ms\\nnot statsd\\n\" | nc $$STATSD_HOST $$STATSD_PORT"),
-    ]), json!({})).await;
+    let (_, run_id) = app
+        .start(
+            plan("statsd", vec![sh_step("sender", "printf \"hits:1|c\\nlatency:12|ms\\nnot statsd\\n\" | nc $$STATSD_HOST $$STATSD_PORT")]),
+            json!({}),
+        )
+        .await;
     let run = app.wait_finished(&run_id, 60).await;
     assert_eq!(run["state"], "completed", "{run:#}");
     let (_, logs) = app.get(&format!("/api/v1/runs/{run_id}/logs")).await;
@@ -257,11 +272,8 @@ async fn images_are_loaded_from_container_url_tarballs() {
         assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     };
     docker(&["tag", loads::images::BUSYBOX, &tag]);
-    let save = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("docker save {tag} | gzip > {}", tarball.display()))
-        .status()
-        .unwrap();
+    let save =
+        std::process::Command::new("sh").arg("-c").arg(format!("docker save {tag} | gzip > {}", tarball.display())).status().unwrap();
     assert!(save.success());
     let bytes = std::fs::read(&tarball).unwrap();
 
@@ -282,7 +294,8 @@ async fn images_are_loaded_from_container_url_tarballs() {
     let app = crate::helpers::TestApp::spawn(crate::helpers::Backend::Sqlite, &settings).await;
     for url in [format!("http://127.0.0.1:{port}/image.tar.gz"), tarball.display().to_string()] {
         docker(&["rmi", &tag]);
-        let step = json!({"name": "loaded", "container_name": tag, "container_url": url, "additional_command_args": "-c 'echo from-tarball'"});
+        let step =
+            json!({"name": "loaded", "container_name": tag, "container_url": url, "additional_command_args": "-c 'echo from-tarball'"});
         let (_, run_id) = app.start(plan("tarball", vec![step]), json!({})).await;
         let run = app.wait_finished(&run_id, 60).await;
         assert_eq!(run["state"], "completed", "{url}: {run:#}");

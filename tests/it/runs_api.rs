@@ -153,10 +153,19 @@ async fn a_hung_image_download_times_out_with_a_clear_reason() {
         let (_stream, _) = listener.accept().unwrap();
         let _ = finished.recv_timeout(std::time::Duration::from_secs(60));
     });
-    let app = crate::helpers::TestApp::spawn(crate::helpers::Backend::Sqlite, &[("LOADS__DOCKER__PREPARE_TIMEOUT_SECONDS", "2"), LOOPBACK_IMAGES[0]]).await;
-    let (_, run_id) = app.start(json!({"name": "hung", "steps": [
-        {"name": "stuck", "container_name": "loads/never-built:2", "container_url": format!("http://127.0.0.1:{port}/image.tar")}
-    ]}), json!({})).await;
+    let app = crate::helpers::TestApp::spawn(
+        crate::helpers::Backend::Sqlite,
+        &[("LOADS__DOCKER__PREPARE_TIMEOUT_SECONDS", "2"), LOOPBACK_IMAGES[0]],
+    )
+    .await;
+    let (_, run_id) = app
+        .start(
+            json!({"name": "hung", "steps": [
+                {"name": "stuck", "container_name": "loads/never-built:2", "container_url": format!("http://127.0.0.1:{port}/image.tar")}
+            ]}),
+            json!({}),
+        )
+        .await;
     let run = app.wait_finished(&run_id, 60).await;
     done.send(()).unwrap();
     server.join().unwrap();
@@ -171,10 +180,15 @@ async fn a_hung_image_download_times_out_with_a_clear_reason() {
 async fn logs_of_running_containers_are_served_while_the_run_is_live() {
     ensure_images();
     let app = crate::helpers::TestApp::spawn(crate::helpers::Backend::Sqlite, &[]).await;
-    let (_, run_id) = app.start(json!({"name": "live logs", "steps": [
-        {"name": "talker", "container_name": loads::images::BUSYBOX, "instance_count": 2, "run_max_time": 0,
-         "additional_command_args": "-c 'echo first-line; echo second-line; sleep 300'"}
-    ]}), json!({})).await;
+    let (_, run_id) = app
+        .start(
+            json!({"name": "live logs", "steps": [
+                {"name": "talker", "container_name": loads::images::BUSYBOX, "instance_count": 2, "run_max_time": 0,
+                 "additional_command_args": "-c 'echo first-line; echo second-line; sleep 300'"}
+            ]}),
+            json!({}),
+        )
+        .await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let step = loop {
         let (status, logs) = app.get(&format!("/api/v1/runs/{run_id}/logs?step=talker&node=s0n1&tail=1")).await;

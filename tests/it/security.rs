@@ -379,7 +379,8 @@ async fn a_secret_written_into_a_metric_name_never_leaves_the_node() {
     for (what, text) in [("feed", &feed), ("summary", &summary), ("dashboard", &dashboard.to_string()), ("InfluxDB", &tags)] {
         assert!(!text.contains(VALUE), "the secret is in the {what}: {text}");
     }
-    let _ = awc::Client::new().post(format!("{base}/query")).query(&[("q", format!("DROP DATABASE \"{influx_db}\""))]).unwrap().send().await;
+    let _ =
+        awc::Client::new().post(format!("{base}/query")).query(&[("q", format!("DROP DATABASE \"{influx_db}\""))]).unwrap().send().await;
     app.assert_no_leftovers();
 }
 

@@ -22,7 +22,6 @@ fn settings(sshd: &Sshd, known_hosts: PathBuf, record: bool) -> SshSettings {
     }
 }
 
-
 /// The host key is checked: known matches connect, a different key or an unknown one is refused,
 /// and first-use recording (when enabled) records it.
 #[actix_web::test]
@@ -52,7 +51,8 @@ async fn host_keys_are_checked_before_logging_in() {
 #[actix_web::test]
 async fn an_unreachable_node_times_out_clearly() {
     let sshd = start_sshd();
-    let closed: SocketAddr = format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()).parse().unwrap();
+    let closed: SocketAddr =
+        format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()).parse().unwrap();
     let mut s = settings(&sshd, sshd.dir.path().join("kh"), true);
     s.connect_timeout = Duration::from_secs(2);
     let err = SshNode::connect(closed, &s).await.err().expect("unreachable");

@@ -156,11 +156,16 @@ on_both_databases! {
 async fn instance_count_above_the_configured_cap_is_refused() {
     for backend in [Backend::Sqlite, Backend::Postgres] {
         let app = TestApp::spawn(backend, &[("LOADS__LIMITS__MAX_INSTANCE_COUNT", "10"), ("LOADS__LIMITS__MAX_STEPS_PER_PLAN", "2")]).await;
-        let (status, body) = app.post("/api/v1/projects", &json!({"name": "cap", "plans": [{"name": "p", "steps": [
-            {"name": "a", "container_name": "i", "instance_count": 11},
-            {"name": "b", "container_name": "i", "instance_count": 10},
-            {"name": "c", "container_name": "i"}
-        ]}]})).await;
+        let (status, body) = app
+            .post(
+                "/api/v1/projects",
+                &json!({"name": "cap", "plans": [{"name": "p", "steps": [
+                    {"name": "a", "container_name": "i", "instance_count": 11},
+                    {"name": "b", "container_name": "i", "instance_count": 10},
+                    {"name": "c", "container_name": "i"}
+                ]}]}),
+            )
+            .await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{backend:?}: {body}");
         assert_eq!(
             details(&body),

@@ -152,7 +152,8 @@ pub fn model(run: &RunView, metrics: &[MetricSummaryView], datasource: &str) -> 
         }
         if mine.iter().any(|m| m.kind == "host") {
             let by_node = ", \"node\"";
-            let host = |field: &str| Target { ref_id: "A".into(), alias: "$tag_node".into(), query: select(field, "host", &filter, by_node) };
+            let host =
+                |field: &str| Target { ref_id: "A".into(), alias: "$tag_node".into(), query: select(field, "host", &filter, by_node) };
             add(&mut panels, "timeseries", format!("{step}: node CPU"), "percent", vec![host("cpu_percent")], &mut slot);
             add(&mut panels, "timeseries", format!("{step}: node memory"), "percent", vec![host("memory_percent")], &mut slot);
             let net = vec![

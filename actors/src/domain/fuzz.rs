@@ -25,10 +25,7 @@ fn statsd_text() -> impl Strategy<Value = String> {
     let kind = prop_oneof!["c", "g", "ms", "h", "d", "s", "[a-z]{0,3}"];
     let extra = prop_oneof![Just(String::new()), "\\|@[0-9.eE-]{0,6}", "\\|#[a-z:,=]{0,10}", "\\|[^\n]{0,6}"];
     let line = (name, number, kind, extra).prop_map(|(n, v, k, e)| format!("{n}:{v}|{k}{e}"));
-    prop_oneof![
-        prop::collection::vec(line, 0..20).prop_map(|lines| lines.join("\n")),
-        any::<String>(),
-    ]
+    prop_oneof![prop::collection::vec(line, 0..20).prop_map(|lines| lines.join("\n")), any::<String>(),]
 }
 
 /// Arbitrary JSON values, nested a few levels, biased towards plan-like keys.

@@ -7,16 +7,8 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 /// The variables the broker gives every container (reference, section 4).
-pub const INJECTED_VARIABLES: [&str; 8] = [
-    "RUN_ID",
-    "BROKER_ID",
-    "BROKER_VERSION",
-    "CONTAINER_ID",
-    "HOST_IP",
-    "PRIVATE_IP",
-    "STATSD_HOST",
-    "STATSD_PORT",
-];
+pub const INJECTED_VARIABLES: [&str; 8] =
+    ["RUN_ID", "BROKER_ID", "BROKER_VERSION", "CONTAINER_ID", "HOST_IP", "PRIVATE_IP", "STATSD_HOST", "STATSD_PORT"];
 
 /// One piece of a parsed template.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,15 +62,10 @@ pub fn parse(template: &str) -> Result<Vec<Piece<'_>>, SyntaxError> {
                 i += 2;
             }
             Some(b'{') => {
-                let close = template[i + 2..]
-                    .find('}')
-                    .map(|p| i + 2 + p)
-                    .ok_or(SyntaxError { offset: dollar, reason: "unclosed `${`" })?;
+                let close =
+                    template[i + 2..].find('}').map(|p| i + 2 + p).ok_or(SyntaxError { offset: dollar, reason: "unclosed `${`" })?;
                 let name = &template[i + 2..close];
-                if name.is_empty()
-                    || !is_name_start(name.as_bytes()[0])
-                    || !name.bytes().all(is_name_char)
-                {
+                if name.is_empty() || !is_name_start(name.as_bytes()[0]) || !name.bytes().all(is_name_char) {
                     return Err(SyntaxError { offset: dollar, reason: "invalid variable name in `${...}`" });
                 }
                 flush(&mut pieces, &mut text);
@@ -121,10 +108,7 @@ pub fn variables(template: &str) -> Result<BTreeSet<&str>, SyntaxError> {
 }
 
 /// Replaces every variable with `lookup(name)`; the first unknown name is the error.
-pub fn render<'t>(
-    template: &'t str,
-    lookup: impl Fn(&str) -> Option<String>,
-) -> Result<String, RenderError<'t>> {
+pub fn render<'t>(template: &'t str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, RenderError<'t>> {
     let mut out = String::with_capacity(template.len());
     for piece in parse(template).map_err(RenderError::Syntax)? {
         match piece {

@@ -101,8 +101,7 @@ pub fn resolve(
     }
     let args = match &step.additional_command_args {
         None => Vec::new(),
-        Some(a) => shell_words::split(&field("additional_command_args", a)?)
-            .map_err(|e| format!("additional_command_args: {e}"))?,
+        Some(a) => shell_words::split(&field("additional_command_args", a)?).map_err(|e| format!("additional_command_args: {e}"))?,
     };
     let ports = step.port_mapping.as_deref().map(parse_ports).transpose()?.unwrap_or_default();
     let binds = match &step.volume_mapping {

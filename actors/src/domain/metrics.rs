@@ -331,7 +331,10 @@ mod tests {
         merged.add(&a.flush(1, 0, 1000));
         let mut back = Merged::default();
         back.add(&merged.to_window());
-        assert_eq!((back.counters.clone(), back.gauges.clone(), back.sets.clone()), (merged.counters.clone(), merged.gauges.clone(), merged.sets.clone()));
+        assert_eq!(
+            (back.counters.clone(), back.gauges.clone(), back.sets.clone()),
+            (merged.counters.clone(), merged.gauges.clone(), merged.sets.clone())
+        );
         assert_eq!(back.timers["lat"], merged.timers["lat"]);
         assert_eq!((back.lines, back.duration_ms), (merged.lines, merged.duration_ms));
     }

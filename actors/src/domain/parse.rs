@@ -72,10 +72,7 @@ pub fn parse_document(text: &str, format: DocumentFormat) -> Result<Value, Valid
     let syntax = |msg: String| ValidationErrors::one("", format!("not valid {}: {msg}", format.name()));
     let depth = nesting_depth(text, format);
     if depth > MAX_DEPTH {
-        return Err(ValidationErrors::one(
-            "",
-            format!("the {} document is nested deeper than {MAX_DEPTH} levels", format.name()),
-        ));
+        return Err(ValidationErrors::one("", format!("the {} document is nested deeper than {MAX_DEPTH} levels", format.name())));
     }
     let problems = RefCell::new(Vec::new());
     let seed = Strict { path: "", problems: &problems };
@@ -359,7 +356,10 @@ mod tests {
 
     #[test]
     fn duplicate_keys_are_refused_at_their_path_in_json_and_yaml() {
-        assert_eq!(problems(r#"{"name": "a", "steps": [{"name": "x", "name": "y"}]}"#, DocumentFormat::Json), ["steps[0].name: is given more than once"]);
+        assert_eq!(
+            problems(r#"{"name": "a", "steps": [{"name": "x", "name": "y"}]}"#, DocumentFormat::Json),
+            ["steps[0].name: is given more than once"]
+        );
         assert_eq!(problems("name: a\nname: b\n", DocumentFormat::Yaml), ["name: is given more than once"]);
         assert!(problems("name = 'a'\nname = 'b'\n", DocumentFormat::Toml)[0].starts_with("not valid TOML"));
     }

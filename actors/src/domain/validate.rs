@@ -161,8 +161,7 @@ fn kind(v: &Value) -> &'static str {
 
 fn is_env_name(name: &str) -> bool {
     let mut bytes = name.bytes();
-    matches!(bytes.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
-        && bytes.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+    matches!(bytes.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_') && bytes.all(|c| c.is_ascii_alphanumeric() || c == b'_')
 }
 
 struct Walker<'l> {
@@ -612,14 +611,16 @@ pub fn check_image_url(url: &str, limits: &Limits) -> Result<(), String> {
     if let Some(rest) = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://")) {
         let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
         let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-        let host = if host.starts_with('[') { host.split(']').next().unwrap_or_default().trim_start_matches('[') } else { host.split(':').next().unwrap_or_default() };
+        let host = if host.starts_with('[') {
+            host.split(']').next().unwrap_or_default().trim_start_matches('[')
+        } else {
+            host.split(':').next().unwrap_or_default()
+        };
         if host.is_empty() {
             return Err(format!("{url:?} has no host"));
         }
         if !limits.allow_loopback_image_urls && is_loopback_name(host) {
-            return Err(format!(
-                "{url:?} is on a loopback address, the broker's own; allowed only with docker.allow_loopback_image_urls"
-            ));
+            return Err(format!("{url:?} is on a loopback address, the broker's own; allowed only with docker.allow_loopback_image_urls"));
         }
         return Ok(());
     }
@@ -628,7 +629,9 @@ pub fn check_image_url(url: &str, limits: &Limits) -> Result<(), String> {
         let Some(root) = &limits.image_root else {
             return Err(format!("{url:?} is on the broker's disk; set docker.image_root to the directory image tarballs may be read from"));
         };
-        if !local.starts_with('$') && (Path::new(local).components().any(|c| matches!(c, Component::ParentDir)) || !Path::new(local).starts_with(root)) {
+        if !local.starts_with('$')
+            && (Path::new(local).components().any(|c| matches!(c, Component::ParentDir)) || !Path::new(local).starts_with(root))
+        {
             return Err(format!("{url:?} is outside the image root {} (docker.image_root)", root.display()));
         }
         return Ok(());
@@ -708,7 +711,11 @@ mod tests {
     #[test]
     fn environments_are_capped_in_variables_and_bytes() {
         let limits = Limits { max_env_vars: 2, max_env_bytes: 10, ..Limits::default() };
-        let err = plan(&json!({"name": "p", "environment_data": {"A": "1", "B": "2", "C": "3"}, "steps": [{"name": "s", "container_name": "i"}]}), &limits).unwrap_err();
+        let err = plan(
+            &json!({"name": "p", "environment_data": {"A": "1", "B": "2", "C": "3"}, "steps": [{"name": "s", "container_name": "i"}]}),
+            &limits,
+        )
+        .unwrap_err();
         assert_eq!(err.0[0].to_string(), "environment_data: has 3 variables; at most 2 (limits.max_env_vars)");
         let err = run_env(&json!({"A": "0123456789"}), &limits).unwrap_err();
         assert_eq!((err.0[0].path.as_str(), err.0[0].message.as_str()), ("", "is 11 bytes; at most 10 (limits.max_env_bytes)"));
@@ -716,12 +723,20 @@ mod tests {
 
     #[test]
     fn min_nodes_is_between_one_and_instance_count() {
-        let ok = plan(&json!({"name": "p", "steps": [{"name": "s", "container_name": "i", "instance_count": 3, "min_nodes": 2}]}), &Limits::default()).unwrap();
+        let ok = plan(
+            &json!({"name": "p", "steps": [{"name": "s", "container_name": "i", "instance_count": 3, "min_nodes": 2}]}),
+            &Limits::default(),
+        )
+        .unwrap();
         assert_eq!(ok.value.steps[0].min_nodes, Some(2));
         let default = plan(&json!({"name": "p", "steps": [{"name": "s", "container_name": "i"}]}), &Limits::default()).unwrap();
         assert_eq!(default.value.steps[0].min_nodes, None, "all nodes");
         for bad in [0, 4] {
-            let err = plan(&json!({"name": "p", "steps": [{"name": "s", "container_name": "i", "instance_count": 3, "min_nodes": bad}]}), &Limits::default()).unwrap_err();
+            let err = plan(
+                &json!({"name": "p", "steps": [{"name": "s", "container_name": "i", "instance_count": 3, "min_nodes": bad}]}),
+                &Limits::default(),
+            )
+            .unwrap_err();
             assert_eq!(err.0[0].to_string(), "steps[0].min_nodes: must be from 1 to instance_count (3)");
         }
     }
@@ -752,22 +767,51 @@ mod tests {
     fn names_refuse_control_characters_and_great_lengths() {
         let long = "n".repeat(MAX_NAME_CHARS + 1);
         let errs = errors(json!({"name": "a\tb", "steps": [{"name": long, "container_name": "x"}]}));
-        assert_eq!(errs, ["name: must not contain control characters (tabs, newlines, NUL...)", "steps[0].name: must be at most 200 characters"]);
+        assert_eq!(
+            errs,
+            ["name: must not contain control characters (tabs, newlines, NUL...)", "steps[0].name: must be at most 200 characters"]
+        );
     }
 
     #[test]
     fn durations_past_thirty_days_are_refused_not_truncated() {
-        let errs = errors(json!({"name": "p", "steps": [{"name": "s", "container_name": "x", "run_delay": u64::MAX, "run_max_time": MAX_SECONDS + 1}]}));
-        assert_eq!(errs, ["steps[0].run_delay: must be at most 2592000 seconds (30 days)", "steps[0].run_max_time: must be at most 2592000 seconds (30 days)"]);
+        let errs = errors(
+            json!({"name": "p", "steps": [{"name": "s", "container_name": "x", "run_delay": u64::MAX, "run_max_time": MAX_SECONDS + 1}]}),
+        );
+        assert_eq!(
+            errs,
+            [
+                "steps[0].run_delay: must be at most 2592000 seconds (30 days)",
+                "steps[0].run_max_time: must be at most 2592000 seconds (30 days)"
+            ]
+        );
     }
 
     #[test]
     fn image_urls_are_http_or_files_under_the_image_root() {
         let limits = Limits { image_root: Some("/srv/images".into()), ..Limits::default() };
-        for ok in ["https://s3.amazonaws.com/b/i.tar.bz2", "http://images.example:8080/i.tar", "/srv/images/i.tar", "file:///srv/images/i.tar", "https://h/$TAG.tar"] {
+        for ok in [
+            "https://s3.amazonaws.com/b/i.tar.bz2",
+            "http://images.example:8080/i.tar",
+            "/srv/images/i.tar",
+            "file:///srv/images/i.tar",
+            "https://h/$TAG.tar",
+        ] {
             assert_eq!(check_image_url(ok, &limits), Ok(()), "{ok}");
         }
-        for bad in ["", "gopher://h/i", "ftp://h/i.tar", "/etc/shadow", "file:///etc/passwd", "/srv/images/../../etc/passwd", "http://127.0.0.1:9/x", "http://localhost/x", "http://[::1]/x", "http://0.0.0.0/x", "https:///x"] {
+        for bad in [
+            "",
+            "gopher://h/i",
+            "ftp://h/i.tar",
+            "/etc/shadow",
+            "file:///etc/passwd",
+            "/srv/images/../../etc/passwd",
+            "http://127.0.0.1:9/x",
+            "http://localhost/x",
+            "http://[::1]/x",
+            "http://0.0.0.0/x",
+            "https:///x",
+        ] {
             assert!(check_image_url(bad, &limits).is_err(), "{bad}");
         }
         assert!(check_image_url("/srv/images/i.tar", &Limits::default()).unwrap_err().contains("docker.image_root"));

@@ -33,15 +33,8 @@ pub enum RunState {
 
 impl RunState {
     /// All states, in life order.
-    pub const ALL: [RunState; 7] = [
-        Self::Pending,
-        Self::Initializing,
-        Self::Running,
-        Self::Terminating,
-        Self::Completed,
-        Self::Failed,
-        Self::Aborted,
-    ];
+    pub const ALL: [RunState; 7] =
+        [Self::Pending, Self::Initializing, Self::Running, Self::Terminating, Self::Completed, Self::Failed, Self::Aborted];
 
     /// The stored and serialised name.
     pub fn as_str(self) -> &'static str {
@@ -110,9 +103,7 @@ impl StepState {
 
     /// Parses a stored name.
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Pending, Self::Running, Self::Stopping, Self::Completed, Self::Failed, Self::Skipped]
-            .into_iter()
-            .find(|st| st.as_str() == s)
+        [Self::Pending, Self::Running, Self::Stopping, Self::Completed, Self::Failed, Self::Skipped].into_iter().find(|st| st.as_str() == s)
     }
 }
 

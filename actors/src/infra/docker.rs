@@ -8,12 +8,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig, PortBinding,
-};
+use bollard::models::{ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig, PortBinding};
 use bollard::query_parameters::{
-    BuildImageOptions, CreateContainerOptions, CreateImageOptions, ImportImageOptions, ListContainersOptions,
-    ListNetworksOptions, LogsOptions, RemoveContainerOptions, StopContainerOptions, WaitContainerOptions,
+    BuildImageOptions, CreateContainerOptions, CreateImageOptions, ImportImageOptions, ListContainersOptions, ListNetworksOptions,
+    LogsOptions, RemoveContainerOptions, StopContainerOptions, WaitContainerOptions,
 };
 use bollard::Docker;
 use bytes::Bytes;
@@ -222,11 +220,8 @@ impl Engine {
 
     /// The image's entrypoint and default command.
     pub async fn image_command(&self, image: &str) -> Result<(Vec<String>, Vec<String>), DockerError> {
-        let inspect = self
-            .docker
-            .inspect_image(image)
-            .await
-            .map_err(|e| DockerError::Pull { image: image.into(), message: engine_message(&e) })?;
+        let inspect =
+            self.docker.inspect_image(image).await.map_err(|e| DockerError::Pull { image: image.into(), message: engine_message(&e) })?;
         let config = inspect.config.unwrap_or_default();
         Ok((config.entrypoint.unwrap_or_default(), config.cmd.unwrap_or_default()))
     }
@@ -270,13 +265,8 @@ impl Engine {
 
     /// Builds `tag` from a tar build context.
     pub async fn build_image(&self, tag: &str, context: Vec<u8>) -> Result<(), DockerError> {
-        let options = BuildImageOptions {
-            dockerfile: "Dockerfile".into(),
-            t: Some(tag.to_string()),
-            rm: true,
-            forcerm: true,
-            ..Default::default()
-        };
+        let options =
+            BuildImageOptions { dockerfile: "Dockerfile".into(), t: Some(tag.to_string()), rm: true, forcerm: true, ..Default::default() };
         let mut stream = self.docker.build_image(options, None, Some(bollard::body_full(Bytes::from(context))));
         while let Some(item) = stream.next().await {
             match item {
@@ -293,10 +283,7 @@ impl Engine {
 
     /// Removes untagged images carrying `label` (`key=value`), left behind when a tag is rebuilt.
     pub async fn prune_untagged(&self, label: &str) -> Result<(), DockerError> {
-        let filters = HashMap::from([
-            ("dangling".to_string(), vec!["true".to_string()]),
-            ("label".to_string(), vec![label.to_string()]),
-        ]);
+        let filters = HashMap::from([("dangling".to_string(), vec!["true".to_string()]), ("label".to_string(), vec![label.to_string()])]);
         self.docker
             .prune_images(Some(bollard::query_parameters::PruneImagesOptions { filters: Some(filters) }))
             .await
@@ -306,27 +293,17 @@ impl Engine {
 
     /// Creates a bridge network with `labels`; answers its id and gateway address.
     pub async fn create_network(&self, name: &str, labels: HashMap<String, String>) -> Result<(String, String), DockerError> {
-        let request = NetworkCreateRequest {
-            name: name.to_string(),
-            driver: Some("bridge".into()),
-            labels: Some(labels),
-            ..Default::default()
-        };
-        let created = self
-            .docker
-            .create_network(request)
-            .await
-            .map_err(|source| DockerError::CreateNetwork { name: name.into(), source })?;
+        let request =
+            NetworkCreateRequest { name: name.to_string(), driver: Some("bridge".into()), labels: Some(labels), ..Default::default() };
+        let created =
+            self.docker.create_network(request).await.map_err(|source| DockerError::CreateNetwork { name: name.into(), source })?;
         let inspect = self
             .docker
             .inspect_network(&created.id, None::<bollard::query_parameters::InspectNetworkOptions>)
             .await
             .map_err(|source| DockerError::CreateNetwork { name: name.into(), source })?;
-        let gateway = inspect
-            .ipam
-            .and_then(|ipam| ipam.config)
-            .and_then(|configs| configs.into_iter().find_map(|c| c.gateway))
-            .unwrap_or_default();
+        let gateway =
+            inspect.ipam.and_then(|ipam| ipam.config).and_then(|configs| configs.into_iter().find_map(|c| c.gateway)).unwrap_or_default();
         Ok((created.id, gateway))
     }
 
@@ -427,11 +404,11 @@ impl Engine {
 
     /// The container's address on `network`.
     pub async fn container_ip(&self, id: &str, network: &str) -> Result<String, DockerError> {
-        let inspect = self
-            .docker
-            .inspect_container(id, None)
-            .await
-            .map_err(|source| DockerError::Container { operation: "inspect", id: id.into(), source })?;
+        let inspect = self.docker.inspect_container(id, None).await.map_err(|source| DockerError::Container {
+            operation: "inspect",
+            id: id.into(),
+            source,
+        })?;
         // `network` is a name or an id; the engine keys its answer by name.
         Ok(inspect
             .network_settings
@@ -577,7 +554,10 @@ pub async fn refuse_loopback_url(url: &str) -> Result<(), String> {
     let addresses = tokio::net::lookup_host(target.as_str()).await.map_err(|e| format!("cannot resolve {authority}: {e}"))?;
     for address in addresses {
         if address.ip().is_loopback() || address.ip().is_unspecified() {
-            return Err(format!("{authority} resolves to {}, a loopback address; allowed only with docker.allow_loopback_image_urls", address.ip()));
+            return Err(format!(
+                "{authority} resolves to {}, a loopback address; allowed only with docker.allow_loopback_image_urls",
+                address.ip()
+            ));
         }
     }
     Ok(())

@@ -467,7 +467,8 @@ mod tests {
 
     #[test]
     fn only_throttling_capacity_and_aws_failures_are_retried() {
-        let error = |code: &str| Ec2Error { region: "r".into(), operation: "launch instances", message: String::new(), code: Some(code.into()) };
+        let error =
+            |code: &str| Ec2Error { region: "r".into(), operation: "launch instances", message: String::new(), code: Some(code.into()) };
         assert!(error("RequestLimitExceeded").is_transient());
         assert!(error("InsufficientInstanceCapacity").is_transient());
         assert!(!error("InstanceLimitExceeded").is_transient(), "a quota does not lift by waiting");

@@ -9,8 +9,8 @@
 pub mod docker;
 pub mod ec2;
 pub mod forward;
-pub mod images;
 pub mod grafana;
+pub mod images;
 pub mod influx;
 pub mod ssh;
 pub mod volumes;

@@ -104,16 +104,21 @@ impl SshNode {
                     return Err(SshError::Unreachable { addr, seconds: settings.connect_timeout.as_secs(), message: e.to_string() })
                 }
                 Err(_) if tokio::time::Instant::now() >= deadline => {
-                    return Err(SshError::Unreachable { addr, seconds: settings.connect_timeout.as_secs(), message: "handshake timed out".into() })
+                    return Err(SshError::Unreachable {
+                        addr,
+                        seconds: settings.connect_timeout.as_secs(),
+                        message: "handshake timed out".into(),
+                    })
                 }
                 _ => tokio::time::sleep(Duration::from_millis(500)).await,
             }
         };
         Self::check_host_key(&mut session, addr, settings)?;
-        session
-            .userauth_pubkey_file(&settings.user, None, &settings.key_path, None)
-            .await
-            .map_err(|e| SshError::Session { addr, operation: "public key login", message: e.to_string() })?;
+        session.userauth_pubkey_file(&settings.user, None, &settings.key_path, None).await.map_err(|e| SshError::Session {
+            addr,
+            operation: "public key login",
+            message: e.to_string(),
+        })?;
         Ok(Self { session: Arc::new(session), addr })
     }
 

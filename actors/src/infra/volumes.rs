@@ -41,7 +41,8 @@ fn resolve(host: &Path, root: &Path, root_real: &Path) -> Result<PathBuf, String
         let next = current.join(name);
         match std::fs::symlink_metadata(&next) {
             Ok(meta) if meta.file_type().is_symlink() => {
-                let target = next.canonicalize().map_err(|e| format!("has a symbolic link {} that cannot be resolved: {e}", next.display()))?;
+                let target =
+                    next.canonicalize().map_err(|e| format!("has a symbolic link {} that cannot be resolved: {e}", next.display()))?;
                 if !target.starts_with(root_real) {
                     return Err(format!(
                         "leads out of the volume root through the symbolic link {} (to {})",

@@ -205,7 +205,11 @@ async fn rearm(job: &Provision, ssh: &SshNode, deadline: DateTime<Utc>) -> Resul
     for command in commands {
         let (status, out) = ssh.exec(&command).await?;
         if status != 0 {
-            return Err(SshError::Session { addr: ssh.addr(), operation: "prepare the node", message: format!("`{command}` exited {status}: {}", out.trim()) });
+            return Err(SshError::Session {
+                addr: ssh.addr(),
+                operation: "prepare the node",
+                message: format!("`{command}` exited {status}: {}", out.trim()),
+            });
         }
     }
     Ok(())
@@ -237,7 +241,10 @@ async fn attach(job: &Provision, node: CloudNode) -> Result<Ready, (String, Stri
     let fail = |e: String| (node.instance.id.clone(), e);
     let relay = &job.cloud.relay_image;
     if !node.engine.has_image(relay).await.map_err(|e| fail(e.to_string()))? {
-        let local = job.local.as_ref().ok_or_else(|| fail(format!("{relay} is missing on the node and there is no local engine to copy it from")))?;
+        let local = job
+            .local
+            .as_ref()
+            .ok_or_else(|| fail(format!("{relay} is missing on the node and there is no local engine to copy it from")))?;
         node.engine.copy_image_from(local, relay).await.map_err(|e| fail(e.to_string()))?;
     }
     let (network, gateway) = node.engine.ensure_network(&job.network, job.labels.clone()).await.map_err(|e| fail(e.to_string()))?;

@@ -148,10 +148,9 @@ pub(crate) fn env_to_json(env: &Env) -> serde_json::Value {
 
 pub(crate) fn env_from_json(value: &serde_json::Value) -> Env {
     match value {
-        serde_json::Value::Object(map) => map
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_string)))
-            .collect(),
+        serde_json::Value::Object(map) => {
+            map.iter().map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_string))).collect()
+        }
         _ => Env::new(),
     }
 }

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 
 use chrono::Utc;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -109,15 +109,8 @@ pub(crate) async fn insert(db: &impl ConnectionTrait, project_id: Uuid, spec: &P
 }
 
 pub(crate) async fn steps_of(db: &impl ConnectionTrait, plan_id: Uuid) -> Result<Vec<StepView>, StoreError> {
-    let rows = step::Entity::find()
-        .filter(step::Column::PlanId.eq(plan_id))
-        .order_by_asc(step::Column::Position)
-        .all(db)
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|m| StepView { id: m.id, position: u32::try_from(m.position).unwrap_or(0), spec: step_spec(m) })
-        .collect())
+    let rows = step::Entity::find().filter(step::Column::PlanId.eq(plan_id)).order_by_asc(step::Column::Position).all(db).await?;
+    Ok(rows.iter().map(|m| StepView { id: m.id, position: u32::try_from(m.position).unwrap_or(0), spec: step_spec(m) }).collect())
 }
 
 /// How many rows of `E` each plan in `ids` has, by the entity's plan column.

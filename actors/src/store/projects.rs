@@ -2,8 +2,8 @@
 
 use chrono::Utc;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -20,24 +20,13 @@ async fn find(db: &impl ConnectionTrait, id: Uuid) -> Result<project::Model, Sto
 
 async fn view(db: &impl ConnectionTrait, p: project::Model) -> Result<ProjectView, StoreError> {
     let plan_count = plan::Entity::find().filter(plan::Column::ProjectId.eq(p.id)).count(db).await?;
-    Ok(ProjectView {
-        id: p.id,
-        name: p.name,
-        home_page: p.home_page,
-        plan_count,
-        created_at: p.created_at,
-        updated_at: p.updated_at,
-    })
+    Ok(ProjectView { id: p.id, name: p.name, home_page: p.home_page, plan_count, created_at: p.created_at, updated_at: p.updated_at })
 }
 
 /// A project with a summary of each of its plans.
 pub async fn get(db: &impl ConnectionTrait, id: Uuid) -> Result<ProjectDetail, StoreError> {
     let model = find(db, id).await?;
-    let plan_rows = plan::Entity::find()
-        .filter(plan::Column::ProjectId.eq(id))
-        .order_by_asc(plan::Column::Name)
-        .all(db)
-        .await?;
+    let plan_rows = plan::Entity::find().filter(plan::Column::ProjectId.eq(id)).order_by_asc(plan::Column::Name).all(db).await?;
     Ok(ProjectDetail { project: view(db, model).await?, plans: plans::summaries(db, plan_rows).await? })
 }
 
@@ -107,13 +96,8 @@ pub async fn update(db: &impl ConnectionTrait, id: Uuid, name: &str, home_page: 
 pub async fn delete<C: ConnectionTrait + TransactionTrait>(db: &C, id: Uuid) -> Result<(), StoreError> {
     let txn = db.begin().await?;
     let model = find(&txn, id).await?;
-    let plan_ids: Vec<Uuid> = plan::Entity::find()
-        .filter(plan::Column::ProjectId.eq(id))
-        .select_only()
-        .column(plan::Column::Id)
-        .into_tuple()
-        .all(&txn)
-        .await?;
+    let plan_ids: Vec<Uuid> =
+        plan::Entity::find().filter(plan::Column::ProjectId.eq(id)).select_only().column(plan::Column::Id).into_tuple().all(&txn).await?;
     plans::refuse_live_runs(&txn, &plan_ids, &format!("project {:?}", model.name)).await?;
     project::Entity::delete_by_id(id).exec(&txn).await?;
     txn.commit().await?;
@@ -149,11 +133,8 @@ pub async fn import<C: ConnectionTrait + TransactionTrait>(
     };
     let (mut created, mut updated, mut unchanged) = (Vec::new(), Vec::new(), Vec::new());
     for plan in &spec.plans {
-        let current = plan::Entity::find()
-            .filter(plan::Column::ProjectId.eq(id))
-            .filter(plan::Column::Name.eq(&plan.name))
-            .one(&txn)
-            .await?;
+        let current =
+            plan::Entity::find().filter(plan::Column::ProjectId.eq(id)).filter(plan::Column::Name.eq(&plan.name)).one(&txn).await?;
         match current {
             None => {
                 plans::insert(&txn, id, plan).await?;

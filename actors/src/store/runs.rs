@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use chrono::Utc;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -45,10 +45,7 @@ async fn views(db: &impl ConnectionTrait, runs: Vec<run::Model>) -> Result<Vec<R
         .map(|s| (s.id, (s.position, s.name)))
         .collect();
     let mut records: HashMap<Uuid, Vec<StepRecordView>> = HashMap::new();
-    let record_rows = step_record::Entity::find()
-        .filter(step_record::Column::RunId.is_in(runs.iter().map(|r| r.id)))
-        .all(db)
-        .await?;
+    let record_rows = step_record::Entity::find().filter(step_record::Column::RunId.is_in(runs.iter().map(|r| r.id))).all(db).await?;
     for r in record_rows {
         let (_, step_name) = step_names.get(&r.step_id).cloned().unwrap_or_default();
         records.entry(r.run_id).or_default().push(StepRecordView {
@@ -200,28 +197,13 @@ pub async fn create<C: ConnectionTrait + TransactionTrait>(
 
 /// Moves run `id` to `state`, stamping `started_at`/`completed_at` as the state implies;
 /// waits out a brief database outage rather than losing the transition.
-pub async fn set_state(
-    db: &impl ConnectionTrait,
-    id: Uuid,
-    state: RunState,
-    failure_reason: Option<String>,
-) -> Result<(), StoreError> {
+pub async fn set_state(db: &impl ConnectionTrait, id: Uuid, state: RunState, failure_reason: Option<String>) -> Result<(), StoreError> {
     super::persist("a run state", || write_state(db, id, state, failure_reason.clone())).await
 }
 
-async fn write_state(
-    db: &impl ConnectionTrait,
-    id: Uuid,
-    state: RunState,
-    failure_reason: Option<String>,
-) -> Result<(), StoreError> {
+async fn write_state(db: &impl ConnectionTrait, id: Uuid, state: RunState, failure_reason: Option<String>) -> Result<(), StoreError> {
     let now = Utc::now();
-    let mut row = run::ActiveModel {
-        id: Set(id),
-        state: Set(state.as_str().to_string()),
-        updated_at: Set(now),
-        ..Default::default()
-    };
+    let mut row = run::ActiveModel { id: Set(id), state: Set(state.as_str().to_string()), updated_at: Set(now), ..Default::default() };
     if state == RunState::Running {
         row.started_at = Set(Some(now));
     }
@@ -263,12 +245,8 @@ async fn write_step_state(
         .one(db)
         .await?
         .ok_or_else(|| StoreError::not_found("step record", format!("{run_id}/{step_id}")))?;
-    let mut row = step_record::ActiveModel {
-        id: Set(record.id),
-        state: Set(state.as_str().to_string()),
-        updated_at: Set(now),
-        ..Default::default()
-    };
+    let mut row =
+        step_record::ActiveModel { id: Set(record.id), state: Set(state.as_str().to_string()), updated_at: Set(now), ..Default::default() };
     if state == StepState::Running {
         row.started_at = Set(Some(now));
     }
