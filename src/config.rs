@@ -566,6 +566,8 @@ impl Settings {
                 .with_list_parse_key("auth.read_tokens")
                 .with_list_parse_key("ec2.address_override")
                 .with_list_parse_key("ssh.node_tuning")
+                .with_list_parse_key("server.allowed_hosts")
+                .with_list_parse_key("server.allowed_origins")
                 .try_parsing(true)
                 .source(Some(vars)),
         );
@@ -902,6 +904,18 @@ mod tests {
         assert_eq!(s.server.port, 0);
         assert_eq!(s.database.url.expose(), "sqlite:///tmp/x.db");
         assert_eq!(s.auth.tokens.len(), 2);
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("LOADS__SERVER__ALLOWED_HOSTS", "loads.internal,ci.internal"),
+                ("LOADS__SERVER__ALLOWED_ORIGINS", "https://ui.example"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.server.allowed_hosts, ["loads.internal", "ci.internal"]);
+        assert_eq!(s.server.allowed_origins, ["https://ui.example"]);
+        let err = Settings::load_from(None, env(&[("LOADS__SERVER__ALLOWED_ORIGINS", "ui.example")])).unwrap_err().to_string();
+        assert!(err.contains("server.allowed_origins"), "{err}");
     }
 
     #[test]

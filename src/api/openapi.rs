@@ -16,6 +16,41 @@ impl Modify for BearerAuth {
     }
 }
 
+/// Answers every route may give a browser's request (`api::browser`): 421 for a
+/// `Host` that is not the broker's, 403 for a change or the feed from another origin.
+struct BrowserRules;
+
+impl Modify for BrowserRules {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content("application/json", ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build())
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let feed = path.ends_with("/events");
+            let operations = [
+                (&mut item.get, feed),
+                (&mut item.head, false),
+                (&mut item.post, true),
+                (&mut item.put, true),
+                (&mut item.patch, true),
+                (&mut item.delete, true),
+            ];
+            for (operation, changes) in operations {
+                let Some(operation) = operation else { continue };
+                let responses = &mut operation.responses.responses;
+                responses.entry("421".into()).or_insert_with(|| error("The Host header does not name this broker").into());
+                if changes {
+                    responses.entry("403".into()).or_insert_with(|| error("Forbidden (another origin, or a read token)").into());
+                }
+            }
+        }
+    }
+}
+
 /// The API description.
 #[derive(OpenApi)]
 #[openapi(
@@ -47,7 +82,7 @@ impl Modify for BearerAuth {
         super::events::run_events,
     ),
     components(schemas(ErrorBody)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &BrowserRules),
     tags(
         (name = "health", description = "Liveness"),
         (name = "projects", description = "Projects and project files"),

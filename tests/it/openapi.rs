@@ -57,6 +57,14 @@ async fn the_document_lists_every_v1_route() {
     assert_eq!(documented, expected);
     assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
     assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
+    // What a browser's request may get: 421 anywhere, 403 for changes and the feed.
+    for (method, path) in ROUTES {
+        let responses = &doc["paths"][path][method]["responses"];
+        assert!(responses["421"].is_object(), "{method} {path}: {responses}");
+        if method != "get" || path.ends_with("/events") {
+            assert!(responses["403"].is_object(), "{method} {path}: {responses}");
+        }
+    }
 }
 
 /// The document passes a real OpenAPI validator (PyPI `openapi-spec-validator`, installed by scripts/test).
