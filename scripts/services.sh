@@ -4,6 +4,24 @@
 
 # PostgreSQL: Debian's cluster, with a `loads` role that may create the
 # per-test databases. LOADS_TEST_POSTGRES_URL, when already set, wins.
+# The Debian packages the suite uses, installed when missing (as root, or with
+# passwordless sudo): the databases, sshd for the EC2 tests' "instances",
+# busybox for the test images, a C toolchain and OpenSSL headers for the build.
+ensure_packages() {
+  local packages=(postgresql influxdb curl openssh-server openssh-client busybox-static gcc libc6-dev pkg-config libssl-dev)
+  python3 -m pip --version >/dev/null 2>&1 || packages+=(python3 python3-pip)
+  local missing=() p
+  for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ "${#missing[@]}" -eq 0 ] && return 0
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
+  echo "installing: ${missing[*]}"
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
 ensure_postgres() {
   if [ -n "${LOADS_TEST_POSTGRES_URL:-}" ]; then
     return 0

@@ -32,6 +32,9 @@ pub struct Cli {
     /// Log format; overrides log.format.
     #[arg(long, global = true, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Log at `log.level` in one-shot commands (`run`, `import`) too; they log only warnings otherwise.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -145,7 +148,8 @@ pub async fn run(cli: Cli) -> u8 {
             }
         };
     }
-    let quiet = matches!(cli.command, Command::Run { .. });
+    // One-shot commands print their own results; their logs (migrations...) only when asked.
+    let quiet = matches!(cli.command, Command::Run { .. } | Command::Import { .. }) && !cli.verbose;
     telemetry::init(cli.log_format.unwrap_or(settings.log_format()), if quiet { "warn" } else { &settings.log.level });
     let result = match cli.command {
         Command::Serve => serve(&settings).await,

@@ -7,7 +7,7 @@ use crate::helpers::fixtures;
 
 fn loads(args: &[&str], env: &[(&str, &str)], dir: &Path) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_loads"));
-    cmd.args(args).current_dir(dir);
+    cmd.args(args).current_dir(dir).env_remove("RUST_LOG");
     for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("LOADS__")) {
         cmd.env_remove(k);
     }
@@ -94,15 +94,18 @@ fn import_loads_a_project_file_into_the_database() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("cli.db").display());
     let file = fixtures().join("loads-broker/pushgo.json");
-    let env = [("LOADS__DATABASE__URL", url.as_str()), ("LOADS__LOG__LEVEL", "warn"), crate::helpers::V2_FIXTURE[0]];
+    let env = [("LOADS__DATABASE__URL", url.as_str()), crate::helpers::V2_FIXTURE[0]];
     let out = loads(&["import", file.to_str().unwrap()], &env, dir.path());
     assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!text(&out.stderr).contains("migration"), "a one-shot command logs only when asked: {}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(stdout.contains("created project \"Push Testing\""), "{stdout}");
     assert!(stdout.contains("plan \"Single Server\"") && stdout.contains("(2 steps): created"), "{stdout}");
     let again = loads(&["import", file.to_str().unwrap()], &env, dir.path());
     assert!(again.status.success());
     assert!(text(&again.stdout).contains("(2 steps): unchanged"), "{}", text(&again.stdout));
+    let verbose = loads(&["import", "-v", file.to_str().unwrap()], &env, dir.path());
+    assert!(text(&verbose.stderr).contains("migration"), "-v logs at log.level: {}", text(&verbose.stderr));
 
     let bad = dir.path().join("bad.json");
     std::fs::write(&bad, r#"{"name": "x", "plans": [{"name": "p", "steps": [{"name": "s", "instance_count": 0}]}]}"#).unwrap();
