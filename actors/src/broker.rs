@@ -18,7 +18,7 @@ use crate::domain::views::{ContainerView, RunState, RunView};
 use crate::domain::{Env, PlanSpec};
 use crate::feed::{Feed, RunEvent};
 use crate::metrics::MetricsActor;
-use crate::pool::{Ec2PoolActor, Reap, SweepOrphans};
+use crate::pool::{Ec2PoolActor, Reap, SweepOrphans, TerminateRunInstances};
 use crate::run_supervisor::{
     AbortRun as AbortSupervised, RunEnded, RunServices, RunSupervisor, Subscribe as SubscribeSupervised, Subscription,
 };
@@ -168,6 +168,9 @@ pub struct StartRun {
     pub owner: Option<String>,
     /// The run env (object or `KEY=VALUE` list); `None` for none.
     pub env: Option<Value>,
+    /// A `null` value in an env object means "not given": left out and recorded as
+    /// such (the loads v2 client sends every option it knows, `null` when unset).
+    pub null_is_unset: bool,
 }
 
 impl Handler<StartRun> for BrokerActor {
@@ -179,7 +182,13 @@ impl Handler<StartRun> for BrokerActor {
         let limits = self.settings.limits.clone();
         Box::pin(
             async move {
-                let run_env: Env = match &msg.env {
+                let mut env = msg.env.clone();
+                let mut unset = Vec::new();
+                if let (true, Some(Value::Object(map))) = (msg.null_is_unset, env.as_mut()) {
+                    unset = map.iter().filter(|(_, v)| v.is_null()).map(|(k, _)| k.clone()).collect();
+                    map.retain(|_, v| !v.is_null());
+                }
+                let run_env: Env = match &env {
                     None | Some(Value::Null) => Env::new(),
                     Some(v) => validate::run_env(v, &limits).map_err(|mut e| {
                         for f in &mut e.0 {
@@ -206,7 +215,7 @@ impl Handler<StartRun> for BrokerActor {
                 validate::plan_variables(&spec, &run_env).map_err(StoreError::Invalid)?;
                 secrets.check(&spec, &run_env).map_err(StoreError::Invalid)?;
                 let token = new_token();
-                let run = runs::create(&db, msg.plan_id, msg.owner, &run_env, &token).await?;
+                let run = runs::create(&db, msg.plan_id, msg.owner, &run_env, &unset, &token).await?;
                 Ok((run, plan, run_env, token))
             }
             .into_actor(self)
@@ -294,6 +303,8 @@ pub struct StopRun {
     pub run_id: Uuid,
     /// Delete the record of a finished run.
     pub purge: bool,
+    /// Terminate the run's instances when released, even when pooling would keep them.
+    pub terminate: bool,
 }
 
 impl Handler<StopRun> for BrokerActor {
@@ -301,11 +312,14 @@ impl Handler<StopRun> for BrokerActor {
 
     fn handle(&mut self, msg: StopRun, _: &mut Context<Self>) -> Self::Result {
         let supervisor = self.live.get(&msg.run_id).cloned();
-        let db = self.db.clone();
+        let (db, pool) = (self.db.clone(), self.pool.clone());
         let run_id = msg.run_id;
         Box::pin(
             async move {
                 if let Some(s) = supervisor {
+                    if msg.terminate {
+                        let _ = pool.send(TerminateRunInstances { run_id }).await;
+                    }
                     let _ = s.send(AbortSupervised).await;
                     return Ok(Stopped::Aborting);
                 }

@@ -13,7 +13,7 @@
 //! The pool also owns the final label sweep and the EC2 reaper, because it is
 //! the one that knows which engines and instances a run touched.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -179,6 +179,8 @@ pub struct Ec2PoolActor {
     networks: HashMap<Uuid, RunNetwork>,
     /// The forward on each local run network's gateway to the ingest listener.
     forwards: HashMap<Uuid, Task>,
+    /// Runs whose instances are terminated when released, pooling or not.
+    terminating: HashSet<Uuid>,
     ingest: SocketAddr,
     cloud: Option<Arc<CloudSettings>>,
     nodes: HashMap<String, CloudNode>,
@@ -199,6 +201,7 @@ impl Ec2PoolActor {
             regions: Vec::new(),
             networks: HashMap::new(),
             forwards: HashMap::new(),
+            terminating: HashSet::new(),
             ingest: SocketAddr::from(([127, 0, 0, 1], 0)),
             cloud: None,
             nodes: HashMap::new(),
@@ -615,7 +618,8 @@ impl Handler<ReleaseNodes> for Ec2PoolActor {
             .map(|(id, _)| id.clone())
             .collect();
         let nodes: Vec<CloudNode> = ids.iter().filter_map(|id| self.nodes.remove(id)).collect();
-        Box::pin(self.release(nodes).into_actor(self).map(|kept, act, _| {
+        let pool = !self.terminating.contains(&msg.run_id);
+        Box::pin(self.release(nodes, pool).into_actor(self).map(|kept, act, _| {
             for node in kept {
                 act.nodes.insert(node.instance.id.clone(), node);
             }
@@ -624,8 +628,8 @@ impl Handler<ReleaseNodes> for Ec2PoolActor {
 }
 
 impl Ec2PoolActor {
-    /// Terminates nodes, or (pooling) cleans and retags them as idle; answers those kept.
-    fn release(&self, nodes: Vec<CloudNode>) -> impl std::future::Future<Output = Vec<CloudNode>> + 'static {
+    /// Terminates nodes, or (pooling, unless `pool` is false) cleans and retags them as idle; answers those kept.
+    fn release(&self, nodes: Vec<CloudNode>, pool: bool) -> impl std::future::Future<Output = Vec<CloudNode>> + 'static {
         let cloud = self.cloud.clone();
         let regions = self.regions.clone();
         let broker = self.broker_id.clone();
@@ -636,7 +640,7 @@ impl Ec2PoolActor {
             for mut node in nodes {
                 node.forward = None;
                 let lease = node.lease.take();
-                if !cloud.pooling {
+                if !(cloud.pooling && pool) {
                     doomed.push(node);
                     continue;
                 }
@@ -682,6 +686,23 @@ impl Ec2PoolActor {
     }
 }
 
+/// The run's instances are to be terminated when released, not kept for reuse
+/// (the loads v2 `DELETE /api/run/{id}?terminate=1`).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct TerminateRunInstances {
+    /// The run.
+    pub run_id: Uuid,
+}
+
+impl Handler<TerminateRunInstances> for Ec2PoolActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: TerminateRunInstances, _: &mut Context<Self>) {
+        self.terminating.insert(msg.run_id);
+    }
+}
+
 /// Removes everything labelled with the run (containers, then its network) and
 /// releases its instances; answers how many containers and networks were left to remove.
 #[derive(Debug, Message)]
@@ -702,7 +723,8 @@ impl Handler<CloseRun> for Ec2PoolActor {
         let ids: Vec<String> =
             self.nodes.iter().filter(|(_, n)| n.lease.as_ref().is_some_and(|l| l.run_id == run_id)).map(|(id, _)| id.clone()).collect();
         let leftover: Vec<CloudNode> = ids.iter().filter_map(|id| self.nodes.remove(id)).collect();
-        let release = self.release(leftover);
+        let pool = !self.terminating.remove(&run_id);
+        let release = self.release(leftover, pool);
         let engine = self.engine();
         let cloud = self.cloud.is_some();
         let (regions, broker) = (self.regions.clone(), self.broker_id.clone());

@@ -173,7 +173,7 @@ pub async fn orchestrate(state: web::Data<ApiState>, req: HttpRequest, path: web
     let plan_id = input::id(&path, "uuid")?;
     let owner = Query::of(&req)?.text("owner").map(str::to_string);
     let env = input::optional_json(&req, payload, state.max_body_bytes).await?;
-    let run = state.broker.send(StartRun { plan_id, owner, env }).await?.map_err(no_such("plan"))?;
+    let run = state.broker.send(StartRun { plan_id, owner, env, null_is_unset: true }).await?.map_err(no_such("plan"))?;
     Ok(ok(with("run_id", json!(run.id))))
 }
 
@@ -184,15 +184,16 @@ pub async fn abort(state: web::Data<ApiState>, path: web::Path<String>) -> Reply
     Ok(ok(Map::new()))
 }
 
-/// `DELETE /api/run/{uuid}?purge=1&terminate=1`: stops a live run; with
+/// `DELETE /api/run/{uuid}?purge=1&terminate=1`: stops a live run (with
+/// `terminate`, its instances are terminated, not kept for reuse); with
 /// `purge`, deletes a finished run's record. A finished run without `purge`
 /// is 400 `Already terminated`, as in the original.
 pub async fn delete_run(state: web::Data<ApiState>, req: HttpRequest, path: web::Path<String>) -> Reply {
     let run_id = input::id(&path, "uuid")?;
     let query = Query::of(&req)?;
     let purge = query.flag("purge")?;
-    query.flag("terminate")?;
-    match state.broker.send(StopRun { run_id, purge }).await?.map_err(no_such("run"))? {
+    let terminate = query.flag("terminate")?;
+    match state.broker.send(StopRun { run_id, purge, terminate }).await?.map_err(no_such("run"))? {
         Stopped::Aborting => {
             let message = if purge { "aborting; purge the run once it has ended" } else { "aborting" };
             Ok(ok(with("message", json!(message))))

@@ -336,7 +336,7 @@ fn run_request(body: Option<Value>) -> Result<(Option<Value>, Option<String>), A
 pub async fn start_run(state: web::Data<ApiState>, req: HttpRequest, path: web::Path<String>, payload: web::Payload) -> Reply {
     let plan_id = input::id(&path, "id")?;
     let (env, owner) = run_request(input::optional_json(&req, payload, state.max_body_bytes).await?)?;
-    let run = state.broker.send(StartRun { plan_id, owner, env }).await??;
+    let run = state.broker.send(StartRun { plan_id, owner, env, null_is_unset: false }).await??;
     Ok(HttpResponse::Created().json(run))
 }
 

@@ -61,7 +61,7 @@ pub async fn run(settings: &Settings, args: RunArgs<'_>) -> anyhow::Result<bool>
     let actors = Actors::start(settings).await?;
     let plan_id = import_plan(&actors, document, args.plan).await?;
     let env = (!env.is_empty()).then(|| json!(env));
-    let run = match actors.broker.send(StartRun { plan_id, owner: args.owner, env }).await? {
+    let run = match actors.broker.send(StartRun { plan_id, owner: args.owner, env, null_is_unset: false }).await? {
         Ok(run) => run,
         Err(StoreError::Invalid(e)) => bail!("{}: {e}", args.file.display()),
         Err(e) => return Err(e.into()),

@@ -300,6 +300,22 @@ async fn pooled_instances_are_reused_then_terminated_when_idle() {
     c.app.assert_no_leftovers();
 }
 
+/// `DELETE /api/run/{id}?terminate=1` (the original client's `abort --terminate`)
+/// on a live run: with pooling on, its instance is terminated, not kept for reuse.
+#[actix_web::test]
+async fn abort_with_terminate_terminates_instances_pooling_would_keep() {
+    let sshd = start_sshd();
+    let c = cloud(&[sshd.addr.to_string()], &[&sshd], sshd.client_key(), &[("LOADS__POOL__POOLING", "true")]).await;
+    let (_, run_id) = c.app.start(json!({"name": "p", "steps": [gen_step("gen", 1, "sleep 300")]}), json!({})).await;
+    c.app.wait_for_run(&run_id, 120, |r| crate::helpers::record(r, "gen")["state"] == "running").await;
+    let (status, body) = c.app.delete(&format!("/api/run/{run_id}?terminate=1")).await;
+    assert_eq!(status, awc::http::StatusCode::OK, "{body}");
+    assert_eq!(c.app.wait_finished(&run_id, 120).await["state"], "aborted");
+    let gone = until_all_terminated(&c.app.broker_id).await;
+    assert_eq!(gone.len(), 1, "the run's one instance, terminated: {gone:?}");
+    c.app.assert_no_leftovers();
+}
+
 /// The fault-injecting proxy (`tests/ec2_fault_proxy.py`) in front of moto; its log is one JSON line per RunInstances.
 struct FaultProxy {
     child: std::process::Child,

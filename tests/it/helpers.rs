@@ -292,9 +292,10 @@ impl TestApp {
     pub async fn record_run(&self, plan_id: &str, owner: Option<&str>) -> Uuid {
         let db = loads_actors::store::connect(&self.database_url).await.expect("connect");
         let plan_id = Uuid::parse_str(plan_id).expect("plan id");
-        let run = loads_actors::store::runs::create(&db, plan_id, owner.map(str::to_string), &Default::default(), "recorded-by-a-test")
-            .await
-            .expect("record run");
+        let run =
+            loads_actors::store::runs::create(&db, plan_id, owner.map(str::to_string), &Default::default(), &[], "recorded-by-a-test")
+                .await
+                .expect("record run");
         run.id
     }
 

@@ -108,6 +108,34 @@ on_both_databases! {
         app.assert_no_leftovers();
     }
 
+    /// The original client's `run` request, every option it knows with `null` for
+    /// those not given: the run starts and completes, the nulls are left out of the
+    /// containers' environment (never "None" or "null") and recorded as unset.
+    async fn the_loads_v2_clients_run_body_with_nulls_starts_a_run(app) {
+        ensure_images();
+        let probe = "env | grep -ci -e image_url -e cset_name -e user_data -e image_name || true; env | grep -c -e =None -e =null || true; echo nodes=$$nodes";
+        let plan = app.create_plan(json!({"name": "v2-client", "steps": [sh_step("s", probe)]})).await;
+        let plan_id = plan["id"].as_str().unwrap();
+        let body = json!({"strategy_id": plan_id, "nodes": 1, "image_url": null, "image_name": null, "cset_name": null, "user_data": null});
+        let (status, started) = app.post(&format!("/api/orchestrate/{plan_id}"), &body).await;
+        assert_eq!(status, StatusCode::OK, "{started}");
+        let run_id = started["run_id"].as_str().unwrap().to_string();
+        let run = app.wait_finished(&run_id, 60).await;
+        assert_eq!(run["state"], "completed", "{run:#}");
+        assert_eq!(run["environment_data"], json!({"strategy_id": plan_id, "nodes": "1"}));
+        assert_eq!(run["unset_env"], json!(["cset_name", "image_name", "image_url", "user_data"]));
+        let (_, logs) = app.get(&format!("/api/v1/runs/{run_id}/logs?step=s")).await;
+        let output = logs["containers"].as_array().unwrap().iter().find(|c| c["role"] == "step").unwrap()["logs"].as_str().unwrap().to_string();
+        assert_eq!(output.lines().collect::<Vec<_>>(), ["0", "0", "nodes=1"], "{output}");
+        let (status, shown) = app.get(&format!("/api/run/{run_id}")).await;
+        assert_eq!(status, StatusCode::OK, "{shown}");
+        // The v1 API keeps refusing a null, naming it.
+        let (status, refused) = app.post(&format!("/api/v1/plans/{plan_id}/runs"), &json!({"env": {"image_url": null}})).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+        assert_eq!(refused["details"][0]["path"], "env.image_url");
+        app.assert_no_leftovers();
+    }
+
     /// Abort while nodes are still being prepared: the run ends aborted once preparation returns,
     /// and what was already created (another step's relay) is removed.
     async fn abort_during_initialization_releases_nodes(app with LOOPBACK_IMAGES) {

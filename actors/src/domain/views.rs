@@ -202,6 +202,9 @@ pub struct RunView {
     /// The run environment given at start.
     #[schema(value_type = Object)]
     pub environment_data: Env,
+    /// Variables given as `null` when the run was started through the loads v2 API
+    /// (options its client leaves unset): not set, left out of the environment.
+    pub unset_env: Vec<String>,
     /// Whether it was aborted.
     pub aborted: bool,
     /// Why it failed, for a human.

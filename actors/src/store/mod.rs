@@ -146,12 +146,34 @@ pub(crate) fn env_to_json(env: &Env) -> serde_json::Value {
     serde_json::Value::Object(env.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect())
 }
 
+/// A run's env as stored: its variables, and `null` for each one given as not set.
+pub(crate) fn run_env_to_json(env: &Env, unset: &[String]) -> serde_json::Value {
+    let mut value = env_to_json(env);
+    if let serde_json::Value::Object(map) = &mut value {
+        for key in unset.iter().filter(|k| !env.contains_key(*k)) {
+            map.insert(key.clone(), serde_json::Value::Null);
+        }
+    }
+    value
+}
+
+/// The variables of a stored env; `null` entries (not set) are left out.
 pub(crate) fn env_from_json(value: &serde_json::Value) -> Env {
     match value {
-        serde_json::Value::Object(map) => {
-            map.iter().map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_string))).collect()
-        }
+        serde_json::Value::Object(map) => map
+            .iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_string)))
+            .collect(),
         _ => Env::new(),
+    }
+}
+
+/// The names a stored env records as given but not set.
+pub(crate) fn unset_from_json(value: &serde_json::Value) -> Vec<String> {
+    match value {
+        serde_json::Value::Object(map) => map.iter().filter(|(_, v)| v.is_null()).map(|(k, _)| k.clone()).collect(),
+        _ => Vec::new(),
     }
 }
 

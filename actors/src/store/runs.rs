@@ -11,7 +11,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::entities::{container, metric_summary, plan, run, step, step_record};
-use super::{clamp_page, env_from_json, env_to_json, StoreError};
+use super::{clamp_page, env_from_json, run_env_to_json, unset_from_json, StoreError};
 use crate::domain::views::{ContainerView, MetricSummaryView, Page, RunState, RunView, StepRecordView, StepState};
 use crate::domain::Env;
 
@@ -76,6 +76,7 @@ async fn views(db: &impl ConnectionTrait, runs: Vec<run::Model>) -> Result<Vec<R
                 state: RunState::parse(&r.state).unwrap_or(RunState::Failed),
                 owner: r.owner,
                 environment_data: env_from_json(&r.environment_data),
+                unset_env: unset_from_json(&r.environment_data),
                 aborted: r.aborted,
                 failure_reason: r.failure_reason,
                 created_at: r.created_at,
@@ -143,6 +144,7 @@ pub async fn create<C: ConnectionTrait + TransactionTrait>(
     plan_id: Uuid,
     owner: Option<String>,
     env: &Env,
+    unset: &[String],
     ingest_token: &str,
 ) -> Result<RunView, StoreError> {
     let txn = db.begin().await?;
@@ -154,7 +156,7 @@ pub async fn create<C: ConnectionTrait + TransactionTrait>(
         plan_id: Set(plan_id),
         state: Set(RunState::Pending.as_str().to_string()),
         owner: Set(owner),
-        environment_data: Set(env_to_json(env)),
+        environment_data: Set(run_env_to_json(env, unset)),
         aborted: Set(false),
         failure_reason: Set(None),
         created_at: Set(now),
