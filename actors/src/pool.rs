@@ -79,8 +79,12 @@ pub struct NodeGrant {
     pub id: String,
     /// The engine that runs the node's containers.
     pub engine: Engine,
-    /// The node's address (`HOST_IP`, `PRIVATE_IP`).
+    /// The node's private address (`PRIVATE_IP`; `dns_name`s resolve to it): on EC2 the
+    /// instance's private IP, on the local provider the node's address on the run network.
     pub address: String,
+    /// The node's public address (`HOST_IP`): on EC2 the instance's public IP (its private
+    /// one when it has none), on the local provider the same as `address`.
+    pub public_address: String,
     /// The run's network on the node's engine (its name, or its id where names may be ambiguous).
     pub network: String,
     /// Where the node's relay delivers its windows: `http://host:port`, as the relay sees it.
@@ -91,6 +95,11 @@ pub struct NodeGrant {
     pub images_from: Option<Engine>,
     /// The step's containers use the node's own network: a cloud node is one machine.
     pub host_network: bool,
+}
+
+/// An instance's public IP, or `private` when it has none.
+fn public_ip(instance: &InstanceView, private: &str) -> String {
+    instance.ip_address.clone().unwrap_or_else(|| private.to_string())
 }
 
 /// Which address of an instance the broker connects to.
@@ -508,6 +517,7 @@ impl Handler<AcquireNodes> for Ec2PoolActor {
                 grants.push(NodeGrant {
                     id: format!("s{position}n{i}"),
                     engine: node.engine.clone(),
+                    public_address: public_ip(&node.instance, &address),
                     address,
                     network,
                     ingest_base,
@@ -560,6 +570,7 @@ impl Ec2PoolActor {
                     id: l.name.clone(),
                     engine: n.engine.clone(),
                     address: l.address.clone(),
+                    public_address: public_ip(&n.instance, &l.address),
                     network: l.network.clone(),
                     ingest_base: l.ingest_base.clone(),
                     instance_id: Some(n.instance.id.clone()),
@@ -587,6 +598,7 @@ impl Ec2PoolActor {
                 id: format!("s{}n{i}", msg.step_position),
                 engine: engine.clone(),
                 address: network.gateway.clone(),
+                public_address: network.gateway.clone(),
                 network: network.name.clone(),
                 ingest_base: ingest_base.clone(),
                 instance_id: None,

@@ -181,7 +181,7 @@ impl StepActor {
             ("BROKER_ID".into(), s.broker_id.clone()),
             ("BROKER_VERSION".into(), s.broker_version.clone()),
             ("CONTAINER_ID".into(), self.ctx.step.id.to_string()),
-            ("HOST_IP".into(), grant.address.clone()),
+            ("HOST_IP".into(), grant.public_address.clone()),
             ("PRIVATE_IP".into(), grant.address.clone()),
             ("STATSD_HOST".into(), relay_ip.to_string()),
             ("STATSD_PORT".into(), "8125".into()),

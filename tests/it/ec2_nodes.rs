@@ -117,7 +117,7 @@ async fn a_two_step_plan_runs_on_ec2_nodes_reached_over_ssh() {
     // A cloud node is a machine of its own: containers use its network, and reach
     // other steps' `dns_name` through /etc/hosts entries with their nodes' addresses.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
-    let mut web = sh_step("web", "mkdir -p /www && echo hello-from-web > /www/index.html && exec httpd -f -p 127.0.0.1:$WEB_PORT -h /www");
+    let mut web = sh_step("web", "echo ips=$$HOST_IP,$$PRIVATE_IP; mkdir -p /www && echo hello-from-web > /www/index.html && exec httpd -f -p 127.0.0.1:$WEB_PORT -h /www");
     web["service"] = json!(true);
     web["dns_name"] = json!("web");
     web["instance_type"] = json!("t3.small");
@@ -162,6 +162,15 @@ async fn a_two_step_plan_runs_on_ec2_nodes_reached_over_ssh() {
             .unwrap();
         assert_eq!(attr.instance_initiated_shutdown_behavior().unwrap().value(), Some("terminate"));
     }
+    // HOST_IP is the instance's public address, PRIVATE_IP the one its peers reach it at
+    // (with the test's address override, the sshd's).
+    // (Terminated instances have given their public address back, so it is checked by its shape.)
+    let (_, logs) = c.app.get(&format!("/api/v1/runs/{run_id}/logs?step=web")).await;
+    let output = logs.to_string();
+    let ips = output.split("ips=").nth(1).and_then(|rest| rest.split("\\n").next()).unwrap_or_else(|| panic!("{output}"));
+    let (host_ip, private_ip) = ips.split_once(',').unwrap();
+    assert_eq!(private_ip, "127.0.0.1", "{output}");
+    assert!(host_ip.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| !ip.is_loopback()), "HOST_IP is the public address: {output}");
     let tuned = std::fs::read_to_string(c.node_dir.parent().unwrap().join("tuned")).expect("node tuning ran over ssh");
     assert_eq!(tuned.lines().count(), 3, "once per node");
     let deadline: i64 = std::fs::read_to_string(c.node_dir.join("expires-at")).unwrap().trim().parse().unwrap();
