@@ -6,9 +6,10 @@
 # per-test databases. LOADS_TEST_POSTGRES_URL, when already set, wins.
 # The Debian packages the suite uses, installed when missing (as root, or with
 # passwordless sudo): the databases, sshd for the EC2 tests' "instances",
-# busybox for the test images, a C toolchain and OpenSSL headers for the build.
+# busybox for the test images, a C toolchain and OpenSSL headers for the build,
+# the openssl command for the TLS tests' certificates.
 ensure_packages() {
-  local packages=(postgresql influxdb curl openssh-server openssh-client busybox-static gcc libc6-dev pkg-config libssl-dev)
+  local packages=(postgresql influxdb curl openssh-server openssh-client busybox-static gcc libc6-dev pkg-config libssl-dev openssl)
   python3 -m pip --version >/dev/null 2>&1 || packages+=(python3 python3-pip)
   local missing=() p
   for p in "${packages[@]}"; do

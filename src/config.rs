@@ -12,106 +12,9 @@ use config::{Config, Environment, File, FileFormat};
 use loads_actors::domain::Limits;
 use serde::{Deserialize, Serialize, Serializer};
 
-/// The built-in defaults, as a TOML document (also the reference of every key).
-pub const DEFAULTS: &str = r#"
-[server]
-host = "127.0.0.1"
-port = 8080
-max_body_bytes = 1048576
-allowed_hosts = []
-allowed_origins = []
-
-[database]
-url = "sqlite://loads.db"
-
-[broker]
-id = "loads"
-
-[auth]
-tokens = []
-read_tokens = []
-
-[limits]
-max_instance_count = 100
-max_steps_per_plan = 50
-max_env_vars = 200
-max_env_bytes = 65536
-max_subscribers_per_run = 1000
-
-[pool]
-provider = "local"
-pooling = false
-idle_seconds = 600
-launch_timeout_seconds = 600
-
-[ec2]
-endpoint_url = ""
-max_instances = 50
-max_instances_per_run = 50
-address = "public"
-address_override = []
-owner = ""
-expiry_grace_seconds = 900
-user_data_template = ""
-launch_attempts = 6
-backoff_ms = 500
-request_timeout_seconds = 30
-
-[ec2.regions]
-
-[ssh]
-user = "ubuntu"
-key_path = ""
-known_hosts = "loads_known_hosts"
-record_new_hosts = false
-connect_timeout_seconds = 300
-node_dir = "/var/lib/loads"
-node_tuning = [
-  "sysctl -qw net.core.somaxconn=65535",
-  "sysctl -qw net.ipv4.ip_local_port_range='1024 65535'",
-  "sysctl -qw net.ipv4.tcp_tw_reuse=1",
-  "sysctl -qw fs.file-max=1048576",
-]
-
-[metrics]
-ingest_host = "127.0.0.1"
-ingest_port = 8081
-ingest_body_timeout_seconds = 10
-ingest_max_bodies = 4
-flush_ms = 1000
-
-[grafana]
-url = ""
-token = ""
-folder_uid = ""
-datasource = "InfluxDB"
-templates_dir = ""
-
-[influx]
-url = ""
-database = "loads"
-username = ""
-password = ""
-
-[secrets]
-file = ""
-
-[docker]
-stop_grace_seconds = 15
-prepare_timeout_seconds = 900
-volume_root = "/var/tmp/loads/volumes"
-image_root = ""
-allow_loopback_image_urls = false
-log_tail = 1000
-
-[log]
-format = "human"
-level = "info"
-"#;
-
-/// Every setting of the broker.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+/// Every setting of the broker; each section's `Default` is the built-in default.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Settings {
     /// The HTTP server.
     pub server: ServerSettings,
@@ -139,13 +42,15 @@ pub struct Settings {
     pub grafana: GrafanaSettings,
     /// What `secret:NAME` env values stand for.
     pub secrets: SecretSettings,
+    /// Whom outgoing HTTPS connections trust (InfluxDB, Grafana, image downloads).
+    pub tls: TlsSettings,
     /// Logging.
     pub log: LogSettings,
 }
 
 /// The HTTP server.
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct ServerSettings {
     /// Address to bind; without auth tokens only a loopback address is allowed.
     pub host: String,
@@ -161,25 +66,43 @@ pub struct ServerSettings {
     pub allowed_origins: Vec<String>,
 }
 
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self { host: "127.0.0.1".into(), port: 8080, max_body_bytes: 1_048_576, allowed_hosts: Vec::new(), allowed_origins: Vec::new() }
+    }
+}
+
 /// The database.
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct DatabaseSettings {
     /// `sqlite://FILE` or `postgres://user:password@host/db`.
     pub url: DatabaseUrl,
 }
 
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self { url: DatabaseUrl("sqlite://loads.db".into()) }
+    }
+}
+
 /// This broker's identity.
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct BrokerSettings {
     /// Tags every resource this broker creates, so it only ever cleans up its own.
     pub id: String,
 }
 
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        Self { id: "loads".into() }
+    }
+}
+
 /// API authentication.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct AuthSettings {
     /// Bearer tokens with the `operate` role (everything); empty with `read_tokens` = no auth (loopback only).
     pub tokens: Vec<Secret>,
@@ -189,7 +112,7 @@ pub struct AuthSettings {
 
 /// Caps on what plans may ask for.
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct LimitSettings {
     /// Largest `instance_count` of one step.
     pub max_instance_count: u32,
@@ -203,12 +126,18 @@ pub struct LimitSettings {
     pub max_subscribers_per_run: usize,
 }
 
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self { max_instance_count: 100, max_steps_per_plan: 50, max_env_vars: 200, max_env_bytes: 65_536, max_subscribers_per_run: 1000 }
+    }
+}
+
 /// Where nodes come from.
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct PoolSettings {
     /// `local`: every node is a set of containers on this machine's Docker engine; `ec2`: every node is an EC2 instance.
-    pub provider: String,
+    pub provider: Provider,
     /// `ec2`: keep released instances for later runs of the same type and region.
     pub pooling: bool,
     /// `ec2` with pooling: seconds an idle instance is kept before it is terminated.
@@ -217,9 +146,15 @@ pub struct PoolSettings {
     pub launch_timeout_seconds: u64,
 }
 
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self { provider: Provider::Local, pooling: false, idle_seconds: 600, launch_timeout_seconds: 600 }
+    }
+}
+
 /// SSH to cloud nodes.
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct SshConfig {
     /// The login (root, or a user with passwordless sudo).
     pub user: String,
@@ -237,9 +172,30 @@ pub struct SshConfig {
     pub node_tuning: Vec<String>,
 }
 
+impl Default for SshConfig {
+    fn default() -> Self {
+        Self {
+            user: "ubuntu".into(),
+            key_path: String::new(),
+            known_hosts: "loads_known_hosts".into(),
+            record_new_hosts: false,
+            connect_timeout_seconds: 300,
+            node_dir: "/var/lib/loads".into(),
+            node_tuning: [
+                "sysctl -qw net.core.somaxconn=65535",
+                "sysctl -qw net.ipv4.ip_local_port_range='1024 65535'",
+                "sysctl -qw net.ipv4.tcp_tw_reuse=1",
+                "sysctl -qw fs.file-max=1048576",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
+}
+
 /// Where relays deliver metrics.
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct MetricsSettings {
     /// Address of the ingest listener. Nodes do not reach it there: EC2 nodes through their
     /// SSH connection, local nodes through a forward on their run network's gateway.
@@ -254,9 +210,15 @@ pub struct MetricsSettings {
     pub flush_ms: u64,
 }
 
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self { ingest_host: "127.0.0.1".into(), ingest_port: 8081, ingest_body_timeout_seconds: 10, ingest_max_bodies: 4, flush_ms: 1000 }
+    }
+}
+
 /// Per-run dashboards: rendered always, published when `url` and `token` are set.
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct GrafanaSettings {
     /// Grafana's base URL; empty to publish nothing.
     pub url: String,
@@ -270,15 +232,28 @@ pub struct GrafanaSettings {
     pub templates_dir: String,
 }
 
+impl Default for GrafanaSettings {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            token: Secret::default(),
+            folder_uid: String::new(),
+            datasource: "InfluxDB".into(),
+            templates_dir: String::new(),
+        }
+    }
+}
+
 impl GrafanaSettings {
     /// How the metrics actor makes and publishes dashboards.
-    pub fn dashboards(&self) -> loads_actors::metrics::DashboardSettings {
+    pub fn dashboards(&self, tls: &loads_actors::infra::tls::Tls) -> loads_actors::metrics::DashboardSettings {
         use loads_actors::infra::grafana::{Dashboards, Grafana};
         let dir = (!self.templates_dir.is_empty()).then(|| self.templates_dir.clone().into());
         let grafana = (!self.url.is_empty() && !self.token.expose().is_empty()).then(|| Grafana {
             url: self.url.clone(),
             token: self.token.expose().to_string(),
             folder_uid: (!self.folder_uid.is_empty()).then(|| self.folder_uid.clone()),
+            tls: tls.clone(),
         });
         loads_actors::metrics::DashboardSettings { templates: Dashboards::new(dir), datasource: self.datasource.clone(), grafana }
     }
@@ -286,7 +261,7 @@ impl GrafanaSettings {
 
 /// Where metrics are written.
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct InfluxSettings {
     /// `http://host:8086`; empty to write nothing.
     pub url: String,
@@ -298,21 +273,27 @@ pub struct InfluxSettings {
     pub password: Secret,
 }
 
+impl Default for InfluxSettings {
+    fn default() -> Self {
+        Self { url: String::new(), database: "loads".into(), username: String::new(), password: Secret::default() }
+    }
+}
+
 impl InfluxSettings {
     /// The client, when a URL is configured.
-    pub fn client(&self) -> Option<loads_actors::infra::influx::Influx> {
+    pub fn client(&self, tls: &loads_actors::infra::tls::Tls) -> Option<loads_actors::infra::influx::Influx> {
         if self.url.is_empty() {
             return None;
         }
         let credentials = (!self.username.is_empty()).then(|| (self.username.as_str(), self.password.expose()));
-        Some(loads_actors::infra::influx::Influx::new(&self.url, &self.database, credentials))
+        Some(loads_actors::infra::influx::Influx::new(&self.url, &self.database, credentials, tls))
     }
 }
 
 /// EC2: the regions this broker launches in and manages (lists, terminates, reaps).
 /// Credentials come from the standard AWS chain, never from here.
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Ec2Settings {
     /// Another EC2 endpoint (a test double); the standard `AWS_ENDPOINT_URL` works too.
     pub endpoint_url: String,
@@ -321,7 +302,7 @@ pub struct Ec2Settings {
     /// Most instances one run may use.
     pub max_instances_per_run: u32,
     /// `public` or `private`: the address SSH connects to.
-    pub address: String,
+    pub address: Ec2Address,
     /// `host:port` addresses nodes' SSH is reached at instead, assigned in launch order (test doubles).
     pub address_override: Vec<String>,
     /// The `Owner` tag of instances; empty = the broker id.
@@ -338,6 +319,25 @@ pub struct Ec2Settings {
     pub request_timeout_seconds: u64,
     /// Per region (`ec2.regions.us-west-2`, or `LOADS__EC2__REGIONS__US_WEST_2__AMI`).
     pub regions: std::collections::BTreeMap<String, RegionSettings>,
+}
+
+impl Default for Ec2Settings {
+    fn default() -> Self {
+        Self {
+            endpoint_url: String::new(),
+            max_instances: 50,
+            max_instances_per_run: 50,
+            address: Ec2Address::Public,
+            address_override: Vec::new(),
+            owner: String::new(),
+            expiry_grace_seconds: 900,
+            user_data_template: String::new(),
+            launch_attempts: 6,
+            backoff_ms: 500,
+            request_timeout_seconds: 30,
+            regions: std::collections::BTreeMap::new(),
+        }
+    }
 }
 
 /// How instances are launched in one region.
@@ -371,7 +371,7 @@ fn list_or_commas<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>,
 
 /// How containers are run.
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct DockerSettings {
     /// Seconds between SIGTERM and SIGKILL when a container is stopped.
     pub stop_grace_seconds: u32,
@@ -387,47 +387,132 @@ pub struct DockerSettings {
     pub log_tail: usize,
 }
 
+impl Default for DockerSettings {
+    fn default() -> Self {
+        Self {
+            stop_grace_seconds: 15,
+            prepare_timeout_seconds: 900,
+            volume_root: "/var/tmp/loads/volumes".into(),
+            image_root: String::new(),
+            allow_loopback_image_urls: false,
+            log_tail: 1000,
+        }
+    }
+}
+
 /// Secrets that env values refer to as `secret:NAME`: from `file` (lines
 /// `NAME=value`, `#` comments) and from `LOADS_SECRET_<NAME>` variables, which win.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct SecretSettings {
     /// A file of `NAME=value` lines; empty for none.
     pub file: String,
 }
 
+/// Outgoing TLS: the system's trust roots (`SSL_CERT_FILE`, `SSL_CERT_DIR` honoured), and a private CA.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    /// A PEM file of CA certificates trusted besides the system's; empty for none.
+    pub ca_file: String,
+}
+
+impl TlsSettings {
+    /// The trust every outgoing connection uses.
+    pub fn tls(&self) -> Result<loads_actors::infra::tls::Tls, loads_actors::infra::tls::TlsError> {
+        loads_actors::infra::tls::Tls::new((!self.ca_file.is_empty()).then(|| Path::new(&self.ca_file)))
+    }
+}
+
 /// Logging.
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct LogSettings {
     /// `human` or `json`.
-    pub format: String,
+    pub format: LogFormat,
     /// A tracing filter, e.g. `info` or `loads=debug,info`; `RUST_LOG` wins.
     pub level: String,
 }
 
-/// How log lines are written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// Readable lines.
-    Human,
-    /// One JSON object per line.
-    Json,
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self { format: LogFormat::Human, level: "info".into() }
+    }
 }
 
-impl LogFormat {
-    /// Parses `human` or `json`.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "human" => Some(Self::Human),
-            "json" => Some(Self::Json),
-            _ => None,
+/// A setting with a few named values: read from its name, written as it.
+macro_rules! named_values {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+        #[serde(try_from = "String", into = "&'static str")]
+        pub enum $name {
+            $($(#[$vdoc])* $variant),+
         }
+
+        impl TryFrom<String> for $name {
+            type Error = String;
+
+            fn try_from(text: String) -> Result<Self, String> {
+                match text.as_str() {
+                    $($text => Ok(Self::$variant),)+
+                    other => Err(format!("must be {}, not {other:?}", [$(concat!("`", $text, "`")),+].join(" or "))),
+                }
+            }
+        }
+
+        impl From<$name> for &'static str {
+            fn from(value: $name) -> Self {
+                match value {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+    };
+}
+
+named_values! {
+    /// How log lines are written.
+    LogFormat {
+        /// Readable lines.
+        Human = "human",
+        /// One JSON object per line.
+        Json = "json",
+    }
+}
+
+named_values! {
+    /// Where nodes come from.
+    Provider {
+        /// Containers on this machine's Docker engine.
+        Local = "local",
+        /// EC2 instances.
+        Ec2 = "ec2",
+    }
+}
+
+named_values! {
+    /// Which address of an instance SSH connects to.
+    Ec2Address {
+        /// The public IPv4 address (a broker outside the VPC).
+        Public = "public",
+        /// The private address (a broker inside the VPC).
+        Private = "private",
+    }
+}
+
+impl clap::ValueEnum for LogFormat {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Self::Human, Self::Json]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(<&'static str>::from(*self)))
     }
 }
 
 /// A secret string: read from configuration, never printed.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
 
@@ -504,6 +589,14 @@ pub enum ConfigError {
         /// The keys known at that level.
         known: String,
     },
+    /// A value of the wrong type or form, e.g. a string where a list belongs.
+    #[error("configuration: {key}: {message}")]
+    Type {
+        /// The key, e.g. `ec2.address_override`.
+        key: String,
+        /// What serde expected.
+        message: String,
+    },
     /// A value is well-typed but not acceptable.
     #[error("configuration: {key}: {message}")]
     Invalid {
@@ -551,7 +644,7 @@ impl Settings {
 
     /// Like `load`, with the environment given explicitly.
     pub fn load_from(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
-        let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
+        let mut builder = Config::builder();
         builder = match file {
             Some(path) => builder.add_source(File::from(path).format(FileFormat::Toml).required(true)),
             None => builder.add_source(File::new("loads.toml", FileFormat::Toml).required(false)),
@@ -573,11 +666,15 @@ impl Settings {
         );
         let merged = builder.build()?;
         let tree: serde_json::Value = merged.clone().try_deserialize()?;
-        let defaults: serde_json::Value = toml::from_str(DEFAULTS).expect("built-in defaults are valid TOML");
+        let defaults = serde_json::to_value(Settings::default()).expect("the defaults serialize");
         if let Some((key, known)) = unknown_key(&tree, &defaults, "") {
             return Err(ConfigError::Unknown { key, known });
         }
-        let mut settings: Settings = merged.try_deserialize()?;
+        // Every value is read with its key's path, so a type error says which key it is.
+        let mut settings: Settings = serde_path_to_error::deserialize(merged).map_err(|e| ConfigError::Type {
+            key: e.path().to_string(),
+            message: e.into_inner().to_string().replace("a sequence", "a list"),
+        })?;
         // Environment variable names cannot hold `-`: `US_WEST_2` is `us-west-2`.
         settings.ec2.regions = std::mem::take(&mut settings.ec2.regions).into_iter().map(|(k, v)| (k.replace('_', "-"), v)).collect();
         settings.check()?;
@@ -617,17 +714,11 @@ impl Settings {
         if self.limits.max_env_vars == 0 || self.limits.max_env_bytes == 0 || self.limits.max_subscribers_per_run == 0 {
             return invalid("limits", "max_env_vars, max_env_bytes and max_subscribers_per_run must be at least 1");
         }
-        if self.pool.provider != "local" && self.pool.provider != "ec2" {
-            return invalid("pool.provider", "must be `local` or `ec2`");
-        }
         if self.pool.idle_seconds == 0 {
             return invalid("pool.idle_seconds", "must be at least 1");
         }
         if self.pool.launch_timeout_seconds == 0 {
             return invalid("pool.launch_timeout_seconds", "must be at least 1");
-        }
-        if self.ec2.address != "public" && self.ec2.address != "private" {
-            return invalid("ec2.address", "must be `public` or `private`");
         }
         if self.ec2.launch_attempts == 0 {
             return invalid("ec2.launch_attempts", "must be at least 1");
@@ -647,7 +738,7 @@ impl Settings {
         if !self.ssh.node_dir.starts_with('/') || self.ssh.node_dir.contains(|c: char| c.is_whitespace() || "'\"$`;&|".contains(c)) {
             return invalid("ssh.node_dir", "must be an absolute path without spaces or shell characters");
         }
-        if self.pool.provider == "ec2" {
+        if self.pool.provider == Provider::Ec2 {
             if self.ssh.key_path.is_empty() {
                 return invalid("ssh.key_path", "is required with pool.provider = \"ec2\"");
             }
@@ -711,20 +802,11 @@ impl Settings {
         if self.influx.database.is_empty() || self.influx.database.contains(['"', '\\']) {
             return invalid("influx.database", "must be a database name");
         }
-        if self.influx.url.starts_with("https://") {
-            return invalid("influx.url", "https is not supported by this build; use http on a trusted network");
-        }
         if !(self.grafana.url.is_empty() || self.grafana.url.starts_with("http://") || self.grafana.url.starts_with("https://")) {
             return invalid("grafana.url", "must be empty or an http(s):// URL");
         }
-        if self.grafana.url.starts_with("https://") {
-            return invalid("grafana.url", "https is not supported by this build; use http on a trusted network");
-        }
         if !self.grafana.url.is_empty() && self.grafana.token.expose().is_empty() {
             return invalid("grafana.token", "is required with grafana.url");
-        }
-        if LogFormat::parse(&self.log.format).is_none() {
-            return invalid("log.format", "must be `human` or `json`");
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return invalid("log.level", "must be a tracing filter such as `info` or `loads=debug,info`");
@@ -734,7 +816,7 @@ impl Settings {
 
     /// The configured log format (checked at load).
     pub fn log_format(&self) -> LogFormat {
-        LogFormat::parse(&self.log.format).unwrap_or(LogFormat::Human)
+        self.log.format
     }
 
     /// Whether API requests need a token.
@@ -763,7 +845,7 @@ impl Settings {
         use loads_actors::infra::ec2::{Backoff, RegionConfig, USER_DATA_TEMPLATE};
         use loads_actors::pool::{AddressKind, CloudSettings};
         use std::time::Duration;
-        if self.pool.provider != "ec2" {
+        if self.pool.provider != Provider::Ec2 {
             return Ok(None);
         }
         let user_data_template = if self.ec2.user_data_template.is_empty() {
@@ -790,7 +872,10 @@ impl Settings {
             regions,
             max_instances: self.ec2.max_instances,
             max_instances_per_run: self.ec2.max_instances_per_run,
-            address: if self.ec2.address == "private" { AddressKind::Private } else { AddressKind::Public },
+            address: match self.ec2.address {
+                Ec2Address::Public => AddressKind::Public,
+                Ec2Address::Private => AddressKind::Private,
+            },
             address_override: self.ec2.address_override.iter().filter_map(|a| a.parse().ok()).collect(),
             owner: if self.ec2.owner.is_empty() { self.broker.id.clone() } else { self.ec2.owner.clone() },
             launch_timeout: Duration::from_secs(self.pool.launch_timeout_seconds),
@@ -834,7 +919,7 @@ impl Settings {
     }
 
     /// How the run engine runs.
-    pub fn run_settings(&self) -> loads_actors::settings::RunSettings {
+    pub fn run_settings(&self, tls: &loads_actors::infra::tls::Tls) -> loads_actors::settings::RunSettings {
         loads_actors::settings::RunSettings {
             broker_id: self.broker.id.clone(),
             broker_version: crate::VERSION.to_string(),
@@ -846,6 +931,8 @@ impl Settings {
             secrets: Default::default(),
             limits: self.limits(),
             max_subscribers_per_run: self.limits.max_subscribers_per_run,
+            influx: !self.influx.url.is_empty(),
+            tls: tls.clone(),
         }
     }
 
@@ -856,7 +943,7 @@ impl Settings {
             max_steps_per_plan: self.limits.max_steps_per_plan,
             max_env_vars: self.limits.max_env_vars,
             max_env_bytes: self.limits.max_env_bytes,
-            volume_root: (self.pool.provider != "ec2").then(|| self.docker.volume_root.clone().into()),
+            volume_root: (self.pool.provider != Provider::Ec2).then(|| self.docker.volume_root.clone().into()),
             image_root: (!self.docker.image_root.is_empty()).then(|| self.docker.image_root.clone().into()),
             allow_loopback_image_urls: self.docker.allow_loopback_image_urls,
         }
@@ -919,6 +1006,26 @@ mod tests {
     }
 
     #[test]
+    fn values_of_the_wrong_type_or_name_name_their_key() {
+        let dir = std::env::temp_dir().join(format!("loads-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cases = [
+            ("[ec2]\naddress_override = \"127.0.0.1:22\"\n", "ec2.address_override"),
+            ("[ec2]\naddress = \"elastic\"\n", "ec2.address: must be `public` or `private`, not \"elastic\""),
+            ("[log]\nformat = \"xml\"\n", "log.format: must be `human` or `json`, not \"xml\""),
+            ("[server]\nport = \"eighty\"\n", "server.port"),
+            ("[limits]\nmax_steps_per_plan = -1\n", "limits.max_steps_per_plan"),
+        ];
+        for (i, (text, expected)) in cases.iter().enumerate() {
+            let file = dir.join(format!("{i}.toml"));
+            std::fs::write(&file, text).unwrap();
+            let err = Settings::load_from(Some(&file), env(&[])).unwrap_err().to_string();
+            assert!(err.contains(expected), "{text}: {err}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_name_the_key() {
         let err = Settings::load_from(None, env(&[("LOADS__SERVER__PROT", "1")])).unwrap_err().to_string();
         assert!(err.contains("unknown key `server.prot`"), "{err}");
@@ -966,7 +1073,7 @@ mod tests {
         let err = Settings::load_from(None, env(&[("LOADS__EC2__ADDRESS_OVERRIDE", "node-1")])).unwrap_err().to_string();
         assert!(err.contains("ec2.address_override"), "{err}");
         let err = Settings::load_from(None, env(&[("LOADS__POOL__PROVIDER", "gce")])).unwrap_err().to_string();
-        assert!(err.contains("pool.provider: must be `local` or `ec2`"), "{err}");
+        assert!(err.contains("pool.provider: must be `local` or `ec2`, not \"gce\""), "{err}");
     }
 
     #[test]

@@ -45,13 +45,14 @@ impl Actors {
             .await
             .with_context(|| format!("cannot open the database {}", settings.database.url.masked()))?;
         let catalog = CatalogActor::new(db.clone(), settings.limits()).start();
-        let influx = settings.influx.client();
+        let tls = settings.tls.tls()?;
+        let influx = settings.influx.client(&tls);
         if let Some(influx) = &influx {
             if let Err(e) = influx.ensure_database().await {
                 tracing::warn!(error = %e, "InfluxDB is not answering; windows will be logged as not written");
             }
         }
-        let metrics = MetricsActor::new(db.clone(), influx, settings.grafana.dashboards()).start();
+        let metrics = MetricsActor::new(db.clone(), influx, settings.grafana.dashboards(&tls)).start();
         let (ingest, ingest_address) = start_ingest(settings, metrics.clone())?;
         let endpoint = (!settings.ec2.endpoint_url.is_empty()).then_some(settings.ec2.endpoint_url.as_str());
         let mut regions = Vec::new();
@@ -64,7 +65,7 @@ impl Actors {
             pool = pool.with_cloud(cloud);
         }
         let pool = pool.start();
-        let mut run_settings = settings.run_settings();
+        let mut run_settings = settings.run_settings(&tls);
         run_settings.secrets = settings.secrets(std::env::vars())?;
         let broker = BrokerActor::new(db, pool.clone(), metrics, run_settings).start();
         Ok(Self { catalog, broker, pool, ingest, ingest_port: ingest_address.port() })

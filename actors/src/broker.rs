@@ -26,7 +26,7 @@ use crate::settings::RunSettings;
 use crate::store::{plans, runs, StoreError};
 
 /// How many finished runs keep their feed in memory for late subscribers.
-const FINISHED_FEEDS: usize = 64;
+const FINISHED_FEEDS: usize = 16;
 
 /// The reason given to runs found live at start.
 pub const RESTART_REASON: &str = "the broker stopped while this run was live; its containers and networks were removed";
@@ -394,7 +394,7 @@ impl BrokerActor {
         async move {
             let snapshot = runs::get(&db, run_id).await?;
             let feed = Feed::from_events(events);
-            Ok(Subscription { snapshot, seq: feed.last_seq(), backlog: feed.since(since), live: None })
+            Ok(Subscription { snapshot, seq: feed.last_seq(), kept_from: feed.kept_from(), backlog: feed.since(since), live: None })
         }
     }
 }

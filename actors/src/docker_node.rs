@@ -171,6 +171,7 @@ impl Handler<PrepareNode> for DockerNodeActor {
         let image = relay.image.clone();
         let limit = std::time::Duration::from_secs(self.settings.prepare_timeout_secs);
         let node = self.who.node.clone();
+        let tls = self.settings.tls.clone();
         let check_source = !self.settings.limits.allow_loopback_image_urls;
         Box::pin(
             async move {
@@ -188,7 +189,7 @@ impl Handler<PrepareNode> for DockerNodeActor {
                         {
                             engine.copy_image_from(from, &msg.image).await
                         }
-                        _ => engine.ensure_image(&msg.image, msg.image_source.as_deref()).await,
+                        _ => engine.ensure_image(&msg.image, msg.image_source.as_deref(), &tls).await,
                     }
                 };
                 let ensured = tokio::time::timeout(limit, get).await;

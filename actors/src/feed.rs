@@ -1,10 +1,15 @@
 //! The live feed of a run: every state change of the run, its steps, nodes
 //! and containers, numbered in order.
 //!
-//! The feed keeps every event of the run, so a subscriber that joins late or
-//! reconnects with `since` misses nothing. Subscribers get events through
-//! bounded channels; one that falls behind is dropped (it reconnects with
-//! `since`) rather than holding the run back.
+//! The feed keeps the run's last `FEED_EVENTS` events (a metrics event per
+//! step per second would grow without end otherwise), so a subscriber that
+//! joins late or reconnects with `since` misses nothing that is kept, and is
+//! told where the kept history starts when it asks for older events; the run's
+//! current state comes with every subscription. Subscribers get events
+//! through bounded channels; one that falls behind is dropped (it reconnects
+//! with `since`) rather than holding the run back.
+
+use std::collections::VecDeque;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -15,6 +20,9 @@ use crate::domain::views::{RunState, StepState};
 
 /// How many events a subscriber may have unread before it is dropped.
 pub const SUBSCRIBER_BUFFER: usize = 4096;
+
+/// How many of a run's events its feed keeps; older ones are let go, oldest first.
+pub const FEED_EVENTS: usize = 2000;
 
 /// One numbered event.
 #[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
@@ -72,6 +80,11 @@ pub enum EventKind {
         #[schema(value_type = Object)]
         timers: std::collections::BTreeMap<String, crate::domain::metrics::TimerStats>,
     },
+    /// The run's Grafana dashboard was published (when the run starts; it is updated at the end).
+    Dashboard {
+        /// Where it is.
+        url: String,
+    },
     /// A container changed state: `started`, `exited`, `removed`.
     Container {
         /// The step's name.
@@ -90,7 +103,7 @@ pub enum EventKind {
 /// The events of one run and who listens to them.
 #[derive(Default)]
 pub struct Feed {
-    events: Vec<RunEvent>,
+    events: VecDeque<RunEvent>,
     subscribers: Vec<mpsc::Sender<RunEvent>>,
     /// Numbers at or below this were handed out by an earlier broker process.
     base: u64,
@@ -99,23 +112,31 @@ pub struct Feed {
 impl Feed {
     /// A feed that continues from earlier events.
     pub fn from_events(events: Vec<RunEvent>) -> Self {
-        Self { events, subscribers: Vec::new(), base: 0 }
+        Self { events: events.into(), subscribers: Vec::new(), base: 0 }
     }
 
     /// A feed whose numbers continue after `seq` (a run carried on by a restarted broker).
     pub fn after(seq: u64) -> Self {
-        Self { events: Vec::new(), subscribers: Vec::new(), base: seq }
+        Self { events: VecDeque::new(), subscribers: Vec::new(), base: seq }
     }
 
     /// The number of the last event, 0 before any.
     pub fn last_seq(&self) -> u64 {
-        self.events.last().map_or(self.base, |e| e.seq)
+        self.events.back().map_or(self.base, |e| e.seq)
+    }
+
+    /// The number of the oldest event kept (the next one's when none is kept).
+    pub fn kept_from(&self) -> u64 {
+        self.events.front().map_or(self.last_seq() + 1, |e| e.seq)
     }
 
     /// Appends an event and hands it to every subscriber that keeps up.
     pub fn publish(&mut self, kind: EventKind) -> RunEvent {
         let event = RunEvent { seq: self.last_seq() + 1, at: Utc::now(), kind };
-        self.events.push(event.clone());
+        self.events.push_back(event.clone());
+        if self.events.len() > FEED_EVENTS {
+            self.events.pop_front();
+        }
         self.subscribers.retain(|s| s.try_send(event.clone()).is_ok());
         event
     }
@@ -136,13 +157,13 @@ impl Feed {
     /// Events after `since`.
     pub fn since(&self, since: u64) -> Vec<RunEvent> {
         let start = self.events.partition_point(|e| e.seq <= since);
-        self.events[start..].to_vec()
+        self.events.range(start..).cloned().collect()
     }
 
     /// Closes every subscriber's channel and hands back the events.
     pub fn close(&mut self) -> Vec<RunEvent> {
         self.subscribers.clear();
-        std::mem::take(&mut self.events)
+        std::mem::take(&mut self.events).into()
     }
 }
 
@@ -163,6 +184,21 @@ mod tests {
         assert_eq!(backlog.iter().map(|e| e.seq).collect::<Vec<_>>(), [2]);
         feed.publish(run(RunState::Running));
         assert_eq!(rx.try_recv().unwrap().seq, 3);
+    }
+
+    #[test]
+    fn the_feed_keeps_its_last_events_and_says_where_they_start() {
+        let mut feed = Feed::default();
+        for _ in 0..FEED_EVENTS + 5 {
+            feed.publish(run(RunState::Running));
+        }
+        assert_eq!(feed.events.len(), FEED_EVENTS);
+        assert_eq!(feed.kept_from(), 6);
+        assert_eq!(feed.last_seq(), (FEED_EVENTS + 5) as u64);
+        let (backlog, _) = feed.subscribe(2);
+        assert_eq!(backlog.first().map(|e| e.seq), Some(6), "what is kept, from its start");
+        assert_eq!(backlog.len(), FEED_EVENTS);
+        assert_eq!(Feed::after(41).kept_from(), 42);
     }
 
     #[test]

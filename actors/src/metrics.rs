@@ -82,6 +82,8 @@ struct StepMetrics {
 struct RunMetrics {
     token: String,
     plan: String,
+    /// Where its points go: the configured database, or the run's own (a monitor step).
+    influx: Option<Influx>,
     feed: Recipient<MetricsPublished>,
     steps: HashMap<Uuid, StepMetrics>,
     /// Windows arrived since the totals were last written to the database.
@@ -171,18 +173,23 @@ fn dashboard_problem(e: DashboardError) -> StoreError {
     StoreError::Invalid(ValidationErrors::one("dashboard", e.to_string()))
 }
 
-/// Renders the dashboard of a stored run (its plan's template), closed at `until` when given.
+/// Renders the dashboard of a stored run (its plan's template), closed at `until` when given;
+/// with InfluxDB configured, a run with a monitor step reads its own database.
 async fn render_dashboard(
     db: &DatabaseConnection,
     settings: &DashboardSettings,
     run_id: Uuid,
     until: Option<chrono::DateTime<chrono::Utc>>,
+    influx_configured: bool,
 ) -> Result<serde_json::Value, StoreError> {
     let run = runs::get(db, run_id).await?;
-    let template = plans::get(db, run.plan_id).await?.dashboard;
+    let plan = plans::get(db, run.plan_id).await?;
+    let own = (influx_configured && plan.steps.iter().any(|s| s.spec.monitor)).then(|| dashboard::monitor_database(run_id));
     let metrics = runs::metrics(db, run_id).await?;
-    let mut model = dashboard::model(&run, &metrics, &settings.datasource);
+    let mut model = dashboard::model(&run, &metrics, &settings.datasource, own.as_deref());
+    let template = plan.dashboard;
     if let Some(until) = until {
+        model.from = dashboard::rfc3339(run.started_at.unwrap_or(run.created_at));
         model.to = dashboard::rfc3339(until);
         model.refresh = String::new();
     }
@@ -215,7 +222,7 @@ impl MetricsActor {
     /// Writes a run's points (each with its step) in the background; a failure never
     /// holds the run: it is logged, and the points lost are counted on their steps.
     fn write(&self, run_id: Uuid, points: Vec<(Uuid, influxdb::WriteQuery)>, ctx: &mut Context<Self>) {
-        let Some(influx) = self.influx.clone() else { return };
+        let Some(influx) = self.runs.get(&run_id).and_then(|r| r.influx.clone()) else { return };
         if points.is_empty() {
             return;
         }
@@ -335,6 +342,8 @@ pub struct TrackRun {
     pub feed: Recipient<MetricsPublished>,
     /// The run is carried on after a broker restart: its totals so far are in the database.
     pub resumed: bool,
+    /// The plan has a monitor step: its points go to an InfluxDB database of its own.
+    pub own_database: bool,
 }
 
 impl Handler<TrackRun> for MetricsActor {
@@ -361,7 +370,20 @@ impl Handler<TrackRun> for MetricsActor {
                 (id, step)
             })
             .collect();
-        let run = RunMetrics { token: msg.token, plan: msg.plan, feed: msg.feed, steps, dirty: false };
+        let influx = match (&self.influx, msg.own_database) {
+            (Some(influx), true) => {
+                let own = influx.for_database(&dashboard::monitor_database(msg.run_id));
+                let created = own.clone();
+                ctx.spawn(async move { created.ensure_database().await }.into_actor(self).map(move |res, _, _| {
+                    if let Err(e) = res {
+                        tracing::warn!(run_id = %msg.run_id, error = %e, "the run's own InfluxDB database could not be created");
+                    }
+                }));
+                Some(own)
+            }
+            (influx, _) => influx.clone(),
+        };
+        let run = RunMetrics { token: msg.token, plan: msg.plan, influx, feed: msg.feed, steps, dirty: false };
         if !msg.resumed {
             self.runs.insert(msg.run_id, run);
             return;
@@ -559,11 +581,13 @@ impl Handler<FinishRun> for MetricsActor {
     type Result = ResponseFuture<Result<Vec<MetricSummaryView>, StoreError>>;
 
     fn handle(&mut self, msg: FinishRun, _: &mut Context<Self>) -> Self::Result {
-        let influx = self.influx.clone();
+        let mut influx = self.influx.clone();
+        let influx_configured = influx.is_some();
         let dashboards = self.dashboards.clone();
         let mut last_points = Vec::new();
         let rows: Vec<MetricSummaryView> = match self.runs.remove(&msg.run_id) {
             Some(mut run) => {
+                influx.clone_from(&run.influx);
                 last_points = Self::publish_ready(msg.run_id, &mut run, Self::now_ms(), true);
                 let mut steps: Vec<(&Uuid, &StepMetrics)> = run.steps.iter().collect();
                 steps.sort_by(|a, b| a.1.name.cmp(&b.1.name));
@@ -587,7 +611,7 @@ impl Handler<FinishRun> for MetricsActor {
             }
             if let Some(grafana) = &dashboards.grafana {
                 let published = async {
-                    let json = render_dashboard(&db, &dashboards, msg.run_id, Some(chrono::Utc::now())).await?;
+                    let json = render_dashboard(&db, &dashboards, msg.run_id, Some(chrono::Utc::now()), influx_configured).await?;
                     let url = grafana.push(&json).await.map_err(dashboard_problem)?;
                     runs::set_dashboard_url(&db, msg.run_id, &url).await?;
                     Ok::<_, StoreError>(url)
@@ -598,6 +622,43 @@ impl Handler<FinishRun> for MetricsActor {
                 }
             }
             Ok(rows)
+        })
+    }
+}
+
+/// Publishes a live run's dashboard to Grafana (time range the last 15 minutes,
+/// refreshing) and records its URL; answers it, or `None` without Grafana.
+/// `FinishRun` publishes it again with the run's time range.
+#[derive(Debug, Message)]
+#[rtype(result = "Option<String>")]
+pub struct PublishDashboard {
+    /// The run.
+    pub run_id: Uuid,
+}
+
+impl Handler<PublishDashboard> for MetricsActor {
+    type Result = ResponseFuture<Option<String>>;
+
+    fn handle(&mut self, msg: PublishDashboard, _: &mut Context<Self>) -> Self::Result {
+        let (db, dashboards, configured) = (self.db.clone(), self.dashboards.clone(), self.influx.is_some());
+        Box::pin(async move {
+            let grafana = dashboards.grafana.as_ref()?;
+            let published = async {
+                let json = render_dashboard(&db, &dashboards, msg.run_id, None, configured).await?;
+                let url = grafana.push(&json).await.map_err(dashboard_problem)?;
+                runs::set_dashboard_url(&db, msg.run_id, &url).await?;
+                Ok::<_, StoreError>(url)
+            };
+            match published.await {
+                Ok(url) => {
+                    tracing::info!(run_id = %msg.run_id, %url, "live dashboard published");
+                    Some(url)
+                }
+                Err(e) => {
+                    tracing::warn!(run_id = %msg.run_id, error = %e, "live dashboard not published");
+                    None
+                }
+            }
         })
     }
 }
@@ -614,8 +675,8 @@ impl Handler<RenderDashboard> for MetricsActor {
     type Result = ResponseFuture<Result<serde_json::Value, StoreError>>;
 
     fn handle(&mut self, msg: RenderDashboard, _: &mut Context<Self>) -> Self::Result {
-        let (db, settings) = (self.db.clone(), self.dashboards.clone());
-        Box::pin(async move { render_dashboard(&db, &settings, msg.run_id, None).await })
+        let (db, settings, configured) = (self.db.clone(), self.dashboards.clone(), self.influx.is_some());
+        Box::pin(async move { render_dashboard(&db, &settings, msg.run_id, None, configured).await })
     }
 }
 

@@ -39,7 +39,7 @@ use crate::domain::views::ContainerView;
 use crate::domain::views::{PlanView, RunState, RunView, StepState, StepView};
 use crate::domain::Env;
 use crate::feed::{EventKind, Feed, RunEvent};
-use crate::metrics::{FinishRun, MetricsActor, MetricsPublished, TrackRun, TrackedStep};
+use crate::metrics::{FinishRun, MetricsActor, MetricsPublished, PublishDashboard, TrackRun, TrackedStep};
 use crate::pool::{AdoptRun, CloseRun, Ec2PoolActor, OpenRun};
 use crate::settings::RunSettings;
 use crate::step::{ReportKind, StartStep, StepActor, StepContext, StepLogs, StepOutcome, StepReport, StepResume, StopReason, StopStep};
@@ -297,12 +297,20 @@ impl RunSupervisor {
             steps: tracked,
             feed: ctx.address().recipient(),
             resumed: self.resumed.is_some(),
+            own_database: self.steps.values().any(|s| s.view.spec.monitor),
         });
+        // The dashboard goes up as the run starts, so it can be watched in Grafana.
+        let publish = self.metrics.send(PublishDashboard { run_id: self.run_id });
+        ctx.spawn(publish.into_actor(self).map(|answer, act, _| {
+            if let Ok(Some(url)) = answer {
+                act.feed.publish(EventKind::Dashboard { url });
+            }
+        }));
         let mut monitor_steps = Vec::new();
         let mut failed_before = Vec::new();
         for slot in self.steps.values_mut() {
             if slot.view.spec.monitor {
-                slot.outcome = Some(StepOutcome::Skipped);
+                slot.outcome = Some(if self.settings.influx { StepOutcome::Completed } else { StepOutcome::Skipped });
                 monitor_steps.push(slot.view.id);
                 continue;
             }
@@ -340,8 +348,14 @@ impl RunSupervisor {
             };
             slot.addr = Some(StepActor::new(step_ctx, self.pool.clone(), me.clone()).start());
         }
+        // A monitor step is the run's own metrics database (the original ran InfluxDB for it).
         for id in monitor_steps {
-            self.record_skipped(id, "monitor steps are not run", ctx);
+            if self.settings.influx {
+                let database = crate::domain::dashboard::monitor_database(self.run_id);
+                self.record_step(id, StepState::Completed, &format!("the run's metrics go to the InfluxDB database {database}"), ctx);
+            } else {
+                self.record_step(id, StepState::Skipped, "no InfluxDB is configured (influx.url) to keep the run's metrics in", ctx);
+            }
         }
         if let Some(name) = failed_before.first() {
             self.fail(format!("step {name:?} failed"), ctx);
@@ -376,17 +390,22 @@ impl RunSupervisor {
     }
 
     fn record_skipped(&mut self, step_id: Uuid, why: &str, ctx: &mut Context<Self>) {
-        let (db, run_id) = (self.db.clone(), self.run_id);
+        self.record_step(step_id, StepState::Skipped, why, ctx);
+    }
+
+    /// Records a step's final state, with why, in the database and on the feed.
+    fn record_step(&mut self, step_id: Uuid, state: StepState, why: &str, ctx: &mut Context<Self>) {
+        let (db, run_id, reason) = (self.db.clone(), self.run_id, why.to_string());
         ctx.wait(
             async move {
-                if let Err(e) = runs::set_step_state(&db, run_id, step_id, StepState::Skipped, None).await {
-                    tracing::error!(error = %e, "could not record a skipped step");
+                if let Err(e) = runs::set_step_state(&db, run_id, step_id, state, Some(reason)).await {
+                    tracing::error!(error = %e, "could not record a step's state");
                 }
             }
             .into_actor(self),
         );
         let step = self.step_name(step_id);
-        self.feed.publish(EventKind::Step { step, state: StepState::Skipped, reason: Some(why.into()) });
+        self.feed.publish(EventKind::Step { step, state, reason: Some(why.into()) });
     }
 
     /// Each `dns_name` and the addresses of its step's nodes, for nodes that share no network.
@@ -593,6 +612,9 @@ pub struct Subscription {
     pub snapshot: RunView,
     /// The number of the last event when the snapshot was taken.
     pub seq: u64,
+    /// The number of the oldest event the feed still keeps: a `since` before it missed
+    /// the events in between (the snapshot has the run as it is now).
+    pub kept_from: u64,
     /// Events after the `since` asked for.
     pub backlog: Vec<RunEvent>,
     /// Events to come; `None` when the run is over.
@@ -619,13 +641,13 @@ impl Handler<Subscribe> for RunSupervisor {
             };
             return Box::pin(actix::fut::ready(Err(refused)));
         }
-        let seq = self.feed.last_seq();
+        let (seq, kept_from) = (self.feed.last_seq(), self.feed.kept_from());
         let (backlog, live) = self.feed.subscribe(msg.since);
         let (db, run_id) = (self.db.clone(), self.run_id);
         Box::pin(
             async move {
                 let snapshot = runs::get(&db, run_id).await?;
-                Ok(Subscription { snapshot, seq, backlog, live: Some(live) })
+                Ok(Subscription { snapshot, seq, kept_from, backlog, live: Some(live) })
             }
             .into_actor(self),
         )

@@ -23,4 +23,8 @@ pub struct RunSettings {
     pub limits: crate::domain::Limits,
     /// Most live-feed subscribers one run may have.
     pub max_subscribers_per_run: usize,
+    /// Whether metrics are written to InfluxDB (`influx.url`): a monitor step needs it.
+    pub influx: bool,
+    /// Whom HTTPS image sources' certificates are trusted by.
+    pub tls: crate::infra::tls::Tls,
 }

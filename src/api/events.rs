@@ -50,8 +50,8 @@ async fn send(session: &mut Session, value: serde_json::Value) -> bool {
 }
 
 async fn serve(mut session: Session, mut incoming: actix_ws::AggregatedMessageStream, sub: Subscription) {
-    let Subscription { snapshot, seq, backlog, live } = sub;
-    if !send(&mut session, json!({"type": "snapshot", "seq": seq, "run": snapshot})).await {
+    let Subscription { snapshot, seq, kept_from, backlog, live } = sub;
+    if !send(&mut session, json!({"type": "snapshot", "seq": seq, "kept_from": kept_from, "run": snapshot})).await {
         return;
     }
     let mut last = seq;

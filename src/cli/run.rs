@@ -197,6 +197,7 @@ async fn follow(actors: &Actors, run: &RunView) -> anyhow::Result<RunView> {
                 line.render();
             }
         }
+        EventKind::Dashboard { url } => say(multi, format!("dashboard: {url}")),
         EventKind::Node { .. } => {}
     };
     for event in &sub.backlog {

@@ -9,48 +9,71 @@ use serde_json::{json, Value};
 use crate::helpers::{ensure_images, Backend, TestApp};
 
 /// One HTTP request as a recording server saw it.
-struct Recorded {
-    request_line: String,
-    headers: Vec<(String, String)>,
-    body: Value,
+pub struct Recorded {
+    pub request_line: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Value,
 }
 
-/// A stand-in Grafana: accepts one request, records it, answers like Grafana does.
-fn recording_grafana() -> (u16, std::thread::JoinHandle<Recorded>) {
+/// Reads one request from `stream`, records it, answers like Grafana does.
+fn record_one(stream: std::net::TcpStream) -> Recorded {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line).unwrap();
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let line = line.trim_end().to_string();
+        if line.is_empty() {
+            break;
+        }
+        let (k, v) = line.split_once(':').unwrap();
+        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let length: usize = headers.iter().find(|(k, _)| k == "content-length").map(|(_, v)| v.parse().unwrap()).unwrap_or(0);
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body).unwrap();
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    let uid = body["dashboard"]["uid"].as_str().unwrap_or_default().to_string();
+    let answer = json!({"id": 7, "uid": uid, "url": format!("/d/{uid}/loads-run"), "status": "success", "version": 1}).to_string();
+    let mut stream = stream;
+    write!(
+        stream,
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+        answer.len()
+    )
+    .unwrap();
+    Recorded { request_line: request_line.trim_end().to_string(), headers, body }
+}
+
+/// A stand-in Grafana: records `count` requests, each sent on `seen` as it arrives.
+pub fn recording_grafana(count: usize) -> (u16, std::sync::mpsc::Receiver<Recorded>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let handle = std::thread::spawn(move || {
-        let (stream, _) = listener.accept().unwrap();
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        let mut request_line = String::new();
-        reader.read_line(&mut request_line).unwrap();
-        let mut headers = Vec::new();
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            let line = line.trim_end().to_string();
-            if line.is_empty() {
-                break;
+    let (seen, recorded) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for _ in 0..count {
+            let Ok((stream, _)) = listener.accept() else { return };
+            if seen.send(record_one(stream)).is_err() {
+                return;
             }
-            let (k, v) = line.split_once(':').unwrap();
-            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
         }
-        let length: usize = headers.iter().find(|(k, _)| k == "content-length").map(|(_, v)| v.parse().unwrap()).unwrap_or(0);
-        let mut body = vec![0u8; length];
-        reader.read_exact(&mut body).unwrap();
-        let body: Value = serde_json::from_slice(&body).unwrap();
-        let uid = body["dashboard"]["uid"].as_str().unwrap_or_default().to_string();
-        let answer = json!({"id": 7, "uid": uid, "url": format!("/d/{uid}/loads-run"), "status": "success", "version": 1}).to_string();
-        let mut stream = stream;
-        write!(
-            stream,
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
-            answer.len()
-        )
-        .unwrap();
-        Recorded { request_line: request_line.trim_end().to_string(), headers, body }
     });
-    (port, handle)
+    (port, recorded)
+}
+
+/// The next request the stand-in Grafana recorded, polled for at most a minute
+/// (without blocking the broker, which runs on this test's thread).
+pub async fn next(recorded: &std::sync::mpsc::Receiver<Recorded>) -> Recorded {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Ok(request) = recorded.try_recv() {
+            return request;
+        }
+        assert!(std::time::Instant::now() < deadline, "no request reached Grafana");
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 fn statsd_plan(dashboard: Option<&str>) -> Value {
@@ -71,11 +94,12 @@ fn panel_titles(dashboard: &Value) -> Vec<String> {
 }
 
 /// The run's dashboard has a row per step, panels for every metric seen with queries on the
-/// run's tags, the run's time range and step annotations; it is pushed to Grafana at the end.
+/// run's tags, the run's time range and step annotations; it is pushed to Grafana as the run
+/// starts (live) and again at the end.
 #[actix_web::test]
 async fn a_runs_dashboard_is_rendered_and_pushed_to_grafana() {
     ensure_images();
-    let (port, grafana) = recording_grafana();
+    let (port, grafana) = recording_grafana(2);
     let grafana_url = format!("http://127.0.0.1:{port}");
     let app = TestApp::spawn(
         Backend::Sqlite,
@@ -88,6 +112,15 @@ async fn a_runs_dashboard_is_rendered_and_pushed_to_grafana() {
     )
     .await;
     let (_, run_id) = app.start(statsd_plan(None), json!({})).await;
+    // The dashboard is published as the run starts, to be watched live: the last quarter hour, refreshing.
+    let live = next(&grafana).await;
+    let (_, during) = app.get(&format!("/api/v1/runs/{run_id}")).await;
+    assert!(!["completed", "failed", "aborted"].contains(&during["state"].as_str().unwrap()), "published while live: {during:#}");
+    assert_eq!(live.body["dashboard"]["time"], json!({"from": "now-15m", "to": "now"}));
+    assert_eq!(live.body["dashboard"]["refresh"], "5s");
+    let uid = format!("loads-{}", run_id.replace('-', ""));
+    let live_url = app.wait_for_run(&run_id, 30, |r| r["dashboard_url"].is_string()).await["dashboard_url"].clone();
+    assert_eq!(live_url, json!(format!("{grafana_url}/d/{uid}/loads-run")), "the API has the URL during the run");
     let run = app.wait_finished(&run_id, 60).await;
     assert_eq!(run["state"], "completed", "{run:#}");
 
@@ -95,13 +128,15 @@ async fn a_runs_dashboard_is_rendered_and_pushed_to_grafana() {
     let errors =
         metrics["metrics"].as_array().unwrap().iter().find(|m| m["step_name"] == "gen" && m["metric"] == "errors").unwrap().clone();
     assert_eq!((errors["kind"].as_str(), errors["count"].as_f64()), (Some("errors"), Some(1.0)), "the failed request is an error");
-    let pushed = grafana.join().unwrap();
+    // And again at the end, with the run's own time range.
+    let pushed = next(&grafana).await;
+    assert_eq!(pushed.body["dashboard"]["time"]["from"], run["started_at"]);
+    assert_eq!(pushed.body["dashboard"]["refresh"], "");
     assert_eq!(pushed.request_line, "POST /api/dashboards/db HTTP/1.1");
     let header = |k: &str| pushed.headers.iter().find(|(h, _)| h == k).map(|(_, v)| v.clone());
     assert_eq!(header("authorization").as_deref(), Some("Bearer glsa_test_token_0123456789"));
     assert_eq!(pushed.body["overwrite"], true);
     assert_eq!(pushed.body["folderUid"], "load-tests");
-    let uid = format!("loads-{}", run_id.replace('-', ""));
     assert_eq!(pushed.body["dashboard"]["uid"], json!(uid));
     assert_eq!(run["dashboard_url"], json!(format!("{grafana_url}/d/{uid}/loads-run")), "the run keeps its dashboard's URL");
 

@@ -60,6 +60,8 @@ pub struct DashboardModel {
     pub refresh: String,
     /// The Grafana data source of the InfluxDB database.
     pub datasource: String,
+    /// The measurement of step start and end events, as a query names it (in the run's own database when it has one).
+    pub events: String,
     /// Rows and panels, in order.
     pub panels: Vec<Panel>,
 }
@@ -82,12 +84,26 @@ fn where_clause(run: &RunView, step: &str) -> String {
     format!("\"run\" = '{}' AND \"step\" = '{}'", literal(&run.id.to_string()), literal(step))
 }
 
-fn select(field: &str, measurement: &str, filter: &str, group: &str) -> String {
-    format!("SELECT mean(\"{field}\") FROM \"{measurement}\" WHERE {filter} AND $timeFilter GROUP BY time($__interval){group} fill(none)")
+/// The InfluxDB database of a run with a monitor step: its own, as the original broker named them.
+pub fn monitor_database(run_id: uuid::Uuid) -> String {
+    format!("loads{}", run_id.simple())
 }
 
-/// The model of `run`'s dashboard, with a panel for every metric it saw.
-pub fn model(run: &RunView, metrics: &[MetricSummaryView], datasource: &str) -> DashboardModel {
+/// A measurement, in `database` when given (InfluxQL `"db".."measurement"`), else in the data source's.
+fn measurement_in(database: Option<&str>, measurement: &str) -> String {
+    match database {
+        Some(db) => format!("\"{db}\"..\"{measurement}\""),
+        None => format!("\"{measurement}\""),
+    }
+}
+
+/// The model of `run`'s dashboard, with a panel for every metric it saw; its
+/// queries read `database` when given (a run with a monitor step), else the data source's.
+pub fn model(run: &RunView, metrics: &[MetricSummaryView], datasource: &str, database: Option<&str>) -> DashboardModel {
+    let select = |field: &str, measurement: &str, filter: &str, group: &str| {
+        let from = measurement_in(database, measurement);
+        format!("SELECT mean(\"{field}\") FROM {from} WHERE {filter} AND $timeFilter GROUP BY time($__interval){group} fill(none)")
+    };
     let mut panels = Vec::new();
     let mut next_id = 1;
     let mut y = 0;
@@ -136,7 +152,8 @@ pub fn model(run: &RunView, metrics: &[MetricSummaryView], datasource: &str) -> 
                 ref_id: "A".into(),
                 alias: "errors".into(),
                 query: format!(
-                    "SELECT sum(\"rate\") FROM \"counter\" WHERE {all_nodes} AND \"metric\" =~ /error/ AND $timeFilter GROUP BY time($__interval) fill(none)"
+                    "SELECT sum(\"rate\") FROM {} WHERE {all_nodes} AND \"metric\" =~ /error/ AND $timeFilter GROUP BY time($__interval) fill(none)",
+                    measurement_in(database, "counter")
                 ),
             }];
             add(&mut panels, "timeseries", format!("{step}: errors"), "reqps", errors, &mut slot);
@@ -169,10 +186,12 @@ pub fn model(run: &RunView, metrics: &[MetricSummaryView], datasource: &str) -> 
         title: format!("loads: {} ({})", run.plan_name, &run.id.simple().to_string()[..8]),
         plan: run.plan_name.clone(),
         run: run.id.to_string(),
-        from: rfc3339(run.started_at.unwrap_or(run.created_at)),
+        // Live: the last quarter hour, refreshing; once over: the run's own time range.
+        from: if live { "now-15m".to_string() } else { rfc3339(run.started_at.unwrap_or(run.created_at)) },
         to: run.completed_at.map_or_else(|| "now".to_string(), rfc3339),
         refresh: if live { "5s".into() } else { String::new() },
         datasource: datasource.to_string(),
+        events: measurement_in(database, "events"),
         panels,
     }
 }

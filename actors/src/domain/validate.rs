@@ -48,6 +48,9 @@ impl Default for Limits {
     }
 }
 
+/// The name of a monitor step that gives none, as the original broker fixed it.
+pub const MONITOR_NAME: &str = "monitor";
+
 /// Longest name of a project, plan or step, in characters.
 pub const MAX_NAME_CHARS: usize = 200;
 
@@ -412,8 +415,9 @@ impl<'l> Walker<'l> {
     fn step(&mut self, v: &Value, path: &str) -> Option<StepSpec> {
         let m = self.object(v, path, STEP_FIELDS)?;
         let mut step = StepSpec::new(String::new(), String::new());
-        step.name = self.name(m, path);
         step.monitor = self.boolean(m, path, "monitor", false);
+        // The original fixed its monitor step's name (and image, ports, timings): loads v2 files give none.
+        step.name = if step.monitor && m.get("name").is_none_or(Value::is_null) { MONITOR_NAME.to_string() } else { self.name(m, path) };
         step.service = self.boolean(m, path, "service", false);
         step.required = self.boolean(m, path, "required", true);
         step.prune_running = self.boolean(m, path, "prune_running", true);
@@ -484,7 +488,8 @@ impl<'l> Walker<'l> {
         if step.monitor {
             self.warnings.push(FieldError::new(
                 join(path, "monitor"),
-                "monitor steps are not needed: every run gets its own Grafana dashboard; this step is kept but not run",
+                "a monitor step runs no container: the run's metrics go to an InfluxDB database of its own (loads<run id>), \
+                 which its dashboard reads; without influx.url the step is skipped",
             ));
         }
         if step.service && step.run_max_time != 0 {
@@ -753,6 +758,15 @@ mod tests {
         let v = plan(&json!({"name": "p", "steps": [{"name": "m", "monitor": true}]}), &Limits::default()).unwrap();
         assert_eq!(v.warnings.len(), 1);
         assert_eq!(v.warnings[0].path, "steps[0].monitor");
+    }
+
+    #[test]
+    fn a_monitor_step_without_a_name_is_named_monitor() {
+        let step = json!({"monitor": true, "instance_type": "m3.medium", "instance_region": "us-west-2", "dns_name": "monitor.example"});
+        let v = plan(&json!({"name": "p", "steps": [step]}), &Limits::default()).unwrap();
+        assert_eq!(v.value.steps[0].name, MONITOR_NAME);
+        let errs = errors(json!({"name": "p", "steps": [{"container_name": "x"}]}));
+        assert_eq!(errs, ["steps[0].name: is required"], "other steps still need a name");
     }
 
     #[test]

@@ -229,12 +229,12 @@ impl Engine {
     /// Makes sure `image` is present: already there, loaded from `source` (a
     /// `docker save` tarball, gzip/bzip2/xz accepted, at a path, `file://` or
     /// `http(s)://` URL), or pulled.
-    pub async fn ensure_image(&self, image: &str, source: Option<&str>) -> Result<(), DockerError> {
+    pub async fn ensure_image(&self, image: &str, source: Option<&str>, tls: &super::tls::Tls) -> Result<(), DockerError> {
         if self.has_image(image).await? {
             return Ok(());
         }
         match source {
-            Some(url) => self.load_image(image, url).await,
+            Some(url) => self.load_image(image, url, tls).await,
             None => self.pull(image).await,
         }
     }
@@ -250,9 +250,9 @@ impl Engine {
         Ok(())
     }
 
-    async fn load_image(&self, image: &str, url: &str) -> Result<(), DockerError> {
+    async fn load_image(&self, image: &str, url: &str, tls: &super::tls::Tls) -> Result<(), DockerError> {
         let fail = |message: String| DockerError::Load { image: image.into(), source_url: url.into(), message };
-        let bytes = fetch(url).await.map_err(fail)?;
+        let bytes = fetch(url, tls).await.map_err(fail)?;
         let mut stream = self.docker.import_image(ImportImageOptions::default(), bollard::body_full(bytes), None);
         while let Some(item) = stream.next().await {
             item.map_err(|e| fail(engine_message(&e)))?;
@@ -312,30 +312,44 @@ impl Engine {
     /// moment (the engine allows equal names): every racer settles on the oldest and removes its
     /// own, so callers must refer to the network by the id answered.
     pub async fn ensure_network(&self, name: &str, labels: HashMap<String, String>) -> Result<(String, String), DockerError> {
-        if let Some(found) = self.oldest_network(name).await? {
-            return Ok(found);
-        }
-        let (id, gateway) = self.create_network(name, labels).await?;
-        match self.oldest_network(name).await? {
-            Some((oldest, gateway)) if oldest != id => {
-                self.docker.remove_network(&id).await.map_err(|source| DockerError::CreateNetwork { name: name.into(), source })?;
-                Ok((oldest, gateway))
+        let chosen = match self.oldest_network(name).await? {
+            Some(found) => found,
+            None => {
+                let (id, gateway) = self.create_network(name, labels).await?;
+                match self.oldest_network(name).await? {
+                    Some((oldest, gateway)) if oldest != id => {
+                        self.docker.remove_network(&id).await.map_err(|source| DockerError::CreateNetwork { name: name.into(), source })?;
+                        (oldest, gateway)
+                    }
+                    _ => (id, gateway),
+                }
             }
-            _ => Ok((id, gateway)),
+        };
+        // Another user of the engine may have made a duplicate a moment ago; it removes
+        // its own, and until it has, the engine refuses containers on that name.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.networks_named(name).await?.len() > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
+        Ok(chosen)
     }
 
-    /// The oldest network named exactly `name`, with its gateway.
-    async fn oldest_network(&self, name: &str) -> Result<Option<(String, String)>, DockerError> {
+    /// The networks named exactly `name`.
+    async fn networks_named(&self, name: &str) -> Result<Vec<bollard::models::Network>, DockerError> {
         let filters = HashMap::from([("name".to_string(), vec![name.to_string()])]);
-        let mut same: Vec<_> = self
+        Ok(self
             .docker
             .list_networks(Some(ListNetworksOptions { filters: Some(filters) }))
             .await
             .map_err(|source| DockerError::CreateNetwork { name: name.into(), source })?
             .into_iter()
             .filter(|n| n.name.as_deref() == Some(name))
-            .collect();
+            .collect())
+    }
+
+    /// The oldest network named exactly `name`, with its gateway.
+    async fn oldest_network(&self, name: &str) -> Result<Option<(String, String)>, DockerError> {
+        let mut same = self.networks_named(name).await?;
         same.sort_by(|a, b| (&a.created, &a.id).cmp(&(&b.created, &b.id)));
         Ok(same.into_iter().next().map(|n| {
             let gateway = n.ipam.and_then(|ipam| ipam.config).and_then(|configs| configs.into_iter().find_map(|c| c.gateway));
@@ -565,9 +579,9 @@ pub async fn refuse_loopback_url(url: &str) -> Result<(), String> {
 
 /// Reads a tarball from a path, `file://` URL or `http(s)://` URL. Redirects
 /// are not followed: a source that was checked is the one read.
-async fn fetch(url: &str) -> Result<Bytes, String> {
+async fn fetch(url: &str, tls: &super::tls::Tls) -> Result<Bytes, String> {
     if url.starts_with("http://") || url.starts_with("https://") {
-        let client = awc::Client::builder().timeout(std::time::Duration::from_secs(300)).disable_redirects().finish();
+        let client = tls.client(std::time::Duration::from_secs(300));
         let mut response = client.get(url).send().await.map_err(|e| e.to_string())?;
         if !response.status().is_success() {
             return Err(format!("HTTP {}", response.status()));

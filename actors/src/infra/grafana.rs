@@ -88,6 +88,8 @@ pub struct Grafana {
     pub token: String,
     /// The folder to put dashboards in, by uid; none = General.
     pub folder_uid: Option<String>,
+    /// Whom its HTTPS certificate is trusted by.
+    pub tls: super::tls::Tls,
 }
 
 impl Grafana {
@@ -99,7 +101,7 @@ impl Grafana {
         if let Some(folder) = &self.folder_uid {
             body["folderUid"] = json!(folder);
         }
-        let client = awc::Client::builder().timeout(std::time::Duration::from_secs(15)).finish();
+        let client = self.tls.client(std::time::Duration::from_secs(15));
         let mut response = client
             .post(format!("{base}/api/dashboards/db"))
             .bearer_auth(&self.token)

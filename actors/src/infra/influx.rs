@@ -5,8 +5,14 @@
 //! Measurements: `counter` (value, rate), `timer` (count, rate, min, mean,
 //! p50, p90, p95, p99, max, in ms), `gauge` (value), `host` (cpu_percent,
 //! memory_percent, net_rx_bytes_per_s, net_tx_bytes_per_s, load1).
+//!
+//! Points are built with the `influxdb` crate and sent with the broker's own
+//! HTTP client (`infra::tls`), so `https://` InfluxDB works with the same
+//! trust as every other connection.
 
-use influxdb::{Client, ReadQuery, Timestamp, WriteQuery};
+use influxdb::{Query, Timestamp, WriteQuery};
+
+use super::tls::Tls;
 
 use crate::domain::metrics::{HostSample, Merged, TimerStats};
 
@@ -23,9 +29,11 @@ pub struct InfluxError {
 /// A connection to one InfluxDB database.
 #[derive(Clone)]
 pub struct Influx {
-    client: Client,
+    client: awc::Client,
     url: String,
     database: String,
+    credentials: Option<(String, String)>,
+    tls: Tls,
 }
 
 /// The tags of a run's points.
@@ -46,33 +54,67 @@ pub struct PointTags {
 }
 
 impl Influx {
-    /// A client of `database` at `url`, with credentials when given.
-    pub fn new(url: &str, database: &str, credentials: Option<(&str, &str)>) -> Self {
-        let mut client = Client::new(url.trim_end_matches('/'), database);
-        if let Some((user, password)) = credentials {
-            client = client.with_auth(user, password);
+    /// A client of `database` at `url` (http or https), with credentials when given.
+    pub fn new(url: &str, database: &str, credentials: Option<(&str, &str)>, tls: &Tls) -> Self {
+        Self {
+            client: tls.client(std::time::Duration::from_secs(10)),
+            url: url.trim_end_matches('/').to_string(),
+            database: database.to_string(),
+            credentials: credentials.map(|(u, p)| (u.to_string(), p.to_string())),
+            tls: tls.clone(),
         }
-        Self { client, url: url.to_string(), database: database.to_string() }
+    }
+
+    /// A client of another database on the same server, with the same credentials.
+    pub fn for_database(&self, database: &str) -> Self {
+        Self::new(&self.url, database, self.credentials.as_ref().map(|(u, p)| (u.as_str(), p.as_str())), &self.tls)
+    }
+
+    /// The database written to.
+    pub fn database(&self) -> &str {
+        &self.database
     }
 
     fn error(&self, e: impl ToString) -> InfluxError {
         InfluxError { url: self.url.clone(), message: e.to_string() }
     }
 
+    /// `u` and `p` when credentials are configured (InfluxDB 1.x's query-string authentication).
+    fn auth(&self) -> Vec<(&str, &str)> {
+        self.credentials.as_ref().map(|(u, p)| vec![("u", u.as_str()), ("p", p.as_str())]).unwrap_or_default()
+    }
+
+    async fn check<S>(&self, response: Result<awc::ClientResponse<S>, awc::error::SendRequestError>) -> Result<(), InfluxError>
+    where
+        S: futures_util::Stream<Item = Result<bytes::Bytes, awc::error::PayloadError>> + Unpin,
+    {
+        let mut response = response.map_err(|e| self.error(e))?;
+        if response.status().is_success() {
+            return Ok(());
+        }
+        let body = response.body().limit(64 * 1024).await.unwrap_or_default();
+        Err(self.error(format!("HTTP {}: {}", response.status(), String::from_utf8_lossy(&body).trim())))
+    }
+
     /// Creates the database if it is missing.
     pub async fn ensure_database(&self) -> Result<(), InfluxError> {
         let name = self.database.replace('"', "");
-        self.client.query(ReadQuery::new(format!("CREATE DATABASE \"{name}\""))).await.map_err(|e| self.error(e))?;
-        Ok(())
+        let mut params = self.auth();
+        let q = format!("CREATE DATABASE \"{name}\"");
+        params.push(("q", q.as_str()));
+        let request = self.client.post(format!("{}/query", self.url)).query(&params).map_err(|e| self.error(e))?;
+        self.check(request.send().await).await
     }
 
     /// Writes points.
     pub async fn write(&self, points: Vec<WriteQuery>) -> Result<(), InfluxError> {
-        if points.is_empty() {
-            return Ok(());
-        }
-        self.client.query(points).await.map_err(|e| self.error(e))?;
-        Ok(())
+        let Some(first) = points.first() else { return Ok(()) };
+        let precision = first.get_precision();
+        let lines = points.build().map_err(|e| self.error(e))?.get();
+        let mut params = self.auth();
+        params.extend([("db", self.database.as_str()), ("precision", precision.as_str())]);
+        let request = self.client.post(format!("{}/write", self.url)).query(&params).map_err(|e| self.error(e))?;
+        self.check(request.send_body(lines).await).await
     }
 }
 

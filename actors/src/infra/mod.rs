@@ -13,6 +13,7 @@ pub mod grafana;
 pub mod images;
 pub mod influx;
 pub mod ssh;
+pub mod tls;
 pub mod volumes;
 
 /// A background task serving a node (its Docker bridge, a forward); dropping it stops the task.

@@ -1,0 +1,257 @@
+//! Every outgoing connection over TLS: InfluxDB, the Grafana API and
+//! `container_url` downloads, each behind a TLS front (`tests/tls_proxy.py`)
+//! whose certificate was signed by a CA the test made. The CA is trusted
+//! through `tls.ca_file`, and through `SSL_CERT_FILE` as curl would take it;
+//! without either, the connection is refused.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{json, Value};
+
+use crate::dashboards::{next, recording_grafana};
+use crate::helpers::{ensure_images, record, Backend, TestApp};
+use crate::recovery::Restartable;
+
+/// A CA and a certificate for `localhost` and 127.0.0.1 that it signed.
+struct Pki {
+    _dir: tempfile::TempDir,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl (scripts/test installs it)");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn make_pki() -> Pki {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    openssl(
+        d,
+        &[
+            &["req", "-x509"],
+            &ec[..],
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=loads test CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(d, &[&["req"], &ec[..], &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]].concat());
+    std::fs::write(
+        d.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+    Pki { ca: d.join("ca.pem"), cert: d.join("server.pem"), key: d.join("server.key"), _dir: dir }
+}
+
+/// A TLS front on a free loopback port for the plain server on `target`; stopped when dropped.
+struct Front {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn front(pki: &Pki, target: u16) -> Front {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tls_proxy.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .args([pki.cert.to_str().unwrap(), pki.key.to_str().unwrap(), &target.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let port = line.trim().strip_prefix("listening ").and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("tls_proxy said {line:?}"));
+    Front { child, port }
+}
+
+/// An image tarball (`docker save | gzip` of busybox under a new tag) served over plain HTTP `count` times.
+fn image_server(count: usize) -> (String, u16) {
+    let tag = format!("loads/tls-test:{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    assert!(Command::new("docker").args(["tag", loads::images::BUSYBOX, &tag]).status().unwrap().success());
+    let out = Command::new("sh").arg("-c").arg(format!("docker save {tag} | gzip")).output().unwrap();
+    assert!(out.status.success());
+    let bytes = out.stdout;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for _ in 0..count {
+            let Ok((mut stream, _)) = listener.accept() else { return };
+            let mut request = [0u8; 2048];
+            let _ = stream.read(&mut request);
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", bytes.len());
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&bytes);
+        }
+    });
+    (tag, port)
+}
+
+fn influx_port() -> u16 {
+    let url = std::env::var("LOADS_TEST_INFLUX_URL").expect("LOADS_TEST_INFLUX_URL (scripts/test starts InfluxDB)");
+    url.rsplit(':').next().unwrap().trim_end_matches('/').parse().unwrap()
+}
+
+async fn influx_hits(database: &str, run_id: &str) -> Value {
+    let base = std::env::var("LOADS_TEST_INFLUX_URL").unwrap();
+    let q = format!("SELECT sum(\"value\") FROM \"counter\" WHERE \"run\" = '{run_id}' AND \"metric\" = 'hits' AND \"node\" = 'all'");
+    let mut r =
+        awc::Client::new().get(format!("{base}/query")).query(&[("db", database), ("q", q.as_str())]).unwrap().send().await.unwrap();
+    let body: Value = r.json().await.unwrap();
+    body["results"][0]["series"][0]["values"][0][1].clone()
+}
+
+async fn drop_database(database: &str) {
+    let base = std::env::var("LOADS_TEST_INFLUX_URL").unwrap();
+    let _ = awc::Client::new().post(format!("{base}/query")).query(&[("q", format!("DROP DATABASE \"{database}\""))]).unwrap().send().await;
+}
+
+/// A plan whose one step's image comes over TLS and which counts two hits.
+fn tls_plan(tag: &str, image_port: u16) -> Value {
+    json!({"name": "over-tls", "steps": [{
+        "name": "gen", "container_name": tag, "container_url": format!("https://localhost:{image_port}/image.tar.gz"),
+        "additional_command_args": "-c 'printf \"hits:1|c\\nhits:1|c\\n\" | nc $STATSD_HOST $STATSD_PORT; sleep 2'"}]})
+}
+
+fn remove_image(tag: &str) {
+    let _ = Command::new("docker").args(["rmi", "-f", tag]).output();
+}
+
+/// Settings that send InfluxDB writes and Grafana pushes through their TLS fronts.
+fn tls_settings<'a>(influx: &'a str, database: &'a str, grafana: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("LOADS__INFLUX__URL", influx),
+        ("LOADS__INFLUX__DATABASE", database),
+        ("LOADS__GRAFANA__URL", grafana),
+        ("LOADS__GRAFANA__TOKEN", "glsa_tls_test_token_0123456789"),
+        ("LOADS__DOCKER__ALLOW_LOOPBACK_IMAGE_URLS", "true"),
+    ]
+}
+
+/// With the test's CA in `tls.ca_file`: the image is downloaded, the points are
+/// written and the dashboard is pushed, all over TLS. Without it, the download is refused.
+#[actix_web::test]
+async fn influxdb_grafana_and_image_downloads_work_over_tls_with_a_private_ca() {
+    ensure_images();
+    let pki = make_pki();
+    let influx_front = front(&pki, influx_port());
+    let (grafana_port, grafana) = recording_grafana(2);
+    let grafana_front = front(&pki, grafana_port);
+    let (tag, image_port) = image_server(2);
+    let image_front = front(&pki, image_port);
+    let database = format!("loads_test_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let (influx_url, grafana_url) =
+        (format!("https://localhost:{}", influx_front.port), format!("https://localhost:{}", grafana_front.port));
+    let ca = pki.ca.display().to_string();
+    let mut settings = tls_settings(&influx_url, &database, &grafana_url);
+    settings.push(("LOADS__TLS__CA_FILE", &ca));
+    let app = TestApp::spawn(Backend::Sqlite, &settings).await;
+
+    remove_image(&tag);
+    let (_, run_id) = app.start(tls_plan(&tag, image_front.port), json!({})).await;
+    let run = app.wait_finished(&run_id, 90).await;
+    assert_eq!(run["state"], "completed", "the image came over TLS: {run:#}");
+    let pushed = next(&grafana).await;
+    assert_eq!(pushed.request_line, "POST /api/dashboards/db HTTP/1.1", "the dashboard was pushed over TLS");
+    assert_eq!(run["dashboard_url"].as_str().map(|u| u.starts_with(&grafana_url)), Some(true), "{run:#}");
+    assert_eq!(influx_hits(&database, &run_id).await, 2.0, "the points were written over TLS");
+
+    // A broker that does not trust the CA refuses the download.
+    let untrusting = TestApp::spawn(Backend::Sqlite, &[("LOADS__DOCKER__ALLOW_LOOPBACK_IMAGE_URLS", "true")]).await;
+    remove_image(&tag);
+    let mut plan = tls_plan(&tag, image_front.port);
+    plan["name"] = json!("untrusted");
+    let (_, run_id) = untrusting.start(plan, json!({})).await;
+    let run = untrusting.wait_finished(&run_id, 90).await;
+    assert_eq!(run["state"], "failed", "{run:#}");
+    let reason = record(&run, "gen")["failure_reason"].as_str().unwrap_or_default().to_lowercase();
+    assert!(reason.contains("certificate") || reason.contains("unknownissuer") || reason.contains("tls"), "{reason}");
+    drop_database(&database).await;
+    remove_image(&tag);
+    app.assert_no_leftovers();
+    untrusting.assert_no_leftovers();
+}
+
+/// The real `loads serve` with the test's CA in `SSL_CERT_FILE` and no `tls.ca_file`:
+/// the same three connections work, as they would for curl.
+#[actix_web::test]
+async fn ssl_cert_file_is_honoured_like_curl_does() {
+    ensure_images();
+    let pki = make_pki();
+    let influx_front = front(&pki, influx_port());
+    let (grafana_port, grafana) = recording_grafana(2);
+    let grafana_front = front(&pki, grafana_port);
+    let (tag, image_port) = image_server(1);
+    let image_front = front(&pki, image_port);
+    let database = format!("loads_test_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let (influx_url, grafana_url) =
+        (format!("https://localhost:{}", influx_front.port), format!("https://localhost:{}", grafana_front.port));
+    let ca = pki.ca.display().to_string();
+    let mut settings = tls_settings(&influx_url, &database, &grafana_url);
+    settings.push(("SSL_CERT_FILE", &ca));
+    let broker = Restartable::new();
+    let mut child = broker.serve(&settings);
+
+    remove_image(&tag);
+    let project = broker.api.post("/api/v1/projects", json!({"name": "tls"})).await;
+    let plan =
+        broker.api.post(&format!("/api/v1/projects/{}/plans", project["id"].as_str().unwrap()), tls_plan(&tag, image_front.port)).await;
+    let run = broker.api.post(&format!("/api/v1/plans/{}/runs", plan["id"].as_str().unwrap()), json!({})).await;
+    let run_id = run["id"].as_str().unwrap().to_string();
+    let run = broker
+        .api
+        .wait_run(&run_id, "the run finishes", |r| ["completed", "failed", "aborted"].contains(&r["state"].as_str().unwrap_or("")))
+        .await;
+    assert_eq!(run["state"], "completed", "{run:#}");
+    assert_eq!(next(&grafana).await.request_line, "POST /api/dashboards/db HTTP/1.1");
+    assert_eq!(influx_hits(&database, &run_id).await, 2.0);
+    let _ = child.kill();
+    let _ = child.wait();
+    drop_database(&database).await;
+    remove_image(&tag);
+}
