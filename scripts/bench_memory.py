@@ -17,7 +17,7 @@ import time
 from bench_start import call, start_broker, wait_finished
 
 SENDER = ("i=0; while [ $i -lt {count} ]; do "
-          "printf \"requests:1|c\\nbytes:512|c\\nlatency:$((i % 50 + 1))|ms\\n\" | nc -u -w0 $STATSD_HOST $STATSD_PORT; "
+          "printf \"requests:1|c\\nbytes:512|c\\nlatency:$((i % 50 + 1))|ms\\n\" | nc $STATSD_HOST $STATSD_PORT; "
           "i=$((i+1)); usleep 150000; done")
 
 
