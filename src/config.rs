@@ -383,6 +383,8 @@ pub struct DockerSettings {
     pub image_root: String,
     /// Whether a `container_url` may be an http(s) URL on a loopback address (the broker's own).
     pub allow_loopback_image_urls: bool,
+    /// Where `container_url` tarballs are downloaded to, once per step, before the nodes load them.
+    pub download_dir: String,
     /// Lines of each container's output kept after it is removed.
     pub log_tail: usize,
 }
@@ -395,6 +397,7 @@ impl Default for DockerSettings {
             volume_root: "/var/tmp/loads/volumes".into(),
             image_root: String::new(),
             allow_loopback_image_urls: false,
+            download_dir: "/var/tmp/loads/downloads".into(),
             log_tail: 1000,
         }
     }
@@ -933,6 +936,7 @@ impl Settings {
             max_subscribers_per_run: self.limits.max_subscribers_per_run,
             influx: !self.influx.url.is_empty(),
             tls: tls.clone(),
+            download_dir: self.docker.download_dir.clone().into(),
         }
     }
 

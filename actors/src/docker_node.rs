@@ -124,8 +124,8 @@ pub struct NodeReady {
 pub struct PrepareNode {
     /// The step's image.
     pub image: String,
-    /// Where to load it from, if not present.
-    pub image_source: Option<String>,
+    /// A tarball on the broker's disk to load it from, if not present (its step fetched it once for all its nodes).
+    pub tarball: Option<std::path::PathBuf>,
     /// An engine holding the image to copy from, if it is neither present nor given a source (the broker's, for cloud nodes).
     pub images_from: Option<Engine>,
     /// Adopt this node's relay and step containers when they exist (a restarted broker carrying a run on).
@@ -171,25 +171,16 @@ impl Handler<PrepareNode> for DockerNodeActor {
         let image = relay.image.clone();
         let limit = std::time::Duration::from_secs(self.settings.prepare_timeout_secs);
         let node = self.who.node.clone();
-        let tls = self.settings.tls.clone();
-        let check_source = !self.settings.limits.allow_loopback_image_urls;
         Box::pin(
             async move {
-                if let (Some(url), true) = (&msg.image_source, check_source) {
-                    crate::infra::docker::refuse_loopback_url(url).await.map_err(|message| DockerError::Load {
-                        image: msg.image.clone(),
-                        source_url: url.clone(),
-                        message,
-                    })?;
-                }
                 let get = async {
                     match &msg.images_from {
                         Some(from)
-                            if msg.image_source.is_none() && !engine.has_image(&msg.image).await? && from.has_image(&msg.image).await? =>
+                            if msg.tarball.is_none() && !engine.has_image(&msg.image).await? && from.has_image(&msg.image).await? =>
                         {
                             engine.copy_image_from(from, &msg.image).await
                         }
-                        _ => engine.ensure_image(&msg.image, msg.image_source.as_deref(), &tls).await,
+                        _ => engine.ensure_image(&msg.image, msg.tarball.as_deref()).await,
                     }
                 };
                 let ensured = tokio::time::timeout(limit, get).await;

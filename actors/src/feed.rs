@@ -1,11 +1,13 @@
 //! The live feed of a run: every state change of the run, its steps, nodes
 //! and containers, numbered in order.
 //!
-//! The feed keeps the run's last `FEED_EVENTS` events (a metrics event per
-//! step per second would grow without end otherwise), so a subscriber that
-//! joins late or reconnects with `since` misses nothing that is kept, and is
-//! told where the kept history starts when it asks for older events; the run's
-//! current state comes with every subscription. Subscribers get events
+//! The feed keeps the run's state changes (its last `FEED_EVENTS` events at
+//! most) and only its last `METRIC_EVENTS_KEPT` metrics events: a metrics
+//! event per step per second would grow without end otherwise, and older
+//! windows live on in the summaries and InfluxDB. A subscriber that joins late
+//! or reconnects with `since` gets what is kept after it (numbers of metrics
+//! events let go are skipped), is told where the kept history starts, and gets
+//! the run's current state with every subscription. Subscribers get events
 //! through bounded channels; one that falls behind is dropped (it reconnects
 //! with `since`) rather than holding the run back.
 
@@ -23,6 +25,9 @@ pub const SUBSCRIBER_BUFFER: usize = 4096;
 
 /// How many of a run's events its feed keeps; older ones are let go, oldest first.
 pub const FEED_EVENTS: usize = 2000;
+
+/// How many metrics events a feed keeps (two minutes of one step's windows); older ones are let go.
+pub const METRIC_EVENTS_KEPT: usize = 120;
 
 /// One numbered event.
 #[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
@@ -80,6 +85,17 @@ pub enum EventKind {
         #[schema(value_type = Object)]
         timers: std::collections::BTreeMap<String, crate::domain::metrics::TimerStats>,
     },
+    /// A step's image tarball is being downloaded (`container_url`, shown without its query string).
+    Download {
+        /// The step's name.
+        step: String,
+        /// Where from.
+        url: String,
+        /// Bytes so far.
+        bytes: u64,
+        /// The size, when the server said.
+        total: Option<u64>,
+    },
     /// The run's Grafana dashboard was published (when the run starts; it is updated at the end).
     Dashboard {
         /// Where it is.
@@ -104,6 +120,8 @@ pub enum EventKind {
 #[derive(Default)]
 pub struct Feed {
     events: VecDeque<RunEvent>,
+    /// The numbers of the metrics events kept, oldest first.
+    metrics: VecDeque<u64>,
     subscribers: Vec<mpsc::Sender<RunEvent>>,
     /// Numbers at or below this were handed out by an earlier broker process.
     base: u64,
@@ -112,12 +130,13 @@ pub struct Feed {
 impl Feed {
     /// A feed that continues from earlier events.
     pub fn from_events(events: Vec<RunEvent>) -> Self {
-        Self { events: events.into(), subscribers: Vec::new(), base: 0 }
+        let metrics = events.iter().filter(|e| matches!(e.kind, EventKind::Metrics { .. })).map(|e| e.seq).collect();
+        Self { events: events.into(), metrics, subscribers: Vec::new(), base: 0 }
     }
 
     /// A feed whose numbers continue after `seq` (a run carried on by a restarted broker).
     pub fn after(seq: u64) -> Self {
-        Self { events: VecDeque::new(), subscribers: Vec::new(), base: seq }
+        Self { events: VecDeque::new(), metrics: VecDeque::new(), subscribers: Vec::new(), base: seq }
     }
 
     /// The number of the last event, 0 before any.
@@ -133,9 +152,22 @@ impl Feed {
     /// Appends an event and hands it to every subscriber that keeps up.
     pub fn publish(&mut self, kind: EventKind) -> RunEvent {
         let event = RunEvent { seq: self.last_seq() + 1, at: Utc::now(), kind };
+        if matches!(event.kind, EventKind::Metrics { .. }) {
+            self.metrics.push_back(event.seq);
+            if self.metrics.len() > METRIC_EVENTS_KEPT {
+                if let Some(oldest) = self.metrics.pop_front() {
+                    let at = self.events.partition_point(|e| e.seq < oldest);
+                    if self.events.get(at).is_some_and(|e| e.seq == oldest) {
+                        self.events.remove(at);
+                    }
+                }
+            }
+        }
         self.events.push_back(event.clone());
         if self.events.len() > FEED_EVENTS {
-            self.events.pop_front();
+            if let Some(gone) = self.events.pop_front() {
+                self.metrics.retain(|seq| *seq != gone.seq);
+            }
         }
         self.subscribers.retain(|s| s.try_send(event.clone()).is_ok());
         event
@@ -199,6 +231,26 @@ mod tests {
         assert_eq!(backlog.first().map(|e| e.seq), Some(6), "what is kept, from its start");
         assert_eq!(backlog.len(), FEED_EVENTS);
         assert_eq!(Feed::after(41).kept_from(), 42);
+    }
+
+    fn window() -> EventKind {
+        EventKind::Metrics { step: "s".into(), start_ms: 0, nodes: 1, counters: Default::default(), timers: Default::default() }
+    }
+
+    #[test]
+    fn only_the_last_metrics_events_are_kept_and_every_state_change() {
+        let mut feed = Feed::default();
+        feed.publish(run(RunState::Running));
+        for _ in 0..METRIC_EVENTS_KEPT + 30 {
+            feed.publish(window());
+        }
+        feed.publish(run(RunState::Completed));
+        let kept = feed.since(0);
+        assert_eq!(kept.len(), METRIC_EVENTS_KEPT + 2);
+        assert_eq!(kept[0].seq, 1, "the first state change is still there");
+        assert_eq!(kept[1].seq, 32, "the 30 oldest windows are gone");
+        assert_eq!(kept.last().map(|e| e.seq), Some((METRIC_EVENTS_KEPT + 32) as u64));
+        assert_eq!(feed.kept_from(), 1);
     }
 
     #[test]

@@ -27,4 +27,6 @@ pub struct RunSettings {
     pub influx: bool,
     /// Whom HTTPS image sources' certificates are trusted by.
     pub tls: crate::infra::tls::Tls,
+    /// Where image tarballs are downloaded to (a directory per run, removed once loaded).
+    pub download_dir: std::path::PathBuf,
 }

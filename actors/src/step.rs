@@ -28,6 +28,7 @@ use crate::domain::views::ContainerView;
 use crate::domain::views::{StepState, StepView};
 use crate::domain::Env;
 use crate::feed::EventKind;
+use crate::infra::download;
 use crate::pool::{AcquireNodes, Ec2PoolActor, NodeGrant, ReleaseNodes};
 use crate::settings::RunSettings;
 use crate::store::runs;
@@ -223,7 +224,7 @@ impl StepActor {
             let grants = pool.send(acquire).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
             Ok::<_, String>(grants)
         };
-        ctx.wait(fut.into_actor(self).then(move |grants, act, _| {
+        ctx.wait(fut.into_actor(self).then(move |grants, act, ctx| {
             let prepared: Vec<(NodeGrant, Addr<DockerNodeActor>)> = match grants {
                 Err(e) => {
                     act.failure = Some(e);
@@ -250,34 +251,31 @@ impl StepActor {
                 act.event(EventKind::Node { step: act.name(), node: g.id.clone(), state: "acquired".into() });
             }
             // The image and its source may use run variables; STATSD_HOST is not known yet.
-            let sends: Vec<_> = prepared
+            // Nothing is fetched from a source that did not resolve (and pass its checks).
+            let images: Vec<(String, Option<String>)> = prepared
                 .iter()
-                .map(|(grant, addr)| {
-                    let early = launch::resolve(
-                        &c.step.spec,
-                        &c.plan_env,
-                        &c.run_env,
-                        &act.injected(grant, ""),
-                        &c.settings.limits,
-                        &c.settings.secrets,
-                    );
-                    // Nothing is fetched from a source that did not resolve (and pass its checks).
-                    let (image, image_source) = match early {
+                .map(|(grant, _)| {
+                    let injected = act.injected(grant, "");
+                    match launch::resolve(&c.step.spec, &c.plan_env, &c.run_env, &injected, &c.settings.limits, &c.settings.secrets) {
                         Ok(l) => (l.image, l.image_source),
                         Err(_) => (c.step.spec.container_name.clone(), None),
-                    };
-                    let mask = launch::secret_values(&c.step.spec, &c.plan_env, &c.run_env, &c.settings.secrets);
-                    addr.send(PrepareNode { image, image_source, images_from: grant.images_from.clone(), adopt: c.resume.is_some(), mask })
+                    }
                 })
                 .collect();
-            async move { join_all(sends).await }.into_actor(act).map(move |results, act, ctx| {
+            let nodes: Vec<_> = prepared.iter().map(|(g, addr)| (addr.clone(), g.engine.clone(), g.images_from.clone())).collect();
+            let fetch = Fetch {
+                tls: c.settings.tls.clone(),
+                dir: c.settings.download_dir.join(c.run_id.simple().to_string()),
+                expected: c.step.spec.container_sha256.clone(),
+                check_loopback: !c.settings.limits.allow_loopback_image_urls,
+                limit: Duration::from_secs(c.settings.prepare_timeout_secs),
+                me: ctx.address(),
+            };
+            let (adopt, mask) = (c.resume.is_some(), launch::secret_values(&c.step.spec, &c.plan_env, &c.run_env, &c.settings.secrets));
+            prepare_nodes(images, nodes, fetch, adopt, mask).into_actor(act).map(move |results, act, ctx| {
                 for ((grant, addr), result) in prepared.into_iter().zip(results) {
                     let (relay_ip, adopted) = match result {
-                        Ok(Ok(ready)) => (ready.relay_ip, ready.adopted),
-                        Ok(Err(e)) => {
-                            act.failure.get_or_insert_with(|| format!("node {}: {e}", grant.id));
-                            (String::new(), Vec::new())
-                        }
+                        Ok(ready) => (ready.relay_ip, ready.adopted),
                         Err(e) => {
                             act.failure.get_or_insert_with(|| format!("node {}: {e}", grant.id));
                             (String::new(), Vec::new())
@@ -492,6 +490,93 @@ impl Actor for StepActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.prepare(ctx);
+    }
+}
+
+/// How a step's image tarballs are fetched: once per step, onto the broker's disk.
+struct Fetch {
+    tls: crate::infra::tls::Tls,
+    dir: std::path::PathBuf,
+    expected: Option<String>,
+    check_loopback: bool,
+    limit: Duration,
+    me: Addr<StepActor>,
+}
+
+fn is_http(url: &str) -> bool {
+    url.starts_with("http://") || url.starts_with("https://")
+}
+
+/// Fetches each distinct http(s) source once (when some node lacks the image),
+/// then readies every node with its tarball; downloaded files are removed after.
+async fn prepare_nodes(
+    images: Vec<(String, Option<String>)>,
+    nodes: Vec<(Addr<DockerNodeActor>, crate::infra::docker::Engine, Option<crate::infra::docker::Engine>)>,
+    fetch: Fetch,
+    adopt: bool,
+    mask: Vec<String>,
+) -> Vec<Result<crate::docker_node::NodeReady, String>> {
+    let mut fetched: HashMap<String, Result<std::path::PathBuf, String>> = HashMap::new();
+    for ((image, source), (_, engine, _)) in images.iter().zip(&nodes) {
+        let Some(url) = source.as_deref().filter(|u| is_http(u)) else { continue };
+        if fetched.contains_key(url) || engine.has_image(image).await.unwrap_or(false) {
+            continue;
+        }
+        let shown = download::shown(url).to_string();
+        let got = async {
+            if fetch.check_loopback {
+                download::refuse_loopback_url(url).await?;
+            }
+            let me = fetch.me.clone();
+            let report = |bytes, total| me.do_send(DownloadProgress { url: shown.clone(), bytes, total });
+            let downloading = download::to_file(url, &fetch.dir, &fetch.tls, fetch.expected.as_deref(), report);
+            match tokio::time::timeout(fetch.limit, downloading).await {
+                Ok(done) => done.map(|d| d.path),
+                Err(_) => Err(format!("not downloaded within {} s (docker.prepare_timeout_seconds)", fetch.limit.as_secs())),
+            }
+        };
+        let got = got.await.map_err(|e| format!("cannot load image {image} from {shown}: {e}"));
+        fetched.insert(url.to_string(), got);
+    }
+    let sends = images.into_iter().zip(nodes).map(|((image, source), (addr, _, images_from))| {
+        let tarball = match source {
+            None => Ok(None),
+            Some(url) if is_http(&url) => match fetched.get(&url) {
+                Some(Ok(path)) => Ok(Some(path.clone())),
+                Some(Err(e)) => Err(e.clone()),
+                None => Ok(None),
+            },
+            Some(local) => Ok(Some(std::path::PathBuf::from(local.strip_prefix("file://").unwrap_or(&local)))),
+        };
+        let mask = mask.clone();
+        async move {
+            let tarball = tarball?;
+            let ready = addr.send(PrepareNode { image, tarball, images_from, adopt, mask }).await.map_err(|e| e.to_string())?;
+            ready.map_err(|e| e.to_string())
+        }
+    });
+    let results = join_all(sends).await;
+    for path in fetched.into_values().flatten() {
+        let _ = tokio::fs::remove_file(path).await;
+    }
+    let _ = tokio::fs::remove_dir(&fetch.dir).await;
+    results
+}
+
+/// How far a download of the step's image has got.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct DownloadProgress {
+    url: String,
+    bytes: u64,
+    total: Option<u64>,
+}
+
+impl Handler<DownloadProgress> for StepActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: DownloadProgress, _: &mut Context<Self>) {
+        self.event(EventKind::Download { step: self.name(), url: msg.url, bytes: msg.bytes, total: msg.total });
     }
 }
 

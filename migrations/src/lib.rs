@@ -10,6 +10,7 @@ mod m20261128_000003_create_metric_summary;
 mod m20261128_000004_add_dashboards;
 mod m20261128_000005_add_min_nodes;
 mod m20261128_000006_add_run_recovery;
+mod m20261201_000007_add_container_sha256;
 
 /// Applies every migration in order.
 pub struct Migrator;
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000004_add_dashboards::Migration),
             Box::new(m20261128_000005_add_min_nodes::Migration),
             Box::new(m20261128_000006_add_run_recovery::Migration),
+            Box::new(m20261201_000007_add_container_sha256::Migration),
         ]
     }
 }

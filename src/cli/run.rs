@@ -198,6 +198,11 @@ async fn follow(actors: &Actors, run: &RunView) -> anyhow::Result<RunView> {
             }
         }
         EventKind::Dashboard { url } => say(multi, format!("dashboard: {url}")),
+        EventKind::Download { step, url, bytes, total } => {
+            let mib = |b: u64| b as f64 / 1_048_576.0;
+            let of = total.map(|t| format!(" of {:.1} MiB", mib(t))).unwrap_or_default();
+            say(multi, format!("step {step}: image from {url}: {:.1} MiB{of}", mib(*bytes)));
+        }
         EventKind::Node { .. } => {}
     };
     for event in &sub.backlog {

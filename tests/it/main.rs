@@ -12,6 +12,7 @@ mod ec2_nodes;
 mod faults;
 mod feed;
 mod hostile;
+mod images;
 mod immutability;
 mod instances;
 mod metrics;

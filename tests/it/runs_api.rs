@@ -199,7 +199,8 @@ async fn a_hung_image_download_times_out_with_a_clear_reason() {
     server.join().unwrap();
     assert_eq!(run["state"], "failed", "{run:#}");
     let reason = run["failure_reason"].as_str().unwrap();
-    assert!(reason.contains("getting image loads/never-built:2 ready on node s0n0 took longer than 2 s"), "{reason}");
+    assert!(reason.contains("cannot load image loads/never-built:2 from http://127.0.0.1:"), "{reason}");
+    assert!(reason.contains("not downloaded within 2 s (docker.prepare_timeout_seconds)"), "{reason}");
     app.assert_no_leftovers();
 }
 

@@ -77,8 +77,10 @@ pub struct StepSpec {
     pub node_delay: u64,
     /// Docker image to run, e.g. `bbangert/pushgo:1.5rc4`.
     pub container_name: String,
-    /// A `docker save` tarball (optionally gzip/bzip2) to load instead of pulling.
+    /// A `docker save` tarball (optionally gzip/bzip2/xz) to load instead of pulling.
     pub container_url: Option<String>,
+    /// The SHA-256 (hex) the `container_url` tarball must have.
+    pub container_sha256: Option<String>,
     /// Environment of the step's containers; wins over the run environment.
     #[schema(value_type = Object)]
     pub environment_data: Env,
@@ -117,6 +119,7 @@ impl StepSpec {
             node_delay: defaults::NODE_DELAY,
             container_name: container_name.into(),
             container_url: None,
+            container_sha256: None,
             environment_data: Env::new(),
             additional_command_args: None,
             dns_name: None,

@@ -78,6 +78,7 @@ const STEP_FIELDS: &[&str] = &[
     "node_delay",
     "container_name",
     "container_url",
+    "container_sha256",
     "environment_data",
     "additional_command_args",
     "dns_name",
@@ -458,6 +459,14 @@ impl<'l> Walker<'l> {
 
         step.container_name = self.string(m, path, "container_name", !step.monitor).unwrap_or_default();
         step.container_url = self.string(m, path, "container_url", false);
+        step.container_sha256 = self.string(m, path, "container_sha256", false).map(|s| s.to_ascii_lowercase());
+        if let Some(sha) = &step.container_sha256 {
+            if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
+                self.error(join(path, "container_sha256"), "must be a SHA-256 digest: 64 hexadecimal digits");
+            } else if step.container_url.is_none() {
+                self.error(join(path, "container_sha256"), "checks the container_url tarball; give container_url too");
+            }
+        }
         if let Some(url) = &step.container_url {
             if let Err(why) = check_image_url(url, self.limits) {
                 self.error(join(path, "container_url"), why);

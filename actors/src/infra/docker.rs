@@ -226,15 +226,15 @@ impl Engine {
         Ok((config.entrypoint.unwrap_or_default(), config.cmd.unwrap_or_default()))
     }
 
-    /// Makes sure `image` is present: already there, loaded from `source` (a
-    /// `docker save` tarball, gzip/bzip2/xz accepted, at a path, `file://` or
-    /// `http(s)://` URL), or pulled.
-    pub async fn ensure_image(&self, image: &str, source: Option<&str>, tls: &super::tls::Tls) -> Result<(), DockerError> {
+    /// Makes sure `image` is present: already there, loaded from `tarball` (a
+    /// `docker save` tarball on this machine's disk, gzip/bzip2/xz accepted, read as
+    /// the engine takes it), or pulled.
+    pub async fn ensure_image(&self, image: &str, tarball: Option<&Path>) -> Result<(), DockerError> {
         if self.has_image(image).await? {
             return Ok(());
         }
-        match source {
-            Some(url) => self.load_image(image, url, tls).await,
+        match tarball {
+            Some(path) => self.load_image(image, path).await,
             None => self.pull(image).await,
         }
     }
@@ -250,10 +250,10 @@ impl Engine {
         Ok(())
     }
 
-    async fn load_image(&self, image: &str, url: &str, tls: &super::tls::Tls) -> Result<(), DockerError> {
-        let fail = |message: String| DockerError::Load { image: image.into(), source_url: url.into(), message };
-        let bytes = fetch(url, tls).await.map_err(fail)?;
-        let mut stream = self.docker.import_image(ImportImageOptions::default(), bollard::body_full(bytes), None);
+    async fn load_image(&self, image: &str, path: &Path) -> Result<(), DockerError> {
+        let fail = |message: String| DockerError::Load { image: image.into(), source_url: path.display().to_string(), message };
+        let file = tokio::fs::File::open(path).await.map_err(|e| fail(e.to_string()))?;
+        let mut stream = self.docker.import_image(ImportImageOptions::default(), bollard::body_try_stream(file_stream(file)), None);
         while let Some(item) = stream.next().await {
             item.map_err(|e| fail(engine_message(&e)))?;
         }
@@ -553,44 +553,18 @@ impl Engine {
     }
 }
 
-/// Refuses an http(s) URL whose host resolves to a loopback or unspecified
-/// address: the broker's own services are not image sources unless allowed.
-pub async fn refuse_loopback_url(url: &str) -> Result<(), String> {
-    let Some(rest) = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")) else { return Ok(()) };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let default_port = if url.starts_with("https://") { 443 } else { 80 };
-    let target = if authority.starts_with('[') || authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
-        authority.to_string()
-    } else {
-        format!("{authority}:{default_port}")
-    };
-    let addresses = tokio::net::lookup_host(target.as_str()).await.map_err(|e| format!("cannot resolve {authority}: {e}"))?;
-    for address in addresses {
-        if address.ip().is_loopback() || address.ip().is_unspecified() {
-            return Err(format!(
-                "{authority} resolves to {}, a loopback address; allowed only with docker.allow_loopback_image_urls",
-                address.ip()
-            ));
+/// A file's bytes as a stream of chunks, for the engine to read as it goes.
+fn file_stream(file: tokio::fs::File) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    futures_util::stream::unfold(file, |mut file| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 256 * 1024];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(Bytes::from(buf)), file))
+            }
+            Err(e) => Some((Err(e), file)),
         }
-    }
-    Ok(())
-}
-
-/// Reads a tarball from a path, `file://` URL or `http(s)://` URL. Redirects
-/// are not followed: a source that was checked is the one read.
-async fn fetch(url: &str, tls: &super::tls::Tls) -> Result<Bytes, String> {
-    if url.starts_with("http://") || url.starts_with("https://") {
-        let client = tls.client(std::time::Duration::from_secs(300));
-        let mut response = client.get(url).send().await.map_err(|e| e.to_string())?;
-        if !response.status().is_success() {
-            return Err(format!("HTTP {}", response.status()));
-        }
-        return response.body().limit(8 * 1024 * 1024 * 1024).await.map_err(|e| e.to_string());
-    }
-    let path = url.strip_prefix("file://").unwrap_or(url);
-    if !Path::new(path).is_absolute() {
-        return Err("must be an http(s):// or file:// URL or an absolute path".into());
-    }
-    tokio::fs::read(path).await.map(Bytes::from).map_err(|e| e.to_string())
+    })
 }

@@ -7,6 +7,7 @@
 //! `influx` and `grafana` publish metrics and dashboards.
 
 pub mod docker;
+pub mod download;
 pub mod ec2;
 pub mod forward;
 pub mod grafana;

@@ -72,6 +72,7 @@ pub mod step {
         pub node_delay: i64,
         pub container_name: String,
         pub container_url: Option<String>,
+        pub container_sha256: Option<String>,
         pub environment_data: Json,
         pub additional_command_args: Option<String>,
         pub dns_name: Option<String>,

@@ -1,0 +1,136 @@
+//! Image tarballs from `container_url`: fetched once per step (not once per
+//! node) onto the broker's disk and streamed, checked against
+//! `container_sha256`, in every compression the original's S3 tarballs came
+//! in, with the download's progress on the feed.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+use crate::helpers::{ensure_images, record, Backend, TestApp};
+
+/// The test's image servers are on loopback, which image URLs may name only when allowed.
+const LOOPBACK_IMAGES: &[(&str, &str)] = &[("LOADS__DOCKER__ALLOW_LOOPBACK_IMAGE_URLS", "true")];
+
+/// Busybox under a new tag, saved as a tarball compressed with `compress` (`cat`, `gzip`, `bzip2`); answers the tag and bytes.
+fn tarball(compress: &str) -> (String, Vec<u8>) {
+    let tag = format!("loads/url-test:{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    assert!(Command::new("docker").args(["tag", loads::images::BUSYBOX, &tag]).status().unwrap().success());
+    let out = Command::new("sh").arg("-c").arg(format!("docker save {tag} | {compress}")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = Command::new("docker").args(["rmi", "-f", &tag]).output();
+    (tag, out.stdout)
+}
+
+/// Serves `bytes` to every request (at most 20), counting them.
+fn serve(bytes: Vec<u8>) -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let count = Arc::new(AtomicUsize::new(0));
+    let counted = count.clone();
+    std::thread::spawn(move || {
+        for _ in 0..20 {
+            let Ok((mut stream, _)) = listener.accept() else { return };
+            counted.fetch_add(1, Ordering::SeqCst);
+            let mut request = [0u8; 2048];
+            let _ = stream.read(&mut request);
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", bytes.len());
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&bytes);
+        }
+    });
+    (port, count)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("t");
+    std::fs::write(&file, bytes).unwrap();
+    let out = Command::new("sha256sum").arg(&file).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
+}
+
+fn step(tag: &str, port: u16, nodes: u32) -> Value {
+    json!({"name": "loaded", "container_name": tag, "container_url": format!("http://127.0.0.1:{port}/image.tar"),
+           "instance_count": nodes, "additional_command_args": "-c 'echo from-the-tarball'"})
+}
+
+/// A three-node step downloads its gzipped tarball once, reports the download
+/// on the feed, and every node runs the image; nothing is left in the download directory.
+#[actix_web::test]
+async fn a_tarball_is_downloaded_once_for_all_the_nodes_of_a_step() {
+    ensure_images();
+    let downloads = tempfile::tempdir().unwrap();
+    let dir = downloads.path().display().to_string();
+    let mut settings = LOOPBACK_IMAGES.to_vec();
+    settings.push(("LOADS__DOCKER__DOWNLOAD_DIR", &dir));
+    let app = TestApp::spawn(Backend::Sqlite, &settings).await;
+    let (tag, bytes) = tarball("gzip");
+    let size = bytes.len() as u64;
+    let (port, requests) = serve(bytes);
+    let (_, run_id) = app.start(json!({"name": "once", "steps": [step(&tag, port, 3)]}), json!({})).await;
+    let url = format!("{}/api/v1/runs/{run_id}/events", app.base.replace("http://", "ws://"));
+    let (_, mut socket) = awc::Client::new().ws(url).connect().await.expect("websocket");
+    let mut done = None;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while done.is_none() {
+        assert!(std::time::Instant::now() < deadline, "the download was not reported");
+        if let Ok(Some(Ok(awc::ws::Frame::Text(text)))) = tokio::time::timeout(std::time::Duration::from_secs(5), socket.next()).await {
+            let event: Value = serde_json::from_slice(&text).unwrap();
+            if event["type"] == "download" && event["bytes"] == json!(size) {
+                done = Some(event);
+            }
+        }
+    }
+    let event = done.unwrap();
+    assert_eq!((event["step"].as_str(), event["total"].as_u64()), (Some("loaded"), Some(size)));
+    let run = app.wait_finished(&run_id, 90).await;
+    assert_eq!(run["state"], "completed", "{run:#}");
+    assert_eq!(requests.load(Ordering::SeqCst), 1, "one download for three nodes");
+    let (_, logs) = app.get(&format!("/api/v1/runs/{run_id}/logs?step=loaded")).await;
+    let outputs: Vec<&str> =
+        logs["containers"].as_array().unwrap().iter().filter(|c| c["role"] == "step").map(|c| c["logs"].as_str().unwrap().trim()).collect();
+    assert_eq!(outputs, ["from-the-tarball"; 3]);
+    assert_eq!(std::fs::read_dir(downloads.path()).unwrap().count(), 0, "the downloaded tarball is removed once loaded");
+    let _ = Command::new("docker").args(["rmi", "-f", &tag]).output();
+    app.assert_no_leftovers();
+}
+
+/// Plain and bzip2 tarballs load; `container_sha256` is checked: the right digest
+/// passes, another fails the step naming both; a malformed one is a 422.
+#[actix_web::test]
+async fn tarballs_load_in_every_compression_and_are_checked_against_their_digest() {
+    ensure_images();
+    let app = TestApp::spawn(Backend::Sqlite, LOOPBACK_IMAGES).await;
+    for compress in ["cat", "bzip2"] {
+        let (tag, bytes) = tarball(compress);
+        let digest = sha256_hex(&bytes);
+        let (port, _) = serve(bytes);
+        let mut good = step(&tag, port, 1);
+        good["container_sha256"] = json!(digest.to_uppercase());
+        let (_, run_id) = app.start(json!({"name": format!("{compress}-good"), "steps": [good]}), json!({})).await;
+        let run = app.wait_finished(&run_id, 90).await;
+        assert_eq!(run["state"], "completed", "{compress}: {run:#}");
+        let _ = Command::new("docker").args(["rmi", "-f", &tag]).output();
+
+        let mut bad = step(&tag, port, 1);
+        bad["container_sha256"] = json!("0".repeat(64));
+        let (_, run_id) = app.start(json!({"name": format!("{compress}-bad"), "steps": [bad]}), json!({})).await;
+        let run = app.wait_finished(&run_id, 90).await;
+        assert_eq!(run["state"], "failed", "{compress}: {run:#}");
+        let reason = record(&run, "loaded")["failure_reason"].as_str().unwrap_or_default().to_string();
+        assert!(reason.contains(&digest) && reason.contains("container_sha256"), "{reason}");
+    }
+    let plan = json!({"name": "p", "steps": [{"name": "s", "container_name": "x", "container_url": "https://h/x.tar", "container_sha256": "abc"}]});
+    let (status, body) = app.post("/api/v1/projects", &json!({"name": "sha"})).await;
+    assert_eq!(status, awc::http::StatusCode::CREATED);
+    let (status, body) = app.post(&format!("/api/v1/projects/{}/plans", body["id"].as_str().unwrap()), &plan).await;
+    assert_eq!(status, awc::http::StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["details"][0]["path"], "steps[0].container_sha256");
+    app.assert_no_leftovers();
+}
