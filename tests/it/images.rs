@@ -18,7 +18,7 @@ use crate::helpers::{ensure_images, record, Backend, TestApp};
 const LOOPBACK_IMAGES: &[(&str, &str)] = &[("LOADS__DOCKER__ALLOW_LOOPBACK_IMAGE_URLS", "true")];
 
 /// Busybox under a new tag, saved as a tarball compressed with `compress` (`cat`, `gzip`, `bzip2`); answers the tag and bytes.
-fn tarball(compress: &str) -> (String, Vec<u8>) {
+pub fn tarball(compress: &str) -> (String, Vec<u8>) {
     let tag = format!("loads/url-test:{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     assert!(Command::new("docker").args(["tag", loads::images::BUSYBOX, &tag]).status().unwrap().success());
     let out = Command::new("sh").arg("-c").arg(format!("docker save {tag} | {compress}")).output().unwrap();
@@ -28,7 +28,7 @@ fn tarball(compress: &str) -> (String, Vec<u8>) {
 }
 
 /// Serves `bytes` to every request (at most 20), counting them.
-fn serve(bytes: Vec<u8>) -> (u16, Arc<AtomicUsize>) {
+pub fn serve(bytes: Vec<u8>) -> (u16, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let count = Arc::new(AtomicUsize::new(0));

@@ -243,3 +243,26 @@ async fn logs_of_running_containers_are_served_while_the_run_is_live() {
     assert!(recorded.iter().all(|c| c["finished_at"].is_string()));
     app.assert_no_leftovers();
 }
+
+/// Runs started at once on SQLite are all recorded (a writer that finds the
+/// database locked waits its turn instead of answering 500).
+#[actix_web::test]
+async fn runs_started_at_once_are_all_recorded() {
+    ensure_images();
+    let app = crate::helpers::TestApp::spawn(crate::helpers::Backend::Sqlite, &[]).await;
+    let plan = app.create_plan(json!({"name": "burst", "steps": [sh_step("a", "true"), sh_step("b", "true"), sh_step("c", "true")]})).await;
+    let path = format!("/api/v1/plans/{}/runs", plan["id"].as_str().unwrap());
+    let empty = json!({});
+    let starts = (0..12).map(|_| app.post(&path, &empty));
+    let answers = futures_util::future::join_all(starts).await;
+    let mut ids = Vec::new();
+    for (status, body) in answers {
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        ids.push(body["id"].as_str().unwrap().to_string());
+    }
+    for id in ids {
+        let run = app.wait_finished(&id, 180).await;
+        assert_eq!(run["state"], "completed", "{run:#}");
+    }
+    app.assert_no_leftovers();
+}

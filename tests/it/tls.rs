@@ -4,8 +4,7 @@
 //! through `tls.ca_file`, and through `SSL_CERT_FILE` as curl would take it;
 //! without either, the connection is refused.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -110,28 +109,6 @@ fn front(pki: &Pki, target: u16) -> Front {
     Front { child, port }
 }
 
-/// An image tarball (`docker save | gzip` of busybox under a new tag) served over plain HTTP `count` times.
-fn image_server(count: usize) -> (String, u16) {
-    let tag = format!("loads/tls-test:{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    assert!(Command::new("docker").args(["tag", loads::images::BUSYBOX, &tag]).status().unwrap().success());
-    let out = Command::new("sh").arg("-c").arg(format!("docker save {tag} | gzip")).output().unwrap();
-    assert!(out.status.success());
-    let bytes = out.stdout;
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for _ in 0..count {
-            let Ok((mut stream, _)) = listener.accept() else { return };
-            let mut request = [0u8; 2048];
-            let _ = stream.read(&mut request);
-            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", bytes.len());
-            let _ = stream.write_all(head.as_bytes());
-            let _ = stream.write_all(&bytes);
-        }
-    });
-    (tag, port)
-}
-
 fn influx_port() -> u16 {
     let url = std::env::var("LOADS_TEST_INFLUX_URL").expect("LOADS_TEST_INFLUX_URL (scripts/test starts InfluxDB)");
     url.rsplit(':').next().unwrap().trim_end_matches('/').parse().unwrap()
@@ -162,15 +139,48 @@ fn remove_image(tag: &str) {
     let _ = Command::new("docker").args(["rmi", "-f", tag]).output();
 }
 
-/// Settings that send InfluxDB writes and Grafana pushes through their TLS fronts.
-fn tls_settings<'a>(influx: &'a str, database: &'a str, grafana: &'a str) -> Vec<(&'a str, &'a str)> {
-    vec![
-        ("LOADS__INFLUX__URL", influx),
-        ("LOADS__INFLUX__DATABASE", database),
-        ("LOADS__GRAFANA__URL", grafana),
-        ("LOADS__GRAFANA__TOKEN", "glsa_tls_test_token_0123456789"),
-        ("LOADS__DOCKER__ALLOW_LOOPBACK_IMAGE_URLS", "true"),
-    ]
+/// InfluxDB, a stand-in Grafana and an image server, each behind a TLS front
+/// with a certificate of the test's CA.
+struct Fronted {
+    pki: Pki,
+    _fronts: [Front; 2],
+    image_front: Front,
+    grafana: std::sync::mpsc::Receiver<crate::dashboards::Recorded>,
+    tag: String,
+    database: String,
+    influx_url: String,
+    grafana_url: String,
+}
+
+impl Fronted {
+    fn new() -> Self {
+        let pki = make_pki();
+        let influx_front = front(&pki, influx_port());
+        let (grafana_port, grafana) = recording_grafana(2);
+        let grafana_front = front(&pki, grafana_port);
+        let (tag, bytes) = crate::images::tarball("gzip");
+        let (image_port, _) = crate::images::serve(bytes);
+        let image_front = front(&pki, image_port);
+        let database = format!("loads_test_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let influx_url = format!("https://localhost:{}", influx_front.port);
+        let grafana_url = format!("https://localhost:{}", grafana_front.port);
+        Self { pki, _fronts: [influx_front, grafana_front], image_front, grafana, tag, database, influx_url, grafana_url }
+    }
+
+    /// Settings that send InfluxDB writes and Grafana pushes through their fronts.
+    fn settings(&self) -> Vec<(&str, &str)> {
+        vec![
+            ("LOADS__INFLUX__URL", &self.influx_url),
+            ("LOADS__INFLUX__DATABASE", &self.database),
+            ("LOADS__GRAFANA__URL", &self.grafana_url),
+            ("LOADS__GRAFANA__TOKEN", "glsa_tls_test_token_0123456789"),
+            ("LOADS__DOCKER__ALLOW_LOOPBACK_IMAGE_URLS", "true"),
+        ]
+    }
+
+    fn plan(&self) -> Value {
+        tls_plan(&self.tag, self.image_front.port)
+    }
 }
 
 /// With the test's CA in `tls.ca_file`: the image is downloaded, the points are
@@ -178,41 +188,32 @@ fn tls_settings<'a>(influx: &'a str, database: &'a str, grafana: &'a str) -> Vec
 #[actix_web::test]
 async fn influxdb_grafana_and_image_downloads_work_over_tls_with_a_private_ca() {
     ensure_images();
-    let pki = make_pki();
-    let influx_front = front(&pki, influx_port());
-    let (grafana_port, grafana) = recording_grafana(2);
-    let grafana_front = front(&pki, grafana_port);
-    let (tag, image_port) = image_server(2);
-    let image_front = front(&pki, image_port);
-    let database = format!("loads_test_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let (influx_url, grafana_url) =
-        (format!("https://localhost:{}", influx_front.port), format!("https://localhost:{}", grafana_front.port));
-    let ca = pki.ca.display().to_string();
-    let mut settings = tls_settings(&influx_url, &database, &grafana_url);
+    let f = Fronted::new();
+    let ca = f.pki.ca.display().to_string();
+    let mut settings = f.settings();
     settings.push(("LOADS__TLS__CA_FILE", &ca));
     let app = TestApp::spawn(Backend::Sqlite, &settings).await;
 
-    remove_image(&tag);
-    let (_, run_id) = app.start(tls_plan(&tag, image_front.port), json!({})).await;
+    let (_, run_id) = app.start(f.plan(), json!({})).await;
     let run = app.wait_finished(&run_id, 90).await;
     assert_eq!(run["state"], "completed", "the image came over TLS: {run:#}");
-    let pushed = next(&grafana).await;
+    let pushed = next(&f.grafana).await;
     assert_eq!(pushed.request_line, "POST /api/dashboards/db HTTP/1.1", "the dashboard was pushed over TLS");
-    assert_eq!(run["dashboard_url"].as_str().map(|u| u.starts_with(&grafana_url)), Some(true), "{run:#}");
-    assert_eq!(influx_hits(&database, &run_id).await, 2.0, "the points were written over TLS");
+    assert_eq!(run["dashboard_url"].as_str().map(|u| u.starts_with(&f.grafana_url)), Some(true), "{run:#}");
+    assert_eq!(influx_hits(&f.database, &run_id).await, 2.0, "the points were written over TLS");
 
     // A broker that does not trust the CA refuses the download.
     let untrusting = TestApp::spawn(Backend::Sqlite, &[("LOADS__DOCKER__ALLOW_LOOPBACK_IMAGE_URLS", "true")]).await;
-    remove_image(&tag);
-    let mut plan = tls_plan(&tag, image_front.port);
+    remove_image(&f.tag);
+    let mut plan = f.plan();
     plan["name"] = json!("untrusted");
     let (_, run_id) = untrusting.start(plan, json!({})).await;
     let run = untrusting.wait_finished(&run_id, 90).await;
     assert_eq!(run["state"], "failed", "{run:#}");
     let reason = record(&run, "gen")["failure_reason"].as_str().unwrap_or_default().to_lowercase();
     assert!(reason.contains("certificate") || reason.contains("unknownissuer") || reason.contains("tls"), "{reason}");
-    drop_database(&database).await;
-    remove_image(&tag);
+    drop_database(&f.database).await;
+    remove_image(&f.tag);
     app.assert_no_leftovers();
     untrusting.assert_no_leftovers();
 }
@@ -222,25 +223,15 @@ async fn influxdb_grafana_and_image_downloads_work_over_tls_with_a_private_ca() 
 #[actix_web::test]
 async fn ssl_cert_file_is_honoured_like_curl_does() {
     ensure_images();
-    let pki = make_pki();
-    let influx_front = front(&pki, influx_port());
-    let (grafana_port, grafana) = recording_grafana(2);
-    let grafana_front = front(&pki, grafana_port);
-    let (tag, image_port) = image_server(1);
-    let image_front = front(&pki, image_port);
-    let database = format!("loads_test_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let (influx_url, grafana_url) =
-        (format!("https://localhost:{}", influx_front.port), format!("https://localhost:{}", grafana_front.port));
-    let ca = pki.ca.display().to_string();
-    let mut settings = tls_settings(&influx_url, &database, &grafana_url);
+    let f = Fronted::new();
+    let ca = f.pki.ca.display().to_string();
+    let mut settings = f.settings();
     settings.push(("SSL_CERT_FILE", &ca));
     let broker = Restartable::new();
     let mut child = broker.serve(&settings);
 
-    remove_image(&tag);
     let project = broker.api.post("/api/v1/projects", json!({"name": "tls"})).await;
-    let plan =
-        broker.api.post(&format!("/api/v1/projects/{}/plans", project["id"].as_str().unwrap()), tls_plan(&tag, image_front.port)).await;
+    let plan = broker.api.post(&format!("/api/v1/projects/{}/plans", project["id"].as_str().unwrap()), f.plan()).await;
     let run = broker.api.post(&format!("/api/v1/plans/{}/runs", plan["id"].as_str().unwrap()), json!({})).await;
     let run_id = run["id"].as_str().unwrap().to_string();
     let run = broker
@@ -248,10 +239,10 @@ async fn ssl_cert_file_is_honoured_like_curl_does() {
         .wait_run(&run_id, "the run finishes", |r| ["completed", "failed", "aborted"].contains(&r["state"].as_str().unwrap_or("")))
         .await;
     assert_eq!(run["state"], "completed", "{run:#}");
-    assert_eq!(next(&grafana).await.request_line, "POST /api/dashboards/db HTTP/1.1");
-    assert_eq!(influx_hits(&database, &run_id).await, 2.0);
+    assert_eq!(next(&f.grafana).await.request_line, "POST /api/dashboards/db HTTP/1.1");
+    assert_eq!(influx_hits(&f.database, &run_id).await, 2.0);
     let _ = child.kill();
     let _ = child.wait();
-    drop_database(&database).await;
-    remove_image(&tag);
+    drop_database(&f.database).await;
+    remove_image(&f.tag);
 }

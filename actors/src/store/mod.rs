@@ -64,9 +64,20 @@ impl StoreError {
             return true;
         }
         let text = e.to_string();
-        ["Io(", "connection", "Connection", "PoolTimedOut", "PoolClosed", "terminating connection", "the database system is"]
-            .iter()
-            .any(|needle| text.contains(needle))
+        // SQLite's "database is locked" (SQLITE_BUSY, and BUSY_SNAPSHOT when another writer committed
+        // after a transaction's first read) passes once the other writer is done.
+        [
+            "Io(",
+            "connection",
+            "Connection",
+            "PoolTimedOut",
+            "PoolClosed",
+            "terminating connection",
+            "the database system is",
+            "database is locked",
+        ]
+        .iter()
+        .any(|needle| text.contains(needle))
     }
 
     pub(crate) fn not_found(what: &'static str, id: impl ToString) -> Self {

@@ -138,8 +138,20 @@ async fn filtered(db: &impl ConnectionTrait, filter: &RunFilter) -> Result<sea_o
     Ok(query)
 }
 
-/// Records a new pending run of `plan_id` with one pending step record per step.
+/// Records a new pending run of `plan_id` with one pending step record per step
+/// (tried again while another writer holds the database).
 pub async fn create<C: ConnectionTrait + TransactionTrait>(
+    db: &C,
+    plan_id: Uuid,
+    owner: Option<String>,
+    env: &Env,
+    unset: &[String],
+    ingest_token: &str,
+) -> Result<RunView, StoreError> {
+    super::persist("a new run", || create_once(db, plan_id, owner.clone(), env, unset, ingest_token)).await
+}
+
+async fn create_once<C: ConnectionTrait + TransactionTrait>(
     db: &C,
     plan_id: Uuid,
     owner: Option<String>,
