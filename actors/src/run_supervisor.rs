@@ -241,7 +241,7 @@ impl RunSupervisor {
             if let Some(slot) = self.steps.get_mut(&id) {
                 slot.outcome = Some(StepOutcome::Skipped);
             }
-            self.record_skipped(id, "the run failed before the step started", ctx);
+            self.record_step(id, StepState::Skipped, "the run failed before the step started", ctx);
         }
         self.maybe_close(ctx);
     }
@@ -387,10 +387,6 @@ impl RunSupervisor {
             }
             act.spawn_steps(run_span, ctx);
         }));
-    }
-
-    fn record_skipped(&mut self, step_id: Uuid, why: &str, ctx: &mut Context<Self>) {
-        self.record_step(step_id, StepState::Skipped, why, ctx);
     }
 
     /// Records a step's final state, with why, in the database and on the feed.

@@ -531,7 +531,7 @@ async fn prepare_nodes(
             let report = |bytes, total| me.do_send(DownloadProgress { url: shown.clone(), bytes, total });
             let downloading = download::to_file(url, &fetch.dir, &fetch.tls, fetch.expected.as_deref(), report);
             match tokio::time::timeout(fetch.limit, downloading).await {
-                Ok(done) => done.map(|d| d.path),
+                Ok(done) => done,
                 Err(_) => Err(format!("not downloaded within {} s (docker.prepare_timeout_seconds)", fetch.limit.as_secs())),
             }
         };

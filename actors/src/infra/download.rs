@@ -16,31 +16,21 @@ use super::tls::Tls;
 /// Longest a download may go without receiving a byte.
 const IDLE: Duration = Duration::from_secs(60);
 
-/// A tarball on the broker's disk.
-#[derive(Clone, Debug)]
-pub struct Downloaded {
-    /// Where it is.
-    pub path: PathBuf,
-    /// Its size.
-    pub bytes: u64,
-    /// Its SHA-256, hex.
-    pub sha256: String,
-}
-
 /// A URL as it may be shown: without its query string (a presigned URL's signature is a credential).
 pub fn shown(url: &str) -> &str {
     url.split(['?', '#']).next().unwrap_or(url)
 }
 
-/// Fetches `url` into a new file in `dir`; `progress(bytes so far, total if known)` is
-/// called at most once a second and at the end. A digest other than `expected` is an error.
+/// Fetches `url` into a new file in `dir` and answers its path; `progress(bytes so far,
+/// total if known)` is called at most once a second and at the end. A digest other than
+/// `expected` is an error.
 pub async fn to_file(
     url: &str,
     dir: &Path,
     tls: &Tls,
     expected: Option<&str>,
     mut progress: impl FnMut(u64, Option<u64>),
-) -> Result<Downloaded, String> {
+) -> Result<PathBuf, String> {
     tokio::fs::create_dir_all(dir).await.map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let path = dir.join(format!("{}.tar", uuid::Uuid::new_v4().simple()));
     let result = fetch(url, &path, tls, expected, &mut progress).await;
@@ -56,7 +46,7 @@ async fn fetch(
     tls: &Tls,
     expected: Option<&str>,
     progress: &mut impl FnMut(u64, Option<u64>),
-) -> Result<Downloaded, String> {
+) -> Result<PathBuf, String> {
     let mut response = tls.client(IDLE).get(url).send().await.map_err(|e| e.to_string())?;
     if !response.status().is_success() {
         return Err(format!("HTTP {}", response.status()));
@@ -87,7 +77,7 @@ async fn fetch(
     if let Some(expected) = expected.filter(|e| !e.eq_ignore_ascii_case(&sha256)) {
         return Err(format!("its SHA-256 is {sha256}, not the container_sha256 {expected}"));
     }
-    Ok(Downloaded { path: path.to_path_buf(), bytes, sha256 })
+    Ok(path.to_path_buf())
 }
 
 /// Refuses an http(s) URL whose host resolves to a loopback or unspecified

@@ -70,11 +70,6 @@ impl Influx {
         Self::new(&self.url, database, self.credentials.as_ref().map(|(u, p)| (u.as_str(), p.as_str())), &self.tls)
     }
 
-    /// The database written to.
-    pub fn database(&self) -> &str {
-        &self.database
-    }
-
     fn error(&self, e: impl ToString) -> InfluxError {
         InfluxError { url: self.url.clone(), message: e.to_string() }
     }
