@@ -10,6 +10,9 @@
 # the openssl command for the TLS tests' certificates.
 ensure_packages() {
   local packages=(postgresql influxdb curl openssh-server openssh-client busybox-static gcc libc6-dev pkg-config libssl-dev openssl)
+  # The EC2 tests' nodes: virtual machines under software emulation, booting a
+  # Debian image built here (mmdebstrap), each with a NoCloud seed.
+  packages+=(qemu-system-x86 mmdebstrap cloud-image-utils e2fsprogs)
   python3 -m pip --version >/dev/null 2>&1 || packages+=(python3 python3-pip)
   local missing=() p
   for p in "${packages[@]}"; do
@@ -20,7 +23,50 @@ ensure_packages() {
   [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
   echo "installing: ${missing[*]}"
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+  # qemu's tools may come newer (a backport) than its system emulator can live with:
+  # both are then taken from the release itself.
+  local release extra=()
+  release=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+  if [[ " ${missing[*]} " == *" qemu-system-x86 "* ]] && [ -n "$release" ] && dpkg-query -W qemu-utils >/dev/null 2>&1; then
+    extra=(--allow-downgrades "qemu-utils/$release")
+  fi
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${extra[@]}" "${missing[@]}"
+}
+
+# The EC2 tests' node image: a stock Debian as a cloud instance boots it (kernel,
+# cloud-init with its default user `debian` and passwordless sudo, the stock
+# sshd, no Docker), with Docker's packages in its apt cache so that a node's
+# user-data installs Docker without the network (the VMs have none but the SSH
+# port forwarded to loopback). Built once per machine (a few minutes) into
+# /var/tmp/loads-vm; LOADS_TEST_VM_DIR, when already set, wins.
+ensure_vm_image() {
+  if [ -n "${LOADS_TEST_VM_DIR:-}" ]; then
+    return 0
+  fi
+  # Bump `version` when the image's recipe changes: machines then build it again.
+  local dir=/var/tmp/loads-vm version=2
+  if [ "$(cat "$dir/version" 2>/dev/null)" != "$version" ] || [ ! -f "$dir/image.ext4" ]; then
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
+    echo "building the test nodes' VM image in $dir (once per machine)"
+    $sudo rm -rf "$dir/rootfs"
+    mkdir -p "$dir"
+    $sudo mmdebstrap --quiet --mode=root --variant=apt \
+      --include=linux-image-amd64,systemd-sysv,cloud-init,openssh-server,sudo,ca-certificates,iproute2,ifupdown,isc-dhcp-client,netbase,procps \
+      --skip=cleanup/apt/cache,cleanup/apt/lists \
+      --customize-hook='chroot "$1" apt-get install -y -q --download-only --no-install-recommends docker.io apparmor' \
+      --customize-hook='echo "datasource_list: [ NoCloud, None ]" > "$1/etc/cloud/cloud.cfg.d/90-loads-test.cfg"' \
+      --customize-hook='echo "/dev/vda / ext4 defaults 0 1" > "$1/etc/fstab"' \
+      bookworm "$dir/rootfs"
+    $sudo cp "$dir"/rootfs/boot/vmlinuz-* "$dir/vmlinuz"
+    $sudo cp "$dir"/rootfs/boot/initrd.img-* "$dir/initrd.img"
+    $sudo mke2fs -q -t ext4 -d "$dir/rootfs" -L root "$dir/image.tmp" 3G
+    $sudo rm -rf "$dir/rootfs"
+    $sudo chmod 644 "$dir/vmlinuz" "$dir/initrd.img" "$dir/image.tmp"
+    mv "$dir/image.tmp" "$dir/image.ext4"
+    echo "$version" > "$dir/version"
+  fi
+  export LOADS_TEST_VM_DIR="$dir"
 }
 
 ensure_postgres() {

@@ -208,11 +208,23 @@ pub struct MetricsSettings {
     pub ingest_max_bodies: usize,
     /// The relays' flush window, in milliseconds (merged windows are grouped by the second).
     pub flush_ms: u64,
+    /// Where relays deliver instead of the broker's own forward: the base URL of a TLS
+    /// terminator (or load balancer) in front of the ingest listener that the nodes can
+    /// reach, such as `https://loads.example.com:8443`. Relays trust the public web's
+    /// roots and the certificates of `tls.ca_file` and `SSL_CERT_FILE`. Empty: the forward.
+    pub relay_url: String,
 }
 
 impl Default for MetricsSettings {
     fn default() -> Self {
-        Self { ingest_host: "127.0.0.1".into(), ingest_port: 8081, ingest_body_timeout_seconds: 10, ingest_max_bodies: 4, flush_ms: 1000 }
+        Self {
+            ingest_host: "127.0.0.1".into(),
+            ingest_port: 8081,
+            ingest_body_timeout_seconds: 10,
+            ingest_max_bodies: 4,
+            flush_ms: 1000,
+            relay_url: String::new(),
+        }
     }
 }
 
@@ -387,6 +399,20 @@ pub struct DockerSettings {
     pub download_dir: String,
     /// Lines of each container's output kept after it is removed.
     pub log_tail: usize,
+    /// Logins for pulls from private registries, by registry host as images name it
+    /// (`registry.example.com:5000`); Amazon ECR registries need none (the broker's AWS
+    /// credentials fetch a token).
+    pub registry_auth: std::collections::BTreeMap<String, RegistryLogin>,
+}
+
+/// A private registry's login.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryLogin {
+    /// The user.
+    pub username: String,
+    /// The password or token, or `secret:NAME` (a secret of `secrets.file` or `LOADS_SECRET_NAME`).
+    pub password: Secret,
 }
 
 impl Default for DockerSettings {
@@ -399,6 +425,7 @@ impl Default for DockerSettings {
             allow_loopback_image_urls: false,
             download_dir: "/var/tmp/loads/downloads".into(),
             log_tail: 1000,
+            registry_auth: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -615,12 +642,16 @@ fn unknown_key(tree: &serde_json::Value, reference: &serde_json::Value, prefix: 
     let (serde_json::Value::Object(tree), serde_json::Value::Object(reference)) = (tree, reference) else { return None };
     for (key, value) in tree {
         let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
-        // Regions are named by the operator; each one's keys are checked against the region reference.
-        if path == "ec2.regions" {
-            let region: serde_json::Value = serde_json::json!({"ami": "", "subnet_id": "", "security_group_ids": [], "key_name": ""});
+        // Regions and registries are named by the operator; each one's keys are checked against its reference.
+        let named_reference = match path.as_str() {
+            "ec2.regions" => Some(serde_json::json!({"ami": "", "subnet_id": "", "security_group_ids": [], "key_name": ""})),
+            "docker.registry_auth" => Some(serde_json::json!({"username": "", "password": ""})),
+            _ => None,
+        };
+        if let Some(reference) = named_reference {
             if let serde_json::Value::Object(named) = value {
                 for (name, settings) in named {
-                    if let Some(found) = unknown_key(settings, &region, &format!("{path}.{name}")) {
+                    if let Some(found) = unknown_key(settings, &reference, &format!("{path}.{name}")) {
                         return Some(found);
                     }
                 }
@@ -799,6 +830,12 @@ impl Settings {
         if !(100..=60_000).contains(&self.metrics.flush_ms) {
             return invalid("metrics.flush_ms", "must be from 100 to 60000");
         }
+        if !(self.metrics.relay_url.is_empty()
+            || (self.metrics.relay_url.starts_with("http://") || self.metrics.relay_url.starts_with("https://"))
+                && !self.metrics.relay_url.contains(char::is_whitespace))
+        {
+            return invalid("metrics.relay_url", "must be empty or an http(s):// URL such as https://loads.example.com:8443");
+        }
         if !(self.influx.url.is_empty() || self.influx.url.starts_with("http://") || self.influx.url.starts_with("https://")) {
             return invalid("influx.url", "must be empty or an http(s):// URL");
         }
@@ -937,7 +974,46 @@ impl Settings {
             influx: !self.influx.url.is_empty(),
             tls: tls.clone(),
             download_dir: self.docker.download_dir.clone().into(),
+            relay_url: (!self.metrics.relay_url.is_empty()).then(|| self.metrics.relay_url.trim_end_matches('/').to_string()),
+            registries: loads_actors::infra::registry::Registries::new(
+                self.docker
+                    .registry_auth
+                    .iter()
+                    .map(|(host, login)| {
+                        let login = loads_actors::infra::registry::Login {
+                            username: login.username.clone(),
+                            password: login.password.expose().to_string(),
+                        };
+                        (host.clone(), login)
+                    })
+                    .collect(),
+                (!self.ec2.endpoint_url.is_empty()).then(|| self.ec2.endpoint_url.clone()),
+            ),
+            relay_ca: None,
         }
+    }
+
+    /// The PEM certificates relays delivering to an `https` `metrics.relay_url` trust
+    /// besides the public web's roots: those of `tls.ca_file` and of `SSL_CERT_FILE`
+    /// (whose environment is given), as the broker trusts them.
+    pub fn relay_ca(&self, env: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<Option<String>> {
+        /// Environment values beyond this would not fit a container's environment comfortably.
+        const MAX_PEM_BYTES: usize = 512 * 1024;
+        if !self.metrics.relay_url.starts_with("https://") {
+            return Ok(None);
+        }
+        let ssl_cert_file = env.into_iter().find(|(k, _)| k == "SSL_CERT_FILE").map(|(_, v)| v).filter(|v| !v.is_empty());
+        let mut pem = String::new();
+        for (key, path) in [("tls.ca_file", Some(self.tls.ca_file.clone()).filter(|f| !f.is_empty())), ("SSL_CERT_FILE", ssl_cert_file)] {
+            let Some(path) = path else { continue };
+            let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{key} {path}: {e}"))?;
+            pem.push_str(&text);
+            pem.push('\n');
+        }
+        if pem.len() > MAX_PEM_BYTES {
+            anyhow::bail!("tls.ca_file and SSL_CERT_FILE hold {} bytes: relays take at most {MAX_PEM_BYTES}", pem.len());
+        }
+        Ok((!pem.trim().is_empty()).then_some(pem))
     }
 
     /// The plan validation limits.

@@ -24,16 +24,20 @@ use tokio::net::{TcpListener, UdpSocket};
 pub const BUFFER_WINDOWS: usize = 600;
 
 /// Where windows go.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct RelayConfig {
-    /// Port for statsd, UDP and TCP.
+    /// Port for statsd, UDP and TCP; 0 picks one free for both.
     pub port: u16,
+    /// Address statsd is taken on.
+    pub bind: std::net::IpAddr,
     /// Flush window.
     pub flush: Duration,
     /// The broker's ingest URL for this run; none = aggregate and report only.
     pub ingest_url: Option<String>,
     /// The run's ingest token.
     pub ingest_token: String,
+    /// PEM certificates trusted for an `https` ingest URL besides the public web's roots.
+    pub ingest_ca: Option<String>,
     /// Run, step and node ids stamped on every window.
     pub run_id: String,
     /// The step.
@@ -52,9 +56,11 @@ impl RelayConfig {
         let var = |k: &str| std::env::var(k).unwrap_or_default();
         Self {
             port,
+            bind: std::net::Ipv4Addr::UNSPECIFIED.into(),
             flush,
             ingest_url: std::env::var("LOADS_INGEST_URL").ok().filter(|u| !u.is_empty()),
             ingest_token: var("LOADS_INGEST_TOKEN"),
+            ingest_ca: Some((0..).map_while(|i| std::env::var(ca_var(i)).ok()).collect::<String>()).filter(|p| !p.trim().is_empty()),
             run_id: var("LOADS_RUN"),
             step_id: var("LOADS_STEP"),
             node: var("LOADS_NODE"),
@@ -150,6 +156,29 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
+/// The statsd sockets, UDP and TCP on one port; with port 0 a port free for both.
+async fn bind_statsd(bind: std::net::IpAddr, port: u16) -> std::io::Result<(UdpSocket, TcpListener)> {
+    let mut attempts = 0;
+    loop {
+        let udp = UdpSocket::bind((bind, port)).await?;
+        let chosen = udp.local_addr()?.port();
+        match TcpListener::bind((bind, chosen)).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if port == 0 && e.kind() == std::io::ErrorKind::AddrInUse && attempts < 50 => attempts += 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The `i`th variable holding the broker's PEM certificates (`LOADS_INGEST_CA`, `LOADS_INGEST_CA_1`, …).
+fn ca_var(i: usize) -> String {
+    if i == 0 {
+        "LOADS_INGEST_CA".into()
+    } else {
+        format!("LOADS_INGEST_CA_{i}")
+    }
+}
+
 /// Sends what is pending, oldest first, in batches; stops at the first failure.
 async fn deliver(config: &RelayConfig, client: &awc::Client, outbox: &mut Outbox) {
     let Some(url) = &config.ingest_url else {
@@ -179,9 +208,8 @@ async fn deliver(config: &RelayConfig, client: &awc::Client, outbox: &mut Outbox
 /// Runs the relay until SIGTERM or SIGINT; then flushes, delivers what it can and reports.
 pub async fn run(config: RelayConfig) -> std::io::Result<()> {
     let aggregator = Arc::new(Mutex::new(Aggregator::default()));
-    let udp = UdpSocket::bind(("0.0.0.0", config.port)).await?;
-    let tcp = TcpListener::bind(("0.0.0.0", config.port)).await?;
-    println!("relay listening for statsd on udp and tcp port {}", config.port);
+    let (udp, tcp) = bind_statsd(config.bind, config.port).await?;
+    println!("{}{}", loads_actors::docker_node::RELAY_LISTENING, udp.local_addr()?.port());
 
     let (agg, mask) = (aggregator.clone(), config.mask.clone());
     let udp_task = tokio::spawn(async move {
@@ -208,7 +236,8 @@ pub async fn run(config: RelayConfig) -> std::io::Result<()> {
         }
     });
 
-    let client = awc::Client::builder().timeout(Duration::from_secs(2)).finish();
+    let tls = loads_actors::infra::tls::Tls::for_relay(config.ingest_ca.as_deref()).map_err(std::io::Error::other)?;
+    let client = tls.client(Duration::from_secs(2));
     let mut outbox = Outbox { pending: VecDeque::new(), capacity: config.buffer, dropped: 0, sent: 0 };
     let (mut seq, mut lines, mut malformed) = (0u64, 0u64, 0u64);
     let mut window_start = now_ms();

@@ -3,9 +3,10 @@
 
 Every request is passed to the upstream EC2 endpoint unchanged, except
 RunInstances calls chosen by the rules below, which get an EC2 error instead.
-Each RunInstances is logged on stdout as one JSON line
-({"min": MinCount, "max": MaxCount, "answer": CODE or "passed"}), so a test can
-read what the broker asked for and what it was told.
+Each RunInstances is logged on stdout as one JSON line ({"min": MinCount,
+"max": MaxCount, "public_ip": whether a public address was asked for,
+"answer": CODE or "passed"}), so a test can read what the broker asked for and
+what it was told.
 
   --fail CODE:N      the first N RunInstances get CODE (RequestLimitExceeded,
                      InsufficientInstanceCapacity, VcpuLimitExceeded, ...)
@@ -13,6 +14,10 @@ read what the broker asked for and what it was told.
                      InsufficientInstanceCapacity (capacity for MAX only)
   --delay N:SECONDS  the first N RunInstances get no answer for SECONDS (then
                      none at all: the connection is closed), like a hung API
+  --not-found N      the first N DescribeInstances naming instance ids get
+                     InvalidInstanceID.NotFound, as EC2 answers for a while
+                     after a launch (eventual consistency); each is logged as
+                     {"describe": CODE or "passed"}
 
 Listens on 127.0.0.1 only; prints "listening PORT" when ready.
 """
@@ -39,19 +44,41 @@ def main():
     parser.add_argument("--fail", default="")
     parser.add_argument("--capacity", type=int, default=None)
     parser.add_argument("--delay", default="")
+    parser.add_argument("--not-found", type=int, default=0)
     args = parser.parse_args()
     fail_code, fail_left = (args.fail.split(":")[0], int(args.fail.split(":")[1])) if args.fail else ("", 0)
     lock = threading.Lock()
     delay_left, delay_for = (int(args.delay.split(":")[0]), float(args.delay.split(":")[1])) if args.delay else (0, 0.0)
-    state = {"fail_left": fail_left, "delay_left": delay_left}
+    state = {"fail_left": fail_left, "delay_left": delay_left, "not_found_left": args.not_found}
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def log_message(self, *_):
             pass
 
+        def error(self, code, message, status):
+            xml = (f'<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error><Code>{code}</Code>'
+                   f'<Message>{message}</Message></Error></Errors>'
+                   f'<RequestID>fault-proxy</RequestID></Response>').encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "text/xml")
+            self.send_header("Content-Length", str(len(xml)))
+            self.end_headers()
+            self.wfile.write(xml)
+
         def do_POST(self):
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
+            if form.get("Action") == ["DescribeInstances"] and "InstanceId.1" in form:
+                with lock:
+                    missing = state["not_found_left"] > 0
+                    if missing:
+                        state["not_found_left"] -= 1
+                if args.not_found:
+                    print(json.dumps({"describe": "InvalidInstanceID.NotFound" if missing else "passed"}), flush=True)
+                if missing:
+                    ids = ", ".join(v[0] for k, v in sorted(form.items()) if k.startswith("InstanceId."))
+                    self.error("InvalidInstanceID.NotFound", f"The instance IDs '{ids}' do not exist", 400)
+                    return
             if form.get("Action") == ["RunInstances"]:
                 low, high = int(form.get("MinCount", ["1"])[0]), int(form.get("MaxCount", ["1"])[0])
                 code = None
@@ -70,16 +97,10 @@ def main():
                         code = fail_code
                     elif args.capacity is not None and low > args.capacity:
                         code = "InsufficientInstanceCapacity"
-                print(json.dumps({"min": low, "max": high, "answer": code or "passed"}), flush=True)
+                public = form.get("NetworkInterface.1.AssociatePublicIpAddress", [""])[0] == "true"
+                print(json.dumps({"min": low, "max": high, "public_ip": public, "answer": code or "passed"}), flush=True)
                 if code:
-                    xml = (f'<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error><Code>{code}</Code>'
-                           f'<Message>{MESSAGES.get(code, code)}</Message></Error></Errors>'
-                           f'<RequestID>fault-proxy</RequestID></Response>').encode()
-                    self.send_response(STATUS.get(code, 400))
-                    self.send_header("Content-Type", "text/xml")
-                    self.send_header("Content-Length", str(len(xml)))
-                    self.end_headers()
-                    self.wfile.write(xml)
+                    self.error(code, MESSAGES.get(code, code), STATUS.get(code, 400))
                     return
             headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
             request = urllib.request.Request(args.upstream + self.path, data=body, headers=headers, method="POST")

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """A TLS front for a plain-HTTP server on loopback, for the TLS tests.
 
-Usage: tls_proxy.py CERT KEY TARGET_PORT
-Listens on 127.0.0.1 (a free port, printed as `listening PORT` on stdout),
+Usage: tls_proxy.py CERT KEY TARGET_PORT [HOST [PORT]]
+Listens on HOST (127.0.0.1 by default; a test's own Docker network's gateway
+for relays to reach) and PORT (a free one by default), printed as
+`listening PORT` on stdout,
 terminates TLS with CERT and KEY, and carries each connection's bytes to
 127.0.0.1:TARGET_PORT and back. Runs until it is killed.
 """
@@ -49,7 +51,9 @@ def main():
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
+    host = sys.argv[4] if len(sys.argv) > 4 else "127.0.0.1"
+    port = int(sys.argv[5]) if len(sys.argv) > 5 else 0
+    listener.bind((host, port))
     listener.listen(64)
     print(f"listening {listener.getsockname()[1]}", flush=True)
     while True:

@@ -103,7 +103,7 @@ pub struct ContainerExited {
 /// image's command, and the step containers adopted with it.
 struct Relay {
     id: String,
-    ip: Result<String, DockerError>,
+    ip: Result<(String, u16), DockerError>,
     cmd: Vec<String>,
     adopted: Vec<(String, String)>,
 }
@@ -111,8 +111,11 @@ struct Relay {
 /// A node ready for its step.
 #[derive(Debug)]
 pub struct NodeReady {
-    /// The relay's address on the run network.
+    /// Where the step's containers send statsd: the relay's address on the run network, or
+    /// the node's loopback when the relay shares the node's own network (cloud nodes).
     pub relay_ip: String,
+    /// The relay's statsd port.
+    pub relay_port: u16,
     /// The step containers found on the node (when adopting), now watched.
     pub adopted: Vec<String>,
 }
@@ -152,9 +155,17 @@ impl Handler<PrepareNode> for DockerNodeActor {
                     "LOADS_PROC=/host/proc".to_string(),
                     format!("LOADS_FLUSH_MS={}", self.settings.flush_ms),
                 ];
+                if self.who.host_network {
+                    // On the node's own network: statsd on its loopback, on a port free there.
+                    env.push("LOADS_RELAY_BIND=127.0.0.1".to_string());
+                    env.push("LOADS_RELAY_PORT=0".to_string());
+                }
                 if let Some((url, token)) = &self.who.ingest {
                     env.push(format!("LOADS_INGEST_URL={url}"));
                     env.push(format!("LOADS_INGEST_TOKEN={token}"));
+                    if let Some(pem) = self.settings.relay_ca.as_ref().filter(|_| url.starts_with("https://")) {
+                        env.extend(ca_env(pem));
+                    }
                 }
                 if !msg.mask.is_empty() {
                     env.push(format!("LOADS_MASK={}", serde_json::Value::from(msg.mask.clone())));
@@ -162,15 +173,18 @@ impl Handler<PrepareNode> for DockerNodeActor {
                 env
             },
             labels: self.labels("relay"),
-            network: self.who.network.clone(),
+            // Cloud nodes' relays deliver to a forward on the node's loopback (sshd's stock
+            // `GatewayPorts no` binds nothing else), so they share the node's network.
+            network: if self.who.host_network { "host".to_string() } else { self.who.network.clone() },
             // The host's /proc, read-only, for the node's CPU, memory, network and load.
             binds: vec!["/proc:/host/proc:ro".to_string()],
             ..Default::default()
         };
-        let network = self.who.network.clone();
+        let network = relay.network.clone();
         let image = relay.image.clone();
         let limit = std::time::Duration::from_secs(self.settings.prepare_timeout_secs);
         let node = self.who.node.clone();
+        let (registries, secrets) = (self.settings.registries.clone(), self.settings.secrets.clone());
         Box::pin(
             async move {
                 let get = async {
@@ -180,7 +194,17 @@ impl Handler<PrepareNode> for DockerNodeActor {
                         {
                             engine.copy_image_from(from, &msg.image).await
                         }
-                        _ => engine.ensure_image(&msg.image, msg.tarball.as_deref()).await,
+                        _ => {
+                            let pull = msg.tarball.is_none() && !engine.has_image(&msg.image).await?;
+                            let credentials = match pull {
+                                true => registries
+                                    .credentials_for(&msg.image, &secrets)
+                                    .await
+                                    .map_err(|e| DockerError::Pull { image: msg.image.clone(), message: e.to_string() })?,
+                                false => None,
+                            };
+                            engine.ensure_image(&msg.image, msg.tarball.as_deref(), credentials).await
+                        }
                     }
                 };
                 let ensured = tokio::time::timeout(limit, get).await;
@@ -200,7 +224,7 @@ impl Handler<PrepareNode> for DockerNodeActor {
                     let found = engine.containers_labelled(&filter, labels::ROLE).await?;
                     adopted = found.iter().filter(|c| c.role == "step").map(|c| (c.id.clone(), c.image.clone())).collect();
                     if let Some(relay) = found.iter().find(|c| c.role == "relay" && c.running) {
-                        let ip = engine.container_ip(&relay.id, &network).await;
+                        let ip = relay_address(&engine, &relay.id, &network).await;
                         return Ok(Relay { id: relay.id.clone(), ip, cmd, adopted });
                     }
                     // A relay that died while the broker was away is replaced.
@@ -209,7 +233,7 @@ impl Handler<PrepareNode> for DockerNodeActor {
                     }
                 }
                 let id = engine.start_container(&relay).await?;
-                let ip = engine.container_ip(&id, &network).await;
+                let ip = relay_address(&engine, &id, &network).await;
                 Ok(Relay { id, ip, cmd, adopted })
             }
             .into_actor(self)
@@ -223,11 +247,57 @@ impl Handler<PrepareNode> for DockerNodeActor {
                     act.containers.push(Tracked { docker_id: id.clone(), image, role: "step", started_at: Utc::now(), exit_code: None });
                     act.watch(id, ctx);
                 }
-                Ok(NodeReady { relay_ip: relay.ip?, adopted: ids })
+                let (relay_ip, relay_port) = relay.ip?;
+                Ok(NodeReady { relay_ip, relay_port, adopted: ids })
             }),
         )
     }
 }
+
+/// Where a relay takes statsd: its address on the run network and the standard port, or,
+/// on the node's own network, the node's loopback and the port it printed when it chose one.
+async fn relay_address(engine: &Engine, id: &str, network: &str) -> Result<(String, u16), DockerError> {
+    if network != "host" {
+        return Ok((engine.container_ip(id, network).await?, STATSD_PORT));
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let logs = engine.logs(id, None).await?;
+        let port = logs.lines().find_map(|l| l.trim().strip_prefix(RELAY_LISTENING)).and_then(|p| p.trim().parse().ok());
+        if let Some(port) = port {
+            return Ok(("127.0.0.1".to_string(), port));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(DockerError::Timeout { operation: format!("the relay {id} reporting its statsd port"), seconds: 30 });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// PEM certificates as `LOADS_INGEST_CA`, `LOADS_INGEST_CA_1`, …: whole certificates,
+/// each variable under the kernel's limit on one (128 KiB), as a system bundle is larger.
+fn ca_env(pem: &str) -> Vec<String> {
+    const MAX_VALUE: usize = 96 * 1024;
+    let mut chunks = vec![String::new()];
+    for cert in pem.split_inclusive("-----END CERTIFICATE-----") {
+        let last = chunks.last_mut().expect("one chunk at least");
+        if !last.is_empty() && last.len() + cert.len() > MAX_VALUE {
+            chunks.push(String::new());
+        }
+        chunks.last_mut().expect("one chunk at least").push_str(cert);
+    }
+    chunks
+        .iter()
+        .enumerate()
+        .map(|(i, c)| if i == 0 { format!("LOADS_INGEST_CA={c}") } else { format!("LOADS_INGEST_CA_{i}={c}") })
+        .collect()
+}
+
+/// The statsd port of relays on a run network.
+pub const STATSD_PORT: u16 = 8125;
+
+/// What a relay prints first, before its statsd port (`loads relay`).
+pub const RELAY_LISTENING: &str = "relay listening for statsd on udp and tcp port ";
 
 impl DockerNodeActor {
     /// Waits for a step container to exit and reports it to the step (lost, if the node stops answering).
@@ -446,5 +516,25 @@ impl Handler<LiveLogs> for DockerNodeActor {
             }
             .into_actor(self),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_system_sized_bundle_is_split_into_variables_of_whole_certificates() {
+        let cert = format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", "A".repeat(1900));
+        let bundle = cert.repeat(115);
+        let vars = super::ca_env(&bundle);
+        assert_eq!(vars.len(), 3, "220 KB in three variables");
+        let mut joined = String::new();
+        for (i, var) in vars.iter().enumerate() {
+            assert!(var.len() < 128 * 1024, "variable {i} is {} bytes", var.len());
+            let (name, value) = var.split_once('=').unwrap();
+            assert_eq!(name, if i == 0 { "LOADS_INGEST_CA".to_string() } else { format!("LOADS_INGEST_CA_{i}") });
+            assert!(i + 1 == vars.len() || value.trim_end().ends_with("-----END CERTIFICATE-----"), "whole certificates only");
+            joined.push_str(value);
+        }
+        assert_eq!(joined, bundle);
     }
 }

@@ -148,16 +148,6 @@ pub struct CloudSettings {
     pub relay_image: String,
 }
 
-impl CloudSettings {
-    fn sudo(&self) -> &'static str {
-        if self.ssh.user == "root" {
-            ""
-        } else {
-            "sudo -n "
-        }
-    }
-}
-
 /// An instance this pool launched and holds an SSH connection to.
 struct CloudNode {
     instance: InstanceView,
@@ -277,11 +267,15 @@ impl Ec2PoolActor {
         for id in expired {
             if let Some(node) = self.nodes.remove(&id) {
                 let region = self.region(&node.instance.region);
+                let cloud = cloud.clone();
                 ctx.spawn(
                     async move {
                         if let Some(region) = region {
                             match region.terminate(std::slice::from_ref(&node.instance.id)).await {
-                                Ok(()) => tracing::info!(instance = %node.instance.id, "terminated an instance idle too long"),
+                                Ok(()) => {
+                                    cloud.forget(std::slice::from_ref(&node.instance.id));
+                                    tracing::info!(instance = %node.instance.id, "terminated an instance idle too long")
+                                }
                                 Err(e) => tracing::warn!(instance = %node.instance.id, error = %e, "could not terminate an idle instance; the reaper will"),
                             }
                         }
@@ -619,6 +613,15 @@ pub struct ReleaseNodes {
     pub step_id: Uuid,
 }
 
+impl CloudSettings {
+    /// Forgets the host keys recorded for terminated instances.
+    fn forget(&self, instances: &[String]) {
+        if let Err(e) = crate::infra::ssh::forget_hosts(&self.ssh.known_hosts, instances) {
+            tracing::warn!(error = %e, known_hosts = %self.ssh.known_hosts.display(), "could not remove terminated instances' host keys");
+        }
+    }
+}
+
 impl Handler<ReleaseNodes> for Ec2PoolActor {
     type Result = ResponseActFuture<Self, ()>;
 
@@ -664,6 +667,11 @@ impl Ec2PoolActor {
                 let region = regions.iter().find(|r| r.name() == node.instance.region);
                 let now = Utc::now();
                 let expires = now + chrono::Duration::from_std(cloud.idle + cloud.expiry_grace).unwrap_or_default();
+                // The switch's own file moves with the tag, or the node powers off while pooled.
+                let cleaned = match cleaned {
+                    Ok(()) => cloud::run_all(&node.ssh, vec![cloud::move_deadline(&cloud, expires)]).await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
                 let idle_tags = [
                     (tags::IDLE_SINCE.to_string(), now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
                     (tags::EXPIRES_AT.to_string(), expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
@@ -688,7 +696,10 @@ impl Ec2PoolActor {
                 let ids: Vec<String> =
                     doomed.iter().filter(|n| n.instance.region == region.name()).map(|n| n.instance.id.clone()).collect();
                 match region.terminate(&ids).await {
-                    Ok(()) if !ids.is_empty() => tracing::info!(instances = ?ids, "terminated released instances"),
+                    Ok(()) if !ids.is_empty() => {
+                        cloud.forget(&ids);
+                        tracing::info!(instances = ?ids, "terminated released instances")
+                    }
                     Ok(()) => {}
                     Err(e) => tracing::warn!(error = %e, "could not terminate released instances; the reaper will"),
                 }
@@ -844,7 +855,7 @@ impl Handler<TerminateInstances> for Ec2PoolActor {
             Some(id) => drop(self.nodes.remove(id)),
             None => self.nodes.clear(),
         }
-        let (regions, broker) = (self.regions.clone(), self.broker_id.clone());
+        let (regions, broker, cloud) = (self.regions.clone(), self.broker_id.clone(), self.cloud.clone());
         Box::pin(async move {
             let mine = all_instances(&regions, &broker).await?;
             let chosen: Vec<&(Region, InstanceView)> = mine.iter().filter(|(_, i)| msg.id.as_ref().is_none_or(|id| *id == i.id)).collect();
@@ -856,6 +867,9 @@ impl Handler<TerminateInstances> for Ec2PoolActor {
                 let ids: Vec<String> = chosen.iter().filter(|(r, _)| r.name() == region.name()).map(|(_, i)| i.id.clone()).collect();
                 region.terminate(&ids).await?;
                 terminated.extend(ids);
+            }
+            if let Some(cloud) = cloud {
+                cloud.forget(&terminated);
             }
             Ok(terminated)
         })
@@ -874,7 +888,7 @@ impl Handler<Reap> for Ec2PoolActor {
     type Result = ResponseFuture<Result<Vec<(String, String)>, PoolError>>;
 
     fn handle(&mut self, msg: Reap, _: &mut Context<Self>) -> Self::Result {
-        let (regions, broker) = (self.regions.clone(), self.broker_id.clone());
+        let (regions, broker, cloud) = (self.regions.clone(), self.broker_id.clone(), self.cloud.clone());
         Box::pin(async move {
             let live: Vec<String> = msg.live.iter().map(Uuid::to_string).collect();
             let now = chrono::Utc::now();
@@ -885,6 +899,9 @@ impl Handler<Reap> for Ec2PoolActor {
                     tracing::warn!(instance = %instance.id, region = %region.name(), reason = %why, "reaped an instance");
                     reaped.push((instance.id, why));
                 }
+            }
+            if let Some(cloud) = cloud {
+                cloud.forget(&reaped.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>());
             }
             Ok(reaped)
         })

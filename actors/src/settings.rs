@@ -29,4 +29,10 @@ pub struct RunSettings {
     pub tls: crate::infra::tls::Tls,
     /// Where image tarballs are downloaded to (a directory per run, removed once loaded).
     pub download_dir: std::path::PathBuf,
+    /// The base URL relays deliver to instead of the broker's forward (`metrics.relay_url`).
+    pub relay_url: Option<String>,
+    /// Credentials for pulls from private registries.
+    pub registries: crate::infra::registry::Registries,
+    /// PEM certificates relays trust besides the public web's roots (`tls.ca_file`, `SSL_CERT_FILE`).
+    pub relay_ca: Option<String>,
 }

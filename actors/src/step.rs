@@ -175,7 +175,7 @@ impl StepActor {
         self.report(ReportKind::Event(kind));
     }
 
-    fn injected(&self, grant: &NodeGrant, relay_ip: &str) -> Env {
+    fn injected(&self, grant: &NodeGrant, relay: &(String, u16)) -> Env {
         let s = &self.ctx.settings;
         BTreeMap::from([
             ("RUN_ID".into(), self.ctx.run_id.to_string()),
@@ -184,8 +184,8 @@ impl StepActor {
             ("CONTAINER_ID".into(), self.ctx.step.id.to_string()),
             ("HOST_IP".into(), grant.public_address.clone()),
             ("PRIVATE_IP".into(), grant.address.clone()),
-            ("STATSD_HOST".into(), relay_ip.to_string()),
-            ("STATSD_PORT".into(), "8125".into()),
+            ("STATSD_HOST".into(), relay.0.clone()),
+            ("STATSD_PORT".into(), relay.1.to_string()),
         ])
     }
 
@@ -233,7 +233,8 @@ impl StepActor {
                 Ok(grants) => grants
                     .into_iter()
                     .map(|g| {
-                        let ingest = Some((format!("{}/ingest/{}", g.ingest_base, c.run_id), c.ingest_token.clone()));
+                        let base = c.settings.relay_url.as_deref().unwrap_or(&g.ingest_base);
+                        let ingest = Some((format!("{base}/ingest/{}", c.run_id), c.ingest_token.clone()));
                         let who = NodeIdentity {
                             run_id: c.run_id,
                             step_id: c.step.id,
@@ -255,7 +256,7 @@ impl StepActor {
             let images: Vec<(String, Option<String>)> = prepared
                 .iter()
                 .map(|(grant, _)| {
-                    let injected = act.injected(grant, "");
+                    let injected = act.injected(grant, &(String::new(), 0));
                     match launch::resolve(&c.step.spec, &c.plan_env, &c.run_env, &injected, &c.settings.limits, &c.settings.secrets) {
                         Ok(l) => (l.image, l.image_source),
                         Err(_) => (c.step.spec.container_name.clone(), None),
@@ -274,14 +275,14 @@ impl StepActor {
             let (adopt, mask) = (c.resume.is_some(), launch::secret_values(&c.step.spec, &c.plan_env, &c.run_env, &c.settings.secrets));
             prepare_nodes(images, nodes, fetch, adopt, mask).into_actor(act).map(move |results, act, ctx| {
                 for ((grant, addr), result) in prepared.into_iter().zip(results) {
-                    let (relay_ip, adopted) = match result {
-                        Ok(ready) => (ready.relay_ip, ready.adopted),
+                    let (relay, adopted) = match result {
+                        Ok(ready) => ((ready.relay_ip, ready.relay_port), ready.adopted),
                         Err(e) => {
                             act.failure.get_or_insert_with(|| format!("node {}: {e}", grant.id));
-                            (String::new(), Vec::new())
+                            ((String::new(), 0), Vec::new())
                         }
                     };
-                    let injected = act.injected(&grant, &relay_ip);
+                    let injected = act.injected(&grant, &relay);
                     let c = &act.ctx;
                     let launch = launch::resolve(&c.step.spec, &c.plan_env, &c.run_env, &injected, &c.settings.limits, &c.settings.secrets);
                     let launch = match launch {

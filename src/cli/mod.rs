@@ -84,9 +84,12 @@ pub enum Command {
     /// Run the per-node metrics relay (statsd on port 8125); this is what the relay image runs.
     #[command(hide = true)]
     Relay {
-        /// The port for statsd, UDP and TCP.
-        #[arg(long, default_value_t = 8125)]
+        /// The port for statsd, UDP and TCP; 0 picks a free one (printed at start).
+        #[arg(long, default_value_t = 8125, env = "LOADS_RELAY_PORT")]
         port: u16,
+        /// The address statsd is taken on: a relay on a node's own network takes it on loopback only.
+        #[arg(long, default_value = "0.0.0.0", env = "LOADS_RELAY_BIND")]
+        bind: std::net::IpAddr,
         /// The flush window, in milliseconds.
         #[arg(long, default_value_t = 1000, env = "LOADS_FLUSH_MS")]
         flush_ms: u64,
@@ -138,8 +141,9 @@ pub async fn run(cli: Cli) -> u8 {
     if let Command::Plan(PlanCommand::Validate { file, env }) = &cli.command {
         return plan::validate(file, env, &settings.limits());
     }
-    if let Command::Relay { port, flush_ms } = cli.command {
-        let config = crate::relay::RelayConfig::from_env(port, std::time::Duration::from_millis(flush_ms.max(10)));
+    if let Command::Relay { port, bind, flush_ms } = cli.command {
+        let mut config = crate::relay::RelayConfig::from_env(port, std::time::Duration::from_millis(flush_ms.max(10)));
+        config.bind = bind;
         return match crate::relay::run(config).await {
             Ok(()) => 0,
             Err(e) => {

@@ -17,15 +17,15 @@ use crate::sshd::{start_sshd, Sshd};
 
 /// An instance as moto shows it.
 #[derive(Debug)]
-struct Seen {
-    id: String,
-    state: String,
-    instance_type: String,
-    tags: std::collections::BTreeMap<String, String>,
+pub(crate) struct Seen {
+    pub id: String,
+    pub state: String,
+    pub instance_type: String,
+    pub tags: std::collections::BTreeMap<String, String>,
 }
 
 /// Every instance tagged with `broker`, whatever its state.
-async fn instances_of(broker: &str) -> Vec<Seen> {
+pub(crate) async fn instances_of(broker: &str) -> Vec<Seen> {
     let out =
         client().describe_instances().filters(Filter::builder().name("tag:loads:broker").values(broker).build()).send().await.unwrap();
     out.reservations()
@@ -41,7 +41,7 @@ async fn instances_of(broker: &str) -> Vec<Seen> {
 }
 
 /// Waits until no instance of `broker` is pending or running.
-async fn until_all_terminated(broker: &str) -> Vec<Seen> {
+pub(crate) async fn until_all_terminated(broker: &str) -> Vec<Seen> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         let seen = instances_of(broker).await;
@@ -68,6 +68,9 @@ async fn cloud(nodes: &[String], known: &[&Sshd], key: PathBuf, extra: &[(&str, 
     let lines: String = known.iter().map(|s| std::fs::read_to_string(s.known_hosts("kh")).unwrap()).collect();
     std::fs::write(&known_hosts, lines).unwrap();
     let node_dir = dir.path().join("node");
+    // The sshd's machine needs no first boot: it says so as an image with Docker baked in would.
+    std::fs::create_dir_all(&node_dir).unwrap();
+    std::fs::write(node_dir.join("booted"), "0\n").unwrap();
     let (moto, key, known_hosts) = (moto(), key.display().to_string(), known_hosts.display().to_string());
     let tuning = format!("echo tuned >> {}/tuned", dir.path().display());
     let node_dir_text = node_dir.display().to_string();
@@ -92,7 +95,7 @@ async fn cloud(nodes: &[String], known: &[&Sshd], key: PathBuf, extra: &[(&str, 
     Cloud { app, node_dir, _dir: dir }
 }
 
-fn gen_step(name: &str, count: u32, script: &str) -> Value {
+pub(crate) fn gen_step(name: &str, count: u32, script: &str) -> Value {
     let mut step = sh_step(name, script);
     step["instance_count"] = json!(count);
     step["instance_type"] = json!("t3.micro");
@@ -297,6 +300,10 @@ async fn pooled_instances_are_reused_then_terminated_when_idle() {
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].state, "running", "kept for reuse");
     assert!(seen[0].tags.contains_key("loads:idle-since") && !seen[0].tags.contains_key("loads:run"), "{seen:?}");
+    // The node's own switch moved with the tag: it does not power off while pooled.
+    let tagged = chrono::DateTime::parse_from_rfc3339(&seen[0].tags["loads:expires-at"]).unwrap().timestamp();
+    let on_node: i64 = std::fs::read_to_string(c.node_dir.join("expires-at")).unwrap().trim().parse().unwrap();
+    assert_eq!(on_node, tagged, "the switch's file says what the tag says");
 
     let second = run_plan(&c.app, plan).await;
     assert_eq!(second["state"], "completed", "{second:#}");
@@ -416,6 +423,79 @@ async fn a_hung_launch_request_times_out_and_is_tried_again() {
     until_all_terminated(&c.app.broker_id).await;
 }
 
+/// EC2 not knowing its new instances for a while (`InvalidInstanceID.NotFound`, its
+/// eventual consistency) is waited out: the run completes.
+#[actix_web::test]
+async fn instances_ec2_does_not_know_yet_are_waited_for() {
+    let sshd = start_sshd();
+    let proxy = fault_proxy(&["--not-found", "2"]);
+    let c = cloud(&[sshd.addr.to_string()], &[&sshd], sshd.client_key(), &[("LOADS__EC2__ENDPOINT_URL", &proxy.url)]).await;
+    let run = run_plan(&c.app, json!({"name": "p", "steps": [gen_step("gen", 1, "true")]})).await;
+    assert_eq!(run["state"], "completed", "{run:#}");
+    let described: Vec<String> =
+        proxy.log.lock().unwrap().iter().filter_map(|l| l["describe"].as_str().map(str::to_string)).take(3).collect();
+    assert_eq!(described, ["InvalidInstanceID.NotFound", "InvalidInstanceID.NotFound", "passed"]);
+    until_all_terminated(&c.app.broker_id).await;
+}
+
+/// A type that cannot run loads' nodes is refused before anything is launched, naming
+/// why (an arm64-only type: the relay is x86_64); a step that names no type gets a current one.
+#[actix_web::test]
+async fn instance_types_are_checked_against_the_relay_and_the_ami() {
+    let sshd = start_sshd();
+    let c = cloud(&[sshd.addr.to_string()], &[&sshd], sshd.client_key(), &[]).await;
+    let mut graviton = gen_step("gen", 1, "true");
+    graviton["instance_type"] = json!("t4g.micro");
+    let run = run_plan(&c.app, json!({"name": "arm", "steps": [graviton]})).await;
+    assert_eq!(run["state"], "failed", "{run:#}");
+    let reason = record(&run, "gen")["failure_reason"].as_str().unwrap_or_default().to_string();
+    assert!(reason.contains("\"t4g.micro\" is arm64 only") && reason.contains("x86_64"), "{reason}");
+    assert!(instances_of(&c.app.broker_id).await.is_empty(), "nothing launched");
+
+    let mut default = gen_step("gen", 1, "true");
+    default.as_object_mut().unwrap().remove("instance_type");
+    let run = run_plan(&c.app, json!({"name": "default-type", "steps": [default]})).await;
+    assert_eq!(run["state"], "completed", "{run:#}");
+    let seen = until_all_terminated(&c.app.broker_id).await;
+    assert_eq!(seen.iter().map(|i| i.instance_type.as_str()).collect::<Vec<_>>(), ["t3.micro"], "an HVM x86_64 type by default");
+}
+
+/// In a subnet that gives no public address, a broker that reaches nodes at their
+/// public address asks for one (on the network interface); in one that does, it does not.
+#[actix_web::test]
+async fn a_public_address_is_asked_for_where_the_subnet_gives_none() {
+    let sshd = start_sshd();
+    let vpc = client()
+        .describe_vpcs()
+        .send()
+        .await
+        .unwrap()
+        .vpcs()
+        .iter()
+        .find(|v| v.is_default() == Some(true))
+        .unwrap()
+        .vpc_id()
+        .unwrap()
+        .to_string();
+    let third = 100 + (uuid::Uuid::new_v4().as_u128() % 150) as u8;
+    let private = client().create_subnet().vpc_id(&vpc).cidr_block(format!("172.31.{third}.0/24")).send().await.unwrap();
+    let subnet = private.subnet().unwrap().subnet_id().unwrap().to_string();
+    let proxy = fault_proxy(&[]);
+    let c = cloud(
+        &[sshd.addr.to_string()],
+        &[&sshd],
+        sshd.client_key(),
+        &[("LOADS__EC2__ENDPOINT_URL", &proxy.url), ("LOADS__EC2__REGIONS__US_WEST_2__SUBNET_ID", &subnet)],
+    )
+    .await;
+    let run = run_plan(&c.app, json!({"name": "p", "steps": [gen_step("gen", 1, "true")]})).await;
+    assert_eq!(run["state"], "completed", "{run:#}");
+    let asked: Vec<bool> = proxy.log.lock().unwrap().iter().filter_map(|l| l["public_ip"].as_bool()).collect();
+    assert_eq!(asked, [true]);
+    until_all_terminated(&c.app.broker_id).await;
+    let _ = client().delete_subnet().subnet_id(&subnet).send().await;
+}
+
 /// A quota error is not retried: the step fails at once with AWS's code and message.
 #[actix_web::test]
 async fn a_quota_error_fails_the_step_with_the_aws_message() {
@@ -443,6 +523,8 @@ async fn a_run_on_ec2_nodes_is_carried_on_after_a_broker_restart() {
     let b = crate::recovery::Restartable::new();
     let (db, broker, api) = (b.db.clone(), b.broker.clone(), &b.api);
     let (moto, key, known, addr) = (moto(), sshd.client_key().display().to_string(), known.display().to_string(), sshd.addr.to_string());
+    std::fs::create_dir_all(dir.path().join("node")).unwrap();
+    std::fs::write(dir.path().join("node/booted"), "0\n").unwrap();
     let node_dir = dir.path().join("node").display().to_string();
     let settings = [
         ("LOADS__POOL__PROVIDER", "ec2"),

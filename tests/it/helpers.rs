@@ -205,15 +205,34 @@ impl TestApp {
         Self::spawn_with(TestDatabase::Given, database_url.to_string(), overrides).await
     }
 
+    /// Starts a broker whose settings `tweak` changes after the overrides (for settings no variable can name).
+    pub async fn spawn_tweaked(backend: Backend, overrides: &[(&str, &str)], tweak: impl FnOnce(&mut Settings)) -> Self {
+        let (database, database_url) = TestDatabase::create(backend).await;
+        Self::build(database, database_url, overrides, tweak).await
+    }
+
     async fn spawn_with(database: TestDatabase, database_url: String, overrides: &[(&str, &str)]) -> Self {
-        let broker_id = format!("t{}", &Uuid::new_v4().simple().to_string()[..12]);
+        Self::build(database, database_url, overrides, |_| {}).await
+    }
+
+    async fn build(database: TestDatabase, database_url: String, overrides: &[(&str, &str)], tweak: impl FnOnce(&mut Settings)) -> Self {
+        // A test that must know the id before the broker starts gives it.
+        let broker_id = overrides
+            .iter()
+            .find(|(k, _)| *k == "LOADS__BROKER__ID")
+            .map_or_else(|| format!("t{}", &Uuid::new_v4().simple().to_string()[..12]), |(_, v)| v.to_string());
         let mut all = vec![
             ("LOADS__BROKER__ID", broker_id.as_str()),
             ("LOADS__DOCKER__STOP_GRACE_SECONDS", "2"),
             ("LOADS__METRICS__INGEST_PORT", "0"),
         ];
         all.extend_from_slice(overrides);
-        let settings = settings(&database_url, &all);
+        // `LOADS_TEST_LOG=info` (a tracing filter) shows the brokers' logs on stderr (with `--nocapture`).
+        if let Ok(level) = std::env::var("LOADS_TEST_LOG") {
+            loads::telemetry::init(loads::config::LogFormat::Human, &level);
+        }
+        let mut settings = settings(&database_url, &all);
+        tweak(&mut settings);
         let app = Application::build(&settings).await.expect("build the broker");
         let base = format!("http://127.0.0.1:{}", app.port());
         let servers = app.handles();

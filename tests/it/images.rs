@@ -134,3 +134,67 @@ async fn tarballs_load_in_every_compression_and_are_checked_against_their_digest
     assert_eq!(body["details"][0]["path"], "steps[0].container_sha256");
     app.assert_no_leftovers();
 }
+
+/// A pull from a private registry carries the login `docker.registry_auth` gives for
+/// its host (the password a `secret:NAME`): the registry (a stand-in that wants a
+/// login and holds no image) sees the credentials, and the step fails saying the
+/// image is not there, not that it was refused.
+#[actix_web::test]
+async fn pulls_from_a_private_registry_carry_its_login() {
+    use std::io::BufRead;
+    ensure_images();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fake_registry.py");
+    let mut registry = Command::new("python3")
+        .args([script, "ci-bot", "registry-password-1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut lines = std::io::BufReader::new(registry.stdout.take().unwrap()).lines();
+    let port = lines.next().unwrap().unwrap().strip_prefix("listening ").unwrap().to_string();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            sink.lock().unwrap().push(serde_json::from_str(&line).unwrap());
+        }
+    });
+    let host = format!("127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets");
+    std::fs::write(&secrets, "REGISTRY=registry-password-1\n").unwrap();
+    let secrets = secrets.display().to_string();
+    let app = TestApp::spawn_tweaked(Backend::Sqlite, &[("LOADS__SECRETS__FILE", &secrets)], |s| {
+        let login =
+            loads::config::RegistryLogin { username: "ci-bot".into(), password: serde_json::from_value(json!("secret:REGISTRY")).unwrap() };
+        s.docker.registry_auth.insert(host.clone(), login);
+    })
+    .await;
+    let plan = json!({"name": "private", "steps": [{"name": "gen", "container_name": format!("{host}/team/gen:1")}]});
+    let (_, run_id) = app.start(plan, json!({})).await;
+    let run = app.wait_finished(&run_id, 60).await;
+    let _ = registry.kill();
+    let _ = registry.wait();
+    assert_eq!(run["state"], "failed", "{run:#}");
+    let reason = record(&run, "gen")["failure_reason"].as_str().unwrap_or_default().to_lowercase();
+    assert!(reason.contains("manifest unknown") || reason.contains("not found"), "logged in, then no such image: {reason}");
+    let seen = seen.lock().unwrap();
+    assert!(seen.iter().any(|r| r["authorized"] == true && r["path"].as_str().unwrap_or("").contains("/team/gen/")), "{seen:?}");
+    app.assert_no_leftovers();
+}
+
+/// An Amazon ECR image needs no configured login: the broker's AWS credentials fetch
+/// an authorization token (here from the moto server), which is kept for later pulls.
+#[actix_web::test]
+async fn ecr_pulls_get_a_token_with_the_brokers_aws_credentials() {
+    use loads_actors::infra::registry::Registries;
+    let registries = Registries::new(Default::default(), Some(crate::instances::moto()));
+    let secrets = loads_actors::domain::secrets::Secrets::default();
+    let image = "123456789012.dkr.ecr.us-west-2.amazonaws.com/team/gen:1";
+    let first = registries.credentials_for(image, &secrets).await.expect("a token").expect("credentials for ECR");
+    assert_eq!(first.username.as_deref(), Some("AWS"));
+    assert!(first.password.as_deref().is_some_and(|p| !p.is_empty()));
+    assert_eq!(first.serveraddress.as_deref(), Some("123456789012.dkr.ecr.us-west-2.amazonaws.com"));
+    let again = registries.credentials_for(image, &secrets).await.unwrap().unwrap();
+    assert_eq!(again.password, first.password, "kept until shortly before it expires");
+    assert!(registries.credentials_for("registry.example.com/gen:1", &secrets).await.unwrap().is_none());
+}

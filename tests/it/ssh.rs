@@ -28,23 +28,41 @@ fn settings(sshd: &Sshd, known_hosts: PathBuf, record: bool) -> SshSettings {
 async fn host_keys_are_checked_before_logging_in() {
     let sshd = start_sshd();
     let good = known_hosts_with(&sshd, &sshd.dir.path().join("host_key.pub"), "known_good");
-    let node = SshNode::connect(sshd.addr, &settings(&sshd, good, false)).await.expect("known host connects");
+    let node = SshNode::connect(sshd.addr, None, &settings(&sshd, good, false)).await.expect("known host connects");
     let (status, out) = node.exec("echo hello; exit 3").await.unwrap();
     assert_eq!((status, out.trim()), (3, "hello"));
 
     let wrong = known_hosts_with(&sshd, &sshd.dir.path().join("client_key.pub"), "known_wrong");
-    let err = SshNode::connect(sshd.addr, &settings(&sshd, wrong, false)).await.err().expect("refused");
+    let err = SshNode::connect(sshd.addr, None, &settings(&sshd, wrong, false)).await.err().expect("refused");
     assert!(matches!(err, SshError::HostKeyMismatch { .. }), "{err}");
     assert!(err.to_string().contains("does not match"), "{err}");
 
     let empty = sshd.dir.path().join("known_empty");
-    let err = SshNode::connect(sshd.addr, &settings(&sshd, empty.clone(), false)).await.err().expect("refused");
+    let err = SshNode::connect(sshd.addr, None, &settings(&sshd, empty.clone(), false)).await.err().expect("refused");
     assert!(matches!(err, SshError::UnknownHost { .. }), "{err}");
     assert!(err.to_string().contains("SHA256:"), "the message shows the fingerprint: {err}");
 
-    SshNode::connect(sshd.addr, &settings(&sshd, empty.clone(), true)).await.expect("recorded on first use");
+    SshNode::connect(sshd.addr, None, &settings(&sshd, empty.clone(), true)).await.expect("recorded on first use");
     assert!(std::fs::read_to_string(&empty).unwrap().contains(&format!("[127.0.0.1]:{}", sshd.addr.port())));
-    SshNode::connect(sshd.addr, &settings(&sshd, empty, false)).await.expect("then known");
+    SshNode::connect(sshd.addr, None, &settings(&sshd, empty, false)).await.expect("then known");
+}
+
+/// Keys recorded on first use are filed under the instance id: a new instance at an
+/// address an earlier one had (its key still listed for the address) is recorded anew,
+/// not refused, and checked under its id from then on; its record goes with it.
+#[actix_web::test]
+async fn host_keys_are_recorded_per_instance_so_recycled_addresses_do_not_matter() {
+    let sshd = start_sshd();
+    let stale = known_hosts_with(&sshd, &sshd.dir.path().join("client_key.pub"), "recycled");
+    let err = SshNode::connect(sshd.addr, Some("i-0new"), &settings(&sshd, stale.clone(), false)).await.err().expect("refused");
+    assert!(matches!(err, SshError::HostKeyMismatch { .. }), "without recording, a listed key that differs is refused: {err}");
+    SshNode::connect(sshd.addr, Some("i-0new"), &settings(&sshd, stale.clone(), true)).await.expect("recorded for the new instance");
+    let known = std::fs::read_to_string(&stale).unwrap();
+    assert!(known.lines().any(|l| l.starts_with("i-0new ")), "{known}");
+    SshNode::connect(sshd.addr, Some("i-0new"), &settings(&sshd, stale.clone(), false)).await.expect("then known by its id");
+    loads_actors::infra::ssh::forget_hosts(&stale, &["i-0new".to_string()]).unwrap();
+    let known = std::fs::read_to_string(&stale).unwrap();
+    assert!(!known.contains("i-0new") && known.contains("[127.0.0.1]"), "only the instance's record goes: {known}");
 }
 
 /// A node that does not answer is an error after the timeout, not a hang.
@@ -55,7 +73,7 @@ async fn an_unreachable_node_times_out_clearly() {
         format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()).parse().unwrap();
     let mut s = settings(&sshd, sshd.dir.path().join("kh"), true);
     s.connect_timeout = Duration::from_secs(2);
-    let err = SshNode::connect(closed, &s).await.err().expect("unreachable");
+    let err = SshNode::connect(closed, None, &s).await.err().expect("unreachable");
     assert!(matches!(err, SshError::Unreachable { .. }), "{err}");
 }
 
@@ -65,7 +83,7 @@ async fn docker_on_the_node_is_reached_through_ssh() {
     ensure_images();
     let sshd = start_sshd();
     let known = known_hosts_with(&sshd, &sshd.dir.path().join("host_key.pub"), "known");
-    let node = SshNode::connect(sshd.addr, &settings(&sshd, known, false)).await.unwrap();
+    let node = SshNode::connect(sshd.addr, None, &settings(&sshd, known, false)).await.unwrap();
     let (engine, _bridge) = node.docker().await.expect("docker over ssh");
     assert!(!engine.version().await.unwrap().is_empty());
     assert!(engine.has_image(loads::images::BUSYBOX).await.unwrap());

@@ -1,7 +1,8 @@
 //! A real sshd on loopback for tests: its own host key, a client key in
-//! `authorized_keys`, root login by key only, and reverse forwards allowed on
-//! any address (`GatewayPorts clientspecified`, as the nodes' user-data sets).
-//! It runs as this user, so it reaches this machine's Docker engine: a node.
+//! `authorized_keys`, root login by key only, and sshd's stock forwarding rules
+//! (reverse forwards bind loopback only: `GatewayPorts no`). It runs as this
+//! user, so it reaches this machine's Docker engine: a node prepared in advance,
+//! as an image with Docker baked in would be. (`vm` has nodes that boot.)
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -56,7 +57,7 @@ pub fn start_sshd() -> Sshd {
     let config = format!(
         "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n\
          PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
-         StrictModes no\nPidFile {d}/sshd.pid\nGatewayPorts clientspecified\nAllowTcpForwarding yes\n",
+         StrictModes no\nPidFile {d}/sshd.pid\nGatewayPorts no\nAllowTcpForwarding yes\n",
         d = d.display()
     );
     std::fs::write(d.join("sshd_config"), config).unwrap();

@@ -14,7 +14,7 @@ use crate::dashboards::{next, recording_grafana};
 use crate::helpers::{ensure_images, record, Backend, TestApp};
 use crate::recovery::Restartable;
 
-/// A CA and a certificate for `localhost` and 127.0.0.1 that it signed.
+/// A CA and a certificate for `localhost`, 127.0.0.1 and any further addresses, that it signed.
 struct Pki {
     _dir: tempfile::TempDir,
     ca: PathBuf,
@@ -28,6 +28,10 @@ fn openssl(dir: &Path, args: &[&str]) {
 }
 
 fn make_pki() -> Pki {
+    make_pki_for(&[])
+}
+
+fn make_pki_for(addresses: &[&str]) -> Pki {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
@@ -54,9 +58,10 @@ fn make_pki() -> Pki {
         .concat(),
     );
     openssl(d, &[&["req"], &ec[..], &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]].concat());
+    let extra: String = addresses.iter().map(|a| format!(",IP:{a}")).collect();
     std::fs::write(
         d.join("ext.cnf"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        format!("subjectAltName=DNS:localhost,IP:127.0.0.1{extra}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"),
     )
     .unwrap();
     openssl(
@@ -96,10 +101,15 @@ impl Drop for Front {
 }
 
 fn front(pki: &Pki, target: u16) -> Front {
+    front_on(pki, target, "127.0.0.1")
+}
+
+/// A TLS front listening on `host` (a free port) for the plain server on loopback port `target`.
+fn front_on(pki: &Pki, target: u16, host: &str) -> Front {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tls_proxy.py");
     let mut child = Command::new("python3")
         .arg(script)
-        .args([pki.cert.to_str().unwrap(), pki.key.to_str().unwrap(), &target.to_string()])
+        .args([pki.cert.to_str().unwrap(), pki.key.to_str().unwrap(), &target.to_string(), host])
         .stdout(Stdio::piped())
         .spawn()
         .expect("python3");
@@ -245,4 +255,68 @@ async fn ssl_cert_file_is_honoured_like_curl_does() {
     let _ = child.wait();
     drop_database(&f.database).await;
     remove_image(&f.tag);
+}
+
+/// A Docker network of the test's own: its gateway is where a TLS front listens
+/// for relays, as a TLS terminator in front of the broker would. Removed when dropped.
+struct OwnNetwork {
+    _guard: crate::helpers::LabelGuard,
+    gateway: String,
+}
+
+impl OwnNetwork {
+    fn new() -> Self {
+        let owner = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let name = format!("loads-tls-{owner}");
+        let docker = |args: &[&str]| {
+            let out = Command::new("docker").args(args).output().expect("docker CLI");
+            assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        let guard = crate::helpers::LabelGuard(owner.clone());
+        docker(&["network", "create", "--label", &format!("loads.broker={owner}"), &name]);
+        let gateway = docker(&["network", "inspect", "-f", "{{(index .IPAM.Config 0).Gateway}}", &name]);
+        assert!(gateway.parse::<std::net::Ipv4Addr>().is_ok(), "gateway {gateway:?}");
+        Self { _guard: guard, gateway }
+    }
+}
+
+/// How many `hits` a run's metrics counted (0 when none arrived).
+async fn counted_hits(app: &TestApp, run_id: &str) -> f64 {
+    let (_, body) = app.get(&format!("/api/v1/runs/{run_id}/metrics")).await;
+    body["metrics"].as_array().into_iter().flatten().find(|m| m["metric"] == "hits").and_then(|m| m["count"].as_f64()).unwrap_or(0.0)
+}
+
+/// With `metrics.relay_url` an https URL, relays deliver there (here a TLS front on a
+/// network of the test's own, in front of the ingest listener) trusting the CA of
+/// `tls.ca_file`; a broker that does not trust it gets no window through.
+#[actix_web::test]
+async fn relays_deliver_over_https_to_a_tls_front_with_a_private_ca() {
+    ensure_images();
+    let network = OwnNetwork::new();
+    let pki = make_pki_for(&[&network.gateway]);
+    let ca = pki.ca.display().to_string();
+    let plan = json!({"name": "relay-tls", "steps": [crate::helpers::sh_step(
+        "gen", "printf \"hits:1|c\\nhits:1|c\\n\" | nc $STATSD_HOST $STATSD_PORT; sleep 2")]});
+    // Each broker gets a front of its own in front of its own ingest port.
+    let mut hits = Vec::new();
+    for trusted in [true, false] {
+        let ingest_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let front = front_on(&pki, ingest_port, &network.gateway);
+        let relay_url = format!("https://{}:{}", network.gateway, front.port);
+        let ingest_port = ingest_port.to_string();
+        let mut settings = vec![("LOADS__METRICS__RELAY_URL", relay_url.as_str()), ("LOADS__METRICS__INGEST_PORT", &ingest_port)];
+        if trusted {
+            settings.push(("LOADS__TLS__CA_FILE", &ca));
+        }
+        let app = TestApp::spawn(Backend::Sqlite, &settings).await;
+        let (_, run_id) = app.start(plan.clone(), json!({})).await;
+        let run = app.wait_finished(&run_id, 90).await;
+        assert_eq!(run["state"], "completed", "undelivered metrics do not fail a run: {run:#}");
+        let (_, logs) = app.get(&format!("/api/v1/runs/{run_id}/logs")).await;
+        hits.push((counted_hits(&app, &run_id).await, logs.to_string()));
+        app.assert_no_leftovers();
+    }
+    assert_eq!(hits[0].0, 2.0, "both hits came through the trusted front: {}", hits[0].1);
+    assert_eq!(hits[1].0, 0.0, "no window passed a certificate the relay does not trust: {}", hits[1].1);
 }

@@ -17,7 +17,7 @@ pub mod defaults {
     /// Machines per step.
     pub const INSTANCE_COUNT: u32 = 1;
     /// EC2 instance type.
-    pub const INSTANCE_TYPE: &str = "t1.micro";
+    pub const INSTANCE_TYPE: &str = "t3.micro";
     /// EC2 region.
     pub const INSTANCE_REGION: &str = "us-west-2";
     /// Seconds after the run's start before the step starts.

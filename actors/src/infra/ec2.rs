@@ -12,7 +12,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aws_sdk_ec2::error::ProvideErrorMetadata;
-use aws_sdk_ec2::types::{Filter, Instance, InstanceType, ResourceType, ShutdownBehavior, Tag, TagSpecification};
+use aws_sdk_ec2::types::{
+    ArchitectureType, Filter, Instance, InstanceNetworkInterfaceSpecification, InstanceType, ResourceType, ShutdownBehavior, Tag,
+    TagSpecification, VirtualizationType,
+};
 use aws_sdk_ec2::Client;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -124,6 +127,8 @@ pub struct Launch {
     pub tags: Vec<(String, String)>,
     /// The rendered user-data script.
     pub user_data: String,
+    /// Ask for a public address (the subnet does not give one, and the broker reaches nodes at theirs).
+    pub associate_public_ip: bool,
 }
 
 /// An instance as the API shows it.
@@ -253,11 +258,22 @@ impl Region {
                 .user_data(base64::engine::general_purpose::STANDARD.encode(&launch.user_data))
                 .tag_specifications(on(ResourceType::Instance))
                 .tag_specifications(on(ResourceType::Volume));
-            if !config.subnet_id.is_empty() {
-                request = request.subnet_id(&config.subnet_id);
-            }
-            if !config.security_group_ids.is_empty() {
-                request = request.set_security_group_ids(Some(config.security_group_ids.clone()));
+            if launch.associate_public_ip {
+                // A public address is asked for on the network interface, which then carries the subnet and groups.
+                let interface = InstanceNetworkInterfaceSpecification::builder()
+                    .device_index(0)
+                    .associate_public_ip_address(true)
+                    .subnet_id(&config.subnet_id)
+                    .set_groups((!config.security_group_ids.is_empty()).then(|| config.security_group_ids.clone()))
+                    .build();
+                request = request.network_interfaces(interface);
+            } else {
+                if !config.subnet_id.is_empty() {
+                    request = request.subnet_id(&config.subnet_id);
+                }
+                if !config.security_group_ids.is_empty() {
+                    request = request.set_security_group_ids(Some(config.security_group_ids.clone()));
+                }
             }
             if !config.key_name.is_empty() {
                 request = request.key_name(&config.key_name);
@@ -280,6 +296,55 @@ impl Region {
         }
     }
 
+    /// Why `instance_type` cannot run loads' nodes from `ami`, if it cannot: the relay
+    /// image is built for x86_64, and the type must boot the image's virtualization
+    /// (`t1.micro`, the original's default, takes no HVM image, which every current Linux is).
+    /// An AMI EC2 resolves itself (`resolve:ssm:`) is checked at launch by EC2 alone.
+    pub async fn unsuitable_type(&self, instance_type: &str, ami: &str) -> Result<Option<String>, Ec2Error> {
+        let types = self
+            .client
+            .describe_instance_types()
+            .instance_types(InstanceType::from(instance_type))
+            .send()
+            .await
+            .map_err(|e| self.error("describe instance types", e))?;
+        let Some(info) = types.instance_types().first() else {
+            return Ok(Some(format!("instance_type {instance_type:?} is not offered in {}", self.name)));
+        };
+        let architectures = info.processor_info().map(|p| p.supported_architectures().to_vec()).unwrap_or_default();
+        if !architectures.contains(&ArchitectureType::X8664) {
+            let names: Vec<&str> = architectures.iter().map(ArchitectureType::as_str).collect();
+            return Ok(Some(format!(
+                "instance_type {instance_type:?} is {} only; loads' relay runs on x86_64: choose an x86_64 type such as t3.micro",
+                names.join("/")
+            )));
+        }
+        if !ami.starts_with("ami-") {
+            return Ok(None);
+        }
+        let images = self.client.describe_images().image_ids(ami).send().await.map_err(|e| self.error("describe images", e))?;
+        let Some(image) = images.images().first() else {
+            return Ok(Some(format!("the AMI {ami} is not found in {}", self.name)));
+        };
+        if let Some(arch) = image.architecture().filter(|a| a.as_str() != "x86_64") {
+            return Ok(Some(format!("the AMI {ami} is {}; loads' relay runs on x86_64: choose an x86_64 AMI", arch.as_str())));
+        }
+        let virtualization = image.virtualization_type().cloned().unwrap_or(VirtualizationType::Hvm);
+        if !info.supported_virtualization_types().contains(&virtualization) {
+            return Ok(Some(format!(
+                "instance_type {instance_type:?} cannot boot the AMI {ami} ({} virtualization): choose a current type such as t3.micro",
+                virtualization.as_str()
+            )));
+        }
+        Ok(None)
+    }
+
+    /// Whether the subnet gives its instances a public address by itself.
+    pub async fn subnet_assigns_public_ip(&self, subnet: &str) -> Result<bool, Ec2Error> {
+        let out = self.client.describe_subnets().subnet_ids(subnet).send().await.map_err(|e| self.error("describe subnets", e))?;
+        Ok(out.subnets().first().and_then(|s| s.map_public_ip_on_launch()).unwrap_or(false))
+    }
+
     /// Instances by id, whatever their state.
     pub async fn describe(&self, ids: &[String]) -> Result<Vec<InstanceView>, Ec2Error> {
         if ids.is_empty() {
@@ -299,9 +364,18 @@ impl Region {
     pub async fn wait_running(&self, ids: &[String], timeout: Duration) -> Result<(Vec<InstanceView>, Vec<String>), Ec2Error> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let seen = self.describe(ids).await?;
+            // Right after a launch EC2 may not know its own instances yet (eventual
+            // consistency): "not found", or fewer instances than asked, means "wait".
+            let seen = match self.describe(ids).await {
+                Err(e) if e.code.as_deref() == Some("InvalidInstanceID.NotFound") && tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "EC2 does not know the new instances yet");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    continue;
+                }
+                other => other?,
+            };
             let running: Vec<InstanceView> = seen.iter().filter(|i| i.state == "running").cloned().collect();
-            let waiting = seen.iter().any(|i| i.state == "pending");
+            let waiting = seen.iter().any(|i| i.state == "pending") || seen.len() < ids.len();
             if !waiting || tokio::time::Instant::now() >= deadline {
                 let others = ids.iter().filter(|id| !running.iter().any(|r| &r.id == *id)).cloned().collect();
                 return Ok((running, others));
@@ -460,7 +534,13 @@ mod tests {
         assert!(script.starts_with("#!/bin/sh"));
         assert!(script.contains("echo 1767272400 > /var/lib/loads/expires-at"), "{script}");
         assert!(script.contains("poweroff"));
-        assert!(script.contains("GatewayPorts clientspecified"));
+        assert!(!script.contains("GatewayPorts"), "the node's sshd stays as it comes");
+        assert!(script.contains("\nset -eu\n"), "any failure stops the boot");
+        assert!(script.contains("DPkg::Lock::Timeout="), "apt waits for a package lock held at boot");
+        let (_, end) = script.rsplit_once("echo ok > /var/lib/loads/boot-status").expect("the status is written");
+        assert!(end.contains("> /var/lib/loads/booted"), "the marker comes last: {end}");
+        let checked = std::process::Command::new("sh").arg("-n").arg("-c").arg(&script).output().unwrap();
+        assert!(checked.status.success(), "sh -n: {}", String::from_utf8_lossy(&checked.stderr));
         assert!(script.contains("\nsysctl -qw net.core.somaxconn=65535\n"));
         assert!(render_user_data("{{nope}}", &boot).unwrap_err().contains("user-data"));
     }

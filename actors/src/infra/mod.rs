@@ -13,6 +13,7 @@ pub mod forward;
 pub mod grafana;
 pub mod images;
 pub mod influx;
+pub mod registry;
 pub mod ssh;
 pub mod tls;
 pub mod volumes;

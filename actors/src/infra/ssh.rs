@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_ssh2_lite::ssh2::{CheckResult, HashType, KnownHostFileKind};
-use async_ssh2_lite::{AsyncSession, TokioTcpStream};
+use async_ssh2_lite::{AsyncSession, SessionConfiguration, TokioTcpStream};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
@@ -77,11 +77,28 @@ pub struct SshSettings {
     pub connect_timeout: Duration,
 }
 
+impl SshSettings {
+    /// What commands needing root are prefixed with: nothing for root, `sudo -n ` for any other user.
+    pub fn sudo(&self) -> &'static str {
+        if self.user == "root" {
+            ""
+        } else {
+            "sudo -n "
+        }
+    }
+}
+
+/// Seconds between keepalives on a node's connection, so an idle pooled node's
+/// session outlives NAT and firewall idle timeouts (and a dead peer fails a write).
+const KEEPALIVE_SECS: u32 = 15;
+
 /// An authenticated SSH connection to a node.
 #[derive(Clone)]
 pub struct SshNode {
     session: Arc<AsyncSession<TokioTcpStream>>,
     addr: SocketAddr,
+    sudo: &'static str,
+    _keepalive: Arc<Task>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -89,40 +106,63 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 impl SshNode {
-    /// Connects, retrying until the node answers or the timeout passes, then checks its host key and logs in.
-    pub async fn connect(addr: SocketAddr, settings: &SshSettings) -> Result<Self, SshError> {
+    /// Connects, retrying until the node answers and takes the key (a booting
+    /// instance's sshd may answer before its user's key is in place) or the timeout
+    /// passes. The host key is checked under `instance` (an instance id) when given,
+    /// and under the address; a key recorded on first use is recorded under `instance`.
+    pub async fn connect(addr: SocketAddr, instance: Option<&str>, settings: &SshSettings) -> Result<Self, SshError> {
         let deadline = tokio::time::Instant::now() + settings.connect_timeout;
-        let mut session = loop {
+        let unreachable = |message: String| SshError::Unreachable { addr, seconds: settings.connect_timeout.as_secs(), message };
+        loop {
             let attempt = async {
-                let mut s = AsyncSession::<TokioTcpStream>::connect(addr, None).await?;
+                let mut config = SessionConfiguration::new();
+                // No reply asked for: a keepalive's reply (a request failure) would be taken by
+                // libssh2 as the answer to the next global request, such as a forward's.
+                config.set_keepalive(false, KEEPALIVE_SECS);
+                let mut s = AsyncSession::<TokioTcpStream>::connect(addr, Some(config)).await?;
                 s.handshake().await?;
                 Ok::<_, async_ssh2_lite::Error>(s)
             };
-            match tokio::time::timeout(Duration::from_secs(10), attempt).await {
-                Ok(Ok(s)) => break s,
-                Ok(Err(e)) if tokio::time::Instant::now() >= deadline => {
-                    return Err(SshError::Unreachable { addr, seconds: settings.connect_timeout.as_secs(), message: e.to_string() })
+            let mut session = match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) if tokio::time::Instant::now() >= deadline => return Err(unreachable(e.to_string())),
+                Err(_) if tokio::time::Instant::now() >= deadline => return Err(unreachable("handshake timed out".into())),
+                _ => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
                 }
-                Err(_) if tokio::time::Instant::now() >= deadline => {
-                    return Err(SshError::Unreachable {
-                        addr,
-                        seconds: settings.connect_timeout.as_secs(),
-                        message: "handshake timed out".into(),
-                    })
+            };
+            Self::check_host_key(&mut session, addr, instance, settings)?;
+            match session.userauth_pubkey_file(&settings.user, None, &settings.key_path, None).await {
+                Ok(()) => {}
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(%addr, error = %e, "the node refused the key; trying again (its first boot may not have installed it yet)");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
                 }
-                _ => tokio::time::sleep(Duration::from_millis(500)).await,
+                Err(e) => return Err(SshError::Session { addr, operation: "public key login", message: e.to_string() }),
             }
-        };
-        Self::check_host_key(&mut session, addr, settings)?;
-        session.userauth_pubkey_file(&settings.user, None, &settings.key_path, None).await.map_err(|e| SshError::Session {
-            addr,
-            operation: "public key login",
-            message: e.to_string(),
-        })?;
-        Ok(Self { session: Arc::new(session), addr })
+            let session = Arc::new(session);
+            let weak = Arc::downgrade(&session);
+            let keepalive = Task::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(KEEPALIVE_SECS.into())).await;
+                    let Some(session) = weak.upgrade() else { return };
+                    if session.keepalive_send().await.is_err() {
+                        return;
+                    }
+                }
+            });
+            return Ok(Self { session, addr, sudo: settings.sudo(), _keepalive: Arc::new(keepalive) });
+        }
     }
 
-    fn check_host_key(session: &mut AsyncSession<TokioTcpStream>, addr: SocketAddr, settings: &SshSettings) -> Result<(), SshError> {
+    fn check_host_key(
+        session: &mut AsyncSession<TokioTcpStream>,
+        addr: SocketAddr,
+        instance: Option<&str>,
+        settings: &SshSettings,
+    ) -> Result<(), SshError> {
         let fail = |operation, e: &dyn std::fmt::Display| SshError::Session { addr, operation, message: e.to_string() };
         let (key, kind) = session.host_key().ok_or_else(|| fail("read the host key", &"none offered"))?;
         let key = key.to_vec();
@@ -133,11 +173,25 @@ impl SshNode {
             known.read_file(&settings.known_hosts, KnownHostFileKind::OpenSSH).map_err(|e| fail("read known hosts", &e))?;
         }
         let host = addr.ip().to_string();
-        match known.check_port(&host, addr.port(), &key) {
+        // An instance's own record wins: an address EC2 gave an earlier instance says nothing of this one.
+        // A key recorded under the address (by hand, or for an earlier instance) is only
+        // a default: recording on, an instance whose key differs gets a record of its own.
+        let result = match instance.map(|id| known.check_port(id, 22, &key)) {
+            Some(r @ (CheckResult::Match | CheckResult::Mismatch)) => r,
+            _ => match known.check_port(&host, addr.port(), &key) {
+                CheckResult::Mismatch if instance.is_some() && settings.record_new_hosts => CheckResult::NotFound,
+                r => r,
+            },
+        };
+        match result {
             CheckResult::Match => Ok(()),
             CheckResult::Mismatch => Err(SshError::HostKeyMismatch { addr, fingerprint, known_hosts }),
             CheckResult::NotFound | CheckResult::Failure if settings.record_new_hosts => {
-                let name = if addr.port() == 22 { host } else { format!("[{host}]:{}", addr.port()) };
+                let name = match instance {
+                    Some(id) => id.to_string(),
+                    None if addr.port() == 22 => host,
+                    None => format!("[{host}]:{}", addr.port()),
+                };
                 known.add(&name, &key, "recorded by loads", kind.into()).map_err(|e| fail("record the host key", &e))?;
                 known.write_file(&settings.known_hosts, KnownHostFileKind::OpenSSH).map_err(|e| fail("write known hosts", &e))?;
                 Ok(())
@@ -162,11 +216,43 @@ impl SshNode {
         self.addr
     }
 
+    /// Waits until the node's first boot has finished: `dir/booted` exists (the
+    /// user-data writes it last; an image prepared another way may write it too).
+    /// A boot that failed (`dir/boot-status` says `failed`) fails at once, with the
+    /// last lines of `dir/boot.log`; so does a boot unfinished after `timeout`.
+    pub async fn wait_for_boot(&self, dir: &str, timeout: Duration) -> Result<(), SshError> {
+        let probe = format!(
+            "{sudo}sh -c 'if [ -e {dir}/booted ]; then echo booted; \
+             elif grep -q ^failed {dir}/boot-status 2>/dev/null; then echo failed; tail -n 20 {dir}/boot.log 2>&1; \
+             else echo booting; tail -n 5 {dir}/boot.log 2>/dev/null; fi; exit 0'",
+            sudo = self.sudo
+        );
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let (status, out) = self.exec(&probe).await?;
+            let (state, log) = out.split_once('\n').unwrap_or((out.trim(), ""));
+            let fail = |message: String| SshError::Session { addr: self.addr, operation: "wait for the first boot", message };
+            match (status, state.trim()) {
+                (0, "booted") => return Ok(()),
+                (0, "failed") => return Err(fail(format!("the boot script failed; last lines of {dir}/boot.log:\n{}", log.trim_end()))),
+                (0, _) if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_secs(1)).await,
+                (0, _) => {
+                    return Err(fail(format!(
+                        "not finished within {} s (no {dir}/booted); last lines of {dir}/boot.log:\n{}",
+                        timeout.as_secs(),
+                        log.trim_end()
+                    )))
+                }
+                (code, _) => return Err(fail(format!("the probe exited {code}: {}", out.trim()))),
+            }
+        }
+    }
+
     /// Runs `docker version` until the node's engine answers or `timeout` passes.
     pub async fn wait_for_docker(&self, timeout: Duration) -> Result<(), SshError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let (status, out) = self.exec("docker version --format '{{.Server.Version}}' 2>&1").await?;
+            let (status, out) = self.exec(&format!("{}docker version --format '{{{{.Server.Version}}}}' 2>&1", self.sudo)).await?;
             if status == 0 {
                 return Ok(());
             }
@@ -184,12 +270,13 @@ impl SshNode {
         let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| DockerError::Connect(e.into()))?;
         let port = listener.local_addr().map_err(|e| DockerError::Connect(e.into()))?.port();
         let session = self.session.clone();
+        let dial = format!("{}docker system dial-stdio", self.sudo);
         let task = Task::spawn(async move {
             while let Ok((mut socket, _)) = listener.accept().await {
-                let session = session.clone();
+                let (session, dial) = (session.clone(), dial.clone());
                 tokio::spawn(async move {
                     let Ok(mut channel) = session.channel_session().await else { return };
-                    if channel.exec("docker system dial-stdio").await.is_ok() {
+                    if channel.exec(&dial).await.is_ok() {
                         pump(&mut socket, &mut channel).await;
                     }
                     let _ = channel.close().await;
@@ -202,12 +289,12 @@ impl SshNode {
     /// A reverse forward: the node listens on `bind` (an address of the node, port
     /// chosen by its sshd) and every connection made there reaches `local` on this
     /// machine. Answers the node's port. Binding anything but the node's loopback
-    /// needs `GatewayPorts clientspecified` in the node's sshd (the user-data sets it).
+    /// would need `GatewayPorts clientspecified` in the node's sshd, so loads binds loopback.
     /// `port` 0 lets sshd choose; a given port takes back a forward an earlier connection had.
     pub async fn forward_to_broker(&self, bind: &str, port: u16, local: SocketAddr) -> Result<(u16, Task), SshError> {
         let (mut listener, port) = self.session.channel_forward_listen(port, Some(bind), None).await.map_err(|e| SshError::Session {
             addr: self.addr,
-            operation: "open a remote forward (is GatewayPorts clientspecified set on the node?)",
+            operation: "open a remote forward (is AllowTcpForwarding off on the node?)",
             message: e.to_string(),
         })?;
         let task = Task::spawn(async move {
@@ -222,6 +309,26 @@ impl SshNode {
         });
         Ok((port, task))
     }
+}
+
+/// Removes the host keys recorded under these instance ids from a known-hosts file:
+/// a terminated instance's key is of no use, and its address goes to another.
+pub fn forget_hosts(known_hosts: &std::path::Path, instances: &[String]) -> std::io::Result<()> {
+    if instances.is_empty() || !known_hosts.exists() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(known_hosts)?;
+    let kept: String = text
+        .lines()
+        .filter(|line| !line.split_whitespace().next().is_some_and(|host| instances.iter().any(|id| id == host)))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    if kept.len() == text.len() {
+        return Ok(());
+    }
+    let temporary = known_hosts.with_extension("loads-tmp");
+    std::fs::write(&temporary, kept)?;
+    std::fs::rename(&temporary, known_hosts)
 }
 
 /// Copies bytes both ways between a local connection and an exec channel.

@@ -35,24 +35,28 @@ pub struct Tls(Arc<ClientConfig>);
 impl Tls {
     /// The system's roots, and the PEM certificates of `ca_file` when given.
     pub fn new(ca_file: Option<&Path>) -> Result<Self, TlsError> {
-        let mut roots = RootCertStore::empty();
-        for cert in rustls_native_certs::load_native_certs().certs {
-            // A system certificate rustls cannot use is passed over, as curl does.
-            let _ = roots.add(cert);
-        }
+        let mut roots = system_roots();
         if let Some(path) = ca_file {
             let fail = |message: String| TlsError::CaFile { path: path.display().to_string(), message };
-            let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| fail(e.to_string()))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| fail(e.to_string()))?;
-            if certs.is_empty() {
-                return Err(fail("holds no PEM certificate".into()));
-            }
-            for cert in certs {
-                roots.add(cert).map_err(|e| fail(e.to_string()))?;
-            }
+            let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+            add_pem(&mut roots, &pem).map_err(fail)?;
         }
+        Self::with_roots(roots)
+    }
+
+    /// The relay's trust: it runs in an image with no certificate store, so it
+    /// carries the public web's roots (webpki-roots) and takes the broker's
+    /// private CAs as PEM text.
+    pub fn for_relay(ca_pem: Option<&str>) -> Result<Self, TlsError> {
+        let mut roots = system_roots();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(pem) = ca_pem.filter(|p| !p.trim().is_empty()) {
+            add_pem(&mut roots, pem.as_bytes()).map_err(|message| TlsError::CaFile { path: "LOADS_INGEST_CA".into(), message })?;
+        }
+        Self::with_roots(roots)
+    }
+
+    fn with_roots(roots: RootCertStore) -> Result<Self, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -67,4 +71,25 @@ impl Tls {
     pub fn client(&self, timeout: Duration) -> awc::Client {
         awc::Client::builder().connector(awc::Connector::new().rustls_0_23(self.0.clone())).timeout(timeout).disable_redirects().finish()
     }
+}
+
+/// The system's roots (`SSL_CERT_FILE`, `SSL_CERT_DIR` honoured); one rustls cannot use is passed over, as curl does.
+fn system_roots() -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    roots
+}
+
+/// Adds every PEM certificate of `pem`; none at all is an error.
+fn add_pem(roots: &mut RootCertStore, pem: &[u8]) -> Result<(), String> {
+    let certs = CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+    if certs.is_empty() {
+        return Err("holds no PEM certificate".into());
+    }
+    for cert in certs {
+        roots.add(cert).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }

@@ -17,6 +17,10 @@ use crate::infra::ec2::{self, tags, InstanceView, NodeBoot, Region, RegionConfig
 use crate::infra::ssh::{SshError, SshNode};
 use crate::infra::Task;
 
+/// Where the relays' metrics forward listens on a node: its loopback, which an sshd as it
+/// comes (`GatewayPorts no`) allows; the relay shares the node's network to reach it.
+const NODE_LOOPBACK: &str = "127.0.0.1";
+
 /// What taking a run's instances back needs.
 pub(super) struct Adoption {
     pub(super) cloud: Arc<CloudSettings>,
@@ -56,15 +60,15 @@ async fn adopt_node(job: &Adoption, instance: InstanceView) -> Result<CloudNode,
     let step_id: Uuid = tag(tags::STEP)?.parse().map_err(|e| format!("{}: {e}", tags::STEP))?;
     let addr: SocketAddr = tag(tags::SSH)?.parse().map_err(|e| format!("{}: {e}", tags::SSH))?;
     let port: u16 = tag(tags::FORWARD)?.parse().map_err(|e| format!("{}: {e}", tags::FORWARD))?;
-    let ssh = SshNode::connect(addr, &job.cloud.ssh).await.map_err(|e| e.to_string())?;
+    let ssh = SshNode::connect(addr, Some(&instance.id), &job.cloud.ssh).await.map_err(|e| e.to_string())?;
     let (engine, bridge) = ssh.docker().await.map_err(|e| e.to_string())?;
-    let (network, gateway) = engine.ensure_network(&job.network, job.labels.clone()).await.map_err(|e| e.to_string())?;
-    let (port, forward) = ssh.forward_to_broker(&gateway, port, job.ingest).await.map_err(|e| e.to_string())?;
+    let (network, _) = engine.ensure_network(&job.network, job.labels.clone()).await.map_err(|e| e.to_string())?;
+    let (port, forward) = ssh.forward_to_broker(NODE_LOOPBACK, port, job.ingest).await.map_err(|e| e.to_string())?;
     let address = match (job.cloud.address_override.is_empty(), &instance.private_ip_address) {
         (true, Some(private)) => private.clone(),
         _ => addr.ip().to_string(),
     };
-    let lease = Lease { run_id: job.run_id, step_id, name, address, network, ingest_base: format!("http://{gateway}:{port}") };
+    let lease = Lease { run_id: job.run_id, step_id, name, address, network, ingest_base: format!("http://{NODE_LOOPBACK}:{port}") };
     Ok(CloudNode { instance, ssh, engine, _bridge: bridge, forward: Some(forward), lease: Some(lease), idle_since: None })
 }
 
@@ -117,6 +121,12 @@ pub(super) async fn provision(job: Provision, reused: Vec<CloudNode>) -> Result<
             tuning: cloud.node_tuning.clone(),
         };
         let user_data = ec2::render_user_data(&cloud.user_data_template, &boot).map_err(PoolError::Refused)?;
+        if let Some(why) = job.region.unsuitable_type(&msg.instance_type, &job.config.ami).await? {
+            return Err(PoolError::Refused(why));
+        }
+        let associate_public_ip = cloud.address == AddressKind::Public
+            && !job.config.subnet_id.is_empty()
+            && !job.region.subnet_assigns_public_ip(&job.config.subnet_id).await?;
         let mut tag_list = vec![
             ("Name".to_string(), format!("loads-{}-{}", job.broker, msg.plan)),
             ("Project".to_string(), "loads".to_string()),
@@ -126,7 +136,14 @@ pub(super) async fn provision(job: Provision, reused: Vec<CloudNode>) -> Result<
         tag_list.extend(run_tags.iter().cloned());
         // All of them first; if EC2 keeps lacking the capacity, whatever it has down to `min_nodes`.
         let min_new = msg.min_nodes.saturating_sub(reused.len() as u32).max(1);
-        let mut launch = ec2::Launch { instance_type: msg.instance_type.clone(), count: new, min_count: new, tags: tag_list, user_data };
+        let mut launch = ec2::Launch {
+            instance_type: msg.instance_type.clone(),
+            count: new,
+            min_count: new,
+            tags: tag_list,
+            user_data,
+            associate_public_ip,
+        };
         let ids = match job.region.launch(&job.config, &launch, cloud.backoff).await {
             Err(e) if e.code.as_deref() == Some("InsufficientInstanceCapacity") && min_new < new => {
                 tracing::warn!(error = %e, min_new, "not enough capacity for every node; asking for at least min_nodes");
@@ -188,20 +205,33 @@ pub(super) async fn provision(job: Provision, reused: Vec<CloudNode>) -> Result<
     if (ready.len() as u32) < msg.min_nodes {
         lost.extend(ready.iter().map(|(n, ..)| n.instance.id.clone()));
         let _ = job.region.terminate(&lost).await;
+        job.cloud.forget(&lost);
         return Err(PoolError::Capacity { wanted: msg.count, min: msg.min_nodes, ready: ready.len() as u32, reasons: failures.join("; ") });
     }
-    if let Err(e) = job.region.terminate(&lost).await {
-        tracing::warn!(error = %e, "could not terminate nodes that did not become ready; the reaper will");
+    match job.region.terminate(&lost).await {
+        Ok(()) => job.cloud.forget(&lost),
+        Err(e) => tracing::warn!(error = %e, "could not terminate nodes that did not become ready; the reaper will"),
     }
     Ok(ready)
 }
 
-/// Moves a node's dead-man's switch deadline and applies the node tuning.
+/// Moves a node's dead-man's switch deadline (its file, which the switch reads; the
+/// `loads:expires-at` tag is the reaper's) and applies the node tuning.
 async fn rearm(job: &Provision, ssh: &SshNode, deadline: DateTime<Utc>) -> Result<(), SshError> {
-    let sudo = job.cloud.sudo();
-    let dir = &job.cloud.node_dir;
-    let mut commands = vec![format!("{sudo}mkdir -p {dir} && echo {} | {sudo}tee {dir}/expires-at >/dev/null", deadline.timestamp())];
+    let sudo = job.cloud.ssh.sudo();
+    let mut commands = vec![move_deadline(&job.cloud, deadline)];
     commands.extend(job.cloud.node_tuning.iter().map(|c| format!("{sudo}{c}")));
+    run_all(ssh, commands).await
+}
+
+/// The command that moves the deadline in a node's dead-man's switch file.
+pub(super) fn move_deadline(cloud: &CloudSettings, deadline: DateTime<Utc>) -> String {
+    let (sudo, dir) = (cloud.ssh.sudo(), &cloud.node_dir);
+    format!("{sudo}mkdir -p {dir} && echo {} | {sudo}tee {dir}/expires-at >/dev/null", deadline.timestamp())
+}
+
+/// Runs commands on a node in turn; the first that fails is the error.
+pub(super) async fn run_all(ssh: &SshNode, commands: Vec<String>) -> Result<(), SshError> {
     for command in commands {
         let (status, out) = ssh.exec(&command).await?;
         if status != 0 {
@@ -229,9 +259,16 @@ async fn connect(job: &Provision, instance: InstanceView, over: Option<SocketAdd
             SocketAddr::new(ip.parse().map_err(|e| format!("address {ip}: {e}"))?, 22)
         }
     };
-    let ssh = SshNode::connect(addr, &cloud.ssh).await.map_err(|e| e.to_string())?;
+    let started = std::time::Instant::now();
+    let stage =
+        |stage: &str| tracing::info!(instance = %instance.id, stage, elapsed_ms = started.elapsed().as_millis() as u64, "node stage");
+    let ssh = SshNode::connect(addr, Some(&instance.id), &cloud.ssh).await.map_err(|e| e.to_string())?;
+    stage("sshd up");
+    ssh.wait_for_boot(&cloud.node_dir, cloud.launch_timeout).await.map_err(|e| e.to_string())?;
+    stage("boot finished");
     rearm(job, &ssh, deadline).await.map_err(|e| e.to_string())?;
     ssh.wait_for_docker(cloud.launch_timeout).await.map_err(|e| e.to_string())?;
+    stage("docker ready");
     let (engine, bridge) = ssh.docker().await.map_err(|e| e.to_string())?;
     Ok(CloudNode { instance, ssh, engine, _bridge: bridge, forward: None, lease: None, idle_since: None })
 }
@@ -245,10 +282,12 @@ async fn attach(job: &Provision, node: CloudNode) -> Result<Ready, (String, Stri
             .local
             .as_ref()
             .ok_or_else(|| fail(format!("{relay} is missing on the node and there is no local engine to copy it from")))?;
+        let started = std::time::Instant::now();
         node.engine.copy_image_from(local, relay).await.map_err(|e| fail(e.to_string()))?;
+        tracing::info!(instance = %node.instance.id, stage = "relay image copied", elapsed_ms = started.elapsed().as_millis() as u64, "node stage");
     }
-    let (network, gateway) = node.engine.ensure_network(&job.network, job.labels.clone()).await.map_err(|e| fail(e.to_string()))?;
-    let (port, forward) = node.ssh.forward_to_broker(&gateway, 0, job.ingest).await.map_err(|e| fail(e.to_string()))?;
-    let ingest_base = format!("http://{gateway}:{port}");
+    let (network, _) = node.engine.ensure_network(&job.network, job.labels.clone()).await.map_err(|e| fail(e.to_string()))?;
+    let (port, forward) = node.ssh.forward_to_broker(NODE_LOOPBACK, 0, job.ingest).await.map_err(|e| fail(e.to_string()))?;
+    let ingest_base = format!("http://{NODE_LOOPBACK}:{port}");
     Ok((node, network, ingest_base, forward))
 }

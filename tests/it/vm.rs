@@ -1,0 +1,202 @@
+//! Test nodes that boot as EC2 instances do: for each instance a broker launches
+//! in the moto server, a virtual machine (qemu, software emulation) boots the
+//! image `scripts/services.sh` builds: a stock Debian with cloud-init, the
+//! stock sshd (`GatewayPorts no`), the default user `debian` with passwordless
+//! sudo and not in any docker group, and no Docker. Its NoCloud seed holds the
+//! launch's actual user-data, read back from moto, and the test's key as the
+//! instance's public key, so cloud-init runs the user-data after sshd already
+//! answers, as on EC2. The VM has no network but its SSH port, forwarded to a
+//! loopback port that `ec2.address_override` maps the instance to.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_ec2::types::{Filter, InstanceAttributeName};
+use base64::Engine as _;
+
+use crate::instances::client;
+
+/// Memory of one test node, in MiB.
+const VM_MEMORY_MIB: &str = "1024";
+
+/// The image's directory (`vmlinuz`, `initrd.img`, `image.ext4`).
+fn image_dir() -> PathBuf {
+    std::env::var("LOADS_TEST_VM_DIR").expect("LOADS_TEST_VM_DIR (scripts/test builds the VM image)").into()
+}
+
+/// How a node's boot goes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Boot {
+    /// As the image comes.
+    Stock,
+    /// Docker's packages are gone from the image's cache before the user-data runs:
+    /// with no network, its package install fails.
+    BrokenPackages,
+}
+
+/// One booted node.
+struct Vm {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Boots a VM for every instance one broker launches, in launch order on the
+/// loopback ports of `addresses`, and stops it when its instance is terminated.
+pub struct Farm {
+    /// The SSH addresses the instances are reached at, in launch order (for `ec2.address_override`).
+    pub addresses: Vec<String>,
+    /// The private key whose public half every instance is given.
+    pub key: PathBuf,
+    vms: Arc<Mutex<HashMap<String, Vm>>>,
+    stop: Arc<AtomicBool>,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Farm {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.vms.lock().unwrap().clear();
+    }
+}
+
+impl Farm {
+    /// Watches moto for `broker`'s instances (at most `nodes` of them) and boots each as `boot` says.
+    pub fn start(broker: &str, nodes: usize, boot: Boot) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        let out = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).output().expect("ssh-keygen");
+        assert!(out.status.success());
+        let ports: Vec<u16> =
+            (0..nodes).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()).collect();
+        let farm = Self {
+            addresses: ports.iter().map(|p| format!("127.0.0.1:{p}")).collect(),
+            key: key.clone(),
+            vms: Arc::default(),
+            stop: Arc::default(),
+            dir,
+        };
+        let (vms, stop, work) = (farm.vms.clone(), farm.stop.clone(), farm.dir.path().to_path_buf());
+        let broker = broker.to_string();
+        let public_key = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+        actix_web::rt::spawn(async move {
+            let mut assigned: Vec<String> = Vec::new();
+            // Bounded: a test that forgets to stop it still ends it within the hour.
+            for _ in 0..(3600 * 2) {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                for (id, state) in instances(&broker).await {
+                    let gone = state == "terminated" || state == "shutting-down" || state == "stopped";
+                    if gone {
+                        vms.lock().unwrap().remove(&id);
+                    } else if !assigned.contains(&id) && assigned.len() < ports.len() {
+                        let port = ports[assigned.len()];
+                        assigned.push(id.clone());
+                        let user_data = user_data(&id).await;
+                        let vm = boot_vm(&work.join(&id), &id, &user_data, &public_key, port, boot);
+                        vms.lock().unwrap().insert(id, vm);
+                    }
+                }
+                actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        farm
+    }
+
+    /// What a node's console showed, for failure messages.
+    pub fn console(&self, instance: &str) -> String {
+        let vms = self.vms.lock().unwrap();
+        let dir = vms.get(instance).map(|v| v.dir.clone()).unwrap_or_else(|| self.dir.path().join(instance));
+        std::fs::read_to_string(dir.join("console.log")).unwrap_or_default()
+    }
+
+    /// Instances whose VM is running now.
+    pub fn running(&self) -> Vec<String> {
+        let mut vms = self.vms.lock().unwrap();
+        vms.retain(|_, vm| matches!(vm.child.try_wait(), Ok(None)));
+        vms.keys().cloned().collect()
+    }
+}
+
+/// `broker`'s instances in launch order, with their states.
+async fn instances(broker: &str) -> Vec<(String, String)> {
+    let Ok(out) = client().describe_instances().filters(Filter::builder().name("tag:loads:broker").values(broker).build()).send().await
+    else {
+        return Vec::new();
+    };
+    let mut found: Vec<(String, i32, String, String)> = out
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .map(|i| {
+            let launched = i.launch_time().map(|t| t.to_string()).unwrap_or_default();
+            let state = i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()).unwrap_or_default();
+            (launched, i.ami_launch_index().unwrap_or_default(), i.instance_id().unwrap_or_default().to_string(), state)
+        })
+        .collect();
+    found.sort();
+    found.into_iter().map(|(_, _, id, state)| (id, state)).collect()
+}
+
+/// The user-data the instance was launched with.
+async fn user_data(id: &str) -> Vec<u8> {
+    let attr = client().describe_instance_attribute().instance_id(id).attribute(InstanceAttributeName::UserData).send().await;
+    let encoded = attr.ok().and_then(|a| a.user_data().and_then(|u| u.value().map(str::to_string))).unwrap_or_default();
+    base64::engine::general_purpose::STANDARD.decode(encoded).unwrap_or_default()
+}
+
+/// Boots one node: a copy-on-write layer over the image, a NoCloud seed, SSH on `port`.
+fn boot_vm(dir: &Path, id: &str, user_data: &[u8], public_key: &str, port: u16, boot: Boot) -> Vm {
+    std::fs::create_dir_all(dir).unwrap();
+    let image = image_dir();
+    std::fs::write(dir.join("user-data"), user_data).unwrap();
+    std::fs::write(dir.join("meta-data"), format!("instance-id: {id}\nlocal-hostname: {id}\npublic-keys:\n  - {}\n", public_key.trim()))
+        .unwrap();
+    let mut seed = Command::new("cloud-localds");
+    if boot == Boot::BrokenPackages {
+        std::fs::write(dir.join("vendor-data"), "#cloud-config\nbootcmd:\n  - rm -f /var/cache/apt/archives/*.deb\n").unwrap();
+        seed.arg("--vendor-data").arg(dir.join("vendor-data"));
+    }
+    let out = seed.arg(dir.join("seed.img")).arg(dir.join("user-data")).arg(dir.join("meta-data")).output().expect("cloud-localds");
+    assert!(out.status.success(), "cloud-localds: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(image.join("image.ext4"))
+        .arg(dir.join("disk.qcow2"))
+        .output()
+        .expect("qemu-img");
+    assert!(out.status.success(), "qemu-img: {}", String::from_utf8_lossy(&out.stderr));
+    let child = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-m", VM_MEMORY_MIB, "-smp", "1", "-display", "none", "-monitor", "none"])
+        .arg("-kernel")
+        .arg(image.join("vmlinuz"))
+        .arg("-initrd")
+        .arg(image.join("initrd.img"))
+        .args(["-append", "root=/dev/vda rw console=ttyS0 net.ifnames=0"])
+        .arg("-drive")
+        .arg(format!("file={},if=virtio,format=qcow2", dir.join("disk.qcow2").display()))
+        .arg("-drive")
+        .arg(format!("file={},if=virtio,format=raw,readonly=on", dir.join("seed.img").display()))
+        // No network but the SSH port: `restrict=on` cuts the guest off from everything else.
+        .arg("-netdev")
+        .arg(format!("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22"))
+        .args(["-device", "virtio-net-pci,netdev=n0"])
+        .arg("-serial")
+        .arg(format!("file:{}", dir.join("console.log").display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("qemu-system-x86_64 (scripts/test installs it)");
+    Vm { child, dir: dir.to_path_buf() }
+}
