@@ -389,6 +389,9 @@ pub struct DockerSettings {
     pub stop_grace_seconds: u32,
     /// Longest a node may take to get its image (load or pull) before its step fails.
     pub prepare_timeout_seconds: u64,
+    /// An image copy to a node (streamed from the broker's engine) fails when no byte
+    /// has moved for this long, however long it has run.
+    pub copy_stall_seconds: u64,
     /// The only host directory `volume_mapping` may mount from (on the local provider).
     pub volume_root: String,
     /// The only directory a `container_url` on the broker's disk may name; empty: none may.
@@ -420,6 +423,7 @@ impl Default for DockerSettings {
         Self {
             stop_grace_seconds: 15,
             prepare_timeout_seconds: 900,
+            copy_stall_seconds: 120,
             volume_root: "/var/tmp/loads/volumes".into(),
             image_root: String::new(),
             allow_loopback_image_urls: false,
@@ -812,6 +816,9 @@ impl Settings {
         if self.docker.prepare_timeout_seconds == 0 {
             return invalid("docker.prepare_timeout_seconds", "must be at least 1");
         }
+        if self.docker.copy_stall_seconds == 0 {
+            return invalid("docker.copy_stall_seconds", "must be at least 1");
+        }
         if self.docker.log_tail == 0 {
             return invalid("docker.log_tail", "must be at least 1");
         }
@@ -934,6 +941,7 @@ impl Settings {
             user_data_template,
             backoff: Backoff { attempts: self.ec2.launch_attempts, base: Duration::from_millis(self.ec2.backoff_ms), ..Backoff::default() },
             relay_image: crate::images::RELAY.to_string(),
+            copy_stall: std::time::Duration::from_secs(self.docker.copy_stall_seconds),
         }))
     }
 
@@ -964,6 +972,7 @@ impl Settings {
             broker_id: self.broker.id.clone(),
             broker_version: crate::VERSION.to_string(),
             relay_image: crate::images::RELAY.to_string(),
+            copy_stall: std::time::Duration::from_secs(self.docker.copy_stall_seconds),
             stop_grace_secs: self.docker.stop_grace_seconds,
             log_tail: self.docker.log_tail,
             prepare_timeout_secs: self.docker.prepare_timeout_seconds,

@@ -184,7 +184,7 @@ impl Handler<PrepareNode> for DockerNodeActor {
         let image = relay.image.clone();
         let limit = std::time::Duration::from_secs(self.settings.prepare_timeout_secs);
         let node = self.who.node.clone();
-        let (registries, secrets) = (self.settings.registries.clone(), self.settings.secrets.clone());
+        let (registries, secrets, copy_stall) = (self.settings.registries.clone(), self.settings.secrets.clone(), self.settings.copy_stall);
         Box::pin(
             async move {
                 let get = async {
@@ -192,7 +192,7 @@ impl Handler<PrepareNode> for DockerNodeActor {
                         Some(from)
                             if msg.tarball.is_none() && !engine.has_image(&msg.image).await? && from.has_image(&msg.image).await? =>
                         {
-                            engine.copy_image_from(from, &msg.image).await
+                            engine.copy_image_from(from, &msg.image, copy_stall).await
                         }
                         _ => {
                             let pull = msg.tarball.is_none() && !engine.has_image(&msg.image).await?;

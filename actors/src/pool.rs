@@ -146,6 +146,8 @@ pub struct CloudSettings {
     pub backoff: Backoff,
     /// The relay image, copied from the broker's engine to nodes that lack it.
     pub relay_image: String,
+    /// How long an image copy to a node may go without moving a byte.
+    pub copy_stall: Duration,
 }
 
 /// An instance this pool launched and holds an SSH connection to.

@@ -9,6 +9,8 @@ pub struct RunSettings {
     pub broker_version: String,
     /// The image of the per-node metrics relay.
     pub relay_image: String,
+    /// How long an image copy to a node may go without moving a byte.
+    pub copy_stall: std::time::Duration,
     /// Seconds between SIGTERM and SIGKILL when stopping containers.
     pub stop_grace_secs: u32,
     /// Lines of each container's output kept when it is removed.

@@ -19,6 +19,10 @@ const SLOW: &str = "900";
 /// A broker whose instances are the farm's VMs, reached as the image's default user
 /// with host keys recorded on first use (a fresh instance's keys are made at its first boot).
 async fn broker_for(farm_nodes: usize, boot: Boot) -> (TestApp, Farm, tempfile::TempDir) {
+    broker_with(farm_nodes, boot, &[]).await
+}
+
+async fn broker_with(farm_nodes: usize, boot: Boot, extra: &[(&str, &str)]) -> (TestApp, Farm, tempfile::TempDir) {
     ensure_images();
     let broker = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let farm = Farm::start(&broker, farm_nodes, boot);
@@ -39,6 +43,8 @@ async fn broker_for(farm_nodes: usize, boot: Boot) -> (TestApp, Farm, tempfile::
         ("LOADS__SSH__RECORD_NEW_HOSTS", "true"),
         ("LOADS__SSH__CONNECT_TIMEOUT_SECONDS", SLOW),
     ];
+    let mut settings = settings.to_vec();
+    settings.extend_from_slice(extra);
     let app = TestApp::spawn(Backend::Sqlite, &settings).await;
     assert_eq!(app.broker_id, broker);
     (app, farm, dir)
@@ -95,4 +101,103 @@ async fn a_boot_that_breaks_fails_the_node_with_the_last_lines_of_its_log() {
         assert!(Instant::now() < deadline, "the terminated instance's VM is still running");
         actix_web::rt::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+}
+
+/// With pooling, a node that booted for one run is kept for the next: released, its
+/// own dead-man's switch file (root's, written through `sudo`) moves with its idle
+/// tag, so it does not power off while pooled; the next run reuses it (no launch,
+/// no second boot) and moves the deadline again; idle too long, it is terminated.
+#[actix_web::test]
+async fn a_pooled_node_keeps_its_switch_in_step_with_its_tags_and_is_reused() {
+    let (app, farm, _dir) = broker_with(1, Boot::Stock, &[("LOADS__POOL__POOLING", "true"), ("LOADS__POOL__IDLE_SECONDS", "30")]).await;
+    let plan = json!({"name": "pooled", "steps": [gen_step("gen", 1, "true")]});
+    let (_, run_id) = app.start(plan.clone(), json!({})).await;
+    let first = app.wait_finished(&run_id, 900).await;
+    let seen = instances_of(&app.broker_id).await;
+    assert_eq!(first["state"], "completed", "{first:#}\nconsole:\n{}", farm.console(&seen[0].id));
+    assert_eq!((seen.len(), seen[0].state.as_str()), (1, "running"), "kept for reuse");
+    let tagged = chrono::DateTime::parse_from_rfc3339(&seen[0].tags["loads:expires-at"]).unwrap().timestamp();
+    let on_node = farm.ssh(&farm.addresses[0], "cat /var/lib/loads/expires-at");
+    assert_eq!(on_node.trim(), tagged.to_string(), "the switch's file moved with the idle tag");
+
+    let (_, run_id) = app.start(plan, json!({})).await;
+    let second = app.wait_finished(&run_id, 300).await;
+    assert_eq!(second["state"], "completed", "{second:#}");
+    let again = instances_of(&app.broker_id).await;
+    assert_eq!(again.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), [seen[0].id.as_str()], "reused, not launched");
+    let rearmed: i64 = farm.ssh(&farm.addresses[0], "cat /var/lib/loads/expires-at").trim().parse().unwrap_or(0);
+    let retagged = chrono::DateTime::parse_from_rfc3339(&again[0].tags["loads:expires-at"]).unwrap().timestamp();
+    assert_eq!(rearmed, retagged, "released again: the file follows the tag");
+    assert_eq!(until_all_terminated(&app.broker_id).await.len(), 1);
+}
+
+/// A broker killed while a step runs on a node that booted as an instance does, and
+/// started again: it reaches the node afresh (its recorded host key, `sudo` for
+/// Docker), takes the relay back, opens the metrics forward again on the node's
+/// loopback at the same port, and every count arrives once; nothing is launched anew.
+#[actix_web::test]
+async fn a_run_on_a_booted_node_is_carried_on_after_a_broker_restart() {
+    ensure_images();
+    let b = crate::recovery::Restartable::new();
+    let farm = Farm::start(&b.broker, 1, Boot::Stock);
+    let dir = tempfile::tempdir().unwrap();
+    let known_hosts = dir.path().join("known_hosts").display().to_string();
+    let (moto, key, overrides) = (moto(), farm.key.display().to_string(), farm.addresses.join(","));
+    let settings = [
+        ("LOADS__POOL__PROVIDER", "ec2"),
+        ("LOADS__POOL__LAUNCH_TIMEOUT_SECONDS", SLOW),
+        ("LOADS__DOCKER__PREPARE_TIMEOUT_SECONDS", SLOW),
+        ("LOADS__EC2__ENDPOINT_URL", moto.as_str()),
+        ("LOADS__EC2__REGIONS__US_WEST_2__AMI", "ami-12c6146b"),
+        ("LOADS__EC2__ADDRESS_OVERRIDE", overrides.as_str()),
+        ("LOADS__SSH__USER", "debian"),
+        ("LOADS__SSH__KEY_PATH", key.as_str()),
+        ("LOADS__SSH__KNOWN_HOSTS", known_hosts.as_str()),
+        ("LOADS__SSH__RECORD_NEW_HOSTS", "true"),
+        ("LOADS__SSH__CONNECT_TIMEOUT_SECONDS", SLOW),
+    ];
+    let mut first = b.serve(&settings);
+    let report = "printf 'hits:1|c\\n' | nc -w 2 $$STATSD_HOST $$STATSD_PORT";
+    let mut step = gen_step("gen", 1, &format!("{report}; sleep 20; {report}; sleep 600"));
+    step["run_max_time"] = json!(60);
+    let project = b.api.post("/api/v1/projects", json!({"name": "vm-crash", "plans": [{"name": "p", "steps": [step]}]})).await;
+    let plan_id = project["plans"][0]["id"].as_str().unwrap().to_string();
+    let run_id = b.api.post(&format!("/api/v1/plans/{plan_id}/runs"), json!({})).await["id"].as_str().unwrap().to_string();
+    let store = loads_actors::store::connect(&b.db).await.unwrap();
+    let id = uuid::Uuid::parse_str(&run_id).unwrap();
+    let deadline = Instant::now() + std::time::Duration::from_secs(900);
+    // Killed once the first count is stored and the node is tagged with its forward.
+    loop {
+        let counted =
+            loads_actors::store::runs::recovery(&store, id).await.unwrap().metrics_state.unwrap_or_default().contains("\"hits\":1");
+        let tagged = instances_of(&b.broker).await.iter().all(|i| i.tags.contains_key("loads:forward"));
+        if counted && tagged {
+            break;
+        }
+        let run = b.api.get(&format!("/api/v1/runs/{run_id}")).await;
+        assert!(run["completed_at"].is_null(), "the run ended before the restart: {run:#}");
+        assert!(Instant::now() < deadline, "the first count was not stored: {run:#}");
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    let mut second = b.serve(&settings);
+    let deadline = Instant::now() + std::time::Duration::from_secs(300);
+    let run = loop {
+        let run = b.api.get(&format!("/api/v1/runs/{run_id}")).await;
+        if run["completed_at"].is_string() {
+            break run;
+        }
+        assert!(Instant::now() < deadline, "the run did not finish after the restart: {run:#}");
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    assert_eq!(run["state"], "completed", "{run:#}");
+    let metrics = b.api.get(&format!("/api/v1/runs/{run_id}/metrics")).await;
+    let hits = metrics["metrics"].as_array().unwrap().iter().find(|m| m["metric"] == "hits").map(|m| m["count"].clone());
+    assert_eq!(hits, Some(json!(2.0)), "one count before the restart, one after, through the forward opened again: {metrics:#}");
+    let seen = until_all_terminated(&b.broker).await;
+    assert_eq!(seen.len(), 1, "taken back, not replaced: {seen:?}");
+    second.kill().unwrap();
+    second.wait().unwrap();
 }

@@ -198,3 +198,31 @@ async fn ecr_pulls_get_a_token_with_the_brokers_aws_credentials() {
     assert_eq!(again.password, first.password, "kept until shortly before it expires");
     assert!(registries.credentials_for("registry.example.com/gen:1", &secrets).await.unwrap().is_none());
 }
+
+/// Image copies to nodes are gzip-compressed on the way and last as long as bytes
+/// move: a copy between two engines works (the engine takes the compressed stream),
+/// and a copy whose source stops sending fails after the stall limit, naming it and
+/// how far it got, rather than hanging on or ending at a fixed timeout.
+#[actix_web::test]
+async fn image_copies_are_compressed_and_end_only_when_they_stop_moving() {
+    use loads_actors::infra::docker::Engine;
+    use std::io::BufRead;
+    use std::time::Duration;
+    ensure_images();
+    let local = Engine::local().await.unwrap();
+    local.copy_image_from(&local, loads::images::BUSYBOX, Duration::from_secs(30)).await.expect("a compressed copy loads");
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/stalling_engine.py");
+    let mut engine = Command::new("python3").arg(script).stdout(std::process::Stdio::piped()).spawn().expect("python3");
+    let mut lines = std::io::BufReader::new(engine.stdout.take().unwrap()).lines();
+    let port = lines.next().unwrap().unwrap().strip_prefix("listening ").unwrap().to_string();
+    let stalled = Engine::at(&format!("tcp://127.0.0.1:{port}")).await.expect("the stand-in answers /version");
+    let started = std::time::Instant::now();
+    let err = local.copy_image_from(&stalled, "loads-test/stalled:1", Duration::from_secs(2)).await.expect_err("the copy stalls");
+    let waited = started.elapsed();
+    let _ = engine.kill();
+    let _ = engine.wait();
+    let message = err.to_string();
+    assert!(message.contains("no progress for 2 s after 0.0 MiB"), "{message}");
+    assert!(waited < Duration::from_secs(60), "ended by the stall limit, not a request timeout: {waited:?}");
+}

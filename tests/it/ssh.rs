@@ -65,6 +65,25 @@ async fn host_keys_are_recorded_per_instance_so_recycled_addresses_do_not_matter
     assert!(!known.contains("i-0new") && known.contains("[127.0.0.1]"), "only the instance's record goes: {known}");
 }
 
+/// An idle connection (a pooled node between runs) sends keepalives, asking for no
+/// reply (a reply would be taken for the answer to the next forward request), and
+/// stays usable.
+#[actix_web::test]
+async fn idle_connections_send_keepalives_that_want_no_reply() {
+    let sshd = start_sshd();
+    let known = known_hosts_with(&sshd, &sshd.dir.path().join("host_key.pub"), "known");
+    let node = SshNode::connect(sshd.addr, None, &settings(&sshd, known, false)).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !sshd.log().contains("rtype keepalive@libssh2.org want_reply 0") {
+        assert!(std::time::Instant::now() < deadline, "no keepalive within a minute of idleness:\n{}", sshd.log());
+        actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (port, _forward) =
+        node.forward_to_broker("127.0.0.1", 0, "127.0.0.1:9".parse().unwrap()).await.expect("a forward after keepalives");
+    assert!(port > 0);
+    assert_eq!(node.exec("echo still here").await.unwrap(), (0, "still here\n".to_string()));
+}
+
 /// A node that does not answer is an error after the timeout, not a hang.
 #[actix_web::test]
 async fn an_unreachable_node_times_out_clearly() {
@@ -109,7 +128,7 @@ async fn docker_on_the_node_is_reached_through_ssh() {
     }
     // An image streamed from the broker's engine into the node's (here the same engine: a reload).
     let local = loads_actors::infra::docker::Engine::local().await.unwrap();
-    engine.copy_image_from(&local, loads::images::BUSYBOX).await.expect("image streamed over ssh");
+    engine.copy_image_from(&local, loads::images::BUSYBOX, Duration::from_secs(60)).await.expect("image streamed over ssh");
     let (containers, networks) = engine.sweep(&[("loads.broker", &broker)]).await.unwrap();
     assert_eq!((containers, networks), (1, 1));
     let (c, n) = leftovers(&broker);

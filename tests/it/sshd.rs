@@ -30,6 +30,11 @@ impl Sshd {
         let _ = self.child.wait();
     }
 
+    /// What sshd logged so far (debug level: every global request a client sends is there).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
+    }
+
     /// The client's private key.
     pub fn client_key(&self) -> PathBuf {
         self.dir.path().join("client_key")
@@ -57,15 +62,16 @@ pub fn start_sshd() -> Sshd {
     let config = format!(
         "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n\
          PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
-         StrictModes no\nPidFile {d}/sshd.pid\nGatewayPorts no\nAllowTcpForwarding yes\n",
+         StrictModes no\nPidFile {d}/sshd.pid\nGatewayPorts no\nAllowTcpForwarding yes\nLogLevel DEBUG1\n",
         d = d.display()
     );
     std::fs::write(d.join("sshd_config"), config).unwrap();
     std::fs::create_dir_all("/run/sshd").unwrap();
+    let log = std::fs::File::create(d.join("sshd.log")).unwrap();
     let child = Command::new("/usr/sbin/sshd")
         .args(["-D", "-e", "-f"])
         .arg(d.join("sshd_config"))
-        .stderr(Stdio::null())
+        .stderr(Stdio::from(log))
         .spawn()
         .expect("sshd (apt-get install openssh-server)");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();

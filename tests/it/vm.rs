@@ -129,6 +129,31 @@ impl Farm {
     }
 }
 
+impl Farm {
+    /// Runs `command` on the node at `address` as the image's default user; answers its output.
+    pub fn ssh(&self, address: &str, command: &str) -> String {
+        let (host, port) = address.rsplit_once(':').expect("ip:port");
+        let out = Command::new("ssh")
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=10",
+            ])
+            .arg("-i")
+            .arg(&self.key)
+            .args(["-p", port, &format!("debian@{host}"), command])
+            .stderr(Stdio::null())
+            .output()
+            .expect("ssh (openssh-client)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
 /// `broker`'s instances in launch order, with their states.
 async fn instances(broker: &str) -> Vec<(String, String)> {
     let Ok(out) = client().describe_instances().filters(Filter::builder().name("tag:loads:broker").values(broker).build()).send().await

@@ -368,9 +368,9 @@ impl Engine {
     /// Streams `image` from the `source` engine into this one (`docker save | gzip |
     /// docker load` without a file): compressed, as nodes are often far away behind
     /// one uplink, and given as long as it keeps moving. It fails only when no byte
-    /// has moved for `COPY_STALL` (a whole image within one request's fixed timeout
-    /// is more than a slow link or a busy node can promise).
-    pub async fn copy_image_from(&self, source: &Engine, image: &str) -> Result<(), DockerError> {
+    /// has moved for `stall` (a whole image within one request's fixed timeout is
+    /// more than a slow link or a busy node can promise).
+    pub async fn copy_image_from(&self, source: &Engine, image: &str, stall: Duration) -> Result<(), DockerError> {
         use std::sync::atomic::{AtomicU64, Ordering};
         let fail = |message: String| DockerError::Copy { image: image.into(), message };
         let started = std::time::Instant::now();
@@ -398,9 +398,9 @@ impl Engine {
                 },
                 _ = watchdog.tick() => {
                     let idle = started.elapsed().saturating_sub(Duration::from_millis(last_move_ms.load(Ordering::Relaxed)));
-                    if idle >= COPY_STALL {
+                    if idle >= stall {
                         let mib = moved.load(Ordering::Relaxed) as f64 / (1024.0 * 1024.0);
-                        return Err(fail(format!("no progress for {} s after {mib:.1} MiB (compressed)", COPY_STALL.as_secs())));
+                        return Err(fail(format!("no progress for {} s after {mib:.1} MiB (compressed)", stall.as_secs())));
                     }
                 }
             }
@@ -600,9 +600,6 @@ impl Engine {
 }
 
 /// A file's bytes as a stream of chunks, for the engine to read as it goes.
-/// How long an image copy may go without moving a byte.
-const COPY_STALL: Duration = Duration::from_secs(120);
-
 /// The longest one image copy may take at all, moving or not (a bound, not a schedule).
 const COPY_LIMIT: Duration = Duration::from_secs(6 * 3600);
 

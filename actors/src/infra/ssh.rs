@@ -326,7 +326,7 @@ pub fn forget_hosts(known_hosts: &std::path::Path, instances: &[String]) -> std:
     if kept.len() == text.len() {
         return Ok(());
     }
-    let temporary = known_hosts.with_extension("loads-tmp");
+    let temporary = known_hosts.with_extension(format!("loads-{}", uuid::Uuid::new_v4().simple()));
     std::fs::write(&temporary, kept)?;
     std::fs::rename(&temporary, known_hosts)
 }

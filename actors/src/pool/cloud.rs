@@ -283,7 +283,7 @@ async fn attach(job: &Provision, node: CloudNode) -> Result<Ready, (String, Stri
             .as_ref()
             .ok_or_else(|| fail(format!("{relay} is missing on the node and there is no local engine to copy it from")))?;
         let started = std::time::Instant::now();
-        node.engine.copy_image_from(local, relay).await.map_err(|e| fail(e.to_string()))?;
+        node.engine.copy_image_from(local, relay, job.cloud.copy_stall).await.map_err(|e| fail(e.to_string()))?;
         tracing::info!(instance = %node.instance.id, stage = "relay image copied", elapsed_ms = started.elapsed().as_millis() as u64, "node stage");
     }
     let (network, _) = node.engine.ensure_network(&job.network, job.labels.clone()).await.map_err(|e| fail(e.to_string()))?;
