@@ -3,6 +3,8 @@
 //! ```text
 //! pending → initializing → running → terminating → completed | failed | aborted
 //! ```
+//! A failure or an abort goes to terminating from any live state.
+//! `RunState::can_become` is that diagram; `transition` refuses anything else.
 //! Initializing: the run's network is opened and one `StepActor` per step
 //! prepares its nodes. Running: once every step is ready, `started_at` is
 //! stamped and each step is started `run_delay` seconds after it. A service
@@ -187,9 +189,15 @@ impl RunSupervisor {
         );
     }
 
-    /// Persists a transition (the actor waits for the write), then publishes it.
+    /// Persists a transition (the actor waits for the write) and publishes it. A
+    /// transition the run's life does not allow (`RunState::can_become`) is a bug: it
+    /// is logged and refused, and the run stays where it is.
     fn transition(&mut self, state: RunState, ctx: &mut Context<Self>) {
         if self.state == state {
+            return;
+        }
+        if !self.state.can_become(state) {
+            tracing::error!(run_id = %self.run_id, from = self.state.as_str(), to = state.as_str(), "refused a run transition its life does not allow");
             return;
         }
         self.state = state;
@@ -505,6 +513,9 @@ impl RunSupervisor {
             }
             .into_actor(self)
             .map(move |_, act, ctx| {
+                if !act.state.can_become(last) {
+                    tracing::error!(run_id = %act.run_id, from = act.state.as_str(), to = last.as_str(), "a run ended from a state its life does not allow");
+                }
                 act.state = last;
                 tracing::info!(run_id = %act.run_id, state = last.as_str(), reason = reason.as_deref().unwrap_or(""), "run state");
                 act.feed.publish(EventKind::Run { state: last, reason });
