@@ -11,6 +11,7 @@ pub mod docker_node;
 pub mod domain;
 pub mod feed;
 pub mod infra;
+pub mod journal;
 pub mod metrics;
 pub mod pool;
 pub mod run_supervisor;

@@ -3,14 +3,18 @@
 //! ```text
 //! pending → initializing → running → terminating → completed | failed | aborted
 //! ```
-//! A failure or an abort goes to terminating from any live state.
-//! `RunState::can_become` is that diagram; `transition` refuses anything else.
-//! Initializing: the run's network is opened and one `StepActor` per step
+//! A failure or an abort goes to terminating from any live state. The state is
+//! one `RunPhase` (`domain::life`), which carries why the run is ending;
+//! `RunPhase::can_become` is the diagram and `transition_to` refuses anything
+//! else. Each transition is persisted, then published, in the order it was
+//! made (`journal`). Initializing: the run's network is opened and one `StepActor` per step
 //! prepares its nodes. Running: once every step is ready, `started_at` is
 //! stamped and each step is started `run_delay` seconds after it. A service
 //! step runs until every other step has finished. Terminating: what is left is
-//! stopped and everything labelled with the run is swept. Every transition is
-//! persisted with its time; `failed` carries a reason a user can read.
+//! stopped, service steps last (once every other step is over), and then
+//! (closing) the metrics are stored and everything labelled with the run is
+//! swept. Every transition is persisted with its time; `failed` carries a
+//! reason a user can read.
 //!
 //! Carrying on after a restart (`resume`): a run the database still calls
 //! running or terminating is taken over by a new supervisor. Its network and
@@ -37,14 +41,16 @@ use uuid::Uuid;
 
 use chrono::{DateTime, Utc};
 
+use crate::domain::life::{Ending, RunPhase, StepOutcome, StopReason};
 use crate::domain::views::ContainerView;
 use crate::domain::views::{PlanView, RunState, RunView, StepState, StepView};
 use crate::domain::Env;
 use crate::feed::{EventKind, Feed, RunEvent};
+use crate::journal::{self, Journal, Journaled};
 use crate::metrics::{FinishRun, MetricsActor, MetricsPublished, PublishDashboard, TrackRun, TrackedStep};
 use crate::pool::{AdoptRun, CloseRun, Ec2PoolActor, OpenRun};
 use crate::settings::RunSettings;
-use crate::step::{ReportKind, StartStep, StepActor, StepContext, StepLogs, StepOutcome, StepReport, StepResume, StopReason, StopStep};
+use crate::step::{ReportKind, StartStep, StepActor, StepContext, StepLogs, StepReport, StepResume, StopStep};
 use crate::store::{runs, StoreError};
 
 /// A run has ended; its events are handed over for late subscribers.
@@ -64,6 +70,8 @@ struct StepSlot {
     /// The addresses of the step's nodes, once prepared.
     addresses: Vec<String>,
     outcome: Option<StepOutcome>,
+    /// A stop was sent to its actor.
+    stop_sent: bool,
 }
 
 /// What every run uses: settings, the database, the pool, the metrics collector.
@@ -90,13 +98,13 @@ pub struct RunSupervisor {
     metrics: Addr<MetricsActor>,
     ingest_token: String,
     broker: Recipient<RunEnded>,
-    state: RunState,
+    phase: RunPhase,
+    /// The state and reason last handed to the journal, so an unchanged one is not written again.
+    stored: (RunState, Option<String>),
+    journal: Journal<Self>,
     feed: Feed,
     steps: HashMap<Uuid, StepSlot>,
     start_timers: Vec<SpawnHandle>,
-    aborted: bool,
-    failure: Option<String>,
-    closing: bool,
     /// Set when carrying on a run after a restart: when it started, and each step's recorded state and start.
     resumed: Option<Resumed>,
     /// The feed number last written to the database.
@@ -127,7 +135,9 @@ impl RunSupervisor {
         let steps = plan
             .steps
             .iter()
-            .map(|s| (s.id, StepSlot { view: s.clone(), addr: None, prepared: false, addresses: Vec::new(), outcome: None }))
+            .map(|s| {
+                (s.id, StepSlot { view: s.clone(), addr: None, prepared: false, addresses: Vec::new(), outcome: None, stop_sent: false })
+            })
             .collect();
         Self {
             run_id,
@@ -139,13 +149,12 @@ impl RunSupervisor {
             metrics,
             ingest_token,
             broker,
-            state: RunState::Pending,
+            phase: RunPhase::Pending,
+            stored: (RunState::Pending, None),
+            journal: Journal::default(),
             feed: Feed::default(),
             steps,
             start_timers: Vec::new(),
-            aborted: false,
-            failure: None,
-            closing: false,
             resumed: None,
             recorded_seq: 0,
         }
@@ -162,7 +171,14 @@ impl RunSupervisor {
     ) -> Self {
         let token = recovery.ingest_token.clone().unwrap_or_default();
         let mut me = Self::new(run.id, plan, run_env, services, broker, token);
-        me.state = run.state;
+        // A terminating run ends as it was ending: its cause is stored with the state.
+        me.phase = match (run.state, run.aborted, &run.failure_reason) {
+            (RunState::Terminating, true, _) => RunPhase::Terminating(Ending::Aborted),
+            (RunState::Terminating, false, Some(reason)) => RunPhase::Terminating(Ending::StepFailed(reason.clone())),
+            (RunState::Terminating, false, None) => RunPhase::Terminating(Ending::Finished),
+            _ => RunPhase::Running,
+        };
+        me.stored = (me.phase.state(), me.phase.ending().and_then(Ending::reason).map(str::to_string));
         let seq = recovery.feed_seq + FEED_SEQ_MARGIN;
         me.feed = Feed::after(seq);
         me.recorded_seq = recovery.feed_seq;
@@ -189,30 +205,43 @@ impl RunSupervisor {
         );
     }
 
-    /// Persists a transition (the actor waits for the write) and publishes it. A
-    /// transition the run's life does not allow (`RunState::can_become`) is a bug: it
-    /// is logged and refused, and the run stays where it is.
-    fn transition(&mut self, state: RunState, ctx: &mut Context<Self>) {
-        if self.state == state {
-            return;
+    /// Moves the run to `next`: checked against the run's life (`RunPhase::can_become`;
+    /// anything else is a bug, logged and refused), then persisted, then published,
+    /// in the order transitions are made. A phase that stores nothing new (closing)
+    /// is neither written nor published; an ended run's publication closes its feed.
+    fn transition_to(&mut self, next: RunPhase, ctx: &mut Context<Self>) -> bool {
+        if !self.phase.can_become(&next) {
+            tracing::error!(run_id = %self.run_id, from = ?self.phase, to = ?next, "refused a run transition its life does not allow");
+            return false;
         }
-        if !self.state.can_become(state) {
-            tracing::error!(run_id = %self.run_id, from = self.state.as_str(), to = state.as_str(), "refused a run transition its life does not allow");
-            return;
+        self.phase = next.clone();
+        let stored = (next.state(), next.ending().and_then(Ending::reason).map(str::to_string));
+        if stored == self.stored {
+            return true;
         }
-        self.state = state;
-        let reason = if state == RunState::Failed { self.failure.clone() } else { None };
-        let (db, run_id, stored_reason) = (self.db.clone(), self.run_id, reason.clone());
-        ctx.wait(
-            async move {
-                if let Err(e) = runs::set_state(&db, run_id, state, stored_reason).await {
-                    tracing::error!(error = %e, %run_id, "could not record a run state");
-                }
+        let publish = stored.0 != self.stored.0;
+        self.stored = stored.clone();
+        let (db, run_id) = (self.db.clone(), self.run_id);
+        let (state, reason) = stored;
+        let write = async move {
+            if let Err(e) = runs::set_phase(&db, run_id, &next).await {
+                tracing::error!(error = %e, %run_id, "could not record a run state");
             }
-            .into_actor(self),
-        );
-        tracing::info!(run_id = %self.run_id, state = state.as_str(), reason = reason.as_deref().unwrap_or(""), "run state");
-        self.feed.publish(EventKind::Run { state, reason });
+        };
+        let job = write.into_actor(self).map(move |(), act, ctx| {
+            if !publish {
+                return;
+            }
+            tracing::info!(run_id = %act.run_id, state = state.as_str(), reason = reason.as_deref().unwrap_or(""), "run state");
+            act.feed.publish(EventKind::Run { state, reason });
+            if state.is_finished() {
+                let events = act.feed.close();
+                act.broker.do_send(RunEnded { run_id: act.run_id, events });
+                ctx.stop();
+            }
+        });
+        journal::record(self, ctx, Box::pin(job));
+        true
     }
 
     fn step_name(&self, id: Uuid) -> String {
@@ -223,39 +252,64 @@ impl RunSupervisor {
         self.steps.values().filter(|s| s.outcome.is_none())
     }
 
+    /// Stops the live steps that are not services; service steps are stopped once
+    /// every other step is over (`maybe_close`), so generators never outlive what they test.
     fn stop_steps(&mut self, reason: StopReason, ctx: &mut Context<Self>) {
         for handle in self.start_timers.drain(..) {
             ctx.cancel_future(handle);
         }
-        for slot in self.steps.values().filter(|s| s.outcome.is_none()) {
+        self.send_stops(reason, false);
+    }
+
+    fn send_stops(&mut self, reason: StopReason, services: bool) {
+        for slot in self.steps.values_mut().filter(|s| s.outcome.is_none() && !s.stop_sent && s.view.spec.service == services) {
             if let Some(addr) = &slot.addr {
                 addr.do_send(StopStep { reason });
+                slot.stop_sent = true;
             }
         }
     }
 
-    fn fail(&mut self, reason: String, ctx: &mut Context<Self>) {
-        if self.failure.is_some() || self.aborted {
+    /// Ends the run for `ending` unless it is ending for a cause that outranks it: every
+    /// step is stopped (services last), and steps that never started are recorded skipped.
+    fn end(&mut self, ending: Ending, ctx: &mut Context<Self>) {
+        let next = RunPhase::Terminating(ending.clone());
+        if !self.phase.can_become(&next) {
             return;
         }
-        self.failure = Some(reason);
-        if self.state != RunState::Terminating {
-            self.transition(RunState::Terminating, ctx);
-        }
-        self.stop_steps(StopReason::RunFailing, ctx);
-        // Steps whose actor never started (the run failed while opening) are over too.
-        let never_started: Vec<Uuid> = self.steps.values().filter(|s| s.addr.is_none() && s.outcome.is_none()).map(|s| s.view.id).collect();
-        for id in never_started {
-            if let Some(slot) = self.steps.get_mut(&id) {
-                slot.outcome = Some(StepOutcome::Skipped);
+        self.transition_to(next, ctx);
+        let reason = match ending {
+            Ending::Finished => StopReason::ServiceDone,
+            Ending::StepFailed(_) => StopReason::RunFailing,
+            Ending::Breached(_) => StopReason::Breach,
+            Ending::Aborted => StopReason::Abort,
+        };
+        self.stop_steps(reason, ctx);
+        if ending != Ending::Finished {
+            // Steps whose actor never started (the run ended while opening) are over too.
+            let never_started: Vec<Uuid> =
+                self.steps.values().filter(|s| s.addr.is_none() && s.outcome.is_none()).map(|s| s.view.id).collect();
+            let why = if ending == Ending::Aborted {
+                "the run was aborted before the step started"
+            } else {
+                "the run failed before the step started"
+            };
+            for id in never_started {
+                if let Some(slot) = self.steps.get_mut(&id) {
+                    slot.outcome = Some(StepOutcome::Skipped);
+                }
+                self.record_step(id, StepState::Skipped, why, ctx);
             }
-            self.record_step(id, StepState::Skipped, "the run failed before the step started", ctx);
         }
         self.maybe_close(ctx);
     }
 
+    fn fail(&mut self, reason: String, ctx: &mut Context<Self>) {
+        self.end(Ending::StepFailed(reason), ctx);
+    }
+
     fn open(&mut self, ctx: &mut Context<Self>) {
-        self.transition(RunState::Initializing, ctx);
+        self.transition_to(RunPhase::Initializing, ctx);
         let pool = self.pool.clone();
         let run_id = self.run_id;
         let instances = self.steps.values().filter(|s| !s.view.spec.monitor).map(|s| s.view.spec.instance_count).sum();
@@ -266,7 +320,7 @@ impl RunSupervisor {
                 Ok(Err(e)) => return act.fail(format!("cannot prepare the run: {e}"), ctx),
                 Err(e) => return act.fail(format!("cannot prepare the run: {e}"), ctx),
             }
-            if act.aborted {
+            if !act.phase.is_live() {
                 return act.maybe_close(ctx);
             }
             act.spawn_steps(run_span, ctx);
@@ -367,8 +421,10 @@ impl RunSupervisor {
         }
         if let Some(name) = failed_before.first() {
             self.fail(format!("step {name:?} failed"), ctx);
-        } else if self.state == RunState::Terminating {
-            self.stop_steps(StopReason::RunFailing, ctx);
+        } else if let Some(ending) = self.phase.ending().cloned() {
+            // Carried on while terminating: what is left stops as the run was ending.
+            let reason = if ending == Ending::Aborted { StopReason::Abort } else { StopReason::RunFailing };
+            self.stop_steps(reason, ctx);
         }
         self.maybe_start(ctx);
         self.maybe_close(ctx);
@@ -379,7 +435,7 @@ impl RunSupervisor {
         let pool = self.pool.clone();
         let run_id = self.run_id;
         let run_span = self.run_span();
-        self.feed.publish(EventKind::Run { state: self.state, reason: Some("carried on by a restarted broker".into()) });
+        self.feed.publish(EventKind::Run { state: self.phase.state(), reason: Some("carried on by a restarted broker".into()) });
         ctx.wait(async move { pool.send(AdoptRun { run_id }).await }.into_actor(self).map(move |res, act, ctx| {
             let refused = match res {
                 Ok(Ok(())) => None,
@@ -397,19 +453,20 @@ impl RunSupervisor {
         }));
     }
 
-    /// Records a step's final state, with why, in the database and on the feed.
+    /// Records a step's final state, with why, in the database, then on the feed.
     fn record_step(&mut self, step_id: Uuid, state: StepState, why: &str, ctx: &mut Context<Self>) {
         let (db, run_id, reason) = (self.db.clone(), self.run_id, why.to_string());
-        ctx.wait(
-            async move {
-                if let Err(e) = runs::set_step_state(&db, run_id, step_id, state, Some(reason)).await {
-                    tracing::error!(error = %e, "could not record a step's state");
-                }
-            }
-            .into_actor(self),
-        );
         let step = self.step_name(step_id);
-        self.feed.publish(EventKind::Step { step, state, reason: Some(why.into()) });
+        let write = async move {
+            if let Err(e) = runs::set_step_state(&db, run_id, step_id, state, Some(reason)).await {
+                tracing::error!(error = %e, "could not record a step's state");
+            }
+        };
+        let why = why.to_string();
+        let job = write.into_actor(self).map(move |(), act, _| {
+            act.feed.publish(EventKind::Step { step, state, reason: Some(why) });
+        });
+        journal::record(self, ctx, Box::pin(job));
     }
 
     /// Each `dns_name` and the addresses of its step's nodes, for nodes that share no network.
@@ -428,7 +485,7 @@ impl RunSupervisor {
         }
         if let Some(resumed) = &mut self.resumed {
             // Carried on: steps not started yet start at the run's recorded start plus their delay.
-            if self.state != RunState::Running || resumed.scheduled {
+            if self.phase != RunPhase::Running || resumed.scheduled {
                 return;
             }
             resumed.scheduled = true;
@@ -448,10 +505,10 @@ impl RunSupervisor {
             }
             return self.maybe_close(ctx);
         }
-        if self.state != RunState::Initializing {
+        if self.phase != RunPhase::Initializing {
             return;
         }
-        self.transition(RunState::Running, ctx);
+        self.transition_to(RunPhase::Running, ctx);
         let hosts = self.hosts();
         let mut order: Vec<(u64, Addr<StepActor>)> =
             self.live_steps().filter_map(|s| s.addr.clone().map(|a| (s.view.spec.run_delay, a))).collect();
@@ -467,63 +524,48 @@ impl RunSupervisor {
         self.maybe_close(ctx);
     }
 
-    /// Stops service steps once every other step is done; closes the run once every step is.
+    /// Stops service steps once every other step is done; closes the run once every step is:
+    /// the metrics are stored and what the run left is swept, then it ends.
     fn maybe_close(&mut self, ctx: &mut Context<Self>) {
         let others_done = self.live_steps().all(|s| s.view.spec.service);
-        if others_done && self.state == RunState::Running {
-            self.transition(RunState::Terminating, ctx);
-            self.stop_steps(StopReason::ServiceDone, ctx);
+        let all_done = self.live_steps().next().is_none();
+        if (others_done && self.phase == RunPhase::Running) || (all_done && self.phase.is_live()) {
+            self.transition_to(RunPhase::Terminating(Ending::Finished), ctx);
         }
-        if self.live_steps().next().is_some() || self.closing {
+        let Some(ending) = self.phase.ending().cloned() else { return };
+        if others_done {
+            let reason = if ending == Ending::Aborted { StopReason::Abort } else { StopReason::ServiceDone };
+            self.send_stops(reason, true);
+        }
+        if !all_done || !matches!(self.phase, RunPhase::Terminating(_)) {
             return;
         }
-        self.closing = true;
-        if self.state != RunState::Terminating {
-            self.transition(RunState::Terminating, ctx);
-        }
-        let pool = self.pool.clone();
-        let run_id = self.run_id;
-        let last = if self.aborted {
-            RunState::Aborted
-        } else if self.failure.is_some() {
-            RunState::Failed
-        } else {
-            RunState::Completed
-        };
-        let reason = if last == RunState::Failed { self.failure.clone() } else { None };
-        let (db, stored_reason) = (self.db.clone(), reason.clone());
-        let metrics = self.metrics.clone();
-        // The sweep, the metrics summary and the final write complete before the actor stops.
-        ctx.wait(
-            async move {
-                match metrics.send(FinishRun { run_id }).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::error!(%run_id, error = %e, "could not store the run's metrics"),
-                    Err(e) => tracing::error!(%run_id, error = %e, "could not store the run's metrics"),
-                }
-                match pool.send(CloseRun { run_id }).await {
-                    Ok(Ok((0, _))) => {}
-                    Ok(Ok((containers, networks))) => tracing::info!(%run_id, containers, networks, "swept what the run left"),
-                    Ok(Err(e)) => tracing::error!(%run_id, error = %e, "the run's sweep failed"),
-                    Err(e) => tracing::error!(%run_id, error = %e, "the run's sweep failed"),
-                }
-                if let Err(e) = runs::set_state(&db, run_id, last, stored_reason).await {
-                    tracing::error!(error = %e, %run_id, "could not record the run's final state");
-                }
+        self.transition_to(RunPhase::Closing(ending.clone()), ctx);
+        let (pool, metrics, run_id) = (self.pool.clone(), self.metrics.clone(), self.run_id);
+        // The metrics summary and the sweep complete before the run ends.
+        let close = async move {
+            match metrics.send(FinishRun { run_id }).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!(%run_id, error = %e, "could not store the run's metrics"),
+                Err(e) => tracing::error!(%run_id, error = %e, "could not store the run's metrics"),
             }
-            .into_actor(self)
-            .map(move |_, act, ctx| {
-                if !act.state.can_become(last) {
-                    tracing::error!(run_id = %act.run_id, from = act.state.as_str(), to = last.as_str(), "a run ended from a state its life does not allow");
-                }
-                act.state = last;
-                tracing::info!(run_id = %act.run_id, state = last.as_str(), reason = reason.as_deref().unwrap_or(""), "run state");
-                act.feed.publish(EventKind::Run { state: last, reason });
-                let events = act.feed.close();
-                act.broker.do_send(RunEnded { run_id: act.run_id, events });
-                ctx.stop();
-            }),
-        );
+            match pool.send(CloseRun { run_id }).await {
+                Ok(Ok((0, _))) => {}
+                Ok(Ok((containers, networks))) => tracing::info!(%run_id, containers, networks, "swept what the run left"),
+                Ok(Err(e)) => tracing::error!(%run_id, error = %e, "the run's sweep failed"),
+                Err(e) => tracing::error!(%run_id, error = %e, "the run's sweep failed"),
+            }
+        };
+        let job = close.into_actor(self).map(move |(), act, ctx| {
+            act.transition_to(RunPhase::Ended(ending), ctx);
+        });
+        journal::record(self, ctx, Box::pin(job));
+    }
+}
+
+impl Journaled for RunSupervisor {
+    fn journal(&mut self) -> &mut Journal<Self> {
+        &mut self.journal
     }
 }
 
@@ -600,15 +642,7 @@ impl Handler<AbortRun> for RunSupervisor {
     type Result = ();
 
     fn handle(&mut self, _: AbortRun, ctx: &mut Context<Self>) {
-        if self.aborted || self.closing {
-            return;
-        }
-        self.aborted = true;
-        if self.state != RunState::Terminating {
-            self.transition(RunState::Terminating, ctx);
-        }
-        self.stop_steps(StopReason::Abort, ctx);
-        self.maybe_close(ctx);
+        self.end(Ending::Aborted, ctx);
     }
 }
 

@@ -4,9 +4,12 @@
 //! `run_max_time` or when asked. It finishes when every container has exited
 //! or it was stopped, and reports `StepReport::Finished` to its supervisor.
 //!
-//! Phases: preparing → ready → running → stopping → done. A stop that arrives
-//! while preparing is honoured as soon as preparation ends, so nothing that
-//! was being created is left behind.
+//! Phases: preparing → ready → running → stopping → finishing → done, one
+//! `StepPhase` (`domain::life`) carrying the step's first failure and how many
+//! nodes have started; `transition_to` checks each move against
+//! `StepPhase::can_become`, persists the state, then publishes it. A stop that
+//! arrives while preparing is honoured as soon as preparation ends, so nothing
+//! that was being created is left behind.
 //!
 //! Carried on after a broker restart (`StepContext::resume`), the step adopts
 //! its nodes' relays and containers (found by their labels) instead of making
@@ -24,36 +27,17 @@ use uuid::Uuid;
 
 use crate::docker_node::{ContainerExited, DockerNodeActor, LiveLogs, NodeIdentity, PrepareNode, StartContainer, StopContainers, TearDown};
 use crate::domain::launch::{self, Launch};
+use crate::domain::life::StepPhase;
+pub use crate::domain::life::{StepOutcome, StopReason};
 use crate::domain::views::ContainerView;
 use crate::domain::views::{StepState, StepView};
 use crate::domain::Env;
 use crate::feed::EventKind;
 use crate::infra::download;
+use crate::journal::{self, Journal, Journaled};
 use crate::pool::{AcquireNodes, Ec2PoolActor, NodeGrant, ReleaseNodes};
 use crate::settings::RunSettings;
 use crate::store::runs;
-
-/// Why a step is asked to stop.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StopReason {
-    /// The run was aborted.
-    Abort,
-    /// Every other step finished; a service step is no longer needed.
-    ServiceDone,
-    /// A required step failed, so the run is ending.
-    RunFailing,
-}
-
-/// How a step ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StepOutcome {
-    /// Ran as planned.
-    Completed,
-    /// Failed, with why.
-    Failed(String),
-    /// Never started its containers.
-    Skipped,
-}
 
 /// What a step tells its supervisor.
 #[derive(Debug, Message)]
@@ -110,15 +94,6 @@ pub struct StepContext {
     pub resume: Option<StepResume>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    Preparing,
-    Ready,
-    Running,
-    Stopping,
-    Done,
-}
-
 struct Node {
     id: String,
     addr: Addr<DockerNodeActor>,
@@ -133,13 +108,13 @@ pub struct StepActor {
     ctx: StepContext,
     pool: Addr<Ec2PoolActor>,
     supervisor: Recipient<StepReport>,
-    phase: Phase,
+    phase: StepPhase,
+    /// The state last handed to the journal (a step carried on starts from its recorded one).
+    stored: StepState,
+    journal: Journal<Self>,
     nodes: Vec<Node>,
-    started: usize,
     exits: HashMap<String, Option<i64>>,
     pending_starts: Vec<SpawnHandle>,
-    stop: Option<StopReason>,
-    failure: Option<String>,
     lost: Vec<String>,
     hosts: Vec<(String, Vec<String>)>,
 }
@@ -147,17 +122,17 @@ pub struct StepActor {
 impl StepActor {
     /// A step of a run, reporting to `supervisor`.
     pub fn new(ctx: StepContext, pool: Addr<Ec2PoolActor>, supervisor: Recipient<StepReport>) -> Self {
+        let stored = ctx.resume.as_ref().map_or(StepState::Pending, |r| r.state);
         Self {
             ctx,
             pool,
             supervisor,
-            phase: Phase::Preparing,
+            phase: StepPhase::new(),
+            stored,
+            journal: Journal::default(),
             nodes: Vec::new(),
-            started: 0,
             exits: HashMap::new(),
             pending_starts: Vec::new(),
-            stop: None,
-            failure: None,
             lost: Vec::new(),
             hosts: Vec::new(),
         }
@@ -189,19 +164,45 @@ impl StepActor {
         ])
     }
 
-    /// Records the step's state in the database and the feed.
-    fn set_state(&self, state: StepState, reason: Option<String>, ctx: &mut Context<Self>) {
-        let (db, run_id, step_id) = (self.ctx.db.clone(), self.ctx.run_id, self.ctx.step.id);
-        let stored_reason = reason.clone();
-        ctx.wait(
-            async move {
-                if let Err(e) = runs::set_step_state(&db, run_id, step_id, state, stored_reason).await {
-                    tracing::error!(error = %e, %run_id, %step_id, "could not record a step state");
-                }
+    /// Moves the step to `next`, checked against its life (`StepPhase::can_become`;
+    /// anything else is a bug, logged and refused). A new stored state (running,
+    /// stopping, done) is persisted, then published, in order; once done, the
+    /// supervisor is told and the actor stops.
+    fn transition_to(&mut self, next: StepPhase, ctx: &mut Context<Self>) -> bool {
+        if !self.phase.can_become(&next) {
+            tracing::error!(run_id = %self.ctx.run_id, step = %self.name(), from = ?self.phase, to = ?next, "refused a step transition its life does not allow");
+            return false;
+        }
+        self.phase = next.clone();
+        let state = next.state();
+        let worth_storing = matches!(next, StepPhase::Running { .. } | StepPhase::Stopping { .. } | StepPhase::Done(_));
+        if !worth_storing || state == self.stored {
+            return true;
+        }
+        self.stored = state;
+        let done = match next {
+            StepPhase::Done(outcome) => Some(outcome),
+            _ => None,
+        };
+        let reason = match &done {
+            Some(StepOutcome::Failed(r)) => Some(r.clone()),
+            _ => None,
+        };
+        let (db, run_id, step_id, stored_reason) = (self.ctx.db.clone(), self.ctx.run_id, self.ctx.step.id, reason.clone());
+        let write = async move {
+            if let Err(e) = runs::set_step_state(&db, run_id, step_id, state, stored_reason).await {
+                tracing::error!(error = %e, %run_id, %step_id, "could not record a step state");
             }
-            .into_actor(self),
-        );
-        self.event(EventKind::Step { step: self.name(), state, reason });
+        };
+        let job = write.into_actor(self).map(move |(), act, ctx| {
+            act.event(EventKind::Step { step: act.name(), state, reason });
+            if let Some(outcome) = done {
+                act.report(ReportKind::Finished(outcome));
+                ctx.stop();
+            }
+        });
+        journal::record(self, ctx, Box::pin(job));
+        true
     }
 
     fn prepare(&mut self, ctx: &mut Context<Self>) {
@@ -227,7 +228,7 @@ impl StepActor {
         ctx.wait(fut.into_actor(self).then(move |grants, act, ctx| {
             let prepared: Vec<(NodeGrant, Addr<DockerNodeActor>)> = match grants {
                 Err(e) => {
-                    act.failure = Some(e);
+                    act.phase.note_failure(e);
                     Vec::new()
                 }
                 Ok(grants) => grants
@@ -278,7 +279,7 @@ impl StepActor {
                     let (relay, adopted) = match result {
                         Ok(ready) => ((ready.relay_ip, ready.relay_port), ready.adopted),
                         Err(e) => {
-                            act.failure.get_or_insert_with(|| format!("node {}: {e}", grant.id));
+                            act.phase.note_failure(format!("node {}: {e}", grant.id));
                             ((String::new(), 0), Vec::new())
                         }
                     };
@@ -288,11 +289,11 @@ impl StepActor {
                     let launch = match launch {
                         Ok(l) => l,
                         Err(e) => {
-                            act.failure.get_or_insert(e);
+                            act.phase.note_failure(e);
                             Launch { image: String::new(), image_source: None, env: vec![], args: vec![], ports: vec![], binds: vec![] }
                         }
                     };
-                    if act.failure.is_none() {
+                    if act.phase.failure().is_none() {
                         act.event(EventKind::Node { step: act.name(), node: grant.id.clone(), state: "ready".into() });
                     }
                     act.nodes.push(Node { id: grant.id, addr, launch, address: grant.address, adopted });
@@ -303,15 +304,16 @@ impl StepActor {
     }
 
     fn after_prepare(&mut self, ctx: &mut Context<Self>) {
-        if let Some(reason) = self.failure.clone() {
+        let StepPhase::Preparing { stop, failure } = self.phase.clone() else { return };
+        if let Some(reason) = failure {
             self.report(ReportKind::Prepared(Err(reason.clone())));
             self.finish(StepOutcome::Failed(reason), ctx);
-        } else if self.stop.is_some() && !self.was_running() {
-            self.finish(StepOutcome::Skipped, ctx);
         } else if self.was_running() {
-            self.carry_on(ctx);
+            self.carry_on(stop.is_some(), ctx);
+        } else if stop.is_some() {
+            self.finish(StepOutcome::Skipped, ctx);
         } else {
-            self.phase = Phase::Ready;
+            self.transition_to(StepPhase::Ready, ctx);
             self.report(ReportKind::Prepared(Ok(self.nodes.iter().map(|n| n.address.clone()).collect())));
         }
     }
@@ -324,9 +326,9 @@ impl StepActor {
     /// Back to running after a restart: adopted containers count as started, the
     /// other nodes start on the original `node_delay` schedule, and `run_max_time`
     /// counts from the recorded start.
-    fn carry_on(&mut self, ctx: &mut Context<Self>) {
+    fn carry_on(&mut self, stop_asked: bool, ctx: &mut Context<Self>) {
         let resume = self.ctx.resume.clone().expect("carry_on is only called for resumed steps");
-        self.phase = Phase::Running;
+        self.transition_to(StepPhase::Running { started: 0, failure: None }, ctx);
         self.report(ReportKind::Prepared(Ok(self.nodes.iter().map(|n| n.address.clone()).collect())));
         let started_at = resume.started_at.unwrap_or_else(chrono::Utc::now);
         let since = |seconds: u64| {
@@ -339,28 +341,30 @@ impl StepActor {
                 let handle = ctx.run_later(since(delay * i as u64), move |act, ctx| act.start_node(i, ctx));
                 self.pending_starts.push(handle);
             } else {
-                self.started += 1;
+                if let StepPhase::Running { started, .. } = &mut self.phase {
+                    *started += 1;
+                }
                 for id in self.nodes[i].adopted.clone() {
                     self.exits.entry(id).or_insert(None);
                 }
             }
         }
         if let Some((node, code)) = self.exits.iter().find_map(|(id, code)| code.filter(|c| *c != 0).map(|c| (id.clone(), c))) {
-            self.failure.get_or_insert(format!("container {node} exited with code {code} while the broker was away"));
+            self.phase.note_failure(format!("container {node} exited with code {code} while the broker was away"));
         }
         let max = self.ctx.step.spec.run_max_time;
         if max > 0 {
             let why = if self.ctx.step.spec.service { Some(StopReason::ServiceDone) } else { None };
             ctx.run_later(since(max), move |act, ctx| act.begin_stop(why, ctx));
         }
-        if resume.state == StepState::Stopping || self.stop.is_some() {
+        if resume.state == StepState::Stopping || stop_asked {
             self.begin_stop(None, ctx);
         }
         self.check_done(ctx);
     }
 
     fn start_node(&mut self, index: usize, ctx: &mut Context<Self>) {
-        if self.phase != Phase::Running {
+        if !matches!(self.phase, StepPhase::Running { .. }) {
             return;
         }
         let node = &self.nodes[index];
@@ -370,7 +374,9 @@ impl StepActor {
             StartContainer { launch: node.launch.clone(), aliases: self.ctx.step.spec.dns_name.iter().cloned().collect(), extra_hosts };
         let (addr, node_id) = (node.addr.clone(), node.id.clone());
         ctx.spawn(async move { addr.send(msg).await }.into_actor(self).map(move |res, act, ctx| {
-            act.started += 1;
+            if let StepPhase::Running { started, .. } = &mut act.phase {
+                *started += 1;
+            }
             match res {
                 Ok(Ok(id)) => {
                     act.exits.entry(id.clone()).or_insert(None);
@@ -383,11 +389,11 @@ impl StepActor {
                     });
                 }
                 Ok(Err(e)) => {
-                    act.failure.get_or_insert_with(|| format!("node {node_id}: {e}"));
+                    act.phase.note_failure(format!("node {node_id}: {e}"));
                     act.begin_stop(None, ctx);
                 }
                 Err(e) => {
-                    act.failure.get_or_insert_with(|| format!("node {node_id}: {e}"));
+                    act.phase.note_failure(format!("node {node_id}: {e}"));
                     act.begin_stop(None, ctx);
                 }
             }
@@ -397,92 +403,80 @@ impl StepActor {
 
     /// Done when every node started and every container exited.
     fn check_done(&mut self, ctx: &mut Context<Self>) {
-        let all_started = self.started == self.nodes.len();
-        let all_exited = self.exits.values().all(Option::is_some);
-        if self.phase == Phase::Running && all_started && all_exited {
-            let outcome = match &self.failure {
-                Some(reason) => StepOutcome::Failed(reason.clone()),
-                None => StepOutcome::Completed,
-            };
+        let StepPhase::Running { started, .. } = &self.phase else { return };
+        if *started == self.nodes.len() && self.exits.values().all(Option::is_some) {
+            let outcome = self.phase.outcome();
             self.finish(outcome, ctx);
         }
     }
 
     fn begin_stop(&mut self, reason: Option<StopReason>, ctx: &mut Context<Self>) {
-        if reason.is_some() {
-            self.stop = self.stop.or(reason);
-        }
-        match self.phase {
-            Phase::Preparing => {}
-            Phase::Ready => self.finish(StepOutcome::Skipped, ctx),
-            Phase::Running => {
-                self.phase = Phase::Stopping;
+        match &mut self.phase {
+            StepPhase::Preparing { stop, .. } => {
+                if reason.is_some() {
+                    *stop = stop.or(reason);
+                }
+            }
+            StepPhase::Ready => self.finish(StepOutcome::Skipped, ctx),
+            StepPhase::Running { failure, .. } => {
+                let failure = failure.clone();
+                self.transition_to(StepPhase::Stopping { failure }, ctx);
                 for handle in self.pending_starts.drain(..) {
                     ctx.cancel_future(handle);
                 }
-                self.set_state(StepState::Stopping, None, ctx);
                 let stops: Vec<_> = self.nodes.iter().map(|n| n.addr.send(StopContainers)).collect();
                 ctx.spawn(async move { join_all(stops).await }.into_actor(self).map(|_, act, ctx| {
-                    let outcome = match &act.failure {
-                        Some(reason) => StepOutcome::Failed(reason.clone()),
-                        None => StepOutcome::Completed,
-                    };
+                    let outcome = act.phase.outcome();
                     act.finish(outcome, ctx);
                 }));
             }
-            Phase::Stopping | Phase::Done => {}
+            StepPhase::Stopping { .. } | StepPhase::Finishing(_) | StepPhase::Done(_) => {}
         }
     }
 
-    /// Tears the nodes down, releases them, records the outcome, reports, stops.
+    /// Tears the nodes down and releases them, then records the outcome, reports it and stops.
     fn finish(&mut self, outcome: StepOutcome, ctx: &mut Context<Self>) {
-        if self.phase == Phase::Done {
+        if matches!(self.phase, StepPhase::Finishing(_) | StepPhase::Done(_)) {
             return;
         }
-        self.phase = Phase::Done;
+        if !self.transition_to(StepPhase::Finishing(outcome.clone()), ctx) {
+            return;
+        }
         let teardowns: Vec<_> = self.nodes.iter().map(|n| (n.id.clone(), n.addr.send(TearDown))).collect();
         let pool = self.pool.clone();
         let release = ReleaseNodes { run_id: self.ctx.run_id, step_id: self.ctx.step.id };
-        let (state, reason) = match &outcome {
-            StepOutcome::Completed => (StepState::Completed, None),
-            StepOutcome::Failed(r) => (StepState::Failed, Some(r.clone())),
-            StepOutcome::Skipped => (StepState::Skipped, None),
-        };
-        let (db, run_id, step_id) = (self.ctx.db.clone(), self.ctx.run_id, self.ctx.step.id);
-        let stored_reason = reason.clone();
-        ctx.wait(
-            async move {
-                let mut removed = Vec::new();
-                for (node, teardown) in teardowns {
-                    if let Ok(outcomes) = teardown.await {
-                        removed.extend(outcomes.into_iter().map(|o| (node.clone(), o)));
-                    }
+        let teardown = async move {
+            let mut removed = Vec::new();
+            for (node, teardown) in teardowns {
+                if let Ok(outcomes) = teardown.await {
+                    removed.extend(outcomes.into_iter().map(|o| (node.clone(), o)));
                 }
-                let _ = pool.send(release).await;
-                if let Err(e) = runs::set_step_state(&db, run_id, step_id, state, stored_reason).await {
-                    tracing::error!(error = %e, %run_id, %step_id, "could not record a step state");
-                }
-                removed
             }
-            .into_actor(self)
-            .map(move |removed, act, ctx| {
-                for (node, o) in removed {
-                    act.event(EventKind::Container {
-                        step: act.name(),
-                        node: node.clone(),
-                        container: o.docker_id,
-                        state: "removed".into(),
-                        exit_code: o.exit_code,
-                    });
-                }
-                for node in &act.nodes {
-                    act.event(EventKind::Node { step: act.name(), node: node.id.clone(), state: "released".into() });
-                }
-                act.event(EventKind::Step { step: act.name(), state, reason });
-                act.report(ReportKind::Finished(outcome));
-                ctx.stop();
-            }),
-        );
+            let _ = pool.send(release).await;
+            removed
+        };
+        let job = teardown.into_actor(self).map(move |removed, act, ctx| {
+            for (node, o) in removed {
+                act.event(EventKind::Container {
+                    step: act.name(),
+                    node: node.clone(),
+                    container: o.docker_id,
+                    state: "removed".into(),
+                    exit_code: o.exit_code,
+                });
+            }
+            for node in &act.nodes {
+                act.event(EventKind::Node { step: act.name(), node: node.id.clone(), state: "released".into() });
+            }
+            act.transition_to(StepPhase::Done(outcome), ctx);
+        });
+        journal::record(self, ctx, Box::pin(job));
+    }
+}
+
+impl Journaled for StepActor {
+    fn journal(&mut self) -> &mut Journal<Self> {
+        &mut self.journal
     }
 }
 
@@ -593,12 +587,11 @@ impl Handler<StartStep> for StepActor {
     type Result = ();
 
     fn handle(&mut self, msg: StartStep, ctx: &mut Context<Self>) {
-        if self.phase != Phase::Ready {
+        if self.phase != StepPhase::Ready {
             return;
         }
         self.hosts = msg.hosts;
-        self.phase = Phase::Running;
-        self.set_state(StepState::Running, None, ctx);
+        self.transition_to(StepPhase::Running { started: 0, failure: None }, ctx);
         let delay = self.ctx.step.spec.node_delay;
         for i in 0..self.nodes.len() {
             if i == 0 || delay == 0 {
@@ -649,8 +642,8 @@ impl Handler<ContainerExited> for StepActor {
             state: "exited".into(),
             exit_code: Some(msg.exit_code),
         });
-        if msg.exit_code != 0 && self.phase == Phase::Running && self.failure.is_none() {
-            self.failure = Some(format!("the container on node {} exited with code {}", msg.node, msg.exit_code));
+        if msg.exit_code != 0 && matches!(self.phase, StepPhase::Running { .. }) {
+            self.phase.note_failure(format!("the container on node {} exited with code {}", msg.node, msg.exit_code));
         }
         self.check_done(ctx);
     }
@@ -664,7 +657,7 @@ impl StepActor {
         let state = if self.ctx.step.spec.prune_running { "pruned" } else { "lost" };
         self.event(EventKind::Node { step: self.name(), node: node.clone(), state: state.into() });
         let all_lost = self.lost.len() >= self.nodes.len();
-        if self.phase != Phase::Running {
+        if !matches!(self.phase, StepPhase::Running { .. }) {
             return;
         }
         if !self.ctx.step.spec.prune_running || all_lost {
@@ -673,7 +666,7 @@ impl StepActor {
             } else {
                 format!("node {node} stopped answering: {why}")
             };
-            self.failure.get_or_insert(reason);
+            self.phase.note_failure(reason);
             self.begin_stop(None, ctx);
         } else {
             tracing::warn!(run_id = %self.ctx.run_id, step = %self.name(), %node, reason = %why, "node pruned; the step goes on without it");

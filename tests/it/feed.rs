@@ -110,3 +110,49 @@ async fn subscribers_beyond_the_limit_are_refused_clearly() {
     app.wait_finished(&run_id, 60).await;
     app.assert_no_leftovers();
 }
+
+/// Every run state and step state a subscriber is shown is already stored: reading the run
+/// back the moment an event arrives finds that state or a later one, never an earlier one.
+#[actix_web::test]
+async fn states_on_the_feed_are_already_stored() {
+    crate::helpers::ensure_images();
+    let app = TestApp::spawn(crate::helpers::Backend::Sqlite, &[]).await;
+    let (_, run_id) = app
+        .start(
+            json!({"name": "p", "steps": [sh_step("a", "sleep 1"), {"name": "svc", "container_name": loads::images::BUSYBOX,
+            "service": true, "run_max_time": 0, "additional_command_args": "-c 'sleep 300'"}]}),
+            json!({}),
+        )
+        .await;
+    let life = ["pending", "initializing", "running", "terminating", "completed"];
+    let steps = ["pending", "running", "stopping", "completed"];
+    let url = format!("{}/api/v1/runs/{run_id}/events", app.base.replace("http://", "ws://"));
+    let (_, mut socket) = awc::Client::new().ws(url).connect().await.expect("websocket connects");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut checked = Vec::new();
+    while let Some(frame) = socket.next().await {
+        assert!(std::time::Instant::now() < deadline, "the feed did not end: {checked:?}");
+        let awc::ws::Frame::Text(text) = frame.expect("frame") else { continue };
+        let event: Value = serde_json::from_slice(&text).unwrap();
+        let kind = event["type"].as_str().unwrap().to_string();
+        if kind == "end" {
+            break;
+        }
+        if kind != "run" && kind != "step" {
+            continue;
+        }
+        let (_, run) = app.get(&format!("/api/v1/runs/{run_id}")).await;
+        let (order, shown, stored): (&[&str], &str, &str) = if kind == "run" {
+            (&life, event["state"].as_str().unwrap(), run["state"].as_str().unwrap())
+        } else {
+            let step = event["step"].as_str().unwrap();
+            (&steps, event["state"].as_str().unwrap(), crate::helpers::record(&run, step)["state"].as_str().unwrap())
+        };
+        let at = |s: &str| order.iter().position(|o| *o == s).unwrap_or_else(|| panic!("{s} not in {order:?}"));
+        assert!(at(stored) >= at(shown), "{kind} {shown} was published while the database said {stored}");
+        let who = if kind == "step" { format!(" {}", event["step"].as_str().unwrap()) } else { String::new() };
+        checked.push(format!("{kind}{who} {shown}"));
+    }
+    assert!(checked.contains(&"run terminating".to_string()) && checked.contains(&"step svc stopping".to_string()), "{checked:?}");
+    app.assert_no_leftovers();
+}

@@ -7,6 +7,7 @@ pub mod error;
 mod fuzz;
 pub mod interpolate;
 pub mod launch;
+pub mod life;
 pub mod metrics;
 pub mod parse;
 pub mod secrets;

@@ -59,21 +59,6 @@ impl RunState {
         matches!(self, Self::Completed | Self::Failed | Self::Aborted)
     }
 
-    /// Whether a run in this state may go to `next`: forward through its life, to
-    /// `terminating` from any live state (a failure or an abort), and to one of the
-    /// three endings only from `terminating` (whatever was started is stopped and
-    /// swept first). An ended run changes no more.
-    pub fn can_become(self, next: RunState) -> bool {
-        use RunState::*;
-        matches!(
-            (self, next),
-            (Pending, Initializing)
-                | (Initializing, Running)
-                | (Pending | Initializing | Running, Terminating)
-                | (Terminating, Completed | Failed | Aborted)
-        )
-    }
-
     /// The original broker's numeric state (INITIALIZING 0 … COMPLETED 3).
     pub fn legacy_code(self) -> u8 {
         match self {
@@ -364,38 +349,4 @@ pub struct MetricSummaryView {
     pub p99: Option<f64>,
     /// Timers: largest.
     pub max: Option<f64>,
-}
-
-#[cfg(test)]
-mod run_state_tests {
-    use super::RunState::{self, *};
-
-    #[test]
-    fn every_legal_run_transition_and_no_other() {
-        let legal = [
-            (Pending, Initializing),
-            (Pending, Terminating),
-            (Initializing, Running),
-            (Initializing, Terminating),
-            (Running, Terminating),
-            (Terminating, Completed),
-            (Terminating, Failed),
-            (Terminating, Aborted),
-        ];
-        for from in RunState::ALL {
-            for to in RunState::ALL {
-                assert_eq!(from.can_become(to), legal.contains(&(from, to)), "{} -> {}", from.as_str(), to.as_str());
-            }
-        }
-    }
-
-    #[test]
-    fn an_ended_run_changes_no_more_and_endings_come_only_after_terminating() {
-        for ended in RunState::ALL.into_iter().filter(|s| s.is_finished()) {
-            assert!(RunState::ALL.into_iter().all(|next| !ended.can_become(next)), "{}", ended.as_str());
-            for from in RunState::ALL {
-                assert_eq!(from.can_become(ended), from == Terminating, "{} -> {}", from.as_str(), ended.as_str());
-            }
-        }
-    }
 }

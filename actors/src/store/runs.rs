@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use super::entities::{container, metric_summary, plan, run, step, step_record};
 use super::{clamp_page, env_from_json, run_env_to_json, unset_from_json, StoreError};
+use crate::domain::life::{Ending, RunPhase};
 use crate::domain::views::{ContainerView, MetricSummaryView, Page, RunState, RunView, StepRecordView, StepState};
 use crate::domain::Env;
 
@@ -212,10 +213,21 @@ async fn create_once<C: ConnectionTrait + TransactionTrait>(
 /// Moves run `id` to `state`, stamping `started_at`/`completed_at` as the state implies;
 /// waits out a brief database outage rather than losing the transition.
 pub async fn set_state(db: &impl ConnectionTrait, id: Uuid, state: RunState, failure_reason: Option<String>) -> Result<(), StoreError> {
-    super::persist("a run state", || write_state(db, id, state, failure_reason.clone())).await
+    let ending = match state {
+        RunState::Aborted => Some(Ending::Aborted),
+        RunState::Failed | RunState::Completed => failure_reason.map(Ending::StepFailed).or(Some(Ending::Finished)),
+        _ => None,
+    };
+    super::persist("a run state", || write_state(db, id, state, ending.as_ref())).await
 }
 
-async fn write_state(db: &impl ConnectionTrait, id: Uuid, state: RunState, failure_reason: Option<String>) -> Result<(), StoreError> {
+/// Records the run's phase: its state, and once it is ending, why (so a restarted
+/// broker ends it the same way); waits out a brief database outage.
+pub async fn set_phase(db: &impl ConnectionTrait, id: Uuid, phase: &RunPhase) -> Result<(), StoreError> {
+    super::persist("a run state", || write_state(db, id, phase.state(), phase.ending())).await
+}
+
+async fn write_state(db: &impl ConnectionTrait, id: Uuid, state: RunState, ending: Option<&Ending>) -> Result<(), StoreError> {
     let now = Utc::now();
     let mut row = run::ActiveModel { id: Set(id), state: Set(state.as_str().to_string()), updated_at: Set(now), ..Default::default() };
     if state == RunState::Running {
@@ -223,8 +235,10 @@ async fn write_state(db: &impl ConnectionTrait, id: Uuid, state: RunState, failu
     }
     if state.is_finished() {
         row.completed_at = Set(Some(now));
-        row.aborted = Set(state == RunState::Aborted);
-        row.failure_reason = Set(failure_reason);
+    }
+    if let Some(ending) = ending {
+        row.aborted = Set(*ending == Ending::Aborted);
+        row.failure_reason = Set(ending.reason().map(str::to_string));
     }
     row.update(db).await.map_err(|e| match e {
         sea_orm::DbErr::RecordNotUpdated => StoreError::not_found("run", id),
