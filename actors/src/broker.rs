@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::domain::validate;
 use crate::domain::views::{ContainerView, RunState, RunView};
-use crate::domain::{Env, PlanSpec};
+use crate::domain::Env;
 use crate::feed::{Feed, RunEvent};
 use crate::metrics::MetricsActor;
 use crate::pool::{Ec2PoolActor, Reap, SweepOrphans, TerminateRunInstances};
@@ -204,14 +204,7 @@ impl Handler<StartRun> for BrokerActor {
                         format!("plan {:?} is disabled; enable it to run it", plan.plan.name),
                     ));
                 }
-                let spec = PlanSpec {
-                    name: plan.plan.name.clone(),
-                    description: plan.plan.description.clone(),
-                    enabled: true,
-                    environment_data: plan.environment_data.clone(),
-                    dashboard: plan.dashboard.clone(),
-                    steps: plan.steps.iter().map(|s| s.spec.clone()).collect(),
-                };
+                let spec = plan.spec();
                 validate::plan_variables(&spec, &run_env).map_err(StoreError::Invalid)?;
                 secrets.check(&spec, &run_env).map_err(StoreError::Invalid)?;
                 let token = new_token();

@@ -11,6 +11,7 @@ mod m20261128_000004_add_dashboards;
 mod m20261128_000005_add_min_nodes;
 mod m20261128_000006_add_run_recovery;
 mod m20261201_000007_add_container_sha256;
+mod m20261202_000008_add_verdicts;
 
 /// Applies every migration in order.
 pub struct Migrator;
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000005_add_min_nodes::Migration),
             Box::new(m20261128_000006_add_run_recovery::Migration),
             Box::new(m20261201_000007_add_container_sha256::Migration),
+            Box::new(m20261202_000008_add_verdicts::Migration),
         ]
     }
 }

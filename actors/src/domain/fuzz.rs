@@ -1,12 +1,15 @@
 //! Property tests of the parsers that take outside input: statsd lines (from
 //! any process on a node), plan documents (from any API client) and `$VAR`
-//! templates. None may panic, whatever the input; what they accept must be
-//! usable downstream (windows survive their JSON trip to the broker).
+//! templates, threshold expressions and keys. None may panic, whatever the
+//! input; what they accept must be usable downstream (windows survive their
+//! JSON trip to the broker; a threshold written out reads back the same).
 
 use proptest::prelude::*;
 use serde_json::Value;
 
+use super::judge::{Judge, Threshold};
 use super::metrics::{parse_line, Aggregator, Merged, Window};
+use super::thresholds::{self, number_text, Aggregation, Op};
 use super::parse::{parse_document, DocumentFormat};
 use super::{interpolate, validate, Limits};
 
@@ -51,6 +54,11 @@ fn json_value() -> impl Strategy<Value = Value> {
         Just("volume_mapping".to_string()),
         Just("dns_name".to_string()),
         Just("run_max_time".to_string()),
+        Just("thresholds".to_string()),
+        Just("compare".to_string()),
+        Just("threshold".to_string()),
+        Just("window".to_string()),
+        "[a-z.]{1,6}(\\{[a-z]{1,3}:[a-z]{0,3}\\})?".prop_map(|k| k),
         any::<String>(),
     ];
     leaf.prop_recursive(4, 64, 8, move |inner| {
@@ -59,6 +67,42 @@ fn json_value() -> impl Strategy<Value = Value> {
             prop::collection::btree_map(key.clone(), inner, 0..8).prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     })
+}
+
+/// Threshold-looking text: aggregations, comparisons, numbers and units, recombined, and noise.
+fn threshold_text() -> impl Strategy<Value = String> {
+    let agg = prop_oneof!["p\\([0-9.]{0,5}\\)", "avg|min|max|med|count|rate|value", "p[0-9]{1,3}", "[a-z()]{0,6}"];
+    let op = prop_oneof!["<|<=|>|>=|==|!=", "[=<>!]{0,3}"];
+    let amount = prop_oneof![any::<f64>().prop_map(|f| f.to_string()), "-?[0-9.e]{0,8}(ms|s|%|m|h)?", "[ +-][0-9]{0,4}%?"];
+    prop_oneof![(agg, op, amount).prop_map(|(a, o, n)| format!("{a}{o}{n}")), any::<String>()]
+}
+
+/// An aggregation, a comparison and a bound, as a writer of plans would put them.
+fn expression() -> impl Strategy<Value = (Aggregation, Op, f64, &'static str)> {
+    let agg = prop_oneof![
+        (1u32..=1000).prop_map(|p| Aggregation::Percentile(f64::from(p) / 10.0)),
+        Just(Aggregation::Avg),
+        Just(Aggregation::Min),
+        Just(Aggregation::Max),
+        Just(Aggregation::Med),
+        Just(Aggregation::Count),
+        Just(Aggregation::Rate),
+        Just(Aggregation::Value),
+    ];
+    let op = prop_oneof![Just(Op::Lt), Just(Op::Le), Just(Op::Gt), Just(Op::Ge), Just(Op::Eq), Just(Op::Ne)];
+    let unit = prop_oneof![Just(""), Just("ms"), Just("s")];
+    (agg, op, -1.0e6f64..1.0e6, unit).prop_map(|(a, o, n, u)| (a, o, (n * 1000.0).round() / 1000.0, if a.is_duration() { u } else { "" }))
+}
+
+fn op_text(op: Op) -> &'static str {
+    match op {
+        Op::Lt => "<",
+        Op::Le => "<=",
+        Op::Gt => ">",
+        Op::Ge => ">=",
+        Op::Eq => "==",
+        Op::Ne => "!=",
+    }
 }
 
 proptest! {
@@ -106,5 +150,47 @@ proptest! {
     fn templates_never_panic(text in "[$a-zA-Z_{}0-9 ]{0,40}") {
         let _ = interpolate::parse(&text);
         let _ = interpolate::variables(&text);
+    }
+
+    #[test]
+    fn threshold_parsers_never_panic(text in threshold_text(), key in any::<String>()) {
+        let _ = thresholds::parse_expr(&text);
+        let _ = thresholds::parse_rule(&text);
+        let _ = thresholds::parse_duration(&text);
+        let _ = thresholds::parse_aggregation(&text);
+        let _ = thresholds::parse_key(&key);
+        let _ = thresholds::parse_key(&text);
+    }
+
+    #[test]
+    fn a_threshold_written_out_reads_back_the_same((aggregation, op, bound, unit) in expression(), spaced in any::<bool>()) {
+        let gap = if spaced { " " } else { "" };
+        let text = format!("{}{gap}{}{gap}{}{unit}", aggregation.text(), op_text(op), number_text(bound));
+        let expr = thresholds::parse_expr(&text).map_err(|e| TestCaseError::fail(format!("{text}: {e}")))?;
+        let factor = if unit == "s" { 1000.0 } else { 1.0 };
+        prop_assert_eq!(expr.aggregation, aggregation);
+        prop_assert_eq!(expr.op, op);
+        prop_assert!((expr.bound - bound * factor).abs() <= 1e-9 * (bound * factor).abs().max(1.0), "{} read as {}", text, expr.bound);
+    }
+
+    #[test]
+    fn judging_any_statsd_never_panics_and_values_are_numbers(text in statsd_text(), (aggregation, op, bound, _) in expression()) {
+        let key = if aggregation == Aggregation::Value { "a/b" } else { "a" };
+        let expr = thresholds::Expr { aggregation, op, bound };
+        let t = Threshold { key: key.into(), metric: thresholds::parse_key(key).unwrap(), text: String::new(), expr, step: None,
+            abort_on_fail: true, delay_abort_ms: 0, window: Some(("2s".into(), 2000)) };
+        let mut judge = Judge::new(vec![t.clone(), Threshold { window: None, ..t }]);
+        let mut aggregator = Aggregator::default();
+        for second in 0..4 {
+            aggregator.take(&text);
+            aggregator.take("a:1|c\nb:2|c\na:3|ms\na:4|g");
+            let mut w = aggregator.flush(second, i64::from(second as u32) * 1000, 1000);
+            w.node = "n".into();
+            judge.add("s", &w);
+            judge.evaluate();
+        }
+        for view in judge.finish() {
+            prop_assert!(view.value.is_none_or(|v| !v.is_nan()), "{view:?}");
+        }
     }
 }

@@ -6,12 +6,14 @@ pub mod error;
 #[cfg(test)]
 mod fuzz;
 pub mod interpolate;
+pub mod judge;
 pub mod launch;
 pub mod life;
 pub mod metrics;
 pub mod parse;
 pub mod secrets;
 pub mod spec;
+pub mod thresholds;
 pub mod validate;
 pub mod views;
 

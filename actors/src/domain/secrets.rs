@@ -132,6 +132,9 @@ mod tests {
             enabled: true,
             environment_data: Env::from([("A".into(), "secret:API_KEY".into())]),
             dashboard: None,
+            thresholds: Default::default(),
+            compare: Default::default(),
+            fail_on_regression: false,
             steps: vec![crate::domain::StepSpec::new("s", "i")],
         };
         plan.steps[0].environment_data.insert("B".into(), "secret:NOPE".into());

@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::thresholds::{CompareRules, Thresholds};
+
 /// Environment variables, by name.
 pub type Env = BTreeMap<String, String>;
 
@@ -54,6 +56,14 @@ pub struct PlanSpec {
     pub environment_data: Env,
     /// The dashboard template for its runs (a file of `grafana.templates_dir`); none = the built-in one.
     pub dashboard: Option<String>,
+    /// Thresholds judged over every step's nodes, by metric key.
+    #[schema(value_type = Object)]
+    pub thresholds: Thresholds,
+    /// Regression rules against the plan's baseline run, by metric key (`p(95) +10%`).
+    #[schema(value_type = Object)]
+    pub compare: CompareRules,
+    /// Whether breaking a regression rule fails a run's verdict.
+    pub fail_on_regression: bool,
     /// The steps, in order.
     pub steps: Vec<StepSpec>,
 }
@@ -104,6 +114,9 @@ pub struct StepSpec {
     pub service: bool,
     /// Whether the run fails when this step fails.
     pub required: bool,
+    /// Thresholds judged over this step's nodes only, by metric key.
+    #[schema(value_type = Object)]
+    pub thresholds: Thresholds,
 }
 
 impl StepSpec {
@@ -131,6 +144,7 @@ impl StepSpec {
             monitor: false,
             service: false,
             required: true,
+            thresholds: Thresholds::new(),
         }
     }
 }

@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 use super::error::{FieldError, ValidationErrors};
 use super::interpolate::{self, INJECTED_VARIABLES};
 use super::spec::{defaults, Env, PlanSpec, ProjectSpec, StepSpec};
+use super::thresholds::{self, Aggregation, CompareRules, MetricKey, ThresholdRule, Thresholds};
 
 /// Caps that validation enforces, from the broker's configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,7 +68,8 @@ pub struct Validated<T> {
 }
 
 const PROJECT_FIELDS: &[&str] = &["name", "home_page", "plans"];
-const PLAN_FIELDS: &[&str] = &["name", "description", "enabled", "environment_data", "dashboard", "steps"];
+const PLAN_FIELDS: &[&str] =
+    &["name", "description", "enabled", "environment_data", "dashboard", "thresholds", "compare", "fail_on_regression", "steps"];
 const STEP_FIELDS: &[&str] = &[
     "name",
     "instance_count",
@@ -90,7 +92,16 @@ const STEP_FIELDS: &[&str] = &[
     "monitor",
     "service",
     "required",
+    "thresholds",
 ];
+
+const THRESHOLD_FIELDS: &[&str] = &["threshold", "abort_on_fail", "delay_abort_eval", "window"];
+
+/// Most threshold expressions a plan may have, its steps' included (each is judged every window).
+pub const MAX_THRESHOLDS: usize = 200;
+
+/// Longest sliding window a threshold may be judged over, in milliseconds (an hour).
+pub const MAX_WINDOW_MS: u64 = 3_600_000;
 
 /// Validates a project file (`{name, home_page?, plans: [...]}`).
 pub fn project(value: &Value, limits: &Limits) -> Result<Validated<ProjectSpec>, ValidationErrors> {
@@ -166,6 +177,13 @@ fn kind(v: &Value) -> &'static str {
 fn is_env_name(name: &str) -> bool {
     let mut bytes = name.bytes();
     matches!(bytes.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_') && bytes.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
+/// Where thresholds are written: on the plan (with its step names) or on a step.
+#[derive(Clone, Copy)]
+enum Scope<'a> {
+    Plan(&'a [&'a str]),
+    Step,
 }
 
 struct Walker<'l> {
@@ -374,6 +392,9 @@ impl<'l> Walker<'l> {
             enabled: true,
             environment_data: Env::new(),
             dashboard: None,
+            thresholds: Thresholds::new(),
+            compare: CompareRules::new(),
+            fail_on_regression: false,
             steps: Vec::new(),
         };
         let Some(m) = self.object(v, path, PLAN_FIELDS) else { return spec };
@@ -410,7 +431,179 @@ impl<'l> Walker<'l> {
             }
             Some(other) => self.error(&steps_path, format!("must be a list, not {}", kind(other))),
         }
+        let step_names: Vec<&str> = spec.steps.iter().map(|s| s.name.as_str()).collect();
+        spec.thresholds = self.thresholds(m, path, Scope::Plan(&step_names));
+        spec.compare = self.compare_rules(m, path, &step_names);
+        spec.fail_on_regression = self.boolean(m, path, "fail_on_regression", false);
+        if spec.fail_on_regression && spec.compare.is_empty() {
+            self.warnings.push(FieldError::new(
+                join(path, "fail_on_regression"),
+                "has no effect without regression rules in compare (e.g. \"demo.c.latency\" = [\"p(95) +10%\"])",
+            ));
+        }
+        let count = spec.thresholds.values().map(Vec::len).sum::<usize>()
+            + spec.steps.iter().flat_map(|s| s.thresholds.values()).map(Vec::len).sum::<usize>();
+        if count > MAX_THRESHOLDS {
+            self.error(join(path, "thresholds"), format!("the plan has {count} thresholds (its steps' included); at most {MAX_THRESHOLDS}"));
+        }
         spec
+    }
+
+    /// A `thresholds` map: metric keys to lists of expressions (strings or objects with options).
+    fn thresholds(&mut self, m: &Map<String, Value>, path: &str, scope: Scope<'_>) -> Thresholds {
+        let mut out = Thresholds::new();
+        let at = join(path, "thresholds");
+        let map = match m.get("thresholds") {
+            None | Some(Value::Null) => return out,
+            Some(Value::Object(map)) => map,
+            Some(other) => {
+                self.error(&at, format!("must be an object of metric keys to lists of thresholds, not {}", kind(other)));
+                return out;
+            }
+        };
+        for (key, rules) in map {
+            let key_path = format!("{at}[{key:?}]");
+            let metric = match thresholds::parse_key(key) {
+                Ok(metric) => Some(metric),
+                Err(why) => {
+                    self.error(&key_path, why);
+                    None
+                }
+            };
+            if let Some(metric) = &metric {
+                self.check_scope(metric, &key_path, scope);
+            }
+            let items: Vec<&Value> = match rules {
+                Value::Array(items) => items.iter().collect(),
+                Value::String(_) | Value::Object(_) => vec![rules],
+                other => {
+                    self.error(&key_path, format!("must be a list of thresholds, not {}", kind(other)));
+                    continue;
+                }
+            };
+            let mut list = Vec::new();
+            for (i, item) in items.into_iter().enumerate() {
+                let item_path = if rules.is_array() { format!("{key_path}[{i}]") } else { key_path.clone() };
+                if let Some(rule) = self.threshold_rule(item, &item_path, metric.as_ref()) {
+                    list.push(rule);
+                }
+            }
+            out.insert(key.clone(), list);
+        }
+        out
+    }
+
+    /// `step` filters name steps of the plan, and a step's own thresholds need none.
+    fn check_scope(&mut self, metric: &MetricKey, path: &str, scope: Scope<'_>) {
+        for selector in metric.selectors() {
+            match (scope, &selector.step) {
+                (Scope::Step, Some(_)) => self.error(path, "a step's thresholds are judged on that step only; leave out the step filter"),
+                (Scope::Plan(names), Some(step)) if !names.contains(&step.as_str()) => {
+                    self.error(path, format!("no step named {step:?} in this plan (steps: {})", names.join(", ")))
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn threshold_rule(&mut self, item: &Value, path: &str, metric: Option<&MetricKey>) -> Option<ThresholdRule> {
+        let (rule, expr_path) = match item {
+            Value::String(text) => (ThresholdRule::plain(text.trim()), path.to_string()),
+            Value::Object(_) => {
+                let m = self.object(item, path, THRESHOLD_FIELDS)?;
+                let text = self.string(m, path, "threshold", true)?;
+                let mut rule = ThresholdRule::plain(text.trim());
+                rule.abort_on_fail = self.boolean(m, path, "abort_on_fail", false);
+                rule.delay_abort_eval = self.duration(m, path, "delay_abort_eval", MAX_SECONDS * 1000);
+                rule.window = self.duration(m, path, "window", MAX_WINDOW_MS);
+                if rule.window.as_deref().and_then(|w| thresholds::parse_duration(w).ok()).is_some_and(|ms| ms < 1000) {
+                    self.error(join(path, "window"), "must be at least 1s (metrics arrive in one-second windows)");
+                }
+                if rule.delay_abort_eval.is_some() && !rule.abort_on_fail {
+                    self.warnings.push(FieldError::new(join(path, "delay_abort_eval"), "has no effect without abort_on_fail = true"));
+                }
+                (rule, join(path, "threshold"))
+            }
+            other => {
+                self.error(path, format!("must be an expression such as \"p(95)<200\", or an object with threshold, not {}", kind(other)));
+                return None;
+            }
+        };
+        match thresholds::parse_expr(&rule.threshold) {
+            Err(why) => self.error(&expr_path, why),
+            Ok(expr) if matches!(metric, Some(MetricKey::Ratio(..))) && expr.aggregation != Aggregation::Value => {
+                self.error(&expr_path, format!("a ratio of two counters is judged by its value, e.g. \"value<0.01\", not {}", expr.aggregation.text()))
+            }
+            Ok(_) => {}
+        }
+        Some(rule)
+    }
+
+    /// A duration written as `10s`, `1m30s`, `500ms` or a number of seconds, at most `max_ms`.
+    fn duration(&mut self, m: &Map<String, Value>, path: &str, key: &str, max_ms: u64) -> Option<String> {
+        let text = match m.get(key) {
+            None | Some(Value::Null) => return None,
+            Some(Value::String(s)) => s.trim().to_string(),
+            Some(Value::Number(n)) if n.as_u64().is_some() => format!("{n}s"),
+            Some(other) => {
+                self.error(join(path, key), format!("must be a duration such as \"10s\", not {}", kind(other)));
+                return None;
+            }
+        };
+        match thresholds::parse_duration(&text) {
+            Ok(ms) if ms > max_ms => {
+                self.error(join(path, key), format!("must be at most {} s", max_ms / 1000));
+                None
+            }
+            Ok(_) => Some(text),
+            Err(why) => {
+                self.error(join(path, key), why);
+                None
+            }
+        }
+    }
+
+    /// A `compare` map: metric keys to regression rules such as `p(95) +10%`.
+    fn compare_rules(&mut self, m: &Map<String, Value>, path: &str, step_names: &[&str]) -> CompareRules {
+        let mut out = CompareRules::new();
+        let at = join(path, "compare");
+        let map = match m.get("compare") {
+            None | Some(Value::Null) => return out,
+            Some(Value::Object(map)) => map,
+            Some(other) => {
+                self.error(&at, format!("must be an object of metric keys to lists of rules, not {}", kind(other)));
+                return out;
+            }
+        };
+        for (key, rules) in map {
+            let key_path = format!("{at}[{key:?}]");
+            match thresholds::parse_key(key) {
+                Ok(MetricKey::Ratio(..)) => self.error(&key_path, "compare a metric, not a ratio: its summary is compared step by step"),
+                Ok(metric @ MetricKey::Single(_)) => self.check_scope(&metric, &key_path, Scope::Plan(step_names)),
+                Err(why) => self.error(&key_path, why),
+            }
+            let items: Vec<(String, &Value)> = match rules {
+                Value::Array(items) => items.iter().enumerate().map(|(i, v)| (format!("{key_path}[{i}]"), v)).collect(),
+                Value::String(_) => vec![(key_path.clone(), rules)],
+                other => {
+                    self.error(&key_path, format!("must be a list of rules such as \"p(95) +10%\", not {}", kind(other)));
+                    continue;
+                }
+            };
+            let mut list = Vec::new();
+            for (item_path, item) in items {
+                let Value::String(text) = item else {
+                    self.error(&item_path, format!("must be a rule such as \"p(95) +10%\", not {}", kind(item)));
+                    continue;
+                };
+                match thresholds::parse_rule(text) {
+                    Ok(_) => list.push(text.trim().to_string()),
+                    Err(why) => self.error(&item_path, why),
+                }
+            }
+            out.insert(key.clone(), list);
+        }
+        out
     }
 
     fn step(&mut self, v: &Value, path: &str) -> Option<StepSpec> {
@@ -420,6 +613,7 @@ impl<'l> Walker<'l> {
         // The original fixed its monitor step's name (and image, ports, timings): loads v2 files give none.
         step.name = if step.monitor && m.get("name").is_none_or(Value::is_null) { MONITOR_NAME.to_string() } else { self.name(m, path) };
         step.service = self.boolean(m, path, "service", false);
+        step.thresholds = self.thresholds(m, path, Scope::Step);
         step.required = self.boolean(m, path, "required", true);
         step.prune_running = self.boolean(m, path, "prune_running", true);
 
@@ -692,7 +886,7 @@ mod tests {
         assert_eq!(
             errs,
             vec![
-                "bogus: unknown field (expected one of: name, description, enabled, environment_data, dashboard, steps)",
+                "bogus: unknown field (expected one of: name, description, enabled, environment_data, dashboard, thresholds, compare, fail_on_regression, steps)",
                 "name: must not be empty",
                 "steps[0].instance_count: must be at least 1",
                 "steps[0].run_max_time: must be >= 0",
@@ -856,5 +1050,70 @@ mod tests {
         // Nodes that are machines of their own mount from their own disk; `..` is still refused.
         assert!(super::plan(&plan("/x:/var/log/$RUN_ID:rw"), &Limits::default()).is_ok());
         assert!(super::plan(&plan("/x:/a/../etc"), &Limits::default()).is_err());
+    }
+
+    fn thresholds_plan(thresholds: Value) -> Value {
+        json!({"name": "p", "thresholds": thresholds, "steps": [{"name": "c-generator", "container_name": "x"}]})
+    }
+
+    #[test]
+    fn thresholds_take_k6_syntax_in_strings_and_objects() {
+        let v = plan(
+            &thresholds_plan(json!({
+                "demo.c.latency": ["p(95)<200", {"threshold": "p(99)<500", "abort_on_fail": true, "delay_abort_eval": "10s"}],
+                "demo.c.requests{status:error}": ["rate<1"],
+                "demo.c.latency{step:c-generator}": [{"threshold": "avg<50", "window": "30s"}],
+                "errors/requests": "value<0.01"
+            })),
+            &Limits::default(),
+        )
+        .unwrap()
+        .value;
+        assert_eq!(v.thresholds.len(), 4);
+        let latency = &v.thresholds["demo.c.latency"];
+        assert_eq!(latency[0], ThresholdRule::plain("p(95)<200"));
+        assert!(latency[1].abort_on_fail && latency[1].delay_abort_eval.as_deref() == Some("10s"));
+        assert_eq!(v.thresholds["demo.c.latency{step:c-generator}"][0].window.as_deref(), Some("30s"));
+        assert_eq!(v.thresholds["errors/requests"], vec![ThresholdRule::plain("value<0.01")]);
+    }
+
+    #[test]
+    fn bad_thresholds_are_refused_at_their_path() {
+        let project = json!({"name": "demo", "plans": [thresholds_plan(json!({
+            "demo.c.latency": ["p(95)<200", {"threshold": "p95<500", "abort_on_fail": true}],
+            "a/b": ["p(95)<1"],
+            "lat{step:nope}": ["avg<1"],
+            "lat": [{"threshold": "avg<1", "window": "500ms", "colour": "red"}, 7]
+        }))]});
+        let errs: Vec<String> = super::project(&project, &Limits::default()).unwrap_err().0.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            errs,
+            [
+                "plans[0].thresholds[\"a/b\"][0]: a ratio of two counters is judged by its value, e.g. \"value<0.01\", not p(95)",
+                "plans[0].thresholds[\"demo.c.latency\"][1].threshold: unknown aggregation \"p95\"; did you mean \"p(95)\"?",
+                "plans[0].thresholds[\"lat\"][0].colour: unknown field (expected one of: threshold, abort_on_fail, delay_abort_eval, window)",
+                "plans[0].thresholds[\"lat\"][0].window: must be at least 1s (metrics arrive in one-second windows)",
+                "plans[0].thresholds[\"lat\"][1]: must be an expression such as \"p(95)<200\", or an object with threshold, not a number",
+                "plans[0].thresholds[\"lat{step:nope}\"]: no step named \"nope\" in this plan (steps: c-generator)",
+            ]
+        );
+        let step = json!({"name": "p", "steps": [{"name": "s", "container_name": "x", "thresholds": {"lat{step:s}": ["avg<1"]}}]});
+        assert_eq!(errors(step), ["steps[0].thresholds[\"lat{step:s}\"]: a step's thresholds are judged on that step only; leave out the step filter"]);
+        let many: serde_json::Map<String, Value> = (0..=MAX_THRESHOLDS).map(|i| (format!("m{i}"), json!(["count>0"]))).collect();
+        assert!(errors(thresholds_plan(Value::Object(many)))[0].contains("at most 200"));
+    }
+
+    #[test]
+    fn regression_rules_are_checked_and_fail_on_regression_warns_alone() {
+        let v = plan(&json!({"name": "p", "compare": {"lat": ["p(95) +10%", "max +50ms"], "req": "rate -5%"}, "fail_on_regression": true,
+            "steps": [{"name": "s", "container_name": "x"}]}), &Limits::default()).unwrap();
+        assert_eq!(v.value.compare["lat"], ["p(95) +10%", "max +50ms"]);
+        assert!(v.value.fail_on_regression && v.warnings.is_empty());
+        let lonely = plan(&json!({"name": "p", "fail_on_regression": true, "steps": [{"name": "s", "container_name": "x"}]}), &Limits::default()).unwrap();
+        assert_eq!(lonely.warnings[0].path, "fail_on_regression");
+        let errs = errors(json!({"name": "p", "compare": {"a/b": ["value +1"], "lat": ["p95 +10%", 3]}, "steps": [{"name": "s", "container_name": "x"}]}));
+        assert_eq!(errs.len(), 4, "{errs:?}");
+        assert!(errs[0].starts_with("compare[\"a/b\"]: compare a metric, not a ratio"), "{errs:?}");
+        assert!(errs[2].starts_with("compare[\"lat\"][0]: unknown aggregation \"p95\""), "{errs:?}");
     }
 }

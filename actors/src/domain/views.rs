@@ -9,7 +9,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::error::FieldError;
-use super::spec::{Env, StepSpec};
+use super::spec::{Env, PlanSpec, StepSpec};
+use super::thresholds::{CompareRules, Thresholds};
 
 /// The life of a run. Finished states are `completed`, `failed` and `aborted`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
@@ -68,6 +69,93 @@ impl RunState {
             Self::Completed | Self::Failed | Self::Aborted => 3,
         }
     }
+}
+
+/// What a finished run says of the service: whether its numbers held, and whether they can be trusted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Every threshold held (or the plan has none) and the run completed.
+    Passed,
+    /// A threshold failed (or, with `fail_on_regression`, a regression rule broke).
+    Failed,
+    /// A generator node saturated its CPU while it ran: the numbers are the generator's, not the service's.
+    Invalid,
+    /// The run itself failed: a node, a container or the infrastructure.
+    Error,
+    /// A user stopped it.
+    Aborted,
+}
+
+impl Verdict {
+    /// All verdicts.
+    pub const ALL: [Verdict; 5] = [Self::Passed, Self::Failed, Self::Invalid, Self::Error, Self::Aborted];
+
+    /// The stored and serialised name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Passed => "passed",
+            Self::Failed => "failed",
+            Self::Invalid => "invalid",
+            Self::Error => "error",
+            Self::Aborted => "aborted",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// The exit code `loads run` answers with: 0, 99 for failed thresholds (k6's), 98 invalid, 1 error, 130 aborted.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Self::Passed => 0,
+            Self::Failed => 99,
+            Self::Invalid => 98,
+            Self::Error => 1,
+            Self::Aborted => 130,
+        }
+    }
+}
+
+/// How a threshold stands: while the run is live, then once it is judged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ThresholdState {
+    /// No samples yet.
+    Pending,
+    /// Holding so far.
+    Ok,
+    /// Not holding now.
+    Failing,
+    /// Held, judged at the end of the run.
+    Passed,
+    /// Did not hold, judged at the end of the run.
+    Failed,
+}
+
+/// One threshold of a run: what it says and how it stands.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ThresholdView {
+    /// The metric key as written, e.g. `demo.c.latency{status:ok}`.
+    pub metric: String,
+    /// The expression, e.g. `p(95)<200`.
+    pub threshold: String,
+    /// The step it belongs to, for a step's own thresholds.
+    pub step: Option<String>,
+    /// Whether failing stops the run.
+    pub abort_on_fail: bool,
+    /// The sliding window it is judged over; none: the run so far.
+    pub window: Option<String>,
+    /// How it stands.
+    pub state: ThresholdState,
+    /// The aggregation's value now (or at the end), in the metric's unit.
+    pub value: Option<f64>,
+    /// When it first failed.
+    pub first_breach_at: Option<DateTime<Utc>>,
+    /// Why it has no value, or how it was judged.
+    pub note: Option<String>,
 }
 
 /// The life of one step within one run.
@@ -168,8 +256,35 @@ pub struct PlanView {
     pub environment_data: Env,
     /// The dashboard template its runs use; none = the built-in one.
     pub dashboard: Option<String>,
+    /// Thresholds judged over every step's nodes, by metric key.
+    #[schema(value_type = Object)]
+    pub thresholds: Thresholds,
+    /// Regression rules against the baseline, by metric key.
+    #[schema(value_type = Object)]
+    pub compare: CompareRules,
+    /// Whether breaking a regression rule fails a run's verdict.
+    pub fail_on_regression: bool,
+    /// The run later runs are compared with (`POST /api/v1/plans/{id}/baseline`).
+    pub baseline_run_id: Option<Uuid>,
     /// The steps, in order.
     pub steps: Vec<StepView>,
+}
+
+impl PlanView {
+    /// The plan's definition, as a document would give it.
+    pub fn spec(&self) -> PlanSpec {
+        PlanSpec {
+            name: self.plan.name.clone(),
+            description: self.plan.description.clone(),
+            enabled: self.plan.enabled,
+            environment_data: self.environment_data.clone(),
+            dashboard: self.dashboard.clone(),
+            thresholds: self.thresholds.clone(),
+            compare: self.compare.clone(),
+            fail_on_regression: self.fail_on_regression,
+            steps: self.steps.iter().map(|s| s.spec.clone()).collect(),
+        }
+    }
 }
 
 /// A stored step.
@@ -217,6 +332,12 @@ pub struct RunView {
     pub completed_at: Option<DateTime<Utc>>,
     /// The run's Grafana dashboard, once pushed.
     pub dashboard_url: Option<String>,
+    /// The verdict, once the run is over.
+    pub verdict: Option<Verdict>,
+    /// Why that verdict, for a human.
+    pub verdict_reason: Option<String>,
+    /// Its thresholds (the plan's and its steps'), as they stand.
+    pub thresholds: Vec<ThresholdView>,
     /// One record per step.
     pub step_records: Vec<StepRecordView>,
 }

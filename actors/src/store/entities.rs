@@ -46,6 +46,13 @@ pub mod plan {
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
         pub dashboard: Option<String>,
+        #[sea_orm(column_type = "Text", nullable)]
+        pub thresholds: Option<String>,
+        #[sea_orm(column_type = "Text", nullable)]
+        pub compare: Option<String>,
+        pub fail_on_regression: bool,
+        pub baseline_run_id: Option<Uuid>,
+        pub baseline_set_at: Option<DateTimeUtc>,
     }
 
     no_relations!();
@@ -86,6 +93,8 @@ pub mod step {
         pub required: bool,
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
+        #[sea_orm(column_type = "Text", nullable)]
+        pub thresholds: Option<String>,
     }
 
     no_relations!();
@@ -116,6 +125,11 @@ pub mod run {
         pub feed_seq: i64,
         #[sea_orm(column_type = "Text", nullable)]
         pub metrics_state: Option<String>,
+        #[sea_orm(column_type = "Text", nullable)]
+        pub thresholds: Option<String>,
+        pub verdict: Option<String>,
+        #[sea_orm(column_type = "Text", nullable)]
+        pub verdict_reason: Option<String>,
     }
 
     no_relations!();

@@ -169,6 +169,18 @@ pub(crate) fn run_env_to_json(env: &Env, unset: &[String]) -> serde_json::Value 
 }
 
 /// The variables of a stored env; `null` entries (not set) are left out.
+/// A map stored as JSON text; an empty one is stored as NULL.
+pub(crate) fn map_to_text<K: serde::Serialize, V: serde::Serialize>(map: &std::collections::BTreeMap<K, V>) -> Option<String> {
+    (!map.is_empty()).then(|| serde_json::to_string(map).unwrap_or_default())
+}
+
+/// A map stored by `map_to_text`; NULL (or text that no longer reads) is an empty one.
+pub(crate) fn map_from_text<K: serde::de::DeserializeOwned + Ord, V: serde::de::DeserializeOwned>(
+    text: Option<&str>,
+) -> std::collections::BTreeMap<K, V> {
+    text.and_then(|t| serde_json::from_str(t).ok()).unwrap_or_default()
+}
+
 pub(crate) fn env_from_json(value: &serde_json::Value) -> Env {
     match value {
         serde_json::Value::Object(map) => map

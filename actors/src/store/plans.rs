@@ -13,7 +13,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::entities::{plan, project, run, step};
-use super::{clamp_page, env_from_json, env_to_json, on_unique, StoreError};
+use super::{clamp_page, env_from_json, env_to_json, map_from_text, map_to_text, on_unique, StoreError};
 use crate::domain::views::{Page, PlanSummary, PlanView, RunState, StepView};
 use crate::domain::{PlanSpec, StepSpec};
 
@@ -40,6 +40,7 @@ fn step_spec(m: &step::Model) -> StepSpec {
         monitor: m.monitor,
         service: m.service,
         required: m.required,
+        thresholds: map_from_text(m.thresholds.as_deref()),
     }
 }
 
@@ -76,6 +77,7 @@ fn step_row(plan_id: Uuid, position: usize, s: &StepSpec) -> step::ActiveModel {
         required: Set(s.required),
         created_at: Set(now),
         updated_at: Set(now),
+        thresholds: Set(map_to_text(&s.thresholds)),
     }
 }
 
@@ -102,6 +104,11 @@ pub(crate) async fn insert(db: &impl ConnectionTrait, project_id: Uuid, spec: &P
         created_at: Set(now),
         updated_at: Set(now),
         dashboard: Set(spec.dashboard.clone()),
+        thresholds: Set(map_to_text(&spec.thresholds)),
+        compare: Set(map_to_text(&spec.compare)),
+        fail_on_regression: Set(spec.fail_on_regression),
+        baseline_run_id: Set(None),
+        baseline_set_at: Set(None),
     }
     .insert(db)
     .await
@@ -167,9 +174,12 @@ pub async fn get(db: &impl ConnectionTrait, id: Uuid) -> Result<PlanView, StoreE
     let model = find(db, id).await?;
     let environment_data = env_from_json(&model.environment_data);
     let dashboard = model.dashboard.clone();
+    let thresholds = map_from_text(model.thresholds.as_deref());
+    let compare = map_from_text(model.compare.as_deref());
+    let (fail_on_regression, baseline_run_id) = (model.fail_on_regression, model.baseline_run_id);
     let steps = steps_of(db, id).await?;
     let plan = summaries(db, vec![model]).await?.remove(0);
-    Ok(PlanView { plan, environment_data, dashboard, steps })
+    Ok(PlanView { plan, environment_data, dashboard, thresholds, compare, fail_on_regression, baseline_run_id, steps })
 }
 
 /// One page of a project's plans, by name.
@@ -200,14 +210,22 @@ pub enum Replaced {
     Updated,
 }
 
+/// Whether the plan's header (name, description, ..., how runs are judged) and its
+/// steps and env (what runs) are as `spec` has them. Thresholds and rules judge runs
+/// rather than make them, so a step's thresholds are part of the header.
 fn same_content(current: &PlanView, spec: &PlanSpec) -> (bool, bool) {
+    let without_thresholds = |s: &StepSpec| StepSpec { thresholds: Default::default(), ..s.clone() };
     let steps_same = current.steps.len() == spec.steps.len()
-        && current.steps.iter().zip(&spec.steps).all(|(a, b)| &a.spec == b)
+        && current.steps.iter().zip(&spec.steps).all(|(a, b)| without_thresholds(&a.spec) == without_thresholds(b))
         && current.environment_data == spec.environment_data;
     let header_same = current.plan.name == spec.name
         && current.plan.description == spec.description
         && current.plan.enabled == spec.enabled
-        && current.dashboard == spec.dashboard;
+        && current.dashboard == spec.dashboard
+        && current.thresholds == spec.thresholds
+        && current.compare == spec.compare
+        && current.fail_on_regression == spec.fail_on_regression
+        && current.steps.iter().zip(&spec.steps).all(|(a, b)| a.spec.thresholds == b.thresholds);
     (header_same, steps_same)
 }
 
@@ -235,6 +253,9 @@ pub(crate) async fn replace_in(db: &impl ConnectionTrait, id: Uuid, spec: &PlanS
         enabled: Set(spec.enabled),
         environment_data: Set(env_to_json(&spec.environment_data)),
         dashboard: Set(spec.dashboard.clone()),
+        thresholds: Set(map_to_text(&spec.thresholds)),
+        compare: Set(map_to_text(&spec.compare)),
+        fail_on_regression: Set(spec.fail_on_regression),
         updated_at: Set(Utc::now()),
         ..Default::default()
     }
@@ -244,6 +265,12 @@ pub(crate) async fn replace_in(db: &impl ConnectionTrait, id: Uuid, spec: &PlanS
     if !steps_same {
         step::Entity::delete_many().filter(step::Column::PlanId.eq(id)).exec(db).await?;
         insert_steps(db, id, &spec.steps).await?;
+    } else {
+        for (current, wanted) in current.steps.iter().zip(&spec.steps).filter(|(a, b)| a.spec.thresholds != b.thresholds) {
+            step::ActiveModel { id: Set(current.id), thresholds: Set(map_to_text(&wanted.thresholds)), ..Default::default() }
+                .update(db)
+                .await?;
+        }
     }
     Ok(Replaced::Updated)
 }
@@ -302,14 +329,8 @@ pub async fn fork<C: ConnectionTrait + TransactionTrait>(db: &C, id: Uuid, name:
             .find(|candidate| !taken.contains(candidate))
             .unwrap_or_default(),
     };
-    let spec = PlanSpec {
-        name,
-        description: source.plan.description.clone(),
-        enabled: source.plan.enabled,
-        environment_data: source.environment_data.clone(),
-        dashboard: source.dashboard.clone(),
-        steps: source.steps.iter().map(|s| s.spec.clone()).collect(),
-    };
+    // A fork starts without a baseline: its runs are its own.
+    let spec = PlanSpec { name, ..source.spec() };
     let new_id = insert(&txn, source.plan.project_id, &spec).await?;
     txn.commit().await?;
     get(db, new_id).await

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::entities::{container, metric_summary, plan, run, step, step_record};
 use super::{clamp_page, env_from_json, run_env_to_json, unset_from_json, StoreError};
 use crate::domain::life::{Ending, RunPhase};
-use crate::domain::views::{ContainerView, MetricSummaryView, Page, RunState, RunView, StepRecordView, StepState};
+use crate::domain::views::{ContainerView, MetricSummaryView, Page, RunState, RunView, StepRecordView, StepState, ThresholdView, Verdict};
 use crate::domain::Env;
 
 /// Which runs to list; every filter is optional.
@@ -84,6 +84,9 @@ async fn views(db: &impl ConnectionTrait, runs: Vec<run::Model>) -> Result<Vec<R
                 started_at: r.started_at,
                 completed_at: r.completed_at,
                 dashboard_url: r.dashboard_url,
+                verdict: r.verdict.as_deref().and_then(Verdict::parse),
+                verdict_reason: r.verdict_reason,
+                thresholds: r.thresholds.as_deref().and_then(|t| serde_json::from_str(t).ok()).unwrap_or_default(),
                 step_records: records.remove(&r.id).unwrap_or_default(),
             }
         })
@@ -180,6 +183,9 @@ async fn create_once<C: ConnectionTrait + TransactionTrait>(
         ingest_token: Set(Some(ingest_token.to_string())),
         feed_seq: Set(0),
         metrics_state: Set(None),
+        thresholds: Set(None),
+        verdict: Set(None),
+        verdict_reason: Set(None),
     }
     .insert(&txn)
     .await?;
@@ -498,4 +504,27 @@ pub async fn set_metrics_state(db: &impl ConnectionTrait, id: Uuid, state: Strin
 pub async fn set_dashboard_url(db: &impl ConnectionTrait, id: Uuid, url: &str) -> Result<(), StoreError> {
     run::ActiveModel { id: Set(id), dashboard_url: Set(Some(url.to_string())), ..Default::default() }.update(db).await?;
     Ok(())
+}
+
+/// Records how the run's thresholds stand.
+pub async fn set_thresholds(db: &impl ConnectionTrait, id: Uuid, thresholds: &[ThresholdView]) -> Result<(), StoreError> {
+    let text = serde_json::to_string(thresholds).unwrap_or_default();
+    run::ActiveModel { id: Set(id), thresholds: Set(Some(text)), ..Default::default() }.update(db).await?;
+    Ok(())
+}
+
+/// Records a finished run's verdict and why.
+pub async fn set_verdict(db: &impl ConnectionTrait, id: Uuid, verdict: Verdict, reason: &str) -> Result<(), StoreError> {
+    super::persist("a run's verdict", || async {
+        run::ActiveModel {
+            id: Set(id),
+            verdict: Set(Some(verdict.as_str().to_string())),
+            verdict_reason: Set(Some(reason.to_string())),
+            ..Default::default()
+        }
+        .update(db)
+        .await?;
+        Ok(())
+    })
+    .await
 }

@@ -1,0 +1,802 @@
+//! Judging a run: its thresholds evaluated live on every node's windows, and
+//! its verdict at the end.
+//!
+//! A threshold's samples are added window by window from every node of every
+//! step it selects, into one tally: counters summed, timers' HDR histograms
+//! added sample for sample, gauges kept per node. So `p(95)` over ten nodes is
+//! the 95th percentile of the union of their samples, exactly the number the
+//! summary shows, never an average of per-node percentiles. A threshold
+//! without `window` is judged over the run so far (as k6 does); with one,
+//! over that sliding window of one-second buckets, and it fails the run if
+//! any window breached it. `rate` is per second of the selected steps' time
+//! with metrics. Samples that never arrive are honest too: `count` and `rate`
+//! of nothing are 0, any other aggregation of nothing has no value and fails
+//! at the end ("no samples").
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, TimeZone, Utc};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use super::life::Ending;
+use super::metrics::{decode_histogram, encode_histogram, Window};
+use super::thresholds::{self, number_text, Aggregation, Expr, MetricKey, Selector};
+use super::views::{PlanView, ThresholdState, ThresholdView, Verdict};
+
+/// One threshold, parsed and ready to judge.
+#[derive(Clone, Debug)]
+pub struct Threshold {
+    /// The key as written.
+    pub key: String,
+    /// What it selects (a step's own thresholds are limited to the step).
+    pub metric: MetricKey,
+    /// The expression as written.
+    pub text: String,
+    /// The expression.
+    pub expr: Expr,
+    /// The step it belongs to, for a step's own.
+    pub step: Option<String>,
+    /// Stop the run when it fails.
+    pub abort_on_fail: bool,
+    /// Milliseconds after the run's first window before a failure may abort it.
+    pub delay_abort_ms: u64,
+    /// The sliding window as written, and in milliseconds.
+    pub window: Option<(String, u64)>,
+}
+
+/// Every threshold of a plan: the plan's own (by key), then each step's.
+/// Stored plans were validated, so what does not parse (it cannot) is left out.
+pub fn compile(plan: &PlanView) -> Vec<Threshold> {
+    let mut out = Vec::new();
+    let mut add = |thresholds: &thresholds::Thresholds, step: Option<&str>| {
+        for (key, rules) in thresholds {
+            let Ok(metric) = thresholds::parse_key(key) else { continue };
+            let metric = match step {
+                Some(s) => metric.scoped_to(s),
+                None => metric,
+            };
+            for rule in rules {
+                let Ok(expr) = thresholds::parse_expr(&rule.threshold) else { continue };
+                let window = rule.window.as_ref().and_then(|w| thresholds::parse_duration(w).ok().map(|ms| (w.clone(), ms)));
+                out.push(Threshold {
+                    key: key.clone(),
+                    metric: metric.clone(),
+                    text: rule.threshold.clone(),
+                    expr,
+                    step: step.map(str::to_string),
+                    abort_on_fail: rule.abort_on_fail,
+                    delay_abort_ms: rule.delay_abort_eval.as_deref().and_then(|d| thresholds::parse_duration(d).ok()).unwrap_or(0),
+                    window,
+                });
+            }
+        }
+    };
+    add(&plan.thresholds, None);
+    for step in &plan.steps {
+        add(&step.spec.thresholds, Some(&step.spec.name));
+    }
+    out
+}
+
+fn new_histogram() -> Histogram<u64> {
+    let mut h = Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds");
+    h.auto(true);
+    h
+}
+
+/// What one threshold has seen of its metric (or, for a ratio, of its two counters).
+#[derive(Clone, Debug, Default)]
+struct Tally {
+    /// Counter sum (a ratio's numerator).
+    count: f64,
+    /// A ratio's denominator.
+    denominator: f64,
+    /// Whether a selected counter was seen.
+    counted: bool,
+    /// Selected timers, merged.
+    timer: Option<Histogram<u64>>,
+    /// Each node's last value of each selected gauge (`node|key`).
+    gauges: BTreeMap<String, f64>,
+    /// The smallest and largest gauge value seen.
+    gauge_range: Option<(f64, f64)>,
+}
+
+/// A tally as saved with the run's metrics, for a restarted broker.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct SavedTally {
+    count: f64,
+    denominator: f64,
+    counted: bool,
+    timer: Option<String>,
+    gauges: BTreeMap<String, f64>,
+    gauge_range: Option<(f64, f64)>,
+}
+
+impl Tally {
+    fn add_counters(&mut self, selector: &Selector, w: &Window, denominator: bool) {
+        for v in w.counters.iter().filter(|(k, _)| selector.matches_key(k)).map(|(_, v)| v) {
+            if denominator {
+                self.denominator += v;
+            } else {
+                self.count += v;
+                self.counted = true;
+            }
+        }
+    }
+
+    fn add(&mut self, selector: &Selector, w: &Window) {
+        self.add_counters(selector, w, false);
+        for encoded in w.timers.iter().filter(|(k, _)| selector.matches_key(k)).map(|(_, v)| v) {
+            if let Some(h) = decode_histogram(encoded) {
+                let _ = self.timer.get_or_insert_with(new_histogram).add(&h);
+            }
+        }
+        for (key, v) in w.gauges.iter().filter(|(k, _)| selector.matches_key(k)) {
+            self.gauges.insert(format!("{}|{key}", w.node), *v);
+            let (lo, hi) = self.gauge_range.unwrap_or((*v, *v));
+            self.gauge_range = Some((lo.min(*v), hi.max(*v)));
+        }
+    }
+
+    /// Takes `other` (an older bucket) back out of a running window.
+    fn subtract(&mut self, other: &Tally) {
+        self.count -= other.count;
+        self.denominator -= other.denominator;
+        if let (Some(mine), Some(theirs)) = (&mut self.timer, &other.timer) {
+            let _ = mine.subtract(theirs);
+        }
+    }
+
+    fn merge_gauges(&mut self, other: &Tally) {
+        self.gauges.extend(other.gauges.iter().map(|(k, v)| (k.clone(), *v)));
+        if let Some((lo, hi)) = other.gauge_range {
+            let (a, b) = self.gauge_range.unwrap_or((lo, hi));
+            self.gauge_range = Some((a.min(lo), b.max(hi)));
+        }
+    }
+
+    fn saved(&self) -> SavedTally {
+        SavedTally {
+            count: self.count,
+            denominator: self.denominator,
+            counted: self.counted,
+            timer: self.timer.as_ref().map(encode_histogram),
+            gauges: self.gauges.clone(),
+            gauge_range: self.gauge_range,
+        }
+    }
+
+    fn restored(s: SavedTally) -> Self {
+        Self {
+            count: s.count,
+            denominator: s.denominator,
+            counted: s.counted,
+            timer: s.timer.as_deref().and_then(decode_histogram),
+            gauges: s.gauges,
+            gauge_range: s.gauge_range,
+        }
+    }
+
+    /// The aggregation's value over `seconds`, or why there is none.
+    fn value(&self, metric: &MetricKey, aggregation: Aggregation, seconds: f64) -> Result<f64, String> {
+        let name = metric.selectors()[0].name.clone();
+        if let MetricKey::Ratio(_, below) = metric {
+            return if self.denominator > 0.0 {
+                Ok(self.count / self.denominator)
+            } else {
+                Err(format!("no samples of {} yet (the ratio's denominator)", below.name))
+            };
+        }
+        let timer = self.timer.as_ref().filter(|h| !h.is_empty());
+        let ms = |v: u64| v as f64 / 1000.0;
+        let not_a_timer = || {
+            if self.counted {
+                format!("{name} is a counter: {} applies to timers (use count or rate)", aggregation.text())
+            } else {
+                format!("no samples of {name}")
+            }
+        };
+        match aggregation {
+            Aggregation::Percentile(p) => timer.map(|h| ms(h.value_at_quantile(p / 100.0))).ok_or_else(not_a_timer),
+            Aggregation::Med => timer.map(|h| ms(h.value_at_quantile(0.5))).ok_or_else(not_a_timer),
+            Aggregation::Avg => timer.map(|h| h.mean() / 1000.0).ok_or_else(not_a_timer),
+            Aggregation::Min => match (timer, self.gauge_range) {
+                (Some(h), _) => Ok(ms(h.min())),
+                (None, Some((lo, _))) => Ok(lo),
+                _ => Err(not_a_timer()),
+            },
+            Aggregation::Max => match (timer, self.gauge_range) {
+                (Some(h), _) => Ok(ms(h.max())),
+                (None, Some((_, hi))) => Ok(hi),
+                _ => Err(not_a_timer()),
+            },
+            Aggregation::Count => Ok(self.total()),
+            Aggregation::Rate if seconds > 0.0 => Ok(self.total() / seconds),
+            Aggregation::Rate => Err("no window of metrics yet".into()),
+            Aggregation::Value if !self.gauges.is_empty() => Ok(self.gauges.values().sum()),
+            Aggregation::Value if self.counted => Err(format!("{name} is a counter: value applies to gauges and ratios (use count or rate)")),
+            Aggregation::Value => Err(format!("no samples of {name}")),
+        }
+    }
+
+    /// A counter's sum, else a timer's samples.
+    fn total(&self) -> f64 {
+        if self.counted {
+            self.count
+        } else {
+            self.timer.as_ref().map_or(0.0, |h| h.len() as f64)
+        }
+    }
+}
+
+/// One threshold as it is being judged.
+#[derive(Clone, Debug)]
+struct Live {
+    def: Threshold,
+    /// Everything so far.
+    total: Tally,
+    /// Windowed thresholds: one tally per one-second bucket, and their running sum.
+    buckets: BTreeMap<i64, Tally>,
+    running: Tally,
+    /// The selected steps' time with metrics: first window start, last window end.
+    span: Option<(i64, i64)>,
+    state: ThresholdState,
+    value: Option<f64>,
+    note: Option<String>,
+    first_breach_ms: Option<i64>,
+    /// Whether its breach was reported (it aborts a run once).
+    reported: bool,
+}
+
+/// A threshold's judging as saved with the run's metrics.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct SavedLive {
+    total: SavedTally,
+    buckets: BTreeMap<i64, SavedTally>,
+    span: Option<(i64, i64)>,
+    first_breach_ms: Option<i64>,
+    reported: bool,
+}
+
+/// A threshold with `abort_on_fail` failed: the run must stop.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Breach {
+    /// Which threshold, its value and when, for a human.
+    pub reason: String,
+    /// When (the end of the window that breached it, Unix ms).
+    pub at_ms: i64,
+}
+
+/// A run's thresholds and what they have seen.
+#[derive(Clone, Debug, Default)]
+pub struct Judge {
+    thresholds: Vec<Live>,
+    /// When the run's first window started, and the latest window end seen (Unix ms).
+    first_ms: Option<i64>,
+    latest_end_ms: i64,
+}
+
+/// Milliseconds as a time.
+fn at(ms: i64) -> Option<DateTime<Utc>> {
+    Utc.timestamp_millis_opt(ms).single()
+}
+
+/// A value as a person reads it: three decimals at most.
+pub fn shown(v: f64) -> String {
+    number_text((v * 1000.0).round() / 1000.0)
+}
+
+impl Judge {
+    /// A judge of `thresholds`.
+    pub fn new(thresholds: Vec<Threshold>) -> Self {
+        let thresholds = thresholds
+            .into_iter()
+            .map(|def| Live {
+                def,
+                total: Tally::default(),
+                buckets: BTreeMap::new(),
+                running: Tally::default(),
+                span: None,
+                state: ThresholdState::Pending,
+                value: None,
+                note: None,
+                first_breach_ms: None,
+                reported: false,
+            })
+            .collect();
+        Self { thresholds, first_ms: None, latest_end_ms: 0 }
+    }
+
+    /// Whether there is nothing to judge.
+    pub fn is_empty(&self) -> bool {
+        self.thresholds.is_empty()
+    }
+
+    /// Adds one node's window of `step`.
+    pub fn add(&mut self, step: &str, w: &Window) {
+        let end = w.start_ms + i64::try_from(w.duration_ms).unwrap_or(0);
+        self.latest_end_ms = self.latest_end_ms.max(end);
+        // Relays deliver empty windows too (while a step prepares, or idles): time counts
+        // from the first window with samples.
+        let sampled = w.lines > 0;
+        if sampled {
+            self.first_ms = Some(self.first_ms.map_or(w.start_ms, |f| f.min(w.start_ms)));
+        }
+        let bucket = w.start_ms.div_euclid(1000) * 1000;
+        for live in &mut self.thresholds {
+            let selectors = live.def.metric.selectors();
+            if sampled && selectors[0].matches_origin(step, &w.node) {
+                let (first, last) = live.span.unwrap_or((w.start_ms, end));
+                live.span = Some((first.min(w.start_ms), last.max(end)));
+            }
+            let mut part = Tally::default();
+            match &live.def.metric {
+                MetricKey::Single(s) if s.matches_origin(step, &w.node) => part.add(s, w),
+                MetricKey::Single(_) => continue,
+                MetricKey::Ratio(above, below) => {
+                    if above.matches_origin(step, &w.node) {
+                        part.add_counters(above, w, false);
+                    }
+                    if below.matches_origin(step, &w.node) {
+                        part.add_counters(below, w, true);
+                    }
+                }
+            }
+            live.total.count += part.count;
+            live.total.denominator += part.denominator;
+            live.total.counted |= part.counted;
+            if let Some(h) = &part.timer {
+                let _ = live.total.timer.get_or_insert_with(new_histogram).add(h);
+            }
+            live.total.merge_gauges(&part);
+            if let Some((_, ms)) = live.def.window {
+                if bucket < self.latest_end_ms - i64::try_from(ms).unwrap_or(i64::MAX) {
+                    continue; // too late for the window it belonged to
+                }
+                live.running.count += part.count;
+                live.running.denominator += part.denominator;
+                live.running.counted |= part.counted;
+                if let Some(h) = &part.timer {
+                    let _ = live.running.timer.get_or_insert_with(new_histogram).add(h);
+                }
+                let slot = live.buckets.entry(bucket).or_default();
+                slot.count += part.count;
+                slot.denominator += part.denominator;
+                slot.counted |= part.counted;
+                if let Some(h) = &part.timer {
+                    let _ = slot.timer.get_or_insert_with(new_histogram).add(h);
+                }
+                slot.merge_gauges(&part);
+            }
+        }
+    }
+
+    /// Judges every threshold on what has arrived: answers the thresholds whose
+    /// state changed, and the first breach of an `abort_on_fail` threshold due now.
+    pub fn evaluate(&mut self) -> (Vec<ThresholdView>, Option<Breach>) {
+        let (latest, first) = (self.latest_end_ms, self.first_ms);
+        let mut changed = Vec::new();
+        let mut breach = None;
+        for live in &mut self.thresholds {
+            let before = live.state;
+            match live.judge(latest) {
+                Ok(v) => {
+                    live.value = Some(v);
+                    live.note = None;
+                    live.state = if live.def.expr.op.holds(v, live.def.expr.bound) { ThresholdState::Ok } else { ThresholdState::Failing };
+                }
+                Err(note) => {
+                    live.value = None;
+                    live.note = Some(note);
+                    live.state = ThresholdState::Pending;
+                }
+            }
+            if live.state == ThresholdState::Failing && live.first_breach_ms.is_none() {
+                live.first_breach_ms = Some(latest);
+            }
+            let due = first.is_some_and(|f| latest - f >= i64::try_from(live.def.delay_abort_ms).unwrap_or(i64::MAX));
+            if live.def.abort_on_fail && live.state == ThresholdState::Failing && !live.reported && due && breach.is_none() {
+                live.reported = true;
+                breach = Some(Breach { reason: live.breach_text(latest), at_ms: latest });
+            }
+            if live.state != before {
+                changed.push(live.view());
+            }
+        }
+        (changed, breach)
+    }
+
+    /// The final judgement of every threshold, once the run's last window is in.
+    pub fn finish(&mut self) -> Vec<ThresholdView> {
+        self.evaluate();
+        for live in &mut self.thresholds {
+            let breached_window = live.def.window.is_some() && live.first_breach_ms.is_some();
+            if breached_window {
+                live.note = Some(format!("failed in a {} window at {}", live.window_text(), live.first_breach_text()));
+            }
+            live.state = if live.state == ThresholdState::Ok && !breached_window { ThresholdState::Passed } else { ThresholdState::Failed };
+        }
+        self.views()
+    }
+
+    /// Every threshold as it stands.
+    pub fn views(&self) -> Vec<ThresholdView> {
+        self.thresholds.iter().map(Live::view).collect()
+    }
+
+    /// What a restarted broker needs to go on judging (the thresholds come from the plan again).
+    pub fn saved(&self) -> serde_json::Value {
+        let lives: Vec<SavedLive> = self
+            .thresholds
+            .iter()
+            .map(|l| SavedLive {
+                total: l.total.saved(),
+                buckets: l.buckets.iter().map(|(k, t)| (*k, t.saved())).collect(),
+                span: l.span,
+                first_breach_ms: l.first_breach_ms,
+                reported: l.reported,
+            })
+            .collect();
+        serde_json::json!({"first_ms": self.first_ms, "latest_end_ms": self.latest_end_ms, "thresholds": lives})
+    }
+
+    /// Takes back what `saved` wrote (for the same plan's thresholds, in the same order).
+    pub fn restore(&mut self, saved: &serde_json::Value) {
+        self.first_ms = saved["first_ms"].as_i64();
+        self.latest_end_ms = saved["latest_end_ms"].as_i64().unwrap_or(0);
+        let lives: Vec<SavedLive> = serde_json::from_value(saved["thresholds"].clone()).unwrap_or_default();
+        if lives.len() != self.thresholds.len() {
+            return;
+        }
+        for (live, saved) in self.thresholds.iter_mut().zip(lives) {
+            live.total = Tally::restored(saved.total);
+            live.buckets = saved.buckets.into_iter().map(|(k, t)| (k, Tally::restored(t))).collect();
+            live.running = Tally::default();
+            for bucket in live.buckets.values() {
+                live.running.count += bucket.count;
+                live.running.denominator += bucket.denominator;
+                live.running.counted |= bucket.counted;
+                if let Some(h) = &bucket.timer {
+                    let _ = live.running.timer.get_or_insert_with(new_histogram).add(h);
+                }
+            }
+            live.span = saved.span;
+            live.first_breach_ms = saved.first_breach_ms;
+            live.reported = saved.reported;
+        }
+        self.evaluate();
+    }
+}
+
+impl Live {
+    /// The value now: over the run so far, or over the window ending at `latest`.
+    fn judge(&mut self, latest: i64) -> Result<f64, String> {
+        let Some((window_text, window_ms)) = self.def.window.clone() else {
+            let seconds = self.span.map_or(0.0, |(a, b)| (b - a) as f64 / 1000.0);
+            return self.total.value(&self.def.metric, self.def.expr.aggregation, seconds);
+        };
+        let cutoff = latest - i64::try_from(window_ms).unwrap_or(i64::MAX);
+        let expired: Vec<i64> = self.buckets.range(..cutoff).map(|(k, _)| *k).collect();
+        for key in expired {
+            if let Some(old) = self.buckets.remove(&key) {
+                self.running.subtract(&old);
+            }
+        }
+        let mut tally = self.running.clone();
+        tally.gauges.clear();
+        tally.gauge_range = None;
+        for bucket in self.buckets.values() {
+            tally.merge_gauges(bucket);
+        }
+        let covered = self.span.map_or(0, |(a, _)| latest - a.max(cutoff));
+        let value = tally.value(&self.def.metric, self.def.expr.aggregation, covered.max(0) as f64 / 1000.0);
+        value.map_err(|e| format!("{e} in the last {window_text}"))
+    }
+
+    fn window_text(&self) -> String {
+        self.def.window.as_ref().map(|(w, _)| w.clone()).unwrap_or_default()
+    }
+
+    fn first_breach_text(&self) -> String {
+        self.first_breach_ms.and_then(at).map(|t| t.format("%H:%M:%S").to_string()).unwrap_or_default()
+    }
+
+    fn breach_text(&self, at_ms: i64) -> String {
+        let value = self.value.map(shown).unwrap_or_default();
+        let when = at(at_ms).map(|t| t.format("%H:%M:%S UTC").to_string()).unwrap_or_default();
+        let scope = self.def.step.as_ref().map(|s| format!(" of step {s:?}")).unwrap_or_default();
+        format!("threshold {} {}{scope} failed: {value} at {when}", self.def.key, self.def.text)
+    }
+
+    fn view(&self) -> ThresholdView {
+        ThresholdView {
+            metric: self.def.key.clone(),
+            threshold: self.def.text.clone(),
+            step: self.def.step.clone(),
+            abort_on_fail: self.def.abort_on_fail,
+            window: self.def.window.as_ref().map(|(w, _)| w.clone()),
+            state: self.state,
+            value: self.value,
+            first_breach_at: self.first_breach_ms.and_then(at),
+            note: self.note.clone(),
+        }
+    }
+}
+
+/// A generator node that ran its CPU flat out for part of its step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Saturation {
+    /// The step.
+    pub step: String,
+    /// The node.
+    pub node: String,
+    /// Windows (seconds) above the busy line.
+    pub busy_seconds: u64,
+    /// Their share of the node's windows.
+    pub share: f64,
+    /// The busy line, percent CPU.
+    pub cpu_percent: f64,
+}
+
+/// The verdict on a run that ended for `ending`, with why. Precedence: a user's
+/// abort, then the run's own failure (error), then numbers that cannot be trusted
+/// (invalid: a saturated generator), then failed thresholds or, with
+/// `fail_on_regression`, broken regression rules; else passed.
+pub fn verdict(
+    ending: &Ending,
+    thresholds: &[ThresholdView],
+    saturated: &[Saturation],
+    regressions: &[String],
+    fail_on_regression: bool,
+) -> (Verdict, String) {
+    let failed: Vec<String> = thresholds
+        .iter()
+        .filter(|t| t.state == ThresholdState::Failed)
+        .map(|t| {
+            let scope = t.step.as_ref().map(|s| format!(" (step {s:?})")).unwrap_or_default();
+            let how = match (t.value, &t.note) {
+                (_, Some(note)) => note.clone(),
+                (Some(v), None) => format!("value {}", shown(v)),
+                (None, None) => "no value".into(),
+            };
+            format!("{} {}{scope}: {how}", t.metric, t.threshold)
+        })
+        .collect();
+    let regressed = if regressions.is_empty() { String::new() } else { format!("regressed against the baseline: {}", regressions.join("; ")) };
+    match ending {
+        Ending::Aborted => return (Verdict::Aborted, "the run was aborted".into()),
+        Ending::StepFailed(reason) => return (Verdict::Error, format!("the run failed: {reason}")),
+        Ending::Finished | Ending::Breached(_) => {}
+    }
+    if let Some(s) = saturated.first() {
+        let others = if saturated.len() > 1 { format!(" (and {} more node(s))", saturated.len() - 1) } else { String::new() };
+        let reason = format!(
+            "generator node {} of step {:?} ran its CPU above {}% for {} s ({:.0}% of its windows){others}: \
+             the numbers show the generator's limits, not the service's",
+            s.node,
+            s.step,
+            number_text(s.cpu_percent),
+            s.busy_seconds,
+            s.share * 100.0
+        );
+        return (Verdict::Invalid, reason);
+    }
+    if let Ending::Breached(reason) = ending {
+        let rest: Vec<&String> = failed.iter().filter(|f| !reason.contains(f.split(':').next().unwrap_or_default())).collect();
+        let more = if rest.is_empty() { String::new() } else { format!("; also failed: {}", rest.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; ")) };
+        return (Verdict::Failed, format!("{reason} (abort_on_fail){more}"));
+    }
+    if !failed.is_empty() {
+        return (Verdict::Failed, format!("thresholds failed: {}", failed.join("; ")));
+    }
+    if !regressed.is_empty() && fail_on_regression {
+        return (Verdict::Failed, regressed);
+    }
+    let held = match thresholds.len() {
+        0 => "the run completed; the plan has no thresholds".to_string(),
+        1 => "its threshold held".to_string(),
+        n => format!("all {n} thresholds held"),
+    };
+    if regressed.is_empty() {
+        (Verdict::Passed, held)
+    } else {
+        (Verdict::Passed, format!("{held}; {regressed} (fail_on_regression is off)"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::metrics::Aggregator;
+    use crate::domain::thresholds::{parse_expr, parse_key};
+
+    fn threshold(key: &str, text: &str) -> Threshold {
+        Threshold {
+            key: key.into(),
+            metric: parse_key(key).unwrap(),
+            text: text.into(),
+            expr: parse_expr(text).unwrap(),
+            step: None,
+            abort_on_fail: false,
+            delay_abort_ms: 0,
+            window: None,
+        }
+    }
+
+    /// One node's window of statsd `lines`, starting at second `second`.
+    fn window(node: &str, second: i64, lines: &str) -> Window {
+        let mut a = Aggregator::default();
+        a.take(lines);
+        let mut w = a.flush(1, second * 1000, 1000);
+        w.node = node.into();
+        w
+    }
+
+    fn lines(metric: &str, values: impl IntoIterator<Item = u32>) -> String {
+        values.into_iter().map(|v| format!("{metric}:{v}|ms\n")).collect()
+    }
+
+    #[test]
+    fn percentiles_are_judged_on_the_union_of_nodes_never_on_an_average_of_them() {
+        // Node a: 1000 fast samples; node b: 100 slow ones. Their p(95)s are 10 and 300;
+        // averaged (155) they would pass p(95)<200, but the union's p(95) is 300.
+        let mut judge = Judge::new(vec![threshold("lat", "p(95)<200")]);
+        judge.add("gen", &window("a", 0, &lines("lat", std::iter::repeat_n(10, 1000))));
+        judge.add("gen", &window("b", 0, &lines("lat", std::iter::repeat_n(300, 100))));
+        let (changed, _) = judge.evaluate();
+        assert_eq!(changed[0].state, ThresholdState::Failing);
+        // HDR histograms keep 3 significant digits: the value is 300 within 0.1%, as in the summary.
+        assert!((changed[0].value.unwrap() - 300.0).abs() <= 0.3, "{changed:?}");
+    }
+
+    #[test]
+    fn counts_over_every_node_fail_where_each_node_alone_holds() {
+        let mut each = Vec::new();
+        for node in ["a", "b"] {
+            let mut alone = Judge::new(vec![threshold("req", "count<100")]);
+            alone.add("gen", &window(node, 0, &"req:1|c\n".repeat(60)));
+            each.push(alone.evaluate().0[0].state);
+        }
+        assert_eq!(each, [ThresholdState::Ok, ThresholdState::Ok]);
+        let mut both = Judge::new(vec![threshold("req", "count<100")]);
+        for node in ["a", "b"] {
+            both.add("gen", &window(node, 0, &"req:1|c\n".repeat(60)));
+        }
+        let (changed, _) = both.evaluate();
+        assert_eq!((changed[0].state, changed[0].value), (ThresholdState::Failing, Some(120.0)));
+    }
+
+    #[test]
+    fn filters_rates_ratios_and_gauges() {
+        let mut judge = Judge::new(vec![
+            threshold("req{status:error}", "rate<1"),
+            threshold("req{status:error}/req", "value<0.1"),
+            threshold("req{node:a}", "count==20"),
+            threshold("conns", "value>=5"),
+            threshold("conns", "max<4"),
+        ]);
+        for second in 0..10 {
+            for node in ["a", "b"] {
+                let errors = if node == "b" { "req:1|c|#status:error\n" } else { "" };
+                judge.add("gen", &window(node, second, &format!("req:2|c|#status:ok\n{errors}conns:3|g\n")));
+            }
+        }
+        let views = judge.finish();
+        let values: Vec<Option<f64>> = views.iter().map(|v| v.value).collect();
+        // 10 errors over 10 s; 10 of 50 requests; node a's 20; two nodes' gauges summed (6), the largest seen (3).
+        assert_eq!(values, [Some(1.0), Some(0.2), Some(20.0), Some(6.0), Some(3.0)]);
+        let states: Vec<ThresholdState> = views.iter().map(|v| v.state).collect();
+        use ThresholdState::*;
+        assert_eq!(states, [Failed, Failed, Passed, Passed, Passed]);
+    }
+
+    #[test]
+    fn what_never_arrives_is_zero_for_counts_and_fails_otherwise() {
+        let mut judge = Judge::new(vec![threshold("errors", "count<1"), threshold("lat", "p(95)<200"), threshold("req", "p(95)<1")]);
+        judge.add("gen", &window("a", 0, "req:1|c\n"));
+        let views = judge.finish();
+        assert_eq!((views[0].state, views[0].value), (ThresholdState::Passed, Some(0.0)));
+        assert_eq!((views[1].state, views[1].note.as_deref()), (ThresholdState::Failed, Some("no samples of lat")));
+        assert!(views[2].note.as_deref().unwrap().contains("req is a counter"), "{views:?}");
+    }
+
+    #[test]
+    fn a_sliding_window_forgets_old_samples_and_a_breach_in_any_window_fails() {
+        let mut t = threshold("lat", "avg<100");
+        t.window = Some(("3s".into(), 3000));
+        let mut judge = Judge::new(vec![t]);
+        for second in 0..10 {
+            let ms = if (4..6).contains(&second) { 500 } else { 10 };
+            judge.add("gen", &window("a", second, &lines("lat", [ms])));
+            judge.evaluate();
+        }
+        let view = &judge.views()[0];
+        assert_eq!(view.state, ThresholdState::Ok);
+        assert!((view.value.unwrap() - 10.0).abs() <= 0.01, "seconds 7-9 are all fast: {view:?}");
+        let end = judge.finish();
+        assert_eq!(end[0].state, ThresholdState::Failed, "{end:?}");
+        assert!(end[0].note.as_deref().unwrap().starts_with("failed in a 3s window"), "{end:?}");
+    }
+
+    #[test]
+    fn an_abort_on_fail_threshold_breaches_once_after_its_delay() {
+        let mut t = threshold("lat", "p(99)<500");
+        t.abort_on_fail = true;
+        t.delay_abort_ms = 3000;
+        let mut judge = Judge::new(vec![t]);
+        let mut breaches = Vec::new();
+        for second in 0..6 {
+            judge.add("gen", &window("a", second, &lines("lat", [900])));
+            if let (_, Some(b)) = judge.evaluate() {
+                breaches.push((second, b));
+            }
+        }
+        assert_eq!(breaches.len(), 1, "{breaches:?}");
+        let (second, breach) = &breaches[0];
+        assert_eq!(*second, 2, "the window ending 3 s after the first one started");
+        assert_eq!(breach.at_ms, 3000);
+        assert!(breach.reason.starts_with("threshold lat p(99)<500 failed: 900."), "{}", breach.reason);
+        assert!(breach.reason.ends_with(" at 00:00:03 UTC"), "{}", breach.reason);
+    }
+
+    #[test]
+    fn steps_own_thresholds_see_only_their_step() {
+        let mut t = threshold("req", "count<5");
+        t.metric = t.metric.scoped_to("gen");
+        let mut judge = Judge::new(vec![t]);
+        judge.add("gen", &window("a", 0, "req:3|c\n"));
+        judge.add("other", &window("b", 0, "req:30|c\n"));
+        assert_eq!(judge.finish()[0].value, Some(3.0));
+    }
+
+    #[test]
+    fn a_restarted_judge_goes_on_where_it_was() {
+        let mut t = threshold("lat", "count<10");
+        t.window = Some(("60s".into(), 60_000));
+        let make = || Judge::new(vec![threshold("req", "count<10"), t.clone()]);
+        let mut before = make();
+        before.add("gen", &window("a", 0, &format!("req:4|c\n{}", lines("lat", [1, 2, 3]))));
+        before.evaluate();
+        let mut after = make();
+        after.restore(&serde_json::from_str(&before.saved().to_string()).unwrap());
+        after.add("gen", &window("a", 1, &format!("req:7|c\n{}", lines("lat", [4]))));
+        let values: Vec<Option<f64>> = after.finish().iter().map(|v| v.value).collect();
+        assert_eq!(values, [Some(11.0), Some(4.0)]);
+    }
+
+    fn view(state: ThresholdState) -> ThresholdView {
+        ThresholdView {
+            metric: "lat".into(),
+            threshold: "p(95)<200".into(),
+            step: None,
+            abort_on_fail: false,
+            window: None,
+            state,
+            value: Some(250.0),
+            first_breach_at: None,
+            note: None,
+        }
+    }
+
+    #[test]
+    fn verdicts_follow_their_precedence() {
+        let hot = Saturation { step: "gen".into(), node: "s1n0".into(), busy_seconds: 12, share: 0.4, cpu_percent: 90.0 };
+        let failed = [view(ThresholdState::Failed)];
+        let passed = [view(ThresholdState::Passed)];
+        let v = |ending: Ending, t: &[ThresholdView], s: &[Saturation], r: &[String], f: bool| verdict(&ending, t, s, r, f).0;
+        assert_eq!(v(Ending::Aborted, &failed, &[hot.clone()], &[], false), Verdict::Aborted);
+        assert_eq!(v(Ending::StepFailed("x".into()), &failed, &[hot.clone()], &[], false), Verdict::Error);
+        assert_eq!(v(Ending::Finished, &failed, &[hot.clone()], &[], false), Verdict::Invalid);
+        assert_eq!(v(Ending::Breached("threshold lat".into()), &failed, &[], &[], false), Verdict::Failed);
+        assert_eq!(v(Ending::Finished, &failed, &[], &[], false), Verdict::Failed);
+        let regressed = ["lat p(95) +10%".to_string()];
+        assert_eq!(v(Ending::Finished, &passed, &[], &regressed, true), Verdict::Failed);
+        assert_eq!(v(Ending::Finished, &passed, &[], &regressed, false), Verdict::Passed);
+        assert_eq!(v(Ending::Finished, &[], &[], &[], false), Verdict::Passed);
+        let (_, why) = verdict(&Ending::Finished, &[], &[hot], &[], false);
+        assert!(why.starts_with("generator node s1n0 of step \"gen\" ran its CPU above 90% for 12 s (40% of its windows)"), "{why}");
+        let (_, why) = verdict(&Ending::Finished, &failed, &[], &[], false);
+        assert_eq!(why, "thresholds failed: lat p(95)<200: value 250");
+    }
+}
