@@ -16,7 +16,7 @@ pub const BUSYBOX: &str = "loads/busybox:1";
 /// The demo's service under test (busybox httpd on port 8080).
 pub const DEMO_HTTPD: &str = "loads/demo-httpd:1";
 /// The demo's shell load generator.
-pub const DEMO_SHELL_GEN: &str = "loads/demo-shell-gen:1";
+pub const DEMO_SHELL_GEN: &str = "loads/demo-shell-gen:2";
 /// The demo's C load generator.
 pub const DEMO_C_GEN: &str = "loads/demo-c-gen:1";
 

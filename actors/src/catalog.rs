@@ -10,9 +10,10 @@ use sea_orm::DatabaseConnection;
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::domain::compare::Comparison;
 use crate::domain::validate::{self, Limits};
-use crate::domain::views::{ImportReport, Page, PlanSummary, PlanView, ProjectDetail, ProjectTree, ProjectView, RunView};
-use crate::store::runs::RunFilter;
+use crate::domain::views::{BaselineView, ImportReport, Page, PlanSummary, PlanView, ProjectDetail, ProjectTree, ProjectView, RunView};
+use crate::store::runs::{CompareTo, RunFilter};
 use crate::store::{self, plans, projects, runs, StoreError};
 
 /// Owns the catalog: projects, plans, steps, and run records.
@@ -185,4 +186,28 @@ catalog_message!(
         let mut trees = projects::trees(&db, Some(report.project.project.id)).await?;
         Ok(trees.remove(0))
     }
+);
+
+catalog_message!(
+    /// Makes a finished run of a plan its baseline, replacing any other.
+    SetBaseline { plan_id: Uuid, run_id: Uuid } -> BaselineView,
+    |db, limits, msg| plans::set_baseline(&db, msg.plan_id, msg.run_id).await
+);
+
+catalog_message!(
+    /// Reads a plan's baseline.
+    GetBaseline { plan_id: Uuid } -> BaselineView,
+    |db, limits, msg| plans::baseline(&db, msg.plan_id).await
+);
+
+catalog_message!(
+    /// Removes a plan's baseline.
+    ClearBaseline { plan_id: Uuid } -> (),
+    |db, limits, msg| plans::clear_baseline(&db, msg.plan_id).await
+);
+
+catalog_message!(
+    /// Compares a finished run with its plan's baseline or another finished run.
+    CompareRuns { run_id: Uuid, to: CompareTo } -> Comparison,
+    |db, limits, msg| runs::compare(&db, msg.run_id, msg.to).await
 );

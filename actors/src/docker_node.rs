@@ -448,6 +448,7 @@ impl Handler<TearDown> for DockerNodeActor {
                     }
                     let logs = engine.logs(&c.docker_id, Some(tail)).await.unwrap_or_else(|e| format!("(logs unavailable: {e})"));
                     let logs = secrets.mask(&logs);
+                    let exited_at = engine.exited_at(&c.docker_id).await.ok().flatten();
                     if let Err(e) = engine.remove_container(&c.docker_id).await {
                         tracing::warn!(error = %e, "removing a container failed; the run's sweep removes it");
                     }
@@ -461,6 +462,7 @@ impl Handler<TearDown> for DockerNodeActor {
                         exit_code: c.exit_code,
                         logs,
                         started_at: c.started_at,
+                        exited_at,
                     };
                     if let Err(e) = runs::record_container(&db, record).await {
                         tracing::warn!(error = %e, "could not record a container");
@@ -509,6 +511,7 @@ impl Handler<LiveLogs> for DockerNodeActor {
                         exit_code: c.exit_code,
                         logs,
                         created_at: c.started_at,
+                        exited_at: None,
                         finished_at: None,
                     });
                 }

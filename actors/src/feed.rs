@@ -18,7 +18,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use utoipa::ToSchema;
 
-use crate::domain::views::{RunState, StepState};
+use crate::domain::views::{RunState, StepState, ThresholdView, Verdict};
 
 /// How many events a subscriber may have unread before it is dropped.
 pub const SUBSCRIBER_BUFFER: usize = 4096;
@@ -100,6 +100,18 @@ pub enum EventKind {
     Dashboard {
         /// Where it is.
         url: String,
+    },
+    /// A threshold's state changed: `pending`, `ok`, `failing` while the run is live; `passed` or `failed` once judged.
+    Threshold {
+        /// The threshold as it stands.
+        threshold: ThresholdView,
+    },
+    /// The run's verdict, published once stored, just before the run's final state.
+    Verdict {
+        /// The verdict.
+        verdict: Verdict,
+        /// Why, for a human.
+        reason: String,
     },
     /// A container changed state: `started`, `exited`, `removed`.
     Container {

@@ -6,6 +6,12 @@
 //! A step's totals take every window as it arrives, so the summary is exact
 //! whatever the arrival order. Merged windows for the feed are published once
 //! every node of the step has reported that window, or 3 s late at most.
+//!
+//! Each run's thresholds are judged here too (`domain::judge`), on every
+//! window as it arrives, over the union of the selected nodes' samples: the
+//! thresholds whose state changed, and a breach of an `abort_on_fail` one,
+//! go to the run's supervisor at once (`ThresholdsJudged`); a breach is also
+//! marked on the run's Grafana dashboard and in InfluxDB's `events`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -16,8 +22,9 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use crate::domain::dashboard;
+use crate::domain::judge::{Breach, Judge, Saturation, Threshold};
 use crate::domain::metrics::{Merged, TimerStats, Window};
-use crate::domain::views::MetricSummaryView;
+use crate::domain::views::{MetricSummaryView, ThresholdView};
 use crate::domain::ValidationErrors;
 use crate::infra::grafana::{DashboardError, Dashboards, Grafana};
 use crate::infra::influx::{window_points, Influx, PointTags};
@@ -49,10 +56,13 @@ struct Slot {
     first_seen_ms: i64,
 }
 
-/// A node's host over a step: sums for means, maxima, and busy windows.
+/// A node's host over a step: sums for means, maxima, and, of the windows in which
+/// its generator reported (it was running), how many were busy.
 #[derive(Default, serde::Serialize, serde::Deserialize)]
 struct HostTotals {
     samples: u64,
+    #[serde(default)]
+    active: u64,
     busy: u64,
     sums: [f64; 4],
     maxima: [f64; 4],
@@ -60,9 +70,21 @@ struct HostTotals {
 
 const HOST_FIELDS: [&str; 4] = ["host.cpu_percent", "host.memory_percent", "host.net_rx_bytes_per_s", "host.net_tx_bytes_per_s"];
 
-/// CPU above which a window counts as busy, and the share of busy windows that means saturated.
+/// CPU above which a window counts as busy, the share of busy windows that means
+/// saturated, and the fewest busy windows (seconds) that do.
 const BUSY_CPU_PERCENT: f64 = 90.0;
 const SATURATED_SHARE: f64 = 0.10;
+const SATURATED_SECONDS: u64 = 3;
+
+/// A run's thresholds were judged: those whose state changed, and a breach that must stop the run.
+#[derive(Clone, Debug, Message)]
+#[rtype(result = "()")]
+pub struct ThresholdsJudged {
+    /// Thresholds whose state changed.
+    pub changed: Vec<ThresholdView>,
+    /// An `abort_on_fail` threshold failed.
+    pub breach: Option<Breach>,
+}
 
 struct StepMetrics {
     name: String,
@@ -88,6 +110,9 @@ struct RunMetrics {
     steps: HashMap<Uuid, StepMetrics>,
     /// Windows arrived since the totals were last written to the database.
     dirty: bool,
+    /// The run's thresholds, judged as windows arrive, and who is told.
+    judge: Judge,
+    judged: Recipient<ThresholdsJudged>,
 }
 
 /// A step's totals as written to the database every second, so a restarted broker carries them on.
@@ -100,7 +125,7 @@ struct SavedStep {
 }
 
 impl RunMetrics {
-    /// The totals of every step, as JSON.
+    /// The totals of every step and the thresholds' judging, as JSON.
     fn saved(&self) -> String {
         let steps: BTreeMap<String, SavedStep> = self
             .steps
@@ -109,21 +134,28 @@ impl RunMetrics {
                 let hosts = s
                     .hosts
                     .iter()
-                    .map(|(node, h)| (node.clone(), HostTotals { samples: h.samples, busy: h.busy, sums: h.sums, maxima: h.maxima }))
+                    .map(|(node, h)| {
+                        (node.clone(), HostTotals { samples: h.samples, active: h.active, busy: h.busy, sums: h.sums, maxima: h.maxima })
+                    })
                     .collect();
                 let saved = SavedStep { totals: s.totals.to_window(), windows: s.windows.clone(), dropped: s.dropped.clone(), hosts };
                 (id.to_string(), saved)
             })
             .collect();
-        serde_json::to_string(&steps).unwrap_or_default()
+        serde_json::json!({"steps": steps, "judge": self.judge.saved()}).to_string()
     }
 
-    /// Takes back totals written by `saved`.
+    /// Takes back totals written by `saved` (or by brokers before thresholds: the steps alone).
     fn restore(&mut self, text: &str) {
-        let Ok(mut steps) = serde_json::from_str::<BTreeMap<String, SavedStep>>(text) else {
+        let value: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+        let steps = if value.get("steps").is_some() { &value["steps"] } else { &value };
+        let Ok(mut steps) = serde_json::from_value::<BTreeMap<String, SavedStep>>(steps.clone()) else {
             tracing::warn!("the saved metrics of a run could not be read; its totals start again");
             return;
         };
+        if let Some(judge) = value.get("judge") {
+            self.judge.restore(judge);
+        }
         for (id, step) in &mut self.steps {
             if let Some(saved) = steps.remove(&id.to_string()) {
                 step.totals = Merged::default();
@@ -291,7 +323,8 @@ impl Actor for MetricsActor {
             for (id, run) in &mut act.runs {
                 points.push((*id, Self::publish_ready(*id, run, now, false)));
                 if std::mem::take(&mut run.dirty) {
-                    saves.push((*id, run.saved()));
+                    let thresholds = (!run.judge.is_empty()).then(|| run.judge.views());
+                    saves.push((*id, run.saved(), thresholds));
                 }
             }
             for (id, run_points) in points {
@@ -299,9 +332,12 @@ impl Actor for MetricsActor {
             }
             let db = act.db.clone();
             ctx.spawn(actix::fut::wrap_future(async move {
-                for (run_id, state) in saves {
+                for (run_id, state, thresholds) in saves {
                     if let Err(e) = runs::set_metrics_state(&db, run_id, state).await {
                         tracing::warn!(%run_id, error = %e, "could not record the run's metrics so far");
+                    }
+                    if let Some(views) = thresholds {
+                        save_thresholds(&db, run_id, &views).await;
                     }
                 }
             }));
@@ -326,6 +362,25 @@ pub struct TrackedStep {
     pub generator: bool,
 }
 
+/// A generator step's nodes that ran their CPU above the busy line for more than
+/// `SATURATED_SHARE` of their windows, and at least `SATURATED_SECONDS`.
+fn saturated(step: &StepMetrics) -> Vec<Saturation> {
+    if !step.generator {
+        return Vec::new();
+    }
+    step.hosts
+        .iter()
+        .filter(|(_, h)| h.active > 0 && h.busy as f64 / h.active as f64 > SATURATED_SHARE && h.busy >= SATURATED_SECONDS)
+        .map(|(node, h)| Saturation {
+            step: step.name.clone(),
+            node: node.clone(),
+            busy_seconds: h.busy,
+            share: h.busy as f64 / h.active as f64,
+            cpu_percent: BUSY_CPU_PERCENT,
+        })
+        .collect()
+}
+
 /// Starts collecting a run's metrics: its token, its steps and their node counts.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -344,6 +399,10 @@ pub struct TrackRun {
     pub resumed: bool,
     /// The plan has a monitor step: its points go to an InfluxDB database of its own.
     pub own_database: bool,
+    /// Its thresholds (the plan's and its steps').
+    pub thresholds: Vec<Threshold>,
+    /// Who is told how they stand (the run's supervisor).
+    pub judged: Recipient<ThresholdsJudged>,
 }
 
 impl Handler<TrackRun> for MetricsActor {
@@ -383,8 +442,13 @@ impl Handler<TrackRun> for MetricsActor {
             }
             (influx, _) => influx.clone(),
         };
-        let run = RunMetrics { token: msg.token, plan: msg.plan, influx, feed: msg.feed, steps, dirty: false };
+        let judge = Judge::new(msg.thresholds);
+        let run = RunMetrics { token: msg.token, plan: msg.plan, influx, feed: msg.feed, steps, dirty: false, judge, judged: msg.judged };
         if !msg.resumed {
+            let (db, run_id, views) = (self.db.clone(), msg.run_id, run.judge.views());
+            if !views.is_empty() {
+                ctx.spawn(async move { save_thresholds(&db, run_id, &views).await }.into_actor(self));
+            }
             self.runs.insert(msg.run_id, run);
             return;
         }
@@ -476,6 +540,7 @@ impl Handler<Ingest> for MetricsActor {
             let node_points = window_points(&tags, w.start_ms / 1000 * 1000, &single, w.duration_ms as f64 / 1000.0, w.host.as_ref());
             points.extend(node_points.into_iter().map(|p| (step_id, p)));
             step.totals.add(w);
+            run.judge.add(&step.name, w);
             if w.lines > 0 {
                 *step.windows.entry(w.node.clone()).or_default() += 1;
             }
@@ -484,7 +549,10 @@ impl Handler<Ingest> for MetricsActor {
                 let totals = step.hosts.entry(w.node.clone()).or_default();
                 let values = [h.cpu_percent, h.memory_percent, h.net_rx_bytes_per_s, h.net_tx_bytes_per_s];
                 totals.samples += 1;
-                totals.busy += u64::from(h.cpu_percent > BUSY_CPU_PERCENT);
+                if w.lines > 0 {
+                    totals.active += 1;
+                    totals.busy += u64::from(h.cpu_percent > BUSY_CPU_PERCENT);
+                }
                 for (i, v) in values.iter().enumerate() {
                     totals.sums[i] += v;
                     totals.maxima[i] = totals.maxima[i].max(*v);
@@ -499,8 +567,54 @@ impl Handler<Ingest> for MetricsActor {
             slot.nodes.insert(w.node.clone());
         }
         points.extend(Self::publish_ready(msg.run_id, run, now, false));
+        let breach = Self::judge(run);
         self.write(msg.run_id, points, ctx);
+        if let Some(breach) = breach {
+            self.mark_breach(msg.run_id, &breach, ctx);
+        }
         Ok(msg.windows.len())
+    }
+}
+
+async fn save_thresholds(db: &DatabaseConnection, run_id: Uuid, views: &[ThresholdView]) {
+    if let Err(e) = runs::set_thresholds(db, run_id, views).await {
+        tracing::warn!(%run_id, error = %e, "could not record how the run's thresholds stand");
+    }
+}
+
+impl MetricsActor {
+    /// Judges the run's thresholds on what has arrived; tells its supervisor what changed.
+    fn judge(run: &mut RunMetrics) -> Option<Breach> {
+        if run.judge.is_empty() {
+            return None;
+        }
+        let (changed, breach) = run.judge.evaluate();
+        if !changed.is_empty() || breach.is_some() {
+            run.judged.do_send(ThresholdsJudged { changed, breach: breach.clone() });
+        }
+        breach
+    }
+
+    /// Marks a breach where people look: an annotation on the run's Grafana dashboard, an InfluxDB event.
+    fn mark_breach(&self, run_id: Uuid, breach: &Breach, ctx: &mut Context<Self>) {
+        tracing::warn!(%run_id, reason = %breach.reason, "a threshold with abort_on_fail failed: the run stops");
+        let influx = self.runs.get(&run_id).and_then(|r| r.influx.clone());
+        let grafana = self.dashboards.grafana.clone();
+        let (text, at_ms) = (breach.reason.clone(), breach.at_ms);
+        ctx.spawn(actix::fut::wrap_future(async move {
+            if let Some(influx) = influx {
+                let at = influxdb::Timestamp::Milliseconds(u128::try_from(at_ms).unwrap_or(0));
+                let point = influxdb::WriteQuery::new(at, "events").add_tag("run", run_id.to_string()).add_field("text", text.clone());
+                if let Err(e) = influx.write(vec![point]).await {
+                    tracing::warn!(%run_id, error = %e, "the breach was not written to InfluxDB");
+                }
+            }
+            if let Some(grafana) = grafana {
+                if let Err(e) = grafana.annotate(&dashboard::uid_of(run_id), at_ms, &text, &["loads", "breach"]).await {
+                    tracing::warn!(%run_id, error = %e, "the breach was not marked on the dashboard");
+                }
+            }
+        }));
     }
 }
 
@@ -558,8 +672,7 @@ fn summarise(step_id: Uuid, step: &StepMetrics) -> Vec<MetricSummaryView> {
             out.push(MetricSummaryView { mean: Some(mean), max: Some(max), ..row(field, "host", samples as f64) });
         }
     }
-    let saturated = step.generator && step.hosts.values().any(|h| h.samples > 0 && h.busy as f64 / h.samples as f64 > SATURATED_SHARE);
-    out.push(row("generator_saturated", "flag", f64::from(u8::from(saturated))));
+    out.push(row("generator_saturated", "flag", f64::from(u8::from(!saturated(step).is_empty()))));
     out.push(row("relay.lines", "relay", step.totals.lines as f64));
     out.push(row("relay.malformed", "relay", step.totals.malformed as f64));
     out.push(row("relay.windows_dropped", "relay", step.dropped.values().sum::<u64>() as f64));
@@ -569,32 +682,45 @@ fn summarise(step_id: Uuid, step: &StepMetrics) -> Vec<MetricSummaryView> {
     out
 }
 
-/// Stops collecting a run: publishes what is pending, stores the summaries, answers them.
+/// What a run's metrics say of it at the end.
+#[derive(Clone, Debug, Default)]
+pub struct RunJudgement {
+    /// Each step's summary.
+    pub summaries: Vec<MetricSummaryView>,
+    /// Its thresholds, judged.
+    pub thresholds: Vec<ThresholdView>,
+    /// Generator nodes that saturated their CPU.
+    pub saturated: Vec<Saturation>,
+}
+
+/// Stops collecting a run: publishes what is pending, judges its thresholds, stores the
+/// summaries and the thresholds' final states, answers them.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<Vec<MetricSummaryView>, StoreError>")]
+#[rtype(result = "Result<RunJudgement, StoreError>")]
 pub struct FinishRun {
     /// The run.
     pub run_id: Uuid,
 }
 
 impl Handler<FinishRun> for MetricsActor {
-    type Result = ResponseFuture<Result<Vec<MetricSummaryView>, StoreError>>;
+    type Result = ResponseFuture<Result<RunJudgement, StoreError>>;
 
     fn handle(&mut self, msg: FinishRun, _: &mut Context<Self>) -> Self::Result {
         let mut influx = self.influx.clone();
         let influx_configured = influx.is_some();
         let dashboards = self.dashboards.clone();
         let mut last_points = Vec::new();
-        let rows: Vec<MetricSummaryView> = match self.runs.remove(&msg.run_id) {
-            Some(mut run) => {
-                influx.clone_from(&run.influx);
-                last_points = Self::publish_ready(msg.run_id, &mut run, Self::now_ms(), true);
-                let mut steps: Vec<(&Uuid, &StepMetrics)> = run.steps.iter().collect();
-                steps.sort_by(|a, b| a.1.name.cmp(&b.1.name));
-                steps.into_iter().flat_map(|(id, s)| summarise(*id, s)).collect()
-            }
-            None => Vec::new(),
-        };
+        let mut judgement = RunJudgement::default();
+        if let Some(mut run) = self.runs.remove(&msg.run_id) {
+            influx.clone_from(&run.influx);
+            last_points = Self::publish_ready(msg.run_id, &mut run, Self::now_ms(), true);
+            let mut steps: Vec<(&Uuid, &StepMetrics)> = run.steps.iter().collect();
+            steps.sort_by(|a, b| a.1.name.cmp(&b.1.name));
+            judgement.summaries = steps.iter().flat_map(|(id, s)| summarise(**id, s)).collect();
+            judgement.saturated = steps.iter().flat_map(|(_, s)| saturated(s)).collect();
+            judgement.thresholds = run.judge.finish();
+        }
+        let rows = judgement.summaries.clone();
         let db = self.db.clone();
         Box::pin(async move {
             if let Some(influx) = &influx {
@@ -604,6 +730,9 @@ impl Handler<FinishRun> for MetricsActor {
                 }
             }
             runs::record_metrics(&db, msg.run_id, &rows).await?;
+            if !judgement.thresholds.is_empty() {
+                runs::set_thresholds(&db, msg.run_id, &judgement.thresholds).await?;
+            }
             if let (Some(influx), Ok(run)) = (&influx, runs::get(&db, msg.run_id).await) {
                 if let Err(e) = influx.write(step_events(&run)).await {
                     tracing::warn!(error = %e, "step events not written");
@@ -621,7 +750,7 @@ impl Handler<FinishRun> for MetricsActor {
                     Err(e) => tracing::warn!(run_id = %msg.run_id, error = %e, "dashboard not published"),
                 }
             }
-            Ok(rows)
+            Ok(judgement)
         })
     }
 }
@@ -685,7 +814,8 @@ mod tests {
     use super::*;
 
     fn step(generator: bool, busy: u64, samples: u64) -> StepMetrics {
-        let host = HostTotals { samples, busy, sums: [50.0 * samples as f64, 0.0, 0.0, 0.0], maxima: [95.0, 0.0, 0.0, 0.0] };
+        let host =
+            HostTotals { samples, active: samples, busy, sums: [50.0 * samples as f64, 0.0, 0.0, 0.0], maxima: [95.0, 0.0, 0.0, 0.0] };
         StepMetrics {
             name: "gen".into(),
             series: "gen".into(),
@@ -710,6 +840,8 @@ mod tests {
         let id = Uuid::new_v4();
         assert_eq!(flag(&summarise(id, &step(true, 11, 100))), 1.0);
         assert_eq!(flag(&summarise(id, &step(true, 10, 100))), 0.0, "exactly 10% is not more than 10%");
+        assert_eq!(flag(&summarise(id, &step(true, 2, 4))), 0.0, "two busy seconds are a spike, not saturation");
+        assert_eq!(saturated(&step(true, 3, 4))[0].busy_seconds, 3);
         assert_eq!(flag(&summarise(id, &step(false, 100, 100))), 0.0, "a busy service under test is not a saturated generator");
         let cpu = summarise(id, &step(true, 0, 4)).into_iter().find(|r| r.metric == "host.cpu_percent").unwrap();
         assert_eq!((cpu.mean, cpu.max), (Some(50.0), Some(95.0)));

@@ -41,17 +41,19 @@ use uuid::Uuid;
 
 use chrono::{DateTime, Utc};
 
+use crate::domain::compare;
+use crate::domain::judge;
 use crate::domain::life::{Ending, RunPhase, StepOutcome, StopReason};
 use crate::domain::views::ContainerView;
 use crate::domain::views::{PlanView, RunState, RunView, StepState, StepView};
 use crate::domain::Env;
 use crate::feed::{EventKind, Feed, RunEvent};
 use crate::journal::{self, Journal, Journaled};
-use crate::metrics::{FinishRun, MetricsActor, MetricsPublished, PublishDashboard, TrackRun, TrackedStep};
+use crate::metrics::{FinishRun, MetricsActor, MetricsPublished, PublishDashboard, ThresholdsJudged, TrackRun, TrackedStep};
 use crate::pool::{AdoptRun, CloseRun, Ec2PoolActor, OpenRun};
 use crate::settings::RunSettings;
 use crate::step::{ReportKind, StartStep, StepActor, StepContext, StepLogs, StepReport, StepResume, StopStep};
-use crate::store::{runs, StoreError};
+use crate::store::{plans, runs, StoreError};
 
 /// A run has ended; its events are handed over for late subscribers.
 #[derive(Debug, Message)]
@@ -360,6 +362,8 @@ impl RunSupervisor {
             feed: ctx.address().recipient(),
             resumed: self.resumed.is_some(),
             own_database: self.steps.values().any(|s| s.view.spec.monitor),
+            thresholds: judge::compile(&self.plan),
+            judged: ctx.address().recipient(),
         });
         // The dashboard goes up as the run starts, so it can be watched in Grafana.
         let publish = self.metrics.send(PublishDashboard { run_id: self.run_id });
@@ -541,26 +545,61 @@ impl RunSupervisor {
             return;
         }
         self.transition_to(RunPhase::Closing(ending.clone()), ctx);
-        let (pool, metrics, run_id) = (self.pool.clone(), self.metrics.clone(), self.run_id);
-        // The metrics summary and the sweep complete before the run ends.
+        let (pool, metrics, db, run_id, plan_id) =
+            (self.pool.clone(), self.metrics.clone(), self.db.clone(), self.run_id, self.plan.plan.id);
+        let judged = ending.clone();
+        // The metrics are stored and judged, what the run left is swept, and the verdict
+        // is stored before the run ends.
         let close = async move {
-            match metrics.send(FinishRun { run_id }).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::error!(%run_id, error = %e, "could not store the run's metrics"),
-                Err(e) => tracing::error!(%run_id, error = %e, "could not store the run's metrics"),
-            }
+            let judgement = match metrics.send(FinishRun { run_id }).await {
+                Ok(Ok(judgement)) => judgement,
+                Ok(Err(e)) => {
+                    tracing::error!(%run_id, error = %e, "could not store the run's metrics");
+                    Default::default()
+                }
+                Err(e) => {
+                    tracing::error!(%run_id, error = %e, "could not store the run's metrics");
+                    Default::default()
+                }
+            };
             match pool.send(CloseRun { run_id }).await {
                 Ok(Ok((0, _))) => {}
                 Ok(Ok((containers, networks))) => tracing::info!(%run_id, containers, networks, "swept what the run left"),
                 Ok(Err(e)) => tracing::error!(%run_id, error = %e, "the run's sweep failed"),
                 Err(e) => tracing::error!(%run_id, error = %e, "the run's sweep failed"),
             }
+            let (regressions, fail_on_regression) = regressions(&db, run_id, plan_id).await;
+            let (verdict, reason) = judge::verdict(&judged, &judgement.thresholds, &judgement.saturated, &regressions, fail_on_regression);
+            if let Err(e) = runs::set_verdict(&db, run_id, verdict, &reason).await {
+                tracing::error!(%run_id, error = %e, "could not record the run's verdict");
+            }
+            (judgement.thresholds, verdict, reason)
         };
-        let job = close.into_actor(self).map(move |(), act, ctx| {
+        let job = close.into_actor(self).map(move |(thresholds, verdict, reason), act, ctx| {
+            for threshold in thresholds {
+                act.feed.publish(EventKind::Threshold { threshold });
+            }
+            tracing::info!(run_id = %act.run_id, verdict = verdict.as_str(), %reason, "run verdict");
+            act.feed.publish(EventKind::Verdict { verdict, reason });
             act.transition_to(RunPhase::Ended(ending), ctx);
         });
         journal::record(self, ctx, Box::pin(job));
     }
+}
+
+/// The regression rules a finished run breaks against its plan's baseline (none without
+/// rules or a baseline), and whether the plan fails runs for them.
+async fn regressions(db: &DatabaseConnection, run_id: Uuid, plan_id: Uuid) -> (Vec<String>, bool) {
+    let Ok(plan) = plans::get(db, plan_id).await else { return (Vec::new(), false) };
+    let Some(baseline) = plan.baseline_run_id.filter(|b| *b != run_id && !plan.compare.is_empty()) else {
+        return (Vec::new(), plan.fail_on_regression);
+    };
+    let (Ok(now), Ok(then)) = (runs::metrics(db, run_id).await, runs::metrics(db, baseline).await) else {
+        return (Vec::new(), plan.fail_on_regression);
+    };
+    let comparison = compare::compare(run_id, &now, baseline, &then, &plan.compare, true);
+    let broken = comparison.rules.into_iter().filter(|r| r.regressed).map(|r| r.summary).collect();
+    (broken, plan.fail_on_regression)
 }
 
 impl Journaled for RunSupervisor {
@@ -630,6 +669,19 @@ impl Handler<MetricsPublished> for RunSupervisor {
             counters: msg.counters,
             timers: msg.timers,
         });
+    }
+}
+
+impl Handler<ThresholdsJudged> for RunSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ThresholdsJudged, ctx: &mut Context<Self>) {
+        for threshold in msg.changed {
+            self.feed.publish(EventKind::Threshold { threshold });
+        }
+        if let Some(breach) = msg.breach {
+            self.end(Ending::Breached(breach.reason), ctx);
+        }
     }
 }
 

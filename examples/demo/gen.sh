@@ -2,6 +2,8 @@
 # A load generator in shell (busybox): GETs a URL at a steady rate for a
 # while and reports each request to statsd ($STATSD_HOST:$STATSD_PORT, TCP).
 # Usage: gen.sh URL [REQUESTS_PER_SECOND] [SECONDS]
+# DELAY_MS (optional) adds that many milliseconds to each request: a slower path,
+# to see a comparison with an earlier run show the regression.
 url="${1:?usage: gen.sh URL [REQUESTS_PER_SECOND] [SECONDS]}"
 rate="${2:-10}"
 seconds="${3:-30}"
@@ -30,6 +32,7 @@ while [ "$(date +%s)" -lt "$end" ]; do
       status=error
       failed=$((failed + 1))
     fi
+    [ "${DELAY_MS:-0}" -gt 0 ] && usleep $(( DELAY_MS * 1000 ))
     ms=$(( $(now_ms) - t0 ))
     sent=$((sent + 1))
     batch="${batch}${prefix}.requests:1|c|#status:${status}

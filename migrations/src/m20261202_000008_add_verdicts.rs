@@ -1,6 +1,7 @@
 //! Judging runs: thresholds and regression rules on plans and steps, a plan's
-//! baseline run, and each run's threshold states and verdict. Thresholds and
-//! rules are JSON text (NULL when a plan has none, as every older plan).
+//! baseline run, each run's threshold states and verdict, and when each
+//! container exited (a breach's stop is measured by it). Thresholds and rules
+//! are JSON text (NULL when a plan has none, as every older plan).
 
 use sea_orm_migration::prelude::*;
 
@@ -31,6 +32,12 @@ enum Run {
     VerdictReason,
 }
 
+#[derive(DeriveIden)]
+enum Container {
+    Table,
+    ExitedAt,
+}
+
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
@@ -44,6 +51,7 @@ impl MigrationTrait for Migration {
             (Run::Table.into_iden(), ColumnDef::new(Run::Thresholds).text().null().to_owned()),
             (Run::Table.into_iden(), ColumnDef::new(Run::Verdict).string().null().to_owned()),
             (Run::Table.into_iden(), ColumnDef::new(Run::VerdictReason).text().null().to_owned()),
+            (Container::Table.into_iden(), ColumnDef::new(Container::ExitedAt).timestamp_with_time_zone().null().to_owned()),
         ];
         // SQLite alters one column at a time.
         for (table, mut column) in columns {
@@ -53,6 +61,7 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager.alter_table(Table::alter().table(Container::Table).drop_column(Container::ExitedAt).to_owned()).await?;
         for column in [Run::VerdictReason, Run::Verdict, Run::Thresholds] {
             manager.alter_table(Table::alter().table(Run::Table).drop_column(column).to_owned()).await?;
         }

@@ -77,6 +77,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                         .route(web::delete().to(v1::delete_plan)),
                 )
                 .service(resource("/plans/{id}/fork", "POST").route(web::post().to(v1::fork_plan)))
+                .service(
+                    resource("/plans/{id}/baseline", "GET, POST, DELETE")
+                        .route(web::get().to(v1::get_baseline))
+                        .route(web::post().to(v1::set_baseline))
+                        .route(web::delete().to(v1::clear_baseline)),
+                )
                 .service(resource("/plans/{id}/runs", "POST").route(web::post().to(v1::start_run)))
                 .service(resource("/instances", "GET").route(web::get().to(v1::list_instances)))
                 .service(resource("/instances/{id}", "DELETE").route(web::delete().to(v1::terminate_instance)))
@@ -86,6 +92,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .service(resource("/runs/{id}/logs", "GET").route(web::get().to(v1::run_logs)))
                 .service(resource("/runs/{id}/metrics", "GET").route(web::get().to(v1::run_metrics)))
                 .service(resource("/runs/{id}/dashboard", "GET").route(web::get().to(v1::run_dashboard)))
+                .service(resource("/runs/{id}/compare", "GET").route(web::get().to(v1::compare_runs)))
                 .service(resource("/runs/{id}/events", "GET").route(web::get().to(events::run_events)))
                 .default_service(web::to(not_found)),
         )

@@ -8,14 +8,16 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use loads_actors::broker::{AbortRun, DeleteRun, RunDashboard, RunLogs, RunMetrics, StartRun};
 use loads_actors::catalog::{
-    CreatePlan, CreateProject, DeletePlan, DeleteProject, ForkPlan, GetPlan, GetProject, GetRun, ImportProject, ListPlans, ListProjects,
-    ListRuns, Ping, UpdatePlan, UpdateProject,
+    ClearBaseline, CompareRuns, CreatePlan, CreateProject, DeletePlan, DeleteProject, ForkPlan, GetBaseline, GetPlan, GetProject, GetRun,
+    ImportProject, ListPlans, ListProjects, ListRuns, Ping, SetBaseline, UpdatePlan, UpdateProject,
 };
+use loads_actors::domain::compare::Comparison;
 use loads_actors::domain::views::{
-    ContainerView, ImportReport, MetricSummaryView, Page, PlanSummary, PlanView, ProjectDetail, ProjectView, RunState, RunView,
+    BaselineView, ContainerView, ImportReport, MetricSummaryView, Page, PlanSummary, PlanView, ProjectDetail, ProjectView, RunState,
+    RunView,
 };
 use loads_actors::domain::{PlanSpec, ProjectSpec};
-use loads_actors::store::runs::RunFilter;
+use loads_actors::store::runs::{CompareTo, RunFilter};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -261,6 +263,96 @@ fn fork_name(body: &Value) -> Result<Option<String>, ApiError> {
         Some(Value::String(s)) if !s.trim().is_empty() => Ok(Some(s.clone())),
         Some(_) => Err(unprocessable("name", "must be a non-empty string")),
     }
+}
+
+/// Body of a baseline request.
+#[derive(Deserialize, ToSchema)]
+pub struct BaselineRequest {
+    /// A finished run of the plan.
+    pub run_id: uuid::Uuid,
+}
+
+fn baseline_run(body: &Value) -> Result<uuid::Uuid, ApiError> {
+    let unprocessable = |path: &str, message: &str| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", format!("{path}: {message}")).at(path)
+    };
+    let Value::Object(map) = body else { return Err(unprocessable("", "must be an object with run_id")) };
+    if let Some(key) = map.keys().find(|k| k.as_str() != "run_id") {
+        return Err(unprocessable(key, "unknown field (expected: run_id)"));
+    }
+    match map.get("run_id") {
+        Some(Value::String(s)) => uuid::Uuid::parse_str(s).map_err(|_| unprocessable("run_id", "must be a run id (a UUID)")),
+        None | Some(Value::Null) => Err(unprocessable("run_id", "is required")),
+        Some(_) => Err(unprocessable("run_id", "must be a run id (a UUID)")),
+    }
+}
+
+/// Makes a finished run of the plan its baseline (replacing any other): later runs are
+/// compared with it (`GET /api/v1/runs/{id}/compare?to=baseline`) and its regression rules checked.
+#[utoipa::path(post, path = "/api/v1/plans/{id}/baseline", tag = "plans",
+    params(("id" = uuid::Uuid, Path, description = "Plan id")),
+    request_body = BaselineRequest,
+    responses((status = 200, body = BaselineView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+              (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn set_baseline(state: web::Data<ApiState>, req: HttpRequest, path: web::Path<String>, payload: web::Payload) -> Reply {
+    let plan_id = input::id(&path, "id")?;
+    let run_id = baseline_run(&input::required(&req, payload, state.max_body_bytes, true).await?)?;
+    Ok(HttpResponse::Ok().json(state.catalog.send(SetBaseline { plan_id, run_id }).await??))
+}
+
+/// The plan's baseline run; 404 when it has none.
+#[utoipa::path(get, path = "/api/v1/plans/{id}/baseline", tag = "plans",
+    params(("id" = uuid::Uuid, Path, description = "Plan id")),
+    responses((status = 200, body = BaselineView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_baseline(state: web::Data<ApiState>, path: web::Path<String>) -> Reply {
+    let plan_id = input::id(&path, "id")?;
+    Ok(HttpResponse::Ok().json(state.catalog.send(GetBaseline { plan_id }).await??))
+}
+
+/// Removes the plan's baseline.
+#[utoipa::path(delete, path = "/api/v1/plans/{id}/baseline", tag = "plans",
+    params(("id" = uuid::Uuid, Path, description = "Plan id")),
+    responses((status = 204, description = "Removed"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn clear_baseline(state: web::Data<ApiState>, path: web::Path<String>) -> Reply {
+    let plan_id = input::id(&path, "id")?;
+    state.catalog.send(ClearBaseline { plan_id }).await??;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// What a run is compared with.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CompareParams {
+    /// `baseline` (the plan's baseline) or the id of another finished run.
+    pub to: String,
+}
+
+/// Compares a finished run with its plan's baseline or another finished run, step by step
+/// and metric by metric (count, rate, p50, p95, p99, max, error ratio) with absolute and
+/// relative deltas, and checks its plan's regression rules (`regressed`).
+#[utoipa::path(get, path = "/api/v1/runs/{id}/compare", tag = "runs",
+    params(("id" = uuid::Uuid, Path, description = "Run id"), CompareParams),
+    responses((status = 200, body = Comparison), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn compare_runs(state: web::Data<ApiState>, req: HttpRequest, path: web::Path<String>) -> Reply {
+    let run_id = input::id(&path, "id")?;
+    let query = Query::of(&req)?;
+    let to = match query.text("to") {
+        Some("baseline") => CompareTo::Baseline,
+        Some(other) => CompareTo::Run(
+            uuid::Uuid::parse_str(other)
+                .map_err(|_| ApiError::bad_request("invalid_query", "to must be `baseline` or a run id (a UUID)").at("to"))?,
+        ),
+        None => return Err(ApiError::bad_request("invalid_query", "to is required: `baseline` or a run id").at("to")),
+    };
+    Ok(HttpResponse::Ok().json(state.catalog.send(CompareRuns { run_id, to }).await??))
 }
 
 /// Lists runs, newest first, with optional filters.

@@ -1,4 +1,4 @@
-//! The `loads` command line: `serve`, `plan validate`, `import`, `config show`.
+//! The `loads` command line: `serve`, `run`, `compare`, `baseline`, `plan validate`, `import`, `config show`.
 
 mod plan;
 mod run;
@@ -7,7 +7,8 @@ use std::path::PathBuf;
 
 use actix::Actor;
 use clap::{Parser, Subcommand};
-use loads_actors::catalog::ImportProject;
+use loads_actors::catalog::{CompareRuns, GetRun, ImportProject, SetBaseline};
+use loads_actors::store::runs::CompareTo;
 use loads_actors::{store, CatalogActor};
 
 use crate::config::{LogFormat, Settings};
@@ -63,8 +64,9 @@ pub enum Command {
     #[command(after_help = "Examples:\n  loads run examples/demo.toml\n  \
         loads run project.json --plan \"Single Server\" --env TARGET=http://web:8080\n\n\
         Builds the images the plan needs when missing, imports the file into the configured \
-        database, and exits 0 only when the run completed. Ctrl-C aborts the run and removes \
-        everything it started.")]
+        database, runs it and prints its verdict. Exit status: 0 passed, 99 thresholds failed \
+        (or a regression with fail_on_regression), 98 invalid (a generator saturated its CPU), \
+        1 the run failed, 130 aborted. Ctrl-C aborts the run and removes everything it started.")]
     Run {
         /// A project file or a single plan (.json, .toml, .yaml or .yml).
         file: PathBuf,
@@ -77,6 +79,24 @@ pub enum Command {
         /// Who runs it (recorded on the run).
         #[arg(long)]
         owner: Option<String>,
+        /// At the end, compare the run with its plan's baseline (`loads baseline RUN_ID` sets it).
+        #[arg(long)]
+        baseline: bool,
+    },
+    /// Compare two finished runs (or a run and its plan's baseline), step by step.
+    #[command(after_help = "Examples:\n  loads compare 3f1c... baseline\n  loads compare RUN_A RUN_B\n\n\
+        Reads the configured database. Exit status: 0, or 99 when RUN breaks a regression rule of its plan.")]
+    Compare {
+        /// The run.
+        run: uuid::Uuid,
+        /// The run to compare it with, or `baseline`.
+        other: String,
+    },
+    /// Make a finished run its plan's baseline, which later runs are compared with.
+    #[command(after_help = "Examples:\n  loads baseline 3f1c...")]
+    Baseline {
+        /// The run.
+        run: uuid::Uuid,
     },
     /// Manage the images loads builds locally.
     #[command(subcommand)]
@@ -153,7 +173,8 @@ pub async fn run(cli: Cli) -> u8 {
         };
     }
     // One-shot commands print their own results; their logs (migrations...) only when asked.
-    let quiet = matches!(cli.command, Command::Run { .. } | Command::Import { .. }) && !cli.verbose;
+    let quiet = matches!(cli.command, Command::Run { .. } | Command::Import { .. } | Command::Compare { .. } | Command::Baseline { .. })
+        && !cli.verbose;
     telemetry::init(cli.log_format.unwrap_or(settings.log_format()), if quiet { "warn" } else { &settings.log.level });
     let result = match cli.command {
         Command::Serve => serve(&settings).await,
@@ -162,17 +183,21 @@ pub async fn run(cli: Cli) -> u8 {
             print!("{}", settings.to_masked_toml());
             Ok(())
         }
-        Command::Run { file, plan, env, owner } => {
-            let args = run::RunArgs { file: &file, plan: plan.as_deref(), env: &env, owner };
+        Command::Run { file, plan, env, owner, baseline } => {
+            let args = run::RunArgs { file: &file, plan: plan.as_deref(), env: &env, owner, baseline };
             // The run lives and dies with this process: any free port does for its relays.
             let mut settings = settings.clone();
             settings.metrics.ingest_port = 0;
             match run::run(&settings, args).await {
-                Ok(true) => Ok(()),
-                Ok(false) => return 1,
+                Ok(code) => return code,
                 Err(e) => Err(e),
             }
         }
+        Command::Compare { run, other } => match compare(&settings, run, &other).await {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
+        Command::Baseline { run } => baseline(&settings, run).await,
         Command::Images(ImagesCommand::Build) => build_images().await,
         Command::Plan(_) | Command::Relay { .. } => unreachable!("handled above"),
     };
@@ -183,6 +208,30 @@ pub async fn run(cli: Cli) -> u8 {
             1
         }
     }
+}
+
+/// `loads compare RUN OTHER`: prints the comparison; answers 99 when a rule broke.
+async fn compare(settings: &Settings, run: uuid::Uuid, other: &str) -> anyhow::Result<u8> {
+    let to = if other == "baseline" {
+        CompareTo::Baseline
+    } else {
+        CompareTo::Run(other.parse().map_err(|_| anyhow::anyhow!("{other:?} is neither a run id nor `baseline`"))?)
+    };
+    let db = store::connect(settings.database.url.expose()).await?;
+    let catalog = CatalogActor::new(db, settings.limits()).start();
+    let comparison = catalog.send(CompareRuns { run_id: run, to }).await??;
+    run::print_comparison(&comparison);
+    Ok(if comparison.regressed { 99 } else { 0 })
+}
+
+/// `loads baseline RUN`: makes the run its plan's baseline.
+async fn baseline(settings: &Settings, run_id: uuid::Uuid) -> anyhow::Result<()> {
+    let db = store::connect(settings.database.url.expose()).await?;
+    let catalog = CatalogActor::new(db, settings.limits()).start();
+    let run = catalog.send(GetRun { id: run_id }).await??;
+    let set = catalog.send(SetBaseline { plan_id: run.plan_id, run_id }).await??;
+    println!("run {} is now the baseline of plan {:?} ({})", set.run_id, run.plan_name, set.plan_id);
+    Ok(())
 }
 
 async fn build_images() -> anyhow::Result<()> {

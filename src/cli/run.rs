@@ -1,8 +1,10 @@
 //! `loads run PLAN_FILE`: the whole loop in one command. Starts the broker's
 //! actors in this process (the configured database, SQLite by default; the
 //! local Docker engine), builds the images the plan needs when missing,
-//! imports the file, runs the plan with live progress, prints a summary, and
-//! exits 0 only when the run completed. Ctrl-C aborts the run cleanly.
+//! imports the file, runs the plan with live progress, prints a summary with
+//! its thresholds and verdict, and exits with the verdict's code (0 passed,
+//! 99 thresholds failed, 98 invalid, 1 error, 130 aborted). Ctrl-C aborts the
+//! run cleanly. `--baseline` compares it with its plan's baseline at the end.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,11 +13,14 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use loads_actors::broker::{AbortRun, RunLogs, RunMetrics, StartRun, Subscribe};
-use loads_actors::catalog::{ForkPlan, ImportProject, ProjectTrees, UpdatePlan};
+use loads_actors::catalog::{CompareRuns, ForkPlan, ImportProject, ProjectTrees, UpdatePlan};
+use loads_actors::domain::compare::Comparison;
+use loads_actors::domain::judge::shown;
 use loads_actors::domain::views::MetricSummaryView;
-use loads_actors::domain::views::{RunState, RunView, StepState};
+use loads_actors::domain::views::{RunView, StepState, ThresholdView, Verdict};
 use loads_actors::feed::{EventKind, RunEvent};
 use loads_actors::infra::docker::Engine;
+use loads_actors::store::runs::CompareTo;
 use loads_actors::store::StoreError;
 use serde_json::{json, Value};
 
@@ -33,10 +38,12 @@ pub struct RunArgs<'a> {
     pub env: &'a [String],
     /// Who runs it.
     pub owner: Option<String>,
+    /// Compare the run with its plan's baseline at the end.
+    pub baseline: bool,
 }
 
-/// Runs the plan; answers whether the run completed.
-pub async fn run(settings: &Settings, args: RunArgs<'_>) -> anyhow::Result<bool> {
+/// Runs the plan; answers the exit code of its verdict.
+pub async fn run(settings: &Settings, args: RunArgs<'_>) -> anyhow::Result<u8> {
     let mut document = super::plan::read_document(args.file)?;
     if document.get("steps").is_some() && document.get("plans").is_none() {
         let name = args.file.file_stem().map_or("plans".into(), |s| s.to_string_lossy().into_owned());
@@ -69,7 +76,19 @@ pub async fn run(settings: &Settings, args: RunArgs<'_>) -> anyhow::Result<bool>
     println!("run {} of plan {:?}", run.id, run.plan_name);
     let final_run = follow(&actors, &run).await?;
     summary(&actors, &final_run).await?;
-    Ok(final_run.state == RunState::Completed)
+    if args.baseline {
+        match actors.catalog.send(CompareRuns { run_id: final_run.id, to: CompareTo::Baseline }).await? {
+            Ok(comparison) => print_comparison(&comparison),
+            Err(StoreError::Conflict { code: "no_baseline", .. }) => {
+                println!(
+                    "\nplan {:?} has no baseline yet: `loads baseline {}` makes this run its baseline",
+                    final_run.plan_name, final_run.id
+                );
+            }
+            Err(e) => eprintln!("warning: cannot compare with the baseline: {e}"),
+        }
+    }
+    Ok(final_run.verdict.map_or(1, Verdict::exit_code))
 }
 
 /// Imports the file and answers the plan to run: the named one, or the only one.
@@ -198,6 +217,8 @@ async fn follow(actors: &Actors, run: &RunView) -> anyhow::Result<RunView> {
             }
         }
         EventKind::Dashboard { url } => say(multi, format!("dashboard: {url}")),
+        EventKind::Threshold { threshold } => say(multi, format!("threshold {}", threshold_line(threshold))),
+        EventKind::Verdict { verdict, reason } => say(multi, format!("verdict {}: {reason}", verdict.as_str())),
         EventKind::Download { step, url, bytes, total } => {
             let mib = |b: u64| b as f64 / 1_048_576.0;
             let of = total.map(|t| format!(" of {:.1} MiB", mib(t))).unwrap_or_default();
@@ -273,7 +294,11 @@ async fn summary(actors: &Actors, run: &RunView) -> anyhow::Result<()> {
         }
     }
     print_metrics(&metrics);
+    print_thresholds(&run.thresholds);
     println!();
+    if let (Some(verdict), Some(reason)) = (run.verdict, &run.verdict_reason) {
+        println!("verdict: {} ({reason})", verdict.as_str());
+    }
     let took = elapsed(Some(run.created_at), run.completed_at);
     match &run.failure_reason {
         Some(reason) => println!("run {} {} after {took}: {reason}", run.id, run.state.as_str()),
@@ -319,4 +344,79 @@ fn print_metrics(metrics: &[MetricSummaryView]) {
             m.step_name
         );
     }
+}
+
+/// A threshold as it stands, on one line: `demo.c.latency p(95)<200: ok (12.3)`.
+fn threshold_line(t: &ThresholdView) -> String {
+    let scope = t.step.as_ref().map(|s| format!(" [step {s}]")).unwrap_or_default();
+    let value = t.value.map(|v| format!(" ({})", shown(v))).unwrap_or_default();
+    let note = t.note.as_ref().map(|n| format!(": {n}")).unwrap_or_default();
+    let state = serde_json::to_value(t.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+    format!("{} {}{scope}: {state}{value}{note}", t.metric, t.threshold)
+}
+
+/// The thresholds table: expression, value, result.
+fn print_thresholds(thresholds: &[ThresholdView]) {
+    if thresholds.is_empty() {
+        return;
+    }
+    println!();
+    println!("{:<56} {:>12}  result", "threshold", "value");
+    for t in thresholds {
+        let scope = t.step.as_ref().map(|s| format!(" [step {s}]")).unwrap_or_default();
+        let window = t.window.as_ref().map(|w| format!(" over {w}")).unwrap_or_default();
+        let name = format!("{} {}{scope}{window}", t.metric, t.threshold);
+        let value = t.value.map_or("-".to_string(), shown);
+        let state = serde_json::to_value(t.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        let note = t.note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default();
+        println!("{name:<56} {value:>12}  {state}{note}");
+    }
+}
+
+/// Two runs side by side, step by step: each figure of each metric, its delta, then the rules checked.
+pub fn print_comparison(c: &Comparison) {
+    let other = if c.against_baseline { "baseline" } else { "other" };
+    println!();
+    println!("run {} compared with {} ({other})", c.run_id, c.other_run_id);
+    let ratio = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{:.2}%", r * 100.0));
+    for step in &c.steps {
+        println!();
+        println!("step {}: error ratio {} ({other} {})", step.step, ratio(step.error_ratio), ratio(step.other_error_ratio));
+        println!("  {:<36} {:<6} {:>12} {:>12} {:>12} {:>9}", "metric", "figure", "this run", other, "delta", "change");
+        for m in &step.metrics {
+            let figures = |f: &Option<loads_actors::domain::compare::Figures>| {
+                f.as_ref().map(|f| {
+                    vec![("count", Some(f.count)), ("rate", f.rate), ("p50", f.p50), ("p95", f.p95), ("p99", f.p99), ("max", f.max)]
+                })
+            };
+            let (mine, theirs) = (figures(&m.run), figures(&m.other));
+            for (i, name) in ["count", "rate", "p50", "p95", "p99", "max"].into_iter().enumerate() {
+                let a = mine.as_ref().and_then(|f| f[i].1);
+                let b = theirs.as_ref().and_then(|f| f[i].1);
+                if a.is_none() && b.is_none() {
+                    continue;
+                }
+                let cell = |v: Option<f64>| v.map_or("-".to_string(), shown);
+                let d = m.delta.get(name);
+                let change = d.and_then(|d| d.relative).map_or("-".to_string(), |r| format!("{:+.1}%", r * 100.0));
+                println!(
+                    "  {:<36} {:<6} {:>12} {:>12} {:>12} {:>9}",
+                    m.metric,
+                    name,
+                    cell(a),
+                    cell(b),
+                    cell(d.map(|d| d.absolute)),
+                    change
+                );
+            }
+        }
+    }
+    if !c.rules.is_empty() {
+        println!();
+        for rule in &c.rules {
+            println!("{} {}", if rule.regressed { "REGRESSED" } else { "ok" }, rule.summary);
+        }
+    }
+    println!();
+    println!("{}", if c.regressed { "regressed: a rule broke" } else { "no regression" });
 }

@@ -196,7 +196,7 @@ fn run_env(dir: &Path, broker: &str) -> Vec<(String, String)> {
     ]
 }
 
-/// `loads run` runs a plan file, prints a summary, and exits 0 only when the run completed.
+/// `loads run` runs a plan file, prints a summary, and exits 0 only when its verdict is passed (1 when the run failed).
 #[test]
 fn loads_run_exits_with_the_runs_outcome() {
     crate::helpers::ensure_images();
@@ -227,7 +227,7 @@ fn loads_run_exits_with_the_runs_outcome() {
     assert!(containers.is_empty() && networks.is_empty());
 }
 
-/// Ctrl-C (SIGINT) aborts the run: the command exits non-zero and leaves nothing behind.
+/// Ctrl-C (SIGINT) aborts the run: the command exits 130 and leaves nothing behind.
 #[test]
 fn ctrl_c_aborts_loads_run_and_leaves_nothing() {
     use std::io::BufRead;
@@ -258,7 +258,7 @@ fn ctrl_c_aborts_loads_run_and_leaves_nothing() {
     Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(1), "{rest:?}");
+    assert_eq!(status.code(), Some(130), "an aborted run exits 130: {rest:?}");
     assert!(rest.iter().any(|l| l.contains("run aborted")), "{rest:?}");
     let (containers, networks) = crate::helpers::leftovers(&broker);
     assert!(containers.is_empty() && networks.is_empty(), "left: {containers:?} {networks:?}");

@@ -185,6 +185,26 @@ pub fn ensure_images() {
     }
 }
 
+/// Builds the demo's images (its service and generators) when missing, once per test process.
+pub fn ensure_demo_images() {
+    static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let result = BUILT.get_or_init(|| {
+        std::thread::spawn(|| {
+            tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(async {
+                let engine = loads_actors::infra::docker::Engine::local().await.map_err(|e| e.to_string())?;
+                let binary = std::path::Path::new(env!("CARGO_BIN_EXE_loads"));
+                let demo = [loads::images::DEMO_HTTPD, loads::images::DEMO_SHELL_GEN, loads::images::DEMO_C_GEN];
+                loads::images::ensure(&engine, demo, binary).await.map(|_| ()).map_err(|e| e.to_string())
+            })
+        })
+        .join()
+        .unwrap_or_else(|_| Err("image build panicked".into()))
+    });
+    if let Err(e) = result {
+        panic!("cannot build the demo's images: {e}");
+    }
+}
+
 /// Settings for a test broker: port 0, the given database, then `LOADS__...`-style overrides.
 pub fn settings(database_url: &str, overrides: &[(&str, &str)]) -> Settings {
     let mut env =

@@ -30,4 +30,5 @@ mod ssh;
 mod sshd;
 mod tls;
 mod validation;
+mod verdicts;
 mod vm;

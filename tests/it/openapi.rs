@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::helpers::{Backend, TestApp};
 
-const ROUTES: [(&str, &str); 24] = [
+const ROUTES: [(&str, &str); 28] = [
     ("get", "/health"),
     ("get", "/api/v1/projects"),
     ("post", "/api/v1/projects"),
@@ -32,6 +32,10 @@ const ROUTES: [(&str, &str); 24] = [
     ("get", "/api/v1/runs/{id}/metrics"),
     ("get", "/api/v1/runs/{id}/dashboard"),
     ("get", "/api/v1/runs/{id}/events"),
+    ("get", "/api/v1/runs/{id}/compare"),
+    ("get", "/api/v1/plans/{id}/baseline"),
+    ("post", "/api/v1/plans/{id}/baseline"),
+    ("delete", "/api/v1/plans/{id}/baseline"),
 ];
 
 async fn document() -> Value {

@@ -73,7 +73,12 @@ pub fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
 
 /// The dashboard uid of a run: `loads-` and 32 hex digits (Grafana allows 40 characters).
 pub fn uid(run: &RunView) -> String {
-    format!("loads-{}", run.id.simple())
+    uid_of(run.id)
+}
+
+/// The dashboard uid of run `id`.
+pub fn uid_of(id: uuid::Uuid) -> String {
+    format!("loads-{}", id.simple())
 }
 
 fn literal(value: &str) -> String {

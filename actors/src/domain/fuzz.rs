@@ -9,8 +9,8 @@ use serde_json::Value;
 
 use super::judge::{Judge, Threshold};
 use super::metrics::{parse_line, Aggregator, Merged, Window};
-use super::thresholds::{self, number_text, Aggregation, Op};
 use super::parse::{parse_document, DocumentFormat};
+use super::thresholds::{self, number_text, Aggregation, Op};
 use super::{interpolate, validate, Limits};
 
 /// Statsd-looking text: valid lines, their pieces recombined, and noise.
@@ -172,6 +172,11 @@ proptest! {
         prop_assert_eq!(expr.op, op);
         prop_assert!((expr.bound - bound * factor).abs() <= 1e-9 * (bound * factor).abs().max(1.0), "{} read as {}", text, expr.bound);
     }
+}
+
+proptest! {
+    // Each case judges four windows with histograms: fewer cases keep the suite quick.
+    #![proptest_config(ProptestConfig { cases: 300, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn judging_any_statsd_never_panics_and_values_are_numbers(text in statsd_text(), (aggregation, op, bound, _) in expression()) {

@@ -215,7 +215,9 @@ impl Tally {
             Aggregation::Rate if seconds > 0.0 => Ok(self.total() / seconds),
             Aggregation::Rate => Err("no window of metrics yet".into()),
             Aggregation::Value if !self.gauges.is_empty() => Ok(self.gauges.values().sum()),
-            Aggregation::Value if self.counted => Err(format!("{name} is a counter: value applies to gauges and ratios (use count or rate)")),
+            Aggregation::Value if self.counted => {
+                Err(format!("{name} is a counter: value applies to gauges and ratios (use count or rate)"))
+            }
             Aggregation::Value => Err(format!("no samples of {name}")),
         }
     }
@@ -563,7 +565,8 @@ pub fn verdict(
             format!("{} {}{scope}: {how}", t.metric, t.threshold)
         })
         .collect();
-    let regressed = if regressions.is_empty() { String::new() } else { format!("regressed against the baseline: {}", regressions.join("; ")) };
+    let regressed =
+        if regressions.is_empty() { String::new() } else { format!("regressed against the baseline: {}", regressions.join("; ")) };
     match ending {
         Ending::Aborted => return (Verdict::Aborted, "the run was aborted".into()),
         Ending::StepFailed(reason) => return (Verdict::Error, format!("the run failed: {reason}")),
@@ -584,7 +587,11 @@ pub fn verdict(
     }
     if let Ending::Breached(reason) = ending {
         let rest: Vec<&String> = failed.iter().filter(|f| !reason.contains(f.split(':').next().unwrap_or_default())).collect();
-        let more = if rest.is_empty() { String::new() } else { format!("; also failed: {}", rest.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; ")) };
+        let more = if rest.is_empty() {
+            String::new()
+        } else {
+            format!("; also failed: {}", rest.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; "))
+        };
         return (Verdict::Failed, format!("{reason} (abort_on_fail){more}"));
     }
     if !failed.is_empty() {
@@ -785,9 +792,10 @@ mod tests {
         let failed = [view(ThresholdState::Failed)];
         let passed = [view(ThresholdState::Passed)];
         let v = |ending: Ending, t: &[ThresholdView], s: &[Saturation], r: &[String], f: bool| verdict(&ending, t, s, r, f).0;
-        assert_eq!(v(Ending::Aborted, &failed, &[hot.clone()], &[], false), Verdict::Aborted);
-        assert_eq!(v(Ending::StepFailed("x".into()), &failed, &[hot.clone()], &[], false), Verdict::Error);
-        assert_eq!(v(Ending::Finished, &failed, &[hot.clone()], &[], false), Verdict::Invalid);
+        let hot_nodes = std::slice::from_ref(&hot);
+        assert_eq!(v(Ending::Aborted, &failed, hot_nodes, &[], false), Verdict::Aborted);
+        assert_eq!(v(Ending::StepFailed("x".into()), &failed, hot_nodes, &[], false), Verdict::Error);
+        assert_eq!(v(Ending::Finished, &failed, hot_nodes, &[], false), Verdict::Invalid);
         assert_eq!(v(Ending::Breached("threshold lat".into()), &failed, &[], &[], false), Verdict::Failed);
         assert_eq!(v(Ending::Finished, &failed, &[], &[], false), Verdict::Failed);
         let regressed = ["lat p(95) +10%".to_string()];

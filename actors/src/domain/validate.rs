@@ -444,7 +444,10 @@ impl<'l> Walker<'l> {
         let count = spec.thresholds.values().map(Vec::len).sum::<usize>()
             + spec.steps.iter().flat_map(|s| s.thresholds.values()).map(Vec::len).sum::<usize>();
         if count > MAX_THRESHOLDS {
-            self.error(join(path, "thresholds"), format!("the plan has {count} thresholds (its steps' included); at most {MAX_THRESHOLDS}"));
+            self.error(
+                join(path, "thresholds"),
+                format!("the plan has {count} thresholds (its steps' included); at most {MAX_THRESHOLDS}"),
+            );
         }
         spec
     }
@@ -531,9 +534,10 @@ impl<'l> Walker<'l> {
         };
         match thresholds::parse_expr(&rule.threshold) {
             Err(why) => self.error(&expr_path, why),
-            Ok(expr) if matches!(metric, Some(MetricKey::Ratio(..))) && expr.aggregation != Aggregation::Value => {
-                self.error(&expr_path, format!("a ratio of two counters is judged by its value, e.g. \"value<0.01\", not {}", expr.aggregation.text()))
-            }
+            Ok(expr) if matches!(metric, Some(MetricKey::Ratio(..))) && expr.aggregation != Aggregation::Value => self.error(
+                &expr_path,
+                format!("a ratio of two counters is judged by its value, e.g. \"value<0.01\", not {}", expr.aggregation.text()),
+            ),
             Ok(_) => {}
         }
         Some(rule)
@@ -1098,20 +1102,31 @@ mod tests {
             ]
         );
         let step = json!({"name": "p", "steps": [{"name": "s", "container_name": "x", "thresholds": {"lat{step:s}": ["avg<1"]}}]});
-        assert_eq!(errors(step), ["steps[0].thresholds[\"lat{step:s}\"]: a step's thresholds are judged on that step only; leave out the step filter"]);
+        assert_eq!(
+            errors(step),
+            ["steps[0].thresholds[\"lat{step:s}\"]: a step's thresholds are judged on that step only; leave out the step filter"]
+        );
         let many: serde_json::Map<String, Value> = (0..=MAX_THRESHOLDS).map(|i| (format!("m{i}"), json!(["count>0"]))).collect();
         assert!(errors(thresholds_plan(Value::Object(many)))[0].contains("at most 200"));
     }
 
     #[test]
     fn regression_rules_are_checked_and_fail_on_regression_warns_alone() {
-        let v = plan(&json!({"name": "p", "compare": {"lat": ["p(95) +10%", "max +50ms"], "req": "rate -5%"}, "fail_on_regression": true,
-            "steps": [{"name": "s", "container_name": "x"}]}), &Limits::default()).unwrap();
+        let v = plan(
+            &json!({"name": "p", "compare": {"lat": ["p(95) +10%", "max +50ms"], "req": "rate -5%"}, "fail_on_regression": true,
+            "steps": [{"name": "s", "container_name": "x"}]}),
+            &Limits::default(),
+        )
+        .unwrap();
         assert_eq!(v.value.compare["lat"], ["p(95) +10%", "max +50ms"]);
         assert!(v.value.fail_on_regression && v.warnings.is_empty());
-        let lonely = plan(&json!({"name": "p", "fail_on_regression": true, "steps": [{"name": "s", "container_name": "x"}]}), &Limits::default()).unwrap();
+        let lonely =
+            plan(&json!({"name": "p", "fail_on_regression": true, "steps": [{"name": "s", "container_name": "x"}]}), &Limits::default())
+                .unwrap();
         assert_eq!(lonely.warnings[0].path, "fail_on_regression");
-        let errs = errors(json!({"name": "p", "compare": {"a/b": ["value +1"], "lat": ["p95 +10%", 3]}, "steps": [{"name": "s", "container_name": "x"}]}));
+        let errs = errors(
+            json!({"name": "p", "compare": {"a/b": ["value +1"], "lat": ["p95 +10%", 3]}, "steps": [{"name": "s", "container_name": "x"}]}),
+        );
         assert_eq!(errs.len(), 4, "{errs:?}");
         assert!(errs[0].starts_with("compare[\"a/b\"]: compare a metric, not a ratio"), "{errs:?}");
         assert!(errs[2].starts_with("compare[\"lat\"][0]: unknown aggregation \"p95\""), "{errs:?}");

@@ -287,6 +287,17 @@ impl PlanView {
     }
 }
 
+/// A plan's baseline: the run its later runs are compared with.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct BaselineView {
+    /// The plan.
+    pub plan_id: Uuid,
+    /// The baseline run.
+    pub run_id: Uuid,
+    /// When it was made the baseline.
+    pub set_at: DateTime<Utc>,
+}
+
 /// A stored step.
 #[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
 pub struct StepView {
@@ -436,6 +447,8 @@ pub struct ContainerView {
     pub logs: String,
     /// When it was started.
     pub created_at: DateTime<Utc>,
+    /// When it exited, as its engine recorded it.
+    pub exited_at: Option<DateTime<Utc>>,
     /// When it was removed.
     pub finished_at: Option<DateTime<Utc>>,
 }

@@ -478,6 +478,25 @@ impl Engine {
             .unwrap_or_default())
     }
 
+    /// When the container exited, as the engine recorded it; `None` while it runs.
+    pub async fn exited_at(&self, id: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>, DockerError> {
+        let inspect = self.docker.inspect_container(id, None).await.map_err(|source| DockerError::Container {
+            operation: "inspect",
+            id: id.into(),
+            source,
+        })?;
+        let state = inspect.state.unwrap_or_default();
+        if state.running.unwrap_or(false) {
+            return Ok(None);
+        }
+        // A container that never ran has the zero time, year 1.
+        Ok(state
+            .finished_at
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .filter(|t| chrono::Datelike::year(t) > 1))
+    }
+
     /// Waits for the container to exit; answers its exit code.
     pub async fn wait(&self, id: &str) -> Result<i64, DockerError> {
         let mut stream = self.docker.wait_container(id, None::<WaitContainerOptions>);

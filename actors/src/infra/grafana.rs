@@ -115,4 +115,22 @@ impl Grafana {
         let path = answer["url"].as_str().ok_or_else(|| fail("the answer has no url".into()))?;
         Ok(format!("{base}{path}"))
     }
+
+    /// Marks a moment on a dashboard (`POST /api/annotations`): `at_ms` Unix milliseconds.
+    pub async fn annotate(&self, dashboard_uid: &str, at_ms: i64, text: &str, tags: &[&str]) -> Result<(), DashboardError> {
+        let base = self.url.trim_end_matches('/');
+        let fail = |message: String| DashboardError::Push { url: base.to_string(), message };
+        let body = json!({"dashboardUID": dashboard_uid, "time": at_ms, "timeEnd": at_ms, "tags": tags, "text": text});
+        let client = self.tls.client(std::time::Duration::from_secs(15));
+        let response = client
+            .post(format!("{base}/api/annotations"))
+            .bearer_auth(&self.token)
+            .send_json(&body)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        if !response.status().is_success() {
+            return Err(fail(format!("HTTP {} for the annotation", response.status())));
+        }
+        Ok(())
+    }
 }

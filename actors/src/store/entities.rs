@@ -180,6 +180,7 @@ pub mod container {
         pub logs: String,
         pub created_at: DateTimeUtc,
         pub finished_at: Option<DateTimeUtc>,
+        pub exited_at: Option<DateTimeUtc>,
     }
 
     no_relations!();

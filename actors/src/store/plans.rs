@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::entities::{plan, project, run, step};
 use super::{clamp_page, env_from_json, env_to_json, map_from_text, map_to_text, on_unique, StoreError};
-use crate::domain::views::{Page, PlanSummary, PlanView, RunState, StepView};
+use crate::domain::views::{BaselineView, Page, PlanSummary, PlanView, RunState, StepView};
 use crate::domain::{PlanSpec, StepSpec};
 
 fn step_spec(m: &step::Model) -> StepSpec {
@@ -334,4 +334,38 @@ pub async fn fork<C: ConnectionTrait + TransactionTrait>(db: &C, id: Uuid, name:
     let new_id = insert(&txn, source.plan.project_id, &spec).await?;
     txn.commit().await?;
     get(db, new_id).await
+}
+
+/// Makes finished run `run_id` of plan `plan_id` its baseline (replacing any other).
+pub async fn set_baseline(db: &impl ConnectionTrait, plan_id: Uuid, run_id: Uuid) -> Result<BaselineView, StoreError> {
+    let plan = find(db, plan_id).await?;
+    let run = run::Entity::find_by_id(run_id).one(db).await?.ok_or_else(|| StoreError::not_found("run", run_id))?;
+    if run.plan_id != plan_id {
+        let why = format!("run {run_id} is a run of another plan; a baseline is a finished run of plan {:?}", plan.name);
+        return Err(StoreError::Invalid(crate::domain::ValidationErrors::one("run_id", why)));
+    }
+    if !RunState::parse(&run.state).is_some_and(RunState::is_finished) {
+        return Err(StoreError::conflict("run_live", format!("run {run_id} is {}; a baseline is a finished run", run.state)));
+    }
+    let now = Utc::now();
+    plan::ActiveModel { id: Set(plan_id), baseline_run_id: Set(Some(run_id)), baseline_set_at: Set(Some(now)), ..Default::default() }
+        .update(db)
+        .await?;
+    Ok(BaselineView { plan_id, run_id, set_at: now })
+}
+
+/// The baseline of plan `plan_id`.
+pub async fn baseline(db: &impl ConnectionTrait, plan_id: Uuid) -> Result<BaselineView, StoreError> {
+    let plan = find(db, plan_id).await?;
+    match (plan.baseline_run_id, plan.baseline_set_at) {
+        (Some(run_id), Some(set_at)) => Ok(BaselineView { plan_id, run_id, set_at }),
+        _ => Err(StoreError::not_found("baseline for the plan", plan_id)),
+    }
+}
+
+/// Removes plan `plan_id`'s baseline, if it has one.
+pub async fn clear_baseline(db: &impl ConnectionTrait, plan_id: Uuid) -> Result<(), StoreError> {
+    find(db, plan_id).await?;
+    plan::ActiveModel { id: Set(plan_id), baseline_run_id: Set(None), baseline_set_at: Set(None), ..Default::default() }.update(db).await?;
+    Ok(())
 }

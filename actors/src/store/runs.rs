@@ -314,6 +314,8 @@ pub struct ContainerRecord {
     pub logs: String,
     /// When it started.
     pub started_at: chrono::DateTime<Utc>,
+    /// When it exited, as its engine recorded it.
+    pub exited_at: Option<chrono::DateTime<Utc>>,
 }
 
 /// Records a removed container.
@@ -333,6 +335,7 @@ async fn write_container(db: &impl ConnectionTrait, c: ContainerRecord) -> Resul
         exit_code: Set(c.exit_code),
         logs: Set(c.logs),
         created_at: Set(c.started_at),
+        exited_at: Set(c.exited_at),
         finished_at: Set(Some(Utc::now())),
     }
     .insert(db)
@@ -372,6 +375,7 @@ pub async fn containers(
             exit_code: c.exit_code,
             logs: c.logs,
             created_at: c.created_at,
+            exited_at: c.exited_at,
             finished_at: c.finished_at,
         })
         .collect())
@@ -385,6 +389,13 @@ pub async fn delete<C: ConnectionTrait + TransactionTrait>(db: &C, id: Uuid) -> 
         return Err(StoreError::conflict("run_live", format!("run {id} is {}; abort it first", row.state)));
     }
     run::Entity::delete_by_id(id).exec(&txn).await?;
+    // A plan whose baseline this was has none now.
+    plan::Entity::update_many()
+        .col_expr(plan::Column::BaselineRunId, sea_orm::sea_query::Expr::value(Option::<Uuid>::None))
+        .col_expr(plan::Column::BaselineSetAt, sea_orm::sea_query::Expr::value(Option::<chrono::DateTime<Utc>>::None))
+        .filter(plan::Column::BaselineRunId.eq(id))
+        .exec(&txn)
+        .await?;
     txn.commit().await?;
     Ok(())
 }
@@ -527,4 +538,37 @@ pub async fn set_verdict(db: &impl ConnectionTrait, id: Uuid, verdict: Verdict, 
         Ok(())
     })
     .await
+}
+
+/// Which run another is compared with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompareTo {
+    /// The plan's baseline.
+    Baseline,
+    /// This run.
+    Run(Uuid),
+}
+
+/// Compares finished run `id` with its plan's baseline or another run, checking its plan's regression rules.
+pub async fn compare(db: &impl ConnectionTrait, id: Uuid, to: CompareTo) -> Result<crate::domain::compare::Comparison, StoreError> {
+    let run = get(db, id).await?;
+    let plan = super::plans::get(db, run.plan_id).await?;
+    let other = match to {
+        CompareTo::Run(other) => other,
+        CompareTo::Baseline => plan.baseline_run_id.ok_or_else(|| {
+            StoreError::conflict(
+                "no_baseline",
+                format!("plan {:?} has no baseline; set one with POST /api/v1/plans/{}/baseline", plan.plan.name, plan.plan.id),
+            )
+        })?,
+    };
+    let other_run = get(db, other).await?;
+    for r in [&run, &other_run] {
+        if !r.state.is_finished() {
+            return Err(StoreError::conflict("run_live", format!("run {} is {}; runs are compared once finished", r.id, r.state.as_str())));
+        }
+    }
+    let (now, then) = (metrics(db, id).await?, metrics(db, other).await?);
+    let against_baseline = plan.baseline_run_id == Some(other);
+    Ok(crate::domain::compare::compare(id, &now, other, &then, &plan.compare, against_baseline))
 }
