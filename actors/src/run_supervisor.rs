@@ -74,6 +74,8 @@ struct StepSlot {
     outcome: Option<StepOutcome>,
     /// A stop was sent to its actor.
     stop_sent: bool,
+    /// None of its containers runs any more (its nodes may still be being torn down).
+    stopped: bool,
 }
 
 /// What every run uses: settings, the database, the pool, the metrics collector.
@@ -138,7 +140,18 @@ impl RunSupervisor {
             .steps
             .iter()
             .map(|s| {
-                (s.id, StepSlot { view: s.clone(), addr: None, prepared: false, addresses: Vec::new(), outcome: None, stop_sent: false })
+                (
+                    s.id,
+                    StepSlot {
+                        view: s.clone(),
+                        addr: None,
+                        prepared: false,
+                        addresses: Vec::new(),
+                        outcome: None,
+                        stop_sent: false,
+                        stopped: false,
+                    },
+                )
             })
             .collect();
         Self {
@@ -531,7 +544,8 @@ impl RunSupervisor {
     /// Stops service steps once every other step is done; closes the run once every step is:
     /// the metrics are stored and what the run left is swept, then it ends.
     fn maybe_close(&mut self, ctx: &mut Context<Self>) {
-        let others_done = self.live_steps().all(|s| s.view.spec.service);
+        // Services are stopped as soon as no other step's container runs, before those steps' teardown.
+        let others_done = self.live_steps().all(|s| s.view.spec.service || s.stopped);
         let all_done = self.live_steps().next().is_none();
         if (others_done && self.phase == RunPhase::Running) || (all_done && self.phase.is_live()) {
             self.transition_to(RunPhase::Terminating(Ending::Finished), ctx);
@@ -629,6 +643,12 @@ impl Handler<StepReport> for RunSupervisor {
         match msg.kind {
             ReportKind::Event(kind) => {
                 self.feed.publish(kind);
+            }
+            ReportKind::Stopped => {
+                if let Some(slot) = self.steps.get_mut(&msg.step_id) {
+                    slot.stopped = true;
+                }
+                self.maybe_close(ctx);
             }
             ReportKind::Prepared(Ok(addresses)) => {
                 if let Some(slot) = self.steps.get_mut(&msg.step_id) {

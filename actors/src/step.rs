@@ -56,6 +56,8 @@ pub enum ReportKind {
     Prepared(Result<Vec<String>, String>),
     /// Something for the live feed.
     Event(EventKind),
+    /// None of its containers runs any more; its nodes are being torn down.
+    Stopped,
     /// The step is over and its nodes are released.
     Finished(StepOutcome),
 }
@@ -442,6 +444,7 @@ impl StepActor {
         if !self.transition_to(StepPhase::Finishing(outcome.clone()), ctx) {
             return;
         }
+        self.report(ReportKind::Stopped);
         let teardowns: Vec<_> = self.nodes.iter().map(|n| (n.id.clone(), n.addr.send(TearDown))).collect();
         let pool = self.pool.clone();
         let release = ReleaseNodes { run_id: self.ctx.run_id, step_id: self.ctx.step.id };

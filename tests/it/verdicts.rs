@@ -158,6 +158,8 @@ additional_command_args = "-c 'trap \"exit 0\" TERM; i=0; while [ $$i -lt 400 ];
     }
     let service = exited("svc");
     assert!(service[0] >= *generators.iter().max().unwrap(), "the service stops last: {service:?} vs {generators:?}");
+    let last = (service[0] - breach).num_milliseconds();
+    assert!(last <= 2000, "the service stopped {last} ms after the breach, more than two windows");
     // Grafana saw the live dashboard, then the breach, then the final dashboard.
     let mut requests = Vec::new();
     while requests.len() < 3 {
