@@ -360,16 +360,21 @@ fn print_thresholds(thresholds: &[ThresholdView]) {
     if thresholds.is_empty() {
         return;
     }
+    let rows: Vec<(String, String, String)> = thresholds
+        .iter()
+        .map(|t| {
+            let scope = t.step.as_ref().map(|s| format!(" [step {s}]")).unwrap_or_default();
+            let window = t.window.as_ref().map(|w| format!(" over {w}")).unwrap_or_default();
+            let state = serde_json::to_value(t.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+            let note = t.note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default();
+            (format!("{} {}{scope}{window}", t.metric, t.threshold), t.value.map_or("-".to_string(), shown), format!("{state}{note}"))
+        })
+        .collect();
+    let width = rows.iter().map(|(name, _, _)| name.len()).max().unwrap_or(0).max(9);
     println!();
-    println!("{:<56} {:>12}  result", "threshold", "value");
-    for t in thresholds {
-        let scope = t.step.as_ref().map(|s| format!(" [step {s}]")).unwrap_or_default();
-        let window = t.window.as_ref().map(|w| format!(" over {w}")).unwrap_or_default();
-        let name = format!("{} {}{scope}{window}", t.metric, t.threshold);
-        let value = t.value.map_or("-".to_string(), shown);
-        let state = serde_json::to_value(t.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-        let note = t.note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default();
-        println!("{name:<56} {value:>12}  {state}{note}");
+    println!("{:<width$} {:>12}  result", "threshold", "value");
+    for (name, value, result) in rows {
+        println!("{name:<width$} {value:>12}  {result}");
     }
 }
 
