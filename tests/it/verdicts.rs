@@ -26,13 +26,23 @@ fn text(bytes: &[u8]) -> String {
 
 /// Runs `loads run` on `plan` (TOML) in `dir` with a database there and a broker id of its own.
 fn loads_run(dir: &Path, plan: &str, extra: &[(&str, &str)]) -> (Output, String) {
+    loads_run_with(dir, plan, extra, &[])
+}
+
+/// `loads ARGS` with `dir`'s database.
+fn loads_in(dir: &Path, args: &[&str]) -> Output {
+    let url = format!("sqlite://{}", dir.join("run.db").display());
+    Command::new(env!("CARGO_BIN_EXE_loads")).args(args).current_dir(dir).env("LOADS__DATABASE__URL", url).output().expect("run loads")
+}
+
+fn loads_run_with(dir: &Path, plan: &str, extra: &[(&str, &str)], args: &[&str]) -> (Output, String) {
     let broker = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let _cleanup = LabelGuard(broker.clone());
     let file = dir.join("plan.toml");
     std::fs::write(&file, plan).unwrap();
     let url = format!("sqlite://{}", dir.join("run.db").display());
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_loads"));
-    cmd.args(["run", file.to_str().unwrap()]).current_dir(dir).env_remove("RUST_LOG");
+    cmd.args(["run", file.to_str().unwrap()]).args(args).current_dir(dir).env_remove("RUST_LOG");
     for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("LOADS__")) {
         cmd.env_remove(k);
     }
@@ -66,7 +76,8 @@ fn stored(url: &str, run_id: uuid::Uuid) -> (loads_actors::domain::views::RunVie
 }
 
 /// The demo's service and its C generator on two nodes, with thresholds the demo holds:
-/// `passed`, exit 0, and the thresholds table in the summary.
+/// `passed`, exit 0, and the thresholds table in the summary. Made the baseline, the run is
+/// what the next `loads run --baseline` compares with.
 #[test]
 fn a_plan_whose_thresholds_hold_passes_and_exits_0() {
     ensure_images();
@@ -104,9 +115,27 @@ additional_command_args = "web 8080 / 10 3"
         assert!(row.ends_with("passed"), "{row}");
     }
     assert!(stderr.contains("verdict passed"), "the verdict is on the feed: {stderr}");
-    let (run, _) = stored(&url, run_id_of(&stdout));
+    let first = run_id_of(&stdout);
+    let (run, _) = stored(&url, first);
     let count = run.thresholds.iter().find(|t| t.threshold == "count>0").unwrap();
     assert_eq!(count.value, Some(60.0), "two nodes, 10 requests a second for 3 s, judged together: {count:?}");
+
+    let out = loads_in(dir.path(), &["baseline", &first.to_string()]);
+    assert!(
+        out.status.success() && text(&out.stdout).contains(&format!("run {first} is now the baseline of plan \"held\"")),
+        "{}",
+        text(&out.stderr)
+    );
+    let (out, _) = loads_run_with(dir.path(), plan, &[], &["--baseline"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains(&format!("compared with {first} (baseline)")), "{stdout}");
+    let row = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("demo.c.latency") && l.contains(" count "))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert_eq!(row.split_whitespace().collect::<Vec<_>>()[2..5], ["60", "60", "0"], "same requests as the baseline: {row}");
+    assert!(stdout.contains("no regression"), "{stdout}");
 }
 
 /// A generator on three nodes breaches an `abort_on_fail` threshold mid-run: every
@@ -268,6 +297,12 @@ on_both_databases! {
         assert!(fields.contains(&"thresholds[\"demo.c.latency\"][1].threshold: unknown aggregation \"p95\"; did you mean \"p(95)\"?".to_string()), "{fields:?}");
         assert!(fields.iter().any(|f| f.starts_with("thresholds[\"x{step:nope}\"]: no step named \"nope\"")), "{fields:?}");
         assert!(fields.iter().any(|f| f.starts_with("compare[\"demo.c.latency\"][0]: ")), "{fields:?}");
+        let yaml = "name: y\nplans:\n  - name: p\n    thresholds:\n      lat{status:ok}:\n        - p(95)<200\n        - {threshold: avg<1s, window: 30s}\n    steps:\n      - name: s\n        container_name: x\n        thresholds: {errors: [count<1]}\n";
+        let (status, report) = app.send("POST", "/api/v1/projects/import", Some("application/yaml"), yaml.as_bytes().to_vec()).await;
+        assert_eq!(status, StatusCode::CREATED, "{report}");
+        let (_, imported) = app.get(&format!("/api/v1/plans/{}", report["project"]["plans"][0]["id"].as_str().unwrap())).await;
+        assert_eq!(imported["thresholds"], json!({"lat{status:ok}": [{"threshold": "p(95)<200", "abort_on_fail": false}, {"threshold": "avg<1s", "abort_on_fail": false, "window": "30s"}]}));
+        assert_eq!(imported["steps"][0]["thresholds"], json!({"errors": [{"threshold": "count<1", "abort_on_fail": false}]}));
         let plain = app.create_plan(crate::helpers::plan_doc("plain")).await;
         assert_eq!((plain["thresholds"].clone(), plain["compare"].clone(), plain["baseline_run_id"].clone()), (json!({}), json!({}), Value::Null));
     }
