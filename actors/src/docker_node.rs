@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, Recipient, ResponseActFuture, WrapFuture};
+use actix::{Actor, ActorFutureExt, AsyncContext, AtomicResponse, Context, Handler, Message, Recipient, ResponseActFuture, WrapFuture};
 use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
 use sea_orm::DatabaseConnection;
@@ -333,7 +333,9 @@ pub struct StartContainer {
 }
 
 impl Handler<StartContainer> for DockerNodeActor {
-    type Result = ResponseActFuture<Self, Result<String, DockerError>>;
+    // Atomic: a stop or a tear-down that arrives while the container is being made waits
+    // for it, so it stops and records that container too rather than leaving it behind.
+    type Result = AtomicResponse<Self, Result<String, DockerError>>;
 
     fn handle(&mut self, msg: StartContainer, _: &mut Context<Self>) -> Self::Result {
         let engine = self.engine.clone();
@@ -353,7 +355,7 @@ impl Handler<StartContainer> for DockerNodeActor {
         };
         // On this machine's disk, host paths are resolved right before the container is made.
         let volume_root = self.settings.limits.volume_root.clone().filter(|_| !spec.binds.is_empty());
-        Box::pin(
+        AtomicResponse::new(Box::pin(
             async move {
                 if let Some(root) = volume_root {
                     let (binds, name) = (spec.binds.clone(), spec.name.clone());
@@ -379,7 +381,7 @@ impl Handler<StartContainer> for DockerNodeActor {
                 act.watch(id, ctx);
                 Ok(answer)
             }),
-        )
+        ))
     }
 }
 

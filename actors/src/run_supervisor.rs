@@ -187,8 +187,12 @@ impl RunSupervisor {
         let token = recovery.ingest_token.clone().unwrap_or_default();
         let mut me = Self::new(run.id, plan, run_env, services, broker, token);
         // A terminating run ends as it was ending: its cause is stored with the state.
+        // (A breach's reason names its threshold first; a step's failure names its step.)
         me.phase = match (run.state, run.aborted, &run.failure_reason) {
             (RunState::Terminating, true, _) => RunPhase::Terminating(Ending::Aborted),
+            (RunState::Terminating, false, Some(reason)) if reason.starts_with("threshold ") => {
+                RunPhase::Terminating(Ending::Breached(reason.clone()))
+            }
             (RunState::Terminating, false, Some(reason)) => RunPhase::Terminating(Ending::StepFailed(reason.clone())),
             (RunState::Terminating, false, None) => RunPhase::Terminating(Ending::Finished),
             _ => RunPhase::Running,

@@ -163,24 +163,29 @@ fn remove_labelled(broker_id: &str) {
     }
 }
 
+/// Builds `tags` on the local engine (again with `rebuild`, else only when missing), off the test's runtime.
+fn build_images(tags: &'static [&'static str], rebuild: bool) -> Result<(), String> {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(async {
+            let engine = loads_actors::infra::docker::Engine::local().await.map_err(|e| e.to_string())?;
+            let binary = std::path::Path::new(env!("CARGO_BIN_EXE_loads"));
+            if !rebuild {
+                return loads::images::ensure(&engine, tags.iter().copied(), binary).await.map(|_| ()).map_err(|e| e.to_string());
+            }
+            for tag in tags {
+                loads::images::build(&engine, tag, binary).await.map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
+    })
+    .join()
+    .unwrap_or_else(|_| Err("image build panicked".into()))
+}
+
 /// Builds the images tests run (the relay from the real `loads` binary, busybox) once per test process.
 pub fn ensure_images() {
     static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
-    let result = BUILT.get_or_init(|| {
-        std::thread::spawn(|| {
-            tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(async {
-                let engine = loads_actors::infra::docker::Engine::local().await.map_err(|e| e.to_string())?;
-                let binary = std::path::Path::new(env!("CARGO_BIN_EXE_loads"));
-                for tag in [loads::images::RELAY, loads::images::BUSYBOX] {
-                    loads::images::build(&engine, tag, binary).await.map_err(|e| e.to_string())?;
-                }
-                Ok(())
-            })
-        })
-        .join()
-        .unwrap_or_else(|_| Err("image build panicked".into()))
-    });
-    if let Err(e) = result {
+    if let Err(e) = BUILT.get_or_init(|| build_images(&[loads::images::RELAY, loads::images::BUSYBOX], true)) {
         panic!("cannot build the test images: {e}");
     }
 }
@@ -188,19 +193,8 @@ pub fn ensure_images() {
 /// Builds the demo's images (its service and generators) when missing, once per test process.
 pub fn ensure_demo_images() {
     static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
-    let result = BUILT.get_or_init(|| {
-        std::thread::spawn(|| {
-            tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(async {
-                let engine = loads_actors::infra::docker::Engine::local().await.map_err(|e| e.to_string())?;
-                let binary = std::path::Path::new(env!("CARGO_BIN_EXE_loads"));
-                let demo = [loads::images::DEMO_HTTPD, loads::images::DEMO_SHELL_GEN, loads::images::DEMO_C_GEN];
-                loads::images::ensure(&engine, demo, binary).await.map(|_| ()).map_err(|e| e.to_string())
-            })
-        })
-        .join()
-        .unwrap_or_else(|_| Err("image build panicked".into()))
-    });
-    if let Err(e) = result {
+    let demo = &[loads::images::DEMO_HTTPD, loads::images::DEMO_SHELL_GEN, loads::images::DEMO_C_GEN];
+    if let Err(e) = BUILT.get_or_init(|| build_images(demo, false)) {
         panic!("cannot build the demo's images: {e}");
     }
 }
