@@ -1,6 +1,7 @@
 //! The images loads needs, built on this machine with no registry: the relay
-//! (this very binary, run as `loads relay`), a busybox base, and the demo's
-//! service and generators. `loads images build` builds them all; runs build
+//! (the `loads-relay` binary installed beside `loads`, or else this very
+//! binary run as `loads relay`), a busybox base, and the demo's service and
+//! generators. `loads images build` builds them all; runs build
 //! the ones they use when missing.
 
 use std::path::{Path, PathBuf};
@@ -72,12 +73,37 @@ fn compile_c_generator(tag: &str) -> Result<PathBuf, ImageError> {
     Ok(binary)
 }
 
-/// The recipe of `tag`; `loads_binary` is the binary the relay image runs.
+/// The relay's entries and how the image runs it: `loads-relay` beside
+/// `loads_binary` when installed, else `loads_binary` itself as `loads relay`.
+/// Debug information is left out when `objcopy` is at hand, so nodes get a
+/// smaller image to copy.
+fn relay_entries(tag: &str, loads_binary: &Path) -> Result<(Vec<RootEntry>, Vec<String>), ImageError> {
+    static COPIES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let own = loads_binary.with_file_name("loads-relay");
+    let (binary, entrypoint) =
+        if own.is_file() { (own, vec!["/loads-relay".to_string()]) } else { (loads_binary.to_path_buf(), vec!["/loads".into(), "relay".into()]) };
+    let mut entries = binary_with_libraries(&binary, &entrypoint[0]).map_err(|e| tool_error(tag, e))?;
+    let copy = std::sync::atomic::Ordering::Relaxed;
+    let stripped = std::env::temp_dir().join(format!("loads-relay-{}-{}", std::process::id(), COPIES.fetch_add(1, copy)));
+    let done = Command::new("objcopy").arg("--strip-debug").arg(&binary).arg(&stripped).output().is_ok_and(|o| o.status.success());
+    if done {
+        let data = std::fs::read(&stripped);
+        let _ = std::fs::remove_file(&stripped);
+        let data = data.map_err(|e| ImageError::Read { tag: tag.to_string(), path: stripped.clone(), source: e })?;
+        entries[0] = RootEntry::Bytes { to: entrypoint[0].clone(), data, mode: 0o755 };
+    }
+    Ok((entries, entrypoint))
+}
+
+/// The recipe of `tag`; `loads_binary` is the `loads` binary whose relay the relay image runs.
 pub fn recipe(tag: &str, loads_binary: &Path) -> Result<Recipe, ImageError> {
     let with_libs = |binary: &Path, to: &str| binary_with_libraries(binary, to).map_err(|e| tool_error(tag, e));
     let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let (entries, entrypoint, cmd) = match tag {
-        RELAY => (with_libs(loads_binary, "/loads")?, strings(&["/loads", "relay"]), Vec::new()),
+        RELAY => {
+            let (entries, entrypoint) = relay_entries(tag, loads_binary)?;
+            (entries, entrypoint, Vec::new())
+        }
         BUSYBOX => (busybox_entries(tag)?, Vec::new(), strings(&["/bin/sh"])),
         DEMO_HTTPD => {
             let mut e = busybox_entries(tag)?;

@@ -504,12 +504,9 @@ impl Handler<AcquireNodes> for Ec2PoolActor {
             let mut grants = Vec::new();
             let mut labels = Vec::new();
             for (i, (mut node, network, ingest_base, forward)) in ready.into_iter().enumerate() {
-                // With an address override (a test double) the node's address is the override's.
-                let address = match (act.cloud.as_ref().is_some_and(|c| !c.address_override.is_empty()), &node.instance.private_ip_address)
-                {
-                    (false, Some(private)) => private.clone(),
-                    _ => node.ssh.addr().ip().to_string(),
-                };
+                // Peers reach a node at its private address (an address override changes
+                // only where the broker's SSH goes).
+                let address = node.instance.private_ip_address.clone().unwrap_or_else(|| node.ssh.addr().ip().to_string());
                 grants.push(NodeGrant {
                     id: format!("s{position}n{i}"),
                     engine: node.engine.clone(),

@@ -86,6 +86,17 @@ impl SshSettings {
             "sudo -n "
         }
     }
+
+    /// `command`, a whole shell command line (pipes, redirections, `&&`), run as root:
+    /// as it is for root, else through `sudo -n sh -c`, so that all of it, not only
+    /// its first word, has root's rights.
+    pub fn as_root(&self, command: &str) -> String {
+        if self.user == "root" {
+            command.to_string()
+        } else {
+            format!("sudo -n sh -c {}", shell_words::quote(command))
+        }
+    }
 }
 
 /// Seconds between keepalives on a node's connection, so an idle pooled node's
@@ -371,5 +382,33 @@ async fn pump(socket: &mut tokio::net::TcpStream, channel: &mut async_ssh2_lite:
     tokio::select! {
         _ = down => {}
         _ = up => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(user: &str) -> SshSettings {
+        SshSettings {
+            user: user.into(),
+            key_path: PathBuf::new(),
+            known_hosts: PathBuf::new(),
+            record_new_hosts: false,
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn a_whole_command_line_runs_as_root_not_only_its_first_word() {
+        let line = "echo 1 > /proc/sys/net/ipv4/tcp_tw_reuse && sysctl -q fs.file-max";
+        assert_eq!(settings("root").as_root(line), line);
+        let wrapped = settings("ubuntu").as_root(line);
+        assert_eq!(wrapped, "sudo -n sh -c 'echo 1 > /proc/sys/net/ipv4/tcp_tw_reuse && sysctl -q fs.file-max'");
+        // What the remote shell hands to `sh -c` is the line, byte for byte.
+        let words = shell_words::split(&wrapped).unwrap();
+        assert_eq!(words, ["sudo", "-n", "sh", "-c", line]);
+        let quoted = settings("ubuntu").as_root("echo 'it''s' \"$HOME\"");
+        assert_eq!(shell_words::split(&quoted).unwrap()[4], "echo 'it''s' \"$HOME\"");
     }
 }

@@ -64,10 +64,7 @@ async fn adopt_node(job: &Adoption, instance: InstanceView) -> Result<CloudNode,
     let (engine, bridge) = ssh.docker().await.map_err(|e| e.to_string())?;
     let (network, _) = engine.ensure_network(&job.network, job.labels.clone()).await.map_err(|e| e.to_string())?;
     let (port, forward) = ssh.forward_to_broker(NODE_LOOPBACK, port, job.ingest).await.map_err(|e| e.to_string())?;
-    let address = match (job.cloud.address_override.is_empty(), &instance.private_ip_address) {
-        (true, Some(private)) => private.clone(),
-        _ => addr.ip().to_string(),
-    };
+    let address = instance.private_ip_address.clone().unwrap_or_else(|| addr.ip().to_string());
     let lease = Lease { run_id: job.run_id, step_id, name, address, network, ingest_base: format!("http://{NODE_LOOPBACK}:{port}") };
     Ok(CloudNode { instance, ssh, engine, _bridge: bridge, forward: Some(forward), lease: Some(lease), idle_since: None })
 }
@@ -216,12 +213,21 @@ pub(super) async fn provision(job: Provision, reused: Vec<CloudNode>) -> Result<
 }
 
 /// Moves a node's dead-man's switch deadline (its file, which the switch reads; the
-/// `loads:expires-at` tag is the reaper's) and applies the node tuning.
+/// `loads:expires-at` tag is the reaper's) and applies the node tuning unless it was
+/// applied already (by the first boot's user-data, or for an earlier run).
 async fn rearm(job: &Provision, ssh: &SshNode, deadline: DateTime<Utc>) -> Result<(), SshError> {
-    let sudo = job.cloud.ssh.sudo();
     let mut commands = vec![move_deadline(&job.cloud, deadline)];
-    commands.extend(job.cloud.node_tuning.iter().map(|c| format!("{sudo}{c}")));
+    commands.extend(tuning(&job.cloud));
     run_all(ssh, commands).await
+}
+
+/// The node tuning as one command run as root, once per instance (`<node_dir>/tuning-applied` marks it).
+fn tuning(cloud: &CloudSettings) -> Option<String> {
+    if cloud.node_tuning.is_empty() {
+        return None;
+    }
+    let (dir, all) = (&cloud.node_dir, cloud.node_tuning.join(" && "));
+    Some(cloud.ssh.as_root(&format!("[ -e {dir}/tuning-applied ] || {{ {all} && touch {dir}/tuning-applied; }}")))
 }
 
 /// The command that moves the deadline in a node's dead-man's switch file.
