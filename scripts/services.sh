@@ -13,6 +13,8 @@ ensure_packages() {
   # The EC2 tests' nodes: virtual machines under software emulation, booting a
   # Debian image built here (mmdebstrap), each with a NoCloud seed.
   packages+=(qemu-system-x86 mmdebstrap cloud-image-utils e2fsprogs)
+  # The web UI's browser tests: a headless Chromium driven through WebDriver.
+  packages+=(chromium chromium-driver)
   python3 -m pip --version >/dev/null 2>&1 || packages+=(python3 python3-pip)
   local missing=() p
   for p in "${packages[@]}"; do

@@ -80,8 +80,11 @@ fn compile_c_generator(tag: &str) -> Result<PathBuf, ImageError> {
 fn relay_entries(tag: &str, loads_binary: &Path) -> Result<(Vec<RootEntry>, Vec<String>), ImageError> {
     static COPIES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let own = loads_binary.with_file_name("loads-relay");
-    let (binary, entrypoint) =
-        if own.is_file() { (own, vec!["/loads-relay".to_string()]) } else { (loads_binary.to_path_buf(), vec!["/loads".into(), "relay".into()]) };
+    let (binary, entrypoint) = if own.is_file() {
+        (own, vec!["/loads-relay".to_string()])
+    } else {
+        (loads_binary.to_path_buf(), vec!["/loads".into(), "relay".into()])
+    };
     let mut entries = binary_with_libraries(&binary, &entrypoint[0]).map_err(|e| tool_error(tag, e))?;
     let copy = std::sync::atomic::Ordering::Relaxed;
     let stripped = std::env::temp_dir().join(format!("loads-relay-{}-{}", std::process::id(), COPIES.fetch_add(1, copy)));

@@ -9,6 +9,7 @@ pub mod images;
 pub mod relay;
 pub mod startup;
 pub mod telemetry;
+pub mod ui;
 
 /// This build's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -477,6 +477,29 @@ impl Handler<RunMetrics> for BrokerActor {
     }
 }
 
+/// The series of a run's steps, for charts: each flush window merged over the step's nodes.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<crate::domain::views::StepSeriesView>, StoreError>")]
+pub struct RunSeries {
+    /// The run.
+    pub run_id: Uuid,
+}
+
+impl Handler<RunSeries> for BrokerActor {
+    type Result = ResponseActFuture<Self, Result<Vec<crate::domain::views::StepSeriesView>, StoreError>>;
+
+    fn handle(&mut self, msg: RunSeries, _: &mut Context<Self>) -> Self::Result {
+        let db = self.db.clone();
+        Box::pin(
+            async move {
+                let steps = runs::series(&db, msg.run_id).await?;
+                Ok(steps.into_iter().map(|(step, points)| crate::domain::views::StepSeriesView { step, points }).collect())
+            }
+            .into_actor(self),
+        )
+    }
+}
+
 impl Handler<RunEnded> for BrokerActor {
     type Result = ();
 

@@ -84,6 +84,9 @@ pub enum EventKind {
         /// Timer statistics (milliseconds) over every node's samples.
         #[schema(value_type = Object)]
         timers: std::collections::BTreeMap<String, crate::domain::metrics::TimerStats>,
+        /// Each node's CPU use in the window, percent (nodes that sent host samples).
+        #[schema(value_type = Object)]
+        cpu: std::collections::BTreeMap<String, f64>,
     },
     /// A step's image tarball is being downloaded (`container_url`, shown without its query string).
     Download {
@@ -246,7 +249,14 @@ mod tests {
     }
 
     fn window() -> EventKind {
-        EventKind::Metrics { step: "s".into(), start_ms: 0, nodes: 1, counters: Default::default(), timers: Default::default() }
+        EventKind::Metrics {
+            step: "s".into(),
+            start_ms: 0,
+            nodes: 1,
+            counters: Default::default(),
+            timers: Default::default(),
+            cpu: Default::default(),
+        }
     }
 
     #[test]

@@ -48,11 +48,15 @@ pub struct MetricsPublished {
     pub counters: BTreeMap<String, f64>,
     /// Timer statistics over every node's samples.
     pub timers: BTreeMap<String, TimerStats>,
+    /// Each node's CPU use in the window, percent.
+    pub cpu: BTreeMap<String, f64>,
 }
 
 struct Slot {
     merged: Merged,
     nodes: HashSet<String>,
+    /// Each reporting node's CPU use, percent.
+    cpu: BTreeMap<String, f64>,
     first_seen_ms: i64,
 }
 
@@ -113,6 +117,8 @@ struct RunMetrics {
     /// The run's thresholds, judged as windows arrive, and who is told.
     judge: Judge,
     judged: Recipient<ThresholdsJudged>,
+    /// Published windows not yet added to the run's stored series: (step, start ms, point JSON).
+    series: Vec<(String, i64, String)>,
 }
 
 /// A step's totals as written to the database every second, so a restarted broker carries them on.
@@ -298,13 +304,19 @@ impl MetricsActor {
                     };
                     let seconds = slot.merged.duration_ms as f64 / 1000.0 / slot.nodes.len().max(1) as f64;
                     points.extend(window_points(&tags, key, &slot.merged, seconds.max(1.0), None).into_iter().map(|p| (*step_id, p)));
-                    run.feed.do_send(MetricsPublished {
+                    let published = MetricsPublished {
                         step: step.name.clone(),
                         start_ms: key,
                         nodes: slot.nodes.len(),
                         counters: slot.merged.counters.clone(),
                         timers: slot.merged.timers.iter().map(|(k, h)| (k.clone(), TimerStats::of(h))).collect(),
+                        cpu: slot.cpu,
+                    };
+                    let point = serde_json::json!({
+                        "t": key, "nodes": published.nodes, "counters": published.counters, "timers": published.timers, "cpu": published.cpu,
                     });
+                    run.series.push((step.name.clone(), key, point.to_string()));
+                    run.feed.do_send(published);
                 }
             }
         }
@@ -320,8 +332,10 @@ impl Actor for MetricsActor {
             let now = Self::now_ms();
             let mut points = Vec::new();
             let mut saves = Vec::new();
+            let mut series = Vec::new();
             for (id, run) in &mut act.runs {
                 points.push((*id, Self::publish_ready(*id, run, now, false)));
+                series.extend(std::mem::take(&mut run.series).into_iter().map(|(step, t, point)| (*id, step, t, point)));
                 if std::mem::take(&mut run.dirty) {
                     let thresholds = (!run.judge.is_empty()).then(|| run.judge.views());
                     saves.push((*id, run.saved(), thresholds));
@@ -332,6 +346,9 @@ impl Actor for MetricsActor {
             }
             let db = act.db.clone();
             ctx.spawn(actix::fut::wrap_future(async move {
+                if let Err(e) = runs::append_series(&db, series).await {
+                    tracing::warn!(error = %e, "could not add windows to the runs' series");
+                }
                 for (run_id, state, thresholds) in saves {
                     if let Err(e) = runs::set_metrics_state(&db, run_id, state).await {
                         tracing::warn!(%run_id, error = %e, "could not record the run's metrics so far");
@@ -443,7 +460,17 @@ impl Handler<TrackRun> for MetricsActor {
             (influx, _) => influx.clone(),
         };
         let judge = Judge::new(msg.thresholds);
-        let run = RunMetrics { token: msg.token, plan: msg.plan, influx, feed: msg.feed, steps, dirty: false, judge, judged: msg.judged };
+        let run = RunMetrics {
+            token: msg.token,
+            plan: msg.plan,
+            influx,
+            feed: msg.feed,
+            steps,
+            dirty: false,
+            judge,
+            judged: msg.judged,
+            series: Vec::new(),
+        };
         if !msg.resumed {
             let (db, run_id, views) = (self.db.clone(), msg.run_id, run.judge.views());
             if !views.is_empty() {
@@ -561,10 +588,14 @@ impl Handler<Ingest> for MetricsActor {
             let slot = step.slots.entry(w.start_ms / 1000 * 1000).or_insert_with(|| Slot {
                 merged: Merged::default(),
                 nodes: HashSet::new(),
+                cpu: BTreeMap::new(),
                 first_seen_ms: now,
             });
             slot.merged.add(w);
             slot.nodes.insert(w.node.clone());
+            if let Some(h) = &w.host {
+                slot.cpu.insert(w.node.clone(), h.cpu_percent);
+            }
         }
         points.extend(Self::publish_ready(msg.run_id, run, now, false));
         let breach = Self::judge(run);
@@ -711,9 +742,11 @@ impl Handler<FinishRun> for MetricsActor {
         let dashboards = self.dashboards.clone();
         let mut last_points = Vec::new();
         let mut judgement = RunJudgement::default();
+        let mut series = Vec::new();
         if let Some(mut run) = self.runs.remove(&msg.run_id) {
             influx.clone_from(&run.influx);
             last_points = Self::publish_ready(msg.run_id, &mut run, Self::now_ms(), true);
+            series = run.series.drain(..).map(|(step, t, point)| (msg.run_id, step, t, point)).collect();
             let mut steps: Vec<(&Uuid, &StepMetrics)> = run.steps.iter().collect();
             steps.sort_by(|a, b| a.1.name.cmp(&b.1.name));
             judgement.summaries = steps.iter().flat_map(|(id, s)| summarise(**id, s)).collect();
@@ -729,6 +762,7 @@ impl Handler<FinishRun> for MetricsActor {
                     tracing::warn!(error = %e, "metrics points not written to InfluxDB");
                 }
             }
+            runs::append_series(&db, series).await?;
             runs::record_metrics(&db, msg.run_id, &rows).await?;
             if !judgement.thresholds.is_empty() {
                 runs::set_thresholds(&db, msg.run_id, &judgement.thresholds).await?;

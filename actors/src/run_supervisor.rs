@@ -692,6 +692,7 @@ impl Handler<MetricsPublished> for RunSupervisor {
             nodes: msg.nodes,
             counters: msg.counters,
             timers: msg.timers,
+            cpu: msg.cpu,
         });
     }
 }

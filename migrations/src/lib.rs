@@ -12,6 +12,7 @@ mod m20261128_000005_add_min_nodes;
 mod m20261128_000006_add_run_recovery;
 mod m20261201_000007_add_container_sha256;
 mod m20261202_000008_add_verdicts;
+mod m20261202_000009_create_run_series;
 
 /// Applies every migration in order.
 pub struct Migrator;
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000006_add_run_recovery::Migration),
             Box::new(m20261201_000007_add_container_sha256::Migration),
             Box::new(m20261202_000008_add_verdicts::Migration),
+            Box::new(m20261202_000009_create_run_series::Migration),
         ]
     }
 }

@@ -4,12 +4,18 @@
 //! (`auth.read_tokens`) may only `GET` (the websocket feed included): anything
 //! else is 403. With no token configured the API is open, which startup allows
 //! only on a loopback address. Tokens are compared in constant time.
+//!
+//! A browser cannot set headers on a websocket, so the feed also takes the
+//! token as a subprotocol, `bearer.<token in unpadded base64url>` beside
+//! `loads` (which the feed answers with). The web UI's pages and assets carry
+//! no data and are public; everything they show comes through the API.
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{header, Method, StatusCode};
 use actix_web::middleware::Next;
-use actix_web::{web, Error, ResponseError};
+use actix_web::{web, Error, HttpRequest, ResponseError};
+use base64::Engine as _;
 use subtle::ConstantTimeEq;
 
 use super::compat::CompatError;
@@ -56,13 +62,19 @@ impl Tokens {
     }
 }
 
-/// Paths anyone may read: liveness and the API description.
-const PUBLIC: [&str; 2] = ["/health", "/api/v1/openapi.json"];
+/// Paths anyone may read: liveness, the API description, and whether a token is needed (and its role).
+const PUBLIC: [&str; 3] = ["/health", "/api/v1/openapi.json", "/api/v1/whoami"];
 
-fn bearer(req: &ServiceRequest) -> Option<&str> {
-    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
+/// The request's token: its `Authorization: Bearer` header, else a `bearer.` websocket subprotocol.
+pub fn token_of(req: &HttpRequest) -> Option<String> {
+    if let Some(value) = req.headers().get(header::AUTHORIZATION) {
+        let (scheme, token) = value.to_str().ok()?.split_once(' ')?;
+        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string());
+    }
+    let protocols = req.headers().get(header::SEC_WEBSOCKET_PROTOCOL)?.to_str().ok()?;
+    let encoded = protocols.split(',').map(str::trim).find_map(|p| p.strip_prefix("bearer."))?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded).ok()?;
+    String::from_utf8(bytes).ok()
 }
 
 /// Middleware: refuses requests without a valid bearer token when tokens are configured.
@@ -71,11 +83,11 @@ pub async fn require_token(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
     let tokens = req.app_data::<web::Data<Tokens>>().map(|t| t.get_ref().clone()).unwrap_or_default();
-    if !tokens.enabled() || PUBLIC.contains(&req.path()) {
+    if !tokens.enabled() || PUBLIC.contains(&req.path()) || crate::ui::is_page(req.path()) {
         return next.call(req).await.map(ServiceResponse::map_into_left_body);
     }
     let reads = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    let error = match bearer(&req).map(|token| tokens.role(token)) {
+    let error = match token_of(req.request()).map(|token| tokens.role(&token)) {
         Some(Some(Role::Operate)) => return next.call(req).await.map(ServiceResponse::map_into_left_body),
         Some(Some(Role::Read)) if reads => return next.call(req).await.map(ServiceResponse::map_into_left_body),
         Some(Some(Role::Read)) => ApiError::new(

@@ -39,8 +39,14 @@ pub async fn run_events(
     let run_id = input::id(&path, "id")?;
     let since = Query::of(&req)?.whole("since", 0..=u64::MAX)?.unwrap_or(0);
     let subscription = state.broker.send(Subscribe { run_id, since }).await??;
-    let (response, session, stream) = actix_ws::handle(&req, body)
+    let (mut response, session, stream) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::bad_request("not_websocket", format!("this route speaks websocket only: {e}")))?;
+    // A browser that sent its token as a subprotocol offered `loads` too; the answer must name one it offered.
+    let offered = req.headers().get(actix_web::http::header::SEC_WEBSOCKET_PROTOCOL).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if offered.split(',').any(|p| p.trim() == "loads") {
+        let loads = actix_web::http::header::HeaderValue::from_static("loads");
+        response.headers_mut().insert(actix_web::http::header::SEC_WEBSOCKET_PROTOCOL, loads);
+    }
     actix_web::rt::spawn(serve(session, stream.aggregate_continuations(), subscription));
     Ok(response)
 }

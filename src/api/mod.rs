@@ -1,5 +1,5 @@
 //! The HTTP face of the broker: REST API v1, the loads v2 compatibility API,
-//! health, and the OpenAPI document.
+//! health, the OpenAPI document, and the web UI's pages (`crate::ui`).
 //!
 //! Handlers hold only actor addresses (`ApiState`); each one is a single
 //! message away from its answer. This module wires routes and auth.
@@ -51,6 +51,7 @@ fn resource(path: &str, allow: &'static str) -> Resource {
 
 /// Registers every route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    crate::ui::configure(cfg);
     cfg.service(resource("/health", "GET").route(web::get().to(v1::health)))
         .service(resource("/api/v1/openapi.json", "GET").route(web::get().to(openapi::serve)))
         .service(
@@ -91,9 +92,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .service(resource("/runs/{id}/abort", "POST").route(web::post().to(v1::abort_run)))
                 .service(resource("/runs/{id}/logs", "GET").route(web::get().to(v1::run_logs)))
                 .service(resource("/runs/{id}/metrics", "GET").route(web::get().to(v1::run_metrics)))
+                .service(resource("/runs/{id}/series", "GET").route(web::get().to(v1::run_series)))
                 .service(resource("/runs/{id}/dashboard", "GET").route(web::get().to(v1::run_dashboard)))
                 .service(resource("/runs/{id}/compare", "GET").route(web::get().to(v1::compare_runs)))
                 .service(resource("/runs/{id}/events", "GET").route(web::get().to(events::run_events)))
+                .service(resource("/whoami", "GET").route(web::get().to(v1::whoami)))
                 .default_service(web::to(not_found)),
         )
         .service(resource("/api", "GET").route(web::get().to(compat::root)))

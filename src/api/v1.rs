@@ -6,7 +6,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use loads_actors::broker::{AbortRun, DeleteRun, RunDashboard, RunLogs, RunMetrics, StartRun};
+use loads_actors::broker::{AbortRun, DeleteRun, RunDashboard, RunLogs, RunMetrics, RunSeries, StartRun};
 use loads_actors::catalog::{
     ClearBaseline, CompareRuns, CreatePlan, CreateProject, DeletePlan, DeleteProject, ForkPlan, GetBaseline, GetPlan, GetProject, GetRun,
     ImportProject, ListPlans, ListProjects, ListRuns, Ping, SetBaseline, UpdatePlan, UpdateProject,
@@ -507,6 +507,45 @@ pub struct RunMetricsView {
 pub async fn run_metrics(state: web::Data<ApiState>, path: web::Path<String>) -> Reply {
     let run_id = input::id(&path, "id")?;
     Ok(HttpResponse::Ok().json(RunMetricsView { metrics: state.broker.send(RunMetrics { run_id }).await?? }))
+}
+
+/// Every step's series over the run: each flush window merged over the step's
+/// nodes (counter sums, timer statistics, each node's CPU), as the web UI charts
+/// them. Written while the run goes, so a live run answers what arrived so far.
+#[utoipa::path(get, path = "/api/v1/runs/{id}/series", tag = "runs",
+    params(("id" = uuid::Uuid, Path, description = "Run id")),
+    responses((status = 200, body = loads_actors::domain::views::RunSeriesView), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn run_series(state: web::Data<ApiState>, path: web::Path<String>) -> Reply {
+    let run_id = input::id(&path, "id")?;
+    let steps = state.broker.send(RunSeries { run_id }).await??;
+    Ok(HttpResponse::Ok().json(loads_actors::domain::views::RunSeriesView { steps }))
+}
+
+/// Who the caller is to this broker.
+#[derive(Serialize, ToSchema)]
+pub struct WhoAmI {
+    /// Whether the broker requires tokens (`auth.tokens`).
+    pub auth: bool,
+    /// What the caller's token may do: `operate` (everything) or `read` (GET only); `operate` without auth;
+    /// none when tokens are required and the caller gave no valid one.
+    pub role: Option<String>,
+}
+
+/// Whether this broker needs a token, and the role of the caller's: a client (the
+/// web UI) asks for a token only when needed and shows only what it may do. Public.
+#[utoipa::path(get, path = "/api/v1/whoami", tag = "health",
+    responses((status = 200, body = WhoAmI)),
+    security((), ("bearer" = [])))]
+pub async fn whoami(req: HttpRequest) -> HttpResponse {
+    let tokens = req.app_data::<web::Data<super::auth::Tokens>>().map(|t| t.get_ref().clone()).unwrap_or_default();
+    let role = match (tokens.enabled(), super::auth::token_of(&req).and_then(|t| tokens.role(&t))) {
+        (false, _) | (true, Some(super::auth::Role::Operate)) => Some("operate"),
+        (true, Some(super::auth::Role::Read)) => Some("read"),
+        (true, None) => None,
+    };
+    HttpResponse::Ok().json(WhoAmI { auth: tokens.enabled(), role: role.map(str::to_string) })
 }
 
 /// The run's Grafana dashboard JSON: a row per step with throughput, latency

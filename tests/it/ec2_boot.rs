@@ -221,7 +221,10 @@ async fn a_run_on_a_booted_node_is_carried_on_after_a_broker_restart() {
 async fn a_two_step_plan_runs_across_booted_nodes_that_reach_each_other() {
     let tuning = ("LOADS__SSH__NODE_TUNING", "echo tuned >> /var/lib/loads/tuned");
     let (app, farm, _dir) = broker_with(2, Boot::Stock, &[("LOADS__EC2__OWNER", "tests"), tuning]).await;
-    let mut web = sh_step("web", "echo ips=$$HOST_IP,$$PRIVATE_IP; mkdir -p /www && echo hello-from-web > /www/index.html && exec httpd -f -p $WEB_PORT -h /www");
+    let mut web = sh_step(
+        "web",
+        "echo ips=$$HOST_IP,$$PRIVATE_IP; mkdir -p /www && echo hello-from-web > /www/index.html && exec httpd -f -p $WEB_PORT -h /www",
+    );
     web["service"] = json!(true);
     web["dns_name"] = json!("web");
     web["instance_type"] = json!("t3.small");
@@ -255,7 +258,10 @@ async fn a_two_step_plan_runs_across_booted_nodes_that_reach_each_other() {
     assert_eq!(types, expected);
     for i in &seen {
         assert_eq!(i.tags["Name"], format!("loads-{}-cloud", app.broker_id));
-        assert_eq!((i.tags["Project"].as_str(), i.tags["Owner"].as_str(), i.tags["loads:run"].as_str()), ("loads", "tests", run_id.as_str()));
+        assert_eq!(
+            (i.tags["Project"].as_str(), i.tags["Owner"].as_str(), i.tags["loads:run"].as_str()),
+            ("loads", "tests", run_id.as_str())
+        );
         let expires = chrono::DateTime::parse_from_rfc3339(&i.tags["loads:expires-at"]).expect("expiry tag");
         assert!(expires > chrono::Utc::now() + chrono::Duration::minutes(10), "run time + grace ahead: {expires}");
         let user_data = crate::ec2_nodes::user_data_of(&i.id).await;

@@ -47,7 +47,8 @@ pub(crate) async fn instances_of(broker: &str) -> Vec<Seen> {
 
 /// The user-data `instance` was launched with.
 pub(crate) async fn user_data_of(instance: &str) -> String {
-    let attr = client().describe_instance_attribute().instance_id(instance).attribute(InstanceAttributeName::UserData).send().await.unwrap();
+    let attr =
+        client().describe_instance_attribute().instance_id(instance).attribute(InstanceAttributeName::UserData).send().await.unwrap();
     let user_data = base64::engine::general_purpose::STANDARD.decode(attr.user_data().unwrap().value().unwrap()).unwrap();
     String::from_utf8(user_data).unwrap()
 }

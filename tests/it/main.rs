@@ -29,6 +29,7 @@ mod security;
 mod ssh;
 mod sshd;
 mod tls;
+mod ui;
 mod validation;
 mod verdicts;
 mod vm;

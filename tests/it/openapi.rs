@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::helpers::{Backend, TestApp};
 
-const ROUTES: [(&str, &str); 28] = [
+const ROUTES: [(&str, &str); 30] = [
     ("get", "/health"),
     ("get", "/api/v1/projects"),
     ("post", "/api/v1/projects"),
@@ -30,6 +30,8 @@ const ROUTES: [(&str, &str); 28] = [
     ("post", "/api/v1/runs/{id}/abort"),
     ("get", "/api/v1/runs/{id}/logs"),
     ("get", "/api/v1/runs/{id}/metrics"),
+    ("get", "/api/v1/runs/{id}/series"),
+    ("get", "/api/v1/whoami"),
     ("get", "/api/v1/runs/{id}/dashboard"),
     ("get", "/api/v1/runs/{id}/events"),
     ("get", "/api/v1/runs/{id}/compare"),

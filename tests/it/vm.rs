@@ -149,7 +149,13 @@ impl Farm {
                     if gone {
                         vms.lock().unwrap().remove(&id);
                     } else if !assigned.contains(&id) && assigned.len() < ports.len() {
-                        let node = Node { id: id.clone(), ssh_port: ports[assigned.len()], index: assigned.len(), private_ip, cpus: vm_cpus(ports.len()) };
+                        let node = Node {
+                            id: id.clone(),
+                            ssh_port: ports[assigned.len()],
+                            index: assigned.len(),
+                            private_ip,
+                            cpus: vm_cpus(ports.len()),
+                        };
                         assigned.push(id.clone());
                         let user_data = user_data(&id).await;
                         let vm = boot_vm(&work.join(&id), &node, &user_data, &public_key, (hub.port, hub.join()), boot);

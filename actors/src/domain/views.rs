@@ -484,3 +484,21 @@ pub struct MetricSummaryView {
     /// Timers: largest.
     pub max: Option<f64>,
 }
+
+/// One step's series: its flush windows merged over its nodes, oldest first.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct StepSeriesView {
+    /// The step's name.
+    pub step: String,
+    /// `{t: window start (Unix ms), nodes, counters: {name: sum}, timers: {name: {count, min, mean, p50, p90, p95, p99, max}}, cpu: {node: percent}}`;
+    /// at most `SERIES_POINTS` (3600), every n-th window of a longer run.
+    #[schema(value_type = Vec<Object>)]
+    pub points: Vec<serde_json::Value>,
+}
+
+/// A run's series, per step.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct RunSeriesView {
+    /// In the run's step order.
+    pub steps: Vec<StepSeriesView>,
+}

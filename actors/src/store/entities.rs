@@ -214,3 +214,23 @@ pub mod metric_summary {
 
     no_relations!();
 }
+
+/// One flush window of a step of a run, merged over its nodes, for charts.
+pub mod run_series {
+    use sea_orm::entity::prelude::*;
+
+    /// A series row: the point is JSON (`SeriesPoint`).
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "run_series")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub run_id: Uuid,
+        pub step: String,
+        pub start_ms: i64,
+        #[sea_orm(column_type = "Text")]
+        pub point: String,
+    }
+
+    no_relations!();
+}

@@ -10,7 +10,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::entities::{container, metric_summary, plan, run, step, step_record};
+use super::entities::{container, metric_summary, plan, run, run_series, step, step_record};
 use super::{clamp_page, env_from_json, run_env_to_json, unset_from_json, StoreError};
 use crate::domain::life::{Ending, RunPhase};
 use crate::domain::views::{ContainerView, MetricSummaryView, Page, RunState, RunView, StepRecordView, StepState, ThresholdView, Verdict};
@@ -571,4 +571,45 @@ pub async fn compare(db: &impl ConnectionTrait, id: Uuid, to: CompareTo) -> Resu
     let (now, then) = (metrics(db, id).await?, metrics(db, other).await?);
     let against_baseline = plan.baseline_run_id == Some(other);
     Ok(crate::domain::compare::compare(id, &now, other, &then, &plan.compare, against_baseline))
+}
+
+/// Adds windows to the runs' series: (run, step name, window start in Unix ms, the point as JSON).
+pub async fn append_series(db: &impl ConnectionTrait, rows: Vec<(Uuid, String, i64, String)>) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let models = rows.into_iter().map(|(run_id, step, start_ms, point)| run_series::ActiveModel {
+        id: Set(Uuid::new_v4()),
+        run_id: Set(run_id),
+        step: Set(step),
+        start_ms: Set(start_ms),
+        point: Set(point),
+    });
+    run_series::Entity::insert_many(models).exec(db).await?;
+    Ok(())
+}
+
+/// At most this many points of one step are answered; longer series keep every n-th window.
+pub const SERIES_POINTS: usize = 3600;
+
+/// The run's series, per step in the run's step order, each point as stored (JSON), oldest first.
+pub async fn series(db: &impl ConnectionTrait, run_id: Uuid) -> Result<Vec<(String, Vec<serde_json::Value>)>, StoreError> {
+    let (run, _) = with_step_names(db, run_id).await?;
+    let rows =
+        run_series::Entity::find().filter(run_series::Column::RunId.eq(run_id)).order_by_asc(run_series::Column::StartMs).all(db).await?;
+    let mut steps: Vec<(String, Vec<serde_json::Value>)> = run.step_records.iter().map(|r| (r.step_name.clone(), Vec::new())).collect();
+    for row in rows {
+        let Ok(point) = serde_json::from_str::<serde_json::Value>(&row.point) else { continue };
+        match steps.iter_mut().find(|(name, _)| *name == row.step) {
+            Some((_, points)) => points.push(point),
+            None => steps.push((row.step, vec![point])),
+        }
+    }
+    for (_, points) in &mut steps {
+        let every = points.len().div_ceil(SERIES_POINTS).max(1);
+        if every > 1 {
+            *points = points.iter().step_by(every).cloned().collect();
+        }
+    }
+    Ok(steps)
 }

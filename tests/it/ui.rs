@@ -1,0 +1,310 @@
+//! The web UI in a real headless Chromium (Debian's `chromium`, driven through
+//! `chromedriver` over WebDriver): a project imported by upload, a run started
+//! from its plan's page and watched live to its verdict, a run aborted from its
+//! button, a `read` token that sees no controls and is refused when it forces
+//! one, the pages at 400 px, and no console error and no request to any host
+//! but the broker. With `LOADS_UI_SCREENSHOTS=DIR`, the run page mid-run and
+//! the compare page are saved there (`docs/ui-run.png`, `docs/ui-compare.png`).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::wd::WebDriverCompatibleCommand;
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+
+use crate::helpers::{ensure_demo_images, ensure_images, Backend, TestApp};
+
+const OPERATE: &str = "ui-operate-token-0123456789";
+const READ: &str = "ui-read-token-0123456789ab";
+
+/// A chromedriver of the test's own, and a headless browser session on it.
+struct Browser {
+    client: Client,
+    driver: Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// The browser's console messages (chromedriver's log of the session).
+#[derive(Debug)]
+struct BrowserLog;
+
+impl WebDriverCompatibleCommand for BrowserLog {
+    fn endpoint(&self, base: &url::Url, session: Option<&str>) -> Result<url::Url, url::ParseError> {
+        base.join(&format!("session/{}/se/log", session.unwrap_or_default()))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        (http::Method::POST, Some(json!({"type": "browser"}).to_string()))
+    }
+}
+
+impl Browser {
+    /// A browser whose pages are `width` CSS pixels wide (below Chromium's smallest
+    /// window, through its device emulation).
+    async fn start(width: u32) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (scripts/test installs chromium-driver)");
+        let profile = tempfile::tempdir().unwrap();
+        let mut caps = serde_json::Map::new();
+        let mut options = json!({
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     format!("--user-data-dir={}", profile.path().display()), format!("--window-size={},1500", width.max(800))],
+        });
+        if width < 800 {
+            options["mobileEmulation"] = json!({"deviceMetrics": {"width": width, "height": 800, "pixelRatio": 1.0}});
+        }
+        caps.insert("goog:chromeOptions".into(), options);
+        caps.insert("goog:loggingPrefs".into(), json!({"browser": "ALL"}));
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let client = loop {
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            match ClientBuilder::new(connector).capabilities(caps.clone()).connect(&url).await {
+                Ok(client) => break client,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "no WebDriver session: {e}");
+                    actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        Self { client, driver, _profile: profile }
+    }
+
+    /// Console messages at error level.
+    async fn console_errors(&self) -> Vec<String> {
+        let log = self.client.issue_cmd(BrowserLog).await.expect("the browser's log");
+        log.as_array()
+            .map(|all| {
+                all.iter().filter(|e| e["level"] == "SEVERE").map(|e| e["message"].as_str().unwrap_or_default().to_string()).collect()
+            })
+            .unwrap_or_default()
+    }
+
+    async fn eval(&self, script: &str) -> Value {
+        self.client.execute(script, vec![]).await.unwrap_or_else(|e| panic!("{script}: {e}"))
+    }
+
+    /// Waits (bounded) until `script` answers a truthy value, which it answers.
+    async fn until(&self, what: &str, seconds: u64, script: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        loop {
+            let value = self.eval(script).await;
+            if !(value.is_null() || value == json!(false) || value == json!(0) || value == json!("")) {
+                return value;
+            }
+            if Instant::now() > deadline {
+                let text = self.eval("return document.body.innerText").await;
+                let console = self.client.issue_cmd(BrowserLog).await.unwrap_or_default();
+                panic!("{what}: not within {seconds} s; the page shows:\n{}\nconsole: {console:#}", text.as_str().unwrap_or_default());
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn click(&self, css: &str) {
+        self.client.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}")).click().await.unwrap();
+    }
+
+    /// Every resource the page loaded, as URLs: all must be the broker's own.
+    async fn foreign_requests(&self, base: &str) -> Vec<String> {
+        let all = self.eval("return performance.getEntriesByType('resource').map(e => e.name).concat([location.href])").await;
+        all.as_array().unwrap().iter().filter_map(|u| u.as_str()).filter(|u| !u.starts_with(base)).map(str::to_string).collect()
+    }
+
+    async fn screenshot(&self, name: &str) {
+        if let Some(dir) = std::env::var_os("LOADS_UI_SCREENSHOTS") {
+            let png = self.client.screenshot().await.unwrap();
+            std::fs::write(std::path::Path::new(&dir).join(name), png).unwrap();
+        }
+    }
+}
+
+fn demo_file() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo.toml")
+}
+
+/// The state shown in a step's section of the run page.
+fn step_state(step: &str) -> String {
+    format!("const s = document.querySelector('section.step[data-step=\"{step}\"]'); return s && s.dataset.state")
+}
+
+/// Import by upload, start from the plan's page, watch the run go live to its
+/// verdict without a reload (steps running then completed, latency points on the
+/// chart), abort a second run from its button, compare the two: all through the
+/// API with an `operate` token given once in the token dialog.
+#[actix_web::test]
+async fn a_run_is_started_watched_and_aborted_from_the_browser() {
+    ensure_images();
+    ensure_demo_images();
+    let mut app = TestApp::spawn(Backend::Sqlite, &[("LOADS__AUTH__TOKENS", OPERATE), ("LOADS__AUTH__READ_TOKENS", READ)]).await;
+    app.token = Some(OPERATE.into());
+    let browser = Browser::start(1280).await;
+    let b = &browser.client;
+    b.goto(&format!("{}/", app.base)).await.unwrap();
+    // The token is asked for once and kept for the session.
+    browser.until("the token dialog", 10, "return document.getElementById('token-dialog').open").await;
+    b.find(Locator::Id("token-input")).await.unwrap().send_keys(OPERATE).await.unwrap();
+    browser.click("#token-form button[type=submit]").await;
+    browser.until("the operate role", 10, "return document.getElementById('role').textContent.includes('operate')").await;
+
+    b.find(Locator::Id("import-file")).await.unwrap().send_keys(&demo_file().display().to_string()).await.unwrap();
+    browser.click("#import-form button[type=submit]").await;
+    let project = browser
+        .until("the imported project", 10, "const a = document.querySelector('#projects a'); return a && a.getAttribute('href')")
+        .await;
+    b.goto(&format!("{}{}", app.base, project.as_str().unwrap())).await.unwrap();
+    let plan =
+        browser.until("the project's plan", 10, "const a = document.querySelector('#plans a'); return a && a.getAttribute('href')").await;
+    b.goto(&format!("{}{}", app.base, plan.as_str().unwrap())).await.unwrap();
+    browser.until("the plan's steps", 10, "return document.querySelectorAll('#steps tbody tr').length === 3").await;
+    let secret_free = browser.eval("return document.querySelector('#thresholds tbody').innerText").await;
+    assert!(secret_free.as_str().unwrap().contains("p(95)<500"), "the plan's thresholds: {secret_free}");
+
+    browser.click("#start-open").await;
+    b.find(Locator::Id("start-owner")).await.unwrap().send_keys("browser").await.unwrap();
+    browser.click("#start-submit").await;
+    let run_url = browser.until("the run's page", 10, "return location.pathname.startsWith('/runs/') && location.pathname").await;
+    let run_id = run_url.as_str().unwrap().trim_start_matches("/runs/").to_string();
+    browser.until("a generator running", 90, &format!("return ({})() === 'running'", step_state_fn("shell-generator"))).await;
+    browser
+        .until("latency points on the chart", 60, "const c = document.querySelector('section.step[data-step=\"shell-generator\"] [data-chart=latency]'); return c && Number(c.dataset.points) > 0")
+        .await;
+    browser.screenshot("ui-run.png").await;
+    browser.until("the verdict", 120, "return document.getElementById('run-verdict').textContent.startsWith('verdict: ')").await;
+    for step in ["web", "shell-generator", "c-generator"] {
+        let state = browser.eval(&step_state(step)).await;
+        assert_eq!(state, "completed", "step {step} completed on the page without a reload");
+    }
+    let navigations = browser.eval("return performance.getEntriesByType('navigation').length").await;
+    assert_eq!(navigations, 1, "one page load");
+    let (_, stored) = app.get(&format!("/api/v1/runs/{run_id}")).await;
+    let shown = browser.eval("return document.getElementById('run-verdict').textContent").await;
+    assert_eq!(shown.as_str().unwrap(), format!("verdict: {}", stored["verdict"].as_str().unwrap()), "the stored verdict");
+    assert_eq!(stored["owner"], "browser");
+
+    // A second run, aborted from its button.
+    b.goto(&format!("{}{}", app.base, plan.as_str().unwrap())).await.unwrap();
+    browser.until("the start button", 10, "return !document.body.classList.contains('read-only')").await;
+    browser.click("#start-open").await;
+    browser.click("#start-submit").await;
+    let second = browser
+        .until(
+            "the second run's page",
+            10,
+            &format!(
+                "return location.pathname.startsWith('/runs/') && location.pathname !== '{}' && location.pathname",
+                run_url.as_str().unwrap()
+            ),
+        )
+        .await;
+    browser.until("the abort button", 60, "const a = document.getElementById('abort'); return a && !a.hidden").await;
+    browser.until("a generator running", 90, &format!("return ({})() === 'running'", step_state_fn("shell-generator"))).await;
+    browser.click("#abort").await;
+    browser.until("the run aborted", 60, "return document.getElementById('run-state').textContent === 'aborted'").await;
+    let second_id = second.as_str().unwrap().trim_start_matches("/runs/").to_string();
+    let (_, stored) = app.get(&format!("/api/v1/runs/{second_id}")).await;
+    assert_eq!(stored["state"], "aborted");
+
+    // The two side by side.
+    b.goto(&format!("{}/compare?a={second_id}&b={run_id}", app.base)).await.unwrap();
+    browser.until("the compare table", 20, "return document.querySelectorAll('#compare tbody tr').length > 0").await;
+    browser
+        .until("overlaid charts", 20, "const c = document.querySelector('section[data-step=\"shell-generator\"] [data-chart=latency]'); return c && Number(c.dataset.points) > 0")
+        .await;
+    browser.screenshot("ui-compare.png").await;
+
+    assert_eq!(browser.foreign_requests(&app.base).await, Vec::<String>::new(), "nothing but the broker was asked");
+    assert_eq!(browser.console_errors().await, Vec::<String>::new(), "the console has no errors");
+    let _ = browser.client.clone().close().await;
+    app.assert_no_leftovers();
+}
+
+/// The function `step_state` is the body of, for use inside a larger script.
+fn step_state_fn(step: &str) -> String {
+    format!("() => {{ {} }}", step_state(step))
+}
+
+/// A `read` token sees the pages but none of the controls its role may not use
+/// (no Start, Fork, Import, Abort, baseline buttons), and a request it forces is 403.
+/// The pages hold at 400 px: no sideways scrolling, and the controls reachable by keyboard.
+#[actix_web::test]
+async fn a_read_token_sees_no_controls_and_a_forced_request_is_refused() {
+    ensure_images();
+    let mut app = TestApp::spawn(Backend::Sqlite, &[("LOADS__AUTH__TOKENS", OPERATE), ("LOADS__AUTH__READ_TOKENS", READ)]).await;
+    app.token = Some(OPERATE.into());
+    let mut step = crate::helpers::sh_step("wait", "sleep 120");
+    step["run_max_time"] = json!(120);
+    let (plan, run_id) = app.start(json!({"name": "ui-read", "steps": [step]}), json!({})).await;
+    let plan_id = plan["id"].as_str().unwrap().to_string();
+    app.wait_for_run(&run_id, 60, |r| crate::helpers::record(r, "wait")["state"] == "running").await;
+
+    let browser = Browser::start(400).await;
+    let b = &browser.client;
+    b.goto(&format!("{}/plans/{plan_id}", app.base)).await.unwrap();
+    browser.until("the token dialog", 10, "return document.getElementById('token-dialog').open").await;
+    b.find(Locator::Id("token-input")).await.unwrap().send_keys(READ).await.unwrap();
+    browser.click("#token-form button[type=submit]").await;
+    browser.until("the plan", 10, "return document.getElementById('plan-name').textContent === 'ui-read'").await;
+    browser.until("the read role", 10, "return document.getElementById('role').textContent.includes('read')").await;
+    for control in ["#start-open", "#fork"] {
+        let shown = b.find(Locator::Css(control)).await.unwrap().is_displayed().await.unwrap();
+        assert!(!shown, "{control} is hidden from a read token");
+    }
+    let wide = browser.eval("return [window.innerWidth, document.documentElement.scrollWidth]").await;
+    assert_eq!(wide, json!([400, 400]), "400 px wide, no sideways scrolling");
+
+    b.goto(&format!("{}/runs/{run_id}", app.base)).await.unwrap();
+    browser.until("the run live", 20, "return document.getElementById('live').textContent === 'live'").await;
+    let abort = b.find(Locator::Id("abort")).await.unwrap().is_displayed().await.unwrap();
+    assert!(!abort, "no Abort button for a read token");
+    let wide = browser.eval("return [window.innerWidth, document.documentElement.scrollWidth]").await;
+    assert_eq!(wide, json!([400, 400]), "the run page at 400 px, no sideways scrolling");
+    assert_eq!(browser.console_errors().await, Vec::<String>::new(), "the console has no errors");
+    // Forced: the same request the button would make, with the session's token.
+    let status = b
+        .execute_async(
+            "const done = arguments[arguments.length - 1]; fetch('/api/v1/runs/' + arguments[0] + '/abort', {method: 'POST', \
+             headers: {Authorization: 'Bearer ' + sessionStorage.getItem('loads.token')}}).then(r => done(r.status));",
+            vec![json!(run_id)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 403, "a read token may not abort");
+    let refused = browser.console_errors().await;
+    assert!(refused.len() == 1 && refused[0].contains("/abort") && refused[0].contains("403"), "only the forced request: {refused:?}");
+    // Keyboard: Tab reaches the first link of the header from the page's start.
+    b.goto(&format!("{}/", app.base)).await.unwrap();
+    browser.until("the runs", 10, "return document.querySelectorAll('#runs tbody tr').length > 0").await;
+    let mut reached = Vec::new();
+    for _ in 0..12 {
+        b.active_element().await.unwrap().send_keys("\u{E004}").await.unwrap();
+        let at = browser.eval("const a = document.activeElement; return a.id || a.getAttribute('href') || a.tagName").await;
+        reached.push(at.as_str().unwrap_or_default().to_string());
+    }
+    assert!(
+        reached.iter().any(|r| r == "filter-state") && reached.iter().any(|r| r.starts_with("/runs/")),
+        "Tab reaches the filters and the runs: {reached:?}"
+    );
+    assert_eq!(browser.console_errors().await, Vec::<String>::new(), "the console has no errors");
+    let _ = browser.client.clone().close().await;
+
+    let (status, _) = app.post(&format!("/api/v1/runs/{run_id}/abort"), &json!({})).await;
+    assert!(status.is_success(), "{status}");
+    app.wait_finished(&run_id, 60).await;
+    app.assert_no_leftovers();
+}
