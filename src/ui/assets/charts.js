@@ -15,6 +15,7 @@ const Charts = (() => {
       xaxis: { type: xType, title: { text: xType === "date" ? "" : "seconds since start" } },
       yaxis: { title: { text: yTitle }, rangemode: "tozero" },
       legend: { orientation: "h", y: -0.25 },
+      uirevision: "keep",
       paper_bgcolor: "rgba(0,0,0,0)",
       plot_bgcolor: "rgba(0,0,0,0)",
     };
