@@ -60,6 +60,7 @@ def main():
     port = free_port()
     driver = subprocess.Popen(["chromedriver", f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wd = f"http://127.0.0.1:{port}"
+    run_id = None
     try:
         project = call(base, "POST", "/api/v1/projects", {"name": "ui-bench"})
         generator = GENERATOR.format(n=args.seconds * 20).replace("$", "$$")
@@ -88,7 +89,7 @@ def main():
         session = webdriver(wd, "POST", "/session", caps)["sessionId"]
         s = f"/session/{session}"
         ready = ("const c = document.querySelector('section.step[data-step=\"gen\"] [data-chart=latency]'); "
-                 "return [performance.now(), c ? Number(c.dataset.points) : 0]")
+                 "return [performance.now(), c ? Number(c.dataset.points || 0) : 0]")
         firsts = []
         for _ in range(args.repeat):
             webdriver(wd, "POST", f"{s}/url", {"url": "about:blank"})
@@ -124,8 +125,13 @@ def main():
               f"min {min(firsts):.0f}, max {max(firsts):.0f}")
         print(f"broker CPU over {args.window} s (% of one core): no page {idle:.1f}, {len(handles)} run pages {busy:.1f}")
         webdriver(wd, "DELETE", s)
-        call(base, "POST", f"/api/v1/runs/{run_id}/abort", {})
     finally:
+        if run_id:
+            call(base, "POST", f"/api/v1/runs/{run_id}/abort", {})
+            for _ in range(300):
+                if call(base, "GET", f"/api/v1/runs/{run_id}")["completed_at"]:
+                    break
+                time.sleep(0.2)
         driver.kill()
         server.terminate()
         server.wait()

@@ -184,7 +184,12 @@ async fn a_run_is_started_watched_and_aborted_from_the_browser() {
     browser
         .until("latency points on the chart", 60, "const c = document.querySelector('section.step[data-step=\"shell-generator\"] [data-chart=latency]'); return c && Number(c.dataset.points) > 0")
         .await;
-    browser.screenshot("ui-run.png").await;
+    if std::env::var_os("LOADS_UI_SCREENSHOTS").is_some() {
+        browser
+            .until("a few seconds of points", 60, "const c = document.querySelector('section.step[data-step=\"shell-generator\"] [data-chart=latency]'); return c && Number(c.dataset.points) > 30")
+            .await;
+        browser.screenshot("ui-run.png").await;
+    }
     browser.until("the verdict", 120, "return document.getElementById('run-verdict').textContent.startsWith('verdict: ')").await;
     for step in ["web", "shell-generator", "c-generator"] {
         let state = browser.eval(&step_state(step)).await;

@@ -98,8 +98,9 @@ impl Drop for Vm {
     }
 }
 
-/// Boots a VM for every instance one broker launches, in launch order on the
-/// loopback ports of `addresses`, and stops it when its instance is terminated.
+/// Boots a VM for every instance one broker launches, on the loopback port of
+/// `addresses` that the broker tagged it with (`loads:ssh`, as it does with an
+/// address override), and stops it when its instance is terminated.
 pub struct Farm {
     /// The SSH addresses the instances are reached at, in launch order (for `ec2.address_override`).
     pub addresses: Vec<String>,
@@ -144,18 +145,13 @@ impl Farm {
                 if stop.load(Ordering::SeqCst) {
                     return;
                 }
-                for (id, state, private_ip) in instances(&broker).await {
+                for (id, state, private_ip, ssh) in instances(&broker).await {
                     let gone = state == "terminated" || state == "shutting-down" || state == "stopped";
+                    let port = ssh.and_then(|a| a.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok())).filter(|p| ports.contains(p));
                     if gone {
                         vms.lock().unwrap().remove(&id);
-                    } else if !assigned.contains(&id) && assigned.len() < ports.len() {
-                        let node = Node {
-                            id: id.clone(),
-                            ssh_port: ports[assigned.len()],
-                            index: assigned.len(),
-                            private_ip,
-                            cpus: vm_cpus(ports.len()),
-                        };
+                    } else if let (false, Some(ssh_port)) = (assigned.contains(&id), port) {
+                        let node = Node { id: id.clone(), ssh_port, index: assigned.len(), private_ip, cpus: vm_cpus(ports.len()) };
                         assigned.push(id.clone());
                         let user_data = user_data(&id).await;
                         let vm = boot_vm(&work.join(&id), &node, &user_data, &public_key, (hub.port, hub.join()), boot);
@@ -214,13 +210,16 @@ impl Farm {
     }
 }
 
-/// `broker`'s instances in launch order, with their states and private addresses.
-async fn instances(broker: &str) -> Vec<(String, String, String)> {
+/// An instance as the farm sees it: id, state, private address, `loads:ssh` tag.
+type Seen = (String, String, String, Option<String>);
+
+/// `broker`'s instances in launch order.
+async fn instances(broker: &str) -> Vec<Seen> {
     let Ok(out) = client().describe_instances().filters(Filter::builder().name("tag:loads:broker").values(broker).build()).send().await
     else {
         return Vec::new();
     };
-    let mut found: Vec<((String, i32), String, String, String)> = out
+    let mut found: Vec<((String, i32), Seen)> = out
         .reservations()
         .iter()
         .flat_map(|r| r.instances())
@@ -228,11 +227,12 @@ async fn instances(broker: &str) -> Vec<(String, String, String)> {
             let launched = (i.launch_time().map(|t| t.to_string()).unwrap_or_default(), i.ami_launch_index().unwrap_or_default());
             let state = i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()).unwrap_or_default();
             let private_ip = i.private_ip_address().unwrap_or_default().to_string();
-            (launched, i.instance_id().unwrap_or_default().to_string(), state, private_ip)
+            let ssh = i.tags().iter().find(|t| t.key() == Some("loads:ssh")).and_then(|t| t.value()).map(str::to_string);
+            (launched, (i.instance_id().unwrap_or_default().to_string(), state, private_ip, ssh))
         })
         .collect();
     found.sort();
-    found.into_iter().map(|(_, id, state, ip)| (id, state, ip)).collect()
+    found.into_iter().map(|(_, seen)| seen).collect()
 }
 
 /// The user-data the instance was launched with.

@@ -53,7 +53,18 @@ const Charts = (() => {
 
   function draw(node, data, title, yTitle, xType) {
     if (!node) return;
-    node.dataset.points = String(data.reduce((n, t) => n + t.x.length, 0));
+    const points = data.reduce((n, t) => n + t.x.length, 0);
+    node.dataset.points = String(points);
+    if (points === 0) {
+      if (node.dataset.drawn) Plotly.purge(node);
+      delete node.dataset.drawn;
+      node.replaceChildren(Loads.el("p", { class: "muted" }, title + ": no samples yet"));
+      return;
+    }
+    if (!node.dataset.drawn) {
+      node.replaceChildren();
+      node.dataset.drawn = "1";
+    }
     Plotly.react(node, data, layout(title, yTitle, xType), config);
   }
 

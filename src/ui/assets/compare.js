@@ -4,7 +4,7 @@
 
 (async () => {
   const { api, el, ids } = Loads;
-  const fmt = (v) => (v === null || v === undefined ? "" : Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(3));
+  const fmt = (v) => (v === null || v === undefined ? "" : Number.isInteger(v) || Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(3));
   await Loads.whoami();
   const [a, b] = await Promise.all([api("GET", "/api/v1/runs/" + ids.a), api("GET", "/api/v1/runs/" + ids.b)]);
   for (const [key, answer] of [["a", a], ["b", b]]) {
