@@ -344,11 +344,18 @@ impl Actor for MetricsActor {
             for (id, run_points) in points {
                 act.write(id, run_points, ctx);
             }
+            // The series are written before any later message is handled, so a run's
+            // `FinishRun` (and the final state after it) comes after its windows are stored.
+            if !series.is_empty() {
+                let db = act.db.clone();
+                ctx.wait(actix::fut::wrap_future(async move {
+                    if let Err(e) = runs::append_series(&db, series).await {
+                        tracing::warn!(error = %e, "could not add windows to the runs' series");
+                    }
+                }));
+            }
             let db = act.db.clone();
             ctx.spawn(actix::fut::wrap_future(async move {
-                if let Err(e) = runs::append_series(&db, series).await {
-                    tracing::warn!(error = %e, "could not add windows to the runs' series");
-                }
                 for (run_id, state, thresholds) in saves {
                     if let Err(e) = runs::set_metrics_state(&db, run_id, state).await {
                         tracing::warn!(%run_id, error = %e, "could not record the run's metrics so far");

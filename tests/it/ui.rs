@@ -162,6 +162,18 @@ async fn a_run_is_started_watched_and_aborted_from_the_browser() {
     browser.click("#token-form button[type=submit]").await;
     browser.until("the operate role", 10, "return document.getElementById('role').textContent.includes('operate')").await;
 
+    // A file with problems: each is listed with its path, and nothing is imported.
+    let bad = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::fs::write(bad.path(), "name = \"bad\"\n[[plans]]\nname = \"p\"\n[[plans.steps]]\nname = \"s\"\ninstance_count = 0\n").unwrap();
+    b.find(Locator::Id("import-file")).await.unwrap().send_keys(&bad.path().display().to_string()).await.unwrap();
+    browser.click("#import-form button[type=submit]").await;
+    let problems = browser.until("the import's problems", 10, "return document.getElementById('import-problems').innerText").await;
+    let problems = problems.as_str().unwrap();
+    assert!(problems.contains("plans[0].steps[0].instance_count: must be at least 1"), "{problems}");
+    assert!(problems.contains("plans[0].steps[0].container_name: is required"), "{problems}");
+    let refused = browser.console_errors().await;
+    assert!(refused.len() == 1 && refused[0].contains("/import") && refused[0].contains("422"), "only the refused import: {refused:?}");
+    b.find(Locator::Id("import-file")).await.unwrap().clear().await.unwrap();
     b.find(Locator::Id("import-file")).await.unwrap().send_keys(&demo_file().display().to_string()).await.unwrap();
     browser.click("#import-form button[type=submit]").await;
     let project = browser
@@ -295,6 +307,8 @@ async fn a_read_token_sees_no_controls_and_a_forced_request_is_refused() {
     // Keyboard: Tab reaches the first link of the header from the page's start.
     b.goto(&format!("{}/", app.base)).await.unwrap();
     browser.until("the runs", 10, "return document.querySelectorAll('#runs tbody tr').length > 0").await;
+    let import = b.find(Locator::Id("import-form")).await.unwrap().is_displayed().await.unwrap();
+    assert!(!import, "no Import for a read token");
     let mut reached = Vec::new();
     for _ in 0..12 {
         b.active_element().await.unwrap().send_keys("\u{E004}").await.unwrap();
@@ -311,5 +325,110 @@ async fn a_read_token_sees_no_controls_and_a_forced_request_is_refused() {
     let (status, _) = app.post(&format!("/api/v1/runs/{run_id}/abort"), &json!({})).await;
     assert!(status.is_success(), "{status}");
     app.wait_finished(&run_id, 60).await;
+    app.assert_no_leftovers();
+}
+
+/// A TCP proxy in front of the broker whose connections the test can cut, and
+/// which then refuses new ones for a while: a dropped network, as a page sees it.
+struct Cuttable {
+    port: u16,
+    cut: tokio::sync::watch::Sender<u64>,
+    down_until: std::sync::Arc<std::sync::Mutex<Instant>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Cuttable {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+impl Cuttable {
+    async fn start(upstream: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (cut, watch) = tokio::sync::watch::channel(0u64);
+        let down_until = std::sync::Arc::new(std::sync::Mutex::new(Instant::now()));
+        let down = down_until.clone();
+        let accept = actix_web::rt::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if Instant::now() < *down.lock().unwrap() {
+                    continue;
+                }
+                let (upstream, mut watch) = (upstream.clone(), watch.clone());
+                actix_web::rt::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else { return };
+                    watch.borrow_and_update();
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = watch.changed() => {}
+                    }
+                });
+            }
+        });
+        Self { port, cut, down_until, accept }
+    }
+
+    /// Ends every open connection and refuses new ones for `down`.
+    fn cut_for(&self, down: Duration) {
+        *self.down_until.lock().unwrap() = Instant::now() + down;
+        self.cut.send_modify(|n| *n += 1);
+    }
+}
+
+/// The run page's feed drops for 3 s while windows keep arriving: the page says the
+/// connection is lost, reconnects with `since`, and ends with every window the run
+/// stored on its chart and the run's final state, without a reload.
+#[actix_web::test]
+async fn the_run_page_reconnects_after_a_dropped_feed_and_misses_nothing() {
+    ensure_images();
+    let app = TestApp::spawn(Backend::Sqlite, &[]).await;
+    let report = "i=0; while [ $$i -lt 300 ]; do printf \"lat:$$((i % 7 + 1))|ms\\n\" | nc $$STATSD_HOST $$STATSD_PORT; usleep 100000; i=$$((i+1)); done";
+    let mut step = crate::helpers::sh_step("gen", report);
+    step["run_max_time"] = json!(60);
+    let (_, run_id) = app.start(json!({"name": "ui-reconnect", "steps": [step]}), json!({})).await;
+    let proxy = Cuttable::start(app.base.trim_start_matches("http://").to_string()).await;
+    let browser = Browser::start(1280).await;
+    let b = &browser.client;
+    b.goto(&format!("http://127.0.0.1:{}/runs/{run_id}", proxy.port)).await.unwrap();
+    let points = "(() => { const c = document.querySelector('section.step[data-step=\"gen\"] [data-chart=latency]'); return c ? Number(c.dataset.points || 0) : 0; })()";
+    browser.until("live", 30, "return document.getElementById('live').textContent === 'live'").await;
+    browser.until("points on the chart", 60, &format!("return {points} > 0")).await;
+    proxy.cut_for(Duration::from_secs(3));
+    browser.until("the drop shown", 5, "return document.getElementById('live').textContent.startsWith('connection lost')").await;
+    browser.until("live again", 30, "return document.getElementById('live').textContent === 'live'").await;
+    // Caught up through the feed alone (the page reads the stored series again only once
+    // the run has ended): the windows of the outage came with the reconnection's backlog.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, series) = app.get(&format!("/api/v1/runs/{run_id}/series")).await;
+        let stored = series["steps"][0]["points"].as_array().map_or(0, |p| p.len()) as u64;
+        let shown = browser.eval(&format!("return {points}")).await.as_u64().unwrap_or(0);
+        let state = browser.eval("return document.getElementById('run-state').textContent").await;
+        assert_eq!(state, "running", "the run is still live while the page catches up");
+        if shown >= 3 * stored.saturating_sub(1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the page has {shown} points of {stored} stored windows (3 each) after reconnecting");
+        actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+    }
+    browser.until("the run's end", 90, "return document.getElementById('run-state').textContent === 'completed'").await;
+    let navigations = browser.eval("return performance.getEntriesByType('navigation').length").await;
+    assert_eq!(navigations, 1, "no reload");
+    let (_, series) = app.get(&format!("/api/v1/runs/{run_id}/series")).await;
+    let stored =
+        series["steps"][0]["points"].as_array().unwrap().iter().filter(|p| p["timers"]["lat"]["count"].as_u64().unwrap_or(0) > 0).count();
+    let shown = browser.eval(&format!("return {points}")).await;
+    assert!(stored > 5, "the run stored its windows: {series}");
+    assert_eq!(shown.as_u64().unwrap(), 3 * stored as u64, "p50, p95 and p99 of every stored window are on the chart");
+    // The cut itself is logged (the socket's close, requests that found no broker); nothing else.
+    let errors: Vec<String> = browser
+        .console_errors()
+        .await
+        .into_iter()
+        .filter(|e| !e.contains("WebSocket") && !e.contains("net::ERR_") && !e.contains("Failed to load resource"))
+        .collect();
+    assert_eq!(errors, Vec::<String>::new(), "no script error");
+    let _ = browser.client.clone().close().await;
     app.assert_no_leftovers();
 }

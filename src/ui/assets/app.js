@@ -67,8 +67,13 @@ const Loads = (() => {
         headers["Content-Type"] = contentType || "application/json";
         data = typeof payload === "string" ? payload : JSON.stringify(payload);
       }
-      const response = await fetch(path, { method, headers, body: data });
-      const text = await response.text();
+      let response, text;
+      try {
+        response = await fetch(path, { method, headers, body: data });
+        text = await response.text();
+      } catch (e) {
+        return { status: 0, body: { message: "the broker cannot be reached (" + e.message + ")" } };
+      }
       let parsed = null;
       try {
         parsed = text ? JSON.parse(text) : null;

@@ -53,7 +53,9 @@
   }
 
   function containerState(c) {
-    if (c.state === "started" || (!c.state && (c.exit_code === null || c.exit_code === undefined))) return "running";
+    const noExit = c.exit_code === null || c.exit_code === undefined;
+    if (noExit && run && FINISHED.includes(run.state)) return c.state === "removed" ? "removed" : "stopped";
+    if (c.state === "started" || (!c.state && noExit)) return "running";
     return c.state || "exited";
   }
 
@@ -117,6 +119,13 @@
     }
   }
 
+  async function loadSeries() {
+    const series = await api("GET", "/api/v1/runs/" + ids.id + "/series");
+    if (series.status !== 200) return;
+    for (const s of series.body.steps) for (const p of s.points) addPoint(step(s.step), p);
+    scheduleCharts();
+  }
+
   async function loadLogs() {
     const answer = await api("GET", "/api/v1/runs/" + ids.id + "/logs");
     if (answer.status !== 200) return;
@@ -148,7 +157,8 @@
         run.state = event.state;
         if (event.reason) run.failure_reason = event.reason;
         renderHeader();
-        if (FINISHED.includes(event.state)) refetch().then(loadLogs);
+        // The run's last windows are stored before its final state: read them all back.
+        if (FINISHED.includes(event.state)) refetch().then(loadLogs).then(loadSeries);
         break;
       case "step": {
         const s = step(event.step);
@@ -196,7 +206,7 @@
     button.disabled = true;
     const answer = await api("POST", "/api/v1/runs/" + ids.id + "/abort");
     button.disabled = false;
-    if (answer.status >= 300) Loads.flash(Loads.errorText(answer));
+    if (answer.status === 0 || answer.status >= 300) Loads.flash(Loads.errorText(answer));
   });
 
   await Loads.whoami();
@@ -212,8 +222,7 @@
     link.href = "/compare?a=" + run.id + "&b=" + plan.body.baseline_run_id;
     link.hidden = false;
   }
-  const series = await api("GET", "/api/v1/runs/" + ids.id + "/series");
-  if (series.status === 200) for (const s of series.body.steps) for (const p of s.points) addPoint(step(s.step), p);
+  await loadSeries();
   await loadLogs();
   Loads.feed(ids.id, onEvent);
   setInterval(() => {
