@@ -52,6 +52,9 @@ pub struct MetricsPublished {
     pub cpu: BTreeMap<String, f64>,
 }
 
+/// How long the actor waits for a second's series windows to be stored.
+const SERIES_WRITE_LIMIT: Duration = Duration::from_secs(2);
+
 struct Slot {
     merged: Merged,
     nodes: HashSet<String>,
@@ -345,12 +348,16 @@ impl Actor for MetricsActor {
                 act.write(id, run_points, ctx);
             }
             // The series are written before any later message is handled, so a run's
-            // `FinishRun` (and the final state after it) comes after its windows are stored.
+            // `FinishRun` (and the final state after it) comes after its windows are
+            // stored; a database that does not answer holds the actor 2 s at most (the
+            // windows are then left out of the charts, not of the summaries).
             if !series.is_empty() {
                 let db = act.db.clone();
                 ctx.wait(actix::fut::wrap_future(async move {
-                    if let Err(e) = runs::append_series(&db, series).await {
-                        tracing::warn!(error = %e, "could not add windows to the runs' series");
+                    match tokio::time::timeout(SERIES_WRITE_LIMIT, runs::append_series(&db, series)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::warn!(error = %e, "could not add windows to the runs' series"),
+                        Err(_) => tracing::warn!("the database did not store the runs' series within 2 s; those windows are left out"),
                     }
                 }));
             }
