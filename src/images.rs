@@ -1,8 +1,8 @@
 //! The images loads needs, built on this machine with no registry: the relay
-//! (the `loads-relay` binary installed beside `loads`, or else this very
-//! binary run as `loads relay`), a busybox base, and the demo's service and
-//! generators. `loads images build` builds them all; runs build
-//! the ones they use when missing.
+//! (always an optimized `loads-relay`, see [`relay_binary`]), a busybox base,
+//! and the demo's service and generators. `loads images build` builds them
+//! all; runs build the ones they use when missing, and the relay image again
+//! when the relay binary at hand is not the one it holds.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -73,29 +73,72 @@ fn compile_c_generator(tag: &str) -> Result<PathBuf, ImageError> {
     Ok(binary)
 }
 
-/// The relay's entries and how the image runs it: `loads-relay` beside
-/// `loads_binary` when installed, else `loads_binary` itself as `loads relay`.
-/// Debug information is left out when `objcopy` is at hand, so nodes get a
-/// smaller image to copy.
-fn relay_entries(tag: &str, loads_binary: &Path) -> Result<(Vec<RootEntry>, Vec<String>), ImageError> {
-    static COPIES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let own = loads_binary.with_file_name("loads-relay");
-    let (binary, entrypoint) = if own.is_file() {
-        (own, vec!["/loads-relay".to_string()])
-    } else {
-        (loads_binary.to_path_buf(), vec!["/loads".into(), "relay".into()])
-    };
-    let mut entries = binary_with_libraries(&binary, &entrypoint[0]).map_err(|e| tool_error(tag, e))?;
-    let copy = std::sync::atomic::Ordering::Relaxed;
-    let stripped = std::env::temp_dir().join(format!("loads-relay-{}-{}", std::process::id(), COPIES.fetch_add(1, copy)));
-    let done = Command::new("objcopy").arg("--strip-debug").arg(&binary).arg(&stripped).output().is_ok_and(|o| o.status.success());
-    if done {
-        let data = std::fs::read(&stripped);
-        let _ = std::fs::remove_file(&stripped);
-        let data = data.map_err(|e| ImageError::Read { tag: tag.to_string(), path: stripped.clone(), source: e })?;
-        entries[0] = RootEntry::Bytes { to: entrypoint[0].clone(), data, mode: 0o755 };
+/// The label holding the SHA-256 of the relay binary a relay image holds.
+pub const RELAY_DIGEST_LABEL: &str = "loads.relay.sha256";
+
+/// Whether `binary` is an optimized `loads-relay` (its `--version` says so).
+fn is_optimized_relay(binary: &Path) -> bool {
+    Command::new(binary)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("(optimized)"))
+}
+
+/// The optimized relay the relay image holds, whatever profile `loads` itself was built
+/// with: `LOADS_RELAY_BINARY` when set; else `loads-relay` beside `loads_binary` when it is
+/// an optimized build (`cargo install --path relay` puts it beside an installed `loads`);
+/// else built from this source tree, once (`cargo build --profile relay -p loads-relay`, a
+/// few minutes the first time, into `relay-build/` of the Cargo target directory).
+pub fn relay_binary(loads_binary: &Path) -> Result<PathBuf, ImageError> {
+    static FOUND: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    FOUND.get_or_init(|| find_relay(loads_binary)).clone().map_err(|m| tool_error(RELAY, m))
+}
+
+fn find_relay(loads_binary: &Path) -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os("LOADS_RELAY_BINARY").filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        return match is_optimized_relay(&path) {
+            true => Ok(path),
+            false => Err(format!("LOADS_RELAY_BINARY={}: not an optimized loads-relay (see its --version)", path.display())),
+        };
     }
-    Ok((entries, entrypoint))
+    let beside = loads_binary.with_file_name("loads-relay");
+    if beside.is_file() && is_optimized_relay(&beside) {
+        return Ok(beside);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    if !root.join("relay/Cargo.toml").is_file() {
+        return Err("no optimized loads-relay beside loads nor in LOADS_RELAY_BINARY, and no source to build one: \
+            cargo install --path relay (from loads' source)"
+            .into());
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from).join("relay-build");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    tracing::info!(target = %target.display(), "building the relay image's optimized loads-relay (the first time takes a few minutes)");
+    let out = Command::new(&cargo)
+        .args(["build", "--quiet", "--locked", "--profile", "relay", "-p", "loads-relay", "--manifest-path"])
+        .arg(root.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target)
+        .output()
+        .map_err(|e| format!("cannot run {} to build the relay: {e}", cargo.to_string_lossy()))?;
+    if !out.status.success() {
+        return Err(format!("building the relay failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(target.join("relay/loads-relay"))
+}
+
+/// The SHA-256 of a file, in hex.
+fn sha256_of(tag: &str, path: &Path) -> Result<String, ImageError> {
+    use sha2::Digest as _;
+    let data = std::fs::read(path).map_err(|e| ImageError::Read { tag: tag.to_string(), path: path.to_path_buf(), source: e })?;
+    Ok(sha2::Sha256::digest(&data).iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// [`relay_binary`] without holding up the caller's runtime while it builds.
+async fn relay_binary_async(loads_binary: &Path) -> Result<PathBuf, ImageError> {
+    let binary = loads_binary.to_path_buf();
+    tokio::task::spawn_blocking(move || relay_binary(&binary)).await.map_err(|e| tool_error(RELAY, e.to_string()))?
 }
 
 /// The recipe of `tag`; `loads_binary` is the `loads` binary whose relay the relay image runs.
@@ -104,8 +147,10 @@ pub fn recipe(tag: &str, loads_binary: &Path) -> Result<Recipe, ImageError> {
     let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let (entries, entrypoint, cmd) = match tag {
         RELAY => {
-            let (entries, entrypoint) = relay_entries(tag, loads_binary)?;
-            (entries, entrypoint, Vec::new())
+            let binary = relay_binary(loads_binary)?;
+            let labels = vec![(RELAY_DIGEST_LABEL.to_string(), sha256_of(tag, &binary)?)];
+            let entries = with_libs(&binary, "/loads-relay")?;
+            return Ok(Recipe { tag: tag.to_string(), entries, entrypoint: strings(&["/loads-relay"]), cmd: Vec::new(), labels });
         }
         BUSYBOX => (busybox_entries(tag)?, Vec::new(), strings(&["/bin/sh"])),
         DEMO_HTTPD => {
@@ -121,19 +166,32 @@ pub fn recipe(tag: &str, loads_binary: &Path) -> Result<Recipe, ImageError> {
         DEMO_C_GEN => (with_libs(&compile_c_generator(tag)?, "/gen")?, strings(&["/gen"]), Vec::new()),
         other => return Err(tool_error(other, "not an image loads knows how to build")),
     };
-    Ok(Recipe { tag: tag.to_string(), entries, entrypoint, cmd })
+    Ok(Recipe { tag: tag.to_string(), entries, entrypoint, cmd, labels: Vec::new() })
 }
 
 /// Builds `tag` (again, even if present).
 pub async fn build(engine: &Engine, tag: &str, loads_binary: &Path) -> Result<(), ImageError> {
+    if tag == RELAY {
+        relay_binary_async(loads_binary).await?;
+    }
     images::build(engine, &recipe(tag, loads_binary)?).await
+}
+
+/// Whether `tag` must be built: missing, or (the relay) holding another relay binary than the one at hand.
+async fn wanted(engine: &Engine, tag: &str, loads_binary: &Path) -> Result<bool, ImageError> {
+    if tag != RELAY {
+        return Ok(!engine.has_image(tag).await?);
+    }
+    let binary = relay_binary_async(loads_binary).await?;
+    let digest = sha256_of(tag, &binary)?;
+    Ok(engine.image_label(tag, RELAY_DIGEST_LABEL).await?.as_deref() != Some(digest.as_str()))
 }
 
 /// Builds each of `tags` that loads knows and the engine lacks; answers the ones built.
 pub async fn ensure<'a>(engine: &Engine, tags: impl IntoIterator<Item = &'a str>, loads_binary: &Path) -> Result<Vec<String>, ImageError> {
     let mut built = Vec::new();
     for tag in tags.into_iter().filter(|t| ALL.contains(t)) {
-        if !engine.has_image(tag).await? {
+        if wanted(engine, tag, loads_binary).await? {
             images::build(engine, &recipe(tag, loads_binary)?).await?;
             built.push(tag.to_string());
         }

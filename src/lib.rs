@@ -6,7 +6,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod images;
-pub mod relay;
+pub use loads_relay as relay;
 pub mod startup;
 pub mod telemetry;
 pub mod ui;

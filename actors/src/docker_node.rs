@@ -103,7 +103,7 @@ pub struct ContainerExited {
 /// image's command, and the step containers adopted with it.
 struct Relay {
     id: String,
-    ip: Result<(String, u16), DockerError>,
+    ip: Result<RelayAddress, DockerError>,
     cmd: Vec<String>,
     adopted: Vec<(String, String)>,
 }
@@ -116,6 +116,8 @@ pub struct NodeReady {
     pub relay_ip: String,
     /// The relay's statsd port.
     pub relay_port: u16,
+    /// The relay's OTLP/HTTP port.
+    pub otlp_port: u16,
     /// The step containers found on the node (when adopting), now watched.
     pub adopted: Vec<String>,
 }
@@ -247,28 +249,36 @@ impl Handler<PrepareNode> for DockerNodeActor {
                     act.containers.push(Tracked { docker_id: id.clone(), image, role: "step", started_at: Utc::now(), exit_code: None });
                     act.watch(id, ctx);
                 }
-                let (relay_ip, relay_port) = relay.ip?;
-                Ok(NodeReady { relay_ip, relay_port, adopted: ids })
+                let address = relay.ip?;
+                Ok(NodeReady { relay_ip: address.ip, relay_port: address.statsd, otlp_port: address.otlp_http, adopted: ids })
             }),
         )
     }
 }
 
-/// Where a relay takes statsd: its address on the run network and the standard port, or,
-/// on the node's own network, the node's loopback and the port it printed when it chose one.
-async fn relay_address(engine: &Engine, id: &str, network: &str) -> Result<(String, u16), DockerError> {
+/// Where a relay takes metrics.
+struct RelayAddress {
+    ip: String,
+    statsd: u16,
+    otlp_http: u16,
+}
+
+/// Where a relay takes metrics: its address on the run network and the standard ports, or,
+/// on the node's own network, the node's loopback and the ports it printed when it chose them.
+async fn relay_address(engine: &Engine, id: &str, network: &str) -> Result<RelayAddress, DockerError> {
     if network != "host" {
-        return Ok((engine.container_ip(id, network).await?, STATSD_PORT));
+        return Ok(RelayAddress { ip: engine.container_ip(id, network).await?, statsd: STATSD_PORT, otlp_http: OTLP_HTTP_PORT });
     }
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let otlp_http = format!("{OTLP_LISTENING}http ");
     loop {
         let logs = engine.logs(id, None).await?;
-        let port = logs.lines().find_map(|l| l.trim().strip_prefix(RELAY_LISTENING)).and_then(|p| p.trim().parse().ok());
-        if let Some(port) = port {
-            return Ok(("127.0.0.1".to_string(), port));
+        let port = |prefix: &str| logs.lines().find_map(|l| l.trim().strip_prefix(prefix)).and_then(|p| p.trim().parse().ok());
+        if let (Some(statsd), Some(otlp_http)) = (port(RELAY_LISTENING), port(&otlp_http)) {
+            return Ok(RelayAddress { ip: "127.0.0.1".to_string(), statsd, otlp_http });
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(DockerError::Timeout { operation: format!("the relay {id} reporting its statsd port"), seconds: 30 });
+            return Err(DockerError::Timeout { operation: format!("the relay {id} reporting its ports"), seconds: 30 });
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
@@ -296,8 +306,12 @@ fn ca_env(pem: &str) -> Vec<String> {
 /// The statsd port of relays on a run network.
 pub const STATSD_PORT: u16 = 8125;
 
+/// The OTLP/HTTP port of relays on a run network.
+pub const OTLP_HTTP_PORT: u16 = 4318;
+
+pub use loads_relay::run::OTLP_LISTENING;
 /// What a relay prints first, before its statsd port (`loads relay`).
-pub const RELAY_LISTENING: &str = "relay listening for statsd on udp and tcp port ";
+pub use loads_relay::LISTENING as RELAY_LISTENING;
 
 impl DockerNodeActor {
     /// Waits for a step container to exit and reports it to the step (lost, if the node stops answering).

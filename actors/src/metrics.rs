@@ -103,6 +103,8 @@ struct StepMetrics {
     totals: Merged,
     windows: BTreeMap<String, u64>,
     dropped: BTreeMap<String, u64>,
+    /// Statsd datagrams each node's kernel dropped before its relay read them.
+    kernel_drops: BTreeMap<String, u64>,
     slots: BTreeMap<i64, Slot>,
     /// InfluxDB points of this step that could not be written.
     unwritten: u64,
@@ -130,6 +132,8 @@ struct SavedStep {
     totals: Window,
     windows: BTreeMap<String, u64>,
     dropped: BTreeMap<String, u64>,
+    #[serde(default)]
+    kernel_drops: BTreeMap<String, u64>,
     hosts: BTreeMap<String, HostTotals>,
 }
 
@@ -147,7 +151,13 @@ impl RunMetrics {
                         (node.clone(), HostTotals { samples: h.samples, active: h.active, busy: h.busy, sums: h.sums, maxima: h.maxima })
                     })
                     .collect();
-                let saved = SavedStep { totals: s.totals.to_window(), windows: s.windows.clone(), dropped: s.dropped.clone(), hosts };
+                let saved = SavedStep {
+                    totals: s.totals.to_window(),
+                    windows: s.windows.clone(),
+                    dropped: s.dropped.clone(),
+                    kernel_drops: s.kernel_drops.clone(),
+                    hosts,
+                };
                 (id.to_string(), saved)
             })
             .collect();
@@ -171,6 +181,7 @@ impl RunMetrics {
                 step.totals.add(&saved.totals);
                 step.windows = saved.windows;
                 step.dropped = saved.dropped;
+                step.kernel_drops = saved.kernel_drops;
                 step.hosts = saved.hosts;
             }
         }
@@ -454,6 +465,7 @@ impl Handler<TrackRun> for MetricsActor {
                     totals: Merged::default(),
                     windows: BTreeMap::new(),
                     dropped: BTreeMap::new(),
+                    kernel_drops: BTreeMap::new(),
                     slots: BTreeMap::new(),
                     unwritten: 0,
                 };
@@ -586,6 +598,8 @@ impl Handler<Ingest> for MetricsActor {
                 *step.windows.entry(w.node.clone()).or_default() += 1;
             }
             step.dropped.insert(w.node.clone(), w.dropped_windows);
+            let drops = step.kernel_drops.entry(w.node.clone()).or_default();
+            *drops = (*drops).max(w.kernel_drops);
             if let Some(h) = &w.host {
                 let totals = step.hosts.entry(w.node.clone()).or_default();
                 let values = [h.cpu_percent, h.memory_percent, h.net_rx_bytes_per_s, h.net_tx_bytes_per_s];
@@ -703,6 +717,27 @@ fn summarise(step_id: Uuid, step: &StepMetrics) -> Vec<MetricSummaryView> {
             ..row(k, "timer", s.count as f64)
         });
     }
+    // OpenTelemetry histograms: explicit-bucket percentiles are the bucket's upper bound,
+    // exponential ones within the relative error of their scale (see `loads_relay::histogram`).
+    let histogram = |k: &str, kind: &str, count: u64, sum: f64, (min, max): (Option<f64>, Option<f64>), q: &dyn Fn(f64) -> Option<f64>| {
+        MetricSummaryView {
+            rate: Some(count as f64 / seconds),
+            min,
+            mean: (count > 0).then(|| sum / count as f64),
+            p50: q(0.50),
+            p90: q(0.90),
+            p95: q(0.95),
+            p99: q(0.99),
+            max,
+            ..row(k, kind, count as f64)
+        }
+    };
+    for (k, h) in &step.totals.buckets {
+        out.push(histogram(k, "histogram", h.count, h.sum, (h.min, h.max), &|q| h.quantile(q)));
+    }
+    for (k, h) in &step.totals.exponential {
+        out.push(histogram(k, "exponential_histogram", h.count, h.sum, (h.min, h.max), &|q| h.quantile(q)));
+    }
     for (k, v) in &step.totals.gauges {
         out.push(row(k, "gauge", *v));
     }
@@ -721,6 +756,10 @@ fn summarise(step_id: Uuid, step: &StepMetrics) -> Vec<MetricSummaryView> {
     out.push(row("relay.lines", "relay", step.totals.lines as f64));
     out.push(row("relay.malformed", "relay", step.totals.malformed as f64));
     out.push(row("relay.windows_dropped", "relay", step.dropped.values().sum::<u64>() as f64));
+    out.push(row("relay.kernel_drops", "relay", step.kernel_drops.values().sum::<u64>() as f64));
+    for (node, drops) in step.kernel_drops.iter().filter(|(_, d)| **d > 0) {
+        out.push(row(&format!("relay.kernel_drops;node={node}"), "relay", *drops as f64));
+    }
     if step.unwritten > 0 {
         out.push(row("influx.points_unwritten", "influx", step.unwritten as f64));
     }
@@ -874,6 +913,7 @@ mod tests {
             totals: Merged::default(),
             windows: BTreeMap::new(),
             dropped: BTreeMap::new(),
+            kernel_drops: BTreeMap::new(),
             slots: BTreeMap::new(),
             unwritten: 0,
         }

@@ -152,9 +152,15 @@ impl StepActor {
         self.report(ReportKind::Event(kind));
     }
 
-    fn injected(&self, grant: &NodeGrant, relay: &(String, u16)) -> Env {
+    /// The broker's variables for a container on `grant`'s node, whose relay is at `relay`
+    /// (address, statsd port, OTLP/HTTP port): the relay's address both as statsd's
+    /// `STATSD_HOST` and as OpenTelemetry's standard exporter settings, so an unmodified
+    /// OpenTelemetry generator reports to it; one export a second (the relay's window)
+    /// unless the plan says otherwise.
+    fn injected(&self, grant: &NodeGrant, relay: &(String, u16, u16)) -> Env {
         let s = &self.ctx.settings;
-        BTreeMap::from([
+        let c = &self.ctx;
+        let mut env = BTreeMap::from([
             ("RUN_ID".into(), self.ctx.run_id.to_string()),
             ("BROKER_ID".into(), s.broker_id.clone()),
             ("BROKER_VERSION".into(), s.broker_version.clone()),
@@ -163,7 +169,14 @@ impl StepActor {
             ("PRIVATE_IP".into(), grant.address.clone()),
             ("STATSD_HOST".into(), relay.0.clone()),
             ("STATSD_PORT".into(), relay.1.to_string()),
-        ])
+            ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), format!("http://{}:{}", relay.0, relay.2)),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "http/protobuf".into()),
+        ]);
+        let interval = "OTEL_METRIC_EXPORT_INTERVAL";
+        if ![&c.plan_env, &c.run_env, &c.step.spec.environment_data].iter().any(|e| e.contains_key(interval)) {
+            env.insert(interval.into(), "1000".into());
+        }
+        env
     }
 
     /// Moves the step to `next`, checked against its life (`StepPhase::can_become`;
@@ -259,7 +272,7 @@ impl StepActor {
             let images: Vec<(String, Option<String>)> = prepared
                 .iter()
                 .map(|(grant, _)| {
-                    let injected = act.injected(grant, &(String::new(), 0));
+                    let injected = act.injected(grant, &(String::new(), 0, 0));
                     match launch::resolve(&c.step.spec, &c.plan_env, &c.run_env, &injected, &c.settings.limits, &c.settings.secrets) {
                         Ok(l) => (l.image, l.image_source),
                         Err(_) => (c.step.spec.container_name.clone(), None),
@@ -279,10 +292,10 @@ impl StepActor {
             prepare_nodes(images, nodes, fetch, adopt, mask).into_actor(act).map(move |results, act, ctx| {
                 for ((grant, addr), result) in prepared.into_iter().zip(results) {
                     let (relay, adopted) = match result {
-                        Ok(ready) => ((ready.relay_ip, ready.relay_port), ready.adopted),
+                        Ok(ready) => ((ready.relay_ip, ready.relay_port, ready.otlp_port), ready.adopted),
                         Err(e) => {
                             act.phase.note_failure(format!("node {}: {e}", grant.id));
-                            ((String::new(), 0), Vec::new())
+                            ((String::new(), 0, 0), Vec::new())
                         }
                     };
                     let injected = act.injected(&grant, &relay);

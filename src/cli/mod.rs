@@ -101,19 +101,12 @@ pub enum Command {
     /// Manage the images loads builds locally.
     #[command(subcommand)]
     Images(ImagesCommand),
-    /// Run the per-node metrics relay (statsd on port 8125); this is what the relay image runs.
-    #[command(hide = true)]
-    Relay {
-        /// The port for statsd, UDP and TCP; 0 picks a free one (printed at start).
-        #[arg(long, default_value_t = 8125, env = "LOADS_RELAY_PORT")]
-        port: u16,
-        /// The address statsd is taken on: a relay on a node's own network takes it on loopback only.
-        #[arg(long, default_value = "0.0.0.0", env = "LOADS_RELAY_BIND")]
-        bind: std::net::IpAddr,
-        /// The flush window, in milliseconds.
-        #[arg(long, default_value_t = 1000, env = "LOADS_FLUSH_MS")]
-        flush_ms: u64,
-    },
+    /// Run the metrics relay on this machine: point a generator at it (statsd on 8125, OTLP on
+    /// 4318 and 4317) to see what it reports before writing a plan. The relay image runs the same.
+    #[command(after_help = "Examples:\n  loads relay --print --json\n  loads relay --statsd-port 9125 --otlp-grpc-port 0 --print\n\n\
+        With no ingest URL (LOADS_INGEST_URL) it reports to no broker: --print shows each window,\n\
+        --json the totals at exit (Ctrl-C).")]
+    Relay(loads_relay::run::Args),
 }
 
 /// `loads images ...`.
@@ -161,10 +154,8 @@ pub async fn run(cli: Cli) -> u8 {
     if let Command::Plan(PlanCommand::Validate { file, env }) = &cli.command {
         return plan::validate(file, env, &settings.limits());
     }
-    if let Command::Relay { port, bind, flush_ms } = cli.command {
-        let mut config = crate::relay::RelayConfig::from_env(port, std::time::Duration::from_millis(flush_ms.max(10)));
-        config.bind = bind;
-        return match crate::relay::run(config).await {
+    if let Command::Relay(args) = cli.command {
+        return match loads_relay::run::run(args, loads_relay::run::Target::from_env()).await {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("error: relay: {e}");
@@ -199,7 +190,7 @@ pub async fn run(cli: Cli) -> u8 {
         },
         Command::Baseline { run } => baseline(&settings, run).await,
         Command::Images(ImagesCommand::Build) => build_images().await,
-        Command::Plan(_) | Command::Relay { .. } => unreachable!("handled above"),
+        Command::Plan(_) | Command::Relay(_) => unreachable!("handled above"),
     };
     match result {
         Ok(()) => 0,

@@ -338,6 +338,14 @@ fn print_metrics(metrics: &[MetricSummaryView]) {
     for m in metrics.iter().filter(|m| m.metric == "host.cpu_percent") {
         println!("{:<20} node CPU mean {:.0}%, max {:.0}%", m.step_name, m.mean.unwrap_or(0.0), m.max.unwrap_or(0.0));
     }
+    for m in metrics.iter().filter(|m| m.count > 0.0) {
+        if let Some(node) = m.metric.strip_prefix("relay.kernel_drops;node=") {
+            println!(
+                "{:<20} warning: {} statsd datagrams dropped by the kernel on node {node} before its relay read them: counts are low",
+                m.step_name, m.count
+            );
+        }
+    }
     for m in metrics.iter().filter(|m| m.metric == "generator_saturated" && m.count > 0.0) {
         println!(
             "{:<20} warning: its generator nodes ran above 90% CPU for more than 10% of the step: the numbers may show the generator's limits, not the service's",

@@ -10,7 +10,7 @@ pub mod interpolate;
 pub mod judge;
 pub mod launch;
 pub mod life;
-pub mod metrics;
+pub use loads_relay::metrics;
 pub mod parse;
 pub mod secrets;
 pub mod spec;

@@ -14,8 +14,7 @@ use super::spec::{Env, PlanSpec};
 /// What marks a value as a reference.
 pub const PREFIX: &str = "secret:";
 
-/// What a secret's value is replaced with in output.
-pub const MASK: &str = "********";
+pub use loads_relay::mask::{Masker, MASK};
 
 /// The broker's secrets, by name. Printing them shows names only.
 #[derive(Clone, Default)]
@@ -24,38 +23,6 @@ pub struct Secrets(BTreeMap<String, String>);
 impl fmt::Debug for Secrets {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_set().entries(self.0.keys()).finish()
-    }
-}
-
-/// Replaces known secret values in text: the values of 4 characters or longer
-/// (shorter ones would mask everything), longest first.
-#[derive(Clone, Default)]
-pub struct Masker(Vec<String>);
-
-impl fmt::Debug for Masker {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Masker({} values)", self.0.len())
-    }
-}
-
-impl Masker {
-    /// A masker of `values`.
-    pub fn new(values: impl IntoIterator<Item = String>) -> Self {
-        let mut values: Vec<String> = values.into_iter().filter(|v| v.len() >= 4).collect();
-        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
-        values.dedup();
-        Self(values)
-    }
-
-    /// `text` with every value replaced by `MASK`; borrowed when there is nothing to mask.
-    pub fn mask<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {
-        let mut out = std::borrow::Cow::Borrowed(text);
-        for value in &self.0 {
-            if out.contains(value.as_str()) {
-                out = std::borrow::Cow::Owned(out.replace(value.as_str(), MASK));
-            }
-        }
-        out
     }
 }
 

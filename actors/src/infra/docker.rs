@@ -221,6 +221,15 @@ impl Engine {
         }
     }
 
+    /// The value of label `key` on `image`; `None` when the image or the label is missing.
+    pub async fn image_label(&self, image: &str, key: &str) -> Result<Option<String>, DockerError> {
+        match self.docker.inspect_image(image).await {
+            Ok(inspect) => Ok(inspect.config.and_then(|c| c.labels).and_then(|mut l| l.remove(key))),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(DockerError::Pull { image: image.into(), message: engine_message(&e) }),
+        }
+    }
+
     /// The image's entrypoint and default command.
     pub async fn image_command(&self, image: &str) -> Result<(Vec<String>, Vec<String>), DockerError> {
         let inspect =

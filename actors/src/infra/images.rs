@@ -46,6 +46,8 @@ pub struct Recipe {
     pub entrypoint: Vec<String>,
     /// `CMD`, empty for none.
     pub cmd: Vec<String>,
+    /// Labels besides loads' own.
+    pub labels: Vec<(String, String)>,
 }
 
 /// Why an image could not be built.
@@ -109,6 +111,9 @@ pub const IMAGE_LABEL: &str = "loads.image";
 fn dockerfile(recipe: &Recipe) -> String {
     let json = |v: &[String]| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
     let mut text = format!("FROM scratch\nCOPY rootfs/ /\nLABEL {IMAGE_LABEL}=\"true\"\n");
+    for (key, value) in &recipe.labels {
+        text.push_str(&format!("LABEL {key}={}\n", serde_json::Value::from(value.as_str())));
+    }
     if !recipe.entrypoint.is_empty() {
         text.push_str(&format!("ENTRYPOINT {}\n", json(&recipe.entrypoint)));
     }

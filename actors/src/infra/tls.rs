@@ -44,18 +44,6 @@ impl Tls {
         Self::with_roots(roots)
     }
 
-    /// The relay's trust: it runs in an image with no certificate store, so it
-    /// carries the public web's roots (webpki-roots) and takes the broker's
-    /// private CAs as PEM text.
-    pub fn for_relay(ca_pem: Option<&str>) -> Result<Self, TlsError> {
-        let mut roots = system_roots();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        if let Some(pem) = ca_pem.filter(|p| !p.trim().is_empty()) {
-            add_pem(&mut roots, pem.as_bytes()).map_err(|message| TlsError::CaFile { path: "LOADS_INGEST_CA".into(), message })?;
-        }
-        Self::with_roots(roots)
-    }
-
     fn with_roots(roots: RootCertStore) -> Result<Self, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = ClientConfig::builder_with_provider(provider)

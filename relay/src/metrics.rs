@@ -1,18 +1,24 @@
-//! Statsd in, windows out: parsing, per-window aggregation on a node, and the
-//! exact merge of many nodes' windows into a step's.
+//! Statsd and OpenTelemetry in, windows out: parsing, per-window aggregation on
+//! a node, and the exact merge of many nodes' windows into a step's.
 //!
-//! Timers, histograms and distributions go into HDR histograms (microseconds,
-//! 3 significant digits) that travel serialized, so a step's percentiles are
-//! computed from the union of every node's samples, never by averaging
-//! per-node percentiles.
+//! Statsd timers, histograms and distributions go into HDR histograms
+//! (microseconds, 3 significant digits) that travel serialized, so a step's
+//! percentiles are computed from the union of every node's samples, never by
+//! averaging per-node percentiles. OpenTelemetry histograms travel as they
+//! were sent ([`crate::histogram`]).
+//!
+//! The aggregator's hot path takes a datagram's bytes and allocates only for a
+//! metric name it has not seen in the window.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 use base64::Engine as _;
 use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
 use hdrhistogram::Histogram;
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+
+use crate::histogram::{Buckets, Exponential, Mismatch};
 
 /// Largest value a timer histogram holds: one hour, in microseconds.
 const MAX_MICROS: u64 = 3_600_000_000;
@@ -41,44 +47,96 @@ pub enum SampleValue {
     SetMember(String),
 }
 
-/// Parses one statsd line: `name:value|type[|@rate][|#tag:value,...]`.
-pub fn parse_line(line: &str) -> Option<Sample> {
+/// One statsd line taken apart, borrowing from it.
+struct Line<'a> {
+    name: &'a str,
+    raw: &'a str,
+    kind: &'a str,
+    rate: f64,
+    tags: Option<&'a str>,
+}
+
+/// Splits `name:value|type[|@rate][|#tag:value,...]`; `None` when malformed.
+fn split_line(line: &str) -> Option<Line<'_>> {
     let (name, rest) = line.split_once(':')?;
     if name.is_empty() || name.contains(['|', ' ']) {
         return None;
     }
     let mut fields = rest.split('|');
     let (raw, kind) = (fields.next()?, fields.next()?);
-    let mut rate = 1.0;
-    let mut tags = BTreeMap::new();
+    let (mut rate, mut tags) = (1.0, None);
     for extra in fields {
         if let Some(r) = extra.strip_prefix('@') {
             rate = r.parse::<f64>().ok().filter(|r| *r > 0.0 && *r <= 1.0)?;
         } else if let Some(list) = extra.strip_prefix('#') {
-            for tag in list.split(',').filter(|t| !t.is_empty()) {
-                let (k, v) = tag.split_once(':').unwrap_or((tag, ""));
-                tags.insert(k.to_string(), v.to_string());
-            }
+            tags = Some(list);
         } else {
             return None;
         }
     }
-    let number = || raw.parse::<f64>().ok().filter(|v| v.is_finite());
-    let value = match kind {
-        "c" => SampleValue::Count(Some(number()? / rate).filter(|v| v.is_finite())?),
-        "g" if raw.starts_with(['+', '-']) => SampleValue::GaugeDelta(number()?),
-        "g" => SampleValue::Gauge(number()?),
-        "ms" | "h" | "d" => SampleValue::Timing(number().filter(|v| *v >= 0.0)?, 1.0 / rate),
-        "s" if !raw.is_empty() => SampleValue::SetMember(raw.to_string()),
-        _ => return None,
-    };
-    let key = if tags.is_empty() {
-        name.to_string()
-    } else {
-        let list: Vec<String> = tags.iter().map(|(k, v)| if v.is_empty() { k.clone() } else { format!("{k}={v}") }).collect();
-        format!("{name};{}", list.join(","))
-    };
-    Some(Sample { key, value })
+    Some(Line { name, raw, kind, rate, tags })
+}
+
+impl Line<'_> {
+    fn value(&self) -> Option<SampleValue> {
+        let raw = self.raw;
+        let number = || raw.parse::<f64>().ok().filter(|v| v.is_finite());
+        Some(match self.kind {
+            "c" => SampleValue::Count(Some(number()? / self.rate).filter(|v| v.is_finite())?),
+            "g" if raw.starts_with(['+', '-']) => SampleValue::GaugeDelta(number()?),
+            "g" => SampleValue::Gauge(number()?),
+            "ms" | "h" | "d" => SampleValue::Timing(number().filter(|v| *v >= 0.0)?, 1.0 / self.rate),
+            "s" if !raw.is_empty() => SampleValue::SetMember(raw.to_string()),
+            _ => return None,
+        })
+    }
+}
+
+/// The key of a metric with tags: `name` alone, or `name;k=v,k2` with tags sorted by
+/// key (the last of a repeated key wins). Tags that come sorted are written into
+/// `scratch` without any other allocation.
+pub fn key_of<'a>(name: &'a str, tags: Option<&str>, scratch: &'a mut String) -> &'a str {
+    let Some(list) = tags.filter(|t| t.split(',').any(|t| !t.is_empty())) else { return name };
+    scratch.clear();
+    scratch.push_str(name);
+    let mut previous: Option<&str> = None;
+    let mut sorted = true;
+    for tag in list.split(',').filter(|t| !t.is_empty()) {
+        let (k, v) = tag.split_once(':').unwrap_or((tag, ""));
+        if previous.is_some_and(|p| p >= k) {
+            sorted = false;
+            break;
+        }
+        previous = Some(k);
+        scratch.push(if scratch.len() == name.len() { ';' } else { ',' });
+        scratch.push_str(k);
+        if !v.is_empty() {
+            scratch.push('=');
+            scratch.push_str(v);
+        }
+    }
+    if !sorted {
+        let tags: BTreeMap<&str, &str> =
+            list.split(',').filter(|t| !t.is_empty()).map(|tag| tag.split_once(':').unwrap_or((tag, ""))).collect();
+        scratch.truncate(name.len());
+        for (i, (k, v)) in tags.iter().enumerate() {
+            scratch.push(if i == 0 { ';' } else { ',' });
+            scratch.push_str(k);
+            if !v.is_empty() {
+                scratch.push('=');
+                scratch.push_str(v);
+            }
+        }
+    }
+    scratch
+}
+
+/// Parses one statsd line: `name:value|type[|@rate][|#tag:value,...]`.
+pub fn parse_line(line: &str) -> Option<Sample> {
+    let parsed = split_line(line)?;
+    let value = parsed.value()?;
+    let mut scratch = String::new();
+    Some(Sample { key: key_of(parsed.name, parsed.tags, &mut scratch).to_string(), value })
 }
 
 /// What one node received in one flush window.
@@ -104,12 +162,22 @@ pub struct Window {
     pub sets: BTreeMap<String, u64>,
     /// Timers, histograms, distributions: HDR histograms of microseconds, V2-deflate, base64.
     pub timers: BTreeMap<String, String>,
-    /// Well-formed lines received.
+    /// Well-formed statsd lines and OpenTelemetry data points received.
     pub lines: u64,
-    /// Malformed lines received (and skipped).
+    /// Malformed lines and refused data points (skipped).
     pub malformed: u64,
     /// Windows this node could not deliver so far (its buffer overflowed).
     pub dropped_windows: u64,
+    /// Statsd datagrams the node's kernel dropped so far, before the relay could read them
+    /// (its socket's receive queue was full).
+    #[serde(default)]
+    pub kernel_drops: u64,
+    /// OpenTelemetry explicit-bucket histograms.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub buckets: BTreeMap<String, Buckets>,
+    /// OpenTelemetry exponential histograms.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub exponential: BTreeMap<String, Exponential>,
     /// The node's host over the window, when it could be read.
     #[serde(default)]
     pub host: Option<HostSample>,
@@ -149,75 +217,152 @@ pub fn decode_histogram(text: &str) -> Option<Histogram<u64>> {
     Deserializer::new().deserialize(&mut bytes.as_slice()).ok()
 }
 
-/// Aggregates a node's statsd traffic into windows.
+/// Aggregates a node's metrics into windows.
 #[derive(Default)]
 pub struct Aggregator {
-    counters: BTreeMap<String, f64>,
-    gauges: BTreeMap<String, f64>,
-    sets: HashMap<String, HashSet<String>>,
-    timers: HashMap<String, Histogram<u64>>,
+    counters: FxHashMap<Box<str>, f64>,
+    gauges: FxHashMap<Box<str>, f64>,
+    sets: FxHashMap<Box<str>, HashSet<Box<str>>>,
+    timers: FxHashMap<Box<str>, Histogram<u64>>,
+    buckets: BTreeMap<String, Buckets>,
+    exponential: BTreeMap<String, Exponential>,
     lines: u64,
     malformed: u64,
+    scratch: String,
+}
+
+/// The slot of `key` in `map`, inserted with `new` when missing; allocates only then.
+fn slot<'m, V>(map: &'m mut FxHashMap<Box<str>, V>, key: &str, new: impl FnOnce() -> V) -> &'m mut V {
+    if !map.contains_key(key) {
+        map.insert(key.into(), new());
+    }
+    map.get_mut(key).expect("just inserted")
+}
+
+/// Adds `v` to `slot` unless the sum would not be a finite number.
+fn add_finite(slot: &mut f64, v: f64) -> bool {
+    let sum = *slot + v;
+    sum.is_finite() && {
+        *slot = sum;
+        true
+    }
 }
 
 impl Aggregator {
+    /// Takes a datagram: several newline-separated statsd lines (invalid UTF-8 is replaced).
+    pub fn take_bytes(&mut self, bytes: &[u8]) {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => self.take(text),
+            Err(_) => self.take(&String::from_utf8_lossy(bytes)),
+        }
+    }
+
     /// Takes a packet or a TCP line: several newline-separated statsd lines.
     pub fn take(&mut self, text: &str) {
-        for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            match parse_line(line).map(|sample| self.add(sample)) {
-                Some(true) => self.lines += 1,
-                _ => self.malformed += 1,
+        for line in text.split('\n') {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            if self.take_line(line) {
+                self.lines += 1;
+            } else {
+                self.malformed += 1;
             }
         }
     }
 
-    /// Adds a sample; a counter or gauge it would take beyond what a number can hold is refused.
-    fn add(&mut self, s: Sample) -> bool {
-        let add_to = |slot: &mut f64, v: f64| {
-            let sum = *slot + v;
-            sum.is_finite() && {
-                *slot = sum;
+    fn take_line(&mut self, line: &str) -> bool {
+        let Some(parsed) = split_line(line) else { return false };
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let key = key_of(parsed.name, parsed.tags, &mut scratch);
+        let number = || parsed.raw.parse::<f64>().ok().filter(|v| v.is_finite());
+        let taken = match parsed.kind {
+            "c" => number().map(|v| v / parsed.rate).is_some_and(|v| v.is_finite() && self.add_count(key, v)),
+            "g" => match number() {
+                Some(v) if parsed.raw.starts_with(['+', '-']) => self.add_gauge(key, v),
+                Some(v) => {
+                    self.set_gauge(key, v);
+                    true
+                }
+                None => false,
+            },
+            "ms" | "h" | "d" => match number().filter(|v| *v >= 0.0) {
+                Some(ms) => {
+                    let micros = ((ms * 1000.0).round() as u64).min(MAX_MICROS);
+                    let times = (1.0 / parsed.rate).round().max(1.0) as u64;
+                    let _ = slot(&mut self.timers, key, new_histogram).record_n(micros, times);
+                    true
+                }
+                None => false,
+            },
+            "s" if !parsed.raw.is_empty() => {
+                let members = slot(&mut self.sets, key, HashSet::new);
+                if !members.contains(parsed.raw) {
+                    members.insert(parsed.raw.into());
+                }
                 true
             }
+            _ => false,
         };
-        match s.value {
-            SampleValue::Count(v) => return add_to(self.counters.entry(s.key).or_default(), v),
-            SampleValue::Gauge(v) => {
-                self.gauges.insert(s.key, v);
-            }
-            SampleValue::GaugeDelta(v) => return add_to(self.gauges.entry(s.key).or_default(), v),
-            SampleValue::SetMember(m) => {
-                self.sets.entry(s.key).or_default().insert(m);
-            }
-            SampleValue::Timing(ms, weight) => {
-                let micros = ((ms * 1000.0).round() as u64).min(MAX_MICROS);
-                let times = weight.round().max(1.0) as u64;
-                let _ = self.timers.entry(s.key).or_insert_with(new_histogram).record_n(micros, times);
-            }
-        }
-        true
+        self.scratch = scratch;
+        taken
     }
 
-    /// Closes the window: counters, sets and timers start again; gauges keep their value.
+    /// Adds to a counter; refused (false) if it would go beyond what a number can hold.
+    pub fn add_count(&mut self, key: &str, v: f64) -> bool {
+        add_finite(slot(&mut self.counters, key, || 0.0), v)
+    }
+
+    /// Sets a gauge.
+    pub fn set_gauge(&mut self, key: &str, v: f64) {
+        *slot(&mut self.gauges, key, || 0.0) = v;
+    }
+
+    /// Adds to a gauge; refused (false) if it would go beyond what a number can hold.
+    pub fn add_gauge(&mut self, key: &str, v: f64) -> bool {
+        add_finite(slot(&mut self.gauges, key, || 0.0), v)
+    }
+
+    /// Adds an explicit-bucket histogram's values.
+    pub fn add_buckets(&mut self, key: &str, h: &Buckets) -> Result<(), Mismatch> {
+        self.buckets.entry(key.to_string()).or_default().add(h)
+    }
+
+    /// Adds an exponential histogram's values.
+    pub fn add_exponential(&mut self, key: &str, h: &Exponential) {
+        self.exponential.entry(key.to_string()).or_default().add(h);
+    }
+
+    /// Counts data points taken and refused by another intake than statsd.
+    pub fn count(&mut self, taken: u64, refused: u64) {
+        self.lines += taken;
+        self.malformed += refused;
+    }
+
+    /// Closes the window: counters, sets and histograms start again; gauges keep their value.
     pub fn flush(&mut self, seq: u64, start_ms: i64, duration_ms: u64) -> Window {
-        let window = Window {
+        let owned = |k: Box<str>| String::from(k);
+        Window {
             seq,
             start_ms,
             duration_ms,
-            counters: std::mem::take(&mut self.counters),
-            gauges: self.gauges.clone(),
-            sets: self.sets.drain().map(|(k, v)| (k, v.len() as u64)).collect(),
-            timers: self.timers.drain().map(|(k, h)| (k, encode_histogram(&h))).collect(),
+            counters: self.counters.drain().map(|(k, v)| (owned(k), v)).collect(),
+            gauges: self.gauges.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            sets: self.sets.drain().map(|(k, v)| (owned(k), v.len() as u64)).collect(),
+            timers: self.timers.drain().map(|(k, h)| (owned(k), encode_histogram(&h))).collect(),
+            buckets: std::mem::take(&mut self.buckets),
+            exponential: std::mem::take(&mut self.exponential),
             lines: std::mem::take(&mut self.lines),
             malformed: std::mem::take(&mut self.malformed),
             ..Window::default()
-        };
-        window
+        }
     }
 }
 
 /// Statistics of a timer, in milliseconds.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct TimerStats {
     /// Samples.
     pub count: u64,
@@ -269,6 +414,10 @@ pub struct Merged {
     pub sets: BTreeMap<String, u64>,
     /// Merged histograms.
     pub timers: BTreeMap<String, Histogram<u64>>,
+    /// Merged OpenTelemetry explicit-bucket histograms.
+    pub buckets: BTreeMap<String, Buckets>,
+    /// Merged OpenTelemetry exponential histograms.
+    pub exponential: BTreeMap<String, Exponential>,
     /// Lines and malformed lines.
     pub lines: u64,
     /// Malformed lines.
@@ -285,6 +434,8 @@ impl Merged {
             gauges: self.gauges.clone(),
             sets: self.sets.clone(),
             timers: self.timers.iter().map(|(k, h)| (k.clone(), encode_histogram(h))).collect(),
+            buckets: self.buckets.clone(),
+            exponential: self.exponential.clone(),
             lines: self.lines,
             malformed: self.malformed,
             duration_ms: self.duration_ms,
@@ -312,6 +463,14 @@ impl Merged {
                 }
                 None => self.malformed += 1,
             }
+        }
+        for (k, h) in &w.buckets {
+            if self.buckets.entry(k.clone()).or_default().add(h).is_err() {
+                self.malformed += 1;
+            }
+        }
+        for (k, h) in &w.exponential {
+            self.exponential.entry(k.clone()).or_default().add(h);
         }
         self.lines += w.lines;
         self.malformed += w.malformed;

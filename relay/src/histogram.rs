@@ -1,0 +1,407 @@
+//! The histograms OpenTelemetry sends, kept as they are sent so that merging
+//! them loses nothing: explicit-bucket histograms add bucket by bucket, and
+//! exponential histograms add at the coarser of their two scales.
+//!
+//! Their percentiles say how exact they are. An explicit-bucket percentile is
+//! the upper bound of the bucket its rank falls in (the true value is at most
+//! that, and above the bucket's lower bound). An exponential percentile is a
+//! point inside its bucket, `(base^i, base^(i+1)]` with `base = 2^(2^-scale)`,
+//! chosen so that the relative error is at most `(base - 1) / (base + 1)`
+//! (0.27 % at scale 8, 2.7 % at scale 5).
+
+use serde::{Deserialize, Serialize};
+
+/// Buckets an exponential histogram keeps at most; past this it is downscaled.
+const MAX_EXPONENTIAL_BUCKETS: usize = 4096;
+
+/// An explicit-bucket histogram: `counts[i]` values in `(bounds[i-1], bounds[i]]`, the last bucket above every bound.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Buckets {
+    /// The unit the sender gave (`ms`, `s`, `By`…), empty when none.
+    #[serde(default)]
+    pub unit: String,
+    /// The buckets' upper bounds, increasing.
+    pub bounds: Vec<f64>,
+    /// Values per bucket: one more than the bounds.
+    pub counts: Vec<u64>,
+    /// Values in all.
+    pub count: u64,
+    /// Their sum.
+    pub sum: f64,
+    /// The smallest, when the sender measured it.
+    #[serde(default)]
+    pub min: Option<f64>,
+    /// The largest, when the sender measured it.
+    #[serde(default)]
+    pub max: Option<f64>,
+}
+
+/// Why two histograms cannot be added.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mismatch(pub String);
+
+fn min_of(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn max_of(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+impl Buckets {
+    /// Checks what a sender gave: increasing finite bounds, one count per bucket, a total that adds up.
+    pub fn check(&self) -> Result<(), Mismatch> {
+        if self.counts.len() != self.bounds.len() + 1 {
+            return Err(Mismatch(format!("{} bucket counts for {} bounds (needs one more)", self.counts.len(), self.bounds.len())));
+        }
+        if self.bounds.iter().any(|b| !b.is_finite()) || self.bounds.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(Mismatch("bounds must be finite and increasing".into()));
+        }
+        if self.counts.iter().try_fold(0u64, |a, c| a.checked_add(*c)) != Some(self.count) {
+            return Err(Mismatch("the bucket counts do not add up to the count".into()));
+        }
+        Ok(())
+    }
+
+    /// Adds `other`, which must have the same bounds.
+    pub fn add(&mut self, other: &Buckets) -> Result<(), Mismatch> {
+        if self.counts.is_empty() {
+            *self = other.clone();
+            return Ok(());
+        }
+        if self.bounds != other.bounds {
+            return Err(Mismatch(format!("bounds {:?} differ from the {:?} seen first", other.bounds, self.bounds)));
+        }
+        for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
+            *mine = mine.saturating_add(*theirs);
+        }
+        self.count = self.count.saturating_add(other.count);
+        self.sum += other.sum;
+        self.min = min_of(self.min, other.min);
+        self.max = max_of(self.max, other.max);
+        Ok(())
+    }
+
+    /// `self - earlier`, for a cumulative stream; `None` when `earlier` is not a prefix of it (a reset).
+    pub fn since(&self, earlier: &Buckets) -> Option<Buckets> {
+        if self.bounds != earlier.bounds || self.count < earlier.count {
+            return None;
+        }
+        let counts: Option<Vec<u64>> = self.counts.iter().zip(&earlier.counts).map(|(a, b)| a.checked_sub(*b)).collect();
+        Some(Buckets {
+            unit: self.unit.clone(),
+            bounds: self.bounds.clone(),
+            counts: counts?,
+            count: self.count - earlier.count,
+            sum: self.sum - earlier.sum,
+            min: None,
+            max: None,
+        })
+    }
+
+    /// The upper bound of the bucket the `q` quantile falls in; the largest value (when known)
+    /// for the last bucket, which has no bound.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let rank = rank_of(q, self.count)?;
+        let mut seen = 0u64;
+        for (i, c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                let bound = self.bounds.get(i).copied().or(self.max).or(self.bounds.last().copied());
+                return bound.map(|b| self.max.map_or(b, |m| b.min(m)));
+            }
+        }
+        None
+    }
+}
+
+fn rank_of(q: f64, count: u64) -> Option<u64> {
+    (count > 0).then(|| ((q * count as f64).ceil() as u64).clamp(1, count))
+}
+
+/// One side of an exponential histogram: `counts[k]` values in bucket `offset + k`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExpBuckets {
+    /// The index of the first bucket.
+    pub offset: i32,
+    /// Values per bucket from `offset`.
+    pub counts: Vec<u64>,
+}
+
+impl ExpBuckets {
+    fn downscale(&self, by: u32) -> ExpBuckets {
+        if by == 0 || self.counts.is_empty() {
+            return self.clone();
+        }
+        let first = self.offset >> by;
+        let last = (self.offset + self.counts.len() as i32 - 1) >> by;
+        let mut counts = vec![0u64; (last - first + 1) as usize];
+        for (k, c) in self.counts.iter().enumerate() {
+            let index = (self.offset + k as i32) >> by;
+            counts[(index - first) as usize] += c;
+        }
+        ExpBuckets { offset: first, counts }
+    }
+
+    fn add(&mut self, other: &ExpBuckets) {
+        if other.counts.is_empty() {
+            return;
+        }
+        if self.counts.is_empty() {
+            *self = other.clone();
+            return;
+        }
+        let first = self.offset.min(other.offset);
+        let end = (self.offset + self.counts.len() as i32).max(other.offset + other.counts.len() as i32);
+        let mut counts = vec![0u64; (end - first) as usize];
+        for side in [&*self, other] {
+            for (k, c) in side.counts.iter().enumerate() {
+                counts[(side.offset - first) as usize + k] += c;
+            }
+        }
+        *self = ExpBuckets { offset: first, counts };
+    }
+
+    fn span(&self) -> usize {
+        self.counts.len()
+    }
+
+    fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// `self - earlier` bucket by bucket; `None` if any would go below zero.
+    fn since(&self, earlier: &ExpBuckets) -> Option<ExpBuckets> {
+        let mut out = self.clone();
+        for (k, c) in earlier.counts.iter().enumerate().filter(|(_, c)| **c > 0) {
+            let at = usize::try_from(earlier.offset + k as i32 - self.offset).ok()?;
+            let slot = out.counts.get_mut(at)?;
+            *slot = slot.checked_sub(*c)?;
+        }
+        Some(out)
+    }
+}
+
+/// An exponential histogram (base-2 exponential buckets at `scale`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Exponential {
+    /// The unit the sender gave, empty when none.
+    #[serde(default)]
+    pub unit: String,
+    /// Resolution: `base = 2^(2^-scale)`.
+    pub scale: i32,
+    /// Values at zero (within the sender's zero threshold).
+    pub zero_count: u64,
+    /// Values above zero.
+    pub positive: ExpBuckets,
+    /// Values below zero (bucket `i` holds `-(base^(i+1))..-(base^i)`).
+    pub negative: ExpBuckets,
+    /// Values in all.
+    pub count: u64,
+    /// Their sum.
+    pub sum: f64,
+    /// The smallest, when measured.
+    #[serde(default)]
+    pub min: Option<f64>,
+    /// The largest, when measured.
+    #[serde(default)]
+    pub max: Option<f64>,
+}
+
+impl Exponential {
+    /// Checks what a sender gave: a scale OpenTelemetry allows and counts that add up.
+    pub fn check(&self) -> Result<(), Mismatch> {
+        if !(-10..=20).contains(&self.scale) {
+            return Err(Mismatch(format!("scale {} is outside -10..=20", self.scale)));
+        }
+        let total = self.zero_count.checked_add(self.positive.total()).and_then(|t| t.checked_add(self.negative.total()));
+        if total != Some(self.count) {
+            return Err(Mismatch("the bucket counts do not add up to the count".into()));
+        }
+        Ok(())
+    }
+
+    /// The same values at a coarser `scale` (exact: each bucket falls whole into one).
+    pub fn at_scale(&self, scale: i32) -> Exponential {
+        let by = u32::try_from(self.scale - scale).unwrap_or(0);
+        Exponential {
+            scale: self.scale.min(scale),
+            positive: self.positive.downscale(by),
+            negative: self.negative.downscale(by),
+            ..self.clone()
+        }
+    }
+
+    /// Adds `other` at the coarser of the two scales (coarser still if the buckets would exceed the limit).
+    pub fn add(&mut self, other: &Exponential) {
+        if self.count == 0 && self.positive.counts.is_empty() && self.negative.counts.is_empty() {
+            let unit = std::mem::take(&mut self.unit);
+            *self = other.clone();
+            if self.unit.is_empty() {
+                self.unit = unit;
+            }
+            return;
+        }
+        let mut scale = self.scale.min(other.scale);
+        let (mut mine, mut theirs) = (self.at_scale(scale), other.at_scale(scale));
+        loop {
+            let mut merged = mine.clone();
+            merged.positive.add(&theirs.positive);
+            merged.negative.add(&theirs.negative);
+            if merged.positive.span().max(merged.negative.span()) <= MAX_EXPONENTIAL_BUCKETS || scale <= -10 {
+                merged.zero_count += theirs.zero_count;
+                merged.count += theirs.count;
+                merged.sum += theirs.sum;
+                merged.min = min_of(mine.min, theirs.min);
+                merged.max = max_of(mine.max, theirs.max);
+                *self = merged;
+                return;
+            }
+            scale -= 1;
+            mine = mine.at_scale(scale);
+            theirs = theirs.at_scale(scale);
+        }
+    }
+
+    /// `self - earlier`, for a cumulative stream; `None` on a reset.
+    pub fn since(&self, earlier: &Exponential) -> Option<Exponential> {
+        if earlier.scale < self.scale || earlier.count > self.count || earlier.zero_count > self.zero_count {
+            return None;
+        }
+        let earlier = earlier.at_scale(self.scale);
+        Some(Exponential {
+            unit: self.unit.clone(),
+            scale: self.scale,
+            zero_count: self.zero_count - earlier.zero_count,
+            positive: self.positive.since(&earlier.positive)?,
+            negative: self.negative.since(&earlier.negative)?,
+            count: self.count - earlier.count,
+            sum: self.sum - earlier.sum,
+            min: None,
+            max: None,
+        })
+    }
+
+    /// The bucket base, `2^(2^-scale)`.
+    pub fn base(&self) -> f64 {
+        2f64.powf(2f64.powi(-self.scale))
+    }
+
+    /// The largest relative error of a quantile at this scale: `(base - 1) / (base + 1)`.
+    pub fn relative_error(&self) -> f64 {
+        let base = self.base();
+        (base - 1.0) / (base + 1.0)
+    }
+
+    /// The `q` quantile: the point of its bucket whose relative error is at most
+    /// [`relative_error`](Self::relative_error), kept within the measured min and max.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let rank = rank_of(q, self.count)?;
+        let base = self.base();
+        // The point of (lo, hi] no further than (base-1)/(base+1) from any value in it: 2·lo·hi/(lo+hi).
+        let point = |index: i32| {
+            let lo = base.powi(index);
+            let hi = lo * base;
+            2.0 * lo * hi / (lo + hi)
+        };
+        let clamp = |v: f64| {
+            let v = self.max.map_or(v, |m| v.min(m));
+            self.min.map_or(v, |m| v.max(m))
+        };
+        let mut seen = 0u64;
+        let negative = &self.negative;
+        for (k, c) in negative.counts.iter().enumerate().rev() {
+            seen += c;
+            if seen >= rank {
+                return Some(clamp(-point(negative.offset + k as i32)));
+            }
+        }
+        seen += self.zero_count;
+        if seen >= rank {
+            return Some(clamp(0.0));
+        }
+        for (k, c) in self.positive.counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Some(clamp(point(self.positive.offset + k as i32)));
+            }
+        }
+        self.max
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An exponential histogram of `values` at `scale`, bucketed as the OpenTelemetry SDKs do.
+    fn exponential(values: &[f64], scale: i32) -> Exponential {
+        let mut h = Exponential { scale, ..Exponential::default() };
+        let base: f64 = 2f64.powf(2f64.powi(-scale));
+        for v in values {
+            // Bucket i holds (base^i, base^(i+1)].
+            let index = (v.ln() / base.ln()).ceil() as i32 - 1;
+            let single = Exponential {
+                scale,
+                positive: ExpBuckets { offset: index, counts: vec![1] },
+                count: 1,
+                sum: *v,
+                min: Some(*v),
+                max: Some(*v),
+                ..Exponential::default()
+            };
+            h.add(&single);
+        }
+        h
+    }
+
+    #[test]
+    fn exponential_quantiles_are_within_the_stated_error_after_merging_scales() {
+        let a: Vec<f64> = (1..=1000).map(|i| f64::from(i) * 0.37).collect();
+        let b: Vec<f64> = (1..=1000).map(|i| 100.0 + f64::from(i) * 1.3).collect();
+        let mut merged = exponential(&a, 8);
+        merged.add(&exponential(&b, 6));
+        assert_eq!((merged.scale, merged.count), (6, 2000), "merged at the coarser scale");
+        let mut all: Vec<f64> = a.iter().chain(&b).copied().collect();
+        all.sort_by(f64::total_cmp);
+        let error = merged.relative_error();
+        assert!((error - 0.00542).abs() < 1e-4, "scale 6: {error}");
+        for q in [0.01, 0.5, 0.9, 0.95, 0.99, 1.0] {
+            let exact = all[((q * 2000.0_f64).ceil() as usize).max(1) - 1];
+            let got = merged.quantile(q).unwrap();
+            assert!((got - exact).abs() <= exact * error * (1.0 + 1e-9), "p{q}: {got} vs {exact} (±{error})");
+        }
+    }
+
+    #[test]
+    fn downscaling_keeps_every_count() {
+        let h = exponential(&[0.1, 0.2, 3.0, 3.1, 900.0], 10);
+        let coarse = h.at_scale(2);
+        assert_eq!(coarse.positive.total(), 5);
+        assert!(coarse.positive.span() < h.positive.span());
+    }
+
+    #[test]
+    fn explicit_quantiles_are_bucket_bounds_and_mismatched_bounds_are_refused() {
+        let bounds = vec![10.0, 50.0, 100.0];
+        let mut h = Buckets { bounds: bounds.clone(), counts: vec![5, 80, 10, 5], count: 100, max: Some(250.0), ..Buckets::default() };
+        h.check().unwrap();
+        assert_eq!(h.quantile(0.5), Some(50.0));
+        assert_eq!(h.quantile(0.95), Some(100.0));
+        assert_eq!(h.quantile(0.99), Some(250.0), "the last bucket answers the largest value");
+        h.add(&h.clone()).unwrap();
+        assert_eq!((h.count, h.counts[1]), (200, 160));
+        let other = Buckets { bounds: vec![1.0], counts: vec![1, 0], count: 1, ..Buckets::default() };
+        assert!(h.add(&other).is_err());
+        let later = Buckets { counts: vec![6, 90, 10, 5], count: 111, ..h.clone() };
+        let first = Buckets { counts: vec![5, 80, 10, 5], count: 100, ..later.clone() };
+        assert_eq!(later.since(&first).unwrap().counts, vec![1, 10, 0, 0]);
+        assert!(first.since(&later).is_none(), "a smaller cumulative is a reset");
+    }
+}
