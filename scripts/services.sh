@@ -170,8 +170,8 @@ ensure_moto() {
   export LOADS_TEST_MOTO_URL="http://127.0.0.1:$port"
 }
 
-# The OpenAPI validator the API tests run the served document through, and a
-# real statsd client the metrics tests send with.
+# The OpenAPI validator the API tests run the served document through, a real
+# statsd client the metrics tests send with, and OpenTelemetry's Python SDK.
 ensure_python_tools() {
   if ! python3 -c 'import statsd' >/dev/null 2>&1; then
     python3 -m pip install --quiet --disable-pip-version-check 'statsd>=4' 2>/dev/null \
@@ -181,6 +181,12 @@ ensure_python_tools() {
     local spec='openapi-spec-validator>=0.7'
     python3 -m pip install --quiet --disable-pip-version-check "$spec" 2>/dev/null \
       || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "$spec"
+  fi
+  # Real OpenTelemetry clients for the relay's OTLP tests: the official SDK and its exporters.
+  if ! python3 -c 'import opentelemetry.sdk.metrics, opentelemetry.exporter.otlp.proto.http.metric_exporter, opentelemetry.exporter.otlp.proto.grpc.metric_exporter' >/dev/null 2>&1; then
+    local otel=(opentelemetry-sdk opentelemetry-exporter-otlp-proto-http opentelemetry-exporter-otlp-proto-grpc)
+    python3 -m pip install --quiet --disable-pip-version-check "${otel[@]}" 2>/dev/null \
+      || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${otel[@]}"
   fi
   # The API fuzzer the hostile-input test runs (pinned: its check names are part of the test).
   if ! python3 -c 'import schemathesis, sys; sys.exit(schemathesis.__version__ != "4.32.5")' >/dev/null 2>&1; then

@@ -84,6 +84,11 @@ pub enum EventKind {
         /// Timer statistics (milliseconds) over every node's samples.
         #[schema(value_type = Object)]
         timers: std::collections::BTreeMap<String, crate::domain::metrics::TimerStats>,
+        /// OpenTelemetry histograms over every node's points, in their own unit, with how
+        /// exact their percentiles are (`kind`, `relative_error`).
+        #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        #[schema(value_type = Object)]
+        histograms: std::collections::BTreeMap<String, loads_relay::histogram::HistogramStats>,
         /// Each node's CPU use in the window, percent (nodes that sent host samples).
         #[schema(value_type = Object)]
         cpu: std::collections::BTreeMap<String, f64>,
@@ -255,6 +260,7 @@ mod tests {
             nodes: 1,
             counters: Default::default(),
             timers: Default::default(),
+            histograms: Default::default(),
             cpu: Default::default(),
         }
     }

@@ -48,6 +48,8 @@ pub struct MetricsPublished {
     pub counters: BTreeMap<String, f64>,
     /// Timer statistics over every node's samples.
     pub timers: BTreeMap<String, TimerStats>,
+    /// OpenTelemetry histograms over every node's points.
+    pub histograms: BTreeMap<String, loads_relay::histogram::HistogramStats>,
     /// Each node's CPU use in the window, percent.
     pub cpu: BTreeMap<String, f64>,
 }
@@ -105,9 +107,25 @@ struct StepMetrics {
     dropped: BTreeMap<String, u64>,
     /// Statsd datagrams each node's kernel dropped before its relay read them.
     kernel_drops: BTreeMap<String, u64>,
+    /// Each node's gauges as its last window had them; the step's are their sum.
+    gauges: BTreeMap<String, BTreeMap<String, f64>>,
     slots: BTreeMap<i64, Slot>,
     /// InfluxDB points of this step that could not be written.
     unwritten: u64,
+}
+
+impl StepMetrics {
+    /// Takes `w`'s gauges as its node's current values (a window carries every gauge its
+    /// node has seen) and makes the step's the sum of its nodes', never a sum over windows.
+    fn last_gauges(&mut self, w: &Window) {
+        self.gauges.insert(w.node.clone(), w.gauges.clone());
+        let mut sums: BTreeMap<String, f64> = BTreeMap::new();
+        for (key, value) in self.gauges.values().flatten() {
+            let sum = sums.entry(key.clone()).or_default();
+            *sum = (*sum + value).clamp(f64::MIN, f64::MAX);
+        }
+        self.totals.gauges = sums;
+    }
 }
 
 struct RunMetrics {
@@ -134,6 +152,8 @@ struct SavedStep {
     dropped: BTreeMap<String, u64>,
     #[serde(default)]
     kernel_drops: BTreeMap<String, u64>,
+    #[serde(default)]
+    gauges: BTreeMap<String, BTreeMap<String, f64>>,
     hosts: BTreeMap<String, HostTotals>,
 }
 
@@ -156,6 +176,7 @@ impl RunMetrics {
                     windows: s.windows.clone(),
                     dropped: s.dropped.clone(),
                     kernel_drops: s.kernel_drops.clone(),
+                    gauges: s.gauges.clone(),
                     hosts,
                 };
                 (id.to_string(), saved)
@@ -182,6 +203,7 @@ impl RunMetrics {
                 step.windows = saved.windows;
                 step.dropped = saved.dropped;
                 step.kernel_drops = saved.kernel_drops;
+                step.gauges = saved.gauges;
                 step.hosts = saved.hosts;
             }
         }
@@ -324,10 +346,12 @@ impl MetricsActor {
                         nodes: slot.nodes.len(),
                         counters: slot.merged.counters.clone(),
                         timers: slot.merged.timers.iter().map(|(k, h)| (k.clone(), TimerStats::of(h))).collect(),
+                        histograms: slot.merged.histogram_stats(),
                         cpu: slot.cpu,
                     };
                     let point = serde_json::json!({
-                        "t": key, "nodes": published.nodes, "counters": published.counters, "timers": published.timers, "cpu": published.cpu,
+                        "t": key, "nodes": published.nodes, "counters": published.counters, "timers": published.timers,
+                        "histograms": published.histograms, "cpu": published.cpu,
                     });
                     run.series.push((step.name.clone(), key, point.to_string()));
                     run.feed.do_send(published);
@@ -466,6 +490,7 @@ impl Handler<TrackRun> for MetricsActor {
                     windows: BTreeMap::new(),
                     dropped: BTreeMap::new(),
                     kernel_drops: BTreeMap::new(),
+                    gauges: BTreeMap::new(),
                     slots: BTreeMap::new(),
                     unwritten: 0,
                 };
@@ -593,6 +618,7 @@ impl Handler<Ingest> for MetricsActor {
             let node_points = window_points(&tags, w.start_ms / 1000 * 1000, &single, w.duration_ms as f64 / 1000.0, w.host.as_ref());
             points.extend(node_points.into_iter().map(|p| (step_id, p)));
             step.totals.add(w);
+            step.last_gauges(w);
             run.judge.add(&step.name, w);
             if w.lines > 0 {
                 *step.windows.entry(w.node.clone()).or_default() += 1;
@@ -695,6 +721,8 @@ fn summarise(step_id: Uuid, step: &StepMetrics) -> Vec<MetricSummaryView> {
         p95: None,
         p99: None,
         max: None,
+        unit: None,
+        relative_error: None,
     };
     let mut out = Vec::new();
     // Errors: counters whose name or tags say error (`fail;status=error`, `http.errors`).
@@ -719,24 +747,21 @@ fn summarise(step_id: Uuid, step: &StepMetrics) -> Vec<MetricSummaryView> {
     }
     // OpenTelemetry histograms: explicit-bucket percentiles are the bucket's upper bound,
     // exponential ones within the relative error of their scale (see `loads_relay::histogram`).
-    let histogram = |k: &str, kind: &str, count: u64, sum: f64, (min, max): (Option<f64>, Option<f64>), q: &dyn Fn(f64) -> Option<f64>| {
-        MetricSummaryView {
-            rate: Some(count as f64 / seconds),
-            min,
-            mean: (count > 0).then(|| sum / count as f64),
-            p50: q(0.50),
-            p90: q(0.90),
-            p95: q(0.95),
-            p99: q(0.99),
-            max,
-            ..row(k, kind, count as f64)
-        }
-    };
-    for (k, h) in &step.totals.buckets {
-        out.push(histogram(k, "histogram", h.count, h.sum, (h.min, h.max), &|q| h.quantile(q)));
-    }
-    for (k, h) in &step.totals.exponential {
-        out.push(histogram(k, "exponential_histogram", h.count, h.sum, (h.min, h.max), &|q| h.quantile(q)));
+    for (k, h) in step.totals.histogram_stats() {
+        let kind = if h.kind == "buckets" { "histogram" } else { "exponential_histogram" };
+        out.push(MetricSummaryView {
+            rate: Some(h.count as f64 / seconds),
+            min: h.min,
+            mean: h.mean,
+            p50: h.p50,
+            p90: h.p90,
+            p95: h.p95,
+            p99: h.p99,
+            max: h.max,
+            unit: Some(h.unit.clone()).filter(|u| !u.is_empty()),
+            relative_error: h.relative_error,
+            ..row(&k, kind, h.count as f64)
+        });
     }
     for (k, v) in &step.totals.gauges {
         out.push(row(k, "gauge", *v));
@@ -914,6 +939,7 @@ mod tests {
             windows: BTreeMap::new(),
             dropped: BTreeMap::new(),
             kernel_drops: BTreeMap::new(),
+            gauges: BTreeMap::new(),
             slots: BTreeMap::new(),
             unwritten: 0,
         }

@@ -692,6 +692,7 @@ impl Handler<MetricsPublished> for RunSupervisor {
             nodes: msg.nodes,
             counters: msg.counters,
             timers: msg.timers,
+            histograms: msg.histograms,
             cpu: msg.cpu,
         });
     }

@@ -13,6 +13,7 @@ mod m20261128_000006_add_run_recovery;
 mod m20261201_000007_add_container_sha256;
 mod m20261202_000008_add_verdicts;
 mod m20261202_000009_create_run_series;
+mod m20261203_000010_add_metric_units;
 
 /// Applies every migration in order.
 pub struct Migrator;
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000007_add_container_sha256::Migration),
             Box::new(m20261202_000008_add_verdicts::Migration),
             Box::new(m20261202_000009_create_run_series::Migration),
+            Box::new(m20261203_000010_add_metric_units::Migration),
         ]
     }
 }

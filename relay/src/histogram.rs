@@ -100,8 +100,10 @@ impl Buckets {
             counts: counts?,
             count: self.count - earlier.count,
             sum: self.sum - earlier.sum,
-            min: None,
-            max: None,
+            // The stream's extremes so far bound the increase's values; merged with the
+            // earlier points' they are the stream's own (a percentile is clamped to them).
+            min: self.min,
+            max: self.max,
         })
     }
 
@@ -283,8 +285,10 @@ impl Exponential {
             negative: self.negative.since(&earlier.negative)?,
             count: self.count - earlier.count,
             sum: self.sum - earlier.sum,
-            min: None,
-            max: None,
+            // The stream's extremes so far bound the increase's values; merged with the
+            // earlier points' they are the stream's own (a percentile is clamped to them).
+            min: self.min,
+            max: self.max,
         })
     }
 
@@ -333,6 +337,76 @@ impl Exponential {
             }
         }
         self.max
+    }
+}
+
+/// What a person reads of an OpenTelemetry histogram, in the metric's own unit, with how
+/// exact its percentiles are: the summary, the live feed and InfluxDB all show this.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct HistogramStats {
+    /// `buckets` (explicit bounds: a percentile is the upper bound of its bucket) or
+    /// `exponential` (a percentile within `relative_error` of the true value).
+    pub kind: String,
+    /// The unit the sender gave, empty when none.
+    pub unit: String,
+    /// Values.
+    pub count: u64,
+    /// Their sum.
+    pub sum: f64,
+    /// Their mean.
+    pub mean: Option<f64>,
+    /// The smallest, when the sender measured it.
+    pub min: Option<f64>,
+    /// Median.
+    pub p50: Option<f64>,
+    /// 90th percentile.
+    pub p90: Option<f64>,
+    /// 95th percentile.
+    pub p95: Option<f64>,
+    /// 99th percentile.
+    pub p99: Option<f64>,
+    /// The largest, when the sender measured it.
+    pub max: Option<f64>,
+    /// For `exponential`: the largest relative error of its percentiles at its scale.
+    pub relative_error: Option<f64>,
+}
+
+impl HistogramStats {
+    fn new(
+        kind: &str,
+        unit: &str,
+        (count, sum): (u64, f64),
+        (min, max): (Option<f64>, Option<f64>),
+        q: impl Fn(f64) -> Option<f64>,
+    ) -> Self {
+        Self {
+            kind: kind.into(),
+            unit: unit.into(),
+            count,
+            sum,
+            mean: (count > 0).then(|| sum / count as f64),
+            min,
+            p50: q(0.50),
+            p90: q(0.90),
+            p95: q(0.95),
+            p99: q(0.99),
+            max,
+            relative_error: None,
+        }
+    }
+
+    /// The statistics of an explicit-bucket histogram.
+    pub fn of_buckets(h: &Buckets) -> Self {
+        Self::new("buckets", &h.unit, (h.count, h.sum), (h.min, h.max), |q| h.quantile(q))
+    }
+
+    /// The statistics of an exponential histogram.
+    pub fn of_exponential(h: &Exponential) -> Self {
+        Self {
+            relative_error: Some(h.relative_error()),
+            ..Self::new("exponential", &h.unit, (h.count, h.sum), (h.min, h.max), |q| h.quantile(q))
+        }
     }
 }
 

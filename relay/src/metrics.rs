@@ -50,43 +50,85 @@ pub enum SampleValue {
 /// One statsd line taken apart, borrowing from it.
 struct Line<'a> {
     name: &'a str,
-    raw: &'a str,
-    kind: &'a str,
+    raw: &'a [u8],
+    kind: &'a [u8],
     rate: f64,
     tags: Option<&'a str>,
 }
 
-/// Splits `name:value|type[|@rate][|#tag:value,...]`; `None` when malformed.
-fn split_line(line: &str) -> Option<Line<'_>> {
-    let (name, rest) = line.split_once(':')?;
-    if name.is_empty() || name.contains(['|', ' ']) {
-        return None;
+/// Splits `name:value|type[|@rate][|#tag:value,...]` in one pass over its bytes;
+/// `None` when malformed.
+fn split_line(text: &str) -> Option<Line<'_>> {
+    let line = text.as_bytes();
+    let mut colon = None;
+    for (i, b) in line.iter().enumerate() {
+        match b {
+            b':' => {
+                colon = Some(i);
+                break;
+            }
+            b'|' | b' ' => return None,
+            _ => {}
+        }
     }
-    let mut fields = rest.split('|');
+    let colon = colon.filter(|c| *c > 0)?;
+    let name = text.get(..colon)?;
+    let mut fields = line[colon + 1..].split(|b| *b == b'|');
     let (raw, kind) = (fields.next()?, fields.next()?);
     let (mut rate, mut tags) = (1.0, None);
     for extra in fields {
-        if let Some(r) = extra.strip_prefix('@') {
-            rate = r.parse::<f64>().ok().filter(|r| *r > 0.0 && *r <= 1.0)?;
-        } else if let Some(list) = extra.strip_prefix('#') {
-            tags = Some(list);
-        } else {
-            return None;
+        match extra.split_first() {
+            Some((b'@', r)) => rate = number(r).filter(|r| *r > 0.0 && *r <= 1.0)?,
+            // Split at ASCII bytes, the tags are whole characters of `text`.
+            Some((b'#', list)) => tags = Some(std::str::from_utf8(list).ok()?),
+            _ => return None,
         }
     }
     Some(Line { name, raw, kind, rate, tags })
 }
 
+/// A finite number, as Rust reads it. Plain decimals of up to 15 digits (`12`, `-3.25`),
+/// nearly every statsd value, are read directly: their digits and the power of ten are
+/// both exact in an `f64`, so one division gives the correctly rounded value.
+fn number(raw: &[u8]) -> Option<f64> {
+    const POWERS: [f64; 16] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15];
+    let (negative, digits) = match raw.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        Some((b'+', rest)) => (false, rest),
+        _ => (false, raw),
+    };
+    let (mut mantissa, mut count, mut point, mut fast) = (0u64, 0usize, None, !digits.is_empty());
+    for (i, b) in digits.iter().enumerate() {
+        match b {
+            b'0'..=b'9' if count < 15 => {
+                mantissa = mantissa * 10 + u64::from(b - b'0');
+                count += 1;
+            }
+            b'.' if point.is_none() && i + 1 < digits.len() => point = Some(i),
+            _ => {
+                fast = false;
+                break;
+            }
+        }
+    }
+    if fast && count > 0 {
+        let decimals = point.map_or(0, |p| digits.len() - p - 1);
+        let value = mantissa as f64 / POWERS[decimals];
+        return Some(if negative { -value } else { value });
+    }
+    std::str::from_utf8(raw).ok()?.parse::<f64>().ok().filter(|v| v.is_finite())
+}
+
 impl Line<'_> {
     fn value(&self) -> Option<SampleValue> {
         let raw = self.raw;
-        let number = || raw.parse::<f64>().ok().filter(|v| v.is_finite());
+        let number = || number(raw);
         Some(match self.kind {
-            "c" => SampleValue::Count(Some(number()? / self.rate).filter(|v| v.is_finite())?),
-            "g" if raw.starts_with(['+', '-']) => SampleValue::GaugeDelta(number()?),
-            "g" => SampleValue::Gauge(number()?),
-            "ms" | "h" | "d" => SampleValue::Timing(number().filter(|v| *v >= 0.0)?, 1.0 / self.rate),
-            "s" if !raw.is_empty() => SampleValue::SetMember(raw.to_string()),
+            b"c" => SampleValue::Count(Some(number()? / self.rate).filter(|v| v.is_finite())?),
+            b"g" if raw.starts_with(b"+") || raw.starts_with(b"-") => SampleValue::GaugeDelta(number()?),
+            b"g" => SampleValue::Gauge(number()?),
+            b"ms" | b"h" | b"d" => SampleValue::Timing(number().filter(|v| *v >= 0.0)?, 1.0 / self.rate),
+            b"s" if !raw.is_empty() => SampleValue::SetMember(std::str::from_utf8(raw).ok()?.to_string()),
             _ => return None,
         })
     }
@@ -133,7 +175,7 @@ pub fn key_of<'a>(name: &'a str, tags: Option<&str>, scratch: &'a mut String) ->
 
 /// Parses one statsd line: `name:value|type[|@rate][|#tag:value,...]`.
 pub fn parse_line(line: &str) -> Option<Sample> {
-    let parsed = split_line(line)?;
+    let parsed = split_line(line.trim())?;
     let value = parsed.value()?;
     let mut scratch = String::new();
     Some(Sample { key: key_of(parsed.name, parsed.tags, &mut scratch).to_string(), value })
@@ -259,8 +301,13 @@ impl Aggregator {
 
     /// Takes a packet or a TCP line: several newline-separated statsd lines.
     pub fn take(&mut self, text: &str) {
-        for line in text.split('\n') {
-            let line = line.trim();
+        let bytes = text.as_bytes();
+        let mut start = 0;
+        while start < bytes.len() {
+            let end = bytes[start..].iter().position(|b| *b == b'\n').map_or(bytes.len(), |p| start + p);
+            // `\n` is a character of its own: both ends are character boundaries.
+            let line = text.get(start..end).unwrap_or_default().trim_ascii();
+            start = end + 1;
             if line.is_empty() {
                 continue;
             }
@@ -276,33 +323,36 @@ impl Aggregator {
         let Some(parsed) = split_line(line) else { return false };
         let mut scratch = std::mem::take(&mut self.scratch);
         let key = key_of(parsed.name, parsed.tags, &mut scratch);
-        let number = || parsed.raw.parse::<f64>().ok().filter(|v| v.is_finite());
+        let value = || number(parsed.raw);
         let taken = match parsed.kind {
-            "c" => number().map(|v| v / parsed.rate).is_some_and(|v| v.is_finite() && self.add_count(key, v)),
-            "g" => match number() {
-                Some(v) if parsed.raw.starts_with(['+', '-']) => self.add_gauge(key, v),
+            b"c" => value().map(|v| v / parsed.rate).is_some_and(|v| v.is_finite() && self.add_count(key, v)),
+            b"g" => match value() {
+                Some(v) if matches!(parsed.raw.first(), Some(b'+' | b'-')) => self.add_gauge(key, v),
                 Some(v) => {
                     self.set_gauge(key, v);
                     true
                 }
                 None => false,
             },
-            "ms" | "h" | "d" => match number().filter(|v| *v >= 0.0) {
+            b"ms" | b"h" | b"d" => match value().filter(|v| *v >= 0.0) {
                 Some(ms) => {
                     let micros = ((ms * 1000.0).round() as u64).min(MAX_MICROS);
-                    let times = (1.0 / parsed.rate).round().max(1.0) as u64;
+                    let times = if parsed.rate == 1.0 { 1 } else { (1.0 / parsed.rate).round().max(1.0) as u64 };
                     let _ = slot(&mut self.timers, key, new_histogram).record_n(micros, times);
                     true
                 }
                 None => false,
             },
-            "s" if !parsed.raw.is_empty() => {
-                let members = slot(&mut self.sets, key, HashSet::new);
-                if !members.contains(parsed.raw) {
-                    members.insert(parsed.raw.into());
+            b"s" => match std::str::from_utf8(parsed.raw) {
+                Ok(member) if !member.is_empty() => {
+                    let members = slot(&mut self.sets, key, HashSet::new);
+                    if !members.contains(member) {
+                        members.insert(member.into());
+                    }
+                    true
                 }
-                true
-            }
+                _ => false,
+            },
             _ => false,
         };
         self.scratch = scratch;
@@ -427,6 +477,13 @@ pub struct Merged {
 }
 
 impl Merged {
+    /// The statistics of every OpenTelemetry histogram, explicit and exponential, by key.
+    pub fn histogram_stats(&self) -> BTreeMap<String, crate::histogram::HistogramStats> {
+        let buckets = self.buckets.iter().map(|(k, h)| (k.clone(), crate::histogram::HistogramStats::of_buckets(h)));
+        let exponential = self.exponential.iter().map(|(k, h)| (k.clone(), crate::histogram::HistogramStats::of_exponential(h)));
+        buckets.chain(exponential).collect()
+    }
+
     /// The totals as one window (histograms encoded), which `add` turns back into the same totals.
     pub fn to_window(&self) -> Window {
         Window {
@@ -481,6 +538,49 @@ impl Merged {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_read_directly_are_those_rust_reads() {
+        let mut cases: Vec<String> = [
+            "0",
+            "-0",
+            "+7",
+            "12.5",
+            "0.1",
+            "-3.25",
+            "999999999999999",
+            "1234567890.12345",
+            "1e3",
+            "1.5E-7",
+            "inf",
+            "NaN",
+            ".5",
+            "5.",
+            "1.2.3",
+            "",
+            "-",
+            "+",
+            "12a",
+            "0000000000000000012",
+            "1234567890123456789",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut x = 0x2545f4914f6cdd1du64;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let digits = (x % 10_000_000_000_000_000) as f64;
+            let decimals = (x >> 60) as i32;
+            cases.push(format!("{}{:.*}", if x & 1 == 1 { "-" } else { "" }, decimals as usize, digits / 10f64.powi(decimals)));
+        }
+        for case in &cases {
+            let expected = case.parse::<f64>().ok().filter(|v| v.is_finite());
+            assert_eq!(number(case.as_bytes()).map(f64::to_bits), expected.map(f64::to_bits), "{case:?}");
+        }
+    }
 
     #[test]
     fn totals_survive_their_trip_through_a_window() {

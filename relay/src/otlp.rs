@@ -13,7 +13,9 @@
 //! - a summary (precomputed quantiles cannot be merged): refused, and counted.
 //!
 //! Resource and point attributes become the metric's tags (`name;k=v,...`, the
-//! point's attribute winning), except the SDK's own `telemetry.sdk.*`, which
+//! point's attribute winning), except the SDK's own `telemetry.sdk.*` and the
+//! exporting process's random `service.instance.id` (the node tag already says
+//! where a point came from; that id would split every metric by process), which
 //! describe the exporter rather than the load. Refused points are counted as
 //! malformed and told back to the sender as a partial success.
 
@@ -117,7 +119,8 @@ fn tag_text(value: Option<&AnyValue>) -> String {
 /// The metric's key: its name and the tags of `resource` and `point` (the point's winning).
 fn key_of(name: &str, resource: &[KeyValue], point: &[KeyValue]) -> String {
     let mut tags = BTreeMap::new();
-    for kv in resource.iter().filter(|kv| !kv.key.starts_with("telemetry.sdk.")).chain(point) {
+    let describes_the_exporter = |kv: &&KeyValue| kv.key.starts_with("telemetry.sdk.") || kv.key == "service.instance.id";
+    for kv in resource.iter().filter(|kv| !describes_the_exporter(kv)).chain(point) {
         tags.insert(kv.key.replace([',', ';', '=', '\n'], "_"), tag_text(kv.value.as_ref()));
     }
     let mut key = name.replace([';', '\n', '|'], "_");
@@ -397,7 +400,8 @@ mod tests {
             value: Some(AnyValue { value: Some(any_value::Value::StringValue(v.into())) }),
             ..KeyValue::default()
         };
-        let resource = [kv("service.name", "shop"), kv("telemetry.sdk.name", "opentelemetry"), kv("zone", "a")];
+        let resource =
+            [kv("service.name", "shop"), kv("telemetry.sdk.name", "opentelemetry"), kv("zone", "a"), kv("service.instance.id", "0f6e")];
         let point = [kv("status", "2,00"), kv("zone", "b")];
         assert_eq!(key_of("http.duration", &resource, &point), "http.duration;service.name=shop,status=2_00,zone=b");
     }

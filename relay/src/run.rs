@@ -239,6 +239,8 @@ pub async fn run(args: Args, target: Target) -> std::io::Result<()> {
             println!("{}", describe(&w));
         }
         totals.add(&w);
+        // A window carries every gauge's current value: the totals keep the last, not a sum.
+        totals.gauges.clone_from(&w.gauges);
         let drops = w.kernel_drops;
         outbox.push(w);
         drops

@@ -89,7 +89,7 @@ pub fn kernel_drops(socket: &UdpSocket) -> u64 {
     }
 }
 
-/// Receives on `socket` into `aggregator` until `stop` is set, on a thread of its own.
+/// Receives on `socket` into `aggregator` until `stop` is set (then takes what is queued), on a thread of its own.
 pub fn spawn(
     socket: Arc<UdpSocket>,
     aggregator: Arc<Mutex<Aggregator>>,
@@ -116,17 +116,26 @@ fn receive(socket: &UdpSocket, aggregator: &Mutex<Aggregator>, mask: &Masker, st
             libc::mmsghdr { msg_hdr: header, msg_len: 0 }
         })
         .collect();
-    while !stop.load(Ordering::Relaxed) {
+    // Once told to stop, what the kernel already queued is still taken, without waiting for more.
+    let mut draining = false;
+    loop {
+        if !draining && stop.load(Ordering::Relaxed) {
+            draining = true;
+        }
+        let flags = if draining { libc::MSG_DONTWAIT } else { libc::MSG_WAITFORONE };
         // SAFETY: `headers` holds BATCH headers whose iovecs point into `buffers`, both alive and
         // not moved while the call runs; MSG_WAITFORONE returns once one datagram is in.
-        let received = unsafe {
-            libc::recvmmsg(socket.as_raw_fd(), headers.as_mut_ptr(), BATCH as libc::c_uint, libc::MSG_WAITFORONE, std::ptr::null_mut())
-        };
+        let received =
+            unsafe { libc::recvmmsg(socket.as_raw_fd(), headers.as_mut_ptr(), BATCH as libc::c_uint, flags, std::ptr::null_mut()) };
         if received < 0 {
             match io::Error::last_os_error().kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut if !draining => continue,
                 _ => return,
             }
+        }
+        if received == 0 && draining {
+            return;
         }
         let Ok(mut aggregator) = aggregator.lock() else { return };
         for (i, header) in headers.iter().take(received as usize).enumerate() {

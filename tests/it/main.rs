@@ -19,6 +19,7 @@ mod instances;
 mod metrics;
 mod monitor;
 mod openapi;
+mod otlp;
 mod paging;
 mod projects;
 mod recovery;

@@ -252,8 +252,8 @@ fn an_unreachable_broker_makes_the_relay_count_its_losses() {
     }
     assert!(Command::new("docker").args(["stop", "-t", "5", &id]).output().unwrap().status.success());
     let out = Command::new("docker").args(["logs", &id]).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout.lines().last().unwrap_or_default().to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default().to_string();
     let number = |key: &str| -> u64 {
         last.split_whitespace()
             .find_map(|kv| kv.strip_prefix(&format!("{key}=")))

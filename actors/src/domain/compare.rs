@@ -285,6 +285,8 @@ mod tests {
             p95,
             p99: p95.map(|p| p * 1.5),
             max: p95.map(|p| p * 2.0),
+            unit: None,
+            relative_error: None,
         }
     }
 

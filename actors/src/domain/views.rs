@@ -454,7 +454,8 @@ pub struct ContainerView {
 }
 
 /// One metric of one step, over the whole step: counters with their total and
-/// rate, timers with exact percentiles (milliseconds) over every node's samples.
+/// rate, timers with exact percentiles (milliseconds) over every node's samples,
+/// OpenTelemetry histograms in their own unit with how exact their percentiles are.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct MetricSummaryView {
     /// The step.
@@ -463,7 +464,9 @@ pub struct MetricSummaryView {
     pub step_name: String,
     /// The metric, with its tags: `name` or `name;k=v,...`; the relay's own are `relay.*`.
     pub metric: String,
-    /// `counter`, `timer`, `gauge`, `set` or `relay`.
+    /// `counter`, `timer`, `gauge`, `set`, `relay`, `host`, `errors`, `flag`; OpenTelemetry's
+    /// `histogram` (explicit buckets: each percentile is the upper bound of the bucket it falls in)
+    /// and `exponential_histogram` (each percentile within `relative_error` of the true value).
     pub kind: String,
     /// Counters: the total; timers: the samples; gauges: the last value summed over nodes.
     pub count: f64,
@@ -483,6 +486,13 @@ pub struct MetricSummaryView {
     pub p99: Option<f64>,
     /// Timers: largest.
     pub max: Option<f64>,
+    /// Histograms: the unit their sender gave (timers are always milliseconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    /// Exponential histograms: the largest relative error of their percentiles (0.0027 = 0.27 %),
+    /// which their scale implies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relative_error: Option<f64>,
 }
 
 /// One step's series: its flush windows merged over its nodes, oldest first.

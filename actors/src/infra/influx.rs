@@ -3,7 +3,10 @@
 //! `type` = the step's `docker_series`, `region`, and `metric`).
 //!
 //! Measurements: `counter` (value, rate), `timer` (count, rate, min, mean,
-//! p50, p90, p95, p99, max, in ms), `gauge` (value), `host` (cpu_percent,
+//! p50, p90, p95, p99, max, in ms), `histogram` (OpenTelemetry's: the same
+//! fields and `sum` in the sender's unit, tagged `kind` = `buckets` or
+//! `exponential` and `unit`; exponential ones with their `relative_error`),
+//! `gauge` (value), `host` (cpu_percent,
 //! memory_percent, net_rx_bytes_per_s, net_tx_bytes_per_s, load1).
 //!
 //! Points are built with the `influxdb` crate and sent with the broker's own
@@ -145,6 +148,21 @@ pub fn window_points(tags: &PointTags, start_ms: i64, merged: &Merged, seconds: 
                 .add_field("p99", s.p99)
                 .add_field("max", s.max),
         );
+    }
+    for (metric, h) in merged.histogram_stats() {
+        let mut p = point("histogram", start_ms, tags, &metric)
+            .add_tag("kind", h.kind.clone())
+            .add_tag("unit", h.unit.clone())
+            .add_field("count", h.count as f64)
+            .add_field("rate", h.count as f64 / seconds)
+            .add_field("sum", h.sum);
+        let fields = [("mean", h.mean), ("min", h.min), ("p50", h.p50), ("p90", h.p90), ("p95", h.p95), ("p99", h.p99), ("max", h.max)];
+        for (name, value) in fields.into_iter().chain([("relative_error", h.relative_error)]) {
+            if let Some(v) = value.filter(|v| v.is_finite()) {
+                p = p.add_field(name, v);
+            }
+        }
+        points.push(p);
     }
     for (metric, value) in &merged.gauges {
         points.push(point("gauge", start_ms, tags, metric).add_field("value", *value));

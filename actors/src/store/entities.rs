@@ -209,6 +209,8 @@ pub mod metric_summary {
         pub p95: Option<f64>,
         pub p99: Option<f64>,
         pub max: Option<f64>,
+        pub unit: Option<String>,
+        pub relative_error: Option<f64>,
         pub created_at: DateTimeUtc,
     }
 

@@ -445,6 +445,8 @@ async fn write_metrics(db: &impl ConnectionTrait, run_id: Uuid, rows: &[MetricSu
         p95: Set(m.p95),
         p99: Set(m.p99),
         max: Set(m.max),
+        unit: Set(m.unit.clone()),
+        relative_error: Set(m.relative_error),
         created_at: Set(now),
     });
     metric_summary::Entity::insert_many(models).exec(db).await?;
@@ -475,6 +477,8 @@ pub async fn metrics(db: &impl ConnectionTrait, run_id: Uuid) -> Result<Vec<Metr
             p95: m.p95,
             p99: m.p99,
             max: m.max,
+            unit: m.unit,
+            relative_error: m.relative_error,
         })
         .collect();
     let order: HashMap<Uuid, usize> = run.step_records.iter().enumerate().map(|(i, r)| (r.step_id, i)).collect();
