@@ -12,12 +12,20 @@
 //! with metrics. Samples that never arrive are honest too: `count` and `rate`
 //! of nothing are 0, any other aggregation of nothing has no value and fails
 //! at the end ("no samples").
+//!
+//! OpenTelemetry histograms are judged like timers, on their merge over the
+//! selected nodes: an exponential one's percentiles within the relative error
+//! of its scale, an explicit one's as the upper bound of their bucket (the
+//! numbers the summary shows). Durations (unit `s`, `ms`, `us`, `ns`, `min`,
+//! `h`) are judged in milliseconds, as timers are; other units as they are.
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, TimeZone, Utc};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
+
+use loads_relay::histogram::{Buckets, Exponential};
 
 use super::life::Ending;
 use super::metrics::{decode_histogram, encode_histogram, Window};
@@ -96,6 +104,10 @@ struct Tally {
     counted: bool,
     /// Selected timers, merged.
     timer: Option<Histogram<u64>>,
+    /// Selected OpenTelemetry exponential histograms, merged.
+    exponential: Option<Exponential>,
+    /// Selected OpenTelemetry explicit-bucket histograms, merged.
+    buckets: Option<Buckets>,
     /// Each node's last value of each selected gauge (`node|key`).
     gauges: BTreeMap<String, f64>,
     /// The smallest and largest gauge value seen.
@@ -109,8 +121,33 @@ struct SavedTally {
     denominator: f64,
     counted: bool,
     timer: Option<String>,
+    #[serde(default)]
+    exponential: Option<Exponential>,
+    #[serde(default)]
+    buckets: Option<Buckets>,
     gauges: BTreeMap<String, f64>,
     gauge_range: Option<(f64, f64)>,
+}
+
+/// What one of `unit` is in a threshold's terms: durations in milliseconds, as timers; the rest as they are.
+fn in_threshold_unit(unit: &str) -> f64 {
+    match unit {
+        "ns" => 1e-6,
+        "us" => 1e-3,
+        "s" => 1e3,
+        "min" => 6e4,
+        "h" => 3.6e6,
+        _ => 1.0,
+    }
+}
+
+/// An OpenTelemetry histogram as a threshold reads it, in the threshold's unit.
+struct Otel {
+    count: u64,
+    sum: f64,
+    min: Option<f64>,
+    max: Option<f64>,
+    quantile: Box<dyn Fn(f64) -> Option<f64>>,
 }
 
 impl Tally {
@@ -132,10 +169,33 @@ impl Tally {
                 let _ = self.timer.get_or_insert_with(new_histogram).add(&h);
             }
         }
+        for h in w.exponential.iter().filter(|(k, _)| selector.matches_key(k)).map(|(_, h)| h) {
+            self.exponential.get_or_insert_with(Exponential::default).add(h);
+        }
+        for h in w.buckets.iter().filter(|(k, _)| selector.matches_key(k)).map(|(_, h)| h) {
+            // Histograms of another set of bounds cannot be merged: the first seen is judged.
+            let _ = self.buckets.get_or_insert_with(Buckets::default).add(h);
+        }
         for (key, v) in w.gauges.iter().filter(|(k, _)| selector.matches_key(k)) {
             self.gauges.insert(format!("{}|{key}", w.node), *v);
             let (lo, hi) = self.gauge_range.unwrap_or((*v, *v));
             self.gauge_range = Some((lo.min(*v), hi.max(*v)));
+        }
+    }
+
+    /// Adds `part`'s counts and histograms (not its gauges: see `merge_gauges`).
+    fn absorb(&mut self, part: &Tally) {
+        self.count += part.count;
+        self.denominator += part.denominator;
+        self.counted |= part.counted;
+        if let Some(h) = &part.timer {
+            let _ = self.timer.get_or_insert_with(new_histogram).add(h);
+        }
+        if let Some(h) = &part.exponential {
+            self.exponential.get_or_insert_with(Exponential::default).add(h);
+        }
+        if let Some(h) = &part.buckets {
+            let _ = self.buckets.get_or_insert_with(Buckets::default).add(h);
         }
     }
 
@@ -146,6 +206,29 @@ impl Tally {
         if let (Some(mine), Some(theirs)) = (&mut self.timer, &other.timer) {
             let _ = mine.subtract(theirs);
         }
+        if let (Some(mine), Some(theirs)) = (&mut self.exponential, &other.exponential) {
+            if let Some(rest) = mine.since(theirs) {
+                *mine = rest;
+            }
+        }
+        if let (Some(mine), Some(theirs)) = (&mut self.buckets, &other.buckets) {
+            if let Some(rest) = mine.since(theirs) {
+                *mine = rest;
+            }
+        }
+    }
+
+    /// The selected OpenTelemetry histogram with values (an exponential one first).
+    fn otel(&self) -> Option<Otel> {
+        if let Some(h) = self.exponential.clone().filter(|h| h.count > 0) {
+            let k = in_threshold_unit(&h.unit);
+            let (count, sum, min, max) = (h.count, h.sum * k, h.min.map(|v| v * k), h.max.map(|v| v * k));
+            return Some(Otel { count, sum, min, max, quantile: Box::new(move |q| h.quantile(q).map(|v| v * k)) });
+        }
+        let h = self.buckets.clone().filter(|h| h.count > 0)?;
+        let k = in_threshold_unit(&h.unit);
+        let (count, sum, min, max) = (h.count, h.sum * k, h.min.map(|v| v * k), h.max.map(|v| v * k));
+        Some(Otel { count, sum, min, max, quantile: Box::new(move |q| h.quantile(q).map(|v| v * k)) })
     }
 
     fn merge_gauges(&mut self, other: &Tally) {
@@ -162,6 +245,8 @@ impl Tally {
             denominator: self.denominator,
             counted: self.counted,
             timer: self.timer.as_ref().map(encode_histogram),
+            exponential: self.exponential.clone(),
+            buckets: self.buckets.clone(),
             gauges: self.gauges.clone(),
             gauge_range: self.gauge_range,
         }
@@ -173,6 +258,8 @@ impl Tally {
             denominator: s.denominator,
             counted: s.counted,
             timer: s.timer.as_deref().and_then(decode_histogram),
+            exponential: s.exponential,
+            buckets: s.buckets,
             gauges: s.gauges,
             gauge_range: s.gauge_range,
         }
@@ -189,26 +276,38 @@ impl Tally {
             };
         }
         let timer = self.timer.as_ref().filter(|h| !h.is_empty());
+        let otel = if timer.is_none() { self.otel() } else { None };
         let ms = |v: u64| v as f64 / 1000.0;
         let not_a_timer = || {
             if self.counted {
-                format!("{name} is a counter: {} applies to timers (use count or rate)", aggregation.text())
+                format!("{name} is a counter: {} applies to timers and histograms (use count or rate)", aggregation.text())
             } else {
                 format!("no samples of {name}")
             }
         };
+        let quantile = |q: f64| match (timer, &otel) {
+            (Some(h), _) => Some(ms(h.value_at_quantile(q))),
+            (None, Some(o)) => (o.quantile)(q),
+            _ => None,
+        };
         match aggregation {
-            Aggregation::Percentile(p) => timer.map(|h| ms(h.value_at_quantile(p / 100.0))).ok_or_else(not_a_timer),
-            Aggregation::Med => timer.map(|h| ms(h.value_at_quantile(0.5))).ok_or_else(not_a_timer),
-            Aggregation::Avg => timer.map(|h| h.mean() / 1000.0).ok_or_else(not_a_timer),
-            Aggregation::Min => match (timer, self.gauge_range) {
-                (Some(h), _) => Ok(ms(h.min())),
-                (None, Some((lo, _))) => Ok(lo),
+            Aggregation::Percentile(p) => quantile(p / 100.0).ok_or_else(not_a_timer),
+            Aggregation::Med => quantile(0.5).ok_or_else(not_a_timer),
+            Aggregation::Avg => match (timer, &otel) {
+                (Some(h), _) => Ok(h.mean() / 1000.0),
+                (None, Some(o)) => Ok(o.sum / o.count as f64),
                 _ => Err(not_a_timer()),
             },
-            Aggregation::Max => match (timer, self.gauge_range) {
-                (Some(h), _) => Ok(ms(h.max())),
-                (None, Some((_, hi))) => Ok(hi),
+            Aggregation::Min => match (timer, otel.as_ref().and_then(|o| o.min.or_else(|| (o.quantile)(0.0))), self.gauge_range) {
+                (Some(h), _, _) => Ok(ms(h.min())),
+                (None, Some(min), _) => Ok(min),
+                (None, None, Some((lo, _))) => Ok(lo),
+                _ => Err(not_a_timer()),
+            },
+            Aggregation::Max => match (timer, otel.as_ref().and_then(|o| o.max.or_else(|| (o.quantile)(1.0))), self.gauge_range) {
+                (Some(h), _, _) => Ok(ms(h.max())),
+                (None, Some(max), _) => Ok(max),
+                (None, None, Some((_, hi))) => Ok(hi),
                 _ => Err(not_a_timer()),
             },
             Aggregation::Count => Ok(self.total()),
@@ -222,12 +321,14 @@ impl Tally {
         }
     }
 
-    /// A counter's sum, else a timer's samples.
+    /// A counter's sum, else a timer's samples, else a histogram's values.
     fn total(&self) -> f64 {
         if self.counted {
             self.count
+        } else if let Some(h) = self.timer.as_ref().filter(|h| !h.is_empty()) {
+            h.len() as f64
         } else {
-            self.timer.as_ref().map_or(0.0, |h| h.len() as f64)
+            self.otel().map_or(0.0, |o| o.count as f64)
         }
     }
 }
@@ -345,30 +446,15 @@ impl Judge {
                     }
                 }
             }
-            live.total.count += part.count;
-            live.total.denominator += part.denominator;
-            live.total.counted |= part.counted;
-            if let Some(h) = &part.timer {
-                let _ = live.total.timer.get_or_insert_with(new_histogram).add(h);
-            }
+            live.total.absorb(&part);
             live.total.merge_gauges(&part);
             if let Some((_, ms)) = live.def.window {
                 if bucket < self.latest_end_ms - i64::try_from(ms).unwrap_or(i64::MAX) {
                     continue; // too late for the window it belonged to
                 }
-                live.running.count += part.count;
-                live.running.denominator += part.denominator;
-                live.running.counted |= part.counted;
-                if let Some(h) = &part.timer {
-                    let _ = live.running.timer.get_or_insert_with(new_histogram).add(h);
-                }
+                live.running.absorb(&part);
                 let slot = live.buckets.entry(bucket).or_default();
-                slot.count += part.count;
-                slot.denominator += part.denominator;
-                slot.counted |= part.counted;
-                if let Some(h) = &part.timer {
-                    let _ = slot.timer.get_or_insert_with(new_histogram).add(h);
-                }
+                slot.absorb(&part);
                 slot.merge_gauges(&part);
             }
         }
@@ -655,6 +741,93 @@ mod tests {
         assert_eq!(changed[0].state, ThresholdState::Failing);
         // HDR histograms keep 3 significant digits: the value is 300 within 0.1%, as in the summary.
         assert!((changed[0].value.unwrap() - 300.0).abs() <= 0.3, "{changed:?}");
+    }
+
+    /// One node's window holding an exponential histogram of `values` (in `unit`) at scale 6.
+    fn exponential_window(node: &str, unit: &str, values: &[f64]) -> Window {
+        let scale = 6;
+        let base = 2f64.powf(2f64.powi(-scale));
+        let mut h = Exponential { unit: unit.into(), scale, ..Exponential::default() };
+        for v in values {
+            let index = (v.ln() / base.ln()).ceil() as i32 - 1;
+            let positive = loads_relay::histogram::ExpBuckets { offset: index, counts: vec![1] };
+            h.add(&Exponential {
+                unit: unit.into(),
+                scale,
+                positive,
+                count: 1,
+                sum: *v,
+                min: Some(*v),
+                max: Some(*v),
+                ..Exponential::default()
+            });
+        }
+        let mut a = Aggregator::default();
+        a.add_exponential("rpc;service.name=gen", &h);
+        let mut w = a.flush(1, 0, 1000);
+        w.node = node.into();
+        w
+    }
+
+    #[test]
+    fn opentelemetry_histograms_are_judged_on_their_union_in_milliseconds() {
+        // Seconds, as many SDKs send durations: 1000 values of 10 ms on a, 100 of 300 ms on b.
+        let mut judge = Judge::new(vec![
+            threshold("rpc", "p(95)<200"),
+            threshold("rpc{service.name:gen}", "avg<50"),
+            threshold("rpc", "count==1100"),
+            threshold("rpc", "max<=300ms"),
+        ]);
+        judge.add("gen", &exponential_window("a", "s", &[0.010; 1000]));
+        judge.add("gen", &exponential_window("b", "s", &[0.300; 100]));
+        let views = judge.finish();
+        let error = 2f64.powf(2f64.powi(-6)) - 1.0;
+        assert_eq!(views[0].state, ThresholdState::Failed, "{views:?}");
+        assert!((views[0].value.unwrap() - 300.0).abs() <= 300.0 * error, "the union's p(95), in ms: {views:?}");
+        let mean = (1000.0 * 10.0 + 100.0 * 300.0) / 1100.0;
+        assert!((views[1].value.unwrap() - mean).abs() < 1e-6, "{views:?}");
+        assert_eq!((views[2].state, views[2].value), (ThresholdState::Passed, Some(1100.0)));
+        assert_eq!(views[3].state, ThresholdState::Passed, "the largest value sent, 300 ms: {views:?}");
+    }
+
+    #[test]
+    fn a_sliding_window_of_histograms_forgets_old_values() {
+        let mut t = threshold("rpc", "p(99)<100");
+        t.window = Some(("3s".into(), 3000));
+        let mut judge = Judge::new(vec![t]);
+        for second in 0..10 {
+            let ms = if (4..6).contains(&second) { 500.0 } else { 10.0 };
+            let mut w = exponential_window("a", "ms", &[ms; 10]);
+            w.start_ms = second * 1000;
+            judge.add("gen", &w);
+            judge.evaluate();
+        }
+        let view = &judge.views()[0];
+        assert_eq!(view.state, ThresholdState::Ok, "seconds 7-9 are all fast: {view:?}");
+        assert!((view.value.unwrap() - 10.0).abs() <= 0.2, "{view:?}");
+        assert_eq!(judge.finish()[0].state, ThresholdState::Failed);
+    }
+
+    #[test]
+    fn explicit_bucket_percentiles_are_judged_as_their_bucket_bound() {
+        let mut judge = Judge::new(vec![threshold("http.duration", "p(95)<100"), threshold("http.duration", "p(50)<=50")]);
+        for node in ["a", "b"] {
+            let h = Buckets {
+                unit: "ms".into(),
+                bounds: vec![5.0, 50.0, 500.0],
+                counts: vec![10, 80, 10, 0],
+                count: 100,
+                ..Buckets::default()
+            };
+            let mut a = Aggregator::default();
+            a.add_buckets("http.duration", &h).unwrap();
+            let mut w = a.flush(1, 0, 1000);
+            w.node = node.into();
+            judge.add("gen", &w);
+        }
+        let views = judge.finish();
+        assert_eq!((views[0].state, views[0].value), (ThresholdState::Failed, Some(500.0)), "p(95) falls in (50, 500]");
+        assert_eq!((views[1].state, views[1].value), (ThresholdState::Passed, Some(50.0)));
     }
 
     #[test]
