@@ -158,9 +158,9 @@ impl Handler<PrepareNode> for DockerNodeActor {
                     format!("LOADS_FLUSH_MS={}", self.settings.flush_ms),
                 ];
                 if self.who.host_network {
-                    // On the node's own network: statsd on its loopback, on a port free there.
+                    // On the node's own network: every intake on its loopback, on ports free there.
                     env.push("LOADS_RELAY_BIND=127.0.0.1".to_string());
-                    env.push("LOADS_RELAY_PORT=0".to_string());
+                    env.push("LOADS_RELAY_FREE_PORTS=true".to_string());
                 }
                 if let Some((url, token)) = &self.who.ingest {
                     env.push(format!("LOADS_INGEST_URL={url}"));

@@ -33,16 +33,19 @@ pub const OTLP_LISTENING: &str = "relay listening for OTLP on tcp port ";
 /// The relay's command line (also `loads relay`); each flag may come from its variable.
 #[derive(Clone, Debug, clap::Args)]
 pub struct Args {
-    /// The statsd port, UDP and TCP; 0 picks a free one (printed at start).
+    /// The statsd port, UDP and TCP; 0 disables statsd.
     #[arg(long, alias = "port", default_value_t = 8125, env = "LOADS_RELAY_PORT")]
     pub statsd_port: u16,
-    /// The OTLP/HTTP port (`POST /v1/metrics`); 0 disables it, unless statsd's port is 0 too,
-    /// when it picks a free one.
+    /// The OTLP/HTTP port (`POST /v1/metrics`); 0 disables it.
     #[arg(long, default_value_t = 4318, env = "LOADS_RELAY_OTLP_HTTP_PORT")]
     pub otlp_http_port: u16,
-    /// The OTLP/gRPC port; 0 disables it, unless statsd's port is 0 too, when it picks a free one.
+    /// The OTLP/gRPC port; 0 disables it.
     #[arg(long, default_value_t = 4317, env = "LOADS_RELAY_OTLP_GRPC_PORT")]
     pub otlp_grpc_port: u16,
+    /// Every intake that is not disabled on a free port instead, each printed at start (a relay
+    /// on a node's own network, whose ports other programs may hold).
+    #[arg(long, env = "LOADS_RELAY_FREE_PORTS")]
+    pub free_ports: bool,
     /// The address every intake listens on: a relay on a node's own network takes loopback only.
     #[arg(long, default_value = "0.0.0.0", env = "LOADS_RELAY_BIND")]
     pub bind: IpAddr,
@@ -128,6 +131,21 @@ async fn bind_statsd(bind: IpAddr, port: u16, queue: usize) -> std::io::Result<(
     }
 }
 
+/// Takes statsd over TCP, a line at a time, until the task is dropped.
+async fn serve_statsd_tcp(tcp: TcpListener, aggregator: Arc<Mutex<Aggregator>>, mask: Masker) {
+    while let Ok((stream, _)) = tcp.accept().await {
+        let (aggregator, mask) = (aggregator.clone(), mask.clone());
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stream).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(mut a) = aggregator.lock() {
+                    a.take(&mask.mask(&line));
+                }
+            }
+        });
+    }
+}
+
 /// A window as a person reads it: one line per metric.
 pub fn describe(w: &Window) -> String {
     let mut merged = Merged::default();
@@ -174,17 +192,26 @@ async fn deliver(ingest: Option<&Ingest>, outbox: &mut Outbox) {
 
 /// Runs the relay until SIGTERM or SIGINT; then flushes, delivers what it can and reports.
 pub async fn run(args: Args, target: Target) -> std::io::Result<()> {
+    // A port of 0 disables its intake; with `free_ports` the others take any free port.
+    let port = |p: u16| Some(p).filter(|p| *p != 0).map(|p| if args.free_ports { 0 } else { p });
+    if [args.statsd_port, args.otlp_http_port, args.otlp_grpc_port].iter().all(|p| *p == 0) {
+        return Err(std::io::Error::other("every intake is disabled (--statsd-port, --otlp-http-port and --otlp-grpc-port are 0)"));
+    }
     let aggregator = Arc::new(Mutex::new(Aggregator::default()));
-    let (udp, tcp) = bind_statsd(args.bind, args.statsd_port, args.udp_queue).await?;
-    let udp = Arc::new(udp);
-    let statsd_port = udp.local_addr()?.port();
-    eprintln!("statsd receive queue: {} bytes", crate::udp::queue_bytes(&udp));
-    println!("{}{statsd_port}", crate::LISTENING);
-    // With statsd on a free port (a node's own network), OTLP takes free ports too.
-    let any = |port: u16| if args.statsd_port == 0 { Some(0) } else { Some(port).filter(|p| *p != 0) };
-    let intake = Intake::new(aggregator.clone(), target.mask.clone());
     let mut tasks = Vec::new();
-    for (protocol, port) in [("http", any(args.otlp_http_port)), ("grpc", any(args.otlp_grpc_port))] {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (mut udp_socket, mut udp_thread) = (None, None);
+    if let Some(wanted) = port(args.statsd_port) {
+        let (udp, tcp) = bind_statsd(args.bind, wanted, args.udp_queue).await?;
+        let udp = Arc::new(udp);
+        eprintln!("statsd receive queue: {} bytes", crate::udp::queue_bytes(&udp));
+        println!("{}{}", crate::LISTENING, udp.local_addr()?.port());
+        let thread = crate::udp::spawn(udp.clone(), aggregator.clone(), target.mask.clone(), stop.clone());
+        tasks.push(tokio::spawn(serve_statsd_tcp(tcp, aggregator.clone(), target.mask.clone())));
+        (udp_socket, udp_thread) = (Some(udp), Some(thread));
+    }
+    let intake = Intake::new(aggregator.clone(), target.mask.clone());
+    for (protocol, port) in [("http", port(args.otlp_http_port)), ("grpc", port(args.otlp_grpc_port))] {
         let Some(port) = port else { continue };
         let listener = crate::otlp::bind(SocketAddr::new(args.bind, port)).await?;
         println!("{OTLP_LISTENING}{protocol} {}", listener.local_addr()?.port());
@@ -194,23 +221,6 @@ pub async fn run(args: Args, target: Target) -> std::io::Result<()> {
             _ => tokio::spawn(intake.serve_grpc(listener)),
         });
     }
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let udp_thread = crate::udp::spawn(udp.clone(), aggregator.clone(), target.mask.clone(), stop.clone());
-    let (agg, mask) = (aggregator.clone(), target.mask.clone());
-    tasks.push(tokio::spawn(async move {
-        while let Ok((stream, _)) = tcp.accept().await {
-            let (agg, mask) = (agg.clone(), mask.clone());
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(stream).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if let Ok(mut a) = agg.lock() {
-                        a.take(&mask.mask(&line));
-                    }
-                }
-            });
-        }
-    }));
 
     let ingest = match &target.ingest_url {
         Some(url) => Some(Ingest::new(url, &target.ingest_token, target.ingest_ca.as_deref()).map_err(std::io::Error::other)?),
@@ -229,7 +239,7 @@ pub async fn run(args: Args, target: Target) -> std::io::Result<()> {
             Ok(mut a) => a.flush(seq, window_start, u64::try_from(end - window_start).unwrap_or(0)),
             Err(_) => Window::default(),
         };
-        w.kernel_drops = crate::udp::kernel_drops(&udp);
+        w.kernel_drops = udp_socket.as_deref().map_or(0, crate::udp::kernel_drops);
         w.run_id.clone_from(&target.run_id);
         w.step_id.clone_from(&target.step_id);
         w.node.clone_from(&target.node);
@@ -263,7 +273,9 @@ pub async fn run(args: Args, target: Target) -> std::io::Result<()> {
     for task in &tasks {
         task.abort();
     }
-    let _ = udp_thread.join();
+    if let Some(thread) = udp_thread.take() {
+        let _ = thread.join();
+    }
     let drops = flush(&mut outbox, &mut totals);
     deliver(ingest.as_ref(), &mut outbox).await;
     if args.json {

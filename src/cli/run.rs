@@ -323,10 +323,17 @@ fn print_metrics(metrics: &[MetricSummaryView]) {
     let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
     for m in shown {
         let rate = m.rate.map_or("-".to_string(), |r| format!("{r:.1}"));
+        // OpenTelemetry histograms are in their own unit, and say how exact their percentiles are.
+        let unit = m.unit.as_deref().filter(|u| !u.is_empty()).unwrap_or("no unit");
+        let metric = match (m.kind.as_str(), m.relative_error) {
+            ("histogram", _) => format!("{} [{unit}, bucket bounds]", m.metric),
+            ("exponential_histogram", Some(e)) => format!("{} [{unit}, ±{:.2}%]", m.metric, e * 100.0),
+            _ => m.metric.clone(),
+        };
         println!(
             "{:<20} {:<32} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
             m.step_name,
-            m.metric,
+            metric,
             m.count,
             rate,
             ms(m.p50),

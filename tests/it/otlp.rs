@@ -77,7 +77,7 @@ fn otel_env(endpoint: &str, protocol: &str, temporality: &str) -> Vec<(String, S
 /// `loads relay` on loopback, on free ports; answers it and its OTLP/HTTP and OTLP/gRPC ports.
 fn start_relay() -> (std::process::Child, std::io::Lines<std::io::BufReader<std::process::ChildStdout>>, u16, u16) {
     let mut relay = Command::new(env!("CARGO_BIN_EXE_loads"))
-        .args(["relay", "--statsd-port", "0", "--bind", "127.0.0.1", "--print", "--json"])
+        .args(["relay", "--free-ports", "--bind", "127.0.0.1", "--print", "--json"])
         .env_remove("LOADS_INGEST_URL")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -34,16 +34,6 @@ impl Sshd {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
     }
-
-    /// The client's private key.
-    pub fn client_key(&self) -> PathBuf {
-        self.dir.path().join("client_key")
-    }
-
-    /// A known-hosts file holding this server's host key; answers its path.
-    pub fn known_hosts(&self, name: &str) -> PathBuf {
-        known_hosts_with(self, &self.dir.path().join("host_key.pub"), name)
-    }
 }
 
 fn keygen(path: &Path) {
