@@ -261,18 +261,11 @@ fn boot_vm(dir: &Path, node: &Node, user_data: &[u8], public_key: &str, hub: (u1
     std::fs::write(dir.join("user-data"), user_data).unwrap();
     std::fs::write(dir.join("meta-data"), format!("instance-id: {id}\nlocal-hostname: {id}\npublic-keys:\n  - {}\n", public_key.trim()))
         .unwrap();
-    // The first interface takes its address from qemu's DHCP; the second is the VPC: one
-    // network spanning the private block of the instance's address, since the EC2 double
-    // hands out addresses anywhere in it (two nodes' need not share a /16).
+    // The first interface takes its address from qemu's DHCP; the second is the VPC.
     let private_mac = format!("52:54:00:4c:00:{:02x}", node.index + 1);
-    let block = match node.private_ip.split('.').take(2).collect::<Vec<_>>()[..] {
-        ["10", _] => 8,
-        ["172", b] if b.parse::<u8>().is_ok_and(|b| (16..32).contains(&b)) => 12,
-        _ => 16,
-    };
     let network = format!(
         "version: 1\nconfig:\n  - type: physical\n    name: eth0\n    mac_address: \"52:54:00:12:34:56\"\n    subnets: [{{type: dhcp}}]\n  \
-         - type: physical\n    name: eth1\n    mac_address: \"{private_mac}\"\n    subnets: [{{type: static, address: {}/{block}}}]\n",
+         - type: physical\n    name: eth1\n    mac_address: \"{private_mac}\"\n    subnets: [{{type: static, address: {}/16}}]\n",
         node.private_ip
     );
     std::fs::write(dir.join("network-config"), network).unwrap();
@@ -304,9 +297,8 @@ fn boot_vm(dir: &Path, node: &Node, user_data: &[u8], public_key: &str, hub: (u1
         .arg("-drive")
         .arg(format!("file={},if=virtio,format=raw,readonly=on", dir.join("seed.img").display()))
         // No network but the SSH port: `restrict=on` cuts the guest off from everything else.
-        // Its addresses (100.64.76.0/24, shared address space) overlap no private block.
         .arg("-netdev")
-        .arg(format!("user,id=n0,restrict=on,net=100.64.76.0/24,hostfwd=tcp:127.0.0.1:{}-:22", node.ssh_port))
+        .arg(format!("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{}-:22", node.ssh_port))
         .args(["-device", "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56"])
         .arg("-netdev")
         .arg(format!("socket,id=n1,udp=127.0.0.1:{},localaddr={}", hub.0, hub.1))
