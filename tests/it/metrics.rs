@@ -67,7 +67,7 @@ async fn wait_for_hits(app: &TestApp, run_id: &str, total: f64) {
 }
 
 /// Asks the test InfluxDB; answers the first series' values.
-async fn influx_query(database: &str, query: &str) -> Vec<Value> {
+pub async fn influx_query(database: &str, query: &str) -> Vec<Value> {
     let base = std::env::var("LOADS_TEST_INFLUX_URL").expect("LOADS_TEST_INFLUX_URL (scripts/test starts InfluxDB)");
     let mut r = awc::Client::new().get(format!("{base}/query")).query(&[("db", database), ("q", query)]).unwrap().send().await.unwrap();
     let body: Value = r.json().await.unwrap();

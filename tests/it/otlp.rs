@@ -11,6 +11,7 @@ use futures_util::StreamExt as _;
 use serde_json::{json, Value};
 
 use crate::helpers::{ensure_images, record, TestApp};
+use crate::metrics::influx_query;
 
 /// The SDK's default explicit bucket bounds (`http.duration` uses them).
 const SDK_BOUNDS: [f64; 15] = [0.0, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 250.0, 500.0, 750.0, 1000.0, 2500.0, 5000.0, 7500.0, 10000.0];
@@ -158,14 +159,6 @@ async fn container_env(run_id: &str) -> Vec<(String, String)> {
     let out = Command::new("docker").args(["inspect", "-f", "{{json .Config.Env}}", &id]).output().unwrap();
     let env: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
     env.iter().filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
-}
-
-/// Asks the test InfluxDB; answers the first series' values.
-async fn influx_query(database: &str, query: &str) -> Vec<Value> {
-    let base = std::env::var("LOADS_TEST_INFLUX_URL").expect("LOADS_TEST_INFLUX_URL (scripts/test starts InfluxDB)");
-    let mut r = awc::Client::new().get(format!("{base}/query")).query(&[("db", database), ("q", query)]).unwrap().send().await.unwrap();
-    let body: Value = r.json().await.unwrap();
-    body["results"][0]["series"][0]["values"].as_array().cloned().unwrap_or_default()
 }
 
 /// Through a run: the container's own `OTEL_EXPORTER_OTLP_*` variables point the SDK at its
