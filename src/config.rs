@@ -888,9 +888,9 @@ impl Settings {
     }
 
     /// How the `ec2` provider launches and reaches nodes; `None` with the `local` provider.
-    pub fn cloud(&self) -> anyhow::Result<Option<loads_actors::pool::CloudSettings>> {
+    pub fn cloud(&self) -> anyhow::Result<Option<loads_actors::settings::CloudSettings>> {
         use loads_actors::infra::ec2::{Backoff, RegionConfig, USER_DATA_TEMPLATE};
-        use loads_actors::pool::{AddressKind, CloudSettings};
+        use loads_actors::settings::{AddressKind, CloudSettings};
         use std::time::Duration;
         if self.pool.provider != Provider::Ec2 {
             return Ok(None);

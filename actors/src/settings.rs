@@ -1,5 +1,12 @@
 //! Settings the run engine's actors share, built once from the broker's configuration.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::infra::ec2::{Backoff, RegionConfig};
+use crate::infra::ssh::SshSettings;
+
 /// How runs are carried out.
 #[derive(Clone, Debug)]
 pub struct RunSettings {
@@ -37,4 +44,52 @@ pub struct RunSettings {
     pub registries: crate::infra::registry::Registries,
     /// PEM certificates relays trust besides the public web's roots (`tls.ca_file`, `SSL_CERT_FILE`).
     pub relay_ca: Option<String>,
+}
+
+/// Which address of an instance the broker connects to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddressKind {
+    /// The public IPv4 address (a broker outside the VPC).
+    Public,
+    /// The private address (a broker inside the VPC).
+    Private,
+}
+
+/// How the `ec2` provider launches and reaches nodes.
+#[derive(Clone, Debug)]
+pub struct CloudSettings {
+    /// Launch settings by region name; a step in another region is refused.
+    pub regions: BTreeMap<String, RegionConfig>,
+    /// Most instances this broker has at once (running, idle or being launched).
+    pub max_instances: u32,
+    /// Most instances one run may use.
+    pub max_instances_per_run: u32,
+    /// Which address SSH connects to.
+    pub address: AddressKind,
+    /// Addresses every node's SSH is reached at instead, assigned in launch order (test doubles).
+    pub address_override: Vec<SocketAddr>,
+    /// The `Owner` tag.
+    pub owner: String,
+    /// How long instances may take to run, and Docker to answer on them.
+    pub launch_timeout: Duration,
+    /// Added to a run's maximum time for the dead-man's switch deadline.
+    pub expiry_grace: Duration,
+    /// Keep released instances for reuse.
+    pub pooling: bool,
+    /// How long a pooled instance may stay idle before it is terminated.
+    pub idle: Duration,
+    /// SSH login and host-key checking.
+    pub ssh: SshSettings,
+    /// Commands run as root on each node before use (also in the user-data).
+    pub node_tuning: Vec<String>,
+    /// The node's directory for loads' files.
+    pub node_dir: String,
+    /// The user-data template's text.
+    pub user_data_template: String,
+    /// Retries of throttling and capacity errors.
+    pub backoff: Backoff,
+    /// The relay image, copied from the broker's engine to nodes that lack it.
+    pub relay_image: String,
+    /// How long an image copy to a node may go without moving a byte.
+    pub copy_stall: Duration,
 }

@@ -1,39 +1,431 @@
-//! The cloud half of the pool, away from the actor: launching a step's
-//! instances and readying each over SSH (`provision`), and taking a run's
-//! instances back after a broker restart (`adopt_nodes`). The actor hands
-//! these futures what they need and keeps what they answer.
+//! The EC2 provider: every node is an instance, launched for a step or taken
+//! from the idle pool, reached over SSH, its Docker engine driven through that
+//! connection. The actor's state for it is [`CloudNodes`]; the long work runs
+//! away from the actor: launching a step's instances and readying each over
+//! SSH (`provision`), taking a run's instances back after a broker restart
+//! (`adopt_nodes`), and releasing them (`release`). The actor hands these
+//! futures what they need and keeps what they answer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use actix::{ActorFutureExt, AsyncContext, Context, ResponseActFuture};
 use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
 use uuid::Uuid;
 
-use super::{all_instances, AcquireNodes, AddressKind, CloudNode, CloudSettings, Lease, NodeGrant, PoolError};
-use crate::infra::docker::Engine;
+use super::reaper::all_instances;
+use super::{AcquireNodes, Ec2PoolActor, NodeGrant, OpenRun, PoolError, Shared};
+use crate::infra::docker::{labels, Engine};
 use crate::infra::ec2::{self, tags, InstanceView, NodeBoot, Region, RegionConfig};
 use crate::infra::ssh::{SshError, SshNode};
 use crate::infra::Task;
+use crate::settings::{AddressKind, CloudSettings};
 
 /// Where the relays' metrics forward listens on a node: its loopback, which an sshd as it
 /// comes (`GatewayPorts no`) allows; the relay shares the node's network to reach it.
 const NODE_LOOPBACK: &str = "127.0.0.1";
 
+/// An instance this pool launched and holds an SSH connection to.
+pub(super) struct CloudNode {
+    instance: InstanceView,
+    ssh: SshNode,
+    engine: Engine,
+    _bridge: Task,
+    forward: Option<Task>,
+    lease: Option<Lease>,
+    idle_since: Option<DateTime<Utc>>,
+}
+
+/// Who holds a cloud node, and what it was granted as.
+#[derive(Clone, Debug)]
+struct Lease {
+    run_id: Uuid,
+    step_id: Uuid,
+    name: String,
+    address: String,
+    network: String,
+    ingest_base: String,
+}
+
+/// An instance's public IP, or `private` when it has none.
+fn public_ip(instance: &InstanceView, private: &str) -> String {
+    instance.ip_address.clone().unwrap_or_else(|| private.to_string())
+}
+
+/// The instances the pool holds, leased or idle, and what runs have reserved.
+pub(super) struct CloudNodes {
+    settings: Arc<CloudSettings>,
+    nodes: HashMap<String, CloudNode>,
+    /// Nodes each open run may still ask for (counted against the caps).
+    reserved: HashMap<Uuid, u32>,
+    /// Runs whose instances are terminated when released, pooling or not.
+    terminating: HashSet<Uuid>,
+    /// The next of `address_override` to hand out.
+    next_override: usize,
+}
+
+impl CloudNodes {
+    pub(super) fn new(settings: CloudSettings) -> Self {
+        Self {
+            settings: Arc::new(settings),
+            nodes: HashMap::new(),
+            reserved: HashMap::new(),
+            terminating: HashSet::new(),
+            next_override: 0,
+        }
+    }
+
+    pub(super) fn settings(&self) -> Arc<CloudSettings> {
+        self.settings.clone()
+    }
+
+    /// Whether released instances are kept for reuse.
+    pub(super) fn pooling(&self) -> bool {
+        self.settings.pooling
+    }
+
+    /// Keeps nodes (adopted, or released into the idle pool).
+    fn keep(&mut self, nodes: Vec<CloudNode>) {
+        for node in nodes {
+            self.nodes.insert(node.instance.id.clone(), node);
+        }
+    }
+
+    /// Takes out the nodes `held` selects.
+    fn take(&mut self, held: impl Fn(&CloudNode) -> bool) -> Vec<CloudNode> {
+        let ids: Vec<String> = self.nodes.iter().filter(|(_, n)| held(n)).map(|(id, _)| id.clone()).collect();
+        ids.iter().filter_map(|id| self.nodes.remove(id)).collect()
+    }
+
+    /// Stops using one instance, or all (they are being terminated; a leased node's step then loses it).
+    pub(super) fn drop_nodes(&mut self, id: Option<&str>) {
+        match id {
+            Some(id) => drop(self.nodes.remove(id)),
+            None => self.nodes.clear(),
+        }
+    }
+
+    /// The run's instances are terminated when released, not pooled.
+    pub(super) fn terminate_when_released(&mut self, run_id: Uuid) {
+        self.terminating.insert(run_id);
+    }
+
+    /// Checks the caps for a run and reserves its nodes.
+    pub(super) fn reserve(&mut self, msg: &OpenRun) -> Result<(), PoolError> {
+        let cloud = &self.settings;
+        if msg.instances > cloud.max_instances_per_run {
+            return Err(PoolError::Refused(format!(
+                "the run needs {} instances; ec2.max_instances_per_run is {}",
+                msg.instances, cloud.max_instances_per_run
+            )));
+        }
+        let idle = self.nodes.values().filter(|n| n.lease.is_none()).count() as u32;
+        let in_use = self.nodes.len() as u32 + self.reserved.values().sum::<u32>();
+        let extra = msg.instances.saturating_sub(idle);
+        if in_use + extra > cloud.max_instances {
+            return Err(PoolError::Refused(format!(
+                "the run needs {} instances; with {in_use} in use or reserved that exceeds ec2.max_instances ({}); nothing was launched",
+                msg.instances, cloud.max_instances
+            )));
+        }
+        self.reserved.insert(msg.run_id, msg.instances);
+        Ok(())
+    }
+
+    /// Takes a run's instances back after a restart (see [`super::AdoptRun`]).
+    pub(super) fn adopt(&self, shared: &Shared, run_id: Uuid) -> ResponseActFuture<Ec2PoolActor, Result<(), PoolError>> {
+        let job = Adoption {
+            cloud: self.settings.clone(),
+            regions: shared.regions.clone(),
+            broker: shared.broker_id.clone(),
+            run_id,
+            network: Ec2PoolActor::network_name(run_id),
+            labels: shared.labels(run_id),
+            ingest: shared.ingest_target(),
+        };
+        Box::pin(actix::fut::wrap_future::<_, Ec2PoolActor>(adopt_nodes(job)).map(|adopted, act, _| {
+            if let Some(nodes) = act.cloud_mut() {
+                nodes.keep(adopted?);
+            }
+            Ok(())
+        }))
+    }
+
+    /// Lends a step its nodes: idle pooled instances of its type and region first,
+    /// then new ones; the ones adopted for it after a restart when it carries on.
+    pub(super) fn acquire(
+        &mut self,
+        shared: &Shared,
+        msg: AcquireNodes,
+    ) -> ResponseActFuture<Ec2PoolActor, Result<Vec<NodeGrant>, PoolError>> {
+        let refuse = |why: String| -> ResponseActFuture<Ec2PoolActor, _> { Box::pin(actix::fut::ready(Err(PoolError::Refused(why)))) };
+        if msg.adopt {
+            return Box::pin(actix::fut::ready(Ok(self.adopted_grants(shared, msg.run_id, msg.step_id))));
+        }
+        let Some(config) = self.settings.regions.get(&msg.region).cloned() else {
+            return refuse(format!("region {} is not configured: set ec2.regions.{}.ami", msg.region, msg.region));
+        };
+        let Some(region) = shared.region(&msg.region) else {
+            return refuse(format!("region {} has no EC2 client", msg.region));
+        };
+        if let Some(left) = self.reserved.get_mut(&msg.run_id) {
+            *left = left.saturating_sub(msg.count);
+        }
+        let reusable: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.lease.is_none() && n.instance.region == msg.region && n.instance.instance_type == msg.instance_type)
+            .map(|(id, _)| id.clone())
+            .take(msg.count as usize)
+            .collect();
+        let reused: Vec<CloudNode> = reusable.iter().filter_map(|id| self.nodes.remove(id)).collect();
+        let new = msg.count - reused.len() as u32;
+        let overrides = &self.settings.address_override;
+        let overrides: Vec<Option<SocketAddr>> =
+            (0..new as usize).map(|i| (!overrides.is_empty()).then(|| overrides[(self.next_override + i) % overrides.len()])).collect();
+        self.next_override += new as usize;
+        let job = Provision {
+            cloud: self.settings.clone(),
+            config,
+            region,
+            broker: shared.broker_id.clone(),
+            local: shared.engine.clone().ok(),
+            ingest: shared.ingest_target(),
+            network: Ec2PoolActor::network_name(msg.run_id),
+            labels: shared.labels(msg.run_id),
+            expires_at: Utc::now() + chrono::Duration::from_std(msg.needed_for).unwrap_or_default(),
+            overrides,
+            msg,
+        };
+        let (run_id, step_id) = (job.msg.run_id, job.msg.step_id);
+        let position = job.msg.step_position;
+        let images_from = shared.engine.clone().ok();
+        Box::pin(actix::fut::wrap_future::<_, Ec2PoolActor>(provision(job, reused)).map(move |res, act, ctx| {
+            let ready = res?;
+            let mut grants = Vec::new();
+            let mut labels = Vec::new();
+            let mut leased = Vec::new();
+            for (i, (mut node, network, ingest_base, forward)) in ready.into_iter().enumerate() {
+                // Peers reach a node at its private address (an address override changes
+                // only where the broker's SSH goes).
+                let address = node.instance.private_ip_address.clone().unwrap_or_else(|| node.ssh.addr().ip().to_string());
+                let grant = NodeGrant {
+                    id: format!("s{position}n{i}"),
+                    engine: node.engine.clone(),
+                    public_address: public_ip(&node.instance, &address),
+                    address,
+                    network,
+                    ingest_base,
+                    instance_id: Some(node.instance.id.clone()),
+                    images_from: images_from.clone(),
+                    host_network: true,
+                };
+                node.forward = Some(forward);
+                node.lease = Some(Lease {
+                    run_id,
+                    step_id,
+                    name: grant.id.clone(),
+                    address: grant.address.clone(),
+                    network: grant.network.clone(),
+                    ingest_base: grant.ingest_base.clone(),
+                });
+                node.idle_since = None;
+                labels.push((node.instance.region.clone(), node.instance.id.clone(), node_tags(&grant, node.ssh.addr())));
+                grants.push(grant);
+                leased.push(node);
+            }
+            if let Some(nodes) = act.cloud_mut() {
+                nodes.keep(leased);
+            }
+            // What a restarted broker needs to take the nodes back, on the instances themselves.
+            let regions = act.shared.regions.clone();
+            ctx.spawn(actix::fut::wrap_future(async move {
+                for (region, id, tags) in labels {
+                    if let Some(r) = regions.iter().find(|r| r.name() == region) {
+                        if let Err(e) = r.tag(std::slice::from_ref(&id), &tags).await {
+                            tracing::warn!(instance = %id, error = %e, "could not tag a node; it cannot be carried on after a restart");
+                        }
+                    }
+                }
+            }));
+            Ok(grants)
+        }))
+    }
+
+    /// The grants of the nodes adopted for a step, by name.
+    fn adopted_grants(&self, shared: &Shared, run_id: Uuid, step_id: Uuid) -> Vec<NodeGrant> {
+        let mut grants: Vec<NodeGrant> = self
+            .nodes
+            .values()
+            .filter_map(|n| {
+                let l = n.lease.as_ref().filter(|l| l.run_id == run_id && l.step_id == step_id)?;
+                Some(NodeGrant {
+                    id: l.name.clone(),
+                    engine: n.engine.clone(),
+                    address: l.address.clone(),
+                    public_address: public_ip(&n.instance, &l.address),
+                    network: l.network.clone(),
+                    ingest_base: l.ingest_base.clone(),
+                    instance_id: Some(n.instance.id.clone()),
+                    images_from: shared.engine.clone().ok(),
+                    host_network: true,
+                })
+            })
+            .collect();
+        grants.sort_by(|a, b| a.id.cmp(&b.id));
+        grants
+    }
+
+    /// Takes back a step's nodes: terminated, or kept idle when pooling.
+    pub(super) fn release_step(&mut self, shared: &Shared, run_id: Uuid, step_id: Uuid) -> ResponseActFuture<Ec2PoolActor, ()> {
+        let nodes = self.take(|n| n.lease.as_ref().is_some_and(|l| l.run_id == run_id && l.step_id == step_id));
+        let pool = !self.terminating.contains(&run_id);
+        let release = release(self.settings.clone(), shared.regions.clone(), shared.broker_id.clone(), nodes, pool);
+        Box::pin(actix::fut::wrap_future::<_, Ec2PoolActor>(release).map(|kept, act, _| {
+            if let Some(nodes) = act.cloud_mut() {
+                nodes.keep(kept);
+            }
+        }))
+    }
+
+    /// Releases what the run still holds and terminates its instances the pool
+    /// lost track of (a launch that failed half-way).
+    pub(super) fn close_run(&mut self, shared: &Shared, run_id: Uuid) -> ResponseActFuture<Ec2PoolActor, Result<(), PoolError>> {
+        self.reserved.remove(&run_id);
+        let leftover = self.take(|n| n.lease.as_ref().is_some_and(|l| l.run_id == run_id));
+        let pool = !self.terminating.remove(&run_id);
+        let (regions, broker) = (shared.regions.clone(), shared.broker_id.clone());
+        let release = release(self.settings.clone(), regions.clone(), broker.clone(), leftover, pool);
+        let closed = async move {
+            let kept = release.await;
+            let run = run_id.to_string();
+            let mut lost = Vec::new();
+            match all_instances(&regions, &broker).await {
+                Ok(all) => lost.extend(
+                    all.into_iter().filter(|(_, i)| i.tags.get(tags::RUN) == Some(&run) && !kept.iter().any(|k| k.instance.id == i.id)),
+                ),
+                Err(e) => return (kept, Err(e)),
+            }
+            for (region, instance) in lost {
+                if let Err(e) = region.terminate(std::slice::from_ref(&instance.id)).await {
+                    return (kept, Err(e.into()));
+                }
+            }
+            (kept, Ok(()))
+        };
+        Box::pin(actix::fut::wrap_future::<_, Ec2PoolActor>(closed).map(|(kept, closed), act, _| {
+            if let Some(nodes) = act.cloud_mut() {
+                nodes.keep(kept);
+            }
+            closed
+        }))
+    }
+
+    /// Terminates idle pooled instances that waited longer than allowed.
+    pub(super) fn expire_idle(&mut self, shared: &Shared, ctx: &mut Context<Ec2PoolActor>) {
+        let now = Utc::now();
+        let idle = chrono::Duration::from_std(self.settings.idle).unwrap_or_default();
+        for node in self.take(|n| n.lease.is_none() && n.idle_since.is_some_and(|t| t + idle <= now)) {
+            let region = shared.region(&node.instance.region);
+            let cloud = self.settings.clone();
+            ctx.spawn(actix::fut::wrap_future(async move {
+                let Some(region) = region else { return };
+                match region.terminate(std::slice::from_ref(&node.instance.id)).await {
+                    Ok(()) => {
+                        cloud.forget(std::slice::from_ref(&node.instance.id));
+                        tracing::info!(instance = %node.instance.id, "terminated an instance idle too long")
+                    }
+                    Err(e) => {
+                        tracing::warn!(instance = %node.instance.id, error = %e, "could not terminate an idle instance; the reaper will")
+                    }
+                }
+            }));
+        }
+    }
+}
+
+impl CloudSettings {
+    /// Forgets the host keys recorded for terminated instances.
+    pub(super) fn forget(&self, instances: &[String]) {
+        if let Err(e) = crate::infra::ssh::forget_hosts(&self.ssh.known_hosts, instances) {
+            tracing::warn!(error = %e, known_hosts = %self.ssh.known_hosts.display(), "could not remove terminated instances' host keys");
+        }
+    }
+}
+
+/// Terminates nodes, or (pooling, unless `pool` is false) cleans and retags them as idle; answers those kept.
+async fn release(cloud: Arc<CloudSettings>, regions: Vec<Region>, broker: String, nodes: Vec<CloudNode>, pool: bool) -> Vec<CloudNode> {
+    let mut kept = Vec::new();
+    let mut doomed: Vec<CloudNode> = Vec::new();
+    for mut node in nodes {
+        node.forward = None;
+        let lease = node.lease.take();
+        if !(cloud.pooling && pool) {
+            doomed.push(node);
+            continue;
+        }
+        // Only a node whose engine still answers and is clean goes back to the pool.
+        let cleaned = match &lease {
+            Some(l) => node.engine.sweep(&[(labels::BROKER, &broker), (labels::RUN, &l.run_id.to_string())]).await.map(|_| ()),
+            None => Ok(()),
+        };
+        let region = regions.iter().find(|r| r.name() == node.instance.region);
+        let now = Utc::now();
+        let expires = now + chrono::Duration::from_std(cloud.idle + cloud.expiry_grace).unwrap_or_default();
+        // The switch's own file moves with the tag, or the node powers off while pooled.
+        let cleaned = match cleaned {
+            Ok(()) => run_all(&node.ssh, vec![move_deadline(&cloud, expires)]).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let idle_tags = [
+            (tags::IDLE_SINCE.to_string(), now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            (tags::EXPIRES_AT.to_string(), expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        ];
+        let retagged = match (cleaned, region) {
+            (Ok(()), Some(region)) => match region.tag(std::slice::from_ref(&node.instance.id), &idle_tags).await {
+                Ok(()) => region.untag(std::slice::from_ref(&node.instance.id), &[tags::RUN, tags::STEP]).await.is_ok(),
+                Err(_) => false,
+            },
+            _ => false,
+        };
+        if retagged {
+            tracing::info!(instance = %node.instance.id, "instance kept idle for reuse");
+            node.idle_since = Some(now);
+            node.instance.tags.retain(|k, _| k != tags::RUN && k != tags::STEP);
+            kept.push(node);
+        } else {
+            doomed.push(node);
+        }
+    }
+    for region in &regions {
+        let ids: Vec<String> = doomed.iter().filter(|n| n.instance.region == region.name()).map(|n| n.instance.id.clone()).collect();
+        match region.terminate(&ids).await {
+            Ok(()) if !ids.is_empty() => {
+                cloud.forget(&ids);
+                tracing::info!(instances = ?ids, "terminated released instances")
+            }
+            Ok(()) => {}
+            Err(e) => tracing::warn!(error = %e, "could not terminate released instances; the reaper will"),
+        }
+    }
+    kept
+}
+
 /// What taking a run's instances back needs.
-pub(super) struct Adoption {
-    pub(super) cloud: Arc<CloudSettings>,
-    pub(super) regions: Vec<Region>,
-    pub(super) broker: String,
-    pub(super) run_id: Uuid,
-    pub(super) network: String,
-    pub(super) labels: HashMap<String, String>,
-    pub(super) ingest: SocketAddr,
+struct Adoption {
+    cloud: Arc<CloudSettings>,
+    regions: Vec<Region>,
+    broker: String,
+    run_id: Uuid,
+    network: String,
+    labels: HashMap<String, String>,
+    ingest: SocketAddr,
 }
 
 /// Reaches every instance of the run again; terminates those that cannot be.
-pub(super) async fn adopt_nodes(job: Adoption) -> Result<Vec<CloudNode>, PoolError> {
+async fn adopt_nodes(job: Adoption) -> Result<Vec<CloudNode>, PoolError> {
     let run = job.run_id.to_string();
     let mut adopted = Vec::new();
     for (region, instance) in all_instances(&job.regions, &job.broker).await? {
@@ -70,33 +462,33 @@ async fn adopt_node(job: &Adoption, instance: InstanceView) -> Result<CloudNode,
 }
 
 /// The tags that let a restarted broker take a node back: its name in the run, its SSH address, its metrics forward's port.
-pub(super) fn node_tags(grant: &NodeGrant, ssh: SocketAddr) -> Vec<(String, String)> {
+fn node_tags(grant: &NodeGrant, ssh: SocketAddr) -> Vec<(String, String)> {
     let port = grant.ingest_base.rsplit(':').next().unwrap_or_default().to_string();
     vec![(tags::NODE.to_string(), grant.id.clone()), (tags::SSH.to_string(), ssh.to_string()), (tags::FORWARD.to_string(), port)]
 }
 
 /// One step's launch, carried out away from the actor.
-pub(super) struct Provision {
-    pub(super) cloud: Arc<CloudSettings>,
-    pub(super) config: RegionConfig,
-    pub(super) region: Region,
-    pub(super) broker: String,
-    pub(super) local: Option<Engine>,
-    pub(super) ingest: SocketAddr,
-    pub(super) network: String,
-    pub(super) labels: HashMap<String, String>,
-    pub(super) expires_at: DateTime<Utc>,
-    pub(super) overrides: Vec<Option<SocketAddr>>,
-    pub(super) msg: AcquireNodes,
+struct Provision {
+    cloud: Arc<CloudSettings>,
+    config: RegionConfig,
+    region: Region,
+    broker: String,
+    local: Option<Engine>,
+    ingest: SocketAddr,
+    network: String,
+    labels: HashMap<String, String>,
+    expires_at: DateTime<Utc>,
+    overrides: Vec<Option<SocketAddr>>,
+    msg: AcquireNodes,
 }
 
 /// A node ready for a step: the node, its run network, its relay's ingest base URL, the forward behind it.
-pub(super) type Ready = (CloudNode, String, String, Task);
+type Ready = (CloudNode, String, String, Task);
 
 /// Launches what the idle pool could not give, waits for it, connects and
 /// prepares every node; keeps those that got ready when they are at least
 /// `min_nodes`, and terminates the rest.
-pub(super) async fn provision(job: Provision, reused: Vec<CloudNode>) -> Result<Vec<Ready>, PoolError> {
+async fn provision(job: Provision, reused: Vec<CloudNode>) -> Result<Vec<Ready>, PoolError> {
     let (cloud, msg) = (&job.cloud, &job.msg);
     let deadline = job.expires_at + chrono::Duration::from_std(cloud.expiry_grace + cloud.launch_timeout).unwrap_or_default();
     let run_tags = vec![
@@ -239,13 +631,13 @@ fn tuning(cloud: &CloudSettings) -> Option<String> {
 }
 
 /// The command that moves the deadline in a node's dead-man's switch file.
-pub(super) fn move_deadline(cloud: &CloudSettings, deadline: DateTime<Utc>) -> String {
+fn move_deadline(cloud: &CloudSettings, deadline: DateTime<Utc>) -> String {
     let (sudo, dir) = (cloud.ssh.sudo(), &cloud.node_dir);
     format!("{sudo}mkdir -p {dir} && echo {} | {sudo}tee {dir}/expires-at >/dev/null", deadline.timestamp())
 }
 
 /// Runs commands on a node in turn; the first that fails is the error.
-pub(super) async fn run_all(ssh: &SshNode, commands: Vec<String>) -> Result<(), SshError> {
+async fn run_all(ssh: &SshNode, commands: Vec<String>) -> Result<(), SshError> {
     for command in commands {
         let (status, out) = ssh.exec(&command).await?;
         if status != 0 {
