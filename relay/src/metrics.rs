@@ -15,7 +15,6 @@ use std::collections::{BTreeMap, HashSet};
 use base64::Engine as _;
 use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
 use hdrhistogram::Histogram;
-use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::histogram::{Buckets, Exponential, Mismatch};
@@ -56,27 +55,22 @@ struct Line<'a> {
     tags: Option<&'a str>,
 }
 
-/// Splits `name:value|type[|@rate][|#tag:value,...]` in one pass over its bytes;
-/// `None` when malformed.
+/// Splits `name:value|type[|@rate][|#tag:value,...]`; `None` when malformed. The
+/// separators are found with `memchr`'s vector searches, not byte by byte.
 fn split_line(text: &str) -> Option<Line<'_>> {
     let line = text.as_bytes();
-    let mut colon = None;
-    for (i, b) in line.iter().enumerate() {
-        match b {
-            b':' => {
-                colon = Some(i);
-                break;
-            }
-            b'|' | b' ' => return None,
-            _ => {}
-        }
-    }
-    let colon = colon.filter(|c| *c > 0)?;
+    // The name ends at the first colon; a bar or a space before it makes the line malformed.
+    let colon = memchr::memchr3(b':', b'|', b' ', line).filter(|c| *c > 0 && line[*c] == b':')?;
     let name = text.get(..colon)?;
-    let mut fields = line[colon + 1..].split(|b| *b == b'|');
-    let (raw, kind) = (fields.next()?, fields.next()?);
+    let rest = &line[colon + 1..];
+    let bar = memchr::memchr(b'|', rest)?;
+    let (raw, rest) = (&rest[..bar], &rest[bar + 1..]);
+    let (kind, extras) = match memchr::memchr(b'|', rest) {
+        Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+        None => (rest, None),
+    };
     let (mut rate, mut tags) = (1.0, None);
-    for extra in fields {
+    for extra in extras.into_iter().flat_map(|e| e.split(|b| *b == b'|')) {
         match extra.split_first() {
             Some((b'@', r)) => rate = number(r).filter(|r| *r > 0.0 && *r <= 1.0)?,
             // Split at ASCII bytes, the tags are whole characters of `text`.
@@ -85,6 +79,27 @@ fn split_line(text: &str) -> Option<Line<'_>> {
         }
     }
     Some(Line { name, raw, kind, rate, tags })
+}
+
+/// A timer's value in whole microseconds when it is a plain decimal of milliseconds
+/// with at most three decimals (`12`, `3.25`), read exactly from its digits: the
+/// value `(ms * 1000).round()` gives, without the float. `None` for anything else.
+fn exact_micros(raw: &[u8]) -> Option<u64> {
+    const SCALE: [u64; 4] = [1000, 100, 10, 1];
+    let (mut micros, mut count, mut decimals) = (0u64, 0usize, None::<usize>);
+    for b in raw {
+        match b {
+            b'0'..=b'9' if count < 15 => {
+                micros = micros * 10 + u64::from(b - b'0');
+                count += 1;
+                decimals = decimals.map(|d| d + 1);
+            }
+            b'.' if decimals.is_none() => decimals = Some(0),
+            _ => return None,
+        }
+    }
+    let decimals = decimals.unwrap_or(0);
+    (count > 0 && decimals <= 3 && raw.last() != Some(&b'.')).then(|| (micros * SCALE[decimals]).min(MAX_MICROS))
 }
 
 /// A finite number, as Rust reads it. Plain decimals of up to 15 digits (`12`, `-3.25`),
@@ -259,13 +274,16 @@ pub fn decode_histogram(text: &str) -> Option<Histogram<u64>> {
     Deserializer::new().deserialize(&mut bytes.as_slice()).ok()
 }
 
+/// A window's values by key, hashed once per line (`entry_ref`).
+type Map<V> = hashbrown::HashMap<Box<str>, V, rustc_hash::FxBuildHasher>;
+
 /// Aggregates a node's metrics into windows.
 #[derive(Default)]
 pub struct Aggregator {
-    counters: FxHashMap<Box<str>, f64>,
-    gauges: FxHashMap<Box<str>, f64>,
-    sets: FxHashMap<Box<str>, HashSet<Box<str>>>,
-    timers: FxHashMap<Box<str>, Histogram<u64>>,
+    counters: Map<f64>,
+    gauges: Map<f64>,
+    sets: Map<HashSet<Box<str>>>,
+    timers: Map<Histogram<u64>>,
     buckets: BTreeMap<String, Buckets>,
     exponential: BTreeMap<String, Exponential>,
     lines: u64,
@@ -274,11 +292,8 @@ pub struct Aggregator {
 }
 
 /// The slot of `key` in `map`, inserted with `new` when missing; allocates only then.
-fn slot<'m, V>(map: &'m mut FxHashMap<Box<str>, V>, key: &str, new: impl FnOnce() -> V) -> &'m mut V {
-    if !map.contains_key(key) {
-        map.insert(key.into(), new());
-    }
-    map.get_mut(key).expect("just inserted")
+fn slot<'m, V>(map: &'m mut Map<V>, key: &str, new: impl FnOnce() -> V) -> &'m mut V {
+    map.entry_ref(key).or_insert_with(new)
 }
 
 /// Adds `v` to `slot` unless the sum would not be a finite number.
@@ -303,8 +318,7 @@ impl Aggregator {
     pub fn take(&mut self, text: &str) {
         let bytes = text.as_bytes();
         let mut start = 0;
-        while start < bytes.len() {
-            let end = bytes[start..].iter().position(|b| *b == b'\n').map_or(bytes.len(), |p| start + p);
+        for end in memchr::memchr_iter(b'\n', bytes).chain([bytes.len()]) {
             // `\n` is a character of its own: both ends are character boundaries.
             let line = text.get(start..end).unwrap_or_default().trim_ascii();
             start = end + 1;
@@ -325,8 +339,8 @@ impl Aggregator {
         let key = key_of(parsed.name, parsed.tags, &mut scratch);
         let value = || number(parsed.raw);
         let taken = match parsed.kind {
-            b"c" => value().map(|v| v / parsed.rate).is_some_and(|v| v.is_finite() && self.add_count(key, v)),
-            b"g" => match value() {
+            [b'c'] => value().map(|v| v / parsed.rate).is_some_and(|v| v.is_finite() && self.add_count(key, v)),
+            [b'g'] => match value() {
                 Some(v) if matches!(parsed.raw.first(), Some(b'+' | b'-')) => self.add_gauge(key, v),
                 Some(v) => {
                     self.set_gauge(key, v);
@@ -334,16 +348,19 @@ impl Aggregator {
                 }
                 None => false,
             },
-            b"ms" | b"h" | b"d" => match value().filter(|v| *v >= 0.0) {
-                Some(ms) => {
-                    let micros = ((ms * 1000.0).round() as u64).min(MAX_MICROS);
-                    let times = if parsed.rate == 1.0 { 1 } else { (1.0 / parsed.rate).round().max(1.0) as u64 };
-                    let _ = slot(&mut self.timers, key, new_histogram).record_n(micros, times);
-                    true
+            [b'm', b's'] | [b'h'] | [b'd'] => {
+                let micros = exact_micros(parsed.raw)
+                    .or_else(|| value().filter(|v| *v >= 0.0).map(|ms| ((ms * 1000.0).round() as u64).min(MAX_MICROS)));
+                match micros {
+                    Some(micros) => {
+                        let times = if parsed.rate == 1.0 { 1 } else { (1.0 / parsed.rate).round().max(1.0) as u64 };
+                        let _ = slot(&mut self.timers, key, new_histogram).record_n(micros, times);
+                        true
+                    }
+                    None => false,
                 }
-                None => false,
-            },
-            b"s" => match std::str::from_utf8(parsed.raw) {
+            }
+            [b's'] => match std::str::from_utf8(parsed.raw) {
                 Ok(member) if !member.is_empty() => {
                     let members = slot(&mut self.sets, key, HashSet::new);
                     if !members.contains(member) {
@@ -538,6 +555,36 @@ impl Merged {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timer_micros_read_from_digits_are_those_of_the_rounded_float() {
+        let mut cases: Vec<String> =
+            ["0", "7", "12.5", "0.001", ".5", "5.", "1.2345", "1e3", "-1", "+1", "", ".", "3600000", "3600000.001", "99999999999999"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        let mut x = 0x9e3779b97f4a7c15u64;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let decimals = (x >> 62) as usize;
+            cases.push(format!("{:.*}", decimals, (x % 100_000_000_000) as f64 / 10f64.powi(decimals as i32)));
+        }
+        for case in &cases {
+            let float = number(case.as_bytes()).filter(|v| *v >= 0.0).map(|ms| ((ms * 1000.0).round() as u64).min(MAX_MICROS));
+            match exact_micros(case.as_bytes()) {
+                Some(micros) => assert_eq!(Some(micros), float, "{case:?}"),
+                None => assert!(
+                    case.is_empty()
+                        || case.contains(['e', '-', '+'])
+                        || case.ends_with('.')
+                        || case.split('.').nth(1).is_some_and(|d| d.len() > 3),
+                    "{case:?} is a plain decimal"
+                ),
+            }
+        }
+    }
 
     #[test]
     fn numbers_read_directly_are_those_rust_reads() {
