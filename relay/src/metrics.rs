@@ -56,16 +56,17 @@ struct Line<'a> {
 }
 
 /// Splits `name:value|type[|@rate][|#tag:value,...]`; `None` when malformed. The
-/// separators are found with `memchr`'s vector searches, not byte by byte.
+/// name's end is found with `memchr`'s vector search, not byte by byte.
 fn split_line(text: &str) -> Option<Line<'_>> {
     let line = text.as_bytes();
     // The name ends at the first colon; a bar or a space before it makes the line malformed.
     let colon = memchr::memchr3(b':', b'|', b' ', line).filter(|c| *c > 0 && line[*c] == b':')?;
     let name = text.get(..colon)?;
     let rest = &line[colon + 1..];
-    let bar = memchr::memchr(b'|', rest)?;
+    // The value and the type are a few bytes each: a plain loop beats a vector search.
+    let bar = rest.iter().position(|b| *b == b'|')?;
     let (raw, rest) = (&rest[..bar], &rest[bar + 1..]);
-    let (kind, extras) = match memchr::memchr(b'|', rest) {
+    let (kind, extras) = match rest.iter().position(|b| *b == b'|') {
         Some(i) => (&rest[..i], Some(&rest[i + 1..])),
         None => (rest, None),
     };
@@ -127,8 +128,10 @@ fn number(raw: &[u8]) -> Option<f64> {
         }
     }
     if fast && count > 0 {
-        let decimals = point.map_or(0, |p| digits.len() - p - 1);
-        let value = mantissa as f64 / POWERS[decimals];
+        let value = match point {
+            Some(p) => mantissa as f64 / POWERS[digits.len() - p - 1],
+            None => mantissa as f64,
+        };
         return Some(if negative { -value } else { value });
     }
     std::str::from_utf8(raw).ok()?.parse::<f64>().ok().filter(|v| v.is_finite())
@@ -339,7 +342,9 @@ impl Aggregator {
         let key = key_of(parsed.name, parsed.tags, &mut scratch);
         let value = || number(parsed.raw);
         let taken = match parsed.kind {
-            [b'c'] => value().map(|v| v / parsed.rate).is_some_and(|v| v.is_finite() && self.add_count(key, v)),
+            [b'c'] => value()
+                .map(|v| if parsed.rate == 1.0 { v } else { v / parsed.rate })
+                .is_some_and(|v| v.is_finite() && self.add_count(key, v)),
             [b'g'] => match value() {
                 Some(v) if matches!(parsed.raw.first(), Some(b'+' | b'-')) => self.add_gauge(key, v),
                 Some(v) => {
