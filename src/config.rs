@@ -46,6 +46,36 @@ pub struct Settings {
     pub tls: TlsSettings,
     /// Logging.
     pub log: LogSettings,
+    /// How runs are priced before they start.
+    pub pricing: PricingSettings,
+    /// Caps on what a run may cost.
+    pub budget: BudgetSettings,
+}
+
+/// How runs are priced before they start.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PricingSettings {
+    /// A price table (TOML, the shipped one's format) used instead of the one shipped with loads.
+    pub file: String,
+    /// Seconds each instance is charged for before its step starts: launch, boot, Docker, image load.
+    pub setup_seconds: u64,
+}
+
+impl Default for PricingSettings {
+    fn default() -> Self {
+        Self { file: String::new(), setup_seconds: 300 }
+    }
+}
+
+/// Caps on what a run may cost on EC2, checked against its estimate before anything is launched; 0 = no cap.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetSettings {
+    /// Most dollars one run's estimate may reach.
+    pub max_usd_per_run: f64,
+    /// Most instance-hours one run's estimate may reach.
+    pub max_instance_hours_per_run: f64,
 }
 
 /// The HTTP server.
@@ -329,6 +359,8 @@ pub struct Ec2Settings {
     pub backoff_ms: u64,
     /// Longest one EC2 request may take before it is abandoned (a launch is then tried again).
     pub request_timeout_seconds: u64,
+    /// `spot_fallback` steps: seconds spot instances may take to run before the shortfall is launched on demand.
+    pub spot_wait_seconds: u64,
     /// Per region (`ec2.regions.us-west-2`, or `LOADS__EC2__REGIONS__US_WEST_2__AMI`).
     pub regions: std::collections::BTreeMap<String, RegionSettings>,
 }
@@ -347,6 +379,7 @@ impl Default for Ec2Settings {
             launch_attempts: 6,
             backoff_ms: 500,
             request_timeout_seconds: 30,
+            spot_wait_seconds: 120,
             regions: std::collections::BTreeMap::new(),
         }
     }
@@ -761,6 +794,9 @@ impl Settings {
         if self.ec2.launch_attempts == 0 {
             return invalid("ec2.launch_attempts", "must be at least 1");
         }
+        if self.ec2.spot_wait_seconds == 0 {
+            return invalid("ec2.spot_wait_seconds", "must be at least 1");
+        }
         if self.ec2.request_timeout_seconds == 0 {
             return invalid("ec2.request_timeout_seconds", "must be at least 1");
         }
@@ -795,6 +831,12 @@ impl Settings {
         }
         if !(self.docker.image_root.is_empty() || std::path::Path::new(&self.docker.image_root).is_absolute()) {
             return invalid("docker.image_root", "must be empty or an absolute path");
+        }
+        if !(self.budget.max_usd_per_run.is_finite() && self.budget.max_usd_per_run >= 0.0) {
+            return invalid("budget.max_usd_per_run", "must be a number of dollars, 0 or more (0 = no cap)");
+        }
+        if !(self.budget.max_instance_hours_per_run.is_finite() && self.budget.max_instance_hours_per_run >= 0.0) {
+            return invalid("budget.max_instance_hours_per_run", "must be a number of hours, 0 or more (0 = no cap)");
         }
         if self.metrics.ingest_body_timeout_seconds == 0 {
             return invalid("metrics.ingest_body_timeout_seconds", "must be at least 1");
@@ -926,6 +968,7 @@ impl Settings {
             address_override: self.ec2.address_override.iter().filter_map(|a| a.parse().ok()).collect(),
             owner: if self.ec2.owner.is_empty() { self.broker.id.clone() } else { self.ec2.owner.clone() },
             launch_timeout: Duration::from_secs(self.pool.launch_timeout_seconds),
+            spot_wait: Duration::from_secs(self.ec2.spot_wait_seconds),
             expiry_grace: Duration::from_secs(self.ec2.expiry_grace_seconds),
             pooling: self.pool.pooling,
             idle: Duration::from_secs(self.pool.idle_seconds),
@@ -966,6 +1009,28 @@ impl Settings {
         Ok(loads_actors::domain::secrets::Secrets::new(values))
     }
 
+    /// How runs are priced and capped: the price table (`pricing.file`, else the shipped one) and the budget.
+    pub fn cost(&self) -> anyhow::Result<loads_actors::settings::CostSettings> {
+        use loads_actors::domain::cost::{Budget, PriceTable};
+        let prices = if self.pricing.file.is_empty() {
+            PriceTable::shipped()
+        } else {
+            let text =
+                std::fs::read_to_string(&self.pricing.file).map_err(|e| anyhow::anyhow!("pricing.file {}: {e}", self.pricing.file))?;
+            PriceTable::parse(&text).map_err(|e| anyhow::anyhow!("pricing.file {}: {e}", self.pricing.file))?
+        };
+        let cap = |x: f64| (x > 0.0).then_some(x);
+        Ok(loads_actors::settings::CostSettings {
+            prices: std::sync::Arc::new(prices),
+            setup_seconds: self.pricing.setup_seconds,
+            budget: Budget {
+                max_usd_per_run: cap(self.budget.max_usd_per_run),
+                max_instance_hours_per_run: cap(self.budget.max_instance_hours_per_run),
+            },
+            cloud_regions: (self.pool.provider == Provider::Ec2).then(|| self.region_names()),
+        })
+    }
+
     /// How the run engine runs.
     pub fn run_settings(&self, tls: &loads_actors::infra::tls::Tls) -> loads_actors::settings::RunSettings {
         loads_actors::settings::RunSettings {
@@ -999,6 +1064,7 @@ impl Settings {
                 (!self.ec2.endpoint_url.is_empty()).then(|| self.ec2.endpoint_url.clone()),
             ),
             relay_ca: None,
+            cost: Default::default(),
         }
     }
 

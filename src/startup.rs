@@ -68,6 +68,7 @@ impl Actors {
         let mut run_settings = settings.run_settings(&tls);
         run_settings.secrets = settings.secrets(std::env::vars())?;
         run_settings.relay_ca = settings.relay_ca(std::env::vars())?;
+        run_settings.cost = settings.cost()?;
         let broker = BrokerActor::new(db, pool.clone(), metrics, run_settings).start();
         Ok(Self { catalog, broker, pool, ingest, ingest_port: ingest_address.port() })
     }

@@ -5,7 +5,7 @@ Every request is passed to the upstream EC2 endpoint unchanged, except
 RunInstances calls chosen by the rules below, which get an EC2 error instead.
 Each RunInstances is logged on stdout as one JSON line ({"min": MinCount,
 "max": MaxCount, "public_ip": whether a public address was asked for,
-"answer": CODE or "passed"}), so a test can read what the broker asked for and
+"market": "spot" or "on_demand", "answer": CODE or "passed"}), so a test can read what the broker asked for and
 what it was told.
 
   --fail CODE:N      the first N RunInstances get CODE (RequestLimitExceeded,
@@ -14,6 +14,9 @@ what it was told.
                      InsufficientInstanceCapacity (capacity for MAX only)
   --delay N:SECONDS  the first N RunInstances get no answer for SECONDS (then
                      none at all: the connection is closed), like a hung API
+  --spot-short CODE  every spot RunInstances (InstanceMarketOptions.MarketType
+                     spot) gets CODE (InsufficientInstanceCapacity,
+                     SpotMaxPriceTooLow): no spot capacity at all
   --not-found N      the first N DescribeInstances naming instance ids get
                      InvalidInstanceID.NotFound, as EC2 answers for a while
                      after a launch (eventual consistency); each is logged as
@@ -35,6 +38,7 @@ MESSAGES = {
     "RequestLimitExceeded": "Request limit exceeded.",
     "InsufficientInstanceCapacity": "We currently do not have sufficient capacity in the Availability Zone you requested.",
     "VcpuLimitExceeded": "You have requested more vCPU capacity than your current vCPU limit of 32 allows.",
+    "SpotMaxPriceTooLow": "Your Spot request price is lower than the minimum required Spot request fulfillment price.",
 }
 
 
@@ -45,6 +49,7 @@ def main():
     parser.add_argument("--capacity", type=int, default=None)
     parser.add_argument("--delay", default="")
     parser.add_argument("--not-found", type=int, default=0)
+    parser.add_argument("--spot-short", default="")
     args = parser.parse_args()
     fail_code, fail_left = (args.fail.split(":")[0], int(args.fail.split(":")[1])) if args.fail else ("", 0)
     lock = threading.Lock()
@@ -91,14 +96,18 @@ def main():
                     time.sleep(delay_for)
                     self.close_connection = True
                     return
+                market = form.get("InstanceMarketOptions.MarketType", ["on_demand"])[0]
                 with lock:
-                    if state["fail_left"] > 0:
+                    if market == "spot" and args.spot_short:
+                        code = args.spot_short
+                    elif state["fail_left"] > 0:
                         state["fail_left"] -= 1
                         code = fail_code
                     elif args.capacity is not None and low > args.capacity:
                         code = "InsufficientInstanceCapacity"
                 public = form.get("NetworkInterface.1.AssociatePublicIpAddress", [""])[0] == "true"
-                print(json.dumps({"min": low, "max": high, "public_ip": public, "answer": code or "passed"}), flush=True)
+                print(json.dumps({"min": low, "max": high, "public_ip": public, "market": market, "answer": code or "passed"}),
+                      flush=True)
                 if code:
                     self.error(code, MESSAGES.get(code, code), STATUS.get(code, 400))
                     return

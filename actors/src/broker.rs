@@ -13,16 +13,18 @@ use sea_orm::DatabaseConnection;
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::domain::cost::{self, Estimate};
 use crate::domain::validate;
 use crate::domain::views::{ContainerView, RunState, RunView};
 use crate::domain::Env;
+use crate::domain::{FieldError, ValidationErrors};
 use crate::feed::{Feed, RunEvent};
 use crate::metrics::MetricsActor;
-use crate::pool::{Ec2PoolActor, Reap, SweepOrphans, TerminateRunInstances};
+use crate::pool::{Ec2PoolActor, Reap, SpotPrices, SweepOrphans, TerminateRunInstances};
 use crate::run_supervisor::{
     AbortRun as AbortSupervised, RunEnded, RunServices, RunSupervisor, Subscribe as SubscribeSupervised, Subscription,
 };
-use crate::settings::RunSettings;
+use crate::settings::{CostSettings, RunSettings};
 use crate::store::{plans, runs, StoreError};
 
 /// How many finished runs keep their feed in memory for late subscribers.
@@ -177,39 +179,13 @@ impl Handler<StartRun> for BrokerActor {
     type Result = ResponseActFuture<Self, Result<RunView, StoreError>>;
 
     fn handle(&mut self, msg: StartRun, _: &mut Context<Self>) -> Self::Result {
-        let db = self.db.clone();
-        let secrets = self.settings.secrets.clone();
-        let limits = self.settings.limits.clone();
+        let (db, pool, settings) = (self.db.clone(), self.pool.clone(), self.settings.clone());
         Box::pin(
             async move {
-                let mut env = msg.env.clone();
-                let mut unset = Vec::new();
-                if let (true, Some(Value::Object(map))) = (msg.null_is_unset, env.as_mut()) {
-                    unset = map.iter().filter(|(_, v)| v.is_null()).map(|(k, _)| k.clone()).collect();
-                    map.retain(|_, v| !v.is_null());
-                }
-                let run_env: Env = match &env {
-                    None | Some(Value::Null) => Env::new(),
-                    Some(v) => validate::run_env(v, &limits).map_err(|mut e| {
-                        for f in &mut e.0 {
-                            f.path = if f.path.is_empty() { "env".into() } else { format!("env.{}", f.path) };
-                        }
-                        StoreError::Invalid(e)
-                    })?,
-                };
-                let plan = plans::get(&db, msg.plan_id).await?;
-                if !plan.plan.enabled {
-                    return Err(StoreError::conflict(
-                        "plan_disabled",
-                        format!("plan {:?} is disabled; enable it to run it", plan.plan.name),
-                    ));
-                }
-                let spec = plan.spec();
-                validate::plan_variables(&spec, &run_env).map_err(StoreError::Invalid)?;
-                secrets.check(&spec, &run_env).map_err(StoreError::Invalid)?;
+                let checked = preflight(&db, &pool, &settings, &msg).await?;
                 let token = new_token();
-                let run = runs::create(&db, msg.plan_id, msg.owner, &run_env, &unset, &token).await?;
-                Ok((run, plan, run_env, token))
+                let run = runs::create(&db, msg.plan_id, msg.owner, &checked.run_env, &checked.unset, &token).await?;
+                Ok::<_, StoreError>((run, checked.plan, checked.run_env, token))
             }
             .into_actor(self)
             .map(|res, act, ctx| {
@@ -221,6 +197,132 @@ impl Handler<StartRun> for BrokerActor {
             }),
         )
     }
+}
+
+/// Checks a run as [`StartRun`] would, without starting it: answers its estimate,
+/// or the error starting it would give (invalid env, region not configured, `over_budget`).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Estimate, StoreError>")]
+pub struct DryRun(pub StartRun);
+
+impl Handler<DryRun> for BrokerActor {
+    type Result = ResponseActFuture<Self, Result<Estimate, StoreError>>;
+
+    fn handle(&mut self, msg: DryRun, _: &mut Context<Self>) -> Self::Result {
+        let (db, pool, settings) = (self.db.clone(), self.pool.clone(), self.settings.clone());
+        Box::pin(async move { preflight(&db, &pool, &settings, &msg.0).await.map(|checked| checked.estimate) }.into_actor(self))
+    }
+}
+
+/// What a plan's run costs on EC2 at most, per step and in all, and the budget cap it passes, if any.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Estimate, StoreError>")]
+pub struct EstimatePlan {
+    /// The plan.
+    pub plan_id: Uuid,
+}
+
+impl Handler<EstimatePlan> for BrokerActor {
+    type Result = ResponseActFuture<Self, Result<Estimate, StoreError>>;
+
+    fn handle(&mut self, msg: EstimatePlan, _: &mut Context<Self>) -> Self::Result {
+        let (db, pool, cost) = (self.db.clone(), self.pool.clone(), self.settings.cost.clone());
+        Box::pin(
+            async move {
+                let plan = plans::get(&db, msg.plan_id).await?;
+                let mut estimate = estimate(&plan.spec(), &cost, &pool).await;
+                if cost.cloud_regions.is_some() {
+                    estimate.over_budget = cost.budget.refusal(&estimate);
+                }
+                Ok(estimate)
+            }
+            .into_actor(self),
+        )
+    }
+}
+
+/// A plan's estimate with this broker's prices and provider; on EC2, spot steps at the current spot prices.
+async fn estimate(spec: &crate::domain::PlanSpec, cost: &CostSettings, pool: &Addr<Ec2PoolActor>) -> Estimate {
+    let provider = if cost.cloud_regions.is_some() { "ec2" } else { "local" };
+    let wanted: Vec<(String, String)> = spec
+        .steps
+        .iter()
+        .filter(|s| !s.monitor && s.market != crate::domain::Market::OnDemand)
+        .map(|s| (s.instance_region.clone(), s.instance_type.clone()))
+        .collect();
+    let spot = if cost.cloud_regions.is_some() && !wanted.is_empty() {
+        pool.send(SpotPrices { wanted }).await.unwrap_or_default()
+    } else {
+        cost::SpotPrices::new()
+    };
+    cost::estimate(spec, &cost.prices, &spot, cost.setup_seconds, provider)
+}
+
+/// A run that passed every check before it is recorded.
+struct Checked {
+    plan: crate::domain::views::PlanView,
+    run_env: Env,
+    unset: Vec<String>,
+    estimate: Estimate,
+}
+
+/// Everything starting a run checks before anything is recorded or launched: the run env,
+/// the plan enabled, its variables and secrets defined, on EC2 every step's region
+/// configured and the estimate within the budget.
+async fn preflight(
+    db: &DatabaseConnection,
+    pool: &Addr<Ec2PoolActor>,
+    settings: &RunSettings,
+    msg: &StartRun,
+) -> Result<Checked, StoreError> {
+    let mut env = msg.env.clone();
+    let mut unset = Vec::new();
+    if let (true, Some(Value::Object(map))) = (msg.null_is_unset, env.as_mut()) {
+        unset = map.iter().filter(|(_, v)| v.is_null()).map(|(k, _)| k.clone()).collect();
+        map.retain(|_, v| !v.is_null());
+    }
+    let run_env: Env = match &env {
+        None | Some(Value::Null) => Env::new(),
+        Some(v) => validate::run_env(v, &settings.limits).map_err(|mut e| {
+            for f in &mut e.0 {
+                f.path = if f.path.is_empty() { "env".into() } else { format!("env.{}", f.path) };
+            }
+            StoreError::Invalid(e)
+        })?,
+    };
+    let plan = plans::get(db, msg.plan_id).await?;
+    if !plan.plan.enabled {
+        return Err(StoreError::conflict("plan_disabled", format!("plan {:?} is disabled; enable it to run it", plan.plan.name)));
+    }
+    let spec = plan.spec();
+    validate::plan_variables(&spec, &run_env).map_err(StoreError::Invalid)?;
+    settings.secrets.check(&spec, &run_env).map_err(StoreError::Invalid)?;
+    let cost = &settings.cost;
+    if let Some(regions) = &cost.cloud_regions {
+        let unconfigured: Vec<FieldError> = spec
+            .steps
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.monitor && !regions.contains(&s.instance_region))
+            .map(|(i, s)| {
+                let message = format!(
+                    "step {:?}: region {:?} is not configured on this broker (ec2.regions has: {})",
+                    s.name,
+                    s.instance_region,
+                    regions.join(", ")
+                );
+                FieldError::new(format!("steps[{i}].instance_region"), message)
+            })
+            .collect();
+        if !unconfigured.is_empty() {
+            return Err(StoreError::Invalid(ValidationErrors(unconfigured)));
+        }
+    }
+    let estimate = estimate(&spec, cost, pool).await;
+    if let (Some(_), Some(why)) = (&cost.cloud_regions, cost.budget.refusal(&estimate)) {
+        return Err(StoreError::Refused { code: "over_budget", message: format!("plan {:?}: {why}", plan.plan.name) });
+    }
+    Ok(Checked { plan, run_env, unset, estimate })
 }
 
 /// Aborts a run; idempotent; answers the run as stored.

@@ -44,6 +44,33 @@ pub struct RunSettings {
     pub registries: crate::infra::registry::Registries,
     /// PEM certificates relays trust besides the public web's roots (`tls.ca_file`, `SSL_CERT_FILE`).
     pub relay_ca: Option<String>,
+    /// How runs are priced and capped.
+    pub cost: CostSettings,
+}
+
+/// How runs are priced before they start, and what they may cost.
+#[derive(Clone, Debug)]
+pub struct CostSettings {
+    /// On-demand prices by region and type.
+    pub prices: std::sync::Arc<crate::domain::cost::PriceTable>,
+    /// Seconds each instance is charged for before its step starts.
+    pub setup_seconds: u64,
+    /// Caps on one run's estimate.
+    pub budget: crate::domain::cost::Budget,
+    /// The configured EC2 regions when nodes are EC2 instances; `None` with the local
+    /// provider, whose runs cost nothing, so no cap applies to them.
+    pub cloud_regions: Option<Vec<String>>,
+}
+
+impl Default for CostSettings {
+    fn default() -> Self {
+        Self {
+            prices: std::sync::Arc::new(crate::domain::cost::PriceTable::shipped()),
+            setup_seconds: 300,
+            budget: Default::default(),
+            cloud_regions: None,
+        }
+    }
 }
 
 /// Which address of an instance the broker connects to.
@@ -72,6 +99,8 @@ pub struct CloudSettings {
     pub owner: String,
     /// How long instances may take to run, and Docker to answer on them.
     pub launch_timeout: Duration,
+    /// How long `spot_fallback` spot instances may take to run before the shortfall goes on demand.
+    pub spot_wait: Duration,
     /// Added to a run's maximum time for the dead-man's switch deadline.
     pub expiry_grace: Duration,
     /// Keep released instances for reuse.

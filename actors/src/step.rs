@@ -233,6 +233,7 @@ impl StepActor {
             min_nodes: c.step.spec.min_nodes.unwrap_or(c.step.spec.instance_count),
             instance_type: c.step.spec.instance_type.clone(),
             region: c.step.spec.instance_region.clone(),
+            market: c.step.spec.market,
             needed_for: c.run_span + Duration::from_secs(c.settings.prepare_timeout_secs),
             adopt: c.resume.is_some(),
         };

@@ -14,6 +14,7 @@ mod m20261201_000007_add_container_sha256;
 mod m20261202_000008_add_verdicts;
 mod m20261202_000009_create_run_series;
 mod m20261203_000010_add_metric_units;
+mod m20261203_000011_add_step_market;
 
 /// Applies every migration in order.
 pub struct Migrator;
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000008_add_verdicts::Migration),
             Box::new(m20261202_000009_create_run_series::Migration),
             Box::new(m20261203_000010_add_metric_units::Migration),
+            Box::new(m20261203_000011_add_step_market::Migration),
         ]
     }
 }

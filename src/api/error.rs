@@ -97,6 +97,7 @@ impl From<StoreError> for ApiError {
             }
             StoreError::Conflict { code, message } => Self::new(StatusCode::CONFLICT, code, message),
             StoreError::Limit { code, message } => Self::new(StatusCode::TOO_MANY_REQUESTS, code, message),
+            StoreError::Refused { code, message } => Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message),
             e @ StoreError::Database(_) => {
                 tracing::error!(error = %e, "database error");
                 if e.is_unreachable() {

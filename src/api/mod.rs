@@ -85,6 +85,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                         .route(web::delete().to(v1::clear_baseline)),
                 )
                 .service(resource("/plans/{id}/runs", "POST").route(web::post().to(v1::start_run)))
+                .service(resource("/plans/{id}/estimate", "GET").route(web::get().to(v1::estimate_plan)))
                 .service(resource("/instances", "GET").route(web::get().to(v1::list_instances)))
                 .service(resource("/instances/{id}", "DELETE").route(web::delete().to(v1::terminate_instance)))
                 .service(resource("/runs", "GET").route(web::get().to(v1::list_runs)))

@@ -73,6 +73,7 @@ impl Modify for BrowserRules {
         v1::get_baseline,
         v1::clear_baseline,
         v1::start_run,
+        v1::estimate_plan,
         v1::list_instances,
         v1::terminate_instance,
         v1::list_runs,

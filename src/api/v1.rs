@@ -6,12 +6,13 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use loads_actors::broker::{AbortRun, DeleteRun, RunDashboard, RunLogs, RunMetrics, RunSeries, StartRun};
+use loads_actors::broker::{AbortRun, DeleteRun, DryRun, EstimatePlan, RunDashboard, RunLogs, RunMetrics, RunSeries, StartRun};
 use loads_actors::catalog::{
     ClearBaseline, CompareRuns, CreatePlan, CreateProject, DeletePlan, DeleteProject, ForkPlan, GetBaseline, GetPlan, GetProject, GetRun,
     ImportProject, ListPlans, ListProjects, ListRuns, Ping, SetBaseline, UpdatePlan, UpdateProject,
 };
 use loads_actors::domain::compare::Comparison;
+use loads_actors::domain::cost::Estimate;
 use loads_actors::domain::views::{
     BaselineView, ContainerView, ImportReport, MetricSummaryView, Page, PlanSummary, PlanView, ProjectDetail, ProjectView, RunState,
     RunView,
@@ -397,39 +398,70 @@ pub struct RunRequest {
     pub env: Option<Value>,
     /// Who starts the run.
     pub owner: Option<String>,
+    /// Check everything starting the run checks, and answer its estimate (200) instead of starting it.
+    pub dry_run: Option<bool>,
 }
 
-fn run_request(body: Option<Value>) -> Result<(Option<Value>, Option<String>), ApiError> {
+fn run_request(body: Option<Value>) -> Result<(StartRun, bool), ApiError> {
     let unprocessable = |path: &str, message: &str| {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", format!("{path}: {message}")).at(path)
     };
-    let Some(body) = body else { return Ok((None, None)) };
+    let mut start = StartRun { plan_id: uuid::Uuid::nil(), owner: None, env: None, null_is_unset: false };
+    let Some(body) = body else { return Ok((start, false)) };
     let Value::Object(map) = body else { return Err(unprocessable("", "must be an object")) };
-    if let Some(key) = map.keys().find(|k| !["env", "owner"].contains(&k.as_str())) {
-        return Err(unprocessable(key, "unknown field (expected: env, owner)"));
+    if let Some(key) = map.keys().find(|k| !["env", "owner", "dry_run"].contains(&k.as_str())) {
+        return Err(unprocessable(key, "unknown field (expected: env, owner, dry_run)"));
     }
-    let owner = match map.get("owner") {
+    start.owner = match map.get("owner") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= 200 => Some(s.clone()),
         Some(_) => return Err(unprocessable("owner", "must be a non-empty string of at most 200 characters")),
     };
-    Ok((map.get("env").cloned(), owner))
+    let dry_run = match map.get("dry_run") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(unprocessable("dry_run", "must be true or false")),
+    };
+    start.env = map.get("env").cloned();
+    Ok((start, dry_run))
 }
 
 /// Starts a run of a plan; answers the recorded run (state `pending`). Follow
-/// it with `GET /api/v1/runs/{id}` or the websocket feed.
+/// it with `GET /api/v1/runs/{id}` or the websocket feed. With `dry_run`, every
+/// check a start makes is made (env, regions, budget) and the run's estimate is
+/// answered instead; nothing is recorded or launched.
 #[utoipa::path(post, path = "/api/v1/plans/{id}/runs", tag = "runs",
     params(("id" = uuid::Uuid, Path, description = "Plan id")),
-    request_body(content = Option<RunRequest>, description = "Optional run env and owner"),
-    responses((status = 201, body = RunView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    request_body(content = Option<RunRequest>, description = "Optional run env, owner and dry_run"),
+    responses((status = 201, body = RunView), (status = 200, body = Estimate, description = "dry_run: the estimate; nothing started"),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
-              (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)),
+              (status = 415, body = ErrorBody), (status = 422, body = ErrorBody, description = "Invalid, a region not configured, or over_budget")),
     security(("bearer" = [])))]
 pub async fn start_run(state: web::Data<ApiState>, req: HttpRequest, path: web::Path<String>, payload: web::Payload) -> Reply {
     let plan_id = input::id(&path, "id")?;
-    let (env, owner) = run_request(input::optional_json(&req, payload, state.max_body_bytes).await?)?;
-    let run = state.broker.send(StartRun { plan_id, owner, env, null_is_unset: false }).await??;
+    let (mut start, dry_run) = run_request(input::optional_json(&req, payload, state.max_body_bytes).await?)?;
+    start.plan_id = plan_id;
+    if dry_run {
+        return Ok(HttpResponse::Ok().json(state.broker.send(DryRun(start)).await??));
+    }
+    let run = state.broker.send(start).await??;
     Ok(HttpResponse::Created().json(run))
+}
+
+/// What a run of the plan costs on EC2 at most: instances by type, region and
+/// market, instance-hours and dollars per step and in all, from the price table
+/// (its source and date included); `null` figures say why in `notes`. With the
+/// `local` provider, what the run would cost on EC2. `over_budget` names the cap
+/// a run would pass.
+#[utoipa::path(get, path = "/api/v1/plans/{id}/estimate", tag = "plans",
+    params(("id" = uuid::Uuid, Path, description = "Plan id")),
+    responses((status = 200, body = Estimate), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn estimate_plan(state: web::Data<ApiState>, path: web::Path<String>) -> Reply {
+    let plan_id = input::id(&path, "id")?;
+    Ok(HttpResponse::Ok().json(state.broker.send(EstimatePlan { plan_id }).await??))
 }
 
 /// Aborts a run in any state; idempotent. Answers the run as it is now.

@@ -1,4 +1,4 @@
-//! The `loads` command line: `serve`, `run`, `compare`, `baseline`, `plan validate`, `import`, `config show`.
+//! The `loads` command line: `serve`, `run`, `compare`, `baseline`, `plan validate`, `plan estimate`, `import`, `config show`.
 
 mod plan;
 mod run;
@@ -20,6 +20,7 @@ Examples:
   loads serve                                  serve the API on 127.0.0.1:8080 with ./loads.db
   LOADS__SERVER__PORT=9000 loads serve         any setting can come from LOADS__SECTION__KEY
   loads plan validate examples/quickstart.toml check a project or plan file
+  loads plan estimate examples/demo.toml       what its plans cost on EC2
   loads import examples/quickstart.toml        load a project file into the database
   loads config show                            print the effective configuration (secrets masked)";
 
@@ -132,6 +133,22 @@ pub enum PlanCommand {
         #[arg(long = "env", value_name = "KEY=VALUE")]
         env: Vec<String>,
     },
+    /// What each plan of a file costs on EC2 at most, per step and in all, from the price table.
+    #[command(after_help = "Examples:\n  loads plan estimate examples/demo.toml\n  \
+        loads plan estimate project.json --plan \"Single Server\" --json\n\n\
+        Prices come from the table shipped with loads, or `pricing.file`; each instance is charged \
+        `pricing.setup_seconds` before its step. Exit status: 0, 1 when a plan is invalid or passes a \
+        `budget.*` cap (with pool.provider = \"ec2\"), 2 when the file cannot be read.")]
+    Estimate {
+        /// A project file or a single plan; .json, .toml, .yaml or .yml.
+        file: PathBuf,
+        /// Only this plan of a project.
+        #[arg(long)]
+        plan: Option<String>,
+        /// Print JSON (a list, one estimate per plan) instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `loads config ...`.
@@ -153,6 +170,17 @@ pub async fn run(cli: Cli) -> u8 {
     };
     if let Command::Plan(PlanCommand::Validate { file, env }) = &cli.command {
         return plan::validate(file, env, &settings.limits());
+    }
+    if let Command::Plan(PlanCommand::Estimate { file, plan: name, json }) = &cli.command {
+        let cost = match settings.cost() {
+            Ok(cost) => cost,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return 2;
+            }
+        };
+        let args = plan::EstimateArgs { file, plan: name.as_deref(), json: *json };
+        return plan::estimate(args, &settings.limits(), &cost);
     }
     if let Command::Relay(args) = cli.command {
         return match loads_relay::run::run(args, loads_relay::run::Target::from_env()).await {

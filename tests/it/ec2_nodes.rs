@@ -10,6 +10,7 @@
 
 use std::path::PathBuf;
 
+use actix_web::http::StatusCode;
 use aws_sdk_ec2::types::{Filter, InstanceAttributeName};
 use base64::Engine as _;
 use serde_json::{json, Value};
@@ -313,4 +314,126 @@ async fn a_quota_error_fails_the_step_with_the_aws_message() {
     assert!(reason.contains("VcpuLimitExceeded: You have requested more vCPU capacity"), "{reason}");
     assert_eq!(proxy.log.lock().unwrap().len(), 1, "not retried");
     assert!(instances_of(&c.app.broker_id).await.is_empty());
+}
+
+/// A run whose estimate passes a budget cap is refused with `over_budget`, the cap and the
+/// estimate named, before anything is recorded or launched; a dry run says the same.
+#[actix_web::test]
+async fn a_run_over_budget_is_refused_before_any_launch() {
+    let c = launch_only(&[("LOADS__BUDGET__MAX_USD_PER_RUN", "0.001"), ("LOADS__PRICING__SETUP_SECONDS", "300")]).await;
+    // 3 × t3.micro × (300 + 600) s = 0.75 h at $0.0104/h = $0.0078.
+    let mut gen = gen_step("gen", 3, "true");
+    gen["run_max_time"] = json!(600);
+    let plan = c.app.create_plan(json!({"name": "p", "steps": [gen]})).await;
+    let plan_id = plan["id"].as_str().unwrap();
+    for body in [json!({}), json!({"dry_run": true})] {
+        let (status, err) = c.app.post(&format!("/api/v1/plans/{plan_id}/runs"), &body).await;
+        assert_eq!((status, err["error"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("over_budget")), "{err}");
+        let message = err["message"].as_str().unwrap();
+        assert!(message.contains("estimated at $0.0078, over budget.max_usd_per_run ($0.001)"), "{message}");
+    }
+    let (_, e) = c.app.get(&format!("/api/v1/plans/{plan_id}/estimate")).await;
+    assert_eq!(e["provider"], "ec2");
+    assert!(e["over_budget"].as_str().unwrap().contains("budget.max_usd_per_run"), "{e:#}");
+    let (_, listed) = c.app.get(&format!("/api/v1/runs?plan_id={plan_id}")).await;
+    assert_eq!(listed["items"].as_array().map(Vec::len), Some(0), "no run recorded: {listed}");
+    assert!(instances_of(&c.app.broker_id).await.is_empty(), "nothing was launched");
+
+    // An unbounded step cannot be held to a cap: refused too, with the step named.
+    let mut forever = gen_step("forever", 1, "true");
+    forever["run_max_time"] = json!(0);
+    let plan = c.app.create_plan(json!({"name": "q", "steps": [forever]})).await;
+    let (status, err) = c.app.post(&format!("/api/v1/plans/{}/runs", plan["id"].as_str().unwrap()), &json!({})).await;
+    assert_eq!((status, err["error"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("over_budget")), "{err}");
+    assert!(err["message"].as_str().unwrap().contains("step \"forever\" has no upper bound"), "{err}");
+    assert!(instances_of(&c.app.broker_id).await.is_empty(), "nothing was launched");
+}
+
+/// A step in a region this broker has no settings for is a 422 naming the step and the
+/// region, before anything is launched.
+#[actix_web::test]
+async fn a_step_in_a_region_not_configured_is_refused_before_any_launch() {
+    let c = launch_only(&[]).await;
+    let mut eu = gen_step("eu", 1, "true");
+    eu["instance_region"] = json!("eu-west-1");
+    let plan = c.app.create_plan(json!({"name": "p", "steps": [gen_step("gen", 1, "true"), eu]})).await;
+    let (status, err) = c.app.post(&format!("/api/v1/plans/{}/runs", plan["id"].as_str().unwrap()), &json!({})).await;
+    assert_eq!((status, err["error"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("validation_failed")), "{err}");
+    assert_eq!(err["details"][0]["path"], "steps[1].instance_region", "{err}");
+    let message = err["details"][0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("step \"eu\": region \"eu-west-1\" is not configured on this broker (ec2.regions has: us-west-2)"),
+        "{message}"
+    );
+    assert!(instances_of(&c.app.broker_id).await.is_empty(), "nothing was launched");
+}
+
+/// A `spot` step's launch asks for spot instances, and they say so in their `loads:market` tag;
+/// its estimate is priced at the spot price EC2 answers now.
+#[actix_web::test]
+async fn spot_launches_carry_the_spot_market_option() {
+    let proxy = fault_proxy(&[]);
+    let c = launch_only(&[("LOADS__EC2__ENDPOINT_URL", proxy.url.as_str())]).await;
+    let mut step = gen_step("gen", 2, "true");
+    step["market"] = json!("spot");
+    let plan = c.app.create_plan(json!({"name": "p", "steps": [step]})).await;
+    let (_, e) = c.app.get(&format!("/api/v1/plans/{}/estimate", plan["id"].as_str().unwrap())).await;
+    let history = client()
+        .describe_spot_price_history()
+        .instance_types(aws_sdk_ec2::types::InstanceType::T3Micro)
+        .product_descriptions("Linux/UNIX")
+        .send()
+        .await
+        .unwrap();
+    let spot_prices: Vec<f64> = history.spot_price_history().iter().filter_map(|p| p.spot_price()?.parse().ok()).collect();
+    assert!(!spot_prices.is_empty(), "the double answers spot prices");
+    let quoted = e["steps"][0]["usd_per_instance_hour"].as_f64().unwrap();
+    assert!(spot_prices.contains(&quoted) && quoted < 0.0104, "priced at a spot price EC2 gave ({spot_prices:?}): {e:#}");
+    assert_eq!(e["steps"][0]["market"], "spot");
+
+    let (status, run) = c.app.post(&format!("/api/v1/plans/{}/runs", plan["id"].as_str().unwrap()), &json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{run}");
+    let run = c.app.wait_finished(run["id"].as_str().unwrap(), 120).await;
+    assert_reached_for_nodes(&run);
+    let markets: Vec<String> = proxy.log.lock().unwrap().iter().map(|l| l["market"].as_str().unwrap().to_string()).collect();
+    assert_eq!(markets, ["spot"]);
+    let seen = instances_of(&c.app.broker_id).await;
+    assert_eq!(seen.len(), 2);
+    assert!(seen.iter().all(|i| i.tags.get("loads:market").map(String::as_str) == Some("spot")), "{seen:?}");
+    until_all_terminated(&c.app.broker_id).await;
+}
+
+/// `spot_fallback` with no spot capacity: the spot request is not retried, and the
+/// shortfall (here every node) is launched on demand; the step goes on with them.
+#[actix_web::test]
+async fn spot_fallback_launches_the_shortfall_on_demand() {
+    let proxy = fault_proxy(&["--spot-short", "InsufficientInstanceCapacity"]);
+    let c = launch_only(&[("LOADS__EC2__ENDPOINT_URL", proxy.url.as_str())]).await;
+    let mut step = gen_step("gen", 2, "true");
+    step["market"] = json!("spot_fallback");
+    let run = run_plan(&c.app, json!({"name": "p", "steps": [step]})).await;
+    assert_reached_for_nodes(&run);
+    let asked: Vec<(String, u64, u64, String)> = proxy
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["market"].as_str().unwrap().into(),
+                l["min"].as_u64().unwrap(),
+                l["max"].as_u64().unwrap(),
+                l["answer"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        asked,
+        [("spot".into(), 1, 2, "InsufficientInstanceCapacity".into()), ("on_demand".into(), 2, 2, "passed".into())],
+        "spot once, then the shortfall on demand"
+    );
+    let seen = instances_of(&c.app.broker_id).await;
+    assert_eq!(seen.len(), 2);
+    assert!(seen.iter().all(|i| i.tags.get("loads:market").map(String::as_str) == Some("on_demand")), "{seen:?}");
+    until_all_terminated(&c.app.broker_id).await;
 }

@@ -7,6 +7,7 @@ mod api_input;
 mod auth;
 mod cli;
 mod compat;
+mod cost;
 mod dashboards;
 mod ec2_boot;
 mod ec2_nodes;

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::helpers::{Backend, TestApp};
 
-const ROUTES: [(&str, &str); 30] = [
+const ROUTES: [(&str, &str); 31] = [
     ("get", "/health"),
     ("get", "/api/v1/projects"),
     ("post", "/api/v1/projects"),
@@ -36,6 +36,7 @@ const ROUTES: [(&str, &str); 30] = [
     ("get", "/api/v1/runs/{id}/events"),
     ("get", "/api/v1/runs/{id}/compare"),
     ("get", "/api/v1/plans/{id}/baseline"),
+    ("get", "/api/v1/plans/{id}/estimate"),
     ("post", "/api/v1/plans/{id}/baseline"),
     ("delete", "/api/v1/plans/{id}/baseline"),
 ];

@@ -2,6 +2,7 @@
 //! checked, and the read models the API returns.
 
 pub mod compare;
+pub mod cost;
 pub mod dashboard;
 pub mod error;
 #[cfg(test)]
@@ -20,5 +21,5 @@ pub mod views;
 
 pub use error::{FieldError, ValidationErrors};
 pub use parse::DocumentFormat;
-pub use spec::{Env, PlanSpec, ProjectSpec, StepSpec};
+pub use spec::{Env, Market, PlanSpec, ProjectSpec, StepSpec};
 pub use validate::{Limits, Validated};

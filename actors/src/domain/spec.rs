@@ -30,6 +30,38 @@ pub mod defaults {
     pub const NODE_DELAY: u64 = 0;
 }
 
+/// How a step's EC2 instances are bought.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Market {
+    /// On-demand instances.
+    #[default]
+    OnDemand,
+    /// Spot instances only: a shortage of spot capacity is the step's shortage.
+    Spot,
+    /// Spot instances, and on-demand ones for whatever spot cannot give.
+    SpotFallback,
+}
+
+impl Market {
+    /// Every market, as written in plans.
+    pub const NAMES: &'static str = "\"on_demand\", \"spot\" or \"spot_fallback\"";
+
+    /// The name as written in plans.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OnDemand => "on_demand",
+            Self::Spot => "spot",
+            Self::SpotFallback => "spot_fallback",
+        }
+    }
+
+    /// The market named `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::OnDemand, Self::Spot, Self::SpotFallback].into_iter().find(|m| m.as_str() == name)
+    }
+}
+
 /// A project file: a project and its plans.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ProjectSpec {
@@ -79,6 +111,8 @@ pub struct StepSpec {
     pub instance_type: String,
     /// Region of the machines.
     pub instance_region: String,
+    /// How the machines are bought on EC2: `on_demand` (default), `spot`, `spot_fallback`.
+    pub market: Market,
     /// Seconds after the run's start before this step starts.
     pub run_delay: u64,
     /// Seconds after this step's start before it is stopped; 0 = no limit.
@@ -127,6 +161,7 @@ impl StepSpec {
             instance_count: defaults::INSTANCE_COUNT,
             instance_type: defaults::INSTANCE_TYPE.to_string(),
             instance_region: defaults::INSTANCE_REGION.to_string(),
+            market: Market::OnDemand,
             run_delay: defaults::RUN_DELAY,
             run_max_time: defaults::RUN_MAX_TIME,
             node_delay: defaults::NODE_DELAY,

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 
 use super::error::{FieldError, ValidationErrors};
 use super::interpolate::{self, INJECTED_VARIABLES};
-use super::spec::{defaults, Env, PlanSpec, ProjectSpec, StepSpec};
+use super::spec::{defaults, Env, Market, PlanSpec, ProjectSpec, StepSpec};
 use super::thresholds::{self, Aggregation, CompareRules, MetricKey, ThresholdRule, Thresholds};
 
 /// Caps that validation enforces, from the broker's configuration.
@@ -75,6 +75,7 @@ const STEP_FIELDS: &[&str] = &[
     "instance_count",
     "instance_type",
     "instance_region",
+    "market",
     "run_delay",
     "run_max_time",
     "node_delay",
@@ -650,6 +651,12 @@ impl<'l> Walker<'l> {
                 self.error(join(path, "instance_region"), "must be a region such as \"us-west-2\"");
             }
             step.instance_region = r;
+        }
+        if let Some(market) = self.string(m, path, "market", false) {
+            match Market::parse(&market) {
+                Some(known) => step.market = known,
+                None => self.error(join(path, "market"), format!("must be {}, not {market:?}", Market::NAMES)),
+            }
         }
         step.run_delay = self.seconds(m, path, "run_delay", defaults::RUN_DELAY);
         step.run_max_time = self.seconds(m, path, "run_max_time", defaults::RUN_MAX_TIME);

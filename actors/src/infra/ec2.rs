@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{
-    ArchitectureType, Filter, Instance, InstanceNetworkInterfaceSpecification, InstanceType, ResourceType, ShutdownBehavior, Tag,
-    TagSpecification, VirtualizationType,
+    ArchitectureType, Filter, Instance, InstanceInterruptionBehavior, InstanceMarketOptionsRequest, InstanceNetworkInterfaceSpecification,
+    InstanceType, MarketType, ResourceType, ShutdownBehavior, SpotInstanceType, SpotMarketOptions, Tag, TagSpecification,
+    VirtualizationType,
 };
 use aws_sdk_ec2::Client;
 use chrono::{DateTime, Utc};
@@ -39,6 +40,8 @@ pub mod tags {
     pub const SSH: &str = "loads:ssh";
     /// The node's port of the reverse forward its relay delivers metrics through.
     pub const FORWARD: &str = "loads:forward";
+    /// How the instance was bought: `spot` or `on_demand`.
+    pub const MARKET: &str = "loads:market";
 }
 
 /// Why EC2 refused.
@@ -129,7 +132,15 @@ pub struct Launch {
     pub user_data: String,
     /// Ask for a public address (the subnet does not give one, and the broker reaches nodes at theirs).
     pub associate_public_ip: bool,
+    /// Ask for spot instances (one-time, terminated when interrupted).
+    pub spot: bool,
+    /// Error codes answered at once instead of tried again: the caller goes elsewhere on them.
+    pub give_up_on: &'static [&'static str],
 }
+
+/// What EC2 answers when spot capacity is short: a `spot_fallback` step goes on demand on these.
+pub const SPOT_SHORTAGE: &[&str] =
+    &["InsufficientInstanceCapacity", "InsufficientCapacity", "SpotMaxPriceTooLow", "MaxSpotInstanceCountExceeded"];
 
 /// An instance as the API shows it.
 #[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
@@ -278,6 +289,15 @@ impl Region {
             if !config.key_name.is_empty() {
                 request = request.key_name(&config.key_name);
             }
+            if launch.spot {
+                let spot = SpotMarketOptions::builder()
+                    .spot_instance_type(SpotInstanceType::OneTime)
+                    .instance_interruption_behavior(InstanceInterruptionBehavior::Terminate)
+                    .build();
+                request = request.instance_market_options(
+                    InstanceMarketOptionsRequest::builder().market_type(MarketType::Spot).spot_options(spot).build(),
+                );
+            }
             // This loop is the one retry layer for launches: the SDK's own is off for them.
             let no_sdk_retries = aws_sdk_ec2::config::Builder::default().retry_config(aws_sdk_ec2::config::retry::RetryConfig::disabled());
             match request.customize().config_override(no_sdk_retries).send().await {
@@ -285,7 +305,8 @@ impl Region {
                 Err(e) => {
                     let error = self.error("launch instances", e);
                     attempt += 1;
-                    if !error.is_transient() || attempt >= backoff.attempts {
+                    let given_up = error.code.as_deref().is_some_and(|c| launch.give_up_on.contains(&c));
+                    if given_up || !error.is_transient() || attempt >= backoff.attempts {
                         return Err(error);
                     }
                     let wait = backoff.wait(attempt);
@@ -343,6 +364,29 @@ impl Region {
     pub async fn subnet_assigns_public_ip(&self, subnet: &str) -> Result<bool, Ec2Error> {
         let out = self.client.describe_subnets().subnet_ids(subnet).send().await.map_err(|e| self.error("describe subnets", e))?;
         Ok(out.subnets().first().and_then(|s| s.map_public_ip_on_launch()).unwrap_or(false))
+    }
+
+    /// The current spot price of one `instance_type` hour of Linux in this region: the highest
+    /// over its availability zones' latest prices (a launch may land in any); `None` when EC2 has none.
+    pub async fn spot_price(&self, instance_type: &str) -> Result<Option<f64>, Ec2Error> {
+        let out = self
+            .client
+            .describe_spot_price_history()
+            .instance_types(InstanceType::from(instance_type))
+            .product_descriptions("Linux/UNIX")
+            .start_time(aws_sdk_ec2::primitives::DateTime::from_secs(Utc::now().timestamp()))
+            .send()
+            .await
+            .map_err(|e| self.error("describe spot prices", e))?;
+        let mut latest: BTreeMap<String, (i64, f64)> = BTreeMap::new();
+        for p in out.spot_price_history() {
+            let (Some(zone), Some(price)) = (p.availability_zone(), p.spot_price().and_then(|s| s.parse::<f64>().ok())) else { continue };
+            let at = p.timestamp().map_or(0, |t| t.secs());
+            if latest.get(zone).is_none_or(|(seen, _)| at >= *seen) {
+                latest.insert(zone.to_string(), (at, price));
+            }
+        }
+        Ok(latest.values().map(|(_, p)| *p).reduce(f64::max))
     }
 
     /// Instances by id, whatever their state.

@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use super::reaper::all_instances;
 use super::{AcquireNodes, Ec2PoolActor, NodeGrant, OpenRun, PoolError, Shared};
+use crate::domain::Market;
 use crate::infra::docker::{labels, Engine};
 use crate::infra::ec2::{self, tags, InstanceView, NodeBoot, Region, RegionConfig};
 use crate::infra::ssh::{SshError, SshNode};
@@ -523,24 +524,18 @@ async fn provision(job: Provision, reused: Vec<CloudNode>) -> Result<Vec<Ready>,
             ("Owner".to_string(), cloud.owner.clone()),
         ];
         tag_list.extend(run_tags.iter().cloned());
-        // All of them first; if EC2 keeps lacking the capacity, whatever it has down to `min_nodes`.
         let min_new = msg.min_nodes.saturating_sub(reused.len() as u32).max(1);
-        let mut launch = ec2::Launch {
+        let launch = ec2::Launch {
             instance_type: msg.instance_type.clone(),
             count: new,
             min_count: new,
             tags: tag_list,
             user_data,
             associate_public_ip,
+            spot: false,
+            give_up_on: &[],
         };
-        let ids = match job.region.launch(&job.config, &launch, cloud.backoff).await {
-            Err(e) if e.code.as_deref() == Some("InsufficientInstanceCapacity") && min_new < new => {
-                tracing::warn!(error = %e, min_new, "not enough capacity for every node; asking for at least min_nodes");
-                launch.min_count = min_new;
-                job.region.launch(&job.config, &launch, cloud.backoff).await?
-            }
-            other => other?,
-        };
+        let ids = launch_instances(&job, launch, min_new).await?;
         tracing::info!(run_id = %msg.run_id, step_id = %msg.step_id, instances = ?ids, "launched instances");
         let (running, late) = match job.region.wait_running(&ids, cloud.launch_timeout).await {
             Ok(x) => x,
@@ -649,6 +644,68 @@ async fn run_all(ssh: &SshNode, commands: Vec<String>) -> Result<(), SshError> {
         }
     }
     Ok(())
+}
+
+/// `launch` bought as the step's market asks, tagged with it.
+fn bought(launch: &ec2::Launch, spot: bool) -> ec2::Launch {
+    let mut launch = launch.clone();
+    launch.spot = spot;
+    launch.tags.retain(|(k, _)| k != tags::MARKET);
+    launch.tags.push((tags::MARKET.to_string(), if spot { "spot" } else { "on_demand" }.to_string()));
+    launch
+}
+
+/// Launches a step's new instances; answers their ids. All of them first, in the step's
+/// market; if EC2 keeps lacking the capacity, whatever it has down to `min_new`. With
+/// `spot_fallback`, as many spot instances as EC2 gives and runs within
+/// `ec2.spot_wait_seconds`, then the shortfall on demand.
+async fn launch_instances(job: &Provision, launch: ec2::Launch, min_new: u32) -> Result<Vec<String>, PoolError> {
+    let (cloud, msg) = (&job.cloud, &job.msg);
+    let wanted = launch.count;
+    let mut ids = Vec::new();
+    let mut on_demand = bought(&launch, msg.market == Market::Spot);
+    if msg.market == Market::SpotFallback {
+        let spot = ec2::Launch { min_count: 1, give_up_on: ec2::SPOT_SHORTAGE, ..bought(&launch, true) };
+        match job.region.launch(&job.config, &spot, cloud.backoff).await {
+            Ok(launched) => {
+                let (running, late) = job.region.wait_running(&launched, cloud.spot_wait).await.unwrap_or((Vec::new(), launched));
+                if !late.is_empty() {
+                    tracing::warn!(instances = ?late, wait_s = cloud.spot_wait.as_secs(), "spot instances not running in time; terminating them");
+                    let _ = job.region.terminate(&late).await;
+                }
+                ids = running.into_iter().map(|i| i.id).collect();
+            }
+            Err(e) if e.code.as_deref().is_some_and(|c| ec2::SPOT_SHORTAGE.contains(&c)) => {
+                tracing::warn!(error = %e, "no spot capacity; launching on demand");
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let short = wanted.saturating_sub(ids.len() as u32);
+        if short == 0 {
+            return Ok(ids);
+        }
+        tracing::info!(spot = ids.len(), on_demand = short, "launching the spot shortfall on demand");
+        on_demand.count = short;
+        on_demand.min_count = short;
+    }
+    let still_needed = min_new.saturating_sub(ids.len() as u32).max(1).min(on_demand.count);
+    let more = match job.region.launch(&job.config, &on_demand, cloud.backoff).await {
+        Err(e) if e.code.as_deref() == Some("InsufficientInstanceCapacity") && still_needed < on_demand.count => {
+            tracing::warn!(error = %e, still_needed, "not enough capacity for every node; asking for at least min_nodes");
+            on_demand.min_count = still_needed;
+            job.region.launch(&job.config, &on_demand, cloud.backoff).await
+        }
+        other => other,
+    };
+    match more {
+        Ok(more) => ids.extend(more),
+        Err(e) if ids.len() as u32 >= min_new => tracing::warn!(error = %e, nodes = ids.len(), "going on with the spot nodes EC2 gave"),
+        Err(e) => {
+            let _ = job.region.terminate(&ids).await;
+            return Err(e.into());
+        }
+    }
+    Ok(ids)
 }
 
 /// Connects to a freshly launched instance and gets its Docker engine through SSH.

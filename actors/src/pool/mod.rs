@@ -212,6 +212,36 @@ impl Actor for Ec2PoolActor {
     }
 }
 
+/// The current spot prices of these (region, instance type) pairs; a pair EC2 gives no price
+/// for, or whose region is not configured, is left out (and the reason logged).
+#[derive(Debug, Message)]
+#[rtype(result = "crate::domain::cost::SpotPrices")]
+pub struct SpotPrices {
+    /// (region, instance type) pairs.
+    pub wanted: Vec<(String, String)>,
+}
+
+impl Handler<SpotPrices> for Ec2PoolActor {
+    type Result = actix::ResponseFuture<crate::domain::cost::SpotPrices>;
+
+    fn handle(&mut self, msg: SpotPrices, _: &mut Context<Self>) -> Self::Result {
+        let asks: Vec<_> = msg.wanted.into_iter().filter_map(|(name, t)| Some((self.shared.region(&name)?, name, t))).collect();
+        Box::pin(async move {
+            let mut prices = crate::domain::cost::SpotPrices::new();
+            for (region, name, instance_type) in asks {
+                match region.spot_price(&instance_type).await {
+                    Ok(Some(price)) => {
+                        prices.insert((name, instance_type), price);
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "could not read spot prices"),
+                }
+            }
+            prices
+        })
+    }
+}
+
 /// Prepares a run that needs `instances` nodes: checks the caps and reserves
 /// them (`ec2`), or creates the run's network (`local`).
 #[derive(Debug, Message)]
@@ -278,6 +308,8 @@ pub struct AcquireNodes {
     pub instance_type: String,
     /// Region (used by cloud providers).
     pub region: String,
+    /// How the instances are bought (used by cloud providers).
+    pub market: crate::domain::Market,
     /// How long the nodes are needed at most, from now (the dead-man's switch adds a grace period).
     pub needed_for: Duration,
     /// Carried on after a restart: the nodes the step had, adopted by `AdoptRun`, not new ones.

@@ -95,6 +95,7 @@ pub mod step {
         pub updated_at: DateTimeUtc,
         #[sea_orm(column_type = "Text", nullable)]
         pub thresholds: Option<String>,
+        pub market: String,
     }
 
     no_relations!();

@@ -46,6 +46,14 @@ pub enum StoreError {
         /// Which limit, for a human.
         message: String,
     },
+    /// The request is well formed but what it asks for is refused (a budget cap).
+    #[error("{message}")]
+    Refused {
+        /// Stable snake_case code.
+        code: &'static str,
+        /// What refuses it and why, for a human.
+        message: String,
+    },
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[from] DbErr),
