@@ -20,7 +20,7 @@ use crate::domain::Env;
 use crate::domain::{FieldError, ValidationErrors};
 use crate::feed::{Feed, RunEvent};
 use crate::metrics::MetricsActor;
-use crate::pool::{Ec2PoolActor, Reap, SpotPrices, SweepOrphans, TerminateRunInstances};
+use crate::pool::{Ec2PoolActor, InstanceLimits, Reap, SpotPrices, SweepOrphans, TerminateRunInstances};
 use crate::run_supervisor::{
     AbortRun as AbortSupervised, RunEnded, RunServices, RunSupervisor, Subscribe as SubscribeSupervised, Subscription,
 };
@@ -255,7 +255,13 @@ async fn estimate(spec: &crate::domain::PlanSpec, cost: &CostSettings, pool: &Ad
     } else {
         cost::SpotPrices::new()
     };
-    cost::estimate(spec, &cost.prices, &spot, cost.setup_seconds, provider)
+    let mut estimate = cost::estimate(spec, &cost.prices, &spot, cost.setup_seconds, provider);
+    if cost.cloud_regions.is_some() {
+        let regions: std::collections::BTreeSet<String> = estimate.steps.iter().map(|s| s.region.clone()).collect();
+        let limits = pool.send(InstanceLimits { regions: regions.into_iter().collect() }).await.unwrap_or_default();
+        estimate.check_quotas(&limits);
+    }
+    estimate
 }
 
 /// A run that passed every check before it is recorded.

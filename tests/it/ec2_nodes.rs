@@ -437,3 +437,23 @@ async fn spot_fallback_launches_the_shortfall_on_demand() {
     assert!(seen.iter().all(|i| i.tags.get("loads:market").map(String::as_str) == Some("on_demand")), "{seen:?}");
     until_all_terminated(&c.app.broker_id).await;
 }
+
+/// The estimate checks the plan's instances per region against the account's instance
+/// limit, as EC2 gives it (the double's `max-instances` is 20), and names the shortfall.
+#[actix_web::test]
+async fn an_estimate_names_a_region_over_the_account_instance_limit() {
+    let c = launch_only(&[]).await;
+    let plan = c.app.create_plan(json!({"name": "p", "steps": [gen_step("a", 12, "true"), gen_step("b", 9, "true")]})).await;
+    let (status, e) = c.app.get(&format!("/api/v1/plans/{}/estimate", plan["id"].as_str().unwrap())).await;
+    assert_eq!(status, StatusCode::OK, "{e}");
+    assert_eq!(
+        e["quota"],
+        json!([{"region": REGION, "instances": 21, "vcpus": 42, "max_instances": 20,
+        "shortfall": "us-west-2: the plan runs 21 instances at once; the account allows 20 there (max-instances)"}])
+    );
+    assert!(e["notes"].to_string().contains("the account allows 20 there"), "{e:#}");
+    let plan = c.app.create_plan(json!({"name": "q", "steps": [gen_step("a", 2, "true")]})).await;
+    let (_, e) = c.app.get(&format!("/api/v1/plans/{}/estimate", plan["id"].as_str().unwrap())).await;
+    assert_eq!(e["quota"][0]["shortfall"], Value::Null, "{e:#}");
+    assert!(instances_of(&c.app.broker_id).await.is_empty(), "an estimate launches nothing");
+}

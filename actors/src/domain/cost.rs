@@ -135,6 +135,51 @@ pub struct Estimate {
     pub prices: PriceSource,
     /// The budget cap this estimate passes (a run would be refused with `over_budget`); `null` when none.
     pub over_budget: Option<String>,
+    /// Per region, what the plan needs against the account's instance limit (EC2 only).
+    pub quota: Vec<RegionQuota>,
+}
+
+/// What a plan needs in one region, against what the account allows there.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct RegionQuota {
+    /// The region.
+    pub region: String,
+    /// Instances the plan runs there at once.
+    pub instances: u32,
+    /// vCPUs the plan runs there at once (compare with the vCPU quota in Service Quotas).
+    pub vcpus: u32,
+    /// The account's instance limit there (`max-instances`); `null` when EC2 did not say.
+    pub max_instances: Option<u32>,
+    /// Why the plan does not fit; `null` when it does.
+    pub shortfall: Option<String>,
+}
+
+impl Estimate {
+    /// Checks the plan's instances per region against the account's limits (`max_instances` by
+    /// region); each shortfall is named in `quota` and in `notes`.
+    pub fn check_quotas(&mut self, max_instances: &BTreeMap<String, u32>) {
+        let mut instances = BTreeMap::<String, u32>::new();
+        for s in &self.steps {
+            *instances.entry(s.region.clone()).or_default() += s.instances;
+        }
+        self.quota = instances
+            .into_iter()
+            .map(|(region, needed)| {
+                let max = max_instances.get(&region).copied();
+                let shortfall = max
+                    .filter(|m| needed > *m)
+                    .map(|m| format!("{region}: the plan runs {needed} instances at once; the account allows {m} there (max-instances)"));
+                RegionQuota {
+                    vcpus: self.vcpus_by_region.get(&region).copied().unwrap_or(0),
+                    region,
+                    instances: needed,
+                    max_instances: max,
+                    shortfall,
+                }
+            })
+            .collect();
+        self.notes.extend(self.quota.iter().filter_map(|q| q.shortfall.clone()));
+    }
 }
 
 /// Rounds away floating-point noise (a millionth of a dollar or an hour).
@@ -234,6 +279,7 @@ pub fn estimate(plan: &PlanSpec, table: &PriceTable, spot: &SpotPrices, setup_se
         setup_seconds,
         prices: PriceSource { source: table.source.clone(), date: table.date.clone(), currency: table.currency.clone() },
         over_budget: None,
+        quota: Vec::new(),
     }
 }
 
@@ -425,6 +471,20 @@ mod tests {
         let e = estimate(&plan, &PriceTable::shipped(), 300, "ec2");
         assert_eq!(e.steps[1].usd_per_instance_hour, Some(0.0104), "no spot price: on demand, the ceiling");
         assert!(e.notes[0].contains("no current spot price for t3.micro in us-west-2"), "{:?}", e.notes);
+    }
+
+    #[test]
+    fn a_region_over_the_account_instance_limit_is_named() {
+        let mut e = estimate(&demo(), &PriceTable::shipped(), 300, "ec2");
+        e.check_quotas(&BTreeMap::from([("us-west-2".to_string(), 3)]));
+        assert_eq!(e.quota.len(), 1);
+        assert_eq!((e.quota[0].instances, e.quota[0].vcpus, e.quota[0].max_instances), (4, 8, Some(3)));
+        let why = "us-west-2: the plan runs 4 instances at once; the account allows 3 there (max-instances)";
+        assert_eq!(e.quota[0].shortfall.as_deref(), Some(why));
+        assert_eq!(e.notes, [why]);
+        let mut e = estimate(&demo(), &PriceTable::shipped(), 300, "ec2");
+        e.check_quotas(&BTreeMap::new());
+        assert_eq!((e.quota[0].max_instances, &e.quota[0].shortfall, e.notes.len()), (None, &None, 0));
     }
 
     #[test]

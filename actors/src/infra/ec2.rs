@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{
-    ArchitectureType, Filter, Instance, InstanceInterruptionBehavior, InstanceMarketOptionsRequest, InstanceNetworkInterfaceSpecification,
-    InstanceType, MarketType, ResourceType, ShutdownBehavior, SpotInstanceType, SpotMarketOptions, Tag, TagSpecification,
-    VirtualizationType,
+    AccountAttributeName, ArchitectureType, Filter, Instance, InstanceInterruptionBehavior, InstanceMarketOptionsRequest,
+    InstanceNetworkInterfaceSpecification, InstanceType, MarketType, ResourceType, ShutdownBehavior, SpotInstanceType, SpotMarketOptions,
+    Tag, TagSpecification, VirtualizationType,
 };
 use aws_sdk_ec2::Client;
 use chrono::{DateTime, Utc};
@@ -387,6 +387,23 @@ impl Region {
             }
         }
         Ok(latest.values().map(|(_, p)| *p).reduce(f64::max))
+    }
+
+    /// The account's instance limit in this region (the `max-instances` account attribute).
+    pub async fn max_instances(&self) -> Result<Option<u32>, Ec2Error> {
+        let out = self
+            .client
+            .describe_account_attributes()
+            .attribute_names(AccountAttributeName::from("max-instances"))
+            .send()
+            .await
+            .map_err(|e| self.error("describe account attributes", e))?;
+        Ok(out
+            .account_attributes()
+            .iter()
+            .filter(|a| a.attribute_name() == Some("max-instances"))
+            .flat_map(|a| a.attribute_values())
+            .find_map(|v| v.attribute_value()?.parse().ok()))
     }
 
     /// Instances by id, whatever their state.

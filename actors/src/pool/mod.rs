@@ -242,6 +242,36 @@ impl Handler<SpotPrices> for Ec2PoolActor {
     }
 }
 
+/// The account's instance limit (`max-instances`) in each of these regions; a region
+/// not configured, or whose limit EC2 does not give, is left out (and the reason logged).
+#[derive(Debug, Message)]
+#[rtype(result = "std::collections::BTreeMap<String, u32>")]
+pub struct InstanceLimits {
+    /// Region names.
+    pub regions: Vec<String>,
+}
+
+impl Handler<InstanceLimits> for Ec2PoolActor {
+    type Result = actix::ResponseFuture<std::collections::BTreeMap<String, u32>>;
+
+    fn handle(&mut self, msg: InstanceLimits, _: &mut Context<Self>) -> Self::Result {
+        let asks: Vec<_> = msg.regions.into_iter().filter_map(|name| Some((self.shared.region(&name)?, name))).collect();
+        Box::pin(async move {
+            let mut limits = std::collections::BTreeMap::new();
+            for (region, name) in asks {
+                match region.max_instances().await {
+                    Ok(Some(max)) => {
+                        limits.insert(name, max);
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "could not read the account's instance limit"),
+                }
+            }
+            limits
+        })
+    }
+}
+
 /// Prepares a run that needs `instances` nodes: checks the caps and reserves
 /// them (`ec2`), or creates the run's network (`local`).
 #[derive(Debug, Message)]
