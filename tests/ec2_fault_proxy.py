@@ -17,6 +17,7 @@ what it was told.
   --spot-short CODE  every spot RunInstances (InstanceMarketOptions.MarketType
                      spot) gets CODE (InsufficientInstanceCapacity,
                      SpotMaxPriceTooLow): no spot capacity at all
+  --log-actions A,B  also log each request of these actions as {"action": A}
   --not-found N      the first N DescribeInstances naming instance ids get
                      InvalidInstanceID.NotFound, as EC2 answers for a while
                      after a launch (eventual consistency); each is logged as
@@ -50,6 +51,7 @@ def main():
     parser.add_argument("--delay", default="")
     parser.add_argument("--not-found", type=int, default=0)
     parser.add_argument("--spot-short", default="")
+    parser.add_argument("--log-actions", default="")
     args = parser.parse_args()
     fail_code, fail_left = (args.fail.split(":")[0], int(args.fail.split(":")[1])) if args.fail else ("", 0)
     lock = threading.Lock()
@@ -73,6 +75,9 @@ def main():
         def do_POST(self):
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
+            action = form.get("Action", [""])[0]
+            if action and action in args.log_actions.split(","):
+                print(json.dumps({"action": action}), flush=True)
             if form.get("Action") == ["DescribeInstances"] and "InstanceId.1" in form:
                 with lock:
                     missing = state["not_found_left"] > 0

@@ -180,7 +180,9 @@ pub async fn run(cli: Cli) -> u8 {
             }
         };
         let args = plan::EstimateArgs { file, plan: name.as_deref(), json: *json };
-        return plan::estimate(args, &settings.limits(), &cost);
+        // An estimate mounts nothing: host paths are checked by the broker that runs the plan.
+        let limits = loads_actors::domain::Limits { volume_root: None, ..settings.limits() };
+        return plan::estimate(args, &limits, &cost);
     }
     if let Command::Relay(args) = cli.command {
         return match loads_relay::run::run(args, loads_relay::run::Target::from_env()).await {

@@ -154,3 +154,18 @@ async fn a_step_market_is_checked_and_kept() {
     let (_, read) = app.get(&format!("/api/v1/plans/{}", plan["id"].as_str().unwrap())).await;
     assert_eq!((read["steps"][0]["market"].as_str(), read["steps"][1]["market"].as_str()), (Some("on_demand"), Some("spot_fallback")));
 }
+
+/// The loads v2 project file is estimated as it is (its `/var/log` volumes are the running
+/// broker's concern, not the estimate's): "Single Server" is 10 × m3.large for 300 + 3600 s
+/// and 5 × t2.medium for 300 + 10 + 3590 s in us-east-1, at $0.133/h and $0.0464/h.
+#[test]
+fn loads_plan_estimate_prices_the_loads_v2_project_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = crate::helpers::fixtures().join("loads-broker/pushgo.json");
+    let out = loads(&["plan", "estimate", file.to_str().unwrap(), "--plan", "Single Server", "--json"], &[], dir.path());
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let e: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(e.as_array().map(Vec::len), Some(1), "only the plan asked for");
+    assert!(close(&e[0]["usd"], 39_000.0 / 3600.0 * 0.133 + 19_500.0 / 3600.0 * 0.0464), "{e:#}");
+    assert_eq!(e[0]["instances"], 15);
+}

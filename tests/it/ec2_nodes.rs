@@ -457,3 +457,23 @@ async fn an_estimate_names_a_region_over_the_account_instance_limit() {
     assert_eq!(e["quota"][0]["shortfall"], Value::Null, "{e:#}");
     assert!(instances_of(&c.app.broker_id).await.is_empty(), "an estimate launches nothing");
 }
+
+/// Estimates may be asked for by anyone with a read token: EC2 is asked for a spot price and
+/// an instance limit once, not once per estimate.
+#[actix_web::test]
+async fn estimates_ask_ec2_once_for_prices_and_limits() {
+    let proxy = fault_proxy(&["--log-actions", "DescribeSpotPriceHistory,DescribeAccountAttributes"]);
+    let c = launch_only(&[("LOADS__EC2__ENDPOINT_URL", proxy.url.as_str())]).await;
+    let mut step = gen_step("gen", 1, "true");
+    step["market"] = json!("spot");
+    let plan = c.app.create_plan(json!({"name": "p", "steps": [step]})).await;
+    let mut quoted = Vec::new();
+    for _ in 0..3 {
+        let (status, e) = c.app.get(&format!("/api/v1/plans/{}/estimate", plan["id"].as_str().unwrap())).await;
+        assert_eq!(status, StatusCode::OK, "{e}");
+        quoted.push((e["steps"][0]["usd_per_instance_hour"].clone(), e["quota"][0]["max_instances"].clone()));
+    }
+    assert!(quoted.iter().all(|q| *q == quoted[0]) && quoted[0].1 == 20, "the same answers each time: {quoted:?}");
+    let actions: Vec<String> = proxy.log.lock().unwrap().iter().filter_map(|l| Some(l["action"].as_str()?.to_string())).collect();
+    assert_eq!(actions, ["DescribeSpotPriceHistory", "DescribeAccountAttributes"]);
+}

@@ -13,7 +13,8 @@
 //!
 //! Whatever the provider, the pool also owns the final label sweep and the EC2
 //! reaper ([`reaper`]), because it is the one that knows which engines and
-//! instances a run touched.
+//! instances a run touched, and what EC2 says about prices and limits for
+//! estimates ([`account`]), because it holds the EC2 clients.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,10 +23,12 @@ use std::time::Duration;
 use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, ResponseActFuture, WrapFuture};
 use uuid::Uuid;
 
+mod account;
 mod cloud;
 mod local;
 mod reaper;
 
+pub use account::{InstanceLimits, SpotPrices};
 pub use reaper::{ListInstances, Reap, SweepOrphans, TerminateInstances};
 
 use crate::infra::docker::{labels, DockerError, Engine};
@@ -145,6 +148,7 @@ enum Provider {
 pub struct Ec2PoolActor {
     shared: Shared,
     provider: Provider,
+    facts: account::Facts,
 }
 
 impl Ec2PoolActor {
@@ -155,7 +159,7 @@ impl Ec2PoolActor {
             tracing::warn!(error = %e, "no Docker engine: runs will fail until one is reachable");
         }
         let shared = Shared { broker_id, engine, ingest: SocketAddr::from(([127, 0, 0, 1], 0)), regions: Vec::new() };
-        Self { shared, provider: Provider::Local(local::LocalNodes::default()) }
+        Self { shared, provider: Provider::Local(local::LocalNodes::default()), facts: account::Facts::default() }
     }
 
     /// Also manages this broker's EC2 instances in `regions`.
@@ -209,66 +213,6 @@ impl Actor for Ec2PoolActor {
                 });
             }
         }
-    }
-}
-
-/// The current spot prices of these (region, instance type) pairs; a pair EC2 gives no price
-/// for, or whose region is not configured, is left out (and the reason logged).
-#[derive(Debug, Message)]
-#[rtype(result = "crate::domain::cost::SpotPrices")]
-pub struct SpotPrices {
-    /// (region, instance type) pairs.
-    pub wanted: Vec<(String, String)>,
-}
-
-impl Handler<SpotPrices> for Ec2PoolActor {
-    type Result = actix::ResponseFuture<crate::domain::cost::SpotPrices>;
-
-    fn handle(&mut self, msg: SpotPrices, _: &mut Context<Self>) -> Self::Result {
-        let asks: Vec<_> = msg.wanted.into_iter().filter_map(|(name, t)| Some((self.shared.region(&name)?, name, t))).collect();
-        Box::pin(async move {
-            let mut prices = crate::domain::cost::SpotPrices::new();
-            for (region, name, instance_type) in asks {
-                match region.spot_price(&instance_type).await {
-                    Ok(Some(price)) => {
-                        prices.insert((name, instance_type), price);
-                    }
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!(error = %e, "could not read spot prices"),
-                }
-            }
-            prices
-        })
-    }
-}
-
-/// The account's instance limit (`max-instances`) in each of these regions; a region
-/// not configured, or whose limit EC2 does not give, is left out (and the reason logged).
-#[derive(Debug, Message)]
-#[rtype(result = "std::collections::BTreeMap<String, u32>")]
-pub struct InstanceLimits {
-    /// Region names.
-    pub regions: Vec<String>,
-}
-
-impl Handler<InstanceLimits> for Ec2PoolActor {
-    type Result = actix::ResponseFuture<std::collections::BTreeMap<String, u32>>;
-
-    fn handle(&mut self, msg: InstanceLimits, _: &mut Context<Self>) -> Self::Result {
-        let asks: Vec<_> = msg.regions.into_iter().filter_map(|name| Some((self.shared.region(&name)?, name))).collect();
-        Box::pin(async move {
-            let mut limits = std::collections::BTreeMap::new();
-            for (region, name) in asks {
-                match region.max_instances().await {
-                    Ok(Some(max)) => {
-                        limits.insert(name, max);
-                    }
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!(error = %e, "could not read the account's instance limit"),
-                }
-            }
-            limits
-        })
     }
 }
 
