@@ -5,7 +5,8 @@ use std::process::{Command, Output};
 
 use crate::helpers::fixtures;
 
-fn loads(args: &[&str], env: &[(&str, &str)], dir: &Path) -> Output {
+/// Runs the `loads` binary in `dir` with `env` and none of the caller's `LOADS__` settings.
+pub(crate) fn loads(args: &[&str], env: &[(&str, &str)], dir: &Path) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_loads"));
     cmd.args(args).current_dir(dir).env_remove("RUST_LOG");
     for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("LOADS__")) {

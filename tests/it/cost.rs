@@ -3,12 +3,10 @@
 //! shipped price table. The EC2 side (budgets refusing a run before any launch,
 //! regions not configured) is in `ec2_nodes`.
 
-use std::path::Path;
-use std::process::Command;
-
 use actix_web::http::StatusCode;
 use serde_json::{json, Value};
 
+use crate::cli::loads;
 use crate::helpers::{Backend, TestApp};
 
 fn close(v: &Value, expected: f64) -> bool {
@@ -80,16 +78,6 @@ async fn a_dry_run_checks_and_estimates_without_starting() {
     assert_eq!((status, err["details"][0]["path"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("dry_run")), "{err}");
     let (_, listed) = app.get(&format!("/api/v1/runs?plan_id={}", plan["id"].as_str().unwrap())).await;
     assert_eq!(listed["items"].as_array().map(Vec::len), Some(0), "nothing was started: {listed}");
-}
-
-fn loads(args: &[&str], env: &[(&str, &str)], dir: &Path) -> std::process::Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_loads"));
-    cmd.args(args).current_dir(dir).env_remove("RUST_LOG");
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("LOADS__")) {
-        cmd.env_remove(k);
-    }
-    cmd.envs(env.iter().copied());
-    cmd.output().expect("run loads")
 }
 
 /// The demo plan: the service until the last generator ends (5 + 60 s), 2 shell generators
