@@ -68,14 +68,34 @@ impl Default for PricingSettings {
     }
 }
 
-/// Caps on what a run may cost on EC2, checked against its estimate before anything is launched; 0 = no cap.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+/// Caps on what runs may cost on EC2, checked against a run's estimate before anything is
+/// launched and against its recorded cost while it runs; 0 = no cap.
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BudgetSettings {
-    /// Most dollars one run's estimate may reach.
+    /// Most dollars one run may reach.
     pub max_usd_per_run: f64,
-    /// Most instance-hours one run's estimate may reach.
+    /// Most instance-hours one run may reach.
     pub max_instance_hours_per_run: f64,
+    /// Most dollars this broker's runs may reach in a calendar month (UTC), from their recorded cost.
+    pub max_usd_per_month: f64,
+    /// How often a live run's cost is metered, recorded and checked against the caps, in seconds.
+    pub check_seconds: f64,
+    /// The clock the cost meter reads (the system's; tests give their own).
+    #[serde(skip)]
+    pub clock: loads_actors::domain::usage::Clock,
+}
+
+impl Default for BudgetSettings {
+    fn default() -> Self {
+        Self {
+            max_usd_per_run: 0.0,
+            max_instance_hours_per_run: 0.0,
+            max_usd_per_month: 0.0,
+            check_seconds: 10.0,
+            clock: Default::default(),
+        }
+    }
 }
 
 /// The HTTP server.
@@ -838,6 +858,12 @@ impl Settings {
         if !(self.budget.max_instance_hours_per_run.is_finite() && self.budget.max_instance_hours_per_run >= 0.0) {
             return invalid("budget.max_instance_hours_per_run", "must be a number of hours, 0 or more (0 = no cap)");
         }
+        if !(self.budget.max_usd_per_month.is_finite() && self.budget.max_usd_per_month >= 0.0) {
+            return invalid("budget.max_usd_per_month", "must be a number of dollars, 0 or more (0 = no cap)");
+        }
+        if !(self.budget.check_seconds.is_finite() && (0.05..=3600.0).contains(&self.budget.check_seconds)) {
+            return invalid("budget.check_seconds", "must be a number of seconds from 0.05 to 3600");
+        }
         if self.metrics.ingest_body_timeout_seconds == 0 {
             return invalid("metrics.ingest_body_timeout_seconds", "must be at least 1");
         }
@@ -1026,7 +1052,10 @@ impl Settings {
             budget: Budget {
                 max_usd_per_run: cap(self.budget.max_usd_per_run),
                 max_instance_hours_per_run: cap(self.budget.max_instance_hours_per_run),
+                max_usd_per_month: cap(self.budget.max_usd_per_month),
             },
+            check_every: std::time::Duration::from_secs_f64(self.budget.check_seconds),
+            clock: self.budget.clock.clone(),
             cloud_regions: (self.pool.provider == Provider::Ec2).then(|| self.region_names()),
         })
     }

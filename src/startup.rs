@@ -60,7 +60,11 @@ impl Actors {
             let timeout = std::time::Duration::from_secs(settings.ec2.request_timeout_seconds);
             regions.push(loads_actors::infra::ec2::Region::connect(&region, endpoint, timeout).await);
         }
-        let mut pool = Ec2PoolActor::local(settings.broker.id.clone()).await.with_regions(regions).with_ingest(ingest_address);
+        let mut pool = Ec2PoolActor::local(settings.broker.id.clone())
+            .await
+            .with_regions(regions)
+            .with_ingest(ingest_address)
+            .with_meter_clock(settings.budget.clock.clone());
         if let Some(cloud) = settings.cloud()? {
             pool = pool.with_cloud(cloud);
         }

@@ -232,12 +232,20 @@ impl Handler<EstimatePlan> for BrokerActor {
                 let plan = plans::get(&db, msg.plan_id).await?;
                 let mut estimate = estimate(&plan.spec(), &cost, &pool).await;
                 if cost.cloud_regions.is_some() {
-                    estimate.over_budget = cost.budget.refusal(&estimate);
+                    estimate.over_budget = cost.budget.refusal(&estimate, month_to_date(&db, &cost).await?);
                 }
                 Ok(estimate)
             }
             .into_actor(self),
         )
+    }
+}
+
+/// The dollars this broker's runs recorded this month, when a monthly cap needs them.
+async fn month_to_date(db: &DatabaseConnection, cost: &CostSettings) -> Result<f64, StoreError> {
+    match cost.budget.max_usd_per_month {
+        Some(_) => runs::cost_since(db, crate::run_cost::month_start(), Uuid::nil()).await,
+        None => Ok(0.0),
     }
 }
 
@@ -325,8 +333,10 @@ async fn preflight(
         }
     }
     let estimate = estimate(&spec, cost, pool).await;
-    if let (Some(_), Some(why)) = (&cost.cloud_regions, cost.budget.refusal(&estimate)) {
-        return Err(StoreError::Refused { code: "over_budget", message: format!("plan {:?}: {why}", plan.plan.name) });
+    if cost.cloud_regions.is_some() {
+        if let Some(why) = cost.budget.refusal(&estimate, month_to_date(db, cost).await?) {
+            return Err(StoreError::Refused { code: "over_budget", message: format!("plan {:?}: {why}", plan.plan.name) });
+        }
     }
     Ok(Checked { plan, run_env, unset, estimate })
 }

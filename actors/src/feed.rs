@@ -114,6 +114,12 @@ pub enum EventKind {
         /// The threshold as it stands.
         threshold: ThresholdView,
     },
+    /// What the run's EC2 instances have cost so far, after each metering (`budget.check_seconds`)
+    /// and once complete when the run closes.
+    Cost {
+        /// The cost as recorded.
+        cost: crate::domain::usage::RunCost,
+    },
     /// The run's verdict, published once stored, just before the run's final state.
     Verdict {
         /// The verdict.

@@ -14,6 +14,7 @@ pub mod infra;
 pub mod journal;
 pub mod metrics;
 pub mod pool;
+pub mod run_cost;
 pub mod run_supervisor;
 pub mod settings;
 pub mod step;

@@ -51,6 +51,7 @@ use crate::feed::{EventKind, Feed, RunEvent};
 use crate::journal::{self, Journal, Journaled};
 use crate::metrics::{FinishRun, MetricsActor, MetricsPublished, PublishDashboard, ThresholdsJudged, TrackRun, TrackedStep};
 use crate::pool::{AdoptRun, CloseRun, Ec2PoolActor, OpenRun};
+use crate::run_cost::RunMeter;
 use crate::settings::RunSettings;
 use crate::step::{ReportKind, StartStep, StepActor, StepContext, StepLogs, StepReport, StepResume, StopStep};
 use crate::store::{plans, runs, StoreError};
@@ -113,6 +114,10 @@ pub struct RunSupervisor {
     resumed: Option<Resumed>,
     /// The feed number last written to the database.
     recorded_seq: u64,
+    /// What the run's instances cost, metered and checked against the budget.
+    meter: RunMeter,
+    /// A metering is under way.
+    metering: bool,
 }
 
 /// What the database says of a run being carried on.
@@ -136,6 +141,7 @@ impl RunSupervisor {
         ingest_token: String,
     ) -> Self {
         let RunServices { settings, db, pool, metrics } = services;
+        let meter = RunMeter::new(run_id, pool.clone(), db.clone(), settings.cost.clone(), None);
         let steps = plan
             .steps
             .iter()
@@ -172,6 +178,8 @@ impl RunSupervisor {
             start_timers: Vec::new(),
             resumed: None,
             recorded_seq: 0,
+            meter,
+            metering: false,
         }
     }
 
@@ -186,10 +194,12 @@ impl RunSupervisor {
     ) -> Self {
         let token = recovery.ingest_token.clone().unwrap_or_default();
         let mut me = Self::new(run.id, plan, run_env, services, broker, token);
+        me.meter = RunMeter::new(run.id, me.pool.clone(), me.db.clone(), me.settings.cost.clone(), run.cost.clone());
         // A terminating run ends as it was ending: its cause is stored with the state.
         // (A breach's reason names its threshold first; a step's failure names its step.)
         me.phase = match (run.state, run.aborted, &run.failure_reason) {
-            (RunState::Terminating, true, _) => RunPhase::Terminating(Ending::Aborted),
+            (RunState::Terminating, true, Some(reason)) => RunPhase::Terminating(Ending::OverBudget(reason.clone())),
+            (RunState::Terminating, true, None) => RunPhase::Terminating(Ending::Aborted),
             (RunState::Terminating, false, Some(reason)) if reason.starts_with("threshold ") => {
                 RunPhase::Terminating(Ending::Breached(reason.clone()))
             }
@@ -263,6 +273,25 @@ impl RunSupervisor {
         true
     }
 
+    /// Records what the run's instances have cost so far, and aborts the run when that
+    /// reaches a budget cap (one metering at a time; none once the run is closing).
+    fn meter(&mut self, ctx: &mut Context<Self>) {
+        if self.metering || matches!(self.phase, RunPhase::Closing(_) | RunPhase::Ended(_)) {
+            return;
+        }
+        self.metering = true;
+        let meter = self.meter.clone();
+        ctx.spawn(async move { meter.check().await }.into_actor(self).map(|checked, act, ctx| {
+            act.metering = false;
+            let Some((cost, reached)) = checked else { return };
+            act.feed.publish(EventKind::Cost { cost });
+            if let Some(why) = reached.filter(|_| act.phase.is_live()) {
+                tracing::warn!(run_id = %act.run_id, reason = %why, "the run reached its budget; aborting it");
+                act.end(Ending::OverBudget(why), ctx);
+            }
+        }));
+    }
+
     fn step_name(&self, id: Uuid) -> String {
         self.steps.get(&id).map(|s| s.view.spec.name.clone()).unwrap_or_default()
     }
@@ -301,18 +330,15 @@ impl RunSupervisor {
             Ending::Finished => StopReason::ServiceDone,
             Ending::StepFailed(_) => StopReason::RunFailing,
             Ending::Breached(_) => StopReason::Breach,
-            Ending::Aborted => StopReason::Abort,
+            Ending::Aborted | Ending::OverBudget(_) => StopReason::Abort,
         };
         self.stop_steps(reason, ctx);
         if ending != Ending::Finished {
             // Steps whose actor never started (the run ended while opening) are over too.
             let never_started: Vec<Uuid> =
                 self.steps.values().filter(|s| s.addr.is_none() && s.outcome.is_none()).map(|s| s.view.id).collect();
-            let why = if ending == Ending::Aborted {
-                "the run was aborted before the step started"
-            } else {
-                "the run failed before the step started"
-            };
+            let why =
+                if ending.is_abort() { "the run was aborted before the step started" } else { "the run failed before the step started" };
             for id in never_started {
                 if let Some(slot) = self.steps.get_mut(&id) {
                     slot.outcome = Some(StepOutcome::Skipped);
@@ -444,7 +470,7 @@ impl RunSupervisor {
             self.fail(format!("step {name:?} failed"), ctx);
         } else if let Some(ending) = self.phase.ending().cloned() {
             // Carried on while terminating: what is left stops as the run was ending.
-            let reason = if ending == Ending::Aborted { StopReason::Abort } else { StopReason::RunFailing };
+            let reason = if ending.is_abort() { StopReason::Abort } else { StopReason::RunFailing };
             self.stop_steps(reason, ctx);
         }
         self.maybe_start(ctx);
@@ -556,7 +582,7 @@ impl RunSupervisor {
         }
         let Some(ending) = self.phase.ending().cloned() else { return };
         if others_done {
-            let reason = if ending == Ending::Aborted { StopReason::Abort } else { StopReason::ServiceDone };
+            let reason = if ending.is_abort() { StopReason::Abort } else { StopReason::ServiceDone };
             self.send_stops(reason, true);
         }
         if !all_done || !matches!(self.phase, RunPhase::Terminating(_)) {
@@ -565,6 +591,7 @@ impl RunSupervisor {
         self.transition_to(RunPhase::Closing(ending.clone()), ctx);
         let (pool, metrics, db, run_id, plan_id) =
             (self.pool.clone(), self.metrics.clone(), self.db.clone(), self.run_id, self.plan.plan.id);
+        let meter = self.meter.clone();
         let judged = ending.clone();
         // The metrics are stored and judged, what the run left is swept, and the verdict
         // is stored before the run ends.
@@ -586,16 +613,20 @@ impl RunSupervisor {
                 Ok(Err(e)) => tracing::error!(%run_id, error = %e, "the run's sweep failed"),
                 Err(e) => tracing::error!(%run_id, error = %e, "the run's sweep failed"),
             }
+            let cost = meter.close().await;
             let (regressions, fail_on_regression) = regressions(&db, run_id, plan_id).await;
             let (verdict, reason) = judge::verdict(&judged, &judgement.thresholds, &judgement.saturated, &regressions, fail_on_regression);
             if let Err(e) = runs::set_verdict(&db, run_id, verdict, &reason).await {
                 tracing::error!(%run_id, error = %e, "could not record the run's verdict");
             }
-            (judgement.thresholds, verdict, reason)
+            (judgement.thresholds, verdict, reason, cost)
         };
-        let job = close.into_actor(self).map(move |(thresholds, verdict, reason), act, ctx| {
+        let job = close.into_actor(self).map(move |(thresholds, verdict, reason, cost), act, ctx| {
             for threshold in thresholds {
                 act.feed.publish(EventKind::Threshold { threshold });
+            }
+            if let Some(cost) = cost {
+                act.feed.publish(EventKind::Cost { cost });
             }
             tracing::info!(run_id = %act.run_id, verdict = verdict.as_str(), %reason, "run verdict");
             act.feed.publish(EventKind::Verdict { verdict, reason });
@@ -631,6 +662,9 @@ impl Actor for RunSupervisor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.run_interval(Duration::from_secs(1), |act, ctx| act.record_seq(ctx));
+        if self.meter.enabled() {
+            ctx.run_interval(self.settings.cost.check_every, |act, ctx| act.meter(ctx));
+        }
         if self.resumed.is_some() {
             return self.adopt(ctx);
         }

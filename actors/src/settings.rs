@@ -60,6 +60,10 @@ pub struct CostSettings {
     /// The configured EC2 regions when nodes are EC2 instances; `None` with the local
     /// provider, whose runs cost nothing, so no cap applies to them.
     pub cloud_regions: Option<Vec<String>>,
+    /// How often a live run's cost is metered, recorded and checked.
+    pub check_every: std::time::Duration,
+    /// The clock the cost meter reads.
+    pub clock: crate::domain::usage::Clock,
 }
 
 impl Default for CostSettings {
@@ -69,6 +73,8 @@ impl Default for CostSettings {
             setup_seconds: 300,
             budget: Default::default(),
             cloud_regions: None,
+            check_every: std::time::Duration::from_secs(10),
+            clock: Default::default(),
         }
     }
 }

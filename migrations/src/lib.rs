@@ -15,6 +15,7 @@ mod m20261202_000008_add_verdicts;
 mod m20261202_000009_create_run_series;
 mod m20261203_000010_add_metric_units;
 mod m20261203_000011_add_step_market;
+mod m20261203_000012_add_run_cost;
 
 /// Applies every migration in order.
 pub struct Migrator;
@@ -34,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000009_create_run_series::Migration),
             Box::new(m20261203_000010_add_metric_units::Migration),
             Box::new(m20261203_000011_add_step_market::Migration),
+            Box::new(m20261203_000012_add_run_cost::Migration),
         ]
     }
 }

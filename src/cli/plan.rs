@@ -110,7 +110,8 @@ pub fn estimate(args: EstimateArgs, limits: &Limits, cost: &CostSettings) -> u8 
     for plan in &plans {
         let mut e = cost::estimate(plan, &cost.prices, &cost::SpotPrices::new(), cost.setup_seconds, provider);
         if cost.cloud_regions.is_some() {
-            e.over_budget = cost.budget.refusal(&e);
+            // Offline, nothing is recorded: the monthly cap is checked against this run alone.
+            e.over_budget = cost.budget.refusal(&e, 0.0);
         }
         estimates.push(e);
     }

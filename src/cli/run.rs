@@ -16,6 +16,7 @@ use loads_actors::broker::{AbortRun, RunLogs, RunMetrics, StartRun, Subscribe};
 use loads_actors::catalog::{CompareRuns, ForkPlan, ImportProject, ProjectTrees, UpdatePlan};
 use loads_actors::domain::compare::Comparison;
 use loads_actors::domain::judge::shown;
+use loads_actors::domain::usage::RunCost;
 use loads_actors::domain::views::MetricSummaryView;
 use loads_actors::domain::views::{RunView, StepState, ThresholdView, Verdict};
 use loads_actors::feed::{EventKind, RunEvent};
@@ -217,6 +218,9 @@ async fn follow(actors: &Actors, run: &RunView) -> anyhow::Result<RunView> {
             }
         }
         EventKind::Dashboard { url } => say(multi, format!("dashboard: {url}")),
+        EventKind::Cost { cost } if !cost.complete => {
+            say(multi, format!("cost so far: ${:.4} for {:.3} instance-hours", cost.usd, cost.instance_hours()))
+        }
         EventKind::Threshold { threshold } => say(multi, format!("threshold {}", threshold_line(threshold))),
         EventKind::Verdict { verdict, reason } => say(multi, format!("verdict {}: {reason}", verdict.as_str())),
         EventKind::Download { step, url, bytes, total } => {
@@ -224,7 +228,7 @@ async fn follow(actors: &Actors, run: &RunView) -> anyhow::Result<RunView> {
             let of = total.map(|t| format!(" of {:.1} MiB", mib(t))).unwrap_or_default();
             say(multi, format!("step {step}: image from {url}: {:.1} MiB{of}", mib(*bytes)));
         }
-        EventKind::Node { .. } => {}
+        EventKind::Node { .. } | EventKind::Cost { .. } => {}
     };
     for event in &sub.backlog {
         apply(event, &multi);
@@ -295,6 +299,9 @@ async fn summary(actors: &Actors, run: &RunView) -> anyhow::Result<()> {
     }
     print_metrics(&metrics);
     print_thresholds(&run.thresholds);
+    if let Some(cost) = &run.cost {
+        print_cost(cost);
+    }
     println!();
     if let (Some(verdict), Some(reason)) = (run.verdict, &run.verdict_reason) {
         println!("verdict: {} ({reason})", verdict.as_str());
@@ -305,6 +312,33 @@ async fn summary(actors: &Actors, run: &RunView) -> anyhow::Result<()> {
         None => println!("run {} {} after {took}", run.id, run.state.as_str()),
     }
     Ok(())
+}
+
+/// What the run's instances cost: per instance type, region and market, then in all.
+fn print_cost(cost: &RunCost) {
+    let usd = |x: Option<f64>| x.map_or("-".into(), |x| format!("${x:.4}"));
+    println!();
+    println!(
+        "{:<14} {:<14} {:<10} {:>9} {:>12} {:>10} {:>10}",
+        "instance type", "region", "market", "instances", "inst-hours", "$/hour", "cost"
+    );
+    for l in &cost.lines {
+        println!(
+            "{:<14} {:<14} {:<10} {:>9} {:>12.3} {:>10} {:>10}",
+            l.instance_type,
+            l.region,
+            l.market,
+            l.instances,
+            l.instance_seconds / 3600.0,
+            usd(l.usd_per_instance_hour),
+            usd(l.usd)
+        );
+    }
+    let so_far = if cost.complete { "" } else { " so far" };
+    println!("cost{so_far}: ${:.4} for {:.3} instance-hours", cost.usd, cost.instance_hours());
+    for note in &cost.notes {
+        println!("  {note}");
+    }
 }
 
 /// The metrics table: per step, counters with total and rate, timers with exact percentiles.

@@ -15,6 +15,10 @@ use aws_sdk_ec2::types::{Filter, InstanceAttributeName};
 use base64::Engine as _;
 use serde_json::{json, Value};
 
+use loads::config::Settings;
+use loads_actors::domain::cost::PriceTable;
+use loads_actors::domain::usage::Clock;
+
 use crate::helpers::{ensure_images, record, sh_step, Backend, TestApp};
 use crate::instances::{client, moto, REGION};
 
@@ -84,8 +88,8 @@ struct Cloud {
     _dir: tempfile::TempDir,
 }
 
-/// `nodes`: the SSH address of each node in turn.
-async fn cloud(nodes: &[String], key: PathBuf, extra: &[(&str, &str)]) -> Cloud {
+/// `nodes`: the SSH address of each node in turn; its settings changed by `tweak` (for what no variable can name).
+async fn cloud_tweaked(nodes: &[String], key: PathBuf, extra: &[(&str, &str)], tweak: impl FnOnce(&mut Settings)) -> Cloud {
     ensure_images();
     let dir = tempfile::tempdir().unwrap();
     let known_hosts = dir.path().join("known_hosts");
@@ -113,18 +117,23 @@ async fn cloud(nodes: &[String], key: PathBuf, extra: &[(&str, &str)]) -> Cloud 
     ];
     all.retain(|(k, _)| !extra.iter().any(|(e, _)| e == k));
     all.extend_from_slice(extra);
-    let app = TestApp::spawn(Backend::Sqlite, &all).await;
+    let app = TestApp::spawn_tweaked(Backend::Sqlite, &all, tweak).await;
     Cloud { app, _dir: dir }
 }
 
 /// A broker whose instances are mapped to a loopback port nothing listens on:
 /// for tests of what happens up to the point where a node would be reached.
 async fn launch_only(extra: &[(&str, &str)]) -> Cloud {
+    launch_only_tweaked(extra, |_| {}).await
+}
+
+/// [`launch_only`], its settings changed by `tweak`.
+async fn launch_only_tweaked(extra: &[(&str, &str)], tweak: impl FnOnce(&mut Settings)) -> Cloud {
     let nowhere = format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
     let mut settings = vec![("LOADS__SSH__CONNECT_TIMEOUT_SECONDS", "1")];
     settings.extend_from_slice(extra);
     // Never read: nothing answers to ask for it.
-    cloud(&[nowhere], PathBuf::from("/nonexistent/loads-test-key"), &settings).await
+    cloud_tweaked(&[nowhere], PathBuf::from("/nonexistent/loads-test-key"), &settings, tweak).await
 }
 
 /// Asserts the run's step got its instances and went on to reach them (and found nothing there).
@@ -476,4 +485,129 @@ async fn estimates_ask_ec2_once_for_prices_and_limits() {
     assert!(quoted.iter().all(|q| *q == quoted[0]) && quoted[0].1 == 20, "the same answers each time: {quoted:?}");
     let actions: Vec<String> = proxy.log.lock().unwrap().iter().filter_map(|l| Some(l["action"].as_str()?.to_string())).collect();
     assert_eq!(actions, ["DescribeSpotPriceHistory", "DescribeAccountAttributes"]);
+}
+
+/// Every run records what its instances cost: the seconds they were held per instance type,
+/// region and market (each billed at least a minute, from the launch until they were given up
+/// or terminated), priced from the table; complete once the run is over.
+#[actix_web::test]
+async fn a_run_records_what_its_instances_cost() {
+    let c = launch_only(&[]).await;
+    let run = run_plan(&c.app, json!({"name": "p", "steps": [gen_step("gen", 2, "true")]})).await;
+    assert_reached_for_nodes(&run);
+    let cost = &run["cost"];
+    assert_eq!(cost["complete"], true, "{run:#}");
+    let lines = cost["lines"].as_array().unwrap();
+    assert_eq!(lines.len(), 1, "{cost:#}");
+    let line = &lines[0];
+    assert_eq!(
+        (line["instance_type"].as_str(), line["region"].as_str(), line["market"].as_str()),
+        (Some("t3.micro"), Some(REGION), Some("on_demand"))
+    );
+    assert_eq!(line["instances"], 2);
+    let seconds = line["instance_seconds"].as_f64().unwrap();
+    assert!((120.0..600.0).contains(&seconds), "two instances, a minute each at least, held for seconds: {seconds}");
+    let hourly = PriceTable::shipped().on_demand(REGION, "t3.micro").unwrap();
+    assert_eq!(line["usd_per_instance_hour"].as_f64(), Some(hourly));
+    let usd = cost["usd"].as_f64().unwrap();
+    assert!((usd - seconds * hourly / 3600.0).abs() < 1e-6, "{cost:#}");
+    assert_eq!(cost["instance_seconds"].as_f64(), Some(seconds));
+    until_all_terminated(&c.app.broker_id).await;
+
+    // The run's page shows it.
+    let browser = crate::ui::Browser::start(1000).await;
+    browser.client.goto(&format!("{}/runs/{}", c.app.base, run["id"].as_str().unwrap())).await.unwrap();
+    let row = browser
+        .until(
+            "the cost table",
+            20,
+            "const c = document.getElementById('cost'); return !c.hidden && document.querySelector('#cost-lines tbody tr')?.innerText",
+        )
+        .await;
+    let cells: Vec<&str> = row.as_str().unwrap().split('\t').map(str::trim).collect();
+    assert_eq!(cells[..4], ["t3.micro", REGION, "on_demand", "2"], "{row}");
+    assert_eq!(cells[6], format!("${usd:.4}"), "{row}");
+    let total = browser.eval("return document.getElementById('cost-total').textContent").await;
+    assert!(total.as_str().unwrap().starts_with(&format!("Cost: ${usd:.4} for {:.3} instance-hours", seconds / 3600.0)), "{total}");
+    assert_eq!(browser.console_errors().await, Vec::<String>::new());
+}
+
+/// `loads run` on EC2 ends its summary with what the run's instances cost.
+#[actix_web::test]
+async fn loads_run_prints_what_the_run_cost() {
+    ensure_images();
+    let dir = tempfile::tempdir().unwrap();
+    let nowhere = format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
+    let broker = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let (db, moto) = (format!("sqlite://{}", dir.path().join("run.db").display()), moto());
+    let known_hosts = dir.path().join("known_hosts").display().to_string();
+    let env = [
+        ("LOADS__DATABASE__URL", db.as_str()),
+        ("LOADS__BROKER__ID", broker.as_str()),
+        ("LOADS__POOL__PROVIDER", "ec2"),
+        ("LOADS__EC2__ENDPOINT_URL", moto.as_str()),
+        ("LOADS__EC2__REGIONS__US_WEST_2__AMI", "ami-12c6146b"),
+        ("LOADS__EC2__ADDRESS_OVERRIDE", nowhere.as_str()),
+        ("LOADS__EC2__OWNER", "tests"),
+        ("LOADS__SSH__USER", "root"),
+        ("LOADS__SSH__KEY_PATH", "/nonexistent/loads-test-key"),
+        ("LOADS__SSH__KNOWN_HOSTS", known_hosts.as_str()),
+        ("LOADS__SSH__CONNECT_TIMEOUT_SECONDS", "1"),
+    ];
+    let plan = dir.path().join("plan.toml");
+    std::fs::write(&plan, "name = \"p\"\n[[steps]]\nname = \"gen\"\ncontainer_name = \"loads/busybox:1\"\ninstance_type = \"t3.micro\"\ninstance_region = \"us-west-2\"\n").unwrap();
+    let out = crate::cli::loads(&["run", plan.to_str().unwrap()], &env, dir.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "the run failed: its node never answered\n{stdout}");
+    let line = stdout.lines().find(|l| l.starts_with("t3.micro")).unwrap_or_else(|| panic!("no cost table: {stdout}"));
+    let cells: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(cells[..4], ["t3.micro", REGION, "on_demand", "1"], "{line}");
+    assert!(stdout.lines().any(|l| l.starts_with("cost: $") && l.ends_with("instance-hours")), "{stdout}");
+    until_all_terminated(&broker).await;
+}
+
+/// A live run whose recorded cost reaches `budget.max_usd_per_run` is aborted with that reason
+/// (the meter reads a clock of the test's own, 10 hours to the real second); then this month's
+/// recorded cost refuses the next run against `budget.max_usd_per_month` before any launch.
+#[actix_web::test]
+async fn a_run_whose_recorded_cost_reaches_its_cap_is_aborted() {
+    let t0 = chrono::Utc::now();
+    let fast = Clock::new(move || t0 + (chrono::Utc::now() - t0) * 36_000);
+    let caps = [
+        ("LOADS__BUDGET__MAX_USD_PER_RUN", "0.001"),
+        ("LOADS__BUDGET__MAX_USD_PER_MONTH", "0.01"),
+        ("LOADS__BUDGET__CHECK_SECONDS", "0.05"),
+        ("LOADS__PRICING__SETUP_SECONDS", "0"),
+        ("LOADS__SSH__CONNECT_TIMEOUT_SECONDS", "5"),
+    ];
+    let c = launch_only_tweaked(&caps, |s| s.budget.clock = fast).await;
+    let mut gen = gen_step("gen", 1, "true");
+    gen["run_max_time"] = json!(10);
+    let plan = c.app.create_plan(json!({"name": "p", "steps": [gen]})).await;
+    let plan_id = plan["id"].as_str().unwrap().to_string();
+    // Estimated at a minute of a t3.micro ($0.0002): under every cap.
+    let (_, estimate) = c.app.get(&format!("/api/v1/plans/{plan_id}/estimate")).await;
+    assert!(estimate["over_budget"].is_null(), "{estimate:#}");
+    let (status, run) = c.app.post(&format!("/api/v1/plans/{plan_id}/runs"), &json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{run}");
+    let run = c.app.wait_finished(run["id"].as_str().unwrap(), 120).await;
+    assert_eq!((run["state"].as_str(), run["aborted"].as_bool()), (Some("aborted"), Some(true)), "{run:#}");
+    let reason = run["failure_reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("the run's recorded cost reached $") && reason.contains("budget.max_usd_per_run is $0.001"), "{run:#}");
+    assert_eq!(run["verdict"], "aborted");
+    assert!(run["verdict_reason"].as_str().unwrap().contains("budget.max_usd_per_run"), "{run:#}");
+    let spent = run["cost"]["usd"].as_f64().unwrap();
+    assert!(spent >= 0.001 && run["cost"]["complete"] == true, "{run:#}");
+    until_all_terminated(&c.app.broker_id).await;
+
+    // What it cost counts against the month.
+    let launched = instances_of(&c.app.broker_id).await.len();
+    let (status, err) = c.app.post(&format!("/api/v1/plans/{plan_id}/runs"), &json!({})).await;
+    assert_eq!((status, err["error"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("over_budget")), "{err}");
+    let message = err["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("with ${spent:.4} recorded this month")) && message.contains("budget.max_usd_per_month ($0.01)"),
+        "{message}"
+    );
+    assert_eq!(instances_of(&c.app.broker_id).await.len(), launched, "nothing more was launched");
 }

@@ -19,8 +19,8 @@ const OPERATE: &str = "ui-operate-token-0123456789";
 const READ: &str = "ui-read-token-0123456789ab";
 
 /// A chromedriver of the test's own, and a headless browser session on it.
-struct Browser {
-    client: Client,
+pub(crate) struct Browser {
+    pub(crate) client: Client,
     driver: Child,
     _profile: tempfile::TempDir,
 }
@@ -49,7 +49,7 @@ impl WebDriverCompatibleCommand for BrowserLog {
 impl Browser {
     /// A browser whose pages are `width` CSS pixels wide (below Chromium's smallest
     /// window, through its device emulation).
-    async fn start(width: u32) -> Self {
+    pub(crate) async fn start(width: u32) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
@@ -86,7 +86,7 @@ impl Browser {
     }
 
     /// Console messages at error level.
-    async fn console_errors(&self) -> Vec<String> {
+    pub(crate) async fn console_errors(&self) -> Vec<String> {
         let log = self.client.issue_cmd(BrowserLog).await.expect("the browser's log");
         log.as_array()
             .map(|all| {
@@ -95,12 +95,12 @@ impl Browser {
             .unwrap_or_default()
     }
 
-    async fn eval(&self, script: &str) -> Value {
+    pub(crate) async fn eval(&self, script: &str) -> Value {
         self.client.execute(script, vec![]).await.unwrap_or_else(|e| panic!("{script}: {e}"))
     }
 
     /// Waits (bounded) until `script` answers a truthy value, which it answers.
-    async fn until(&self, what: &str, seconds: u64, script: &str) -> Value {
+    pub(crate) async fn until(&self, what: &str, seconds: u64, script: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(seconds);
         loop {
             let value = self.eval(script).await;
@@ -116,7 +116,7 @@ impl Browser {
         }
     }
 
-    async fn click(&self, css: &str) {
+    pub(crate) async fn click(&self, css: &str) {
         self.client.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}")).click().await.unwrap();
     }
 

@@ -283,20 +283,36 @@ pub fn estimate(plan: &PlanSpec, table: &PriceTable, spot: &SpotPrices, setup_se
     }
 }
 
-/// Caps on what one run may cost (`budget.*`); `None` = no cap.
+/// Caps on what runs may cost (`budget.*`); `None` = no cap.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Budget {
-    /// Most dollars one run's estimate may reach.
+    /// Most dollars one run may reach.
     pub max_usd_per_run: Option<f64>,
-    /// Most instance-hours one run's estimate may reach.
+    /// Most instance-hours one run may reach.
     pub max_instance_hours_per_run: Option<f64>,
+    /// Most dollars this broker's runs may reach in a calendar month (UTC), as recorded.
+    pub max_usd_per_month: Option<f64>,
 }
 
 impl Budget {
-    /// Why the run estimated by `estimate` may not start: the cap it passes and the estimate,
-    /// or the figure the cap needs that the estimate cannot give. `None` when every cap holds.
-    pub fn refusal(&self, estimate: &Estimate) -> Option<String> {
+    /// Why the run estimated by `estimate` may not start, with `month_before` dollars recorded
+    /// this month: the cap it passes and the estimate, or the figure the cap needs that the
+    /// estimate cannot give. `None` when every cap holds.
+    pub fn refusal(&self, estimate: &Estimate, month_before: f64) -> Option<String> {
         let why_missing = || estimate.notes.join("; ");
+        if let Some(cap) = self.max_usd_per_month {
+            match estimate.usd {
+                None => {
+                    return Some(format!("budget.max_usd_per_month is ${cap}, and the run's cost has no estimate: {}", why_missing()))
+                }
+                Some(usd) if month_before + usd > cap => {
+                    return Some(format!(
+                        "the run is estimated at ${usd:.4}; with ${month_before:.4} recorded this month that passes budget.max_usd_per_month (${cap})"
+                    ))
+                }
+                _ => {}
+            }
+        }
         if let Some(cap) = self.max_usd_per_run {
             match estimate.usd {
                 None => return Some(format!("budget.max_usd_per_run is ${cap}, and the run's cost has no estimate: {}", why_missing())),
@@ -445,16 +461,23 @@ mod tests {
     #[test]
     fn a_budget_names_the_cap_and_the_estimate() {
         let e = estimate(&demo(), &PriceTable::shipped(), 300, "ec2");
-        assert_eq!(Budget { max_usd_per_run: Some(1.0), max_instance_hours_per_run: Some(1.0) }.refusal(&e), None);
-        let why = Budget { max_usd_per_run: Some(0.001), ..Budget::default() }.refusal(&e).unwrap();
+        assert_eq!(
+            Budget { max_usd_per_run: Some(1.0), max_instance_hours_per_run: Some(1.0), max_usd_per_month: Some(1.0) }.refusal(&e, 0.0),
+            None
+        );
+        let why = Budget { max_usd_per_run: Some(0.001), ..Budget::default() }.refusal(&e, 0.0).unwrap();
         assert!(why.contains("$0.0042") && why.contains("budget.max_usd_per_run ($0.001)"), "{why}");
-        let why = Budget { max_instance_hours_per_run: Some(0.25), ..Budget::default() }.refusal(&e).unwrap();
+        let why = Budget { max_instance_hours_per_run: Some(0.25), ..Budget::default() }.refusal(&e, 0.0).unwrap();
         assert!(why.contains("0.404 instance-hours") && why.contains("budget.max_instance_hours_per_run (0.25)"), "{why}");
         let mut plan = demo();
         plan.steps[1].run_max_time = 0;
         let unbounded = estimate(&plan, &PriceTable::shipped(), 300, "ec2");
-        let why = Budget { max_usd_per_run: Some(100.0), ..Budget::default() }.refusal(&unbounded).unwrap();
+        let why = Budget { max_usd_per_run: Some(100.0), ..Budget::default() }.refusal(&unbounded, 0.0).unwrap();
         assert!(why.contains("no estimate") && why.contains("\"shell-generator\" has no upper bound"), "{why}");
+        let month = Budget { max_usd_per_month: Some(1.0), ..Budget::default() };
+        assert_eq!(month.refusal(&e, 0.99), None);
+        let why = month.refusal(&e, 0.999).unwrap();
+        assert!(why.contains("$0.9990 recorded this month") && why.contains("budget.max_usd_per_month ($1)"), "{why}");
     }
 
     #[test]

@@ -655,6 +655,7 @@ pub fn verdict(
         if regressions.is_empty() { String::new() } else { format!("regressed against the baseline: {}", regressions.join("; ")) };
     match ending {
         Ending::Aborted => return (Verdict::Aborted, "the run was aborted".into()),
+        Ending::OverBudget(reason) => return (Verdict::Aborted, format!("the run was aborted: {reason}")),
         Ending::StepFailed(reason) => return (Verdict::Error, format!("the run failed: {reason}")),
         Ending::Finished | Ending::Breached(_) => {}
     }

@@ -28,6 +28,8 @@ pub enum Ending {
     Breached(String),
     /// A user aborted the run.
     Aborted,
+    /// The run's recorded cost reached a budget cap; which, and the cost.
+    OverBudget(String),
 }
 
 impl Ending {
@@ -35,8 +37,13 @@ impl Ending {
         match self {
             Self::Finished => 0,
             Self::StepFailed(_) | Self::Breached(_) => 1,
-            Self::Aborted => 2,
+            Self::Aborted | Self::OverBudget(_) => 2,
         }
+    }
+
+    /// Whether the run is being aborted (by a user or by its budget).
+    pub fn is_abort(&self) -> bool {
+        matches!(self, Self::Aborted | Self::OverBudget(_))
     }
 
     /// The state the run ends in.
@@ -44,14 +51,14 @@ impl Ending {
         match self {
             Self::Finished => RunState::Completed,
             Self::StepFailed(_) | Self::Breached(_) => RunState::Failed,
-            Self::Aborted => RunState::Aborted,
+            Self::Aborted | Self::OverBudget(_) => RunState::Aborted,
         }
     }
 
-    /// Why, for a human (failures only).
+    /// Why, for a human (failures and budget aborts only).
     pub fn reason(&self) -> Option<&str> {
         match self {
-            Self::StepFailed(r) | Self::Breached(r) => Some(r),
+            Self::StepFailed(r) | Self::Breached(r) | Self::OverBudget(r) => Some(r),
             Self::Finished | Self::Aborted => None,
         }
     }
@@ -248,7 +255,13 @@ mod tests {
     use super::*;
 
     fn endings() -> Vec<Ending> {
-        vec![Ending::Finished, Ending::StepFailed("s".into()), Ending::Breached("t".into()), Ending::Aborted]
+        vec![
+            Ending::Finished,
+            Ending::StepFailed("s".into()),
+            Ending::Breached("t".into()),
+            Ending::Aborted,
+            Ending::OverBudget("b".into()),
+        ]
     }
 
     fn run_phases() -> Vec<RunPhase> {
@@ -267,8 +280,8 @@ mod tests {
             (Pending, Initializing) => true,
             (Initializing, Running) => true,
             (Pending, Terminating(_)) | (Initializing, Terminating(_)) | (Running, Terminating(_)) => true,
-            (Terminating(Finished), Terminating(StepFailed(_) | Breached(_) | Aborted)) => true,
-            (Terminating(StepFailed(_) | Breached(_)), Terminating(Aborted)) => true,
+            (Terminating(Finished), Terminating(StepFailed(_) | Breached(_) | Aborted | OverBudget(_))) => true,
+            (Terminating(StepFailed(_) | Breached(_)), Terminating(Aborted | OverBudget(_))) => true,
             (Terminating(a), Closing(b)) => a == b,
             (Closing(a), Ended(b)) => a == b,
             _ => false,
@@ -286,8 +299,8 @@ mod tests {
                 legal += usize::from(expected);
             }
         }
-        // 2 forward, 3 live × 4 endings to terminating, 3 + 2 escalations, 4 closings, 4 endings.
-        assert_eq!(legal, 2 + 12 + 5 + 4 + 4);
+        // 2 forward, 3 live × 5 endings to terminating, 4 + 2 × 2 escalations, 5 closings, 5 endings.
+        assert_eq!(legal, 2 + 15 + 8 + 5 + 5);
     }
 
     #[test]
@@ -318,6 +331,9 @@ mod tests {
         assert_eq!(RunPhase::Ended(Ending::Breached("x".into())).state(), RunState::Failed);
         assert_eq!(RunPhase::Ended(Ending::Aborted).state(), RunState::Aborted);
         assert_eq!(RunPhase::Ended(Ending::StepFailed("why".into())).ending().and_then(Ending::reason), Some("why"));
+        // A run its budget stopped is aborted, and says which cap.
+        let over = RunPhase::Ended(Ending::OverBudget("budget.max_usd_per_run".into()));
+        assert_eq!((over.state(), over.ending().and_then(Ending::reason)), (RunState::Aborted, Some("budget.max_usd_per_run")));
         assert!(RunPhase::Running.is_live() && !RunPhase::Terminating(Ending::Finished).is_live());
     }
 

@@ -16,6 +16,7 @@ pub mod parse;
 pub mod secrets;
 pub mod spec;
 pub mod thresholds;
+pub mod usage;
 pub mod validate;
 pub mod views;
 

@@ -349,6 +349,9 @@ pub struct RunView {
     pub verdict_reason: Option<String>,
     /// Its thresholds (the plan's and its steps'), as they stand.
     pub thresholds: Vec<ThresholdView>,
+    /// What its EC2 instances have cost, as last metered (`complete` once the run is over);
+    /// `null` on the local provider and before the first metering.
+    pub cost: Option<crate::domain::usage::RunCost>,
     /// One record per step.
     pub step_records: Vec<StepRecordView>,
 }

@@ -15,8 +15,10 @@ use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
 use uuid::Uuid;
 
+use super::meter::Meter;
 use super::reaper::all_instances;
 use super::{AcquireNodes, Ec2PoolActor, NodeGrant, OpenRun, PoolError, Shared};
+use crate::domain::usage::UsageKey;
 use crate::domain::Market;
 use crate::infra::docker::{labels, Engine};
 use crate::infra::ec2::{self, tags, InstanceView, NodeBoot, Region, RegionConfig};
@@ -146,9 +148,17 @@ impl CloudNodes {
             labels: shared.labels(run_id),
             ingest: shared.ingest_target(),
         };
-        Box::pin(actix::fut::wrap_future::<_, Ec2PoolActor>(adopt_nodes(job)).map(|adopted, act, _| {
+        Box::pin(actix::fut::wrap_future::<_, Ec2PoolActor>(adopt_nodes(job)).map(move |adopted, act, _| {
+            let adopted = adopted?;
+            // Metered again from now: the broker cannot know when the previous one last counted.
+            let since = act.shared.meter.now();
+            for node in &adopted {
+                if let Some(lease) = &node.lease {
+                    act.shared.meter.open(run_id, lease.step_id, &node.instance.id, usage_key(&node.instance), since);
+                }
+            }
             if let Some(nodes) = act.cloud_mut() {
-                nodes.keep(adopted?);
+                nodes.keep(adopted);
             }
             Ok(())
         }))
@@ -182,6 +192,10 @@ impl CloudNodes {
             .take(msg.count as usize)
             .collect();
         let reused: Vec<CloudNode> = reusable.iter().filter_map(|id| self.nodes.remove(id)).collect();
+        let since = shared.meter.now();
+        for node in &reused {
+            shared.meter.open(msg.run_id, msg.step_id, &node.instance.id, usage_key(&node.instance), since);
+        }
         let new = msg.count - reused.len() as u32;
         let overrides = &self.settings.address_override;
         let overrides: Vec<Option<SocketAddr>> =
@@ -198,12 +212,17 @@ impl CloudNodes {
             labels: shared.labels(msg.run_id),
             expires_at: Utc::now() + chrono::Duration::from_std(msg.needed_for).unwrap_or_default(),
             overrides,
+            meter: shared.meter.clone(),
+            since,
             msg,
         };
         let (run_id, step_id) = (job.msg.run_id, job.msg.step_id);
         let position = job.msg.step_position;
         let images_from = shared.engine.clone().ok();
         Box::pin(actix::fut::wrap_future::<_, Ec2PoolActor>(provision(job, reused)).map(move |res, act, ctx| {
+            // Instances launched for the step that did not become ready were given up.
+            let kept: HashSet<String> = res.iter().flatten().map(|(node, ..)| node.instance.id.clone()).collect();
+            act.shared.meter.close(run_id, |id, step| step == step_id && !kept.contains(id));
             let ready = res?;
             let mut grants = Vec::new();
             let mut labels = Vec::new();
@@ -284,7 +303,8 @@ impl CloudNodes {
         let nodes = self.take(|n| n.lease.as_ref().is_some_and(|l| l.run_id == run_id && l.step_id == step_id));
         let pool = !self.terminating.contains(&run_id);
         let release = release(self.settings.clone(), shared.regions.clone(), shared.broker_id.clone(), nodes, pool);
-        Box::pin(actix::fut::wrap_future::<_, Ec2PoolActor>(release).map(|kept, act, _| {
+        Box::pin(actix::fut::wrap_future::<_, Ec2PoolActor>(release).map(move |kept, act, _| {
+            act.shared.meter.close(run_id, |_, step| step == step_id);
             if let Some(nodes) = act.cloud_mut() {
                 nodes.keep(kept);
             }
@@ -316,7 +336,8 @@ impl CloudNodes {
             }
             (kept, Ok(()))
         };
-        Box::pin(actix::fut::wrap_future::<_, Ec2PoolActor>(closed).map(|(kept, closed), act, _| {
+        Box::pin(actix::fut::wrap_future::<_, Ec2PoolActor>(closed).map(move |(kept, closed), act, _| {
+            act.shared.meter.close(run_id, |_, _| true);
             if let Some(nodes) = act.cloud_mut() {
                 nodes.keep(kept);
             }
@@ -480,7 +501,33 @@ struct Provision {
     labels: HashMap<String, String>,
     expires_at: DateTime<Utc>,
     overrides: Vec<Option<SocketAddr>>,
+    /// Instances are metered from `since`, when the step asked for them.
+    meter: Meter,
+    since: DateTime<Utc>,
     msg: AcquireNodes,
+}
+
+/// What an instance is metered by: its type, region and market (its `loads:market` tag).
+fn usage_key(instance: &InstanceView) -> UsageKey {
+    UsageKey {
+        instance_type: instance.instance_type.clone(),
+        region: instance.region.clone(),
+        market: instance.tags.get(tags::MARKET).cloned().unwrap_or_else(|| "on_demand".into()),
+    }
+}
+
+impl Provision {
+    /// Meters instances just launched in `market`.
+    fn metered(&self, ids: &[String], spot: bool) {
+        let key = UsageKey {
+            instance_type: self.msg.instance_type.clone(),
+            region: self.region.name().to_string(),
+            market: if spot { "spot" } else { "on_demand" }.into(),
+        };
+        for id in ids {
+            self.meter.open(self.msg.run_id, self.msg.step_id, id, key.clone(), self.since);
+        }
+    }
 }
 
 /// A node ready for a step: the node, its run network, its relay's ingest base URL, the forward behind it.
@@ -668,6 +715,7 @@ async fn launch_instances(job: &Provision, launch: ec2::Launch, min_new: u32) ->
         let spot = ec2::Launch { min_count: 1, give_up_on: ec2::SPOT_SHORTAGE, ..bought(&launch, true) };
         match job.region.launch(&job.config, &spot, cloud.backoff).await {
             Ok(launched) => {
+                job.metered(&launched, true);
                 let (running, late) = job.region.wait_running(&launched, cloud.spot_wait).await.unwrap_or((Vec::new(), launched));
                 if !late.is_empty() {
                     tracing::warn!(instances = ?late, wait_s = cloud.spot_wait.as_secs(), "spot instances not running in time; terminating them");
@@ -698,7 +746,10 @@ async fn launch_instances(job: &Provision, launch: ec2::Launch, min_new: u32) ->
         other => other,
     };
     match more {
-        Ok(more) => ids.extend(more),
+        Ok(more) => {
+            job.metered(&more, on_demand.spot);
+            ids.extend(more)
+        }
         Err(e) if ids.len() as u32 >= min_new => tracing::warn!(error = %e, nodes = ids.len(), "going on with the spot nodes EC2 gave"),
         Err(e) => {
             let _ = job.region.terminate(&ids).await;

@@ -13,8 +13,9 @@
 //!
 //! Whatever the provider, the pool also owns the final label sweep and the EC2
 //! reaper ([`reaper`]), because it is the one that knows which engines and
-//! instances a run touched, and what EC2 says about prices and limits for
-//! estimates ([`account`]), because it holds the EC2 clients.
+//! instances a run touched; the cost meter ([`meter`]), because it hands
+//! instances out and takes them back; and what EC2 says about prices and
+//! limits for estimates ([`account`]), because it holds the EC2 clients.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -26,9 +27,11 @@ use uuid::Uuid;
 mod account;
 mod cloud;
 mod local;
+mod meter;
 mod reaper;
 
 pub use account::{InstanceLimits, SpotPrices};
+pub use meter::RunUsage;
 pub use reaper::{ListInstances, Reap, SweepOrphans, TerminateInstances};
 
 use crate::infra::docker::{labels, DockerError, Engine};
@@ -103,12 +106,14 @@ pub struct NodeGrant {
 
 /// What every provider uses: the broker's id, this machine's engine (local
 /// nodes, the images copied to cloud nodes, the final label sweep), the
-/// ingest listener relays deliver to, and the EC2 regions the reaper watches.
+/// ingest listener relays deliver to, the EC2 regions the reaper watches, and
+/// the meter of what runs hold.
 struct Shared {
     broker_id: String,
     engine: Result<Engine, String>,
     ingest: SocketAddr,
     regions: Vec<Region>,
+    meter: meter::Meter,
 }
 
 impl Shared {
@@ -158,7 +163,13 @@ impl Ec2PoolActor {
         if let Err(e) = &engine {
             tracing::warn!(error = %e, "no Docker engine: runs will fail until one is reachable");
         }
-        let shared = Shared { broker_id, engine, ingest: SocketAddr::from(([127, 0, 0, 1], 0)), regions: Vec::new() };
+        let shared = Shared {
+            broker_id,
+            engine,
+            ingest: SocketAddr::from(([127, 0, 0, 1], 0)),
+            regions: Vec::new(),
+            meter: meter::Meter::default(),
+        };
         Self { shared, provider: Provider::Local(local::LocalNodes::default()), facts: account::Facts::default() }
     }
 
@@ -171,6 +182,12 @@ impl Ec2PoolActor {
     /// Relays deliver to the broker's ingest listener at `address`.
     pub fn with_ingest(mut self, address: SocketAddr) -> Self {
         self.shared.ingest = address;
+        self
+    }
+
+    /// The cost meter reads `clock`.
+    pub fn with_meter_clock(mut self, clock: crate::domain::usage::Clock) -> Self {
+        self.shared.meter = meter::Meter::new(clock);
         self
     }
 

@@ -131,6 +131,10 @@ pub mod run {
         pub verdict: Option<String>,
         #[sea_orm(column_type = "Text", nullable)]
         pub verdict_reason: Option<String>,
+        #[sea_orm(column_type = "Text", nullable)]
+        pub cost: Option<String>,
+        #[sea_orm(column_type = "Double")]
+        pub cost_usd: f64,
     }
 
     no_relations!();

@@ -3,9 +3,9 @@
 
 use std::collections::HashMap;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
     TransactionTrait,
 };
 use uuid::Uuid;
@@ -13,6 +13,7 @@ use uuid::Uuid;
 use super::entities::{container, metric_summary, plan, run, run_series, step, step_record};
 use super::{clamp_page, env_from_json, run_env_to_json, unset_from_json, StoreError};
 use crate::domain::life::{Ending, RunPhase};
+use crate::domain::usage::RunCost;
 use crate::domain::views::{ContainerView, MetricSummaryView, Page, RunState, RunView, StepRecordView, StepState, ThresholdView, Verdict};
 use crate::domain::Env;
 
@@ -87,6 +88,7 @@ async fn views(db: &impl ConnectionTrait, runs: Vec<run::Model>) -> Result<Vec<R
                 verdict: r.verdict.as_deref().and_then(Verdict::parse),
                 verdict_reason: r.verdict_reason,
                 thresholds: r.thresholds.as_deref().and_then(|t| serde_json::from_str(t).ok()).unwrap_or_default(),
+                cost: r.cost.as_deref().and_then(|c| serde_json::from_str(c).ok()),
                 step_records: records.remove(&r.id).unwrap_or_default(),
             }
         })
@@ -186,6 +188,8 @@ async fn create_once<C: ConnectionTrait + TransactionTrait>(
         thresholds: Set(None),
         verdict: Set(None),
         verdict_reason: Set(None),
+        cost: Set(None),
+        cost_usd: Set(0.0),
     }
     .insert(&txn)
     .await?;
@@ -243,7 +247,7 @@ async fn write_state(db: &impl ConnectionTrait, id: Uuid, state: RunState, endin
         row.completed_at = Set(Some(now));
     }
     if let Some(ending) = ending {
-        row.aborted = Set(*ending == Ending::Aborted);
+        row.aborted = Set(ending.is_abort());
         row.failure_reason = Set(ending.reason().map(str::to_string));
     }
     row.update(db).await.map_err(|e| match e {
@@ -507,6 +511,26 @@ pub async fn recovery(db: &impl ConnectionTrait, id: Uuid) -> Result<Recovery, S
 pub async fn set_feed_seq(db: &impl ConnectionTrait, id: Uuid, seq: u64) -> Result<(), StoreError> {
     run::ActiveModel { id: Set(id), feed_seq: Set(i64::try_from(seq).unwrap_or(i64::MAX)), ..Default::default() }.update(db).await?;
     Ok(())
+}
+
+/// Records what run `id`'s instances have cost.
+pub async fn set_cost(db: &impl ConnectionTrait, id: Uuid, cost: &RunCost) -> Result<(), StoreError> {
+    let json = serde_json::to_string(cost).map_err(|e| DbErr::Custom(format!("the run's cost: {e}")))?;
+    run::ActiveModel { id: Set(id), cost: Set(Some(json)), cost_usd: Set(cost.usd), ..Default::default() }.update(db).await?;
+    Ok(())
+}
+
+/// Dollars recorded by the runs created since `since`, but `except`.
+pub async fn cost_since(db: &impl ConnectionTrait, since: DateTime<Utc>, except: Uuid) -> Result<f64, StoreError> {
+    let costs: Vec<f64> = run::Entity::find()
+        .filter(run::Column::CreatedAt.gte(since))
+        .filter(run::Column::Id.ne(except))
+        .select_only()
+        .column(run::Column::CostUsd)
+        .into_tuple()
+        .all(db)
+        .await?;
+    Ok(costs.into_iter().sum())
 }
 
 /// Records the metrics totals of run `id` so far.

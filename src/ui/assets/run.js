@@ -52,6 +52,20 @@
     document.getElementById("no-thresholds").hidden = rows.length > 0;
   }
 
+  function renderCost() {
+    const cost = run.cost;
+    document.getElementById("cost").hidden = !cost;
+    if (!cost) return;
+    const usd = (x) => (x === null || x === undefined ? "-" : "$" + Number(x).toFixed(4));
+    const rows = cost.lines.map((l) => el("tr", {},
+      el("td", {}, l.instance_type), el("td", {}, l.region), el("td", {}, l.market), el("td", {}, String(l.instances)),
+      el("td", {}, (l.instance_seconds / 3600).toFixed(3)), el("td", {}, usd(l.usd_per_instance_hour)), el("td", {}, usd(l.usd))));
+    document.querySelector("#cost-lines tbody").replaceChildren(...rows);
+    const total = (cost.complete ? "Cost: " : "Cost so far: ") + usd(cost.usd) + " for " + (cost.instance_seconds / 3600).toFixed(3) +
+      " instance-hours, as of " + Loads.when(cost.as_of);
+    document.getElementById("cost-total").textContent = [total, ...(cost.notes || [])].join(" · ");
+  }
+
   function containerState(c) {
     const noExit = c.exit_code === null || c.exit_code === undefined;
     if (noExit && run && FINISHED.includes(run.state)) return c.state === "removed" ? "removed" : "stopped";
@@ -140,6 +154,7 @@
     for (const t of view.thresholds || []) thresholds.set(thresholdKey(t), t);
     renderHeader();
     renderThresholds();
+    renderCost();
     renderSteps();
   }
 
@@ -195,6 +210,10 @@
       case "dashboard":
         run.dashboard_url = event.url;
         renderHeader();
+        break;
+      case "cost":
+        run.cost = event.cost;
+        renderCost();
         break;
       default:
         break;
