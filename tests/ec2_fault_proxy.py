@@ -18,6 +18,11 @@ what it was told.
                      spot) gets CODE (InsufficientInstanceCapacity,
                      SpotMaxPriceTooLow): no spot capacity at all
   --log-actions A,B  also log each request of these actions as {"action": A}
+                     (Service Quotas requests by their target, e.g. GetServiceQuota)
+  --quota CODE=N     Service Quotas' GetServiceQuota for service ec2 and quota
+                     CODE (L-1216C47A: on-demand standard vCPUs, L-34B43A08:
+                     standard spot vCPUs) answers N, as Service Quotas would;
+                     moto answers only VPC quotas
   --not-found N      the first N DescribeInstances naming instance ids get
                      InvalidInstanceID.NotFound, as EC2 answers for a while
                      after a launch (eventual consistency); each is logged as
@@ -52,11 +57,13 @@ def main():
     parser.add_argument("--not-found", type=int, default=0)
     parser.add_argument("--spot-short", default="")
     parser.add_argument("--log-actions", default="")
+    parser.add_argument("--quota", action="append", default=[])
     args = parser.parse_args()
     fail_code, fail_left = (args.fail.split(":")[0], int(args.fail.split(":")[1])) if args.fail else ("", 0)
     lock = threading.Lock()
     delay_left, delay_for = (int(args.delay.split(":")[0]), float(args.delay.split(":")[1])) if args.delay else (0, 0.0)
     state = {"fail_left": fail_left, "delay_left": delay_left, "not_found_left": args.not_found}
+    quotas = {code: float(value) for code, value in (q.split("=") for q in args.quota)}
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def log_message(self, *_):
@@ -72,8 +79,31 @@ def main():
             self.end_headers()
             self.wfile.write(xml)
 
+        def quota(self, body):
+            asked = json.loads(body or b"{}")
+            value = quotas.get(asked.get("QuotaCode", "")) if asked.get("ServiceCode") == "ec2" else None
+            if value is None:
+                answer, status = {"__type": "NoSuchResourceException", "message": "no such quota"}, 400
+            else:
+                answer, status = {"Quota": {"ServiceCode": "ec2", "QuotaCode": asked["QuotaCode"], "Value": value,
+                                            "Unit": "None", "Adjustable": True, "GlobalQuota": False}}, 200
+            payload = json.dumps(answer).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/x-amz-json-1.1")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
         def do_POST(self):
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            target = self.headers.get("X-Amz-Target", "")
+            if target.startswith("ServiceQuotasV20190624."):
+                action = target.split(".", 1)[1]
+                if action in args.log_actions.split(","):
+                    print(json.dumps({"action": action}), flush=True)
+                if action == "GetServiceQuota":
+                    self.quota(body)
+                    return
             form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
             action = form.get("Action", [""])[0]
             if action and action in args.log_actions.split(","):

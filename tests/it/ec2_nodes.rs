@@ -457,7 +457,8 @@ async fn an_estimate_names_a_region_over_the_account_instance_limit() {
     assert_eq!(status, StatusCode::OK, "{e}");
     assert_eq!(
         e["quota"],
-        json!([{"region": REGION, "instances": 21, "vcpus": 42, "max_instances": 20,
+        json!([{"region": REGION, "instances": 21, "vcpus": 42, "on_demand_standard_vcpus": 42, "spot_standard_vcpus": 0,
+        "max_instances": 20, "on_demand_vcpu_quota": null, "spot_vcpu_quota": null,
         "shortfall": "us-west-2: the plan runs 21 instances at once; the account allows 20 there (max-instances)"}])
     );
     assert!(e["notes"].to_string().contains("the account allows 20 there"), "{e:#}");
@@ -471,7 +472,7 @@ async fn an_estimate_names_a_region_over_the_account_instance_limit() {
 /// an instance limit once, not once per estimate.
 #[actix_web::test]
 async fn estimates_ask_ec2_once_for_prices_and_limits() {
-    let proxy = fault_proxy(&["--log-actions", "DescribeSpotPriceHistory,DescribeAccountAttributes"]);
+    let proxy = fault_proxy(&["--log-actions", "DescribeSpotPriceHistory,DescribeAccountAttributes,GetServiceQuota"]);
     let c = launch_only(&[("LOADS__EC2__ENDPOINT_URL", proxy.url.as_str())]).await;
     let mut step = gen_step("gen", 1, "true");
     step["market"] = json!("spot");
@@ -484,7 +485,29 @@ async fn estimates_ask_ec2_once_for_prices_and_limits() {
     }
     assert!(quoted.iter().all(|q| *q == quoted[0]) && quoted[0].1 == 20, "the same answers each time: {quoted:?}");
     let actions: Vec<String> = proxy.log.lock().unwrap().iter().filter_map(|l| Some(l["action"].as_str()?.to_string())).collect();
-    assert_eq!(actions, ["DescribeSpotPriceHistory", "DescribeAccountAttributes"]);
+    assert_eq!(actions, ["DescribeSpotPriceHistory", "DescribeAccountAttributes", "GetServiceQuota", "GetServiceQuota"]);
+}
+
+/// An estimate checks the plan's standard vCPUs per region against the account's vCPU quotas
+/// (Service Quotas, answered by the fault proxy: moto has only VPC quotas), on demand and spot
+/// apart, and names each shortfall.
+#[actix_web::test]
+async fn an_estimate_names_each_vcpu_quota_the_plan_passes() {
+    let proxy = fault_proxy(&["--quota", "L-1216C47A=4", "--quota", "L-34B43A08=8"]);
+    let c = launch_only(&[("LOADS__EC2__ENDPOINT_URL", proxy.url.as_str())]).await;
+    let mut spot = gen_step("spot", 2, "true");
+    spot["market"] = json!("spot");
+    let plan = c.app.create_plan(json!({"name": "p", "steps": [gen_step("od", 3, "true"), spot]})).await;
+    let (status, e) = c.app.get(&format!("/api/v1/plans/{}/estimate", plan["id"].as_str().unwrap())).await;
+    assert_eq!(status, StatusCode::OK, "{e}");
+    let q = &e["quota"][0];
+    // t3.micro: 2 vCPUs. 3 on demand = 6 > 4; 2 spot = 4 <= 8.
+    assert_eq!((q["on_demand_standard_vcpus"].as_u64(), q["spot_standard_vcpus"].as_u64()), (Some(6), Some(4)), "{e:#}");
+    assert_eq!((q["on_demand_vcpu_quota"].as_u64(), q["spot_vcpu_quota"].as_u64()), (Some(4), Some(8)), "{e:#}");
+    let why = "us-west-2: the plan runs 6 on-demand standard vCPUs at once; the account's quota there is 4 (L-1216C47A)";
+    assert_eq!(q["shortfall"], why, "{e:#}");
+    assert!(e["notes"].as_array().unwrap().iter().any(|n| n == why), "{e:#}");
+    assert!(instances_of(&c.app.broker_id).await.is_empty(), "an estimate launches nothing");
 }
 
 /// Every run records what its instances cost: the seconds they were held per instance type,

@@ -105,6 +105,8 @@ pub struct StepEstimate {
     pub usd_per_instance_hour: Option<f64>,
     /// What the step costs at most; `null` when unbounded or unpriced.
     pub usd: Option<f64>,
+    /// vCPUs of one instance; `null` when the table does not say.
+    pub vcpus: Option<u32>,
 }
 
 /// What a plan costs on EC2, at most.
@@ -146,39 +148,93 @@ pub struct RegionQuota {
     pub region: String,
     /// Instances the plan runs there at once.
     pub instances: u32,
-    /// vCPUs the plan runs there at once (compare with the vCPU quota in Service Quotas).
+    /// vCPUs the plan runs there at once.
     pub vcpus: u32,
+    /// vCPUs of standard instance types (A, C, D, H, I, M, R, T, Z) bought on demand
+    /// (`spot_fallback` counted here: it may all be bought on demand).
+    pub on_demand_standard_vcpus: u32,
+    /// vCPUs of standard instance types bought as spot.
+    pub spot_standard_vcpus: u32,
     /// The account's instance limit there (`max-instances`); `null` when EC2 did not say.
     pub max_instances: Option<u32>,
-    /// Why the plan does not fit; `null` when it does.
+    /// The account's on-demand standard vCPU quota there (Service Quotas `L-1216C47A`); `null` when unknown.
+    pub on_demand_vcpu_quota: Option<u32>,
+    /// The account's standard spot vCPU quota there (Service Quotas `L-34B43A08`); `null` when unknown.
+    pub spot_vcpu_quota: Option<u32>,
+    /// Why the plan does not fit, each limit it passes; `null` when it fits.
     pub shortfall: Option<String>,
 }
 
+/// What the account allows in one region; `None` where EC2 did not say.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AccountLimits {
+    /// Instances at once (`max-instances`).
+    pub max_instances: Option<u32>,
+    /// vCPUs of running on-demand standard instances.
+    pub on_demand_vcpus: Option<u32>,
+    /// vCPUs of standard spot instances.
+    pub spot_vcpus: Option<u32>,
+}
+
+/// Whether an instance type counts against the standard vCPU quotas (families A, C, D, H, I, M, R, T, Z).
+fn standard(instance_type: &str) -> bool {
+    instance_type.chars().next().is_some_and(|c| "acdhimrtz".contains(c))
+}
+
 impl Estimate {
-    /// Checks the plan's instances per region against the account's limits (`max_instances` by
-    /// region); each shortfall is named in `quota` and in `notes`.
-    pub fn check_quotas(&mut self, max_instances: &BTreeMap<String, u32>) {
-        let mut instances = BTreeMap::<String, u32>::new();
+    /// Checks what the plan runs at once per region against the account's limits there: its
+    /// instances against `max-instances`, its standard vCPUs against the on-demand and spot
+    /// vCPU quotas. Each shortfall is named in `quota` and in `notes`; vCPUs the table does
+    /// not know, or of types outside the standard quotas, are named in `notes` as unchecked.
+    pub fn check_quotas(&mut self, limits: &BTreeMap<String, AccountLimits>) {
+        let mut quota = BTreeMap::<String, RegionQuota>::new();
+        let mut unchecked = Vec::new();
         for s in &self.steps {
-            *instances.entry(s.region.clone()).or_default() += s.instances;
+            let q = quota.entry(s.region.clone()).or_insert_with(|| RegionQuota {
+                region: s.region.clone(),
+                instances: 0,
+                vcpus: self.vcpus_by_region.get(&s.region).copied().unwrap_or(0),
+                on_demand_standard_vcpus: 0,
+                spot_standard_vcpus: 0,
+                max_instances: None,
+                on_demand_vcpu_quota: None,
+                spot_vcpu_quota: None,
+                shortfall: None,
+            });
+            q.instances += s.instances;
+            match s.vcpus {
+                Some(v) if standard(&s.instance_type) => match s.market.as_str() {
+                    "spot" => q.spot_standard_vcpus += v * s.instances,
+                    _ => q.on_demand_standard_vcpus += v * s.instances,
+                },
+                _ => unchecked.push(format!("step {:?}: the vCPU quota of {} is not checked", s.step, s.instance_type)),
+            }
         }
-        self.quota = instances
-            .into_iter()
-            .map(|(region, needed)| {
-                let max = max_instances.get(&region).copied();
-                let shortfall = max
-                    .filter(|m| needed > *m)
-                    .map(|m| format!("{region}: the plan runs {needed} instances at once; the account allows {m} there (max-instances)"));
-                RegionQuota {
-                    vcpus: self.vcpus_by_region.get(&region).copied().unwrap_or(0),
-                    region,
-                    instances: needed,
-                    max_instances: max,
-                    shortfall,
-                }
-            })
-            .collect();
+        for (region, q) in &mut quota {
+            let limits = limits.get(region).copied().unwrap_or_default();
+            (q.max_instances, q.on_demand_vcpu_quota, q.spot_vcpu_quota) =
+                (limits.max_instances, limits.on_demand_vcpus, limits.spot_vcpus);
+            let mut over = Vec::new();
+            if let Some(m) = q.max_instances.filter(|m| q.instances > *m) {
+                over.push(format!("the plan runs {} instances at once; the account allows {m} there (max-instances)", q.instances));
+            }
+            if let Some(m) = q.on_demand_vcpu_quota.filter(|m| q.on_demand_standard_vcpus > *m) {
+                over.push(format!(
+                    "the plan runs {} on-demand standard vCPUs at once; the account's quota there is {m} (L-1216C47A)",
+                    q.on_demand_standard_vcpus
+                ));
+            }
+            if let Some(m) = q.spot_vcpu_quota.filter(|m| q.spot_standard_vcpus > *m) {
+                over.push(format!(
+                    "the plan runs {} spot standard vCPUs at once; the account's quota there is {m} (L-34B43A08)",
+                    q.spot_standard_vcpus
+                ));
+            }
+            q.shortfall = (!over.is_empty()).then(|| format!("{region}: {}", over.join("; ")));
+        }
+        self.quota = quota.into_values().collect();
         self.notes.extend(self.quota.iter().filter_map(|q| q.shortfall.clone()));
+        self.notes.extend(unchecked);
     }
 }
 
@@ -262,6 +318,7 @@ pub fn estimate(plan: &PlanSpec, table: &PriceTable, spot: &SpotPrices, setup_se
             instance_hours: hours,
             usd_per_instance_hour: price,
             usd,
+            vcpus: table.vcpus.get(&s.instance_type).copied(),
         });
     }
     let instance_hours = steps.iter().map(|s| s.instance_hours).sum::<Option<f64>>().map(tidy);
@@ -499,7 +556,8 @@ mod tests {
     #[test]
     fn a_region_over_the_account_instance_limit_is_named() {
         let mut e = estimate(&demo(), &PriceTable::shipped(), 300, "ec2");
-        e.check_quotas(&BTreeMap::from([("us-west-2".to_string(), 3)]));
+        let limits = |max_instances| AccountLimits { max_instances, ..AccountLimits::default() };
+        e.check_quotas(&BTreeMap::from([("us-west-2".to_string(), limits(Some(3)))]));
         assert_eq!(e.quota.len(), 1);
         assert_eq!((e.quota[0].instances, e.quota[0].vcpus, e.quota[0].max_instances), (4, 8, Some(3)));
         let why = "us-west-2: the plan runs 4 instances at once; the account allows 3 there (max-instances)";
@@ -508,6 +566,38 @@ mod tests {
         let mut e = estimate(&demo(), &PriceTable::shipped(), 300, "ec2");
         e.check_quotas(&BTreeMap::new());
         assert_eq!((e.quota[0].max_instances, &e.quota[0].shortfall, e.notes.len()), (None, &None, 0));
+    }
+
+    #[test]
+    fn standard_vcpus_are_checked_against_each_markets_quota() {
+        // The demo: 4 × t3.micro (2 vCPUs each) on demand in us-west-2; one step moved to spot.
+        let mut plan = demo();
+        plan.steps[1].market = Market::Spot;
+        let mut e = estimate(&plan, &PriceTable::shipped(), 300, "ec2");
+        let limits = AccountLimits { max_instances: Some(20), on_demand_vcpus: Some(3), spot_vcpus: Some(1) };
+        e.check_quotas(&BTreeMap::from([("us-west-2".to_string(), limits)]));
+        let q = &e.quota[0];
+        let spot = 2 * plan.steps[1].instance_count;
+        assert_eq!((q.on_demand_standard_vcpus, q.spot_standard_vcpus), (8 - spot, spot));
+        assert_eq!((q.on_demand_vcpu_quota, q.spot_vcpu_quota), (Some(3), Some(1)));
+        let why = q.shortfall.as_deref().unwrap();
+        assert!(
+            why.contains(&format!(
+                "the plan runs {} on-demand standard vCPUs at once; the account's quota there is 3 (L-1216C47A)",
+                8 - spot
+            )),
+            "{why}"
+        );
+        assert!(
+            why.contains(&format!("the plan runs {spot} spot standard vCPUs at once; the account's quota there is 1 (L-34B43A08)")),
+            "{why}"
+        );
+        assert!(!why.contains("max-instances"), "{why}");
+        // A type outside the standard families, or unknown to the table, is named as not checked.
+        plan.steps[1].instance_type = "p3.2xlarge".into();
+        let mut e = estimate(&plan, &PriceTable::shipped(), 300, "ec2");
+        e.check_quotas(&BTreeMap::new());
+        assert!(e.notes.iter().any(|n| n.contains("the vCPU quota of p3.2xlarge is not checked")), "{:?}", e.notes);
     }
 
     #[test]

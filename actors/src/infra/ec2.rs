@@ -197,6 +197,8 @@ pub fn render_user_data(template: &str, boot: &NodeBoot) -> Result<String, Strin
 #[derive(Clone, Debug)]
 pub struct Region {
     client: Client,
+    /// Service Quotas in the same region (the vCPU quotas); none for a region built from a client.
+    quotas: Option<aws_sdk_servicequotas::Client>,
     name: String,
 }
 
@@ -222,7 +224,7 @@ impl Region {
             loader = loader.endpoint_url(url);
         }
         let config = loader.load().await;
-        Self { client: Client::new(&config), name: region.to_string() }
+        Self { client: Client::new(&config), quotas: Some(aws_sdk_servicequotas::Client::new(&config)), name: region.to_string() }
     }
 
     /// The region's name.
@@ -232,7 +234,7 @@ impl Region {
 
     /// A region from an already-built client (tests, tools).
     pub fn from_client(client: Client, region: &str) -> Self {
-        Self { client, name: region.to_string() }
+        Self { client, quotas: None, name: region.to_string() }
     }
 
     fn error<E: std::error::Error + ProvideErrorMetadata>(&self, operation: &'static str, e: E) -> Ec2Error {
@@ -404,6 +406,17 @@ impl Region {
             .filter(|a| a.attribute_name() == Some("max-instances"))
             .flat_map(|a| a.attribute_values())
             .find_map(|v| v.attribute_value()?.parse().ok()))
+    }
+
+    /// The account's quota `code` of service `ec2` in this region (Service Quotas), as a whole
+    /// number; `None` when Service Quotas has no such quota here.
+    pub async fn ec2_quota(&self, code: &str) -> Result<Option<u32>, Ec2Error> {
+        let Some(quotas) = &self.quotas else { return Ok(None) };
+        match quotas.get_service_quota().service_code("ec2").quota_code(code).send().await {
+            Ok(out) => Ok(out.quota().and_then(|q| q.value()).map(|v| v.max(0.0).min(u32::MAX as f64) as u32)),
+            Err(e) if e.code() == Some("NoSuchResourceException") => Ok(None),
+            Err(e) => Err(self.error("get the service quota", e)),
+        }
     }
 
     /// Instances by id, whatever their state.

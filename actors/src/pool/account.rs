@@ -1,5 +1,5 @@
 //! What EC2 says about the market and the account, for estimates: current spot
-//! prices and instance limits. Anyone with a read token may ask for an
+//! prices, the instance limit and the vCPU quotas (Service Quotas). Anyone with a read token may ask for an
 //! estimate, so each answer (a failure included) is kept for [`FRESH_FOR`]:
 //! however many estimates are asked for, EC2 gets at most one request per
 //! region (and type) in that time.
@@ -19,7 +19,7 @@ pub const FRESH_FOR: Duration = Duration::from_secs(300);
 #[derive(Default)]
 pub(super) struct Facts {
     spot: HashMap<(String, String), (Instant, Option<f64>)>,
-    limits: HashMap<String, (Instant, Option<u32>)>,
+    limits: HashMap<String, (Instant, Option<cost::AccountLimits>)>,
 }
 
 /// A kept answer still fresh.
@@ -69,17 +69,23 @@ impl Handler<SpotPrices> for Ec2PoolActor {
     }
 }
 
-/// The account's instance limit (`max-instances`) in each of these regions; a region
-/// not configured, or whose limit EC2 does not give, is left out (and the reason logged).
+/// Service Quotas' code of the running on-demand standard (A, C, D, H, I, M, R, T, Z) instances' vCPUs.
+pub const ON_DEMAND_STANDARD_VCPUS: &str = "L-1216C47A";
+/// Service Quotas' code of all standard spot instance requests' vCPUs.
+pub const SPOT_STANDARD_VCPUS: &str = "L-34B43A08";
+
+/// The account's limits in each of these regions: its instance limit (`max-instances`) and its
+/// standard vCPU quotas (on demand, spot). A region not configured is left out; a limit EC2
+/// does not give is `None` (the reason logged).
 #[derive(Debug, Message)]
-#[rtype(result = "BTreeMap<String, u32>")]
+#[rtype(result = "BTreeMap<String, cost::AccountLimits>")]
 pub struct InstanceLimits {
     /// Region names.
     pub regions: Vec<String>,
 }
 
 impl Handler<InstanceLimits> for Ec2PoolActor {
-    type Result = ResponseActFuture<Self, BTreeMap<String, u32>>;
+    type Result = ResponseActFuture<Self, BTreeMap<String, cost::AccountLimits>>;
 
     fn handle(&mut self, msg: InstanceLimits, _: &mut Context<Self>) -> Self::Result {
         let mut known = BTreeMap::new();
@@ -93,11 +99,18 @@ impl Handler<InstanceLimits> for Ec2PoolActor {
         let fetch = async move {
             let mut got = Vec::new();
             for (region, name) in asks {
-                let limit = region.max_instances().await.unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "could not read the account's instance limit");
-                    None
-                });
-                got.push((name, limit));
+                let read = |what: &'static str| {
+                    move |e: crate::infra::ec2::Ec2Error| {
+                        tracing::warn!(error = %e, "could not read the account's {what}");
+                        None
+                    }
+                };
+                let limits = cost::AccountLimits {
+                    max_instances: region.max_instances().await.unwrap_or_else(read("instance limit")),
+                    on_demand_vcpus: region.ec2_quota(ON_DEMAND_STANDARD_VCPUS).await.unwrap_or_else(read("on-demand vCPU quota")),
+                    spot_vcpus: region.ec2_quota(SPOT_STANDARD_VCPUS).await.unwrap_or_else(read("spot vCPU quota")),
+                };
+                got.push((name, Some(limits)));
             }
             got
         };
