@@ -381,6 +381,10 @@ pub struct Ec2Settings {
     pub request_timeout_seconds: u64,
     /// `spot_fallback` steps: seconds spot instances may take to run before the shortfall is launched on demand.
     pub spot_wait_seconds: u64,
+    /// Where a node reads its instance metadata (spot interruption notices), as seen from the node.
+    pub metadata_url: String,
+    /// How often each spot node's interruption notice is read, in seconds.
+    pub spot_notice_seconds: u64,
     /// Per region (`ec2.regions.us-west-2`, or `LOADS__EC2__REGIONS__US_WEST_2__AMI`).
     pub regions: std::collections::BTreeMap<String, RegionSettings>,
 }
@@ -400,6 +404,8 @@ impl Default for Ec2Settings {
             backoff_ms: 500,
             request_timeout_seconds: 30,
             spot_wait_seconds: 120,
+            metadata_url: "http://169.254.169.254".into(),
+            spot_notice_seconds: 5,
             regions: std::collections::BTreeMap::new(),
         }
     }
@@ -817,6 +823,15 @@ impl Settings {
         if self.ec2.spot_wait_seconds == 0 {
             return invalid("ec2.spot_wait_seconds", "must be at least 1");
         }
+        if self.ec2.spot_notice_seconds == 0 {
+            return invalid("ec2.spot_notice_seconds", "must be at least 1");
+        }
+        let metadata = &self.ec2.metadata_url;
+        if !(metadata.starts_with("http://") || metadata.starts_with("https://"))
+            || !metadata.chars().all(|c| c.is_ascii_alphanumeric() || ".:/-_[]".contains(c))
+        {
+            return invalid("ec2.metadata_url", "must be an http:// or https:// URL (letters, digits, . : / - _ [ ] only)");
+        }
         if self.ec2.request_timeout_seconds == 0 {
             return invalid("ec2.request_timeout_seconds", "must be at least 1");
         }
@@ -995,6 +1010,8 @@ impl Settings {
             owner: if self.ec2.owner.is_empty() { self.broker.id.clone() } else { self.ec2.owner.clone() },
             launch_timeout: Duration::from_secs(self.pool.launch_timeout_seconds),
             spot_wait: Duration::from_secs(self.ec2.spot_wait_seconds),
+            metadata_url: self.ec2.metadata_url.trim_end_matches('/').to_string(),
+            spot_notice: Duration::from_secs(self.ec2.spot_notice_seconds),
             expiry_grace: Duration::from_secs(self.ec2.expiry_grace_seconds),
             pooling: self.pool.pooling,
             idle: Duration::from_secs(self.pool.idle_seconds),

@@ -680,26 +680,54 @@ impl MetricsActor {
         breach
     }
 
-    /// Marks a breach where people look: an annotation on the run's Grafana dashboard, an InfluxDB event.
+    /// Marks a breach where people look.
     fn mark_breach(&self, run_id: Uuid, breach: &Breach, ctx: &mut Context<Self>) {
         tracing::warn!(%run_id, reason = %breach.reason, "a threshold with abort_on_fail failed: the run stops");
+        self.mark(Mark { run_id, at_ms: breach.at_ms, text: breach.reason.clone(), tag: "breach" }, ctx);
+    }
+
+    /// Marks a moment of a run where people look: an annotation on its Grafana dashboard
+    /// (tags `loads` and `mark.tag`), an InfluxDB event.
+    fn mark(&self, mark: Mark, ctx: &mut Context<Self>) {
+        let Mark { run_id, at_ms, text, tag } = mark;
         let influx = self.runs.get(&run_id).and_then(|r| r.influx.clone());
         let grafana = self.dashboards.grafana.clone();
-        let (text, at_ms) = (breach.reason.clone(), breach.at_ms);
         ctx.spawn(actix::fut::wrap_future(async move {
             if let Some(influx) = influx {
                 let at = influxdb::Timestamp::Milliseconds(u128::try_from(at_ms).unwrap_or(0));
                 let point = influxdb::WriteQuery::new(at, "events").add_tag("run", run_id.to_string()).add_field("text", text.clone());
                 if let Err(e) = influx.write(vec![point]).await {
-                    tracing::warn!(%run_id, error = %e, "the breach was not written to InfluxDB");
+                    tracing::warn!(%run_id, error = %e, "a {tag} was not written to InfluxDB");
                 }
             }
             if let Some(grafana) = grafana {
-                if let Err(e) = grafana.annotate(&dashboard::uid_of(run_id), at_ms, &text, &["loads", "breach"]).await {
-                    tracing::warn!(%run_id, error = %e, "the breach was not marked on the dashboard");
+                if let Err(e) = grafana.annotate(&dashboard::uid_of(run_id), at_ms, &text, &["loads", tag]).await {
+                    tracing::warn!(%run_id, error = %e, "a {tag} was not marked on the dashboard");
                 }
             }
         }));
+    }
+}
+
+/// Marks a moment of a run on its dashboard and in InfluxDB (a spot interruption, a breach).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Mark {
+    /// The run.
+    pub run_id: Uuid,
+    /// When, Unix milliseconds.
+    pub at_ms: i64,
+    /// What happened, for a human.
+    pub text: String,
+    /// Its kind, a dashboard annotation tag: `breach`, `interruption`.
+    pub tag: &'static str,
+}
+
+impl Handler<Mark> for MetricsActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Mark, ctx: &mut Context<Self>) {
+        self.mark(msg, ctx);
     }
 }
 

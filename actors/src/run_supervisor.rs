@@ -453,6 +453,7 @@ impl RunSupervisor {
                 settings: self.settings.clone(),
                 db: self.db.clone(),
                 ingest_token: self.ingest_token.clone(),
+                metrics: self.metrics.clone(),
                 resume,
             };
             slot.addr = Some(StepActor::new(step_ctx, self.pool.clone(), me.clone()).start());

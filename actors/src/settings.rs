@@ -107,6 +107,10 @@ pub struct CloudSettings {
     pub launch_timeout: Duration,
     /// How long `spot_fallback` spot instances may take to run before the shortfall goes on demand.
     pub spot_wait: Duration,
+    /// Where nodes read their instance metadata (no trailing slash).
+    pub metadata_url: String,
+    /// How often each spot node's interruption notice is read.
+    pub spot_notice: Duration,
     /// Added to a run's maximum time for the dead-man's switch deadline.
     pub expiry_grace: Duration,
     /// Keep released instances for reuse.

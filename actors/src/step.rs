@@ -29,13 +29,14 @@ use crate::docker_node::{ContainerExited, DockerNodeActor, LiveLogs, NodeIdentit
 use crate::domain::launch::{self, Launch};
 use crate::domain::life::StepPhase;
 pub use crate::domain::life::{StepOutcome, StopReason};
-use crate::domain::views::ContainerView;
+use crate::domain::views::{ContainerView, InterruptionView};
 use crate::domain::views::{StepState, StepView};
 use crate::domain::Env;
 use crate::feed::EventKind;
 use crate::infra::download;
 use crate::journal::{self, Journal, Journaled};
-use crate::pool::{AcquireNodes, Ec2PoolActor, NodeGrant, ReleaseNodes};
+use crate::metrics::{Mark, MetricsActor};
+use crate::pool::{AcquireNodes, Ec2PoolActor, NodeGrant, NodeInterrupted, ReleaseNodes};
 use crate::settings::RunSettings;
 use crate::store::runs;
 
@@ -92,6 +93,8 @@ pub struct StepContext {
     pub db: DatabaseConnection,
     /// The run's metrics ingest token.
     pub ingest_token: String,
+    /// The metrics collector, to mark a node's interruption on the run's dashboard.
+    pub metrics: Addr<MetricsActor>,
     /// Set when a restarted broker carries the step on.
     pub resume: Option<StepResume>,
 }
@@ -236,6 +239,7 @@ impl StepActor {
             market: c.step.spec.market,
             needed_for: c.run_span + Duration::from_secs(c.settings.prepare_timeout_secs),
             adopt: c.resume.is_some(),
+            interruptions: Some(ctx.address().recipient()),
         };
         let fut = async move {
             let grants = pool.send(acquire).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
@@ -649,7 +653,7 @@ impl Handler<ContainerExited> for StepActor {
     fn handle(&mut self, msg: ContainerExited, ctx: &mut Context<Self>) {
         self.exits.insert(msg.docker_id.clone(), Some(msg.exit_code));
         if let Some(why) = msg.lost {
-            self.node_lost(msg.node, why, ctx);
+            self.node_lost(msg.node, "stopped answering", why, ctx);
             return self.check_done(ctx);
         }
         self.event(EventKind::Container {
@@ -659,7 +663,8 @@ impl Handler<ContainerExited> for StepActor {
             state: "exited".into(),
             exit_code: Some(msg.exit_code),
         });
-        if msg.exit_code != 0 && matches!(self.phase, StepPhase::Running { .. }) {
+        // A node dropped already (an interruption notice) had its container stopped: no failure.
+        if msg.exit_code != 0 && matches!(self.phase, StepPhase::Running { .. }) && !self.lost.contains(&msg.node) {
             self.phase.note_failure(format!("the container on node {} exited with code {}", msg.node, msg.exit_code));
         }
         self.check_done(ctx);
@@ -667,9 +672,13 @@ impl Handler<ContainerExited> for StepActor {
 }
 
 impl StepActor {
-    /// A node stopped answering: with `prune_running` the step goes on without it
-    /// (unless it was the last); otherwise the step fails and stops its other nodes.
-    fn node_lost(&mut self, node: String, why: String, ctx: &mut Context<Self>) {
+    /// A node is lost (it `stopped answering`, or got a spot interruption notice): with
+    /// `prune_running` the step goes on without it (unless it was the last); otherwise the
+    /// step fails and stops its other nodes.
+    fn node_lost(&mut self, node: String, what: &str, why: String, ctx: &mut Context<Self>) {
+        if self.lost.contains(&node) {
+            return;
+        }
         self.lost.push(node.clone());
         let state = if self.ctx.step.spec.prune_running { "pruned" } else { "lost" };
         self.event(EventKind::Node { step: self.name(), node: node.clone(), state: state.into() });
@@ -679,15 +688,48 @@ impl StepActor {
         }
         if !self.ctx.step.spec.prune_running || all_lost {
             let reason = if all_lost && self.ctx.step.spec.prune_running {
-                format!("every node stopped answering (last: {node}: {why})")
+                format!("every node is lost (last: {node} {what}: {why})")
             } else {
-                format!("node {node} stopped answering: {why}")
+                format!("node {node} {what}: {why}")
             };
             self.phase.note_failure(reason);
             self.begin_stop(None, ctx);
         } else {
             tracing::warn!(run_id = %self.ctx.run_id, step = %self.name(), %node, reason = %why, "node pruned; the step goes on without it");
         }
+    }
+}
+
+impl Handler<NodeInterrupted> for StepActor {
+    type Result = ();
+
+    /// A spot node is about to go: it is recorded on the step record and marked on the run's
+    /// dashboard, its containers are stopped, and the step treats it as lost.
+    fn handle(&mut self, msg: NodeInterrupted, ctx: &mut Context<Self>) {
+        let why = format!("EC2 will {} instance {} at {}", msg.action, msg.instance, msg.time);
+        let notice = InterruptionView {
+            node: msg.node.clone(),
+            instance: msg.instance,
+            action: msg.action,
+            time: msg.time,
+            noticed_at: msg.noticed_at,
+        };
+        let (db, run_id, step_id) = (self.ctx.db.clone(), self.ctx.run_id, self.ctx.step.id);
+        ctx.spawn(
+            async move {
+                if let Err(e) = runs::add_interruption(&db, run_id, step_id, &notice).await {
+                    tracing::warn!(%run_id, error = %e, "could not record a spot interruption");
+                }
+            }
+            .into_actor(self),
+        );
+        let text = format!("step {}: node {} got a spot interruption notice: {why}", self.name(), msg.node);
+        self.ctx.metrics.do_send(Mark { run_id, at_ms: msg.noticed_at.timestamp_millis(), text, tag: "interruption" });
+        if let Some(node) = self.nodes.iter().find(|n| n.id == msg.node) {
+            node.addr.do_send(StopContainers);
+        }
+        self.node_lost(msg.node, "got a spot interruption notice", why, ctx);
+        self.check_done(ctx);
     }
 }
 

@@ -16,6 +16,7 @@ mod m20261202_000009_create_run_series;
 mod m20261203_000010_add_metric_units;
 mod m20261203_000011_add_step_market;
 mod m20261203_000012_add_run_cost;
+mod m20261203_000013_add_step_interruptions;
 
 /// Applies every migration in order.
 pub struct Migrator;
@@ -36,6 +37,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000010_add_metric_units::Migration),
             Box::new(m20261203_000011_add_step_market::Migration),
             Box::new(m20261203_000012_add_run_cost::Migration),
+            Box::new(m20261203_000013_add_step_interruptions::Migration),
         ]
     }
 }

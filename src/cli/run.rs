@@ -296,6 +296,16 @@ async fn summary(actors: &Actors, run: &RunView) -> anyhow::Result<()> {
         if let Some(reason) = &r.failure_reason {
             println!("{:<24} {reason}", "");
         }
+        for i in &r.interruptions {
+            println!(
+                "{:<24} node {} got a spot interruption notice at {}: {} at {}",
+                "",
+                i.node,
+                i.noticed_at.format("%H:%M:%S"),
+                i.action,
+                i.time
+            );
+        }
     }
     print_metrics(&metrics);
     print_thresholds(&run.thresholds);

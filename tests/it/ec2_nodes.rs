@@ -21,6 +21,7 @@ use loads_actors::domain::usage::Clock;
 
 use crate::helpers::{ensure_images, record, sh_step, Backend, TestApp};
 use crate::instances::{client, moto, REGION};
+use crate::sshd::start_sshd;
 
 /// An instance as moto shows it.
 #[derive(Debug)]
@@ -633,4 +634,114 @@ async fn a_run_whose_recorded_cost_reaches_its_cap_is_aborted() {
         "{message}"
     );
     assert_eq!(instances_of(&c.app.broker_id).await.len(), launched, "nothing more was launched");
+}
+
+/// A stand-in for the instance metadata service on loopback (the real one's link-local
+/// address is never reached): IMDSv2 tokens, and `spot/instance-action` answering 404 until
+/// `arm`ed, then one notice, to whichever node asks first, and 404 again.
+struct Metadata {
+    url: String,
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Metadata {
+    fn start() -> Self {
+        use std::io::{BufRead, BufReader, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (is_armed, count) = (armed.clone(), std::sync::atomic::AtomicUsize::new(0));
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request = String::new();
+                let _ = reader.read_line(&mut request);
+                let mut token = false;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                        break;
+                    }
+                    token |= line.to_ascii_lowercase().starts_with("x-aws-ec2-metadata-token: tok");
+                }
+                let (status, body) = if request.starts_with("PUT /latest/api/token ") {
+                    ("200 OK", "tok".to_string())
+                } else if request.starts_with("GET /latest/meta-data/spot/instance-action ")
+                    && token
+                    && is_armed.load(Ordering::SeqCst)
+                    && count.fetch_add(1, Ordering::SeqCst) == 0
+                {
+                    ("200 OK", r#"{"action": "terminate", "time": "2026-12-03T12:00:00Z"}"#.to_string())
+                } else {
+                    ("404 Not Found", String::new())
+                };
+                let _ = write!(stream, "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+            }
+        });
+        Self { url, armed }
+    }
+}
+
+/// A spot node that gets an interruption notice mid-run (read from the metadata service over
+/// the node's SSH connection) is dropped under `prune_running`: its container is stopped, the
+/// step completes on the other node, and the notice is recorded on the step record and marked
+/// on the run's dashboard.
+#[actix_web::test]
+async fn a_spot_interruption_notice_drops_that_node_and_is_recorded() {
+    let (a, b) = (start_sshd(), start_sshd());
+    // One client key for both nodes, as one key pair serves every instance.
+    let key = a.dir.path().join("client_key");
+    std::fs::copy(a.dir.path().join("client_key.pub"), b.dir.path().join("authorized_keys")).unwrap();
+    let metadata = Metadata::start();
+    let (grafana_port, grafana) = crate::dashboards::recording_grafana(3);
+    let grafana_url = format!("http://127.0.0.1:{grafana_port}");
+    let settings = [
+        ("LOADS__SSH__RECORD_NEW_HOSTS", "true"),
+        ("LOADS__SSH__CONNECT_TIMEOUT_SECONDS", "10"),
+        ("LOADS__EC2__METADATA_URL", metadata.url.as_str()),
+        ("LOADS__EC2__SPOT_NOTICE_SECONDS", "1"),
+        ("LOADS__GRAFANA__URL", grafana_url.as_str()),
+        ("LOADS__GRAFANA__TOKEN", "t"),
+    ];
+    let c = cloud_tweaked(&[a.addr.to_string(), b.addr.to_string()], key, &settings, |_| {}).await;
+    let mut step = gen_step("gen", 2, "trap 'exit 0' TERM; sleep 20 & wait");
+    step["market"] = json!("spot");
+    step["prune_running"] = json!(true);
+    step["run_max_time"] = json!(60);
+    let (_, run_id) = c.app.start(json!({"name": "p", "steps": [step]}), json!({})).await;
+    c.app.wait_for_run(&run_id, 120, |r| record(r, "gen")["state"] == "running").await;
+    metadata.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let run = c.app.wait_finished(&run_id, 120).await;
+
+    assert_eq!(run["state"], "completed", "the step went on without the interrupted node: {run:#}");
+    let notices = record(&run, "gen")["interruptions"].as_array().unwrap().clone();
+    assert_eq!(notices.len(), 1, "{run:#}");
+    let notice = &notices[0];
+    assert_eq!((notice["action"].as_str(), notice["time"].as_str()), (Some("terminate"), Some("2026-12-03T12:00:00Z")));
+    let node = notice["node"].as_str().unwrap().to_string();
+    let instances = instances_of(&c.app.broker_id).await;
+    assert!(
+        instances.iter().any(|i| i.id == notice["instance"] && i.tags.get("loads:market").map(String::as_str) == Some("spot")),
+        "{instances:?}"
+    );
+    // The interrupted node's container was stopped (trapped: exit 0); the other ran its course.
+    let (_, logs) = c.app.get(&format!("/api/v1/runs/{run_id}/logs")).await;
+    let steps: Vec<&Value> = logs["containers"].as_array().unwrap().iter().filter(|c| c["role"] == "step").collect();
+    assert_eq!(steps.len(), 2, "{logs:#}");
+    assert!(steps.iter().all(|c| c["exit_code"] == 0), "{logs:#}");
+    // Marked on the dashboard.
+    let mut annotation = None;
+    for _ in 0..3 {
+        let request = crate::dashboards::next(&grafana).await;
+        if request.request_line.contains("/api/annotations") {
+            annotation = Some(request.body);
+        }
+    }
+    let annotation = annotation.expect("an annotation was posted");
+    assert_eq!(annotation["tags"], json!(["loads", "interruption"]), "{annotation}");
+    let text = annotation["text"].as_str().unwrap();
+    assert!(text.contains(&format!("node {node} got a spot interruption notice")) && text.contains("terminate"), "{text}");
+    until_all_terminated(&c.app.broker_id).await;
 }

@@ -379,6 +379,24 @@ pub struct StepRecordView {
     pub started_at: Option<DateTime<Utc>>,
     /// When it finished.
     pub completed_at: Option<DateTime<Utc>>,
+    /// Spot interruption notices its nodes got, in the order read.
+    pub interruptions: Vec<InterruptionView>,
+}
+
+/// A spot interruption notice one of a step's nodes got: from then on the step went on
+/// without that node (`prune_running`), or failed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct InterruptionView {
+    /// The node's name in the run.
+    pub node: String,
+    /// Its EC2 instance.
+    pub instance: String,
+    /// What EC2 announced: `terminate`, `stop` or `hibernate`.
+    pub action: String,
+    /// When, as the notice says.
+    pub time: String,
+    /// When the broker read the notice and dropped the node.
+    pub noticed_at: DateTime<Utc>,
 }
 
 /// One page of a list, with the total across all pages.

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::meter::Meter;
 use super::reaper::all_instances;
-use super::{AcquireNodes, Ec2PoolActor, NodeGrant, OpenRun, PoolError, Shared};
+use super::{AcquireNodes, Ec2PoolActor, NodeGrant, NodeInterrupted, OpenRun, PoolError, Shared};
 use crate::domain::usage::UsageKey;
 use crate::domain::Market;
 use crate::infra::docker::{labels, Engine};
@@ -37,6 +37,8 @@ pub(super) struct CloudNode {
     engine: Engine,
     _bridge: Task,
     forward: Option<Task>,
+    /// Reads the spot interruption notice while the node is leased (spot nodes only).
+    watch: Option<Task>,
     lease: Option<Lease>,
     idle_since: Option<DateTime<Utc>>,
 }
@@ -173,7 +175,18 @@ impl CloudNodes {
     ) -> ResponseActFuture<Ec2PoolActor, Result<Vec<NodeGrant>, PoolError>> {
         let refuse = |why: String| -> ResponseActFuture<Ec2PoolActor, _> { Box::pin(actix::fut::ready(Err(PoolError::Refused(why)))) };
         if msg.adopt {
-            return Box::pin(actix::fut::ready(Ok(self.adopted_grants(shared, msg.run_id, msg.step_id))));
+            let grants = self.adopted_grants(shared, msg.run_id, msg.step_id);
+            // Adopted spot nodes are watched again.
+            let settings = self.settings.clone();
+            for node in self.nodes.values_mut() {
+                let Some(lease) = node.lease.as_ref().filter(|l| l.run_id == msg.run_id && l.step_id == msg.step_id) else { continue };
+                if let Some(to) = msg.interruptions.clone().filter(|_| usage_key(&node.instance).market == "spot") {
+                    let name = lease.name.clone();
+                    node.watch =
+                        Some(Task::spawn(watch_spot_notice(settings.clone(), node.ssh.clone(), name, node.instance.id.clone(), to)));
+                }
+            }
+            return Box::pin(actix::fut::ready(Ok(grants)));
         }
         let Some(config) = self.settings.regions.get(&msg.region).cloned() else {
             return refuse(format!("region {} is not configured: set ec2.regions.{}.ami", msg.region, msg.region));
@@ -218,6 +231,8 @@ impl CloudNodes {
         };
         let (run_id, step_id) = (job.msg.run_id, job.msg.step_id);
         let position = job.msg.step_position;
+        let interruptions = job.msg.interruptions.clone();
+        let settings = self.settings.clone();
         let images_from = shared.engine.clone().ok();
         Box::pin(actix::fut::wrap_future::<_, Ec2PoolActor>(provision(job, reused)).map(move |res, act, ctx| {
             // Instances launched for the step that did not become ready were given up.
@@ -243,6 +258,9 @@ impl CloudNodes {
                     host_network: true,
                 };
                 node.forward = Some(forward);
+                node.watch = interruptions.clone().filter(|_| usage_key(&node.instance).market == "spot").map(|to| {
+                    Task::spawn(watch_spot_notice(settings.clone(), node.ssh.clone(), grant.id.clone(), node.instance.id.clone(), to))
+                });
                 node.lease = Some(Lease {
                     run_id,
                     step_id,
@@ -383,6 +401,7 @@ async fn release(cloud: Arc<CloudSettings>, regions: Vec<Region>, broker: String
     let mut doomed: Vec<CloudNode> = Vec::new();
     for mut node in nodes {
         node.forward = None;
+        node.watch = None;
         let lease = node.lease.take();
         if !(cloud.pooling && pool) {
             doomed.push(node);
@@ -435,6 +454,44 @@ async fn release(cloud: Arc<CloudSettings>, regions: Vec<Region>, broker: String
     kept
 }
 
+/// The command that prints a node's spot interruption notice, if it has one: its instance
+/// metadata `spot/instance-action`, read with an IMDSv2 token (a 404, and so a failure, without one).
+fn spot_notice_command(metadata_url: &str) -> String {
+    format!(
+        "t=$(curl -sf -m 2 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' '{metadata_url}/latest/api/token') && \
+         curl -sf -m 2 -H \"X-aws-ec2-metadata-token: $t\" '{metadata_url}/latest/meta-data/spot/instance-action'"
+    )
+}
+
+/// A notice's action and time (`{"action": "terminate", "time": "2017-09-18T08:22:00Z"}`).
+fn spot_notice(text: &str) -> Option<(String, String)> {
+    let notice: serde_json::Value = serde_json::from_str(text.trim()).ok()?;
+    let action = notice.get("action")?.as_str()?.to_string();
+    let time = notice.get("time").and_then(|t| t.as_str()).unwrap_or_default().to_string();
+    Some((action, time))
+}
+
+/// Reads a spot node's interruption notice every `ec2.spot_notice_seconds` over its SSH
+/// connection until there is one, and tells `to`; stops when the node is released.
+async fn watch_spot_notice(cloud: Arc<CloudSettings>, ssh: SshNode, node: String, instance: String, to: actix::Recipient<NodeInterrupted>) {
+    let command = spot_notice_command(&cloud.metadata_url);
+    loop {
+        tokio::time::sleep(cloud.spot_notice).await;
+        match ssh.exec(&command).await {
+            Ok((0, out)) => {
+                if let Some((action, time)) = spot_notice(&out) {
+                    tracing::warn!(%instance, %node, %action, %time, "spot interruption notice");
+                    to.do_send(NodeInterrupted { node, instance, action, time, noticed_at: Utc::now() });
+                    return;
+                }
+            }
+            // No notice (the metadata answers 404), or the node is not answering: the step finds out.
+            Ok(_) => {}
+            Err(e) => tracing::debug!(%instance, error = %e, "could not read the spot interruption notice"),
+        }
+    }
+}
+
 /// What taking a run's instances back needs.
 struct Adoption {
     cloud: Arc<CloudSettings>,
@@ -480,7 +537,7 @@ async fn adopt_node(job: &Adoption, instance: InstanceView) -> Result<CloudNode,
     let (port, forward) = ssh.forward_to_broker(NODE_LOOPBACK, port, job.ingest).await.map_err(|e| e.to_string())?;
     let address = instance.private_ip_address.clone().unwrap_or_else(|| addr.ip().to_string());
     let lease = Lease { run_id: job.run_id, step_id, name, address, network, ingest_base: format!("http://{NODE_LOOPBACK}:{port}") };
-    Ok(CloudNode { instance, ssh, engine, _bridge: bridge, forward: Some(forward), lease: Some(lease), idle_since: None })
+    Ok(CloudNode { instance, ssh, engine, _bridge: bridge, forward: Some(forward), watch: None, lease: Some(lease), idle_since: None })
 }
 
 /// The tags that let a restarted broker take a node back: its name in the run, its SSH address, its metrics forward's port.
@@ -784,7 +841,7 @@ async fn connect(job: &Provision, instance: InstanceView, over: Option<SocketAdd
     ssh.wait_for_docker(cloud.launch_timeout).await.map_err(|e| e.to_string())?;
     stage("docker ready");
     let (engine, bridge) = ssh.docker().await.map_err(|e| e.to_string())?;
-    Ok(CloudNode { instance, ssh, engine, _bridge: bridge, forward: None, lease: None, idle_since: None })
+    Ok(CloudNode { instance, ssh, engine, _bridge: bridge, forward: None, watch: None, lease: None, idle_since: None })
 }
 
 /// Readies a connected node for the run: the relay image, the run network, the metrics forward.

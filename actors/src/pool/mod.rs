@@ -305,6 +305,25 @@ pub struct AcquireNodes {
     pub needed_for: Duration,
     /// Carried on after a restart: the nodes the step had, adopted by `AdoptRun`, not new ones.
     pub adopt: bool,
+    /// Told when one of the step's spot nodes gets an interruption notice.
+    pub interruptions: Option<actix::Recipient<NodeInterrupted>>,
+}
+
+/// A spot node got an interruption notice (its instance metadata `spot/instance-action`):
+/// EC2 will stop or terminate it about two minutes after.
+#[derive(Clone, Debug, Message)]
+#[rtype(result = "()")]
+pub struct NodeInterrupted {
+    /// The node's name in the run.
+    pub node: String,
+    /// Its instance.
+    pub instance: String,
+    /// What EC2 will do: `terminate`, `stop` or `hibernate`.
+    pub action: String,
+    /// When, as the notice says (RFC 3339).
+    pub time: String,
+    /// When the broker read the notice.
+    pub noticed_at: chrono::DateTime<chrono::Utc>,
 }
 
 impl Handler<AcquireNodes> for Ec2PoolActor {

@@ -159,6 +159,8 @@ pub mod step_record {
         pub started_at: Option<DateTimeUtc>,
         pub completed_at: Option<DateTimeUtc>,
         pub updated_at: DateTimeUtc,
+        #[sea_orm(column_type = "Text", nullable)]
+        pub interruptions: Option<String>,
     }
 
     no_relations!();

@@ -14,7 +14,9 @@ use super::entities::{container, metric_summary, plan, run, run_series, step, st
 use super::{clamp_page, env_from_json, run_env_to_json, unset_from_json, StoreError};
 use crate::domain::life::{Ending, RunPhase};
 use crate::domain::usage::RunCost;
-use crate::domain::views::{ContainerView, MetricSummaryView, Page, RunState, RunView, StepRecordView, StepState, ThresholdView, Verdict};
+use crate::domain::views::{
+    ContainerView, InterruptionView, MetricSummaryView, Page, RunState, RunView, StepRecordView, StepState, ThresholdView, Verdict,
+};
 use crate::domain::Env;
 
 /// Which runs to list; every filter is optional.
@@ -61,6 +63,7 @@ async fn views(db: &impl ConnectionTrait, runs: Vec<run::Model>) -> Result<Vec<R
             created_at: r.created_at,
             started_at: r.started_at,
             completed_at: r.completed_at,
+            interruptions: r.interruptions.as_deref().and_then(|i| serde_json::from_str(i).ok()).unwrap_or_default(),
         });
     }
     for list in records.values_mut() {
@@ -213,6 +216,7 @@ async fn create_once<C: ConnectionTrait + TransactionTrait>(
             started_at: Set(None),
             completed_at: Set(None),
             updated_at: Set(now),
+            interruptions: Set(None),
         });
         step_record::Entity::insert_many(records).exec(&txn).await?;
     }
@@ -510,6 +514,21 @@ pub async fn recovery(db: &impl ConnectionTrait, id: Uuid) -> Result<Recovery, S
 /// Records the last feed sequence number handed out for run `id`.
 pub async fn set_feed_seq(db: &impl ConnectionTrait, id: Uuid, seq: u64) -> Result<(), StoreError> {
     run::ActiveModel { id: Set(id), feed_seq: Set(i64::try_from(seq).unwrap_or(i64::MAX)), ..Default::default() }.update(db).await?;
+    Ok(())
+}
+
+/// Adds a spot interruption notice to a step's record.
+pub async fn add_interruption(db: &impl ConnectionTrait, run_id: Uuid, step_id: Uuid, notice: &InterruptionView) -> Result<(), StoreError> {
+    let row = step_record::Entity::find()
+        .filter(step_record::Column::RunId.eq(run_id))
+        .filter(step_record::Column::StepId.eq(step_id))
+        .one(db)
+        .await?
+        .ok_or_else(|| StoreError::not_found("step record", step_id))?;
+    let mut all: Vec<InterruptionView> = row.interruptions.as_deref().and_then(|i| serde_json::from_str(i).ok()).unwrap_or_default();
+    all.push(notice.clone());
+    let json = serde_json::to_string(&all).map_err(|e| DbErr::Custom(format!("the step's interruptions: {e}")))?;
+    step_record::ActiveModel { id: Set(row.id), interruptions: Set(Some(json)), ..Default::default() }.update(db).await?;
     Ok(())
 }
 
