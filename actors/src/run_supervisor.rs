@@ -281,9 +281,12 @@ impl RunSupervisor {
         }
         self.metering = true;
         let meter = self.meter.clone();
-        ctx.spawn(async move { meter.check().await }.into_actor(self).map(|checked, act, ctx| {
+        // Checked on a task of its own: it holds the meter's lock, which the closing job (a
+        // journal write, during which the actor polls nothing else) waits for.
+        let checking = actix::spawn(async move { meter.check().await });
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(checking).map(|checked, act, ctx| {
             act.metering = false;
-            let Some((cost, reached)) = checked else { return };
+            let Ok(Some((cost, reached))) = checked else { return };
             act.feed.publish(EventKind::Cost { cost });
             if let Some(why) = reached.filter(|_| act.phase.is_live()) {
                 tracing::warn!(run_id = %act.run_id, reason = %why, "the run reached its budget; aborting it");
