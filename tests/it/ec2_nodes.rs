@@ -721,6 +721,8 @@ async fn a_spot_interruption_notice_drops_that_node_and_is_recorded() {
     let notice = &notices[0];
     assert_eq!((notice["action"].as_str(), notice["time"].as_str()), (Some("terminate"), Some("2026-12-03T12:00:00Z")));
     let node = notice["node"].as_str().unwrap().to_string();
+    let line = &run["cost"]["lines"][0];
+    assert_eq!((line["market"].as_str(), line["instances"].as_u64()), (Some("spot"), Some(2)), "{run:#}");
     let instances = instances_of(&c.app.broker_id).await;
     assert!(
         instances.iter().any(|i| i.id == notice["instance"] && i.tags.get("loads:market").map(String::as_str) == Some("spot")),

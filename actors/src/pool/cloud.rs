@@ -181,9 +181,9 @@ impl CloudNodes {
             for node in self.nodes.values_mut() {
                 let Some(lease) = node.lease.as_ref().filter(|l| l.run_id == msg.run_id && l.step_id == msg.step_id) else { continue };
                 if let Some(to) = msg.interruptions.clone().filter(|_| usage_key(&node.instance).market == "spot") {
-                    let name = lease.name.clone();
+                    let watch = SpotWatch { cloud: settings.clone(), meter: shared.meter.clone(), run_id: msg.run_id, to };
                     node.watch =
-                        Some(Task::spawn(watch_spot_notice(settings.clone(), node.ssh.clone(), name, node.instance.id.clone(), to)));
+                        Some(Task::spawn(watch_spot_notice(watch, node.ssh.clone(), lease.name.clone(), node.instance.id.clone())));
                 }
             }
             return Box::pin(actix::fut::ready(Ok(grants)));
@@ -259,7 +259,8 @@ impl CloudNodes {
                 };
                 node.forward = Some(forward);
                 node.watch = interruptions.clone().filter(|_| usage_key(&node.instance).market == "spot").map(|to| {
-                    Task::spawn(watch_spot_notice(settings.clone(), node.ssh.clone(), grant.id.clone(), node.instance.id.clone(), to))
+                    let watch = SpotWatch { cloud: settings.clone(), meter: act.shared.meter.clone(), run_id, to };
+                    Task::spawn(watch_spot_notice(watch, node.ssh.clone(), grant.id.clone(), node.instance.id.clone()))
                 });
                 node.lease = Some(Lease {
                     run_id,
@@ -471,9 +472,19 @@ fn spot_notice(text: &str) -> Option<(String, String)> {
     Some((action, time))
 }
 
+/// What watching a run's spot node needs.
+#[derive(Clone)]
+struct SpotWatch {
+    cloud: Arc<CloudSettings>,
+    meter: Meter,
+    run_id: Uuid,
+    to: actix::Recipient<NodeInterrupted>,
+}
+
 /// Reads a spot node's interruption notice every `ec2.spot_notice_seconds` over its SSH
 /// connection until there is one, and tells `to`; stops when the node is released.
-async fn watch_spot_notice(cloud: Arc<CloudSettings>, ssh: SshNode, node: String, instance: String, to: actix::Recipient<NodeInterrupted>) {
+async fn watch_spot_notice(watch: SpotWatch, ssh: SshNode, node: String, instance: String) {
+    let SpotWatch { cloud, meter, run_id, to } = watch;
     let command = spot_notice_command(&cloud.metadata_url);
     loop {
         tokio::time::sleep(cloud.spot_notice).await;
@@ -481,6 +492,11 @@ async fn watch_spot_notice(cloud: Arc<CloudSettings>, ssh: SshNode, node: String
             Ok((0, out)) => {
                 if let Some((action, time)) = spot_notice(&out) {
                     tracing::warn!(%instance, %node, %action, %time, "spot interruption notice");
+                    // Billed until EC2 takes it: the notice's time, else two minutes from now.
+                    let taken = DateTime::parse_from_rfc3339(&time)
+                        .map(|t| t.with_timezone(&Utc))
+                        .unwrap_or_else(|_| meter.now() + chrono::Duration::minutes(2));
+                    meter.ends_by(run_id, &instance, taken.max(meter.now()));
                     to.do_send(NodeInterrupted { node, instance, action, time, noticed_at: Utc::now() });
                     return;
                 }

@@ -64,13 +64,24 @@ impl Meter {
         });
     }
 
+    /// The run's `instance` is billed until `at` at the latest (EC2 takes back an
+    /// interrupted spot instance then), unless it was let go before.
+    pub(super) fn ends_by(&self, run_id: Uuid, instance: &str, at: DateTime<Utc>) {
+        self.with(|runs| {
+            for span in runs.get_mut(&run_id).into_iter().flatten().filter(|s| s.instance == instance && s.until.is_none()) {
+                span.until = Some(at);
+            }
+        });
+    }
+
     /// The run's usage until now, by instance type, region and market.
     pub(super) fn usage(&self, run_id: Uuid) -> Vec<Usage> {
         let now = self.now();
         let mut by_key: HashMap<UsageKey, Usage> = HashMap::new();
         self.with(|runs| {
             for span in runs.get(&run_id).into_iter().flatten() {
-                let seconds = (span.until.unwrap_or(now) - span.since).num_milliseconds().max(0) as f64 / 1000.0;
+                let until = span.until.map_or(now, |u| u.min(now));
+                let seconds = (until - span.since).num_milliseconds().max(0) as f64 / 1000.0;
                 by_key
                     .entry(span.key.clone())
                     .or_insert_with(|| Usage { key: span.key.clone(), instances: 0, instance_seconds: 0.0 })
@@ -135,6 +146,14 @@ mod tests {
         assert_eq!(usage.len(), 2);
         assert_eq!((usage[0].key.market.as_str(), usage[0].instances, usage[0].instance_seconds), ("on_demand", 2, 400.0));
         assert_eq!((usage[1].key.market.as_str(), usage[1].instances, usage[1].instance_seconds), ("spot", 1, 300.0));
+        // An interrupted instance is billed until EC2 takes it, not until it is let go.
+        meter.ends_by(run, "i-3", t0 + chrono::Duration::seconds(400));
+        let usage = meter.usage(run);
+        assert_eq!(usage[1].instance_seconds, 300.0, "not past now");
+        *now.lock().unwrap() = t0 + chrono::Duration::seconds(900);
+        meter.close(run, |_, _| true);
+        let usage = meter.usage(run);
+        assert_eq!((usage[0].instance_seconds, usage[1].instance_seconds), (100.0 + 900.0, 400.0));
         meter.forget(run);
         assert!(meter.usage(run).is_empty());
     }
