@@ -239,7 +239,7 @@ impl Estimate {
 }
 
 /// Rounds away floating-point noise (a millionth of a dollar or an hour).
-fn tidy(x: f64) -> f64 {
+pub(crate) fn tidy(x: f64) -> f64 {
     (x * 1e6).round() / 1e6
 }
 

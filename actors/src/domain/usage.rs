@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::cost::{Budget, PriceTable, SpotPrices, MIN_BILLED_SECONDS};
+use super::cost::{tidy, Budget, PriceTable, SpotPrices, MIN_BILLED_SECONDS};
 
 /// Where the meter reads the time: the system clock, or a test's own.
 #[derive(Clone)]
@@ -148,10 +148,6 @@ pub fn price(usage: &[Usage], table: &PriceTable, spot: &SpotPrices, as_of: Date
     let instance_seconds = lines.iter().map(|l| l.instance_seconds).sum();
     let usd = tidy(lines.iter().filter_map(|l| l.usd).sum());
     RunCost { lines, instance_seconds, usd, as_of, complete: false, notes }
-}
-
-fn tidy(x: f64) -> f64 {
-    (x * 1e6).round() / 1e6
 }
 
 impl Budget {

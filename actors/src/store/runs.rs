@@ -273,6 +273,16 @@ pub async fn set_step_state(
     super::persist("a step state", || write_step_state(db, run_id, step_id, state, failure_reason.clone())).await
 }
 
+/// The record of step `step_id` in run `run_id`.
+async fn step_record_of(db: &impl ConnectionTrait, run_id: Uuid, step_id: Uuid) -> Result<step_record::Model, StoreError> {
+    step_record::Entity::find()
+        .filter(step_record::Column::RunId.eq(run_id))
+        .filter(step_record::Column::StepId.eq(step_id))
+        .one(db)
+        .await?
+        .ok_or_else(|| StoreError::not_found("step record", format!("{run_id}/{step_id}")))
+}
+
 async fn write_step_state(
     db: &impl ConnectionTrait,
     run_id: Uuid,
@@ -281,12 +291,7 @@ async fn write_step_state(
     failure_reason: Option<String>,
 ) -> Result<(), StoreError> {
     let now = Utc::now();
-    let record = step_record::Entity::find()
-        .filter(step_record::Column::RunId.eq(run_id))
-        .filter(step_record::Column::StepId.eq(step_id))
-        .one(db)
-        .await?
-        .ok_or_else(|| StoreError::not_found("step record", format!("{run_id}/{step_id}")))?;
+    let record = step_record_of(db, run_id, step_id).await?;
     let mut row =
         step_record::ActiveModel { id: Set(record.id), state: Set(state.as_str().to_string()), updated_at: Set(now), ..Default::default() };
     if state == StepState::Running {
@@ -519,12 +524,7 @@ pub async fn set_feed_seq(db: &impl ConnectionTrait, id: Uuid, seq: u64) -> Resu
 
 /// Adds a spot interruption notice to a step's record.
 pub async fn add_interruption(db: &impl ConnectionTrait, run_id: Uuid, step_id: Uuid, notice: &InterruptionView) -> Result<(), StoreError> {
-    let row = step_record::Entity::find()
-        .filter(step_record::Column::RunId.eq(run_id))
-        .filter(step_record::Column::StepId.eq(step_id))
-        .one(db)
-        .await?
-        .ok_or_else(|| StoreError::not_found("step record", step_id))?;
+    let row = step_record_of(db, run_id, step_id).await?;
     let mut all: Vec<InterruptionView> = row.interruptions.as_deref().and_then(|i| serde_json::from_str(i).ok()).unwrap_or_default();
     all.push(notice.clone());
     let json = serde_json::to_string(&all).map_err(|e| DbErr::Custom(format!("the step's interruptions: {e}")))?;
