@@ -256,7 +256,7 @@ async fn estimate(spec: &crate::domain::PlanSpec, cost: &CostSettings, pool: &Ad
         .steps
         .iter()
         .filter(|s| !s.monitor && s.market != crate::domain::Market::OnDemand)
-        .map(|s| (s.instance_region.clone(), s.instance_type.clone()))
+        .flat_map(|s| s.instance_region.names().into_iter().map(|r| (r, s.instance_type.clone())))
         .collect();
     let spot = if cost.cloud_regions.is_some() && !wanted.is_empty() {
         pool.send(SpotPrices { wanted }).await.unwrap_or_default()
@@ -317,15 +317,17 @@ async fn preflight(
             .steps
             .iter()
             .enumerate()
-            .filter(|(_, s)| !s.monitor && !regions.contains(&s.instance_region))
-            .map(|(i, s)| {
-                let message = format!(
-                    "step {:?}: region {:?} is not configured on this broker (ec2.regions has: {})",
-                    s.name,
-                    s.instance_region,
-                    regions.join(", ")
-                );
-                FieldError::new(format!("steps[{i}].instance_region"), message)
+            .filter(|(_, s)| !s.monitor)
+            .flat_map(|(i, s)| {
+                let missing = s.instance_region.names().into_iter().filter(|r| !regions.contains(r));
+                missing.map(move |r| {
+                    let message = format!(
+                        "step {:?}: region {r:?} is not configured on this broker (ec2.regions has: {})",
+                        s.name,
+                        regions.join(", ")
+                    );
+                    FieldError::new(format!("steps[{i}].instance_region"), message)
+                })
             })
             .collect();
         if !unconfigured.is_empty() {

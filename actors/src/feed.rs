@@ -20,6 +20,23 @@ use utoipa::ToSchema;
 
 use crate::domain::views::{RunState, StepState, ThresholdView, Verdict};
 
+/// One region's part of a merged window: its nodes' counters, timers and histograms.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, ToSchema)]
+pub struct RegionWindow {
+    /// How many of the region's nodes it merges.
+    pub nodes: usize,
+    /// Counter sums.
+    #[schema(value_type = Object)]
+    pub counters: std::collections::BTreeMap<String, f64>,
+    /// Timer statistics (milliseconds) over the region's samples.
+    #[schema(value_type = Object)]
+    pub timers: std::collections::BTreeMap<String, crate::domain::metrics::TimerStats>,
+    /// OpenTelemetry histograms over the region's points.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[schema(value_type = Object)]
+    pub histograms: std::collections::BTreeMap<String, loads_relay::histogram::HistogramStats>,
+}
+
 /// How many events a subscriber may have unread before it is dropped.
 pub const SUBSCRIBER_BUFFER: usize = 4096;
 
@@ -92,6 +109,10 @@ pub enum EventKind {
         /// Each node's CPU use in the window, percent (nodes that sent host samples).
         #[schema(value_type = Object)]
         cpu: std::collections::BTreeMap<String, f64>,
+        /// A step spread over several regions: the window of each region's nodes.
+        #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        #[schema(value_type = Object)]
+        regions: std::collections::BTreeMap<String, RegionWindow>,
     },
     /// A step's image tarball is being downloaded (`container_url`, shown without its query string).
     Download {
@@ -268,6 +289,7 @@ mod tests {
             timers: Default::default(),
             histograms: Default::default(),
             cpu: Default::default(),
+            regions: Default::default(),
         }
     }
 

@@ -26,6 +26,7 @@ use crate::domain::judge::{Breach, Judge, Saturation, Threshold};
 use crate::domain::metrics::{Merged, TimerStats, Window};
 use crate::domain::views::{MetricSummaryView, ThresholdView};
 use crate::domain::ValidationErrors;
+use crate::feed::RegionWindow;
 use crate::infra::grafana::{DashboardError, Dashboards, Grafana};
 use crate::infra::influx::{window_points, Influx, PointTags};
 use crate::store::plans;
@@ -52,6 +53,8 @@ pub struct MetricsPublished {
     pub histograms: BTreeMap<String, loads_relay::histogram::HistogramStats>,
     /// Each node's CPU use in the window, percent.
     pub cpu: BTreeMap<String, f64>,
+    /// A step over several regions: each region's part of the window.
+    pub regions: BTreeMap<String, RegionWindow>,
 }
 
 /// How long the actor waits for a second's series windows to be stored.
@@ -60,6 +63,8 @@ const SERIES_WRITE_LIMIT: Duration = Duration::from_secs(2);
 struct Slot {
     merged: Merged,
     nodes: HashSet<String>,
+    /// A step over several regions: each region's nodes and their merged windows.
+    by_region: BTreeMap<String, (HashSet<String>, Merged)>,
     /// Each reporting node's CPU use, percent.
     cpu: BTreeMap<String, f64>,
     first_seen_ms: i64,
@@ -98,7 +103,14 @@ pub struct ThresholdsJudged {
 struct StepMetrics {
     name: String,
     series: String,
+    /// The region of a node not placed (its step's first).
     region: String,
+    /// Whether the step spreads over several regions.
+    several: bool,
+    /// Each node's region, as the step placed them.
+    node_regions: BTreeMap<String, String>,
+    /// A step over several regions: each region's totals.
+    by_region: BTreeMap<String, Merged>,
     nodes: usize,
     generator: bool,
     hosts: BTreeMap<String, HostTotals>,
@@ -115,6 +127,20 @@ struct StepMetrics {
 }
 
 impl StepMetrics {
+    /// The region of `node`.
+    fn region_of(&self, node: &str) -> String {
+        self.node_regions.get(node).cloned().unwrap_or_else(|| self.region.clone())
+    }
+
+    /// The tag of points merged over every node: the region, or `all` for a step over several.
+    fn merged_region(&self) -> String {
+        if self.several {
+            "all".into()
+        } else {
+            self.region.clone()
+        }
+    }
+
     /// Takes `w`'s gauges as its node's current values (a window carries every gauge its
     /// node has seen) and makes the step's the sum of its nodes', never a sum over windows.
     fn last_gauges(&mut self, w: &Window) {
@@ -155,6 +181,10 @@ struct SavedStep {
     #[serde(default)]
     gauges: BTreeMap<String, BTreeMap<String, f64>>,
     hosts: BTreeMap<String, HostTotals>,
+    #[serde(default)]
+    node_regions: BTreeMap<String, String>,
+    #[serde(default)]
+    by_region: BTreeMap<String, Window>,
 }
 
 impl RunMetrics {
@@ -178,6 +208,8 @@ impl RunMetrics {
                     kernel_drops: s.kernel_drops.clone(),
                     gauges: s.gauges.clone(),
                     hosts,
+                    node_regions: s.node_regions.clone(),
+                    by_region: s.by_region.iter().map(|(r, m)| (r.clone(), m.to_window())).collect(),
                 };
                 (id.to_string(), saved)
             })
@@ -205,6 +237,16 @@ impl RunMetrics {
                 step.kernel_drops = saved.kernel_drops;
                 step.gauges = saved.gauges;
                 step.hosts = saved.hosts;
+                step.node_regions = saved.node_regions;
+                step.by_region = saved
+                    .by_region
+                    .iter()
+                    .map(|(r, w)| {
+                        let mut m = Merged::default();
+                        m.add(w);
+                        (r.clone(), m)
+                    })
+                    .collect();
             }
         }
     }
@@ -336,10 +378,26 @@ impl MetricsActor {
                         step: step.name.clone(),
                         node: "all".into(),
                         series: step.series.clone(),
-                        region: step.region.clone(),
+                        region: step.merged_region(),
                     };
-                    let seconds = slot.merged.duration_ms as f64 / 1000.0 / slot.nodes.len().max(1) as f64;
-                    points.extend(window_points(&tags, key, &slot.merged, seconds.max(1.0), None).into_iter().map(|p| (*step_id, p)));
+                    let seconds = |merged: &Merged, nodes: usize| (merged.duration_ms as f64 / 1000.0 / nodes.max(1) as f64).max(1.0);
+                    let merged_points = window_points(&tags, key, &slot.merged, seconds(&slot.merged, slot.nodes.len()), None);
+                    points.extend(merged_points.into_iter().map(|p| (*step_id, p)));
+                    let mut regions = BTreeMap::new();
+                    for (region, (nodes, merged)) in &slot.by_region {
+                        let tags = PointTags { region: region.clone(), ..tags.clone() };
+                        let region_points = window_points(&tags, key, merged, seconds(merged, nodes.len()), None);
+                        points.extend(region_points.into_iter().map(|p| (*step_id, p)));
+                        regions.insert(
+                            region.clone(),
+                            RegionWindow {
+                                nodes: nodes.len(),
+                                counters: merged.counters.clone(),
+                                timers: merged.timers.iter().map(|(k, h)| (k.clone(), TimerStats::of(h))).collect(),
+                                histograms: merged.histogram_stats(),
+                            },
+                        );
+                    }
                     let published = MetricsPublished {
                         step: step.name.clone(),
                         start_ms: key,
@@ -348,6 +406,7 @@ impl MetricsActor {
                         timers: slot.merged.timers.iter().map(|(k, h)| (k.clone(), TimerStats::of(h))).collect(),
                         histograms: slot.merged.histogram_stats(),
                         cpu: slot.cpu,
+                        regions,
                     };
                     let point = serde_json::json!({
                         "t": key, "nodes": published.nodes, "counters": published.counters, "timers": published.timers,
@@ -420,8 +479,8 @@ pub struct TrackedStep {
     pub name: String,
     /// Its `docker_series` (or its name): the `type` tag.
     pub series: String,
-    /// Its region.
-    pub region: String,
+    /// Its regions (its nodes are placed in them by `PlaceNodes`; the first until then).
+    pub regions: Vec<String>,
     /// How many nodes report for it.
     pub nodes: usize,
     /// Whether it generates load (not a service under test), so saturation matters.
@@ -478,11 +537,14 @@ impl Handler<TrackRun> for MetricsActor {
         let steps = msg
             .steps
             .into_iter()
-            .map(|TrackedStep { id, name, series, region, nodes, generator }| {
+            .map(|TrackedStep { id, name, series, regions, nodes, generator }| {
                 let step = StepMetrics {
                     name,
                     series,
-                    region,
+                    region: regions.first().cloned().unwrap_or_default(),
+                    several: regions.len() > 1,
+                    node_regions: BTreeMap::new(),
+                    by_region: BTreeMap::new(),
                     nodes,
                     generator,
                     hosts: BTreeMap::new(),
@@ -542,6 +604,28 @@ impl Handler<TrackRun> for MetricsActor {
             }
             act.runs.insert(run_id, run);
         }));
+    }
+}
+
+/// Where a step's nodes are: each node's region, once the step has them.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct PlaceNodes {
+    /// The run.
+    pub run_id: Uuid,
+    /// The step.
+    pub step_id: Uuid,
+    /// Each node's region, by node name.
+    pub regions: BTreeMap<String, String>,
+}
+
+impl Handler<PlaceNodes> for MetricsActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: PlaceNodes, _: &mut Context<Self>) {
+        if let Some(step) = self.runs.get_mut(&msg.run_id).and_then(|r| r.steps.get_mut(&msg.step_id)) {
+            step.node_regions.extend(msg.regions);
+        }
     }
 }
 
@@ -607,19 +691,23 @@ impl Handler<Ingest> for MetricsActor {
             let Some(step) = run.steps.get_mut(&step_id) else { continue };
             let mut single = Merged::default();
             single.add(w);
+            let region = step.region_of(&w.node);
             let tags = PointTags {
                 run: run_text.clone(),
                 plan: run.plan.clone(),
                 step: step.name.clone(),
                 node: w.node.clone(),
                 series: step.series.clone(),
-                region: step.region.clone(),
+                region: region.clone(),
             };
             let node_points = window_points(&tags, w.start_ms / 1000 * 1000, &single, w.duration_ms as f64 / 1000.0, w.host.as_ref());
             points.extend(node_points.into_iter().map(|p| (step_id, p)));
             step.totals.add(w);
+            if step.several {
+                step.by_region.entry(region.clone()).or_default().add(w);
+            }
             step.last_gauges(w);
-            run.judge.add(&step.name, w);
+            run.judge.add(&step.name, &region, w);
             if w.lines > 0 {
                 *step.windows.entry(w.node.clone()).or_default() += 1;
             }
@@ -642,11 +730,17 @@ impl Handler<Ingest> for MetricsActor {
             let slot = step.slots.entry(w.start_ms / 1000 * 1000).or_insert_with(|| Slot {
                 merged: Merged::default(),
                 nodes: HashSet::new(),
+                by_region: BTreeMap::new(),
                 cpu: BTreeMap::new(),
                 first_seen_ms: now,
             });
             slot.merged.add(w);
             slot.nodes.insert(w.node.clone());
+            if step.several {
+                let (nodes, merged) = slot.by_region.entry(region).or_default();
+                nodes.insert(w.node.clone());
+                merged.add(w);
+            }
             if let Some(h) = &w.host {
                 slot.cpu.insert(w.node.clone(), h.cpu_percent);
             }
@@ -731,11 +825,9 @@ impl Handler<Mark> for MetricsActor {
     }
 }
 
-fn summarise(step_id: Uuid, step: &StepMetrics) -> Vec<MetricSummaryView> {
-    // The step's active time: the most windows in which any one node received data (plus
-    // windows it lost), times the one-second window.
-    let seconds = step.windows.iter().map(|(node, n)| n + step.dropped.get(node).copied().unwrap_or(0)).max().unwrap_or(0).max(1) as f64;
-    let row = |metric: &str, kind: &str, count: f64| MetricSummaryView {
+/// A summary row of nothing yet.
+fn summary_row(step_id: Uuid, step: &StepMetrics, metric: &str, kind: &str, count: f64) -> MetricSummaryView {
+    MetricSummaryView {
         step_id,
         step_name: step.name.clone(),
         metric: metric.to_string(),
@@ -751,15 +843,21 @@ fn summarise(step_id: Uuid, step: &StepMetrics) -> Vec<MetricSummaryView> {
         max: None,
         unit: None,
         relative_error: None,
-    };
+        region: None,
+    }
+}
+
+/// The rows of `totals`' errors, counters, timers and histograms (rates over `seconds`).
+fn sample_rows(step_id: Uuid, step: &StepMetrics, totals: &Merged, seconds: f64) -> Vec<MetricSummaryView> {
+    let row = |metric: &str, kind: &str, count: f64| summary_row(step_id, step, metric, kind, count);
     let mut out = Vec::new();
     // Errors: counters whose name or tags say error (`fail;status=error`, `http.errors`).
-    let errors: f64 = step.totals.counters.iter().filter(|(k, _)| k.contains("error")).map(|(_, v)| v).sum();
+    let errors: f64 = totals.counters.iter().filter(|(k, _)| k.contains("error")).map(|(_, v)| v).sum();
     out.push(MetricSummaryView { rate: Some(errors / seconds), ..row("errors", "errors", errors) });
-    for (k, v) in &step.totals.counters {
+    for (k, v) in &totals.counters {
         out.push(MetricSummaryView { rate: Some(v / seconds), ..row(k, "counter", *v) });
     }
-    for (k, h) in &step.totals.timers {
+    for (k, h) in &totals.timers {
         let s = TimerStats::of(h);
         out.push(MetricSummaryView {
             rate: Some(s.count as f64 / seconds),
@@ -775,7 +873,7 @@ fn summarise(step_id: Uuid, step: &StepMetrics) -> Vec<MetricSummaryView> {
     }
     // OpenTelemetry histograms: explicit-bucket percentiles are the bucket's upper bound,
     // exponential ones within the relative error of their scale (see `loads_relay::histogram`).
-    for (k, h) in step.totals.histogram_stats() {
+    for (k, h) in totals.histogram_stats() {
         let kind = if h.kind == "buckets" { "histogram" } else { "exponential_histogram" };
         out.push(MetricSummaryView {
             rate: Some(h.count as f64 / seconds),
@@ -791,6 +889,18 @@ fn summarise(step_id: Uuid, step: &StepMetrics) -> Vec<MetricSummaryView> {
             ..row(&k, kind, h.count as f64)
         });
     }
+    out
+}
+
+fn summarise(step_id: Uuid, step: &StepMetrics) -> Vec<MetricSummaryView> {
+    // The active time of some of the step's nodes: the most windows in which any one of them
+    // received data (plus windows it lost), times the one-second window.
+    let seconds_of = |nodes: &mut dyn Iterator<Item = (&String, &u64)>| {
+        nodes.map(|(node, n)| n + step.dropped.get(node).copied().unwrap_or(0)).max().unwrap_or(0).max(1) as f64
+    };
+    let seconds = seconds_of(&mut step.windows.iter());
+    let row = |metric: &str, kind: &str, count: f64| summary_row(step_id, step, metric, kind, count);
+    let mut out = sample_rows(step_id, step, &step.totals, seconds);
     for (k, v) in &step.totals.gauges {
         out.push(row(k, "gauge", *v));
     }
@@ -815,6 +925,12 @@ fn summarise(step_id: Uuid, step: &StepMetrics) -> Vec<MetricSummaryView> {
     }
     if step.unwritten > 0 {
         out.push(row("influx.points_unwritten", "influx", step.unwritten as f64));
+    }
+    // A step over several regions: each region's samples, over its own nodes' time.
+    for (region, totals) in &step.by_region {
+        let seconds = seconds_of(&mut step.windows.iter().filter(|(node, _)| step.region_of(node) == *region));
+        let rows = sample_rows(step_id, step, totals, seconds);
+        out.extend(rows.into_iter().map(|r| MetricSummaryView { region: Some(region.clone()), ..r }));
     }
     out
 }
@@ -960,6 +1076,9 @@ mod tests {
             name: "gen".into(),
             series: "gen".into(),
             region: "local".into(),
+            several: false,
+            node_regions: BTreeMap::new(),
+            by_region: BTreeMap::new(),
             nodes: 1,
             generator,
             hosts: BTreeMap::from([("s0n0".to_string(), host)]),

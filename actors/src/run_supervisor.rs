@@ -395,7 +395,7 @@ impl RunSupervisor {
                 id: s.view.id,
                 name: s.view.spec.name.clone(),
                 series: s.view.spec.docker_series.clone().unwrap_or_else(|| s.view.spec.name.clone()),
-                region: s.view.spec.instance_region.clone(),
+                regions: s.view.spec.instance_region.names(),
                 nodes: s.view.spec.instance_count as usize,
                 generator: !s.view.spec.service,
             })
@@ -732,6 +732,7 @@ impl Handler<MetricsPublished> for RunSupervisor {
             timers: msg.timers,
             histograms: msg.histograms,
             cpu: msg.cpu,
+            regions: msg.regions,
         });
     }
 }

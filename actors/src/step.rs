@@ -35,7 +35,7 @@ use crate::domain::Env;
 use crate::feed::EventKind;
 use crate::infra::download;
 use crate::journal::{self, Journal, Journaled};
-use crate::metrics::{Mark, MetricsActor};
+use crate::metrics::{Mark, MetricsActor, PlaceNodes};
 use crate::pool::{AcquireNodes, Ec2PoolActor, NodeGrant, NodeInterrupted, ReleaseNodes};
 use crate::settings::RunSettings;
 use crate::store::runs;
@@ -235,7 +235,7 @@ impl StepActor {
             count: c.step.spec.instance_count,
             min_nodes: c.step.spec.min_nodes.unwrap_or(c.step.spec.instance_count),
             instance_type: c.step.spec.instance_type.clone(),
-            region: c.step.spec.instance_region.clone(),
+            regions: c.step.spec.instance_region.split(c.step.spec.instance_count),
             market: c.step.spec.market,
             needed_for: c.run_span + Duration::from_secs(c.settings.prepare_timeout_secs),
             adopt: c.resume.is_some(),
@@ -272,6 +272,9 @@ impl StepActor {
             for (g, _) in &prepared {
                 act.event(EventKind::Node { step: act.name(), node: g.id.clone(), state: "acquired".into() });
             }
+            // Each node's metrics carry its region; the relays start after this arrives.
+            let regions = prepared.iter().map(|(g, _)| (g.id.clone(), g.region.clone())).collect();
+            c.metrics.do_send(PlaceNodes { run_id: c.run_id, step_id: c.step.id, regions });
             // The image and its source may use run variables; STATSD_HOST is not known yet.
             // Nothing is fetched from a source that did not resolve (and pass its checks).
             let images: Vec<(String, Option<String>)> = prepared

@@ -17,6 +17,7 @@ mod m20261203_000010_add_metric_units;
 mod m20261203_000011_add_step_market;
 mod m20261203_000012_add_run_cost;
 mod m20261203_000013_add_step_interruptions;
+mod m20261206_000014_add_metric_region;
 
 /// Applies every migration in order.
 pub struct Migrator;
@@ -38,6 +39,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000011_add_step_market::Migration),
             Box::new(m20261203_000012_add_run_cost::Migration),
             Box::new(m20261203_000013_add_step_interruptions::Migration),
+            Box::new(m20261206_000014_add_metric_region::Migration),
         ]
     }
 }

@@ -374,9 +374,14 @@ fn print_metrics(metrics: &[MetricSummaryView]) {
             ("exponential_histogram", Some(e)) => format!("{} [{unit}, ±{:.2}%]", m.metric, e * 100.0),
             _ => m.metric.clone(),
         };
+        // A step over several regions: each region's rows after the step's own.
+        let step = match &m.region {
+            Some(region) => format!("{} @{region}", m.step_name),
+            None => m.step_name.clone(),
+        };
         println!(
             "{:<20} {:<32} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
-            m.step_name,
+            step,
             metric,
             m.count,
             rate,

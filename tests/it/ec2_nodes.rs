@@ -20,7 +20,7 @@ use loads_actors::domain::cost::PriceTable;
 use loads_actors::domain::usage::Clock;
 
 use crate::helpers::{ensure_images, record, sh_step, Backend, TestApp};
-use crate::instances::{client, moto, REGION};
+use crate::instances::{client, client_in, moto, REGION};
 use crate::sshd::start_sshd;
 
 /// An instance as moto shows it.
@@ -35,8 +35,17 @@ pub(crate) struct Seen {
 
 /// Every instance tagged with `broker`, whatever its state.
 pub(crate) async fn instances_of(broker: &str) -> Vec<Seen> {
-    let out =
-        client().describe_instances().filters(Filter::builder().name("tag:loads:broker").values(broker).build()).send().await.unwrap();
+    instances_in(REGION, broker).await
+}
+
+/// Every instance tagged with `broker` in `region`, whatever its state.
+pub(crate) async fn instances_in(region: &str, broker: &str) -> Vec<Seen> {
+    let out = client_in(region)
+        .describe_instances()
+        .filters(Filter::builder().name("tag:loads:broker").values(broker).build())
+        .send()
+        .await
+        .unwrap();
     out.reservations()
         .iter()
         .flat_map(|r| r.instances())
@@ -366,7 +375,9 @@ async fn a_step_in_a_region_not_configured_is_refused_before_any_launch() {
     let c = launch_only(&[]).await;
     let mut eu = gen_step("eu", 1, "true");
     eu["instance_region"] = json!("eu-west-1");
-    let plan = c.app.create_plan(json!({"name": "p", "steps": [gen_step("gen", 1, "true"), eu]})).await;
+    let mut spread = gen_step("spread", 4, "true");
+    spread["instance_region"] = json!({"us-west-2": 50, "ap-south-1": 50});
+    let plan = c.app.create_plan(json!({"name": "p", "steps": [gen_step("gen", 1, "true"), eu, spread]})).await;
     let (status, err) = c.app.post(&format!("/api/v1/plans/{}/runs", plan["id"].as_str().unwrap()), &json!({})).await;
     assert_eq!((status, err["error"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("validation_failed")), "{err}");
     assert_eq!(err["details"][0]["path"], "steps[1].instance_region", "{err}");
@@ -375,6 +386,11 @@ async fn a_step_in_a_region_not_configured_is_refused_before_any_launch() {
         message.contains("step \"eu\": region \"eu-west-1\" is not configured on this broker (ec2.regions has: us-west-2)"),
         "{message}"
     );
+    // A step over several regions: the one not configured is named.
+    assert_eq!(err["details"][1]["path"], "steps[2].instance_region", "{err}");
+    let message = err["details"][1]["message"].as_str().unwrap();
+    assert!(message.contains("step \"spread\": region \"ap-south-1\" is not configured"), "{message}");
+    assert_eq!(err["details"].as_array().unwrap().len(), 2, "{err}");
     assert!(instances_of(&c.app.broker_id).await.is_empty(), "nothing was launched");
 }
 
@@ -746,4 +762,70 @@ async fn a_spot_interruption_notice_drops_that_node_and_is_recorded() {
     let text = annotation["text"].as_str().unwrap();
     assert!(text.contains(&format!("node {node} got a spot interruption notice")) && text.contains("terminate"), "{text}");
     until_all_terminated(&c.app.broker_id).await;
+}
+
+/// A step over two regions at 60/40: 5 nodes split 3 + 2, each share launched in its own
+/// region (with that region's AMI) at once; the run completes over SSH, its metrics are
+/// split by region and merged over every node, and its cost is recorded per region.
+#[actix_web::test]
+async fn a_step_over_two_regions_launches_each_share_there_and_completes() {
+    let node = start_sshd();
+    let key = node.dir.path().join("client_key");
+    let settings = [
+        ("LOADS__SSH__RECORD_NEW_HOSTS", "true"),
+        ("LOADS__SSH__CONNECT_TIMEOUT_SECONDS", "10"),
+        ("LOADS__EC2__REGIONS__EU_WEST_1__AMI", "ami-12c6146b"),
+    ];
+    let c = cloud_tweaked(&[node.addr.to_string()], key, &settings, |_| {}).await;
+    let script = "i=0; while [ $i -lt 10 ]; do echo \"hits:1|c\"; i=$((i+1)); done | nc $STATSD_HOST $STATSD_PORT; sleep 2";
+    let mut step = gen_step("gen", 5, &script.replace('$', "$$"));
+    step["instance_region"] = json!({"us-west-2": 60, "eu-west-1": 40});
+    let plan = c.app.create_plan(json!({"name": "p", "steps": [step]})).await;
+    let (_, estimate) = c.app.get(&format!("/api/v1/plans/{}/estimate", plan["id"].as_str().unwrap())).await;
+    let lines: Vec<(&str, u64)> =
+        estimate["steps"].as_array().unwrap().iter().map(|s| (s["region"].as_str().unwrap(), s["instances"].as_u64().unwrap())).collect();
+    assert_eq!(lines, [("eu-west-1", 2), ("us-west-2", 3)], "{estimate:#}");
+    let (status, run) = c.app.post(&format!("/api/v1/plans/{}/runs", plan["id"].as_str().unwrap()), &json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{run}");
+    let run_id = run["id"].as_str().unwrap().to_string();
+    let run = c.app.wait_finished(&run_id, 180).await;
+    assert_eq!(run["state"], "completed", "{run:#}");
+
+    // Each region launched its share, tagged with the run; each node named once.
+    let mut nodes = Vec::new();
+    for (region, share) in [("us-west-2", 3), ("eu-west-1", 2)] {
+        let mine: Vec<Seen> =
+            instances_in(region, &c.app.broker_id).await.into_iter().filter(|i| i.tags.get("loads:run") == Some(&run_id)).collect();
+        assert_eq!(mine.len(), share, "{region}: {mine:?}");
+        nodes.extend(mine.iter().map(|i| (i.tags["loads:node"].clone(), region)));
+    }
+    nodes.sort();
+    assert_eq!(nodes.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["s0n0", "s0n1", "s0n2", "s0n3", "s0n4"]);
+
+    // Metrics: every node's hits over all, and each region's nodes' alone.
+    let (_, body) = c.app.get(&format!("/api/v1/runs/{run_id}/metrics")).await;
+    let hits: Vec<(Option<&str>, f64)> = body["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["metric"] == "hits")
+        .map(|m| (m["region"].as_str(), m["count"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(hits, [(None, 50.0), (Some("eu-west-1"), 20.0), (Some("us-west-2"), 30.0)], "{body:#}");
+
+    // Cost: a line per region, with its share of the instances.
+    let cost: Vec<(&str, u64)> = run["cost"]["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["region"].as_str().unwrap(), l["instances"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(cost, [("eu-west-1", 2), ("us-west-2", 3)], "{run:#}");
+    for region in ["us-west-2", "eu-west-1"] {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !instances_in(region, &c.app.broker_id).await.iter().all(|i| i.state == "terminated" || i.state == "shutting-down") {
+            assert!(std::time::Instant::now() < deadline, "instances still up in {region}");
+            actix_web::rt::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
 }

@@ -17,9 +17,14 @@ pub fn moto() -> String {
 }
 
 pub fn client() -> aws_sdk_ec2::Client {
+    client_in(REGION)
+}
+
+/// A client of the moto server in `region`.
+pub fn client_in(region: &str) -> aws_sdk_ec2::Client {
     let config = aws_sdk_ec2::Config::builder()
         .behavior_version(BehaviorVersion::latest())
-        .region(Region::new(REGION))
+        .region(Region::new(region.to_string()))
         .endpoint_url(moto())
         .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
         .build();

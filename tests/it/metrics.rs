@@ -268,3 +268,111 @@ fn an_unreachable_broker_makes_the_relay_count_its_losses() {
     let (containers, networks) = leftovers(&tag);
     assert!(containers.is_empty() && networks.is_empty());
 }
+
+/// A step over two regions: each node's points carry its region, every merged window is
+/// split by region as well as merged over all (summary, feed, InfluxDB), thresholds filter
+/// by region, and the dashboard has a region variable. On the local provider regions are
+/// only names, so this checks the metrics; `ec2_nodes` launches a split step for real.
+#[actix_web::test]
+async fn a_step_over_two_regions_has_its_metrics_by_region_and_over_all() {
+    ensure_images();
+    let influx_db = format!("loads_test_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let influx_url = std::env::var("LOADS_TEST_INFLUX_URL").expect("LOADS_TEST_INFLUX_URL (scripts/test starts InfluxDB)");
+    let app =
+        TestApp::spawn(crate::helpers::Backend::Sqlite, &[("LOADS__INFLUX__URL", &influx_url), ("LOADS__INFLUX__DATABASE", &influx_db)])
+            .await;
+    // Each node sends 60 timings; 3 nodes at 34/66: eu-west-1 1.02 → 1, us-west-2 1.98 → 2.
+    let script = "i=0; while [ $i -lt 60 ]; do echo \"lat:$((i % 7 + 1))|ms\"; echo \"hits:1|c\"; i=$((i+1)); done | nc $STATSD_HOST $STATSD_PORT; sleep 2";
+    let mut step = sh_step("gen", &script.replace('$', "$$"));
+    step["instance_count"] = json!(3);
+    step["instance_region"] = json!({"us-west-2": 66, "eu-west-1": 34});
+    let thresholds = json!({"hits{region:eu-west-1}": ["count<100"], "hits{region:us-west-2}": ["count>100"], "hits": ["count>150"]});
+    let (_, run_id) = app.start(json!({"name": "spread", "thresholds": thresholds, "steps": [step]}), json!({})).await;
+    let run = app.wait_finished(&run_id, 90).await;
+    assert_eq!(run["state"], "completed", "{run:#}");
+    let (_, plan) = app.get(&format!("/api/v1/plans/{}", run["plan_id"].as_str().unwrap())).await;
+    assert_eq!(plan["steps"][0]["instance_region"], json!({"eu-west-1": 34, "us-west-2": 66}), "stored as written");
+
+    // Thresholds: each region's hits alone; the step's over every node.
+    let judged: Vec<(String, String, Value)> = run["thresholds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["metric"].as_str().unwrap().to_string(), t["state"].as_str().unwrap().to_string(), t["value"].clone()))
+        .collect();
+    assert_eq!(
+        judged,
+        [
+            ("hits".to_string(), "passed".to_string(), json!(180.0)),
+            ("hits{region:eu-west-1}".to_string(), "passed".to_string(), json!(60.0)),
+            ("hits{region:us-west-2}".to_string(), "passed".to_string(), json!(120.0)),
+        ],
+        "{run:#}"
+    );
+
+    // The summary: the step over all nodes, then each region's share.
+    let (_, body) = app.get(&format!("/api/v1/runs/{run_id}/metrics")).await;
+    let row = |metric: &str, region: Option<&str>| {
+        body["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["metric"] == metric && m["region"].as_str() == region)
+            .unwrap_or_else(|| panic!("no {metric} in {region:?}: {body:#}"))
+            .clone()
+    };
+    assert_eq!(row("lat", None)["count"], 180.0);
+    assert_eq!(row("lat", Some("us-west-2"))["count"], 120.0);
+    assert_eq!(row("lat", Some("eu-west-1"))["count"], 60.0);
+    assert_eq!(row("hits", Some("eu-west-1"))["count"], 60.0);
+    // Every node sent the same values: each region's percentiles are the step's.
+    assert_eq!(row("lat", Some("eu-west-1"))["p95"], row("lat", None)["p95"]);
+
+    // The feed: each merged window also by region, adding up to the whole.
+    let url = format!("{}/api/v1/runs/{run_id}/events", app.base.replace("http://", "ws://"));
+    let (_, mut socket) = awc::Client::new().ws(url).connect().await.expect("websocket");
+    let (mut all, mut by_region) = (0.0, std::collections::BTreeMap::<String, f64>::new());
+    while let Some(Ok(frame)) = socket.next().await {
+        let awc::ws::Frame::Text(bytes) = frame else { continue };
+        let event: Value = serde_json::from_slice(&bytes).unwrap();
+        if event["type"] == "end" {
+            break;
+        }
+        if event["type"] == "metrics" {
+            all += event["counters"]["hits"].as_f64().unwrap_or(0.0);
+            for (region, window) in event["regions"].as_object().into_iter().flatten() {
+                *by_region.entry(region.clone()).or_default() += window["counters"]["hits"].as_f64().unwrap_or(0.0);
+            }
+        }
+    }
+    assert_eq!(all, 180.0);
+    assert_eq!(by_region, std::collections::BTreeMap::from([("eu-west-1".to_string(), 60.0), ("us-west-2".to_string(), 120.0)]));
+
+    // InfluxDB: each node's points with its region; merges per region and over all (`all`).
+    let sum = |filter: &str| {
+        let query = format!("SELECT sum(\"value\") FROM \"counter\" WHERE \"run\" = '{run_id}' AND \"metric\" = 'hits' AND {filter}");
+        let db = influx_db.clone();
+        async move { influx_query(&db, &query).await.first().and_then(|v| v[1].as_f64()) }
+    };
+    assert_eq!(sum("\"node\" != 'all' AND \"region\" = 'eu-west-1'").await, Some(60.0));
+    assert_eq!(sum("\"node\" != 'all' AND \"region\" = 'us-west-2'").await, Some(120.0));
+    assert_eq!(sum("\"node\" = 'all' AND \"region\" = 'eu-west-1'").await, Some(60.0));
+    assert_eq!(sum("\"node\" = 'all' AND \"region\" = 'all'").await, Some(180.0));
+
+    // The dashboard: a region variable, and the step's panels read the region it picks.
+    let (_, dashboard) = app.get(&format!("/api/v1/runs/{run_id}/dashboard")).await;
+    let variable = &dashboard["templating"]["list"][0];
+    assert_eq!(variable["name"], "region", "{dashboard:#}");
+    let choices: Vec<&str> = variable["options"].as_array().unwrap().iter().map(|o| o["value"].as_str().unwrap()).collect();
+    assert_eq!(choices, ["all", "eu-west-1", "us-west-2"]);
+    let queries: Vec<&str> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["title"] == "gen: lat latency" || p["title"] == "gen: throughput")
+        .flat_map(|p| p["targets"].as_array().unwrap().iter().map(|t| t["query"].as_str().unwrap()))
+        .collect();
+    assert!(!queries.is_empty() && queries.iter().all(|q| q.contains("\"region\" = '$region'")), "{queries:?}");
+    influx_admin(&format!("DROP DATABASE \"{influx_db}\"")).await;
+    app.assert_no_leftovers();
+}

@@ -165,8 +165,9 @@ pub fn compare(
     }
     let mut steps = Vec::new();
     for step in &step_names {
-        let mine: Vec<&MetricSummaryView> = run.iter().filter(|m| &m.step_name == step).collect();
-        let theirs: Vec<&MetricSummaryView> = other.iter().filter(|m| &m.step_name == step).collect();
+        // A step's figures over every node (a region's share is not compared).
+        let mine: Vec<&MetricSummaryView> = run.iter().filter(|m| &m.step_name == step && m.region.is_none()).collect();
+        let theirs: Vec<&MetricSummaryView> = other.iter().filter(|m| &m.step_name == step && m.region.is_none()).collect();
         let keys: BTreeSet<(String, String)> =
             mine.iter().chain(&theirs).filter(|m| compared(&m.kind)).map(|m| (m.metric.clone(), m.kind.clone())).collect();
         let metrics = keys
@@ -287,6 +288,7 @@ mod tests {
             max: p95.map(|p| p * 2.0),
             unit: None,
             relative_error: None,
+            region: None,
         }
     }
 

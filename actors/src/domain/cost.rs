@@ -246,25 +246,22 @@ pub(crate) fn tidy(x: f64) -> f64 {
 /// Current spot prices per instance-hour, by (region, instance type).
 pub type SpotPrices = BTreeMap<(String, String), f64>;
 
-/// The price of an hour of step `s`'s instances in its market: on demand from the table; spot
-/// at the current spot price (else on demand, the most spot costs); `spot_fallback` on demand,
-/// since the shortfall of spot capacity is bought there. Notes say which.
-fn hourly_price(s: &StepSpec, table: &PriceTable, spot: &SpotPrices, notes: &mut Vec<String>) -> Option<f64> {
-    let on_demand = table.on_demand(&s.instance_region, &s.instance_type);
+/// The price of an hour of step `s`'s instances in `region` in its market: on demand from the
+/// table; spot at the current spot price (else on demand, the most spot costs); `spot_fallback`
+/// on demand, since the shortfall of spot capacity is bought there. Notes say which.
+fn hourly_price(s: &StepSpec, region: &str, table: &PriceTable, spot: &SpotPrices, notes: &mut Vec<String>) -> Option<f64> {
+    let on_demand = table.on_demand(region, &s.instance_type);
     if on_demand.is_none() {
-        notes.push(format!(
-            "step {:?}: the price table has no on-demand price for {} in {} (pricing.file)",
-            s.name, s.instance_type, s.instance_region
-        ));
+        notes.push(format!("step {:?}: the price table has no on-demand price for {} in {region} (pricing.file)", s.name, s.instance_type));
     }
-    let current = spot.get(&(s.instance_region.clone(), s.instance_type.clone())).copied();
+    let current = spot.get(&(region.to_string(), s.instance_type.clone())).copied();
     match (s.market, current) {
         (Market::OnDemand, _) => on_demand,
         (Market::Spot, Some(price)) => Some(price),
         (Market::Spot, None) => {
             notes.push(format!(
-                "step {:?}: no current spot price for {} in {}; priced on demand, the most spot costs",
-                s.name, s.instance_type, s.instance_region
+                "step {:?}: no current spot price for {} in {region}; priced on demand, the most spot costs",
+                s.name, s.instance_type
             ));
             on_demand
         }
@@ -303,23 +300,25 @@ pub fn estimate(plan: &PlanSpec, table: &PriceTable, spot: &SpotPrices, setup_se
             (None, _) => notes.push(format!("step {:?} has no upper bound: its run_max_time is 0 (no limit)", s.name)),
             _ => {}
         }
-        let price = hourly_price(s, table, spot, &mut notes);
-        let hours = seconds.map(|sec| tidy(sec as f64 * f64::from(s.instance_count) / 3600.0));
-        let usd = hours.zip(price).map(|(h, p)| tidy(h * p));
-        *vcpus_by_region.entry(s.instance_region.clone()).or_default() +=
-            s.instance_count * table.vcpus.get(&s.instance_type).copied().unwrap_or(0);
-        steps.push(StepEstimate {
-            step: s.name.clone(),
-            instances: s.instance_count,
-            instance_type: s.instance_type.clone(),
-            region: s.instance_region.clone(),
-            market: s.market.as_str().into(),
-            seconds_per_instance: seconds,
-            instance_hours: hours,
-            usd_per_instance_hour: price,
-            usd,
-            vcpus: table.vcpus.get(&s.instance_type).copied(),
-        });
+        // A step over several regions: a line per region, with its share of the nodes.
+        for (region, instances) in s.instance_region.split(s.instance_count) {
+            let price = hourly_price(s, &region, table, spot, &mut notes);
+            let hours = seconds.map(|sec| tidy(sec as f64 * f64::from(instances) / 3600.0));
+            let usd = hours.zip(price).map(|(h, p)| tidy(h * p));
+            *vcpus_by_region.entry(region.clone()).or_default() += instances * table.vcpus.get(&s.instance_type).copied().unwrap_or(0);
+            steps.push(StepEstimate {
+                step: s.name.clone(),
+                instances,
+                instance_type: s.instance_type.clone(),
+                region,
+                market: s.market.as_str().into(),
+                seconds_per_instance: seconds,
+                instance_hours: hours,
+                usd_per_instance_hour: price,
+                usd,
+                vcpus: table.vcpus.get(&s.instance_type).copied(),
+            });
+        }
     }
     let instance_hours = steps.iter().map(|s| s.instance_hours).sum::<Option<f64>>().map(tidy);
     let usd = steps.iter().map(|s| s.usd).sum::<Option<f64>>().map(tidy);
@@ -400,6 +399,7 @@ impl Budget {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Regions;
 
     fn estimate(plan: &PlanSpec, table: &PriceTable, setup_seconds: u64, provider: &str) -> Estimate {
         super::estimate(plan, table, &SpotPrices::new(), setup_seconds, provider)
@@ -467,16 +467,32 @@ mod tests {
         // east: 3 × m5.large × (120 + 10 + 600) s = 2190 s = 0.608333 h × $0.096 = $0.0584.
         // west: 2 × m5.large × (120 + 0 + 900) s = 2040 s = 0.566667 h × $0.107 = $0.060633.
         let mut east = StepSpec::new("east", "gen");
-        (east.instance_count, east.instance_type, east.instance_region) = (3, "m5.large".into(), "us-east-1".into());
+        (east.instance_count, east.instance_type, east.instance_region) = (3, "m5.large".into(), Regions::one("us-east-1"));
         (east.run_delay, east.run_max_time) = (10, 600);
         let mut eu = StepSpec::new("eu", "gen");
-        (eu.instance_count, eu.instance_type, eu.instance_region, eu.run_max_time) = (2, "m5.large".into(), "eu-west-1".into(), 900);
+        (eu.instance_count, eu.instance_type, eu.instance_region, eu.run_max_time) = (2, "m5.large".into(), Regions::one("eu-west-1"), 900);
         let plan = plan("regions", vec![east, eu]);
         let e = estimate(&plan, &PriceTable::shipped(), 120, "ec2");
         assert!(close(e.steps[0].usd, 2190.0 / 3600.0 * 0.096));
         assert!(close(e.steps[1].usd, 2040.0 / 3600.0 * 0.107));
         assert!(close(e.usd, 2190.0 / 3600.0 * 0.096 + 2040.0 / 3600.0 * 0.107));
         assert!(close(e.instance_hours, 4230.0 / 3600.0));
+        assert_eq!(e.vcpus_by_region, BTreeMap::from([("eu-west-1".to_string(), 4), ("us-east-1".to_string(), 6)]));
+    }
+
+    #[test]
+    fn a_step_over_two_regions_is_priced_per_region_by_its_share_of_nodes() {
+        // 5 × m5.large at 60/40: 3 in us-east-1, 2 in eu-west-1, each (120 + 600) s.
+        // us-east-1: 2160 s = 0.6 h × $0.096 = $0.0576; eu-west-1: 1440 s = 0.4 h × $0.107 = $0.0428.
+        let mut gen = StepSpec::new("gen", "gen");
+        (gen.instance_count, gen.instance_type, gen.run_max_time) = (5, "m5.large".into(), 600);
+        gen.instance_region = Regions::Shares(BTreeMap::from([("us-east-1".into(), 60), ("eu-west-1".into(), 40)]));
+        let e = estimate(&plan("spread", vec![gen]), &PriceTable::shipped(), 120, "ec2");
+        let lines: Vec<(&str, &str, u32)> = e.steps.iter().map(|s| (s.step.as_str(), s.region.as_str(), s.instances)).collect();
+        assert_eq!(lines, [("gen", "eu-west-1", 2), ("gen", "us-east-1", 3)]);
+        assert!(close(e.steps[0].usd, 0.4 * 0.107) && close(e.steps[1].usd, 0.6 * 0.096), "{:?}", e.steps);
+        assert!(close(e.usd, 0.0428 + 0.0576) && close(e.instance_hours, 1.0));
+        assert_eq!(e.instances, 5);
         assert_eq!(e.vcpus_by_region, BTreeMap::from([("eu-west-1".to_string(), 4), ("us-east-1".to_string(), 6)]));
     }
 

@@ -64,6 +64,9 @@ pub struct DashboardModel {
     pub events: String,
     /// Rows and panels, in order.
     pub panels: Vec<Panel>,
+    /// The regions of the run's steps spread over several (the `region` variable's choices
+    /// after `all`); empty when no step is.
+    pub regions: Vec<String>,
 }
 
 /// A time as the API writes it (RFC 3339, UTC as `Z`).
@@ -133,11 +136,21 @@ pub fn model(run: &RunView, metrics: &[MetricSummaryView], datasource: &str, dat
         }
     };
     let letters = |i: usize| ((b'A' + (i % 26) as u8) as char).to_string() + &"A".repeat(i / 26);
+    let mut all_regions = std::collections::BTreeSet::new();
     for record in &run.step_records {
         let step = record.step_name.as_str();
-        let mine: Vec<&MetricSummaryView> = metrics.iter().filter(|m| m.step_id == record.step_id).collect();
+        let of_step = || metrics.iter().filter(|m| m.step_id == record.step_id);
+        let mine: Vec<&MetricSummaryView> = of_step().filter(|m| m.region.is_none()).collect();
+        let regions: std::collections::BTreeSet<&str> = of_step().filter_map(|m| m.region.as_deref()).collect();
+        all_regions.extend(regions.iter().map(|r| r.to_string()));
         let filter = where_clause(run, step);
-        let all_nodes = format!("{filter} AND \"node\" = 'all'");
+        // A step over several regions has a merge per region and one over all (`all`): the
+        // dashboard's `region` variable picks which.
+        let all_nodes = if regions.is_empty() {
+            format!("{filter} AND \"node\" = 'all'")
+        } else {
+            format!("{filter} AND \"node\" = 'all' AND \"region\" = '$region'")
+        };
         let mut slot = 0;
         add(&mut panels, "row", step.to_string(), "none", Vec::new(), &mut slot);
 
@@ -198,5 +211,6 @@ pub fn model(run: &RunView, metrics: &[MetricSummaryView], datasource: &str, dat
         datasource: datasource.to_string(),
         events: measurement_in(database, "events"),
         panels,
+        regions: all_regions.into_iter().collect(),
     }
 }

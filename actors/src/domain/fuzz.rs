@@ -191,7 +191,7 @@ proptest! {
             aggregator.take("a:1|c\nb:2|c\na:3|ms\na:4|g");
             let mut w = aggregator.flush(second, i64::from(second as u32) * 1000, 1000);
             w.node = "n".into();
-            judge.add("s", &w);
+            judge.add("s", "r", &w);
             judge.evaluate();
         }
         for view in judge.finish() {

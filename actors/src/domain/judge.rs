@@ -416,8 +416,8 @@ impl Judge {
         self.thresholds.is_empty()
     }
 
-    /// Adds one node's window of `step`.
-    pub fn add(&mut self, step: &str, w: &Window) {
+    /// Adds one node's window of `step`, from a node in `region`.
+    pub fn add(&mut self, step: &str, region: &str, w: &Window) {
         let end = w.start_ms + i64::try_from(w.duration_ms).unwrap_or(0);
         self.latest_end_ms = self.latest_end_ms.max(end);
         // Relays deliver empty windows too (while a step prepares, or idles): time counts
@@ -429,19 +429,19 @@ impl Judge {
         let bucket = w.start_ms.div_euclid(1000) * 1000;
         for live in &mut self.thresholds {
             let selectors = live.def.metric.selectors();
-            if sampled && selectors[0].matches_origin(step, &w.node) {
+            if sampled && selectors[0].matches_origin(step, &w.node, region) {
                 let (first, last) = live.span.unwrap_or((w.start_ms, end));
                 live.span = Some((first.min(w.start_ms), last.max(end)));
             }
             let mut part = Tally::default();
             match &live.def.metric {
-                MetricKey::Single(s) if s.matches_origin(step, &w.node) => part.add(s, w),
+                MetricKey::Single(s) if s.matches_origin(step, &w.node, region) => part.add(s, w),
                 MetricKey::Single(_) => continue,
                 MetricKey::Ratio(above, below) => {
-                    if above.matches_origin(step, &w.node) {
+                    if above.matches_origin(step, &w.node, region) {
                         part.add_counters(above, w, false);
                     }
-                    if below.matches_origin(step, &w.node) {
+                    if below.matches_origin(step, &w.node, region) {
                         part.add_counters(below, w, true);
                     }
                 }
@@ -736,8 +736,8 @@ mod tests {
         // Node a: 1000 fast samples; node b: 100 slow ones. Their p(95)s are 10 and 300;
         // averaged (155) they would pass p(95)<200, but the union's p(95) is 300.
         let mut judge = Judge::new(vec![threshold("lat", "p(95)<200")]);
-        judge.add("gen", &window("a", 0, &lines("lat", std::iter::repeat_n(10, 1000))));
-        judge.add("gen", &window("b", 0, &lines("lat", std::iter::repeat_n(300, 100))));
+        judge.add("gen", "r", &window("a", 0, &lines("lat", std::iter::repeat_n(10, 1000))));
+        judge.add("gen", "r", &window("b", 0, &lines("lat", std::iter::repeat_n(300, 100))));
         let (changed, _) = judge.evaluate();
         assert_eq!(changed[0].state, ThresholdState::Failing);
         // HDR histograms keep 3 significant digits: the value is 300 within 0.1%, as in the summary.
@@ -779,8 +779,8 @@ mod tests {
             threshold("rpc", "count==1100"),
             threshold("rpc", "max<=300ms"),
         ]);
-        judge.add("gen", &exponential_window("a", "s", &[0.010; 1000]));
-        judge.add("gen", &exponential_window("b", "s", &[0.300; 100]));
+        judge.add("gen", "r", &exponential_window("a", "s", &[0.010; 1000]));
+        judge.add("gen", "r", &exponential_window("b", "s", &[0.300; 100]));
         let views = judge.finish();
         let error = 2f64.powf(2f64.powi(-6)) - 1.0;
         assert_eq!(views[0].state, ThresholdState::Failed, "{views:?}");
@@ -800,7 +800,7 @@ mod tests {
             let ms = if (4..6).contains(&second) { 500.0 } else { 10.0 };
             let mut w = exponential_window("a", "ms", &[ms; 10]);
             w.start_ms = second * 1000;
-            judge.add("gen", &w);
+            judge.add("gen", "r", &w);
             judge.evaluate();
         }
         let view = &judge.views()[0];
@@ -824,7 +824,7 @@ mod tests {
             a.add_buckets("http.duration", &h).unwrap();
             let mut w = a.flush(1, 0, 1000);
             w.node = node.into();
-            judge.add("gen", &w);
+            judge.add("gen", "r", &w);
         }
         let views = judge.finish();
         assert_eq!((views[0].state, views[0].value), (ThresholdState::Failed, Some(500.0)), "p(95) falls in (50, 500]");
@@ -836,13 +836,13 @@ mod tests {
         let mut each = Vec::new();
         for node in ["a", "b"] {
             let mut alone = Judge::new(vec![threshold("req", "count<100")]);
-            alone.add("gen", &window(node, 0, &"req:1|c\n".repeat(60)));
+            alone.add("gen", "r", &window(node, 0, &"req:1|c\n".repeat(60)));
             each.push(alone.evaluate().0[0].state);
         }
         assert_eq!(each, [ThresholdState::Ok, ThresholdState::Ok]);
         let mut both = Judge::new(vec![threshold("req", "count<100")]);
         for node in ["a", "b"] {
-            both.add("gen", &window(node, 0, &"req:1|c\n".repeat(60)));
+            both.add("gen", "r", &window(node, 0, &"req:1|c\n".repeat(60)));
         }
         let (changed, _) = both.evaluate();
         assert_eq!((changed[0].state, changed[0].value), (ThresholdState::Failing, Some(120.0)));
@@ -860,7 +860,7 @@ mod tests {
         for second in 0..10 {
             for node in ["a", "b"] {
                 let errors = if node == "b" { "req:1|c|#status:error\n" } else { "" };
-                judge.add("gen", &window(node, second, &format!("req:2|c|#status:ok\n{errors}conns:3|g\n")));
+                judge.add("gen", "r", &window(node, second, &format!("req:2|c|#status:ok\n{errors}conns:3|g\n")));
             }
         }
         let views = judge.finish();
@@ -875,7 +875,7 @@ mod tests {
     #[test]
     fn what_never_arrives_is_zero_for_counts_and_fails_otherwise() {
         let mut judge = Judge::new(vec![threshold("errors", "count<1"), threshold("lat", "p(95)<200"), threshold("req", "p(95)<1")]);
-        judge.add("gen", &window("a", 0, "req:1|c\n"));
+        judge.add("gen", "r", &window("a", 0, "req:1|c\n"));
         let views = judge.finish();
         assert_eq!((views[0].state, views[0].value), (ThresholdState::Passed, Some(0.0)));
         assert_eq!((views[1].state, views[1].note.as_deref()), (ThresholdState::Failed, Some("no samples of lat")));
@@ -889,7 +889,7 @@ mod tests {
         let mut judge = Judge::new(vec![t]);
         for second in 0..10 {
             let ms = if (4..6).contains(&second) { 500 } else { 10 };
-            judge.add("gen", &window("a", second, &lines("lat", [ms])));
+            judge.add("gen", "r", &window("a", second, &lines("lat", [ms])));
             judge.evaluate();
         }
         let view = &judge.views()[0];
@@ -908,7 +908,7 @@ mod tests {
         let mut judge = Judge::new(vec![t]);
         let mut breaches = Vec::new();
         for second in 0..6 {
-            judge.add("gen", &window("a", second, &lines("lat", [900])));
+            judge.add("gen", "r", &window("a", second, &lines("lat", [900])));
             if let (_, Some(b)) = judge.evaluate() {
                 breaches.push((second, b));
             }
@@ -926,8 +926,8 @@ mod tests {
         let mut t = threshold("req", "count<5");
         t.metric = t.metric.scoped_to("gen");
         let mut judge = Judge::new(vec![t]);
-        judge.add("gen", &window("a", 0, "req:3|c\n"));
-        judge.add("other", &window("b", 0, "req:30|c\n"));
+        judge.add("gen", "r", &window("a", 0, "req:3|c\n"));
+        judge.add("other", "r", &window("b", 0, "req:30|c\n"));
         assert_eq!(judge.finish()[0].value, Some(3.0));
     }
 
@@ -937,11 +937,11 @@ mod tests {
         t.window = Some(("60s".into(), 60_000));
         let make = || Judge::new(vec![threshold("req", "count<10"), t.clone()]);
         let mut before = make();
-        before.add("gen", &window("a", 0, &format!("req:4|c\n{}", lines("lat", [1, 2, 3]))));
+        before.add("gen", "r", &window("a", 0, &format!("req:4|c\n{}", lines("lat", [1, 2, 3]))));
         before.evaluate();
         let mut after = make();
         after.restore(&serde_json::from_str(&before.saved().to_string()).unwrap());
-        after.add("gen", &window("a", 1, &format!("req:7|c\n{}", lines("lat", [4]))));
+        after.add("gen", "r", &window("a", 1, &format!("req:7|c\n{}", lines("lat", [4]))));
         let values: Vec<Option<f64>> = after.finish().iter().map(|v| v.value).collect();
         assert_eq!(values, [Some(11.0), Some(4.0)]);
     }

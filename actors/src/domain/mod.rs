@@ -13,6 +13,7 @@ pub mod launch;
 pub mod life;
 pub use loads_relay::metrics;
 pub mod parse;
+pub mod regions;
 pub mod secrets;
 pub mod spec;
 pub mod thresholds;
@@ -22,5 +23,6 @@ pub mod views;
 
 pub use error::{FieldError, ValidationErrors};
 pub use parse::DocumentFormat;
+pub use regions::Regions;
 pub use spec::{Env, Market, PlanSpec, ProjectSpec, StepSpec};
 pub use validate::{Limits, Validated};

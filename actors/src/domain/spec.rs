@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::regions::Regions;
 use super::thresholds::{CompareRules, Thresholds};
 
 /// Environment variables, by name.
@@ -109,8 +110,10 @@ pub struct StepSpec {
     pub instance_count: u32,
     /// Machine type (EC2 instance type).
     pub instance_type: String,
-    /// Region of the machines.
-    pub instance_region: String,
+    /// Region of the machines: one, or several with shares of the nodes
+    /// (`{"us-east-1": 60, "eu-west-1": 40}`, or a list for equal shares).
+    #[schema(value_type = serde_json::Value)]
+    pub instance_region: Regions,
     /// How the machines are bought on EC2: `on_demand` (default), `spot`, `spot_fallback`.
     pub market: Market,
     /// Seconds after the run's start before this step starts.
@@ -160,7 +163,7 @@ impl StepSpec {
             name: name.into(),
             instance_count: defaults::INSTANCE_COUNT,
             instance_type: defaults::INSTANCE_TYPE.to_string(),
-            instance_region: defaults::INSTANCE_REGION.to_string(),
+            instance_region: Regions::one(defaults::INSTANCE_REGION),
             market: Market::OnDemand,
             run_delay: defaults::RUN_DELAY,
             run_max_time: defaults::RUN_MAX_TIME,

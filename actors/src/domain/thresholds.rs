@@ -55,7 +55,7 @@ impl ThresholdRule {
     }
 }
 
-/// Which samples a key selects: a metric name, the tags it must carry, and optionally one step and one node.
+/// Which samples a key selects: a metric name, the tags it must carry, and optionally one step, one node and one region.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Selector {
     /// The metric's name, without tags.
@@ -66,6 +66,8 @@ pub struct Selector {
     pub step: Option<String>,
     /// Only samples of this node.
     pub node: Option<String>,
+    /// Only samples of nodes in this region.
+    pub region: Option<String>,
 }
 
 impl Selector {
@@ -83,9 +85,11 @@ impl Selector {
         })
     }
 
-    /// Whether samples of `step` on `node` are selected.
-    pub fn matches_origin(&self, step: &str, node: &str) -> bool {
-        self.step.as_deref().is_none_or(|s| s == step) && self.node.as_deref().is_none_or(|n| n == node)
+    /// Whether samples of `step` on `node`, in `region`, are selected.
+    pub fn matches_origin(&self, step: &str, node: &str, region: &str) -> bool {
+        self.step.as_deref().is_none_or(|s| s == step)
+            && self.node.as_deref().is_none_or(|n| n == node)
+            && self.region.as_deref().is_none_or(|r| r == region)
     }
 }
 
@@ -389,6 +393,7 @@ fn parse_selector(text: &str) -> Result<Selector, String> {
         let slot = match k {
             "step" => &mut selector.step,
             "node" => &mut selector.node,
+            "region" => &mut selector.region,
             _ => {
                 if selector.tags.insert(k.to_string(), v.to_string()).is_some() {
                     return Err(format!("tag {k:?} is filtered twice"));
@@ -403,7 +408,7 @@ fn parse_selector(text: &str) -> Result<Selector, String> {
     Ok(selector)
 }
 
-/// Parses a metric key: `name`, `name{tag:value,step:s,node:n}`, or `counter/counter` (each side with filters).
+/// Parses a metric key: `name`, `name{tag:value,step:s,node:n,region:r}`, or `counter/counter` (each side with filters).
 pub fn parse_key(text: &str) -> Result<MetricKey, String> {
     let mut depth = 0;
     let mut split = None;
@@ -517,7 +522,10 @@ mod tests {
         assert!(!s.matches_key("demo.c.requests;status=ok"));
         assert!(!s.matches_key("demo.c.requests"));
         assert!(!s.matches_key("demo.c.requests.more;status=error"));
-        assert!(s.matches_origin("c-generator", "s2n0") && !s.matches_origin("shell", "s2n0"));
+        assert!(s.matches_origin("c-generator", "s2n0", "us-west-2") && !s.matches_origin("shell", "s2n0", "us-west-2"));
+        let MetricKey::Single(s) = parse_key("lat{region:eu-west-1}").unwrap() else { panic!() };
+        assert_eq!(s.region.as_deref(), Some("eu-west-1"));
+        assert!(s.matches_origin("gen", "s0n0", "eu-west-1") && !s.matches_origin("gen", "s0n1", "us-east-1"));
         let MetricKey::Ratio(a, b) = parse_key("errors{step:x}/requests").unwrap() else { panic!() };
         assert_eq!((a.name.as_str(), a.step.as_deref(), b.name.as_str()), ("errors", Some("x"), "requests"));
         for bad in ["", "{a:b}", "a{b}", "a{b:c", "a/b/c", "a b", "a{step:x,step:y}", "a{k:v,k:w}", "a{:v}"] {

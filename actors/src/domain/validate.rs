@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 
 use super::error::{FieldError, ValidationErrors};
 use super::interpolate::{self, INJECTED_VARIABLES};
+use super::regions::{Regions, MAX_REGIONS};
 use super::spec::{defaults, Env, Market, PlanSpec, ProjectSpec, StepSpec};
 use super::thresholds::{self, Aggregation, CompareRules, MetricKey, ThresholdRule, Thresholds};
 
@@ -277,6 +278,76 @@ impl<'l> Walker<'l> {
     }
 
     /// A non-negative whole number (seconds, counts).
+    /// A step's regions: a name, a list of names (equal shares), or names with percentages summing to 100.
+    fn regions(&mut self, v: &Value, path: &str) -> Option<Regions> {
+        let shape = "must be a region such as \"us-west-2\", a list of regions (equal shares), \
+                     or regions with percentages summing to 100 ({\"us-east-1\": 60, \"eu-west-1\": 40})";
+        let count = match v {
+            Value::Array(a) => a.len(),
+            Value::Object(o) => o.len(),
+            _ => 1,
+        };
+        if count == 0 || count > MAX_REGIONS {
+            self.error(path, format!("must name from 1 to {MAX_REGIONS} regions, not {count}"));
+            return None;
+        }
+        let named = |me: &mut Self, name: &str, at: String| {
+            let ok = name.starts_with(|c: char| c.is_ascii_lowercase())
+                && name.len() <= 32
+                && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            if !ok {
+                me.error(at, format!("{name:?} is not a region such as \"us-west-2\""));
+            }
+            ok
+        };
+        match v {
+            Value::String(r) => named(self, r, path.to_string()).then(|| Regions::one(r.clone())),
+            Value::Array(items) => {
+                let mut names = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    let at = format!("{path}[{i}]");
+                    match item {
+                        Value::String(r) if names.contains(r) => self.error(at, format!("{r:?} is listed twice")),
+                        Value::String(r) => {
+                            if named(self, r, at) {
+                                names.push(r.clone());
+                            }
+                        }
+                        other => self.error(at, format!("must be a region name, not {}", kind(other))),
+                    }
+                }
+                (names.len() == items.len()).then(|| if names.len() == 1 { Regions::One(names.remove(0)) } else { Regions::Equal(names) })
+            }
+            Value::Object(shares) => {
+                let mut parsed = BTreeMap::new();
+                for (r, share) in shares {
+                    let at = join(path, r);
+                    let ok = named(self, r, at.clone());
+                    match share.as_u64().filter(|p| (1..=100).contains(p)) {
+                        Some(p) if ok => {
+                            parsed.insert(r.clone(), p as u32);
+                        }
+                        Some(_) => {}
+                        None => self.error(at, format!("must be a whole percentage from 1 to 100, not {share}")),
+                    }
+                }
+                if parsed.len() != shares.len() {
+                    return None;
+                }
+                let total: u32 = parsed.values().sum();
+                if total != 100 {
+                    self.error(path, format!("the shares must sum to 100, not {total}"));
+                    return None;
+                }
+                Some(if parsed.len() == 1 { Regions::One(parsed.into_keys().next().unwrap_or_default()) } else { Regions::Shares(parsed) })
+            }
+            other => {
+                self.error(path, format!("{shape}, not {}", kind(other)));
+                None
+            }
+        }
+    }
+
     fn whole(&mut self, m: &Map<String, Value>, path: &str, key: &str, default: u64) -> u64 {
         let v = match m.get(key) {
             None | Some(Value::Null) => return default,
@@ -644,13 +715,10 @@ impl<'l> Walker<'l> {
             }
             step.instance_type = t;
         }
-        if let Some(r) = self.string(m, path, "instance_region", false) {
-            let ok = r.starts_with(|c: char| c.is_ascii_lowercase())
-                && r.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-            if !ok {
-                self.error(join(path, "instance_region"), "must be a region such as \"us-west-2\"");
+        if let Some(regions) = m.get("instance_region").filter(|v| !v.is_null()) {
+            if let Some(regions) = self.regions(regions, &join(path, "instance_region")) {
+                step.instance_region = regions;
             }
-            step.instance_region = r;
         }
         if let Some(market) = self.string(m, path, "market", false) {
             match Market::parse(&market) {
@@ -958,6 +1026,36 @@ mod tests {
             .unwrap_err();
             assert_eq!(err.0[0].to_string(), "steps[0].min_nodes: must be from 1 to instance_count (3)");
         }
+    }
+
+    #[test]
+    fn a_step_takes_one_region_a_list_or_shares_summing_to_100() {
+        let regions = |v: Value| {
+            plan(&json!({"name": "p", "steps": [{"name": "s", "container_name": "i", "instance_region": v}]}), &Limits::default())
+                .map(|p| p.value.steps[0].instance_region.clone())
+                .map_err(|e| e.0.iter().map(ToString::to_string).collect::<Vec<_>>())
+        };
+        assert_eq!(regions(json!("eu-west-1")), Ok(Regions::one("eu-west-1")));
+        assert_eq!(regions(json!(["us-east-1", "eu-west-1"])), Ok(Regions::Equal(vec!["us-east-1".into(), "eu-west-1".into()])));
+        assert_eq!(
+            regions(json!({"us-east-1": 60, "eu-west-1": 40})),
+            Ok(Regions::Shares(BTreeMap::from([("us-east-1".into(), 60), ("eu-west-1".into(), 40)])))
+        );
+        assert_eq!(regions(json!({"us-east-1": 100})), Ok(Regions::one("us-east-1")), "one region with every node");
+        let err = |v: Value| regions(v).unwrap_err();
+        assert_eq!(err(json!({"us-east-1": 60, "eu-west-1": 30})), ["steps[0].instance_region: the shares must sum to 100, not 90"]);
+        assert_eq!(
+            err(json!({"us-east-1": 0, "eu-west-1": 100})),
+            ["steps[0].instance_region.us-east-1: must be a whole percentage from 1 to 100, not 0"]
+        );
+        assert_eq!(err(json!({"us-east-1": 50.5, "eu-west-1": 49.5})).len(), 2, "a fraction of a percent is refused, each region named");
+        assert_eq!(err(json!({"US East": 100})), ["steps[0].instance_region.US East: \"US East\" is not a region such as \"us-west-2\""]);
+        assert_eq!(err(json!(["a-1", "a-1"])), ["steps[0].instance_region[1]: \"a-1\" is listed twice"]);
+        assert_eq!(err(json!([])), ["steps[0].instance_region: must name from 1 to 10 regions, not 0"]);
+        assert_eq!(err(json!([1])), ["steps[0].instance_region[0]: must be a region name, not a number"]);
+        assert!(err(json!(true))[0].starts_with("steps[0].instance_region: must be a region such as"));
+        let many: serde_json::Map<String, Value> = (0..11).map(|i| (format!("r-{i}"), json!(1))).collect();
+        assert_eq!(err(Value::Object(many)), ["steps[0].instance_region: must name from 1 to 10 regions, not 11"]);
     }
 
     #[test]

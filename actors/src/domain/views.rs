@@ -514,6 +514,10 @@ pub struct MetricSummaryView {
     /// which their scale implies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relative_error: Option<f64>,
+    /// A step spread over several regions also has its counters, timers and histograms
+    /// per region: the region of such a row (absent: the step over every node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
 }
 
 /// One step's series: its flush windows merged over its nodes, oldest first.

@@ -52,7 +52,8 @@ pub struct PointTags {
     pub node: String,
     /// The step's `docker_series` (or its name).
     pub series: String,
-    /// The step's region.
+    /// The node's region; a step's merge has its region, or `all` (and one merge per
+    /// region) for a step over several.
     pub region: String,
 }
 

@@ -188,53 +188,63 @@ impl CloudNodes {
             }
             return Box::pin(actix::fut::ready(Ok(grants)));
         }
-        let Some(config) = self.settings.regions.get(&msg.region).cloned() else {
-            return refuse(format!("region {} is not configured: set ec2.regions.{}.ami", msg.region, msg.region));
-        };
-        let Some(region) = shared.region(&msg.region) else {
-            return refuse(format!("region {} has no EC2 client", msg.region));
-        };
+        let mut places = Vec::new();
+        for (name, count) in &msg.regions {
+            let Some(config) = self.settings.regions.get(name).cloned() else {
+                return refuse(format!("region {name} is not configured: set ec2.regions.{name}.ami"));
+            };
+            let Some(region) = shared.region(name) else {
+                return refuse(format!("region {name} has no EC2 client"));
+            };
+            places.push((config, region, *count));
+        }
         if let Some(left) = self.reserved.get_mut(&msg.run_id) {
             *left = left.saturating_sub(msg.count);
         }
-        let reusable: Vec<String> = self
-            .nodes
-            .iter()
-            .filter(|(_, n)| n.lease.is_none() && n.instance.region == msg.region && n.instance.instance_type == msg.instance_type)
-            .map(|(id, _)| id.clone())
-            .take(msg.count as usize)
-            .collect();
-        let reused: Vec<CloudNode> = reusable.iter().filter_map(|id| self.nodes.remove(id)).collect();
         let since = shared.meter.now();
-        for node in &reused {
-            shared.meter.open(msg.run_id, msg.step_id, &node.instance.id, usage_key(&node.instance), since);
+        let mut jobs = Vec::new();
+        for (config, region, count) in places {
+            let reusable: Vec<String> = self
+                .nodes
+                .iter()
+                .filter(|(_, n)| n.lease.is_none() && n.instance.region == region.name() && n.instance.instance_type == msg.instance_type)
+                .map(|(id, _)| id.clone())
+                .take(count as usize)
+                .collect();
+            let reused: Vec<CloudNode> = reusable.iter().filter_map(|id| self.nodes.remove(id)).collect();
+            for node in &reused {
+                shared.meter.open(msg.run_id, msg.step_id, &node.instance.id, usage_key(&node.instance), since);
+            }
+            let new = count - reused.len() as u32;
+            let overrides = &self.settings.address_override;
+            let overrides: Vec<Option<SocketAddr>> =
+                (0..new as usize).map(|i| (!overrides.is_empty()).then(|| overrides[(self.next_override + i) % overrides.len()])).collect();
+            self.next_override += new as usize;
+            let job = Provision {
+                cloud: self.settings.clone(),
+                config,
+                region,
+                broker: shared.broker_id.clone(),
+                local: shared.engine.clone().ok(),
+                ingest: shared.ingest_target(),
+                network: Ec2PoolActor::network_name(msg.run_id),
+                labels: shared.labels(msg.run_id),
+                expires_at: Utc::now() + chrono::Duration::from_std(msg.needed_for).unwrap_or_default(),
+                overrides,
+                meter: shared.meter.clone(),
+                since,
+                min_nodes: (msg.min_nodes * count).div_ceil(msg.count.max(1)),
+                msg: msg.clone(),
+            };
+            jobs.push((job, reused));
         }
-        let new = msg.count - reused.len() as u32;
-        let overrides = &self.settings.address_override;
-        let overrides: Vec<Option<SocketAddr>> =
-            (0..new as usize).map(|i| (!overrides.is_empty()).then(|| overrides[(self.next_override + i) % overrides.len()])).collect();
-        self.next_override += new as usize;
-        let job = Provision {
-            cloud: self.settings.clone(),
-            config,
-            region,
-            broker: shared.broker_id.clone(),
-            local: shared.engine.clone().ok(),
-            ingest: shared.ingest_target(),
-            network: Ec2PoolActor::network_name(msg.run_id),
-            labels: shared.labels(msg.run_id),
-            expires_at: Utc::now() + chrono::Duration::from_std(msg.needed_for).unwrap_or_default(),
-            overrides,
-            meter: shared.meter.clone(),
-            since,
-            msg,
-        };
-        let (run_id, step_id) = (job.msg.run_id, job.msg.step_id);
-        let position = job.msg.step_position;
-        let interruptions = job.msg.interruptions.clone();
+        let (run_id, step_id) = (msg.run_id, msg.step_id);
+        let position = msg.step_position;
+        let interruptions = msg.interruptions.clone();
         let settings = self.settings.clone();
         let images_from = shared.engine.clone().ok();
-        Box::pin(actix::fut::wrap_future::<_, Ec2PoolActor>(provision(job, reused)).map(move |res, act, ctx| {
+        let all = provision_all(jobs, msg.count, msg.min_nodes);
+        Box::pin(actix::fut::wrap_future::<_, Ec2PoolActor>(all).map(move |res, act, ctx| {
             // Instances launched for the step that did not become ready were given up.
             let kept: HashSet<String> = res.iter().flatten().map(|(node, ..)| node.instance.id.clone()).collect();
             act.shared.meter.close(run_id, |id, step| step == step_id && !kept.contains(id));
@@ -254,6 +264,7 @@ impl CloudNodes {
                     network,
                     ingest_base,
                     instance_id: Some(node.instance.id.clone()),
+                    region: node.instance.region.clone(),
                     images_from: images_from.clone(),
                     host_network: true,
                 };
@@ -308,6 +319,7 @@ impl CloudNodes {
                     network: l.network.clone(),
                     ingest_base: l.ingest_base.clone(),
                     instance_id: Some(n.instance.id.clone()),
+                    region: n.instance.region.clone(),
                     images_from: shared.engine.clone().ok(),
                     host_network: true,
                 })
@@ -577,6 +589,8 @@ struct Provision {
     /// Instances are metered from `since`, when the step asked for them.
     meter: Meter,
     since: DateTime<Utc>,
+    /// This region's share of the step's `min_nodes` (when capacity is short, it asks for at least that).
+    min_nodes: u32,
     msg: AcquireNodes,
 }
 
@@ -606,10 +620,43 @@ impl Provision {
 /// A node ready for a step: the node, its run network, its relay's ingest base URL, the forward behind it.
 type Ready = (CloudNode, String, String, Task);
 
-/// Launches what the idle pool could not give, waits for it, connects and
-/// prepares every node; keeps those that got ready when they are at least
-/// `min_nodes`, and terminates the rest.
-async fn provision(job: Provision, reused: Vec<CloudNode>) -> Result<Vec<Ready>, PoolError> {
+/// Provisions each region's share of a step at once; keeps the nodes that got
+/// ready when they are at least `min_nodes` in all, and terminates them all otherwise.
+async fn provision_all(jobs: Vec<(Provision, Vec<CloudNode>)>, count: u32, min_nodes: u32) -> Result<Vec<Ready>, PoolError> {
+    let (jobs, reused): (Vec<Provision>, Vec<Vec<CloudNode>>) = jobs.into_iter().unzip();
+    let results = join_all(jobs.iter().zip(reused).map(|(job, reused)| provision(job, reused))).await;
+    let (mut landed, mut failures, mut error) = (Vec::new(), Vec::new(), None);
+    for (job, result) in jobs.iter().zip(results) {
+        match result {
+            Ok((ready, failed)) => {
+                failures.extend(failed);
+                landed.push((job, ready));
+            }
+            Err(e) => {
+                failures.push(format!("{}: {e}", job.region.name()));
+                error.get_or_insert(e);
+            }
+        }
+    }
+    let ready = landed.iter().map(|(_, r)| r.len()).sum::<usize>() as u32;
+    if ready >= min_nodes {
+        return Ok(landed.into_iter().flat_map(|(_, r)| r).collect());
+    }
+    for (job, nodes) in &landed {
+        let ids: Vec<String> = nodes.iter().map(|(n, ..)| n.instance.id.clone()).collect();
+        let _ = job.region.terminate(&ids).await;
+        job.cloud.forget(&ids);
+    }
+    match error {
+        Some(e) if ready == 0 && jobs.len() == 1 => Err(e),
+        _ => Err(PoolError::Capacity { wanted: count, min: min_nodes, ready, reasons: failures.join("; ") }),
+    }
+}
+
+/// Launches what the idle pool could not give in one region, waits for it, connects and
+/// prepares every node; answers those that got ready and why the others did not, and
+/// terminates those.
+async fn provision(job: &Provision, reused: Vec<CloudNode>) -> Result<(Vec<Ready>, Vec<String>), PoolError> {
     let (cloud, msg) = (&job.cloud, &job.msg);
     let deadline = job.expires_at + chrono::Duration::from_std(cloud.expiry_grace + cloud.launch_timeout).unwrap_or_default();
     let run_tags = vec![
@@ -644,7 +691,7 @@ async fn provision(job: Provision, reused: Vec<CloudNode>) -> Result<Vec<Ready>,
             ("Owner".to_string(), cloud.owner.clone()),
         ];
         tag_list.extend(run_tags.iter().cloned());
-        let min_new = msg.min_nodes.saturating_sub(reused.len() as u32).max(1);
+        let min_new = job.min_nodes.saturating_sub(reused.len() as u32).max(1);
         let launch = ec2::Launch {
             instance_type: msg.instance_type.clone(),
             count: new,
@@ -655,7 +702,7 @@ async fn provision(job: Provision, reused: Vec<CloudNode>) -> Result<Vec<Ready>,
             spot: false,
             give_up_on: &[],
         };
-        let ids = launch_instances(&job, launch, min_new).await?;
+        let ids = launch_instances(job, launch, min_new).await?;
         tracing::info!(run_id = %msg.run_id, step_id = %msg.step_id, instances = ?ids, "launched instances");
         let (running, late) = match job.region.wait_running(&ids, cloud.launch_timeout).await {
             Ok(x) => x,
@@ -679,9 +726,9 @@ async fn provision(job: Provision, reused: Vec<CloudNode>) -> Result<Vec<Ready>,
     let _ = job.region.untag(&reused_ids, &[tags::IDLE_SINCE]).await;
 
     let reuse_jobs = reused.into_iter().map(|node| async {
-        let prepared = rearm(&job, &node.ssh, deadline).await.map_err(|e| e.to_string());
+        let prepared = rearm(job, &node.ssh, deadline).await.map_err(|e| e.to_string());
         match prepared {
-            Ok(()) => attach(&job, node).await,
+            Ok(()) => attach(job, node).await,
             Err(e) => Err((node.instance.id.clone(), e)),
         }
     });
@@ -696,7 +743,6 @@ async fn provision(job: Provision, reused: Vec<CloudNode>) -> Result<Vec<Ready>,
     }
     let new_jobs = launched.iter().enumerate().map(|(i, instance)| {
         let over = overrides.get(i).copied().flatten();
-        let job = &job;
         async move {
             let node = connect(job, instance.clone(), over, deadline).await.map_err(|e| (instance.id.clone(), e))?;
             attach(job, node).await
@@ -714,17 +760,11 @@ async fn provision(job: Provision, reused: Vec<CloudNode>) -> Result<Vec<Ready>,
             }
         }
     }
-    if (ready.len() as u32) < msg.min_nodes {
-        lost.extend(ready.iter().map(|(n, ..)| n.instance.id.clone()));
-        let _ = job.region.terminate(&lost).await;
-        job.cloud.forget(&lost);
-        return Err(PoolError::Capacity { wanted: msg.count, min: msg.min_nodes, ready: ready.len() as u32, reasons: failures.join("; ") });
-    }
     match job.region.terminate(&lost).await {
         Ok(()) => job.cloud.forget(&lost),
         Err(e) => tracing::warn!(error = %e, "could not terminate nodes that did not become ready; the reaper will"),
     }
-    Ok(ready)
+    Ok((ready, failures))
 }
 
 /// Moves a node's dead-man's switch deadline (its file, which the switch reads; the

@@ -68,8 +68,10 @@ impl LocalNodes {
             .cloned()
             .unwrap_or_else(|| RunNetwork { name: Ec2PoolActor::network_name(msg.run_id), gateway: "127.0.0.1".into() });
         let ingest_base = format!("http://{}:{}", network.gateway, shared.ingest.port());
+        let regions = msg.regions.iter().flat_map(|(region, n)| std::iter::repeat_n(region.clone(), *n as usize));
         Ok((0..msg.count)
-            .map(|i| NodeGrant {
+            .zip(regions.chain(std::iter::repeat(String::new())))
+            .map(|(i, region)| NodeGrant {
                 id: format!("s{}n{i}", msg.step_position),
                 engine: engine.clone(),
                 address: network.gateway.clone(),
@@ -77,6 +79,7 @@ impl LocalNodes {
                 network: network.name.clone(),
                 ingest_base: ingest_base.clone(),
                 instance_id: None,
+                region,
                 images_from: None,
                 host_network: false,
             })

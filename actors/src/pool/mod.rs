@@ -98,6 +98,8 @@ pub struct NodeGrant {
     pub ingest_base: String,
     /// The EC2 instance, for cloud nodes.
     pub instance_id: Option<String>,
+    /// Its region: its instance's on EC2, its share of the step's regions on the local provider.
+    pub region: String,
     /// An engine to copy images from when the node lacks them (the broker's own).
     pub images_from: Option<Engine>,
     /// The step's containers use the node's own network: a cloud node is one machine.
@@ -279,8 +281,8 @@ impl Handler<AdoptRun> for Ec2PoolActor {
     }
 }
 
-/// Lends `count` nodes to a step.
-#[derive(Debug, Message)]
+/// Lends `count` nodes to a step, `regions` saying how many in each region.
+#[derive(Clone, Debug, Message)]
 #[rtype(result = "Result<Vec<NodeGrant>, PoolError>")]
 pub struct AcquireNodes {
     /// The run.
@@ -297,8 +299,8 @@ pub struct AcquireNodes {
     pub min_nodes: u32,
     /// Machine type (used by cloud providers).
     pub instance_type: String,
-    /// Region (used by cloud providers).
-    pub region: String,
+    /// How many of the nodes each region has (launched there by cloud providers), in order.
+    pub regions: Vec<(String, u32)>,
     /// How the instances are bought (used by cloud providers).
     pub market: crate::domain::Market,
     /// How long the nodes are needed at most, from now (the dead-man's switch adds a grace period).

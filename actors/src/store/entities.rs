@@ -218,6 +218,7 @@ pub mod metric_summary {
         pub max: Option<f64>,
         pub unit: Option<String>,
         pub relative_error: Option<f64>,
+        pub region: Option<String>,
         pub created_at: DateTimeUtc,
     }
 

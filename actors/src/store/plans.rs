@@ -15,14 +15,14 @@ use uuid::Uuid;
 use super::entities::{plan, project, run, step};
 use super::{clamp_page, env_from_json, env_to_json, map_from_text, map_to_text, on_unique, StoreError};
 use crate::domain::views::{BaselineView, Page, PlanSummary, PlanView, RunState, StepView};
-use crate::domain::{Market, PlanSpec, StepSpec};
+use crate::domain::{Market, PlanSpec, Regions, StepSpec};
 
 fn step_spec(m: &step::Model) -> StepSpec {
     StepSpec {
         name: m.name.clone(),
         instance_count: u32::try_from(m.instance_count).unwrap_or(0),
         instance_type: m.instance_type.clone(),
-        instance_region: m.instance_region.clone(),
+        instance_region: Regions::from_text(&m.instance_region),
         market: Market::parse(&m.market).unwrap_or_default(),
         run_delay: u64::try_from(m.run_delay).unwrap_or(0),
         run_max_time: u64::try_from(m.run_max_time).unwrap_or(0),
@@ -58,7 +58,7 @@ fn step_row(plan_id: Uuid, position: usize, s: &StepSpec) -> step::ActiveModel {
         name: Set(s.name.clone()),
         instance_count: Set(i32::try_from(s.instance_count).unwrap_or(i32::MAX)),
         instance_type: Set(s.instance_type.clone()),
-        instance_region: Set(s.instance_region.clone()),
+        instance_region: Set(s.instance_region.to_text()),
         market: Set(s.market.as_str().to_string()),
         run_delay: Set(clamp_i64(s.run_delay)),
         run_max_time: Set(clamp_i64(s.run_max_time)),

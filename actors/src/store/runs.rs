@@ -460,6 +460,7 @@ async fn write_metrics(db: &impl ConnectionTrait, run_id: Uuid, rows: &[MetricSu
         max: Set(m.max),
         unit: Set(m.unit.clone()),
         relative_error: Set(m.relative_error),
+        region: Set(m.region.clone()),
         created_at: Set(now),
     });
     metric_summary::Entity::insert_many(models).exec(db).await?;
@@ -492,6 +493,7 @@ pub async fn metrics(db: &impl ConnectionTrait, run_id: Uuid) -> Result<Vec<Metr
             max: m.max,
             unit: m.unit,
             relative_error: m.relative_error,
+            region: m.region,
         })
         .collect();
     let order: HashMap<Uuid, usize> = run.step_records.iter().enumerate().map(|(i, r)| (r.step_id, i)).collect();

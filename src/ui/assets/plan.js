@@ -39,6 +39,10 @@
     const project = document.getElementById("project-link");
     project.href = "/projects/" + plan.project_id;
     project.textContent = "Project";
+    // A region, a list of regions (equal shares), or regions with their percentages.
+    const regionText = (r) => typeof r === "string" ? r
+      : Array.isArray(r) ? r.join(", ") + " (equal shares)"
+      : Object.entries(r).map(([name, share]) => name + " " + share + "%").join(", ");
     document.querySelector("#steps tbody").replaceChildren(...plan.steps.map((s) => {
       const spec = s;
       return el("tr", {},
@@ -46,7 +50,7 @@
         el("td", {}, el("code", {}, spec.container_name)),
         el("td", {}, spec.instance_count),
         el("td", {}, spec.instance_type),
-        el("td", {}, spec.instance_region),
+        el("td", {}, regionText(spec.instance_region)),
         el("td", {}, spec.run_delay + " s"),
         el("td", {}, spec.run_max_time + " s"),
         el("td", {}, el("dl", { class: "env" }, envList(spec.environment_data))));
