@@ -317,6 +317,18 @@ mod tests {
     }
 
     #[test]
+    fn region_shares_read_the_same_in_every_format() {
+        let json = parse_document(r#"{"instance_region": {"us-east-1": 60, "eu-west-1": 40}}"#, DocumentFormat::Json).unwrap();
+        let toml = parse_document("instance_region = { \"us-east-1\" = 60, \"eu-west-1\" = 40 }\n", DocumentFormat::Toml).unwrap();
+        let yaml = parse_document("instance_region:\n  us-east-1: 60\n  eu-west-1: 40\n", DocumentFormat::Yaml).unwrap();
+        assert_eq!(json, toml);
+        assert_eq!(json, yaml);
+        let toml = parse_document("instance_region = [\"us-east-1\", \"eu-west-1\"]\n", DocumentFormat::Toml).unwrap();
+        let yaml = parse_document("instance_region: [us-east-1, eu-west-1]\n", DocumentFormat::Yaml).unwrap();
+        assert_eq!(toml, yaml);
+    }
+
+    #[test]
     fn syntax_errors_say_where() {
         let err = parse_document("name = \n", DocumentFormat::Toml).unwrap_err();
         assert!(err.0[0].message.starts_with("not valid TOML"), "{err}");
