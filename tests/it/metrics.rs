@@ -74,7 +74,16 @@ pub async fn influx_query(database: &str, query: &str) -> Vec<Value> {
     body["results"][0]["series"][0]["values"].as_array().cloned().unwrap_or_default()
 }
 
-async fn influx_admin(query: &str) {
+/// A broker on `backend` writing to a fresh database of the test InfluxDB; answers the database's name.
+pub async fn with_influx(backend: crate::helpers::Backend) -> (TestApp, String) {
+    ensure_images();
+    let influx_db = format!("loads_test_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let influx_url = std::env::var("LOADS_TEST_INFLUX_URL").expect("LOADS_TEST_INFLUX_URL (scripts/test starts InfluxDB)");
+    let app = TestApp::spawn(backend, &[("LOADS__INFLUX__URL", &influx_url), ("LOADS__INFLUX__DATABASE", &influx_db)]).await;
+    (app, influx_db)
+}
+
+pub async fn influx_admin(query: &str) {
     let base = std::env::var("LOADS_TEST_INFLUX_URL").unwrap();
     let _ = awc::Client::new().post(format!("{base}/query")).query(&[("q", query)]).unwrap().send().await;
 }
@@ -84,10 +93,7 @@ async fn influx_admin(query: &str) {
 #[actix_web::test]
 async fn three_nodes_merge_into_exact_step_metrics() {
     for backend in [crate::helpers::Backend::Sqlite, crate::helpers::Backend::Postgres] {
-        ensure_images();
-        let influx_db = format!("loads_test_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let influx_url = std::env::var("LOADS_TEST_INFLUX_URL").expect("LOADS_TEST_INFLUX_URL (scripts/test starts InfluxDB)");
-        let app = TestApp::spawn(backend, &[("LOADS__INFLUX__URL", &influx_url), ("LOADS__INFLUX__DATABASE", &influx_db)]).await;
+        let (app, influx_db) = with_influx(backend).await;
         let step = json!({"name": "target", "container_name": loads::images::BUSYBOX, "instance_count": 3,
                           "run_max_time": 0, "additional_command_args": "-c 'sleep 300'"});
         let (_, run_id) = app.start(json!({"name": "metrics", "steps": [step]}), json!({})).await;
@@ -275,12 +281,7 @@ fn an_unreachable_broker_makes_the_relay_count_its_losses() {
 /// only names, so this checks the metrics; `ec2_nodes` launches a split step for real.
 #[actix_web::test]
 async fn a_step_over_two_regions_has_its_metrics_by_region_and_over_all() {
-    ensure_images();
-    let influx_db = format!("loads_test_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let influx_url = std::env::var("LOADS_TEST_INFLUX_URL").expect("LOADS_TEST_INFLUX_URL (scripts/test starts InfluxDB)");
-    let app =
-        TestApp::spawn(crate::helpers::Backend::Sqlite, &[("LOADS__INFLUX__URL", &influx_url), ("LOADS__INFLUX__DATABASE", &influx_db)])
-            .await;
+    let (app, influx_db) = with_influx(crate::helpers::Backend::Sqlite).await;
     // Each node sends 60 timings; 3 nodes at 34/66: eu-west-1 1.02 → 1, us-west-2 1.98 → 2.
     let script = "i=0; while [ $i -lt 60 ]; do echo \"lat:$((i % 7 + 1))|ms\"; echo \"hits:1|c\"; i=$((i+1)); done | nc $STATSD_HOST $STATSD_PORT; sleep 2";
     let mut step = sh_step("gen", &script.replace('$', "$$"));

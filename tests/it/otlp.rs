@@ -166,12 +166,7 @@ async fn container_env(run_id: &str) -> Vec<(String, String)> {
 /// feed and InfluxDB, tagged with the run.
 #[actix_web::test]
 async fn otlp_metrics_reach_the_summary_the_feed_and_influxdb_of_a_run() {
-    ensure_images();
-    let influx_db = format!("loads_test_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let influx_url = std::env::var("LOADS_TEST_INFLUX_URL").expect("LOADS_TEST_INFLUX_URL (scripts/test starts InfluxDB)");
-    let app =
-        TestApp::spawn(crate::helpers::Backend::Sqlite, &[("LOADS__INFLUX__URL", &influx_url), ("LOADS__INFLUX__DATABASE", &influx_db)])
-            .await;
+    let (app, influx_db) = crate::metrics::with_influx(crate::helpers::Backend::Sqlite).await;
     let step = json!({"name": "gen", "container_name": loads::images::BUSYBOX, "run_max_time": 0,
                       "additional_command_args": "-c 'sleep 300'"});
     let (_, run_id) = app.start(json!({"name": "otlp", "steps": [step]}), json!({})).await;
@@ -245,12 +240,7 @@ async fn otlp_metrics_reach_the_summary_the_feed_and_influxdb_of_a_run() {
     )
     .await;
     assert_eq!(histograms[0][1], sent.durations.len() as f64, "{histograms:?}");
-    let _ = awc::Client::new()
-        .post(format!("{influx_url}/query"))
-        .query(&[("q", format!("DROP DATABASE \"{influx_db}\""))])
-        .unwrap()
-        .send()
-        .await;
+    crate::metrics::influx_admin(&format!("DROP DATABASE \"{influx_db}\"")).await;
     app.assert_no_leftovers();
 }
 
