@@ -230,26 +230,24 @@ impl RunMetrics {
         }
         for (id, step) in &mut self.steps {
             if let Some(saved) = steps.remove(&id.to_string()) {
-                step.totals = Merged::default();
-                step.totals.add(&saved.totals);
+                step.totals = merged_of(&saved.totals);
                 step.windows = saved.windows;
                 step.dropped = saved.dropped;
                 step.kernel_drops = saved.kernel_drops;
                 step.gauges = saved.gauges;
                 step.hosts = saved.hosts;
                 step.node_regions = saved.node_regions;
-                step.by_region = saved
-                    .by_region
-                    .iter()
-                    .map(|(r, w)| {
-                        let mut m = Merged::default();
-                        m.add(w);
-                        (r.clone(), m)
-                    })
-                    .collect();
+                step.by_region = saved.by_region.iter().map(|(r, w)| (r.clone(), merged_of(w))).collect();
             }
         }
     }
+}
+
+/// Totals taken back from a saved window.
+fn merged_of(w: &Window) -> Merged {
+    let mut m = Merged::default();
+    m.add(w);
+    m
 }
 
 /// Why a delivery of windows was refused.
