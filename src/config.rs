@@ -263,6 +263,9 @@ pub struct MetricsSettings {
     /// reach, such as `https://loads.example.com:8443`. Relays trust the public web's
     /// roots and the certificates of `tls.ca_file` and `SSL_CERT_FILE`. Empty: the forward.
     pub relay_url: String,
+    /// Most memory a node's relay container may use, in MiB (the engine's limit): a
+    /// generator that floods it with names is stopped there, not at the node's memory.
+    pub relay_memory_mb: u64,
 }
 
 impl Default for MetricsSettings {
@@ -274,6 +277,7 @@ impl Default for MetricsSettings {
             ingest_max_bodies: 4,
             flush_ms: 1000,
             relay_url: String::new(),
+            relay_memory_mb: 512,
         }
     }
 }
@@ -920,6 +924,9 @@ impl Settings {
         if !(100..=60_000).contains(&self.metrics.flush_ms) {
             return invalid("metrics.flush_ms", "must be from 100 to 60000");
         }
+        if !(32..=65_536).contains(&self.metrics.relay_memory_mb) {
+            return invalid("metrics.relay_memory_mb", "must be from 32 to 65536");
+        }
         if !(self.metrics.relay_url.is_empty()
             || (self.metrics.relay_url.starts_with("http://") || self.metrics.relay_url.starts_with("https://"))
                 && !self.metrics.relay_url.contains(char::is_whitespace))
@@ -1088,6 +1095,7 @@ impl Settings {
             log_tail: self.docker.log_tail,
             prepare_timeout_secs: self.docker.prepare_timeout_seconds,
             flush_ms: self.metrics.flush_ms,
+            relay_memory_bytes: self.metrics.relay_memory_mb * 1024 * 1024,
             secrets: Default::default(),
             limits: self.limits(),
             max_subscribers_per_run: self.limits.max_subscribers_per_run,

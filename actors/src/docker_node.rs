@@ -180,6 +180,7 @@ impl Handler<PrepareNode> for DockerNodeActor {
             network: if self.who.host_network { "host".to_string() } else { self.who.network.clone() },
             // The host's /proc, read-only, for the node's CPU, memory, network and load.
             binds: vec!["/proc:/host/proc:ro".to_string()],
+            memory_bytes: Some(self.settings.relay_memory_bytes),
             ..Default::default()
         };
         let network = relay.network.clone();
@@ -366,6 +367,7 @@ impl Handler<StartContainer> for DockerNodeActor {
             extra_hosts: if self.who.host_network { msg.extra_hosts } else { Vec::new() },
             ports: if self.who.host_network { Vec::new() } else { launch.ports.clone() },
             binds: launch.binds.clone(),
+            memory_bytes: None,
         };
         // On this machine's disk, host paths are resolved right before the container is made.
         let volume_root = self.settings.limits.volume_root.clone().filter(|_| !spec.binds.is_empty());

@@ -25,6 +25,7 @@ use crate::domain::dashboard;
 use crate::domain::judge::{Breach, Judge, Saturation, Threshold};
 use crate::domain::metrics::{Merged, TimerStats, Window};
 use crate::domain::views::{MetricSummaryView, ThresholdView};
+use crate::domain::windows::{self, NodeWindows, Refusal};
 use crate::domain::ValidationErrors;
 use crate::feed::RegionWindow;
 use crate::infra::grafana::{DashboardError, Dashboards, Grafana};
@@ -124,9 +125,53 @@ struct StepMetrics {
     slots: BTreeMap<i64, Slot>,
     /// InfluxDB points of this step that could not be written.
     unwritten: u64,
+    /// Each node's windows taken so far, so that one delivered again counts once.
+    delivered: BTreeMap<String, NodeWindows>,
+    /// Windows delivered again and ignored.
+    duplicates: u64,
+    /// Windows refused: from a node the step was not granted, dated outside the run.
+    refused: Refused,
+}
+
+/// Windows a step refused, by why.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Refused {
+    unknown_node: u64,
+    out_of_time: u64,
+}
+
+impl Refused {
+    fn total(&self) -> u64 {
+        self.unknown_node.saturating_add(self.out_of_time)
+    }
 }
 
 impl StepMetrics {
+    /// A step with nothing collected yet.
+    fn new(TrackedStep { name, series, regions, nodes, generator, .. }: TrackedStep) -> Self {
+        StepMetrics {
+            name,
+            series,
+            region: regions.first().cloned().unwrap_or_default(),
+            several: regions.len() > 1,
+            node_regions: BTreeMap::new(),
+            by_region: BTreeMap::new(),
+            nodes,
+            generator,
+            hosts: BTreeMap::new(),
+            totals: Merged::default(),
+            windows: BTreeMap::new(),
+            dropped: BTreeMap::new(),
+            kernel_drops: BTreeMap::new(),
+            gauges: BTreeMap::new(),
+            slots: BTreeMap::new(),
+            unwritten: 0,
+            delivered: BTreeMap::new(),
+            duplicates: 0,
+            refused: Refused::default(),
+        }
+    }
+
     /// The region of `node`.
     fn region_of(&self, node: &str) -> String {
         self.node_regions.get(node).cloned().unwrap_or_else(|| self.region.clone())
@@ -168,6 +213,8 @@ struct RunMetrics {
     judged: Recipient<ThresholdsJudged>,
     /// Published windows not yet added to the run's stored series: (step, start ms, point JSON).
     series: Vec<(String, i64, String)>,
+    /// When the run began (Unix ms): windows must start after it, give or take `windows::CLOCK_MARGIN_MS`.
+    since_ms: i64,
 }
 
 /// A step's totals as written to the database every second, so a restarted broker carries them on.
@@ -185,6 +232,12 @@ struct SavedStep {
     node_regions: BTreeMap<String, String>,
     #[serde(default)]
     by_region: BTreeMap<String, Window>,
+    #[serde(default)]
+    delivered: BTreeMap<String, NodeWindows>,
+    #[serde(default)]
+    duplicates: u64,
+    #[serde(default)]
+    refused: Refused,
 }
 
 impl RunMetrics {
@@ -210,11 +263,14 @@ impl RunMetrics {
                     hosts,
                     node_regions: s.node_regions.clone(),
                     by_region: s.by_region.iter().map(|(r, m)| (r.clone(), m.to_window())).collect(),
+                    delivered: s.delivered.clone(),
+                    duplicates: s.duplicates,
+                    refused: s.refused.clone(),
                 };
                 (id.to_string(), saved)
             })
             .collect();
-        serde_json::json!({"steps": steps, "judge": self.judge.saved()}).to_string()
+        serde_json::json!({"steps": steps, "judge": self.judge.saved(), "since_ms": self.since_ms}).to_string()
     }
 
     /// Takes back totals written by `saved` (or by brokers before thresholds: the steps alone).
@@ -228,6 +284,9 @@ impl RunMetrics {
         if let Some(judge) = value.get("judge") {
             self.judge.restore(judge);
         }
+        if let Some(since) = value.get("since_ms").and_then(serde_json::Value::as_i64) {
+            self.since_ms = self.since_ms.min(since);
+        }
         for (id, step) in &mut self.steps {
             if let Some(saved) = steps.remove(&id.to_string()) {
                 step.totals = merged_of(&saved.totals);
@@ -238,6 +297,9 @@ impl RunMetrics {
                 step.hosts = saved.hosts;
                 step.node_regions = saved.node_regions;
                 step.by_region = saved.by_region.iter().map(|(r, w)| (r.clone(), merged_of(w))).collect();
+                step.delivered = saved.delivered;
+                step.duplicates = saved.duplicates;
+                step.refused = saved.refused;
             }
         }
     }
@@ -262,6 +324,9 @@ pub enum IngestError {
     /// A window names another run or an unknown step.
     #[error("window {0} does not belong to this run")]
     Foreign(u64),
+    /// A window's step has no nodes yet (it is being prepared, or carried on after a restart).
+    #[error("the nodes of step {0} are not known yet; deliver again later")]
+    NotPlaced(Uuid),
 }
 
 /// Collects the runs' metrics.
@@ -526,37 +591,15 @@ pub struct TrackRun {
     pub thresholds: Vec<Threshold>,
     /// Who is told how they stand (the run's supervisor).
     pub judged: Recipient<ThresholdsJudged>,
+    /// When the run began, Unix ms, if it did before now (a run carried on).
+    pub since_ms: Option<i64>,
 }
 
 impl Handler<TrackRun> for MetricsActor {
     type Result = ();
 
     fn handle(&mut self, msg: TrackRun, ctx: &mut Context<Self>) {
-        let steps = msg
-            .steps
-            .into_iter()
-            .map(|TrackedStep { id, name, series, regions, nodes, generator }| {
-                let step = StepMetrics {
-                    name,
-                    series,
-                    region: regions.first().cloned().unwrap_or_default(),
-                    several: regions.len() > 1,
-                    node_regions: BTreeMap::new(),
-                    by_region: BTreeMap::new(),
-                    nodes,
-                    generator,
-                    hosts: BTreeMap::new(),
-                    totals: Merged::default(),
-                    windows: BTreeMap::new(),
-                    dropped: BTreeMap::new(),
-                    kernel_drops: BTreeMap::new(),
-                    gauges: BTreeMap::new(),
-                    slots: BTreeMap::new(),
-                    unwritten: 0,
-                };
-                (id, step)
-            })
-            .collect();
+        let steps = msg.steps.into_iter().map(|s| (s.id, StepMetrics::new(s))).collect();
         let influx = match (&self.influx, msg.own_database) {
             (Some(influx), true) => {
                 let own = influx.for_database(&dashboard::monitor_database(msg.run_id));
@@ -581,6 +624,7 @@ impl Handler<TrackRun> for MetricsActor {
             judge,
             judged: msg.judged,
             series: Vec::new(),
+            since_ms: msg.since_ms.unwrap_or_else(Self::now_ms),
         };
         if !msg.resumed {
             let (db, run_id, views) = (self.db.clone(), msg.run_id, run.judge.views());
@@ -676,9 +720,12 @@ impl Handler<Ingest> for MetricsActor {
         let run = self.runs.get_mut(&msg.run_id).ok_or(IngestError::UnknownRun(msg.run_id))?;
         let run_text = msg.run_id.to_string();
         for w in &msg.windows {
-            let step_id = Uuid::parse_str(&w.step_id).ok().filter(|id| run.steps.contains_key(id));
-            if w.run_id != run_text || step_id.is_none() {
-                return Err(IngestError::Foreign(w.seq));
+            let step = Uuid::parse_str(&w.step_id).ok().and_then(|id| run.steps.get(&id).map(|s| (id, s)));
+            match step {
+                Some(_) if w.run_id != run_text => return Err(IngestError::Foreign(w.seq)),
+                None => return Err(IngestError::Foreign(w.seq)),
+                Some((id, s)) if s.node_regions.is_empty() => return Err(IngestError::NotPlaced(id)),
+                Some(_) => {}
             }
         }
         let now = Self::now_ms();
@@ -687,6 +734,19 @@ impl Handler<Ingest> for MetricsActor {
         for w in &msg.windows {
             let Some(step_id) = Uuid::parse_str(&w.step_id).ok() else { continue };
             let Some(step) = run.steps.get_mut(&step_id) else { continue };
+            match admit(step, run.since_ms, now, w) {
+                Ok(()) => {}
+                Err(Refusal::Duplicate) => {
+                    step.duplicates = step.duplicates.saturating_add(1);
+                    continue;
+                }
+                Err(why) => {
+                    let count = if why == Refusal::UnknownNode { &mut step.refused.unknown_node } else { &mut step.refused.out_of_time };
+                    *count = count.saturating_add(1);
+                    tracing::warn!(run_id = %msg.run_id, step = %step.name, node = %w.node, seq = w.seq, start_ms = w.start_ms, ?why, "a window was refused");
+                    continue;
+                }
+            }
             let mut single = Merged::default();
             single.add(w);
             let region = step.region_of(&w.node);
@@ -751,6 +811,20 @@ impl Handler<Ingest> for MetricsActor {
         }
         Ok(msg.windows.len())
     }
+}
+
+/// Whether `step` takes window `w`: from one of its nodes, dated within the run, not taken before.
+fn admit(step: &mut StepMetrics, since_ms: i64, now_ms: i64, w: &Window) -> Result<(), Refusal> {
+    if !step.node_regions.contains_key(&w.node) {
+        return Err(Refusal::UnknownNode);
+    }
+    if !windows::within_run(w.start_ms, since_ms, now_ms) {
+        return Err(Refusal::OutOfTime);
+    }
+    if !step.delivered.entry(w.node.clone()).or_default().first(w.epoch, w.seq) {
+        return Err(Refusal::Duplicate);
+    }
+    Ok(())
 }
 
 async fn save_thresholds(db: &DatabaseConnection, run_id: Uuid, views: &[ThresholdView]) {
@@ -917,6 +991,8 @@ fn summarise(step_id: Uuid, step: &StepMetrics) -> Vec<MetricSummaryView> {
     out.push(row("relay.lines", "relay", step.totals.lines as f64));
     out.push(row("relay.malformed", "relay", step.totals.malformed as f64));
     out.push(row("relay.windows_dropped", "relay", step.dropped.values().sum::<u64>() as f64));
+    out.push(row("relay.windows_refused", "relay", step.refused.total() as f64));
+    out.push(row("relay.windows_duplicate", "relay", step.duplicates as f64));
     out.push(row("relay.kernel_drops", "relay", step.kernel_drops.values().sum::<u64>() as f64));
     for (node, drops) in step.kernel_drops.iter().filter(|(_, d)| **d > 0) {
         out.push(row(&format!("relay.kernel_drops;node={node}"), "relay", *drops as f64));
@@ -942,6 +1018,28 @@ pub struct RunJudgement {
     pub thresholds: Vec<ThresholdView>,
     /// Generator nodes that saturated their CPU.
     pub saturated: Vec<Saturation>,
+    /// Numbers the run is missing, each with how many and why: its verdict cannot be `passed`.
+    pub lost: Vec<String>,
+}
+
+/// What a step's numbers are missing: windows refused, or never delivered.
+fn lost(step: &StepMetrics) -> Vec<String> {
+    let mut out = Vec::new();
+    let refused = &step.refused;
+    if refused.total() > 0 {
+        out.push(format!(
+            "{} window(s) of step {:?} refused ({} from nodes it was not granted, {} dated outside the run)",
+            refused.total(),
+            step.name,
+            refused.unknown_node,
+            refused.out_of_time
+        ));
+    }
+    let dropped: u64 = step.dropped.values().sum();
+    if dropped > 0 {
+        out.push(format!("{dropped} window(s) of step {:?} never delivered (its relays' buffers overflowed)", step.name));
+    }
+    out
 }
 
 /// Stops collecting a run: publishes what is pending, judges its thresholds, stores the
@@ -971,6 +1069,7 @@ impl Handler<FinishRun> for MetricsActor {
             steps.sort_by(|a, b| a.1.name.cmp(&b.1.name));
             judgement.summaries = steps.iter().flat_map(|(id, s)| summarise(**id, s)).collect();
             judgement.saturated = steps.iter().flat_map(|(_, s)| saturated(s)).collect();
+            judgement.lost = steps.iter().flat_map(|(_, s)| lost(s)).collect();
             judgement.thresholds = run.judge.finish();
         }
         let rows = judgement.summaries.clone();
@@ -983,7 +1082,11 @@ impl Handler<FinishRun> for MetricsActor {
                 }
             }
             runs::append_series(&db, series).await?;
-            runs::record_metrics(&db, msg.run_id, &rows).await?;
+            let mut judgement = judgement;
+            if let Err(e) = runs::record_metrics(&db, msg.run_id, &rows).await {
+                tracing::error!(run_id = %msg.run_id, rows = rows.len(), error = %e, "the run's metrics summary could not be stored");
+                judgement.lost.push(format!("the metrics summary ({} rows) could not be stored: {e}", rows.len()));
+            }
             if !judgement.thresholds.is_empty() {
                 runs::set_thresholds(&db, msg.run_id, &judgement.thresholds).await?;
             }
@@ -1070,24 +1173,9 @@ mod tests {
     fn step(generator: bool, busy: u64, samples: u64) -> StepMetrics {
         let host =
             HostTotals { samples, active: samples, busy, sums: [50.0 * samples as f64, 0.0, 0.0, 0.0], maxima: [95.0, 0.0, 0.0, 0.0] };
-        StepMetrics {
-            name: "gen".into(),
-            series: "gen".into(),
-            region: "local".into(),
-            several: false,
-            node_regions: BTreeMap::new(),
-            by_region: BTreeMap::new(),
-            nodes: 1,
-            generator,
-            hosts: BTreeMap::from([("s0n0".to_string(), host)]),
-            totals: Merged::default(),
-            windows: BTreeMap::new(),
-            dropped: BTreeMap::new(),
-            kernel_drops: BTreeMap::new(),
-            gauges: BTreeMap::new(),
-            slots: BTreeMap::new(),
-            unwritten: 0,
-        }
+        let tracked =
+            TrackedStep { id: Uuid::nil(), name: "gen".into(), series: "gen".into(), regions: vec!["local".into()], nodes: 1, generator };
+        StepMetrics { hosts: BTreeMap::from([("s0n0".to_string(), host)]), ..StepMetrics::new(tracked) }
     }
 
     fn flag(rows: &[MetricSummaryView]) -> f64 {

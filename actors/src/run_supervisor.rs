@@ -49,7 +49,7 @@ use crate::domain::views::{PlanView, RunState, RunView, StepState, StepView};
 use crate::domain::Env;
 use crate::feed::{EventKind, Feed, RunEvent};
 use crate::journal::{self, Journal, Journaled};
-use crate::metrics::{FinishRun, MetricsActor, MetricsPublished, PublishDashboard, ThresholdsJudged, TrackRun, TrackedStep};
+use crate::metrics::{FinishRun, MetricsActor, MetricsPublished, PublishDashboard, RunJudgement, ThresholdsJudged, TrackRun, TrackedStep};
 use crate::pool::{AdoptRun, CloseRun, Ec2PoolActor, OpenRun};
 use crate::run_cost::RunMeter;
 use crate::settings::RunSettings;
@@ -410,6 +410,7 @@ impl RunSupervisor {
             own_database: self.steps.values().any(|s| s.view.spec.monitor),
             thresholds: judge::compile(&self.plan),
             judged: ctx.address().recipient(),
+            since_ms: self.resumed.as_ref().and_then(|r| r.started_at).map(|t| t.timestamp_millis()),
         });
         // The dashboard goes up as the run starts, so it can be watched in Grafana.
         let publish = self.metrics.send(PublishDashboard { run_id: self.run_id });
@@ -600,16 +601,14 @@ impl RunSupervisor {
         // The metrics are stored and judged, what the run left is swept, and the verdict
         // is stored before the run ends.
         let close = async move {
+            let missing = |e: String| {
+                tracing::error!(%run_id, error = %e, "could not store the run's metrics");
+                RunJudgement { lost: vec![format!("the run's metrics could not be stored: {e}")], ..Default::default() }
+            };
             let judgement = match metrics.send(FinishRun { run_id }).await {
                 Ok(Ok(judgement)) => judgement,
-                Ok(Err(e)) => {
-                    tracing::error!(%run_id, error = %e, "could not store the run's metrics");
-                    Default::default()
-                }
-                Err(e) => {
-                    tracing::error!(%run_id, error = %e, "could not store the run's metrics");
-                    Default::default()
-                }
+                Ok(Err(e)) => missing(e.to_string()),
+                Err(e) => missing(e.to_string()),
             };
             match pool.send(CloseRun { run_id }).await {
                 Ok(Ok((0, _))) => {}
@@ -619,7 +618,8 @@ impl RunSupervisor {
             }
             let cost = meter.close().await;
             let (regressions, fail_on_regression) = regressions(&db, run_id, plan_id).await;
-            let (verdict, reason) = judge::verdict(&judged, &judgement.thresholds, &judgement.saturated, &regressions, fail_on_regression);
+            let (verdict, reason) =
+                judge::verdict(&judged, &judgement.thresholds, &judgement.saturated, &judgement.lost, &regressions, fail_on_regression);
             if let Err(e) = runs::set_verdict(&db, run_id, verdict, &reason).await {
                 tracing::error!(%run_id, error = %e, "could not record the run's verdict");
             }

@@ -26,6 +26,8 @@ pub struct RunSettings {
     pub prepare_timeout_secs: u64,
     /// The relays' flush window, in milliseconds.
     pub flush_ms: u64,
+    /// Most memory a relay container may use, in bytes.
+    pub relay_memory_bytes: u64,
     /// What `secret:NAME` env values stand for.
     pub secrets: crate::domain::secrets::Secrets,
     /// Caps on plans and run envs.

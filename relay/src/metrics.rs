@@ -210,6 +210,10 @@ pub struct Window {
     pub node: String,
     /// The window's number on this node, from 1.
     pub seq: u64,
+    /// The relay that made it: when it started, Unix milliseconds (with `node` and `seq`,
+    /// what identifies a window, so a delivery made again counts once).
+    #[serde(default)]
+    pub epoch: u64,
     /// Start of the window, Unix milliseconds.
     pub start_ms: i64,
     /// Length of the window.
@@ -398,12 +402,14 @@ impl Aggregator {
 
     /// Adds an explicit-bucket histogram's values.
     pub fn add_buckets(&mut self, key: &str, h: &Buckets) -> Result<(), Mismatch> {
+        h.check()?;
         self.buckets.entry(key.to_string()).or_default().add(h)
     }
 
-    /// Adds an exponential histogram's values.
-    pub fn add_exponential(&mut self, key: &str, h: &Exponential) {
-        self.exponential.entry(key.to_string()).or_default().add(h);
+    /// Adds an exponential histogram's values; refused when `h` is not one a sender may give.
+    pub fn add_exponential(&mut self, key: &str, h: &Exponential) -> Result<(), Mismatch> {
+        h.check()?;
+        self.exponential.entry(key.to_string()).or_default().add(h)
     }
 
     /// Counts data points taken and refused by another intake than statsd.
@@ -533,7 +539,8 @@ impl Merged {
             add(self.gauges.entry(k.clone()).or_default(), *v);
         }
         for (k, v) in &w.sets {
-            *self.sets.entry(k.clone()).or_default() += v;
+            let n = self.sets.entry(k.clone()).or_default();
+            *n = n.saturating_add(*v);
         }
         for (k, encoded) in &w.timers {
             match decode_histogram(encoded) {
@@ -543,17 +550,21 @@ impl Merged {
                 None => self.malformed += 1,
             }
         }
+        // A histogram that is not one a sender may give (too many buckets, buckets beyond
+        // what a number can hold, counts that do not add up) is skipped and counted.
         for (k, h) in &w.buckets {
-            if self.buckets.entry(k.clone()).or_default().add(h).is_err() {
-                self.malformed += 1;
+            if h.check().is_err() || self.buckets.entry(k.clone()).or_default().add(h).is_err() {
+                self.malformed = self.malformed.saturating_add(1);
             }
         }
         for (k, h) in &w.exponential {
-            self.exponential.entry(k.clone()).or_default().add(h);
+            if h.check().is_err() || self.exponential.entry(k.clone()).or_default().add(h).is_err() {
+                self.malformed = self.malformed.saturating_add(1);
+            }
         }
-        self.lines += w.lines;
-        self.malformed += w.malformed;
-        self.duration_ms += w.duration_ms;
+        self.lines = self.lines.saturating_add(w.lines);
+        self.malformed = self.malformed.saturating_add(w.malformed);
+        self.duration_ms = self.duration_ms.saturating_add(w.duration_ms);
     }
 }
 

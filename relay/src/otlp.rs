@@ -276,11 +276,9 @@ impl Intake {
                             let key = key(&point.attributes);
                             let (temporality, start) = (histogram.aggregation_temporality, point.start_time_unix_nano);
                             let delta = increase(&mut streams.exponential, &key, start, temporality, h, Exponential::since);
-                            match delta {
-                                Some(d) => {
-                                    aggregator.add_exponential(&key, &d);
-                                    outcome.taken += 1;
-                                }
+                            match delta.map(|d| aggregator.add_exponential(&key, &d)) {
+                                Some(Ok(())) => outcome.taken += 1,
+                                Some(Err(e)) => outcome.refuse(1, || format!("{name}: {}", e.0)),
                                 None => outcome.refuse(1, || format!("{name}: unknown temporality")),
                             }
                         }
@@ -425,5 +423,34 @@ mod tests {
         let lat = &w.buckets["lat;service.name=gen"];
         assert_eq!((lat.count, lat.unit.as_str(), lat.quantile(0.5)), (3, "ms", Some(50.0)));
         assert_eq!((w.lines, w.malformed), (2, 1));
+    }
+
+    #[test]
+    fn exponential_points_that_would_exhaust_memory_or_overflow_are_refused_and_the_relay_goes_on() {
+        // Two points of one metric at scale -10, offsets 0 and -2·10^9 (408 bytes once took a
+        // relay to 3.7 GB), then offsets at the ends of an i32 (they once panicked the relay).
+        let point = |offset: i64| {
+            format!(
+                r#"{{"startTimeUnixNano":"1","timeUnixNano":"2","count":"1","sum":1,"scale":-10,"zeroCount":"0",
+                    "positive":{{"offset":{offset},"bucketCounts":["1"]}}}}"#
+            )
+        };
+        let points = [0, -2_000_000_000, i64::from(i32::MIN), i64::from(i32::MAX)].map(point).join(",");
+        let body = format!(
+            r#"{{"resourceMetrics":[{{"scopeMetrics":[{{"metrics":[
+                {{"name":"bomb","exponentialHistogram":{{"aggregationTemporality":1,"dataPoints":[{points}]}}}}]}}]}}]}}"#
+        );
+        let request: ExportMetricsServiceRequest = serde_json::from_str(&body).unwrap();
+        let aggregator = Arc::new(Mutex::new(Aggregator::default()));
+        let intake = Intake::new(aggregator.clone(), Masker::default());
+        let outcome = intake.export(&request);
+        assert_eq!((outcome.taken, outcome.refused), (1, 3), "{outcome:?}");
+        assert!(outcome.reason.unwrap().contains("hold no finite value"));
+        let w = aggregator.lock().unwrap().flush(1, 0, 1000);
+        let bomb = &w.exponential["bomb"];
+        assert_eq!((bomb.count, bomb.positive.counts.len()), (1, 1), "only the sound point is kept");
+        assert_eq!((w.lines, w.malformed), (1, 3));
+        // The aggregator is not poisoned: the next export is taken.
+        assert_eq!(intake.export(&request).taken, 1);
     }
 }

@@ -230,6 +230,7 @@ pub async fn run(args: Args, target: Target) -> std::io::Result<()> {
     let mut totals = Merged::default();
     let mut seq = 0u64;
     let mut window_start = now_ms();
+    let epoch = u64::try_from(window_start).unwrap_or(0);
     let mut host = HostSampler::new(&target.proc_root);
     host.sample();
     let mut flush = |outbox: &mut Outbox, totals: &mut Merged| {
@@ -243,6 +244,7 @@ pub async fn run(args: Args, target: Target) -> std::io::Result<()> {
         w.run_id.clone_from(&target.run_id);
         w.step_id.clone_from(&target.step_id);
         w.node.clone_from(&target.node);
+        w.epoch = epoch;
         w.host = host.sample();
         window_start = end;
         if args.print {

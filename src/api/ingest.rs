@@ -51,6 +51,8 @@ fn refusal(e: IngestError) -> ApiError {
     match e {
         IngestError::UnknownRun(_) | IngestError::Unauthorized => unauthorized(),
         e @ IngestError::Foreign(_) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", e.to_string()),
+        // The relay keeps its windows and delivers them again.
+        e @ IngestError::NotPlaced(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.to_string()),
     }
 }
 

@@ -7,7 +7,7 @@ use awc::http::StatusCode;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use crate::helpers::{ensure_images, leftovers, record, sh_step, LabelGuard, TestApp};
+use crate::helpers::{ensure_images, leftovers, on_both_databases, record, sh_step, LabelGuard, TestApp};
 
 /// The timer values node `i` sends: different distributions per node, so
 /// averaging per-node percentiles would be visibly wrong.
@@ -212,6 +212,109 @@ async fn ingest_accepts_only_the_runs_own_token() {
     assert_eq!(status, StatusCode::ACCEPTED);
     app.wait_finished(&run_id, 60).await;
     app.assert_no_leftovers();
+}
+
+/// A window is its node's, its relay's and its number: delivered again it counts
+/// once; from a node the step was not granted, dated outside the run, or holding
+/// an exponential histogram no sender may give (buckets beyond any number, the
+/// ends of an i32) it changes nothing but the counts of what was refused, and
+/// the verdict cannot be `passed`.
+#[actix_web::test]
+async fn a_replayed_spoofed_or_out_of_time_window_changes_nothing() {
+    ensure_images();
+    let app = TestApp::spawn(crate::helpers::Backend::Sqlite, &[]).await;
+    let mut gen = sh_step("gen", "sleep 300");
+    gen["instance_count"] = json!(2);
+    gen["run_max_time"] = json!(8);
+    let (_, run_id) = app.start(json!({"name": "replay", "steps": [gen]}), json!({})).await;
+    let run = app.wait_for_run(&run_id, 60, |r| r["state"] == "running").await;
+    let step_id = run["step_records"][0]["step_id"].clone();
+    let store = loads_actors::store::connect(&app.database_url).await.unwrap();
+    let token = loads_actors::store::runs::recovery(&store, uuid::Uuid::parse_str(&run_id).unwrap()).await.unwrap().ingest_token.unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
+    let window = |node: &str, seq: u64, start_ms: i64| {
+        json!({"run_id": run_id, "step_id": step_id, "node": node, "epoch": 7, "seq": seq, "start_ms": start_ms, "duration_ms": 1000,
+               "counters": {"replay.c": 1.0}, "gauges": {}, "sets": {}, "timers": {}, "lines": 1, "malformed": 0, "dropped_windows": 0})
+    };
+    let client = awc::Client::new();
+    let url = format!("http://127.0.0.1:{}/ingest/{run_id}", app.ingest_port);
+    let post = |body: Value| {
+        let request = client.post(&url).bearer_auth(&token);
+        async move {
+            let response = request.send_json(&body).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "a retry is answered as delivered");
+        }
+    };
+    // Once, once more, then ten times in one delivery: one window.
+    post(json!([window("s0n0", 1, now)])).await;
+    post(json!([window("s0n0", 1, now)])).await;
+    post(Value::Array(vec![window("s0n0", 1, now); 10])).await;
+    // Nodes the step never had, a start a year ahead and one before 1970.
+    post(json!([window("s9n9", 2, now), window("<b>n</b>", 3, now)])).await;
+    post(json!([window("s0n0", 4, now + 365 * 24 * 3600 * 1000), window("s0n0", 5, -1000)])).await;
+    // Exponential histograms no sender may give, on both nodes: far-apart offsets at
+    // scale -10 (once two billion buckets), the ends of an i32 (once an overflow).
+    let bomb = |node: &str, seq: u64, offset: i64| {
+        let mut w = window(node, seq, now);
+        w["counters"] = json!({});
+        w["exponential"] = json!({"bomb": {"scale": -10, "zero_count": 0, "positive": {"offset": offset, "counts": [1]},
+                                            "negative": {"offset": 0, "counts": []}, "count": 1, "sum": 1.0}});
+        w
+    };
+    post(json!([
+        bomb("s0n0", 6, 0),
+        bomb("s0n1", 1, -2_000_000_000),
+        bomb("s0n0", 7, i64::from(i32::MIN)),
+        bomb("s0n1", 2, i64::from(i32::MAX))
+    ]))
+    .await;
+    // The metrics actor is still there: a later window of the other node is taken.
+    post(json!([window("s0n1", 3, now)])).await;
+    let (status, _) = app.get("/health").await;
+    assert_eq!(status, StatusCode::OK);
+
+    let run = app.wait_finished(&run_id, 60).await;
+    assert_eq!(run["state"], "completed", "{run:#}");
+    assert_eq!(run["verdict"], "invalid", "{run:#}");
+    let reason = run["verdict_reason"].as_str().unwrap();
+    assert!(reason.contains("4 window(s) of step \"gen\" refused (2 from nodes it was not granted, 2 dated outside the run)"), "{reason}");
+    let (_, body) = app.get(&format!("/api/v1/runs/{run_id}/metrics")).await;
+    let count = |name: &str| body["metrics"].as_array().unwrap().iter().find(|m| m["metric"] == name).map(|m| m["count"].as_f64().unwrap());
+    assert_eq!(count("replay.c"), Some(2.0), "one window of each node: {body:#}");
+    assert_eq!(count("relay.windows_refused"), Some(4.0));
+    assert_eq!(count("relay.windows_duplicate"), Some(11.0));
+    assert!(count("relay.malformed").is_some_and(|n| n >= 3.0), "the impossible histograms are counted: {body:#}");
+    let bomb = body["metrics"].as_array().unwrap().iter().find(|m| m["metric"] == "bomb").cloned();
+    assert_eq!(bomb.map(|m| m["count"].clone()), Some(json!(1.0)), "only the sound point is kept");
+    app.assert_no_leftovers();
+}
+
+on_both_databases! {
+    /// A step with 10 000 metric names has its whole summary stored (one statement
+    /// would bind more values than SQLite takes), and its verdict stands.
+    async fn a_summary_of_ten_thousand_metrics_is_stored_whole(app) {
+        ensure_images();
+        let mut gen = sh_step("gen", "sleep 300");
+        gen["run_max_time"] = json!(5);
+        let (_, run_id) = app.start(json!({"name": "wide", "steps": [gen]}), json!({})).await;
+        let run = app.wait_for_run(&run_id, 60, |r| r["state"] == "running").await;
+        let store = loads_actors::store::connect(&app.database_url).await.unwrap();
+        let token = loads_actors::store::runs::recovery(&store, uuid::Uuid::parse_str(&run_id).unwrap()).await.unwrap().ingest_token.unwrap();
+        let counters: serde_json::Map<String, Value> = (0..10_000).map(|i| (format!("name.{i}"), json!(f64::from(i)))).collect();
+        let window = json!([{"run_id": run_id, "step_id": run["step_records"][0]["step_id"], "node": "s0n0", "epoch": 1, "seq": 1,
+                             "start_ms": chrono::Utc::now().timestamp_millis(), "duration_ms": 1000, "counters": counters, "gauges": {},
+                             "sets": {}, "timers": {}, "lines": 10_000, "malformed": 0, "dropped_windows": 0}]);
+        let url = format!("http://127.0.0.1:{}/ingest/{run_id}", app.ingest_port);
+        let response = awc::Client::new().post(url).bearer_auth(&token).send_json(&window).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let run = app.wait_finished(&run_id, 60).await;
+        assert_eq!((&run["state"], &run["verdict"]), (&json!("completed"), &json!("passed")), "{run:#}");
+        let (_, body) = app.get(&format!("/api/v1/runs/{run_id}/metrics")).await;
+        let names: Vec<&Value> = body["metrics"].as_array().unwrap().iter().filter(|m| m["metric"].as_str().unwrap().starts_with("name.")).collect();
+        assert_eq!(names.len(), 10_000);
+        assert!(names.iter().any(|m| m["metric"] == "name.9999" && m["count"] == 9999.0));
+        app.assert_no_leftovers();
+    }
 }
 
 /// A relay whose broker cannot be reached keeps a bounded buffer, drops the

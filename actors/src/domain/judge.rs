@@ -170,7 +170,7 @@ impl Tally {
             }
         }
         for h in w.exponential.iter().filter(|(k, _)| selector.matches_key(k)).map(|(_, h)| h) {
-            self.exponential.get_or_insert_with(Exponential::default).add(h);
+            let _ = self.exponential.get_or_insert_with(Exponential::default).add(h);
         }
         for h in w.buckets.iter().filter(|(k, _)| selector.matches_key(k)).map(|(_, h)| h) {
             // Histograms of another set of bounds cannot be merged: the first seen is judged.
@@ -192,7 +192,7 @@ impl Tally {
             let _ = self.timer.get_or_insert_with(new_histogram).add(h);
         }
         if let Some(h) = &part.exponential {
-            self.exponential.get_or_insert_with(Exponential::default).add(h);
+            let _ = self.exponential.get_or_insert_with(Exponential::default).add(h);
         }
         if let Some(h) = &part.buckets {
             let _ = self.buckets.get_or_insert_with(Buckets::default).add(h);
@@ -629,12 +629,13 @@ pub struct Saturation {
 
 /// The verdict on a run that ended for `ending`, with why. Precedence: a user's
 /// abort, then the run's own failure (error), then numbers that cannot be trusted
-/// (invalid: a saturated generator), then failed thresholds or, with
+/// (invalid: numbers missing, or a saturated generator), then failed thresholds or, with
 /// `fail_on_regression`, broken regression rules; else passed.
 pub fn verdict(
     ending: &Ending,
     thresholds: &[ThresholdView],
     saturated: &[Saturation],
+    lost: &[String],
     regressions: &[String],
     fail_on_regression: bool,
 ) -> (Verdict, String) {
@@ -658,6 +659,9 @@ pub fn verdict(
         Ending::OverBudget(reason) => return (Verdict::Aborted, format!("the run was aborted: {reason}")),
         Ending::StepFailed(reason) => return (Verdict::Error, format!("the run failed: {reason}")),
         Ending::Finished | Ending::Breached(_) => {}
+    }
+    if !lost.is_empty() {
+        return (Verdict::Invalid, format!("numbers are missing: {}", lost.join("; ")));
     }
     if let Some(s) = saturated.first() {
         let others = if saturated.len() > 1 { format!(" (and {} more node(s))", saturated.len() - 1) } else { String::new() };
@@ -761,10 +765,11 @@ mod tests {
                 min: Some(*v),
                 max: Some(*v),
                 ..Exponential::default()
-            });
+            })
+            .unwrap();
         }
         let mut a = Aggregator::default();
-        a.add_exponential("rpc;service.name=gen", &h);
+        a.add_exponential("rpc;service.name=gen", &h).unwrap();
         let mut w = a.flush(1, 0, 1000);
         w.node = node.into();
         w
@@ -965,7 +970,7 @@ mod tests {
         let hot = Saturation { step: "gen".into(), node: "s1n0".into(), busy_seconds: 12, share: 0.4, cpu_percent: 90.0 };
         let failed = [view(ThresholdState::Failed)];
         let passed = [view(ThresholdState::Passed)];
-        let v = |ending: Ending, t: &[ThresholdView], s: &[Saturation], r: &[String], f: bool| verdict(&ending, t, s, r, f).0;
+        let v = |ending: Ending, t: &[ThresholdView], s: &[Saturation], r: &[String], f: bool| verdict(&ending, t, s, &[], r, f).0;
         let hot_nodes = std::slice::from_ref(&hot);
         assert_eq!(v(Ending::Aborted, &failed, hot_nodes, &[], false), Verdict::Aborted);
         assert_eq!(v(Ending::StepFailed("x".into()), &failed, hot_nodes, &[], false), Verdict::Error);
@@ -976,9 +981,15 @@ mod tests {
         assert_eq!(v(Ending::Finished, &passed, &[], &regressed, true), Verdict::Failed);
         assert_eq!(v(Ending::Finished, &passed, &[], &regressed, false), Verdict::Passed);
         assert_eq!(v(Ending::Finished, &[], &[], &[], false), Verdict::Passed);
-        let (_, why) = verdict(&Ending::Finished, &[], &[hot], &[], false);
+        let lost = ["3 window(s) of step \"gen\" refused (3 from nodes it was not granted, 0 dated outside the run)".to_string()];
+        let (verdict_lost, why) = verdict(&Ending::Finished, &passed, &[], &lost, &[], false);
+        assert_eq!(verdict_lost, Verdict::Invalid, "missing numbers outrank a pass");
+        assert!(why.starts_with("numbers are missing: 3 window(s)"), "{why}");
+        assert_eq!(verdict(&Ending::Breached("x".into()), &failed, &[], &lost, &[], false).0, Verdict::Invalid);
+        assert_eq!(verdict(&Ending::Aborted, &passed, &[], &lost, &[], false).0, Verdict::Aborted);
+        let (_, why) = verdict(&Ending::Finished, &[], &[hot], &[], &[], false);
         assert!(why.starts_with("generator node s1n0 of step \"gen\" ran its CPU above 90% for 12 s (40% of its windows)"), "{why}");
-        let (_, why) = verdict(&Ending::Finished, &failed, &[], &[], false);
+        let (_, why) = verdict(&Ending::Finished, &failed, &[], &[], &[], false);
         assert_eq!(why, "thresholds failed: lat p(95)<200: value 250");
     }
 }

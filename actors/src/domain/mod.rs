@@ -20,6 +20,7 @@ pub mod thresholds;
 pub mod usage;
 pub mod validate;
 pub mod views;
+pub mod windows;
 
 pub use error::{FieldError, ValidationErrors};
 pub use parse::DocumentFormat;

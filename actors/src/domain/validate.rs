@@ -729,6 +729,17 @@ impl<'l> Walker<'l> {
         step.run_delay = self.seconds(m, path, "run_delay", defaults::RUN_DELAY);
         step.run_max_time = self.seconds(m, path, "run_max_time", defaults::RUN_MAX_TIME);
         step.node_delay = self.seconds(m, path, "node_delay", defaults::NODE_DELAY);
+        let last_start = step.node_delay.saturating_mul(u64::from(step.instance_count.saturating_sub(1)));
+        if step.run_max_time > 0 && step.node_delay > 0 && last_start >= step.run_max_time {
+            self.error(
+                join(path, "node_delay"),
+                format!(
+                    "the last of {} nodes would start {last_start} s after the first, at or past run_max_time ({} s), \
+                     so it would never run: shorten node_delay or lengthen run_max_time",
+                    step.instance_count, step.run_max_time
+                ),
+            );
+        }
 
         step.container_name = self.string(m, path, "container_name", !step.monitor).unwrap_or_default();
         step.container_url = self.string(m, path, "container_url", false);
@@ -949,6 +960,18 @@ mod tests {
         let v = plan(&json!({"name": "p", "steps": [{"name": "s", "container_name": "img"}]}), &Limits::default()).unwrap();
         assert_eq!(v.value.steps[0], StepSpec::new("s", "img"));
         assert!(v.value.enabled);
+    }
+
+    #[test]
+    fn nodes_that_would_start_past_the_run_max_time_are_refused_naming_both_fields() {
+        let step = |count: u32, delay: u64, max: u64| json!({"name": "p", "steps": [{"name": "s", "container_name": "x", "instance_count": count, "node_delay": delay, "run_max_time": max}]});
+        let errs = errors(step(5, 15, 60));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].starts_with("steps[0].node_delay: the last of 5 nodes would start 60 s after the first"), "{errs:?}");
+        assert!(errs[0].contains("run_max_time (60 s)"), "{errs:?}");
+        assert!(plan(&step(5, 14, 60), &Limits::default()).is_ok(), "the last node starts 4 s before the end");
+        assert!(plan(&step(5, 15, 0), &Limits::default()).is_ok(), "no run_max_time: no end to pass");
+        assert!(plan(&step(1, 600, 60), &Limits::default()).is_ok(), "one node waits for none");
     }
 
     #[test]

@@ -164,6 +164,8 @@ pub struct ContainerSpec {
     pub binds: Vec<String>,
     /// `name:address` lines added to the container's /etc/hosts.
     pub extra_hosts: Vec<String>,
+    /// Most memory the container may use, in bytes; `None` for no limit.
+    pub memory_bytes: Option<u64>,
 }
 
 /// A container found by its labels.
@@ -451,6 +453,9 @@ impl Engine {
                 binds: (!spec.binds.is_empty()).then(|| spec.binds.clone()),
                 extra_hosts: (!spec.extra_hosts.is_empty()).then(|| spec.extra_hosts.clone()),
                 init: Some(true),
+                memory: spec.memory_bytes.and_then(|b| i64::try_from(b).ok()),
+                // No swap beyond the limit: a relay over it is stopped, not slowed to a crawl.
+                memory_swap: spec.memory_bytes.and_then(|b| i64::try_from(b).ok()),
                 ..Default::default()
             }),
             // The host's network has no endpoint settings (and no aliases).

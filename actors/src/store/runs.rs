@@ -433,17 +433,32 @@ async fn with_step_names(db: &impl ConnectionTrait, run_id: Uuid) -> Result<(Run
 }
 
 /// Stores the metric summaries of a run (replacing earlier ones).
-pub async fn record_metrics(db: &impl ConnectionTrait, run_id: Uuid, rows: &[MetricSummaryView]) -> Result<(), StoreError> {
+pub async fn record_metrics<C: ConnectionTrait + TransactionTrait>(
+    db: &C,
+    run_id: Uuid,
+    rows: &[MetricSummaryView],
+) -> Result<(), StoreError> {
     super::persist("the metrics summary", || write_metrics(db, run_id, rows)).await
 }
 
-async fn write_metrics(db: &impl ConnectionTrait, run_id: Uuid, rows: &[MetricSummaryView]) -> Result<(), StoreError> {
-    metric_summary::Entity::delete_many().filter(metric_summary::Column::RunId.eq(run_id)).exec(db).await?;
-    if rows.is_empty() {
-        return Ok(());
-    }
+/// Summary rows inserted per statement: each row binds 18 values, and SQLite takes
+/// at most 32766 per statement (PostgreSQL 65535).
+const SUMMARY_ROWS_PER_INSERT: usize = 500;
+
+/// Replaces a run's summary in one transaction, however many rows it has.
+async fn write_metrics<C: ConnectionTrait + TransactionTrait>(db: &C, run_id: Uuid, rows: &[MetricSummaryView]) -> Result<(), StoreError> {
+    let txn = db.begin().await?;
+    metric_summary::Entity::delete_many().filter(metric_summary::Column::RunId.eq(run_id)).exec(&txn).await?;
     let now = Utc::now();
-    let models = rows.iter().map(|m| metric_summary::ActiveModel {
+    for chunk in rows.chunks(SUMMARY_ROWS_PER_INSERT) {
+        metric_summary::Entity::insert_many(chunk.iter().map(|m| summary_model(run_id, m, now))).exec(&txn).await?;
+    }
+    txn.commit().await?;
+    Ok(())
+}
+
+fn summary_model(run_id: Uuid, m: &MetricSummaryView, now: DateTime<Utc>) -> metric_summary::ActiveModel {
+    metric_summary::ActiveModel {
         id: Set(Uuid::new_v4()),
         run_id: Set(run_id),
         step_id: Set(m.step_id),
@@ -462,9 +477,7 @@ async fn write_metrics(db: &impl ConnectionTrait, run_id: Uuid, rows: &[MetricSu
         relative_error: Set(m.relative_error),
         region: Set(m.region.clone()),
         created_at: Set(now),
-    });
-    metric_summary::Entity::insert_many(models).exec(db).await?;
-    Ok(())
+    }
 }
 
 /// The metric summaries of a run, by step and metric.
