@@ -266,6 +266,11 @@ pub struct MetricsSettings {
     /// Most memory a node's relay container may use, in MiB (the engine's limit): a
     /// generator that floods it with names is stopped there, not at the node's memory.
     pub relay_memory_mb: u64,
+    /// Distinct series a relay keeps in one window (and gauges it keeps); the values of
+    /// further series are counted by name pattern, not kept.
+    pub max_series_per_window: usize,
+    /// Distinct series a step keeps over its run, on the broker; the same holds past it.
+    pub max_series_per_step: usize,
 }
 
 impl Default for MetricsSettings {
@@ -278,6 +283,8 @@ impl Default for MetricsSettings {
             flush_ms: 1000,
             relay_url: String::new(),
             relay_memory_mb: 512,
+            max_series_per_window: 2000,
+            max_series_per_step: 2000,
         }
     }
 }
@@ -927,6 +934,12 @@ impl Settings {
         if !(32..=65_536).contains(&self.metrics.relay_memory_mb) {
             return invalid("metrics.relay_memory_mb", "must be from 32 to 65536");
         }
+        if !(1..=1_000_000).contains(&self.metrics.max_series_per_window) {
+            return invalid("metrics.max_series_per_window", "must be from 1 to 1000000");
+        }
+        if !(1..=1_000_000).contains(&self.metrics.max_series_per_step) {
+            return invalid("metrics.max_series_per_step", "must be from 1 to 1000000");
+        }
         if !(self.metrics.relay_url.is_empty()
             || (self.metrics.relay_url.starts_with("http://") || self.metrics.relay_url.starts_with("https://"))
                 && !self.metrics.relay_url.contains(char::is_whitespace))
@@ -1096,6 +1109,7 @@ impl Settings {
             prepare_timeout_secs: self.docker.prepare_timeout_seconds,
             flush_ms: self.metrics.flush_ms,
             relay_memory_bytes: self.metrics.relay_memory_mb * 1024 * 1024,
+            relay_max_series: self.metrics.max_series_per_window,
             secrets: Default::default(),
             limits: self.limits(),
             max_subscribers_per_run: self.limits.max_subscribers_per_run,

@@ -156,6 +156,7 @@ impl Handler<PrepareNode> for DockerNodeActor {
                     format!("LOADS_NODE={}", self.who.node),
                     "LOADS_PROC=/host/proc".to_string(),
                     format!("LOADS_FLUSH_MS={}", self.settings.flush_ms),
+                    format!("LOADS_MAX_SERIES={}", self.settings.relay_max_series),
                 ];
                 if self.who.host_network {
                     // On the node's own network: every intake on its loopback, on ports free there.

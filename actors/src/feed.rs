@@ -113,6 +113,11 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
         #[schema(value_type = Object)]
         regions: std::collections::BTreeMap<String, RegionWindow>,
+        /// Values of the step not kept so far because their series came past a cap
+        /// (`metrics.max_series_per_window`, `metrics.max_series_per_step`): the summary's
+        /// `series.overflow` rows say which patterns.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        overflow: u64,
     },
     /// A step's image tarball is being downloaded (`container_url`, shown without its query string).
     Download {
@@ -246,6 +251,10 @@ impl Feed {
     }
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,6 +299,7 @@ mod tests {
             histograms: Default::default(),
             cpu: Default::default(),
             regions: Default::default(),
+            overflow: 0,
         }
     }
 

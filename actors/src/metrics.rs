@@ -13,6 +13,7 @@
 //! go to the run's supervisor at once (`ThresholdsJudged`); a breach is also
 //! marked on the run's Grafana dashboard and in InfluxDB's `events`.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
@@ -32,6 +33,7 @@ use crate::infra::grafana::{DashboardError, Dashboards, Grafana};
 use crate::infra::influx::{window_points, Influx, PointTags};
 use crate::store::plans;
 use crate::store::{runs, StoreError};
+use loads_relay::cardinality::Overflow;
 
 /// How long a window slot waits for slow nodes before it is published anyway.
 const LATE_MS: i64 = 3000;
@@ -56,6 +58,8 @@ pub struct MetricsPublished {
     pub cpu: BTreeMap<String, f64>,
     /// A step over several regions: each region's part of the window.
     pub regions: BTreeMap<String, RegionWindow>,
+    /// Values of the step not kept so far because their series came past a cap.
+    pub overflow: u64,
 }
 
 /// How long the actor waits for a second's series windows to be stored.
@@ -131,6 +135,11 @@ struct StepMetrics {
     duplicates: u64,
     /// Windows refused: from a node the step was not granted, dated outside the run.
     refused: Refused,
+    /// The series the step keeps (at most `max_series`).
+    keys: HashSet<String>,
+    max_series: usize,
+    /// Values not kept because their series came past a cap (the relays' or the step's), by pattern.
+    overflow: Overflow,
 }
 
 /// Windows a step refused, by why.
@@ -147,8 +156,8 @@ impl Refused {
 }
 
 impl StepMetrics {
-    /// A step with nothing collected yet.
-    fn new(TrackedStep { name, series, regions, nodes, generator, .. }: TrackedStep) -> Self {
+    /// A step with nothing collected yet, keeping at most `max_series` series.
+    fn new(TrackedStep { name, series, regions, nodes, generator, .. }: TrackedStep, max_series: usize) -> Self {
         StepMetrics {
             name,
             series,
@@ -169,7 +178,50 @@ impl StepMetrics {
             delivered: BTreeMap::new(),
             duplicates: 0,
             refused: Refused::default(),
+            keys: HashSet::new(),
+            max_series,
+            overflow: Overflow::default(),
         }
+    }
+
+    /// `w` with only the series the step keeps: those it has, and new ones while it has
+    /// room for them; each other series' value in the window is counted as overflow, as are
+    /// the values the window's relay did not keep.
+    fn capped<'w>(&mut self, w: &'w Window) -> Cow<'w, Window> {
+        self.overflow.add(&w.overflow);
+        let keys = w
+            .counters
+            .keys()
+            .chain(w.gauges.keys())
+            .chain(w.sets.keys())
+            .chain(w.timers.keys())
+            .chain(w.buckets.keys())
+            .chain(w.exponential.keys());
+        let mut dropped = Vec::new();
+        for key in keys {
+            if self.keys.contains(key) {
+                continue;
+            }
+            if self.keys.len() < self.max_series {
+                self.keys.insert(key.clone());
+            } else {
+                dropped.push(key.clone());
+            }
+        }
+        if dropped.is_empty() {
+            return Cow::Borrowed(w);
+        }
+        let mut kept = w.clone();
+        for key in &dropped {
+            self.overflow.count(key, 1);
+            kept.counters.remove(key);
+            kept.gauges.remove(key);
+            kept.sets.remove(key);
+            kept.timers.remove(key);
+            kept.buckets.remove(key);
+            kept.exponential.remove(key);
+        }
+        Cow::Owned(kept)
     }
 
     /// The region of `node`.
@@ -186,10 +238,10 @@ impl StepMetrics {
         }
     }
 
-    /// Takes `w`'s gauges as its node's current values (a window carries every gauge its
-    /// node has seen) and makes the step's the sum of its nodes', never a sum over windows.
+    /// Takes `w`'s gauges as its node's current values (a window carries the gauges set in
+    /// it) and makes the step's the sum of its nodes', never a sum over windows.
     fn last_gauges(&mut self, w: &Window) {
-        self.gauges.insert(w.node.clone(), w.gauges.clone());
+        self.gauges.entry(w.node.clone()).or_default().extend(w.gauges.iter().map(|(k, v)| (k.clone(), *v)));
         let mut sums: BTreeMap<String, f64> = BTreeMap::new();
         for (key, value) in self.gauges.values().flatten() {
             let sum = sums.entry(key.clone()).or_default();
@@ -238,6 +290,8 @@ struct SavedStep {
     duplicates: u64,
     #[serde(default)]
     refused: Refused,
+    #[serde(default)]
+    overflow: BTreeMap<String, u64>,
 }
 
 impl RunMetrics {
@@ -266,6 +320,7 @@ impl RunMetrics {
                     delivered: s.delivered.clone(),
                     duplicates: s.duplicates,
                     refused: s.refused.clone(),
+                    overflow: s.overflow.0.clone(),
                 };
                 (id.to_string(), saved)
             })
@@ -300,6 +355,10 @@ impl RunMetrics {
                 step.delivered = saved.delivered;
                 step.duplicates = saved.duplicates;
                 step.refused = saved.refused;
+                step.overflow = Overflow(saved.overflow);
+                let totals = &step.totals;
+                let kept = totals.counters.keys().chain(totals.gauges.keys()).chain(totals.sets.keys()).chain(totals.timers.keys());
+                step.keys = kept.chain(totals.buckets.keys()).chain(totals.exponential.keys()).cloned().collect();
             }
         }
     }
@@ -335,6 +394,8 @@ pub struct MetricsActor {
     influx: Option<Influx>,
     dashboards: DashboardSettings,
     runs: HashMap<Uuid, RunMetrics>,
+    /// Distinct series a step keeps at most.
+    max_series_per_step: usize,
 }
 
 /// How run dashboards are made and published.
@@ -393,9 +454,10 @@ fn step_events(run: &crate::domain::views::RunView) -> Vec<influxdb::WriteQuery>
 }
 
 impl MetricsActor {
-    /// A metrics collector storing summaries in `db`, every window in InfluxDB when given, and making dashboards.
-    pub fn new(db: DatabaseConnection, influx: Option<Influx>, dashboards: DashboardSettings) -> Self {
-        Self { db, influx, dashboards, runs: HashMap::new() }
+    /// A metrics collector storing summaries in `db`, every window in InfluxDB when given, and
+    /// making dashboards; each step keeps at most `max_series_per_step` series.
+    pub fn new(db: DatabaseConnection, influx: Option<Influx>, dashboards: DashboardSettings, max_series_per_step: usize) -> Self {
+        Self { db, influx, dashboards, runs: HashMap::new(), max_series_per_step: max_series_per_step.max(1) }
     }
 
     /// Writes a run's points (each with its step) in the background; a failure never
@@ -470,6 +532,7 @@ impl MetricsActor {
                         histograms: slot.merged.histogram_stats(),
                         cpu: slot.cpu,
                         regions,
+                        overflow: step.overflow.total(),
                     };
                     let point = serde_json::json!({
                         "t": key, "nodes": published.nodes, "counters": published.counters, "timers": published.timers,
@@ -599,7 +662,7 @@ impl Handler<TrackRun> for MetricsActor {
     type Result = ();
 
     fn handle(&mut self, msg: TrackRun, ctx: &mut Context<Self>) {
-        let steps = msg.steps.into_iter().map(|s| (s.id, StepMetrics::new(s))).collect();
+        let steps = msg.steps.into_iter().map(|s| (s.id, StepMetrics::new(s, self.max_series_per_step))).collect();
         let influx = match (&self.influx, msg.own_database) {
             (Some(influx), true) => {
                 let own = influx.for_database(&dashboard::monitor_database(msg.run_id));
@@ -747,6 +810,8 @@ impl Handler<Ingest> for MetricsActor {
                     continue;
                 }
             }
+            let capped = step.capped(w);
+            let w: &Window = &capped;
             let mut single = Merged::default();
             single.add(w);
             let region = step.region_of(&w.node);
@@ -992,6 +1057,10 @@ fn summarise(step_id: Uuid, step: &StepMetrics) -> Vec<MetricSummaryView> {
     out.push(row("relay.malformed", "relay", step.totals.malformed as f64));
     out.push(row("relay.windows_dropped", "relay", step.dropped.values().sum::<u64>() as f64));
     out.push(row("relay.windows_refused", "relay", step.refused.total() as f64));
+    out.push(row("series.overflow", "overflow", step.overflow.total() as f64));
+    for (pattern, n) in &step.overflow.0 {
+        out.push(row(&format!("series.overflow;pattern={pattern}"), "overflow", *n as f64));
+    }
     out.push(row("relay.windows_duplicate", "relay", step.duplicates as f64));
     out.push(row("relay.kernel_drops", "relay", step.kernel_drops.values().sum::<u64>() as f64));
     for (node, drops) in step.kernel_drops.iter().filter(|(_, d)| **d > 0) {
@@ -1033,6 +1102,18 @@ fn lost(step: &StepMetrics) -> Vec<String> {
             step.name,
             refused.unknown_node,
             refused.out_of_time
+        ));
+    }
+    if step.overflow.total() > 0 {
+        let mut patterns: Vec<(&String, &u64)> = step.overflow.0.iter().collect();
+        patterns.sort_by(|a, b| b.1.cmp(a.1));
+        let top: Vec<String> = patterns.iter().take(3).map(|(p, n)| format!("{p} {n}")).collect();
+        out.push(format!(
+            "{} value(s) of step {:?} not kept: their series came past a cap of series (metrics.max_series_per_window, \
+             metrics.max_series_per_step), most under {}",
+            step.overflow.total(),
+            step.name,
+            top.join(", ")
         ));
     }
     let dropped: u64 = step.dropped.values().sum();
@@ -1175,7 +1256,7 @@ mod tests {
             HostTotals { samples, active: samples, busy, sums: [50.0 * samples as f64, 0.0, 0.0, 0.0], maxima: [95.0, 0.0, 0.0, 0.0] };
         let tracked =
             TrackedStep { id: Uuid::nil(), name: "gen".into(), series: "gen".into(), regions: vec!["local".into()], nodes: 1, generator };
-        StepMetrics { hosts: BTreeMap::from([("s0n0".to_string(), host)]), ..StepMetrics::new(tracked) }
+        StepMetrics { hosts: BTreeMap::from([("s0n0".to_string(), host)]), ..StepMetrics::new(tracked, 100) }
     }
 
     fn flag(rows: &[MetricSummaryView]) -> f64 {

@@ -733,6 +733,7 @@ impl Handler<MetricsPublished> for RunSupervisor {
             histograms: msg.histograms,
             cpu: msg.cpu,
             regions: msg.regions,
+            overflow: msg.overflow,
         });
     }
 }

@@ -28,6 +28,8 @@ pub struct RunSettings {
     pub flush_ms: u64,
     /// Most memory a relay container may use, in bytes.
     pub relay_memory_bytes: u64,
+    /// Distinct series a relay keeps in one window.
+    pub relay_max_series: usize,
     /// What `secret:NAME` env values stand for.
     pub secrets: crate::domain::secrets::Secrets,
     /// Caps on plans and run envs.

@@ -7,6 +7,7 @@
 //! - [`udp`]: the statsd datagram receiver and its kernel drop counter.
 //! - [`run`]: the relay itself: intakes, flush windows, delivery to the broker.
 
+pub mod cardinality;
 pub mod histogram;
 pub mod host;
 pub mod mask;

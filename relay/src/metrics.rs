@@ -17,10 +17,18 @@ use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer}
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::cardinality::{Overflow, DEFAULT_MAX_SERIES};
 use crate::histogram::{Buckets, Exponential, Mismatch};
 
 /// Largest value a timer histogram holds: one hour, in microseconds.
 const MAX_MICROS: u64 = 3_600_000_000;
+
+/// Longest statsd line taken, in bytes; a longer one is malformed.
+pub const MAX_LINE: usize = 8192;
+
+/// Samples a timer keeps as they are before it needs a histogram: a series seen a
+/// few times in a window (a request id in a name) costs bytes, not a histogram.
+const FEW_SAMPLES: usize = 32;
 
 /// One parsed statsd sample.
 #[derive(Clone, Debug, PartialEq)]
@@ -245,6 +253,9 @@ pub struct Window {
     /// The node's host over the window, when it could be read.
     #[serde(default)]
     pub host: Option<HostSample>,
+    /// Samples of series past the relay's cap (`LOADS_MAX_SERIES`), not kept, by name pattern.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub overflow: BTreeMap<String, u64>,
 }
 
 /// A node's host over one window.
@@ -262,10 +273,52 @@ pub struct HostSample {
     pub load1: f64,
 }
 
-fn new_histogram() -> Histogram<u64> {
-    let mut h = Histogram::new_with_bounds(1, MAX_MICROS, 3).expect("valid histogram bounds");
+/// An empty histogram of microseconds that grows to the values it takes (to an hour at
+/// most, as values are clamped there), so a small one stays small.
+pub fn new_histogram() -> Histogram<u64> {
+    let mut h = Histogram::new_with_bounds(1, 2, 3).expect("valid histogram bounds");
     h.auto(true);
     h
+}
+
+/// A window's samples of one timer: kept as they are while few, then a histogram.
+enum Timer {
+    Few(Vec<u64>),
+    Many(Histogram<u64>),
+}
+
+impl Timer {
+    fn record(&mut self, micros: u64, times: u64) {
+        match self {
+            Timer::Few(values) if values.len() as u64 + times <= FEW_SAMPLES as u64 => {
+                values.extend(std::iter::repeat_n(micros, times as usize));
+            }
+            Timer::Few(values) => {
+                let mut h = new_histogram();
+                for v in values.drain(..) {
+                    let _ = h.record(v);
+                }
+                let _ = h.record_n(micros, times);
+                *self = Timer::Many(h);
+            }
+            Timer::Many(h) => {
+                let _ = h.record_n(micros, times);
+            }
+        }
+    }
+
+    fn encode(&self) -> String {
+        match self {
+            Timer::Few(values) => {
+                let mut h = new_histogram();
+                for v in values {
+                    let _ = h.record(*v);
+                }
+                encode_histogram(&h)
+            }
+            Timer::Many(h) => encode_histogram(h),
+        }
+    }
 }
 
 /// Encodes a histogram for transport.
@@ -284,18 +337,28 @@ pub fn decode_histogram(text: &str) -> Option<Histogram<u64>> {
 /// A window's values by key, hashed once per line (`entry_ref`).
 type Map<V> = hashbrown::HashMap<Box<str>, V, rustc_hash::FxBuildHasher>;
 
-/// Aggregates a node's metrics into windows.
-#[derive(Default)]
+/// Aggregates a node's metrics into windows, keeping at most `max_series` series in one.
 pub struct Aggregator {
     counters: Map<f64>,
-    gauges: Map<f64>,
+    /// Each gauge's value, and whether it was set in this window (only those are sent).
+    gauges: Map<(f64, bool)>,
+    /// Gauges set in this window.
+    gauges_set: usize,
     sets: Map<HashSet<Box<str>>>,
-    timers: Map<Histogram<u64>>,
+    timers: Map<Timer>,
     buckets: BTreeMap<String, Buckets>,
     exponential: BTreeMap<String, Exponential>,
     lines: u64,
     malformed: u64,
     scratch: String,
+    max_series: usize,
+    overflow: Overflow,
+}
+
+impl Default for Aggregator {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_SERIES)
+    }
 }
 
 /// The slot of `key` in `map`, inserted with `new` when missing; allocates only then.
@@ -313,6 +376,38 @@ fn add_finite(slot: &mut f64, v: f64) -> bool {
 }
 
 impl Aggregator {
+    /// An aggregator keeping at most `max_series` series in a window (and as many gauges).
+    pub fn new(max_series: usize) -> Self {
+        Self {
+            counters: Map::default(),
+            gauges: Map::default(),
+            gauges_set: 0,
+            sets: Map::default(),
+            timers: Map::default(),
+            buckets: BTreeMap::new(),
+            exponential: BTreeMap::new(),
+            lines: 0,
+            malformed: 0,
+            scratch: String::new(),
+            max_series,
+            overflow: Overflow::default(),
+        }
+    }
+
+    /// Series in the window so far.
+    fn series(&self) -> usize {
+        self.counters.len() + self.gauges_set + self.sets.len() + self.timers.len() + self.buckets.len() + self.exponential.len()
+    }
+
+    /// Whether a series not yet in the window may start; if not, its `n` samples are counted as overflow.
+    fn room_for(&mut self, key: &str, n: u64) -> bool {
+        if self.series() < self.max_series {
+            return true;
+        }
+        self.overflow.count(key, n);
+        false
+    }
+
     /// Takes a datagram: several newline-separated statsd lines (invalid UTF-8 is replaced).
     pub fn take_bytes(&mut self, bytes: &[u8]) {
         match std::str::from_utf8(bytes) {
@@ -332,7 +427,7 @@ impl Aggregator {
             if line.is_empty() {
                 continue;
             }
-            if self.take_line(line) {
+            if line.len() <= MAX_LINE && self.take_line(line) {
                 self.lines += 1;
             } else {
                 self.malformed += 1;
@@ -363,7 +458,9 @@ impl Aggregator {
                 match micros {
                     Some(micros) => {
                         let times = if parsed.rate == 1.0 { 1 } else { (1.0 / parsed.rate).round().max(1.0) as u64 };
-                        let _ = slot(&mut self.timers, key, new_histogram).record_n(micros, times);
+                        if self.timers.contains_key(key) || self.room_for(key, times) {
+                            slot(&mut self.timers, key, || Timer::Few(Vec::new())).record(micros, times);
+                        }
                         true
                     }
                     None => false,
@@ -371,6 +468,10 @@ impl Aggregator {
             }
             [b's'] => match std::str::from_utf8(parsed.raw) {
                 Ok(member) if !member.is_empty() => {
+                    if !self.sets.contains_key(key) && !self.room_for(key, 1) {
+                        self.scratch = scratch;
+                        return true;
+                    }
                     let members = slot(&mut self.sets, key, HashSet::new);
                     if !members.contains(member) {
                         members.insert(member.into());
@@ -387,28 +488,64 @@ impl Aggregator {
 
     /// Adds to a counter; refused (false) if it would go beyond what a number can hold.
     pub fn add_count(&mut self, key: &str, v: f64) -> bool {
+        if !self.counters.contains_key(key) && !self.room_for(key, 1) {
+            return v.is_finite();
+        }
         add_finite(slot(&mut self.counters, key, || 0.0), v)
+    }
+
+    /// The slot of gauge `key`, marked as set in this window; `None` (counted as overflow)
+    /// when the window or the gauges kept are full.
+    fn gauge(&mut self, key: &str) -> Option<&mut f64> {
+        match self.gauges.get(key).map(|(_, set)| *set) {
+            Some(true) => {}
+            Some(false) if !self.room_for(key, 1) => return None,
+            Some(false) => {}
+            None if self.gauges.len() >= self.max_series => {
+                self.overflow.count(key, 1);
+                return None;
+            }
+            None if !self.room_for(key, 1) => return None,
+            None => {}
+        }
+        let (value, set) = slot(&mut self.gauges, key, || (0.0, false));
+        if !*set {
+            *set = true;
+            self.gauges_set += 1;
+        }
+        Some(value)
     }
 
     /// Sets a gauge.
     pub fn set_gauge(&mut self, key: &str, v: f64) {
-        *slot(&mut self.gauges, key, || 0.0) = v;
+        if let Some(value) = self.gauge(key) {
+            *value = v;
+        }
     }
 
     /// Adds to a gauge; refused (false) if it would go beyond what a number can hold.
     pub fn add_gauge(&mut self, key: &str, v: f64) -> bool {
-        add_finite(slot(&mut self.gauges, key, || 0.0), v)
+        match self.gauge(key) {
+            Some(value) => add_finite(value, v),
+            None => v.is_finite(),
+        }
     }
 
     /// Adds an explicit-bucket histogram's values.
     pub fn add_buckets(&mut self, key: &str, h: &Buckets) -> Result<(), Mismatch> {
         h.check()?;
+        if !self.buckets.contains_key(key) && !self.room_for(key, h.count) {
+            return Ok(());
+        }
         self.buckets.entry(key.to_string()).or_default().add(h)
     }
 
     /// Adds an exponential histogram's values; refused when `h` is not one a sender may give.
     pub fn add_exponential(&mut self, key: &str, h: &Exponential) -> Result<(), Mismatch> {
         h.check()?;
+        if !self.exponential.contains_key(key) && !self.room_for(key, h.count) {
+            return Ok(());
+        }
         self.exponential.entry(key.to_string()).or_default().add(h)
     }
 
@@ -418,17 +555,25 @@ impl Aggregator {
         self.malformed += refused;
     }
 
-    /// Closes the window: counters, sets and histograms start again; gauges keep their value.
+    /// Closes the window: counters, sets and histograms start again; gauges keep their
+    /// value, and the window carries those set in it.
     pub fn flush(&mut self, seq: u64, start_ms: i64, duration_ms: u64) -> Window {
         let owned = |k: Box<str>| String::from(k);
+        let mut gauges = BTreeMap::new();
+        for (k, (v, set)) in self.gauges.iter_mut().filter(|(_, (_, set))| *set) {
+            gauges.insert(k.to_string(), *v);
+            *set = false;
+        }
+        self.gauges_set = 0;
         Window {
             seq,
             start_ms,
             duration_ms,
             counters: self.counters.drain().map(|(k, v)| (owned(k), v)).collect(),
-            gauges: self.gauges.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            gauges,
             sets: self.sets.drain().map(|(k, v)| (owned(k), v.len() as u64)).collect(),
-            timers: self.timers.drain().map(|(k, h)| (owned(k), encode_histogram(&h))).collect(),
+            timers: self.timers.drain().map(|(k, t)| (owned(k), t.encode())).collect(),
+            overflow: std::mem::take(&mut self.overflow).0,
             buckets: std::mem::take(&mut self.buckets),
             exponential: std::mem::take(&mut self.exponential),
             lines: std::mem::take(&mut self.lines),
@@ -697,7 +842,56 @@ mod tests {
         assert_eq!(TimerStats::of(&decode_histogram(&w.timers["t"]).unwrap()).count, 1);
         let next = a.flush(2, 1000, 1000);
         assert!(next.counters.is_empty() && next.timers.is_empty());
-        assert_eq!(next.gauges["g"], 6.0, "gauges hold their value");
+        assert!(next.gauges.is_empty(), "a window carries the gauges set in it");
+        a.take("g:+1|g");
+        assert_eq!(a.flush(3, 2000, 1000).gauges["g"], 7.0, "gauges hold their value");
+    }
+
+    #[test]
+    fn series_past_the_cap_are_counted_by_pattern_not_kept() {
+        let mut a = Aggregator::new(10);
+        for id in 0..100 {
+            a.take(&format!("req.{id:08x}.lat:12|ms\nhits:1|c"));
+        }
+        for id in 0..30 {
+            a.take(&format!("queue.{id}:1|g"));
+        }
+        a.take(&format!("long:{}|c", "1".repeat(MAX_LINE)));
+        let w = a.flush(1, 0, 1000);
+        assert_eq!(w.timers.len() + w.counters.len() + w.gauges.len(), 10, "{w:?}");
+        assert_eq!(w.counters["hits"], 100.0, "a series kept takes every sample");
+        assert_eq!(w.overflow["req.*.lat"], 91);
+        assert_eq!(w.overflow["queue.*"], 30);
+        assert_eq!((w.lines, w.malformed), (230, 1), "a line over {MAX_LINE} bytes is malformed");
+        // The next window starts empty: its first series are kept again.
+        a.take("queue.1:+1|g\nreq.x.lat:5|ms");
+        let next = a.flush(2, 1000, 1000);
+        assert!(next.overflow.is_empty() && next.timers.contains_key("req.x.lat"));
+    }
+
+    #[test]
+    fn a_timer_with_few_samples_encodes_the_same_values() {
+        let mut a = Aggregator::default();
+        a.take("few:1.5|ms\nfew:250|ms\nfew:3600001|ms");
+        for v in 0..100 {
+            a.take(&format!("many:{v}|ms"));
+        }
+        let w = a.flush(1, 0, 1000);
+        let mut expected = Histogram::<u64>::new_with_bounds(1, MAX_MICROS, 3).unwrap();
+        for micros in [1500, 250_000, MAX_MICROS] {
+            expected.record(micros).unwrap();
+        }
+        let few = TimerStats::of(&decode_histogram(&w.timers["few"]).unwrap());
+        assert_eq!(few, TimerStats::of(&expected));
+        let many = TimerStats::of(&decode_histogram(&w.timers["many"]).unwrap());
+        assert_eq!(many.count, 100);
+        assert!((many.max - 99.0).abs() < 0.1, "{many:?}");
+        // A histogram that started small takes any other's values.
+        let mut merged = Merged::default();
+        merged.add(&w);
+        merged.add(&w);
+        expected.add(expected.clone()).unwrap();
+        assert_eq!(TimerStats::of(&merged.timers["few"]), TimerStats::of(&expected));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use crate::deliver::{Ingest, Outbox};
 use crate::host::HostSampler;
 use crate::mask::Masker;
-use crate::metrics::{Aggregator, Merged, TimerStats, Window};
+use crate::metrics::{Aggregator, Merged, TimerStats, Window, MAX_LINE};
 use crate::otlp::Intake;
 
 /// Windows kept for delivery at most by default; older ones are dropped (and counted) past this.
@@ -61,6 +61,10 @@ pub struct Args {
     /// At exit, print the totals of everything received as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Distinct series one window keeps at most (and gauges kept); the samples of any
+    /// further series are counted by name pattern, not kept.
+    #[arg(long, default_value_t = crate::cardinality::DEFAULT_MAX_SERIES, env = "LOADS_MAX_SERIES")]
+    pub max_series: usize,
 }
 
 /// Where windows go and what they are stamped with: the relay container's environment.
@@ -131,15 +135,47 @@ async fn bind_statsd(bind: IpAddr, port: u16, queue: usize) -> std::io::Result<(
     }
 }
 
-/// Takes statsd over TCP, a line at a time, until the task is dropped.
+/// Takes statsd over TCP, a line at a time, until the task is dropped. A line is
+/// buffered up to `MAX_LINE` bytes: past that it is read to its end, not kept, and
+/// counted as malformed, so a sender that never ends a line holds no memory.
 async fn serve_statsd_tcp(tcp: TcpListener, aggregator: Arc<Mutex<Aggregator>>, mask: Masker) {
     while let Ok((stream, _)) = tcp.accept().await {
         let (aggregator, mask) = (aggregator.clone(), mask.clone());
         tokio::spawn(async move {
-            let mut lines = BufReader::new(stream).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Ok(mut a) = aggregator.lock() {
-                    a.take(&mask.mask(&line));
+            let mut reader = BufReader::new(stream);
+            let mut line: Vec<u8> = Vec::new();
+            let mut too_long = false;
+            loop {
+                let (used, ended) = match reader.fill_buf().await {
+                    Ok(buf) if !buf.is_empty() => {
+                        let (part, ended) = match memchr::memchr(b'\n', buf) {
+                            Some(at) => (&buf[..at], true),
+                            None => (buf, false),
+                        };
+                        if line.len() + part.len() > MAX_LINE {
+                            too_long = true;
+                            line.clear();
+                        } else if !too_long {
+                            line.extend_from_slice(part);
+                        }
+                        (part.len() + usize::from(ended), ended)
+                    }
+                    _ => (0, true),
+                };
+                reader.consume(used);
+                if ended {
+                    if let Ok(mut a) = aggregator.lock() {
+                        if too_long {
+                            a.count(0, 1);
+                        } else if !line.is_empty() {
+                            a.take(&mask.mask(&String::from_utf8_lossy(&line)));
+                        }
+                    }
+                    line.clear();
+                    too_long = false;
+                }
+                if used == 0 {
+                    break;
                 }
             }
         });
@@ -197,7 +233,7 @@ pub async fn run(args: Args, target: Target) -> std::io::Result<()> {
     if [args.statsd_port, args.otlp_http_port, args.otlp_grpc_port].iter().all(|p| *p == 0) {
         return Err(std::io::Error::other("every intake is disabled (--statsd-port, --otlp-http-port and --otlp-grpc-port are 0)"));
     }
-    let aggregator = Arc::new(Mutex::new(Aggregator::default()));
+    let aggregator = Arc::new(Mutex::new(Aggregator::new(args.max_series.max(1))));
     let mut tasks = Vec::new();
     let stop = Arc::new(AtomicBool::new(false));
     let (mut udp_socket, mut udp_thread) = (None, None);
@@ -250,9 +286,18 @@ pub async fn run(args: Args, target: Target) -> std::io::Result<()> {
         if args.print {
             println!("{}", describe(&w));
         }
-        totals.add(&w);
-        // A window carries every gauge's current value: the totals keep the last, not a sum.
-        totals.gauges.clone_from(&w.gauges);
+        // Everything received is kept only to be printed at exit: a relay that delivers
+        // keeps nothing of a window once it is sent.
+        if args.json {
+            let gauges = std::mem::take(&mut totals.gauges);
+            totals.add(&w);
+            // A window carries the gauges set in it: the totals keep each one's last value, not a sum.
+            totals.gauges = gauges;
+            totals.gauges.extend(w.gauges.iter().map(|(k, v)| (k.clone(), *v)));
+        } else {
+            totals.lines += w.lines;
+            totals.malformed += w.malformed;
+        }
         let drops = w.kernel_drops;
         outbox.push(w);
         drops

@@ -353,10 +353,12 @@ fn print_cost(cost: &RunCost) {
 
 /// The metrics table: per step, counters with total and rate, timers with exact percentiles.
 fn print_metrics(metrics: &[MetricSummaryView]) {
+    // The relays' and the caps' own counts are shown when they counted something.
+    let counts = |m: &MetricSummaryView| matches!(m.kind.as_str(), "relay" | "overflow");
     let shown: Vec<&MetricSummaryView> =
-        metrics.iter().filter(|m| !matches!(m.kind.as_str(), "relay" | "host" | "flag") || (m.kind == "relay" && m.count > 0.0)).collect();
+        metrics.iter().filter(|m| !matches!(m.kind.as_str(), "host" | "flag") && (!counts(m) || m.count > 0.0)).collect();
     let shown: Vec<&MetricSummaryView> = shown.into_iter().filter(|m| m.kind != "errors" || m.count > 0.0).collect();
-    if shown.iter().all(|m| m.kind == "relay") {
+    if shown.iter().all(|m| counts(m)) {
         return;
     }
     println!();
@@ -398,6 +400,13 @@ fn print_metrics(metrics: &[MetricSummaryView]) {
         if let Some(node) = m.metric.strip_prefix("relay.kernel_drops;node=") {
             println!(
                 "{:<20} warning: {} statsd datagrams dropped by the kernel on node {node} before its relay read them: counts are low",
+                m.step_name, m.count
+            );
+        }
+        if let Some(pattern) = m.metric.strip_prefix("series.overflow;pattern=") {
+            println!(
+                "{:<20} warning: {} values of series like {pattern:?} not kept, past the cap of distinct series \
+                 (does a metric name hold an id?)",
                 m.step_name, m.count
             );
         }

@@ -13,6 +13,7 @@ mod ec2_boot;
 mod ec2_nodes;
 mod faults;
 mod feed;
+mod floods;
 mod hostile;
 mod images;
 mod immutability;

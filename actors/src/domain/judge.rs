@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use loads_relay::histogram::{Buckets, Exponential};
 
 use super::life::Ending;
-use super::metrics::{decode_histogram, encode_histogram, Window};
+use super::metrics::{decode_histogram, encode_histogram, new_histogram, Window};
 use super::thresholds::{self, number_text, Aggregation, Expr, MetricKey, Selector};
 use super::views::{PlanView, ThresholdState, ThresholdView, Verdict};
 
@@ -85,12 +85,6 @@ pub fn compile(plan: &PlanView) -> Vec<Threshold> {
         add(&step.spec.thresholds, Some(&step.spec.name));
     }
     out
-}
-
-fn new_histogram() -> Histogram<u64> {
-    let mut h = Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds");
-    h.auto(true);
-    h
 }
 
 /// What one threshold has seen of its metric (or, for a ratio, of its two counters).
