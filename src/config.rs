@@ -174,11 +174,20 @@ pub struct LimitSettings {
     pub max_env_bytes: usize,
     /// Most websocket subscribers of one run's live feed.
     pub max_subscribers_per_run: usize,
+    /// Most runs live at once (each holds a network on the engine, and nodes); more starts get 429.
+    pub max_live_runs: usize,
 }
 
 impl Default for LimitSettings {
     fn default() -> Self {
-        Self { max_instance_count: 100, max_steps_per_plan: 50, max_env_vars: 200, max_env_bytes: 65_536, max_subscribers_per_run: 1000 }
+        Self {
+            max_instance_count: 100,
+            max_steps_per_plan: 50,
+            max_env_vars: 200,
+            max_env_bytes: 65_536,
+            max_subscribers_per_run: 1000,
+            max_live_runs: 20,
+        }
     }
 }
 
@@ -819,8 +828,12 @@ impl Settings {
         if self.limits.max_steps_per_plan == 0 {
             return invalid("limits.max_steps_per_plan", "must be at least 1");
         }
-        if self.limits.max_env_vars == 0 || self.limits.max_env_bytes == 0 || self.limits.max_subscribers_per_run == 0 {
-            return invalid("limits", "max_env_vars, max_env_bytes and max_subscribers_per_run must be at least 1");
+        if self.limits.max_env_vars == 0
+            || self.limits.max_env_bytes == 0
+            || self.limits.max_subscribers_per_run == 0
+            || self.limits.max_live_runs == 0
+        {
+            return invalid("limits", "max_env_vars, max_env_bytes, max_subscribers_per_run and max_live_runs must be at least 1");
         }
         if self.pool.idle_seconds == 0 {
             return invalid("pool.idle_seconds", "must be at least 1");
@@ -1113,6 +1126,7 @@ impl Settings {
             secrets: Default::default(),
             limits: self.limits(),
             max_subscribers_per_run: self.limits.max_subscribers_per_run,
+            max_live_runs: self.limits.max_live_runs,
             influx: !self.influx.url.is_empty(),
             tls: tls.clone(),
             download_dir: self.docker.download_dir.clone().into(),

@@ -31,6 +31,8 @@ pub struct Actors {
     pub broker: Addr<BrokerActor>,
     /// Nodes and instances.
     pub pool: Addr<Ec2PoolActor>,
+    /// The runs' metrics.
+    pub metrics: Addr<MetricsActor>,
     /// The metrics ingest listener, to stop with the rest.
     pub ingest: ServerHandle,
     /// Its port.
@@ -74,8 +76,8 @@ impl Actors {
         run_settings.secrets = settings.secrets(std::env::vars())?;
         run_settings.relay_ca = settings.relay_ca(std::env::vars())?;
         run_settings.cost = settings.cost()?;
-        let broker = BrokerActor::new(db, pool.clone(), metrics, run_settings).start();
-        Ok(Self { catalog, broker, pool, ingest, ingest_port: ingest_address.port() })
+        let broker = BrokerActor::new(db, pool.clone(), metrics.clone(), run_settings).start();
+        Ok(Self { catalog, broker, pool, metrics, ingest, ingest_port: ingest_address.port() })
     }
 }
 
@@ -141,6 +143,7 @@ impl Application {
             catalog: actors.catalog,
             broker: actors.broker,
             pool: actors.pool,
+            metrics: actors.metrics,
             max_body_bytes: settings.server.max_body_bytes,
         });
         let expose = |list: &[crate::config::Secret]| list.iter().map(|t| t.expose().to_string()).collect();

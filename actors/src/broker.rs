@@ -40,13 +40,15 @@ pub struct BrokerActor {
     metrics: Addr<MetricsActor>,
     settings: RunSettings,
     live: HashMap<Uuid, Addr<RunSupervisor>>,
+    /// Starts checked and being recorded, not yet live.
+    starting: usize,
     finished: VecDeque<(Uuid, Vec<RunEvent>)>,
 }
 
 impl BrokerActor {
     /// A broker over `db`, getting nodes from `pool`, metrics collected by `metrics`.
     pub fn new(db: DatabaseConnection, pool: Addr<Ec2PoolActor>, metrics: Addr<MetricsActor>, settings: RunSettings) -> Self {
-        Self { db, pool, metrics, settings, live: HashMap::new(), finished: VecDeque::new() }
+        Self { db, pool, metrics, settings, live: HashMap::new(), starting: 0, finished: VecDeque::new() }
     }
 }
 
@@ -179,6 +181,17 @@ impl Handler<StartRun> for BrokerActor {
     type Result = ResponseActFuture<Self, Result<RunView, StoreError>>;
 
     fn handle(&mut self, msg: StartRun, _: &mut Context<Self>) -> Self::Result {
+        // Each live run holds a network on the engine (whose address pools are finite) and
+        // nodes: beyond the cap, a start is refused until a run ends.
+        let max = self.settings.max_live_runs;
+        if self.live.len() + self.starting >= max {
+            let refused = StoreError::Limit {
+                code: "too_many_live_runs",
+                message: format!("this broker already has {max} live runs (limits.max_live_runs); try again when one has ended"),
+            };
+            return Box::pin(actix::fut::ready(Err(refused)));
+        }
+        self.starting += 1;
         let (db, pool, settings) = (self.db.clone(), self.pool.clone(), self.settings.clone());
         Box::pin(
             async move {
@@ -189,6 +202,7 @@ impl Handler<StartRun> for BrokerActor {
             }
             .into_actor(self)
             .map(|res, act, ctx| {
+                act.starting -= 1;
                 let (run, plan, run_env, token) = res?;
                 let supervisor = RunSupervisor::new(run.id, plan, run_env, act.services(), ctx.address().recipient(), token).start();
                 act.live.insert(run.id, supervisor);

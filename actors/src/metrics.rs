@@ -140,6 +140,8 @@ struct StepMetrics {
     max_series: usize,
     /// Values not kept because their series came past a cap (the relays' or the step's), by pattern.
     overflow: Overflow,
+    /// Windows that tripped a fault in the broker while being taken.
+    faulted: u64,
 }
 
 /// Windows a step refused, by why.
@@ -181,6 +183,7 @@ impl StepMetrics {
             keys: HashSet::new(),
             max_series,
             overflow: Overflow::default(),
+            faulted: 0,
         }
     }
 
@@ -811,71 +814,99 @@ impl Handler<Ingest> for MetricsActor {
                 }
             }
             let capped = step.capped(w);
-            let w: &Window = &capped;
-            let mut single = Merged::default();
-            single.add(w);
-            let region = step.region_of(&w.node);
-            let tags = PointTags {
-                run: run_text.clone(),
-                plan: run.plan.clone(),
-                step: step.name.clone(),
-                node: w.node.clone(),
-                series: step.series.clone(),
-                region: region.clone(),
-            };
-            let node_points = window_points(&tags, w.start_ms / 1000 * 1000, &single, w.duration_ms as f64 / 1000.0, w.host.as_ref());
-            points.extend(node_points.into_iter().map(|p| (step_id, p)));
-            step.totals.add(w);
-            if step.several {
-                step.by_region.entry(region.clone()).or_default().add(w);
-            }
-            step.last_gauges(w);
-            run.judge.add(&step.name, &region, w);
-            if w.lines > 0 {
-                *step.windows.entry(w.node.clone()).or_default() += 1;
-            }
-            step.dropped.insert(w.node.clone(), w.dropped_windows);
-            let drops = step.kernel_drops.entry(w.node.clone()).or_default();
-            *drops = (*drops).max(w.kernel_drops);
-            if let Some(h) = &w.host {
-                let totals = step.hosts.entry(w.node.clone()).or_default();
-                let values = [h.cpu_percent, h.memory_percent, h.net_rx_bytes_per_s, h.net_tx_bytes_per_s];
-                totals.samples += 1;
-                if w.lines > 0 {
-                    totals.active += 1;
-                    totals.busy += u64::from(h.cpu_percent > BUSY_CPU_PERCENT);
+            // A window that trips a fault is counted and the run's numbers marked as
+            // missing; the collector goes on for every run.
+            let taken = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                take_window(&run_text, &run.plan, step_id, step, &mut run.judge, &capped, now)
+            }));
+            match taken {
+                Ok(step_points) => points.extend(step_points),
+                Err(_) => {
+                    step.faulted = step.faulted.saturating_add(1);
+                    tracing::error!(run_id = %msg.run_id, step = %step.name, node = %w.node, seq = w.seq, "a window could not be taken");
                 }
-                for (i, v) in values.iter().enumerate() {
-                    totals.sums[i] += v;
-                    totals.maxima[i] = totals.maxima[i].max(*v);
-                }
-            }
-            let slot = step.slots.entry(w.start_ms / 1000 * 1000).or_insert_with(|| Slot {
-                merged: Merged::default(),
-                nodes: HashSet::new(),
-                by_region: BTreeMap::new(),
-                cpu: BTreeMap::new(),
-                first_seen_ms: now,
-            });
-            slot.merged.add(w);
-            slot.nodes.insert(w.node.clone());
-            if step.several {
-                let (nodes, merged) = slot.by_region.entry(region).or_default();
-                nodes.insert(w.node.clone());
-                merged.add(w);
-            }
-            if let Some(h) = &w.host {
-                slot.cpu.insert(w.node.clone(), h.cpu_percent);
             }
         }
         points.extend(Self::publish_ready(msg.run_id, run, now, false));
-        let breach = Self::judge(run);
+        let breach = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::judge(run))).unwrap_or_else(|_| {
+            tracing::error!(run_id = %msg.run_id, "the run's thresholds could not be judged on this delivery");
+            None
+        });
         self.write(msg.run_id, points, ctx);
         if let Some(breach) = breach {
             self.mark_breach(msg.run_id, &breach, ctx);
         }
         Ok(msg.windows.len())
     }
+}
+
+/// Adds an admitted window to its step (totals, regions, gauges, hosts, the slot to
+/// publish) and to the run's judge; answers its InfluxDB points.
+fn take_window(
+    run_text: &str,
+    plan: &str,
+    step_id: Uuid,
+    step: &mut StepMetrics,
+    judge: &mut Judge,
+    w: &Window,
+    now: i64,
+) -> Vec<(Uuid, influxdb::WriteQuery)> {
+    let mut single = Merged::default();
+    single.add(w);
+    let region = step.region_of(&w.node);
+    let tags = PointTags {
+        run: run_text.to_string(),
+        plan: plan.to_string(),
+        step: step.name.clone(),
+        node: w.node.clone(),
+        series: step.series.clone(),
+        region: region.clone(),
+    };
+    let node_points = window_points(&tags, w.start_ms / 1000 * 1000, &single, w.duration_ms as f64 / 1000.0, w.host.as_ref());
+    let points = node_points.into_iter().map(|p| (step_id, p)).collect();
+    step.totals.add(w);
+    if step.several {
+        step.by_region.entry(region.clone()).or_default().add(w);
+    }
+    step.last_gauges(w);
+    judge.add(&step.name, &region, w);
+    if w.lines > 0 {
+        *step.windows.entry(w.node.clone()).or_default() += 1;
+    }
+    step.dropped.insert(w.node.clone(), w.dropped_windows);
+    let drops = step.kernel_drops.entry(w.node.clone()).or_default();
+    *drops = (*drops).max(w.kernel_drops);
+    if let Some(h) = &w.host {
+        let totals = step.hosts.entry(w.node.clone()).or_default();
+        let values = [h.cpu_percent, h.memory_percent, h.net_rx_bytes_per_s, h.net_tx_bytes_per_s];
+        totals.samples += 1;
+        if w.lines > 0 {
+            totals.active += 1;
+            totals.busy += u64::from(h.cpu_percent > BUSY_CPU_PERCENT);
+        }
+        for (i, v) in values.iter().enumerate() {
+            totals.sums[i] += v;
+            totals.maxima[i] = totals.maxima[i].max(*v);
+        }
+    }
+    let slot = step.slots.entry(w.start_ms / 1000 * 1000).or_insert_with(|| Slot {
+        merged: Merged::default(),
+        nodes: HashSet::new(),
+        by_region: BTreeMap::new(),
+        cpu: BTreeMap::new(),
+        first_seen_ms: now,
+    });
+    slot.merged.add(w);
+    slot.nodes.insert(w.node.clone());
+    if step.several {
+        let (nodes, merged) = slot.by_region.entry(region).or_default();
+        nodes.insert(w.node.clone());
+        merged.add(w);
+    }
+    if let Some(h) = &w.host {
+        slot.cpu.insert(w.node.clone(), h.cpu_percent);
+    }
+    points
 }
 
 /// Whether `step` takes window `w`: from one of its nodes, dated within the run, not taken before.
@@ -938,6 +969,17 @@ impl MetricsActor {
             }
         }));
     }
+}
+
+/// Answers when the collector is taking messages (`/health`).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct PingMetrics;
+
+impl Handler<PingMetrics> for MetricsActor {
+    type Result = ();
+
+    fn handle(&mut self, _: PingMetrics, _: &mut Context<Self>) {}
 }
 
 /// Marks a moment of a run on its dashboard and in InfluxDB (a spot interruption, a breach).
@@ -1115,6 +1157,9 @@ fn lost(step: &StepMetrics) -> Vec<String> {
             step.name,
             top.join(", ")
         ));
+    }
+    if step.faulted > 0 {
+        out.push(format!("{} window(s) of step {:?} could not be taken (a fault in the broker: see its log)", step.faulted, step.name));
     }
     let dropped: u64 = step.dropped.values().sum();
     if dropped > 0 {

@@ -29,6 +29,7 @@
 //! is recorded and the run goes on. Abort works in every state and is idempotent.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{
@@ -36,7 +37,7 @@ use actix::{
     WrapFuture,
 };
 use sea_orm::DatabaseConnection;
-use tokio::sync::mpsc;
+
 use uuid::Uuid;
 
 use chrono::{DateTime, Utc};
@@ -47,7 +48,7 @@ use crate::domain::life::{Ending, RunPhase, StepOutcome, StopReason};
 use crate::domain::views::ContainerView;
 use crate::domain::views::{PlanView, RunState, RunView, StepState, StepView};
 use crate::domain::Env;
-use crate::feed::{EventKind, Feed, RunEvent};
+use crate::feed::{EventKind, Feed, Listener, RunEvent, Shared};
 use crate::journal::{self, Journal, Journaled};
 use crate::metrics::{FinishRun, MetricsActor, MetricsPublished, PublishDashboard, RunJudgement, ThresholdsJudged, TrackRun, TrackedStep};
 use crate::pool::{AdoptRun, CloseRun, Ec2PoolActor, OpenRun};
@@ -775,9 +776,9 @@ pub struct Subscription {
     /// the events in between (the snapshot has the run as it is now).
     pub kept_from: u64,
     /// Events after the `since` asked for.
-    pub backlog: Vec<RunEvent>,
+    pub backlog: Vec<Arc<Shared>>,
     /// Events to come; `None` when the run is over.
-    pub live: Option<mpsc::Receiver<RunEvent>>,
+    pub live: Option<Listener>,
 }
 
 /// Subscribes to the run's feed from event `since` on.

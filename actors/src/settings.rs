@@ -36,6 +36,8 @@ pub struct RunSettings {
     pub limits: crate::domain::Limits,
     /// Most live-feed subscribers one run may have.
     pub max_subscribers_per_run: usize,
+    /// Most runs live at once on this broker.
+    pub max_live_runs: usize,
     /// Whether metrics are written to InfluxDB (`influx.url`): a monitor step needs it.
     pub influx: bool,
     /// Whom HTTPS image sources' certificates are trusted by.

@@ -18,6 +18,7 @@ mod m20261203_000011_add_step_market;
 mod m20261203_000012_add_run_cost;
 mod m20261203_000013_add_step_interruptions;
 mod m20261206_000014_add_metric_region;
+mod m20261207_000015_create_spend;
 
 /// Applies every migration in order.
 pub struct Migrator;
@@ -40,6 +41,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000012_add_run_cost::Migration),
             Box::new(m20261203_000013_add_step_interruptions::Migration),
             Box::new(m20261206_000014_add_metric_region::Migration),
+            Box::new(m20261207_000015_create_spend::Migration),
         ]
     }
 }

@@ -179,9 +179,9 @@ impl Intake {
     /// Takes one export request.
     pub fn export(&self, request: &ExportMetricsServiceRequest) -> Outcome {
         let mut outcome = Outcome::default();
-        let (Ok(mut aggregator), Ok(mut streams)) = (self.aggregator.lock(), self.streams.lock()) else {
-            return outcome;
-        };
+        // Locks poisoned by a panic elsewhere still hold sound counts: go on with them.
+        let mut aggregator = self.aggregator.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut streams = self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         streams.bound();
         for rm in &request.resource_metrics {
             let resource = rm.resource.as_ref().map_or(&[][..], |r| r.attributes.as_slice());

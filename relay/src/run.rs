@@ -164,12 +164,11 @@ async fn serve_statsd_tcp(tcp: TcpListener, aggregator: Arc<Mutex<Aggregator>>, 
                 };
                 reader.consume(used);
                 if ended {
-                    if let Ok(mut a) = aggregator.lock() {
-                        if too_long {
-                            a.count(0, 1);
-                        } else if !line.is_empty() {
-                            a.take(&mask.mask(&String::from_utf8_lossy(&line)));
-                        }
+                    let mut a = aggregator.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if too_long {
+                        a.count(0, 1);
+                    } else if !line.is_empty() {
+                        a.take(&mask.mask(&String::from_utf8_lossy(&line)));
                     }
                     line.clear();
                     too_long = false;
@@ -272,10 +271,11 @@ pub async fn run(args: Args, target: Target) -> std::io::Result<()> {
     let mut flush = |outbox: &mut Outbox, totals: &mut Merged| {
         let end = now_ms();
         seq += 1;
-        let mut w = match aggregator.lock() {
-            Ok(mut a) => a.flush(seq, window_start, u64::try_from(end - window_start).unwrap_or(0)),
-            Err(_) => Window::default(),
-        };
+        let mut w = aggregator.lock().unwrap_or_else(std::sync::PoisonError::into_inner).flush(
+            seq,
+            window_start,
+            u64::try_from(end - window_start).unwrap_or(0),
+        );
         w.kernel_drops = udp_socket.as_deref().map_or(0, crate::udp::kernel_drops);
         w.run_id.clone_from(&target.run_id);
         w.step_id.clone_from(&target.step_id);

@@ -158,7 +158,8 @@ fn receive(socket: &UdpSocket, aggregator: &Mutex<Aggregator>, mask: &Masker, st
         // A batch that emptied the queue means the relay is ahead of its senders: waking for
         // every datagram or two would cost more than parsing them, so it lets a batch gather.
         let gather = !draining && (received as usize) < BATCH && pause > Duration::ZERO;
-        let Ok(mut aggregator) = aggregator.lock() else { return };
+        // A lock poisoned by a panic elsewhere still holds sound counts: go on with them.
+        let mut aggregator = aggregator.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for (i, header) in headers.iter().take(received as usize).enumerate() {
             let start = i * DATAGRAM;
             let bytes = &buffers[start..start + (header.msg_len as usize).min(DATAGRAM)];

@@ -62,8 +62,8 @@ async fn serve(mut session: Session, mut incoming: actix_ws::AggregatedMessageSt
     }
     let mut last = seq;
     for event in backlog {
-        last = last.max(event.seq);
-        if !send(&mut session, json!(event)).await {
+        last = last.max(event.event.seq);
+        if session.text(event.json.clone()).await.is_err() {
             return;
         }
     }
@@ -78,9 +78,9 @@ async fn serve(mut session: Session, mut incoming: actix_ws::AggregatedMessageSt
         tokio::select! {
             event = live.recv() => match event {
                 Some(event) => {
-                    last = last.max(event.seq);
-                    let ended = matches!(&event.kind, loads_actors::feed::EventKind::Run { state, .. } if state.is_finished());
-                    if !send(&mut session, json!(event)).await {
+                    last = last.max(event.event.seq);
+                    let ended = matches!(&event.event.kind, loads_actors::feed::EventKind::Run { state, .. } if state.is_finished());
+                    if session.text(event.json.clone()).await.is_err() {
                         return;
                     }
                     if ended {

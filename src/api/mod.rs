@@ -31,6 +31,8 @@ pub struct ApiState {
     pub broker: Addr<BrokerActor>,
     /// Nodes and instances.
     pub pool: Addr<loads_actors::pool::Ec2PoolActor>,
+    /// The runs' metrics (for `/health`).
+    pub metrics: Addr<loads_actors::metrics::MetricsActor>,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
 }

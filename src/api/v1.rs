@@ -18,6 +18,7 @@ use loads_actors::domain::views::{
     RunView,
 };
 use loads_actors::domain::{PlanSpec, ProjectSpec};
+use loads_actors::metrics::PingMetrics;
 use loads_actors::store::runs::{CompareTo, RunFilter};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -77,13 +78,21 @@ pub struct Health {
 
 type Reply = Result<HttpResponse, ApiError>;
 
-/// Answers 200 when the database answers.
+/// Answers 200 when the database and the metrics collector answer.
 #[utoipa::path(get, path = "/health", tag = "health",
     responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
 pub async fn health(state: web::Data<ApiState>) -> Reply {
     state.catalog.send(Ping {}).await?.map_err(|e| {
         tracing::warn!(error = %e, "health check failed");
         ApiError::unavailable()
+    })?;
+    state.metrics.send(PingMetrics).await.map_err(|e| {
+        tracing::error!(error = %e, "health check failed: the metrics collector is not answering");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the metrics collector is not answering: runs' numbers are not being taken",
+        )
     })?;
     Ok(HttpResponse::Ok().json(Health { status: "ok", version: crate::VERSION }))
 }
@@ -436,7 +445,8 @@ fn run_request(body: Option<Value>) -> Result<(StartRun, bool), ApiError> {
     responses((status = 201, body = RunView), (status = 200, body = Estimate, description = "dry_run: the estimate; nothing started"),
               (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
-              (status = 415, body = ErrorBody), (status = 422, body = ErrorBody, description = "Invalid, a region not configured, or over_budget")),
+              (status = 415, body = ErrorBody), (status = 422, body = ErrorBody, description = "Invalid, a region not configured, or over_budget"),
+              (status = 429, body = ErrorBody, description = "too_many_live_runs: the broker has limits.max_live_runs live runs")),
     security(("bearer" = [])))]
 pub async fn start_run(state: web::Data<ApiState>, req: HttpRequest, path: web::Path<String>, payload: web::Payload) -> Reply {
     let plan_id = input::id(&path, "id")?;

@@ -231,7 +231,7 @@ async fn follow(actors: &Actors, run: &RunView) -> anyhow::Result<RunView> {
         EventKind::Node { .. } | EventKind::Cost { .. } => {}
     };
     for event in &sub.backlog {
-        apply(event, &multi);
+        apply(&event.event, &multi);
     }
     if let Some(mut live) = sub.live {
         let mut aborted = false;
@@ -239,8 +239,8 @@ async fn follow(actors: &Actors, run: &RunView) -> anyhow::Result<RunView> {
             tokio::select! {
                 event = live.recv() => match event {
                     Some(event) => {
-                        apply(&event, &multi);
-                        if matches!(&event.kind, EventKind::Run { state, .. } if state.is_finished()) {
+                        apply(&event.event, &multi);
+                        if matches!(&event.event.kind, EventKind::Run { state, .. } if state.is_finished()) {
                             break;
                         }
                     }

@@ -9,14 +9,14 @@ use serde_json::{json, Value};
 use crate::helpers::{ensure_images, leftovers, sh_step};
 use crate::recovery::Restartable;
 
-/// The most memory a process has held, from its `VmHWM`, in MiB.
-fn peak_mib(pid: u32) -> f64 {
+/// A memory figure of a process from its status (`VmHWM:` the most it held, `VmRSS:` now), in MiB.
+fn status_mib(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the broker's status");
     let kib: f64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM");
+        .unwrap_or_else(|| panic!("{field} in {status}"));
     kib / 1024.0
 }
 
@@ -81,7 +81,7 @@ async fn a_request_id_in_a_timer_name_is_capped_counted_and_makes_the_run_invali
         assert!(Instant::now() < deadline, "the run did not end: {run:#}");
         actix_web::rt::time::sleep(Duration::from_millis(500)).await;
     };
-    let broker_peak = peak_mib(serve.id());
+    let broker_peak = status_mib(serve.id(), "VmHWM:");
     println!("broker peak {broker_peak:.0} MiB, relay peak {relay_peak:.0} MiB");
     assert_eq!(run["state"], "completed", "{run:#}");
     assert_eq!(run["verdict"], "invalid", "{run:#}");
@@ -97,6 +97,184 @@ async fn a_request_id_in_a_timer_name_is_capped_counted_and_makes_the_run_invali
     assert_eq!(kept, 2000, "the step keeps metrics.max_series_per_step series");
     assert!(broker_peak < 300.0, "the broker held {broker_peak:.0} MiB");
     assert!(relay_peak > 0.0 && relay_peak < 512.0, "the relay held {relay_peak:.0} MiB");
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+    let (containers, networks) = leftovers(&b.broker);
+    assert!(containers.is_empty() && networks.is_empty(), "{containers:?} {networks:?}");
+}
+
+/// Each live run holds a network on the engine, whose address pools are finite:
+/// past `limits.max_live_runs` a start is refused (429, naming the setting) before
+/// anything is made, and a start is taken again once a run has ended.
+#[actix_web::test]
+async fn starts_past_the_live_run_cap_are_refused_until_a_run_ends() {
+    ensure_images();
+    let app = crate::helpers::TestApp::spawn(crate::helpers::Backend::Sqlite, &[("LOADS__LIMITS__MAX_LIVE_RUNS", "2")]).await;
+    let plan = app.create_plan(json!({"name": "p", "steps": [sh_step("s", "sleep 300")]})).await;
+    let start = format!("/api/v1/plans/{}/runs", plan["id"].as_str().unwrap());
+    let mut live = Vec::new();
+    for _ in 0..2 {
+        let (status, run) = app.post(&start, &json!({})).await;
+        assert_eq!(status, awc::http::StatusCode::CREATED, "{run}");
+        live.push(run["id"].as_str().unwrap().to_string());
+    }
+    let (status, refused) = app.post(&start, &json!({})).await;
+    assert_eq!(status, awc::http::StatusCode::TOO_MANY_REQUESTS, "{refused}");
+    assert_eq!(refused["error"], "too_many_live_runs");
+    assert!(refused["message"].as_str().unwrap().contains("limits.max_live_runs"), "{refused}");
+    let (_, runs) = app.get("/api/v1/runs").await;
+    assert_eq!(runs["items"].as_array().map(Vec::len), Some(2), "nothing was recorded for the refused start: {runs}");
+    let (status, _) = app.post(&format!("/api/v1/runs/{}/abort", live[0]), &json!({})).await;
+    assert_eq!(status, awc::http::StatusCode::ACCEPTED);
+    app.wait_finished(&live[0], 60).await;
+    let (status, run) = app.post(&start, &json!({})).await;
+    assert_eq!(status, awc::http::StatusCode::CREATED, "a place is free again: {run}");
+    for id in [live[1].clone(), run["id"].as_str().unwrap().to_string()] {
+        app.post(&format!("/api/v1/runs/{id}/abort"), &json!({})).await;
+        app.wait_finished(&id, 60).await;
+    }
+    app.assert_no_leftovers();
+}
+
+/// The month's spend is a ledger: deleting a run that cost money does not give the
+/// money back to `budget.max_usd_per_month`, which is checked against this sum.
+#[actix_web::test]
+async fn deleting_runs_does_not_free_the_months_budget() {
+    ensure_images();
+    let app = crate::helpers::TestApp::spawn(crate::helpers::Backend::Sqlite, &[]).await;
+    let (_, run_id) = app.start(json!({"name": "p", "steps": [sh_step("s", "true")]}), json!({})).await;
+    app.wait_finished(&run_id, 60).await;
+    // What an EC2 run's instances would have recorded.
+    let store = loads_actors::store::connect(&app.database_url).await.unwrap();
+    let cost = loads_actors::domain::usage::RunCost {
+        lines: Vec::new(),
+        instance_seconds: 36_000.0,
+        usd: 5.0,
+        as_of: chrono::Utc::now(),
+        complete: true,
+        notes: Vec::new(),
+    };
+    let id = uuid::Uuid::parse_str(&run_id).unwrap();
+    loads_actors::store::runs::set_cost(&store, id, &cost).await.unwrap();
+    let later = loads_actors::domain::usage::RunCost { usd: 6.0, ..cost.clone() };
+    loads_actors::store::runs::set_cost(&store, id, &later).await.unwrap();
+    let month = loads_actors::run_cost::month_start();
+    let spent = || loads_actors::store::runs::cost_since(&store, month, uuid::Uuid::nil());
+    assert_eq!(spent().await.unwrap(), 6.0, "a run's cost recorded again replaces its entry");
+    let (status, _) = app.delete(&format!("/api/v1/runs/{run_id}")).await;
+    assert_eq!(status, awc::http::StatusCode::NO_CONTENT);
+    let (status, _) = app.get(&format!("/api/v1/runs/{run_id}")).await;
+    assert_eq!(status, awc::http::StatusCode::NOT_FOUND);
+    assert_eq!(spent().await.unwrap(), 6.0, "the month keeps what the deleted run cost");
+    app.assert_no_leftovers();
+}
+
+/// 300 subscribers that never read, on a step whose every window holds 200 names:
+/// each event is shared, not copied per subscriber, and a subscriber's queue is
+/// bounded, so the broker holds little more, and every one of them is let in.
+#[actix_web::test]
+async fn three_hundred_silent_subscribers_cost_the_broker_little() {
+    ensure_images();
+    let b = Restartable::new();
+    let mut serve = b.serve(&[]);
+    let api = &b.api;
+    let script = "i=0; while [ $$i -lt 70 ]; do j=0; while [ $$j -lt 200 ]; do echo \"c$$j.requests:1|c\"; j=$$((j+1)); done \
+                  | nc -w 1 $$STATSD_HOST $$STATSD_PORT; i=$$((i+1)); sleep 1; done";
+    let mut gen = sh_step("gen", script);
+    gen["run_max_time"] = json!(120);
+    let project = api.post("/api/v1/projects", json!({"name": "silent", "plans": [{"name": "p", "steps": [gen]}]})).await;
+    let plan_id = project["plans"][0]["id"].as_str().unwrap().to_string();
+    let run_id = api.post(&format!("/api/v1/plans/{plan_id}/runs"), json!({})).await["id"].as_str().unwrap().to_string();
+    // Ten windows in, so that the backlog each subscriber gets is a real one.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let series = api.get(&format!("/api/v1/runs/{run_id}/series")).await;
+        if series["steps"][0]["points"].as_array().is_some_and(|p| p.len() >= 10) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no windows: {series}");
+        actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+    }
+    let before = status_mib(serve.id(), "VmRSS:");
+    let url = format!("{}/api/v1/runs/{run_id}/events", api.base.replace("http://", "ws://"));
+    let mut silent = Vec::new();
+    for i in 0..300 {
+        let connected = awc::Client::new().ws(url.as_str()).connect().await;
+        let (_, socket) = connected.unwrap_or_else(|e| panic!("subscriber {i} was not let in: {e}"));
+        silent.push(socket);
+    }
+    // A minute of windows while none of them reads.
+    let until = Instant::now() + Duration::from_secs(45);
+    let mut peak = before;
+    while Instant::now() < until {
+        peak = peak.max(status_mib(serve.id(), "VmRSS:"));
+        let health = awc::Client::new().get(format!("{}/health", api.base)).send().await.expect("the broker answers");
+        assert!(health.status().is_success());
+        actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!("broker {before:.0} MiB before the subscribers, {peak:.0} MiB at most with them");
+    assert!(peak - before < 50.0, "300 silent subscribers added {:.0} MiB", peak - before);
+    drop(silent);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let run = api.get(&format!("/api/v1/runs/{run_id}")).await;
+        if ["completed", "failed", "aborted"].contains(&run["state"].as_str().unwrap_or("")) {
+            assert_eq!(run["state"], "completed", "{run:#}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the run did not end: {run:#}");
+        actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+    }
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+    let (containers, networks) = leftovers(&b.broker);
+    assert!(containers.is_empty() && networks.is_empty(), "{containers:?} {networks:?}");
+}
+
+/// 200 thresholds over a one-hour window on one timer (a plan generated by a
+/// script, say) at 10 samples a second: they share one tally of at most 61
+/// buckets, so the broker stays small and every threshold is judged.
+#[actix_web::test]
+async fn two_hundred_one_hour_threshold_windows_stay_small() {
+    ensure_images();
+    let b = Restartable::new();
+    let mut serve = b.serve(&[]);
+    let api = &b.api;
+    let script =
+        "i=0; while [ $$i -lt 45 ]; do j=0; while [ $$j -lt 10 ]; do echo \"lat:$$((100 + (i * 10 + j) % 100))|ms\"; j=$$((j+1)); done \
+                  | nc -w 1 $$STATSD_HOST $$STATSD_PORT; i=$$((i+1)); sleep 1; done";
+    let mut gen = sh_step("gen", script);
+    gen["run_max_time"] = json!(120);
+    let rules: Vec<Value> = (0..200).map(|i| json!({"threshold": format!("p(95)<{}", 100 + i), "window": "1h"})).collect();
+    let plan = json!({"name": "p", "steps": [gen], "thresholds": {"lat": rules}});
+    let project = api.post("/api/v1/projects", json!({"name": "hourly", "plans": [plan]})).await;
+    let plan_id = project["plans"][0]["id"].as_str().unwrap_or_else(|| panic!("{project}")).to_string();
+    let run_id = api.post(&format!("/api/v1/plans/{plan_id}/runs"), json!({})).await["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let run = loop {
+        let run = api.get(&format!("/api/v1/runs/{run_id}")).await;
+        if ["completed", "failed", "aborted"].contains(&run["state"].as_str().unwrap_or("")) {
+            break run;
+        }
+        assert!(Instant::now() < deadline, "the run did not end: {run:#}");
+        actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+    };
+    let peak = status_mib(serve.id(), "VmHWM:");
+    println!("broker peak {peak:.0} MiB");
+    assert_eq!(run["state"], "completed", "{run:#}");
+    let thresholds = run["thresholds"].as_array().unwrap();
+    assert_eq!(thresholds.len(), 200);
+    // Values 100..199 ms: p(95) is about 195, the same for every threshold; those whose
+    // bound is above it pass, the rest fail.
+    let value = thresholds[0]["value"].as_f64().unwrap();
+    assert!((190.0..=199.0).contains(&value), "p(95) {value}");
+    for (i, t) in thresholds.iter().enumerate() {
+        let bound = 100.0 + i as f64;
+        let expected = if value < bound { "passed" } else { "failed" };
+        assert_eq!((t["value"].as_f64(), t["state"].as_str()), (Some(value), Some(expected)), "p(95)<{bound}");
+    }
+    assert_eq!(run["verdict"], "failed");
+    assert!(peak < 300.0, "the broker held {peak:.0} MiB");
     serve.kill().unwrap();
     serve.wait().unwrap();
     let (containers, networks) = leftovers(&b.broker);

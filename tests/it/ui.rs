@@ -432,3 +432,52 @@ async fn the_run_page_reconnects_after_a_dropped_feed_and_misses_nothing() {
     let _ = browser.client.clone().close().await;
     app.assert_no_leftovers();
 }
+
+/// Metric names are a generator's text: one holding markup is shown as that text in
+/// the legend (no bold, no live link), and a step with more series than a chart can
+/// hold draws its busiest and says how many more there are.
+#[actix_web::test]
+async fn a_metric_name_holding_markup_shows_as_text_and_charts_are_capped() {
+    ensure_images();
+    let app = TestApp::spawn(Backend::Sqlite, &[]).await;
+    let mut step = crate::helpers::sh_step("gen", "sleep 300");
+    step["run_max_time"] = json!(5);
+    let (_, run_id) = app.start(json!({"name": "ui-markup", "steps": [step]}), json!({})).await;
+    let run = app.wait_for_run(&run_id, 60, |r| r["state"] == "running").await;
+    let store = loads_actors::store::connect(&app.database_url).await.unwrap();
+    let token = loads_actors::store::runs::recovery(&store, uuid::Uuid::parse_str(&run_id).unwrap()).await.unwrap().ingest_token.unwrap();
+    let markup = "<b>BOLD</b> <a href=https://example.invalid/login>click here to re-login</a>";
+    let mut counters = serde_json::Map::from_iter([(markup.to_string(), json!(1000.0))]);
+    counters.extend((0..60).map(|i| (format!("name.{i}"), json!(f64::from(i)))));
+    let window = json!([{"run_id": run_id, "step_id": run["step_records"][0]["step_id"], "node": "s0n0", "epoch": 1, "seq": 1,
+                         "start_ms": chrono::Utc::now().timestamp_millis(), "duration_ms": 1000, "counters": counters, "gauges": {},
+                         "sets": {}, "timers": {}, "lines": 61, "malformed": 0, "dropped_windows": 0}]);
+    let url = format!("http://127.0.0.1:{}/ingest/{run_id}", app.ingest_port);
+    let response = awc::Client::new().post(url).bearer_auth(&token).send_json(&window).await.unwrap();
+    assert_eq!(response.status(), awc::http::StatusCode::OK);
+    app.wait_finished(&run_id, 60).await;
+
+    let browser = Browser::start(1280).await;
+    browser.client.goto(&format!("{}/runs/{run_id}", app.base)).await.unwrap();
+    let chart = "document.querySelector('section.step[data-step=\"gen\"] [data-chart=rate]')";
+    browser.until("the rate chart", 30, &format!("const c = {chart}; return c && c.querySelectorAll('.legendtext').length > 0")).await;
+    let legend = browser.eval(&format!("return [...{chart}.querySelectorAll('.legendtext')].map(t => t.textContent)")).await;
+    let legend: Vec<&str> = legend.as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(legend.contains(&markup), "the name as it was sent: {legend:?}");
+    let links = browser.eval(&format!("return {chart}.querySelectorAll('a').length")).await;
+    assert_eq!(links, json!(0), "no link in the chart");
+    let bold = browser
+        .eval(&format!(
+            "return [...{chart}.querySelectorAll('tspan')].filter(t => (t.getAttribute('style') || '').includes('bold')).length"
+        ))
+        .await;
+    assert_eq!(bold, json!(0), "nothing bold");
+    // 61 series: the 20 busiest are drawn (the markup name, the largest, among them).
+    assert_eq!(legend.len(), 20, "{legend:?}");
+    let omitted = browser.eval(&format!("return {chart}.dataset.omitted")).await;
+    assert_eq!(omitted, json!("41"));
+    let title = browser.eval(&format!("return {chart}.querySelector('.gtitle').textContent")).await;
+    assert!(title.as_str().unwrap().contains("41 more not drawn"), "{title}");
+    let _ = browser.client.clone().close().await;
+    app.assert_no_leftovers();
+}

@@ -19,6 +19,7 @@
 //! numbers the summary shows). Durations (unit `s`, `ms`, `us`, `ns`, `min`,
 //! `h`) are judged in milliseconds, as timers are; other units as they are.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -327,17 +328,81 @@ impl Tally {
     }
 }
 
-/// One threshold as it is being judged.
+/// What the thresholds that select the same samples over the same window share:
+/// the tallies, kept once however many thresholds read them.
 #[derive(Clone, Debug)]
-struct Live {
-    def: Threshold,
+struct Watch {
+    metric: MetricKey,
+    /// A sliding window: its length and its buckets' width, in milliseconds.
+    window: Option<(i64, i64)>,
     /// Everything so far.
     total: Tally,
-    /// Windowed thresholds: one tally per one-second bucket, and their running sum.
+    /// A sliding window's buckets, by start, and their running sum.
     buckets: BTreeMap<i64, Tally>,
     running: Tally,
     /// The selected steps' time with metrics: first window start, last window end.
     span: Option<(i64, i64)>,
+}
+
+/// Buckets a sliding window keeps at most: a bucket is a second, or a 60th of a
+/// longer window, so an hour's window holds 60 tallies, not 3600.
+const WINDOW_BUCKETS: i64 = 60;
+
+impl Watch {
+    fn new(metric: MetricKey, window_ms: Option<u64>) -> Self {
+        let window = window_ms.map(|ms| {
+            let ms = i64::try_from(ms).unwrap_or(i64::MAX);
+            (ms, (ms / WINDOW_BUCKETS / 1000 * 1000).max(1000))
+        });
+        Self { metric, window, total: Tally::default(), buckets: BTreeMap::new(), running: Tally::default(), span: None }
+    }
+
+    /// The tally to judge at `latest`, and the seconds it covers: everything so far, or
+    /// the window ending at `latest` (its expired buckets dropped first).
+    fn current(&mut self, latest: i64) -> (Cow<'_, Tally>, f64) {
+        let Some((window_ms, _)) = self.window else {
+            let seconds = self.span.map_or(0.0, |(a, b)| (b - a) as f64 / 1000.0);
+            return (Cow::Borrowed(&self.total), seconds);
+        };
+        let cutoff = latest.saturating_sub(window_ms);
+        let expired: Vec<i64> = self.buckets.range(..cutoff).map(|(k, _)| *k).collect();
+        for key in expired {
+            if let Some(old) = self.buckets.remove(&key) {
+                self.running.subtract(&old);
+            }
+        }
+        let mut tally = self.running.clone();
+        tally.gauges.clear();
+        tally.gauge_range = None;
+        for bucket in self.buckets.values() {
+            tally.merge_gauges(bucket);
+        }
+        let from = self.buckets.keys().next().copied().unwrap_or(cutoff).max(cutoff);
+        let covered = self.span.map_or(0, |(a, _)| latest - a.max(from));
+        (Cow::Owned(tally), covered.max(0) as f64 / 1000.0)
+    }
+
+    fn saved(&self) -> SavedWatch {
+        SavedWatch { total: self.total.saved(), buckets: self.buckets.iter().map(|(k, t)| (*k, t.saved())).collect(), span: self.span }
+    }
+
+    fn restore(&mut self, saved: SavedWatch) {
+        self.total = Tally::restored(saved.total);
+        self.buckets = saved.buckets.into_iter().map(|(k, t)| (k, Tally::restored(t))).collect();
+        self.running = Tally::default();
+        for bucket in self.buckets.values() {
+            self.running.absorb(bucket);
+        }
+        self.span = saved.span;
+    }
+}
+
+/// One threshold as it is being judged, reading its watch.
+#[derive(Clone, Debug)]
+struct Live {
+    def: Threshold,
+    /// Its watch, in the judge's list.
+    watch: usize,
     state: ThresholdState,
     value: Option<f64>,
     note: Option<String>,
@@ -346,11 +411,23 @@ struct Live {
     reported: bool,
 }
 
-/// A threshold's judging as saved with the run's metrics.
+/// A watch as saved with the run's metrics.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct SavedLive {
+struct SavedWatch {
     total: SavedTally,
     buckets: BTreeMap<i64, SavedTally>,
+    span: Option<(i64, i64)>,
+}
+
+/// A threshold's judging as saved with the run's metrics (with its watch's tallies, by
+/// brokers that kept one per threshold).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct SavedLive {
+    #[serde(default, skip_serializing)]
+    total: Option<SavedTally>,
+    #[serde(default, skip_serializing)]
+    buckets: BTreeMap<i64, SavedTally>,
+    #[serde(default, skip_serializing)]
     span: Option<(i64, i64)>,
     first_breach_ms: Option<i64>,
     reported: bool,
@@ -369,6 +446,8 @@ pub struct Breach {
 #[derive(Clone, Debug, Default)]
 pub struct Judge {
     thresholds: Vec<Live>,
+    /// What the thresholds read, each selection and window once.
+    watches: Vec<Watch>,
     /// When the run's first window started, and the latest window end seen (Unix ms).
     first_ms: Option<i64>,
     latest_end_ms: i64,
@@ -385,24 +464,26 @@ pub fn shown(v: f64) -> String {
 }
 
 impl Judge {
-    /// A judge of `thresholds`.
+    /// A judge of `thresholds`; thresholds that select the same samples over the same
+    /// window share one watch.
     pub fn new(thresholds: Vec<Threshold>) -> Self {
+        let mut watches: Vec<Watch> = Vec::new();
         let thresholds = thresholds
             .into_iter()
-            .map(|def| Live {
-                def,
-                total: Tally::default(),
-                buckets: BTreeMap::new(),
-                running: Tally::default(),
-                span: None,
-                state: ThresholdState::Pending,
-                value: None,
-                note: None,
-                first_breach_ms: None,
-                reported: false,
+            .map(|def| {
+                let window_ms = def.window.as_ref().map(|(_, ms)| *ms);
+                let window = window_ms.map(|ms| i64::try_from(ms).unwrap_or(i64::MAX));
+                let watch = match watches.iter().position(|w| w.metric == def.metric && w.window.map(|(ms, _)| ms) == window) {
+                    Some(i) => i,
+                    None => {
+                        watches.push(Watch::new(def.metric.clone(), window_ms));
+                        watches.len() - 1
+                    }
+                };
+                Live { def, watch, state: ThresholdState::Pending, value: None, note: None, first_breach_ms: None, reported: false }
             })
             .collect();
-        Self { thresholds, first_ms: None, latest_end_ms: 0 }
+        Self { thresholds, watches, first_ms: None, latest_end_ms: 0 }
     }
 
     /// Whether there is nothing to judge.
@@ -412,7 +493,7 @@ impl Judge {
 
     /// Adds one node's window of `step`, from a node in `region`.
     pub fn add(&mut self, step: &str, region: &str, w: &Window) {
-        let end = w.start_ms + i64::try_from(w.duration_ms).unwrap_or(0);
+        let end = w.start_ms.saturating_add(i64::try_from(w.duration_ms).unwrap_or(0));
         self.latest_end_ms = self.latest_end_ms.max(end);
         // Relays deliver empty windows too (while a step prepares, or idles): time counts
         // from the first window with samples.
@@ -420,15 +501,14 @@ impl Judge {
         if sampled {
             self.first_ms = Some(self.first_ms.map_or(w.start_ms, |f| f.min(w.start_ms)));
         }
-        let bucket = w.start_ms.div_euclid(1000) * 1000;
-        for live in &mut self.thresholds {
-            let selectors = live.def.metric.selectors();
+        for watch in &mut self.watches {
+            let selectors = watch.metric.selectors();
             if sampled && selectors[0].matches_origin(step, &w.node, region) {
-                let (first, last) = live.span.unwrap_or((w.start_ms, end));
-                live.span = Some((first.min(w.start_ms), last.max(end)));
+                let (first, last) = watch.span.unwrap_or((w.start_ms, end));
+                watch.span = Some((first.min(w.start_ms), last.max(end)));
             }
             let mut part = Tally::default();
-            match &live.def.metric {
+            match &watch.metric {
                 MetricKey::Single(s) if s.matches_origin(step, &w.node, region) => part.add(s, w),
                 MetricKey::Single(_) => continue,
                 MetricKey::Ratio(above, below) => {
@@ -440,14 +520,15 @@ impl Judge {
                     }
                 }
             }
-            live.total.absorb(&part);
-            live.total.merge_gauges(&part);
-            if let Some((_, ms)) = live.def.window {
-                if bucket < self.latest_end_ms - i64::try_from(ms).unwrap_or(i64::MAX) {
+            watch.total.absorb(&part);
+            watch.total.merge_gauges(&part);
+            if let Some((window_ms, width)) = watch.window {
+                let bucket = w.start_ms.div_euclid(width) * width;
+                if bucket < self.latest_end_ms.saturating_sub(window_ms) {
                     continue; // too late for the window it belonged to
                 }
-                live.running.absorb(&part);
-                let slot = live.buckets.entry(bucket).or_default();
+                watch.running.absorb(&part);
+                let slot = watch.buckets.entry(bucket).or_default();
                 slot.absorb(&part);
                 slot.merge_gauges(&part);
             }
@@ -460,9 +541,16 @@ impl Judge {
         let (latest, first) = (self.latest_end_ms, self.first_ms);
         let mut changed = Vec::new();
         let mut breach = None;
+        let watches: Vec<(Cow<'_, Tally>, f64)> = self.watches.iter_mut().map(|w| w.current(latest)).collect();
         for live in &mut self.thresholds {
             let before = live.state;
-            match live.judge(latest) {
+            let (tally, seconds) = &watches[live.watch];
+            let value = tally.value(&live.def.metric, live.def.expr.aggregation, *seconds);
+            let value = match &live.def.window {
+                Some((text, _)) => value.map_err(|e| format!("{e} in the last {text}")),
+                None => value,
+            };
+            match value {
                 Ok(v) => {
                     live.value = Some(v);
                     live.note = None;
@@ -512,15 +600,10 @@ impl Judge {
         let lives: Vec<SavedLive> = self
             .thresholds
             .iter()
-            .map(|l| SavedLive {
-                total: l.total.saved(),
-                buckets: l.buckets.iter().map(|(k, t)| (*k, t.saved())).collect(),
-                span: l.span,
-                first_breach_ms: l.first_breach_ms,
-                reported: l.reported,
-            })
+            .map(|l| SavedLive { first_breach_ms: l.first_breach_ms, reported: l.reported, ..SavedLive::default() })
             .collect();
-        serde_json::json!({"first_ms": self.first_ms, "latest_end_ms": self.latest_end_ms, "thresholds": lives})
+        let watches: Vec<SavedWatch> = self.watches.iter().map(Watch::saved).collect();
+        serde_json::json!({"first_ms": self.first_ms, "latest_end_ms": self.latest_end_ms, "watches": watches, "thresholds": lives})
     }
 
     /// Takes back what `saved` wrote (for the same plan's thresholds, in the same order).
@@ -531,19 +614,20 @@ impl Judge {
         if lives.len() != self.thresholds.len() {
             return;
         }
+        let watches: Vec<SavedWatch> = serde_json::from_value(saved["watches"].clone()).unwrap_or_default();
+        if watches.len() == self.watches.len() {
+            for (watch, saved) in self.watches.iter_mut().zip(watches) {
+                watch.restore(saved);
+            }
+        }
+        let mut restored = vec![false; self.watches.len()];
         for (live, saved) in self.thresholds.iter_mut().zip(lives) {
-            live.total = Tally::restored(saved.total);
-            live.buckets = saved.buckets.into_iter().map(|(k, t)| (k, Tally::restored(t))).collect();
-            live.running = Tally::default();
-            for bucket in live.buckets.values() {
-                live.running.count += bucket.count;
-                live.running.denominator += bucket.denominator;
-                live.running.counted |= bucket.counted;
-                if let Some(h) = &bucket.timer {
-                    let _ = live.running.timer.get_or_insert_with(new_histogram).add(h);
+            // Saved by a broker that kept tallies per threshold: the first of a watch's stands for it.
+            if let Some(total) = saved.total {
+                if !std::mem::replace(&mut restored[live.watch], true) {
+                    self.watches[live.watch].restore(SavedWatch { total, buckets: saved.buckets, span: saved.span });
                 }
             }
-            live.span = saved.span;
             live.first_breach_ms = saved.first_breach_ms;
             live.reported = saved.reported;
         }
@@ -552,30 +636,6 @@ impl Judge {
 }
 
 impl Live {
-    /// The value now: over the run so far, or over the window ending at `latest`.
-    fn judge(&mut self, latest: i64) -> Result<f64, String> {
-        let Some((window_text, window_ms)) = self.def.window.clone() else {
-            let seconds = self.span.map_or(0.0, |(a, b)| (b - a) as f64 / 1000.0);
-            return self.total.value(&self.def.metric, self.def.expr.aggregation, seconds);
-        };
-        let cutoff = latest - i64::try_from(window_ms).unwrap_or(i64::MAX);
-        let expired: Vec<i64> = self.buckets.range(..cutoff).map(|(k, _)| *k).collect();
-        for key in expired {
-            if let Some(old) = self.buckets.remove(&key) {
-                self.running.subtract(&old);
-            }
-        }
-        let mut tally = self.running.clone();
-        tally.gauges.clear();
-        tally.gauge_range = None;
-        for bucket in self.buckets.values() {
-            tally.merge_gauges(bucket);
-        }
-        let covered = self.span.map_or(0, |(a, _)| latest - a.max(cutoff));
-        let value = tally.value(&self.def.metric, self.def.expr.aggregation, covered.max(0) as f64 / 1000.0);
-        value.map_err(|e| format!("{e} in the last {window_text}"))
-    }
-
     fn window_text(&self) -> String {
         self.def.window.as_ref().map(|(w, _)| w.clone()).unwrap_or_default()
     }
@@ -740,6 +800,45 @@ mod tests {
         assert_eq!(changed[0].state, ThresholdState::Failing);
         // HDR histograms keep 3 significant digits: the value is 300 within 0.1%, as in the summary.
         assert!((changed[0].value.unwrap() - 300.0).abs() <= 0.3, "{changed:?}");
+    }
+
+    #[test]
+    fn thresholds_on_one_selection_and_window_share_its_tallies_and_an_hour_keeps_sixty_buckets() {
+        // 200 one-hour thresholds on one timer once kept a histogram per second each.
+        let hourly = |bound: u32| Threshold { window: Some(("1h".into(), 3_600_000)), ..threshold("lat", &format!("p(95)<{bound}")) };
+        let mut all: Vec<Threshold> = (0..200).map(|i| hourly(100 + i)).collect();
+        all.push(threshold("lat", "p(95)<150"));
+        all.push(Threshold { window: Some(("10s".into(), 10_000)), ..threshold("lat", "max<1000") });
+        let mut judge = Judge::new(all);
+        assert_eq!(judge.watches.len(), 3, "the hour's, the run's, the ten seconds'");
+        for second in 0..4000 {
+            judge.add("gen", "r", &window("a", second, &lines("lat", (0..10).map(|i| 100 + (second as u32 + i) % 100))));
+            if second % 600 == 0 {
+                judge.evaluate();
+            }
+        }
+        let (_, _) = judge.evaluate();
+        let hour = &judge.watches[judge.thresholds[0].watch];
+        assert!(hour.buckets.len() <= 61, "{} buckets", hour.buckets.len());
+        assert!(judge.watches[judge.thresholds[201].watch].buckets.len() <= 11);
+        let views = judge.views();
+        // Values 100..199 ms: p(95) of the last hour is 194 or so, whatever the bucket width.
+        let p95 = views[0].value.unwrap();
+        assert!((193.0..=196.0).contains(&p95), "{p95}");
+        assert_eq!(views[0].state, ThresholdState::Failing, "p(95)<100 fails");
+        assert_eq!(views[199].state, ThresholdState::Ok, "p(95)<299 holds");
+        // Saved and taken back, every threshold reads the same.
+        let saved = judge.saved();
+        assert_eq!(saved["watches"].as_array().unwrap().len(), 3);
+        let mut again = Judge::new(
+            (0..200)
+                .map(|i| hourly(100 + i))
+                .chain([threshold("lat", "p(95)<150")])
+                .chain([Threshold { window: Some(("10s".into(), 10_000)), ..threshold("lat", "max<1000") }])
+                .collect(),
+        );
+        again.restore(&saved);
+        assert_eq!(again.views().iter().map(|v| v.value).collect::<Vec<_>>(), views.iter().map(|v| v.value).collect::<Vec<_>>());
     }
 
     /// One node's window holding an exponential histogram of `values` (in `unit`) at scale 6.

@@ -244,3 +244,20 @@ pub mod run_series {
 
     no_relations!();
 }
+
+/// The spend ledger: each run's recorded cost, kept when the run is deleted.
+pub mod spend {
+    use sea_orm::entity::prelude::*;
+
+    /// What one run's instances cost, by when the run was created.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "spend")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub run_id: Uuid,
+        pub created_at: DateTimeUtc,
+        pub usd: f64,
+    }
+
+    no_relations!();
+}

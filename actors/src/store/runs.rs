@@ -4,13 +4,14 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
     TransactionTrait,
 };
 use uuid::Uuid;
 
-use super::entities::{container, metric_summary, plan, run, run_series, step, step_record};
+use super::entities::{container, metric_summary, plan, run, run_series, spend, step, step_record};
 use super::{clamp_page, env_from_json, run_env_to_json, unset_from_json, StoreError};
 use crate::domain::life::{Ending, RunPhase};
 use crate::domain::usage::RunCost;
@@ -547,20 +548,25 @@ pub async fn add_interruption(db: &impl ConnectionTrait, run_id: Uuid, step_id: 
     Ok(())
 }
 
-/// Records what run `id`'s instances have cost.
+/// Records what run `id`'s instances have cost, on the run and in the spend ledger.
 pub async fn set_cost(db: &impl ConnectionTrait, id: Uuid, cost: &RunCost) -> Result<(), StoreError> {
     let json = serde_json::to_string(cost).map_err(|e| DbErr::Custom(format!("the run's cost: {e}")))?;
-    run::ActiveModel { id: Set(id), cost: Set(Some(json)), cost_usd: Set(cost.usd), ..Default::default() }.update(db).await?;
+    let row = run::ActiveModel { id: Set(id), cost: Set(Some(json)), cost_usd: Set(cost.usd), ..Default::default() }.update(db).await?;
+    let entry = spend::ActiveModel { run_id: Set(id), created_at: Set(row.created_at), usd: Set(cost.usd) };
+    spend::Entity::insert(entry)
+        .on_conflict(OnConflict::column(spend::Column::RunId).update_column(spend::Column::Usd).to_owned())
+        .exec(db)
+        .await?;
     Ok(())
 }
 
-/// Dollars recorded by the runs created since `since`, but `except`.
+/// Dollars recorded by the runs created since `since`, but `except`, deleted runs included (the spend ledger).
 pub async fn cost_since(db: &impl ConnectionTrait, since: DateTime<Utc>, except: Uuid) -> Result<f64, StoreError> {
-    let costs: Vec<f64> = run::Entity::find()
-        .filter(run::Column::CreatedAt.gte(since))
-        .filter(run::Column::Id.ne(except))
+    let costs: Vec<f64> = spend::Entity::find()
+        .filter(spend::Column::CreatedAt.gte(since))
+        .filter(spend::Column::RunId.ne(except))
         .select_only()
-        .column(run::Column::CostUsd)
+        .column(spend::Column::Usd)
         .into_tuple()
         .all(db)
         .await?;

@@ -1,9 +1,19 @@
 // Charts of a step's windows with plotly.js (served by the broker): request
 // rate, p50/p95/p99 latency per timer, counters, and node CPU. A point is one
 // flush window merged over the step's nodes: {t: start ms, counters, timers, cpu}.
+// Metric names come from generators: plotly reads tags in trace names, so names
+// are escaped; a chart draws the busiest series and names how many more there are.
 "use strict";
 
 const Charts = (() => {
+  // Series drawn in one chart at most (a latency series is three traces).
+  const MAX_SERIES = 20;
+
+  // Text plotly shows as it is: its labels read HTML-like tags and entities.
+  function text(s) {
+    return String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+  }
+
   // Zoom by dragging, back by double-clicking; no tool bar over the titles.
   const config = { displaylogo: false, responsive: true, displayModeBar: false };
 
@@ -21,17 +31,29 @@ const Charts = (() => {
     };
   }
 
-  // The traces of several series (each {label, points, origin}) for one chart kind.
+  // How much of `name` a point holds, to pick the busiest series.
+  function volume(kind, p, name) {
+    if (kind === "cpu") return 1;
+    const timer = p.timers && p.timers[name];
+    if (timer) return timer.count || 0;
+    return kind === "latency" ? 0 : Math.abs((p.counters && p.counters[name]) || 0);
+  }
+
+  // The traces of several series (each {label, points, origin}) for one chart kind;
+  // `omitted` counts the series not drawn.
   function traces(kind, series, xOf) {
     const out = [];
+    out.omitted = 0;
     for (const s of series) {
       const prefix = s.label ? s.label + " " : "";
-      const names = new Set();
+      const names = new Map();
       for (const p of s.points) {
         const source = kind === "cpu" ? p.cpu : kind === "latency" ? p.timers : Object.assign({}, p.counters, p.timers);
-        for (const n of Object.keys(source || {})) names.add(n);
+        for (const n of Object.keys(source || {})) names.set(n, (names.get(n) || 0) + volume(kind, p, n));
       }
-      for (const name of [...names].sort()) {
+      const busiest = [...names.entries()].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1)).slice(0, MAX_SERIES);
+      out.omitted += names.size - busiest.length;
+      for (const name of busiest.map((e) => e[0]).sort()) {
         const stats = kind === "latency" ? ["p50", "p95", "p99"] : [null];
         for (const stat of stats) {
           const x = [], y = [];
@@ -44,7 +66,8 @@ const Charts = (() => {
             x.push(xOf(p, s));
             y.push(v);
           }
-          out.push({ type: "scatter", mode: "lines+markers", marker: { size: 4 }, name: prefix + name + (stat ? " " + stat : ""), x, y });
+          const label = text(prefix + name + (stat ? " " + stat : ""));
+          out.push({ type: "scatter", mode: "lines+markers", marker: { size: 4 }, name: label, x, y });
         }
       }
     }
@@ -55,6 +78,8 @@ const Charts = (() => {
     if (!node) return;
     const points = data.reduce((n, t) => n + t.x.length, 0);
     node.dataset.points = String(points);
+    node.dataset.omitted = String(data.omitted || 0);
+    if (data.omitted) title += " (the " + MAX_SERIES + " busiest series; " + data.omitted + " more not drawn)";
     if (points === 0) {
       if (node.dataset.drawn) Plotly.purge(node);
       delete node.dataset.drawn;
