@@ -280,3 +280,53 @@ async fn two_hundred_one_hour_threshold_windows_stay_small() {
     let (containers, networks) = leftovers(&b.broker);
     assert!(containers.is_empty() && networks.is_empty(), "{containers:?} {networks:?}");
 }
+
+/// A process killed when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A broker too busy to answer in time: its first answers come after the relay has
+/// given up (2 s), so the relay delivers the same windows again while the broker has
+/// taken them. Every window counts once: the step counts exactly the lines sent.
+#[actix_web::test]
+async fn windows_a_relay_delivers_again_to_a_slow_broker_count_once() {
+    use std::io::BufRead;
+    ensure_images();
+    let network = crate::tls::OwnNetwork::new();
+    let ingest_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/slow_ingest.py");
+    let mut child = std::process::Command::new("python3")
+        .arg(script)
+        .args([&ingest_port.to_string(), &network.gateway, "8", "2.5"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let _proxy = Killed(child);
+    let port = line.trim().strip_prefix("listening ").unwrap_or_else(|| panic!("slow_ingest said {line:?}"));
+    let relay_url = format!("http://{}:{port}", network.gateway);
+    let ingest = ingest_port.to_string();
+    let settings = [("LOADS__METRICS__RELAY_URL", relay_url.as_str()), ("LOADS__METRICS__INGEST_PORT", ingest.as_str())];
+    let app = crate::helpers::TestApp::spawn(crate::helpers::Backend::Sqlite, &settings).await;
+    // 4000 lines, 400 a second.
+    let script = "i=0; while [ $$i -lt 10 ]; do j=0; while [ $$j -lt 400 ]; do echo \"sent:1|c\"; j=$$((j+1)); done \
+                  | nc -w 1 $$STATSD_HOST $$STATSD_PORT; i=$$((i+1)); sleep 1; done; sleep 2";
+    let (_, run_id) = app.start(json!({"name": "slow", "steps": [sh_step("gen", script)]}), json!({})).await;
+    let run = app.wait_finished(&run_id, 120).await;
+    assert_eq!(run["state"], "completed", "{run:#}");
+    let (_, body) = app.get(&format!("/api/v1/runs/{run_id}/metrics")).await;
+    let count = |name: &str| body["metrics"].as_array().unwrap().iter().find(|m| m["metric"] == name).map(|m| m["count"].as_f64().unwrap());
+    assert_eq!(count("sent"), Some(4000.0), "{body:#}");
+    assert!(count("relay.windows_duplicate").is_some_and(|n| n > 0.0), "the relay did deliver again: {body:#}");
+    assert_eq!(count("relay.windows_dropped"), Some(0.0));
+    assert_eq!(run["verdict"], "passed", "deliveries made again lose nothing: {run:#}");
+    app.assert_no_leftovers();
+}

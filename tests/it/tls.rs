@@ -259,13 +259,13 @@ async fn ssl_cert_file_is_honoured_like_curl_does() {
 
 /// A Docker network of the test's own: its gateway is where a TLS front listens
 /// for relays, as a TLS terminator in front of the broker would. Removed when dropped.
-struct OwnNetwork {
+pub(crate) struct OwnNetwork {
     _guard: crate::helpers::LabelGuard,
-    gateway: String,
+    pub(crate) gateway: String,
 }
 
 impl OwnNetwork {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let owner = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let name = format!("loads-tls-{owner}");
         let docker = |args: &[&str]| {
