@@ -2,9 +2,10 @@
 """The broker's and a relay's memory through the floods careless or hostile
 generators make.
 
-Starts `loads serve` on loopback with a fresh SQLite database (`--binary`, the
-`loads` to measure: one built from an older commit gives the figures before)
-and runs one flood at a time, each a one-step plan on the local provider:
+For each flood it starts `loads serve` on loopback with a fresh SQLite database
+(`--binary`, the `loads` to measure: one built from an older commit gives the
+figures before), so no flood inherits another's heap, and runs one one-step
+plan on the local provider:
   ids          a timer named after each request (a request id in the name),
                100 new names a second for 60 s;
   thresholds   200 thresholds `p(95)<N` over a one-hour window on one timer,
@@ -92,9 +93,9 @@ def main():
     parser.add_argument("--binary", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", "target"), "debug", "loads"))
     parser.add_argument("--floods", nargs="+", default=["ids", "thresholds", "subscribers"])
     args = parser.parse_args()
-    server, base = start_broker(args.binary, "floods", 19300)
-    try:
-        for name in args.floods:
+    for name in args.floods:
+        server, base = start_broker(args.binary, f"floods{name}", 19300)
+        try:
             if name == "ids":
                 flood(base, server, name, {"name": "p", "steps": [step(IDS)]})
             elif name == "thresholds":
@@ -111,9 +112,9 @@ def main():
                 flood(base, server, name, {"name": "p", "steps": [step(NAMES)]}, during=subscribe)
                 for s in holders:
                     s.close()
-    finally:
-        server.terminate()
-        server.wait()
+        finally:
+            server.terminate()
+            server.wait()
 
 
 if __name__ == "__main__":
