@@ -142,6 +142,44 @@ fn the_relay_takes_the_python_sdks_metrics_over_http_and_grpc() {
     assert_eq!(totals["malformed"], 0, "{totals:#}");
 }
 
+/// Exponential histograms no SDK sends, from anything on a run network: far-apart
+/// bucket offsets at scale -10 (408 bytes once took a relay to 3.7 GB) and offsets at
+/// the ends of an i32 (once a panic holding the relay's lock). Posted to a real relay
+/// over OTLP/HTTP, each such point is refused and counted malformed, the relay stays
+/// small, a sound point of the same metric is kept, and SIGINT still stops it.
+#[actix_web::test]
+async fn exponential_histogram_bombs_are_counted_malformed_and_the_relay_stays_small() {
+    let (mut relay, mut lines, http, _) = start_relay();
+    let point = |offset: i64| {
+        json!({"startTimeUnixNano": "1", "timeUnixNano": "2", "count": "1", "sum": 1.0, "scale": -10, "zeroCount": "0",
+               "positive": {"offset": offset, "bucketCounts": ["1"]}})
+    };
+    let export = |offsets: &[i64]| {
+        json!({"resourceMetrics": [{"scopeMetrics": [{"metrics": [{"name": "bomb", "exponentialHistogram":
+            {"aggregationTemporality": 1, "dataPoints": offsets.iter().map(|o| point(*o)).collect::<Vec<_>>()}}]}]}]})
+    };
+    let client = awc::Client::new();
+    let url = format!("http://127.0.0.1:{http}/v1/metrics");
+    for body in [export(&[0, -2_000_000_000]), export(&[i64::from(i32::MIN), i64::from(i32::MAX)]), export(&[0])] {
+        let mut response = client.post(&url).send_json(&body).await.expect("the relay answers");
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        assert_eq!(response.status(), StatusCode::OK, "{answer}");
+    }
+    let peak_mib = std::fs::read_to_string(format!("/proc/{}/status", relay.id()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:").map(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().unwrap() / 1024.0))
+        .unwrap();
+    assert!(Command::new("kill").args(["-INT", &relay.id().to_string()]).status().unwrap().success());
+    let printed: Vec<String> = lines.by_ref().map_while(Result::ok).collect();
+    assert!(relay.wait().unwrap().success(), "the relay stops when told");
+    println!("relay peak {peak_mib:.1} MiB");
+    assert!(peak_mib < 64.0, "the relay held {peak_mib:.0} MiB");
+    let totals: Value = serde_json::from_str(printed.last().expect("the --json totals")).unwrap();
+    assert_eq!(totals["malformed"], 3, "the impossible points are counted: {totals:#}");
+    assert_eq!(totals["exponential"]["bomb"]["count"], 2, "the sound points are kept: {totals:#}");
+}
+
 /// The environment of the run's step container on its node (once it runs): what an unmodified generator gets.
 async fn container_env(run_id: &str) -> Vec<(String, String)> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
