@@ -25,7 +25,7 @@ use uuid::Uuid;
 use crate::domain::dashboard;
 use crate::domain::judge::{Breach, Judge, Saturation, Threshold};
 use crate::domain::metrics::{Merged, TimerStats, Window};
-use crate::domain::views::{MetricSummaryView, ThresholdView};
+use crate::domain::views::{MetricSummaryView, ThresholdView, SERIES_OVERFLOW};
 use crate::domain::windows::{self, NodeWindows, Refusal};
 use crate::domain::ValidationErrors;
 use crate::feed::RegionWindow;
@@ -1099,9 +1099,9 @@ fn summarise(step_id: Uuid, step: &StepMetrics) -> Vec<MetricSummaryView> {
     out.push(row("relay.malformed", "relay", step.totals.malformed as f64));
     out.push(row("relay.windows_dropped", "relay", step.dropped.values().sum::<u64>() as f64));
     out.push(row("relay.windows_refused", "relay", step.refused.total() as f64));
-    out.push(row("series.overflow", "overflow", step.overflow.total() as f64));
+    out.push(row(SERIES_OVERFLOW, "overflow", step.overflow.total() as f64));
     for (pattern, n) in &step.overflow.0 {
-        out.push(row(&format!("series.overflow;pattern={pattern}"), "overflow", *n as f64));
+        out.push(row(&format!("{SERIES_OVERFLOW};pattern={pattern}"), "overflow", *n as f64));
     }
     out.push(row("relay.windows_duplicate", "relay", step.duplicates as f64));
     out.push(row("relay.kernel_drops", "relay", step.kernel_drops.values().sum::<u64>() as f64));

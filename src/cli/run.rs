@@ -18,7 +18,7 @@ use loads_actors::domain::compare::Comparison;
 use loads_actors::domain::judge::shown;
 use loads_actors::domain::usage::RunCost;
 use loads_actors::domain::views::MetricSummaryView;
-use loads_actors::domain::views::{RunView, StepState, ThresholdView, Verdict};
+use loads_actors::domain::views::{RunView, StepState, ThresholdView, Verdict, SERIES_OVERFLOW};
 use loads_actors::feed::{EventKind, RunEvent};
 use loads_actors::infra::docker::Engine;
 use loads_actors::store::runs::CompareTo;
@@ -403,7 +403,7 @@ fn print_metrics(metrics: &[MetricSummaryView]) {
                 m.step_name, m.count
             );
         }
-        if let Some(pattern) = m.metric.strip_prefix("series.overflow;pattern=") {
+        if let Some(pattern) = m.metric.strip_prefix(SERIES_OVERFLOW).and_then(|rest| rest.strip_prefix(";pattern=")) {
             println!(
                 "{:<20} warning: {} values of series like {pattern:?} not kept, past the cap of distinct series \
                  (does a metric name hold an id?)",

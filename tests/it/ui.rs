@@ -435,7 +435,8 @@ async fn the_run_page_reconnects_after_a_dropped_feed_and_misses_nothing() {
 
 /// Metric names are a generator's text: one holding markup is shown as that text in
 /// the legend (no bold, no live link), and a step with more series than a chart can
-/// hold draws its busiest and says how many more there are.
+/// hold draws its busiest and says how many more there are; values a relay did not
+/// keep (past its series cap) are on the step record and named on the step's section.
 #[actix_web::test]
 async fn a_metric_name_holding_markup_shows_as_text_and_charts_are_capped() {
     ensure_images();
@@ -451,14 +452,21 @@ async fn a_metric_name_holding_markup_shows_as_text_and_charts_are_capped() {
     counters.extend((0..60).map(|i| (format!("name.{i}"), json!(f64::from(i)))));
     let window = json!([{"run_id": run_id, "step_id": run["step_records"][0]["step_id"], "node": "s0n0", "epoch": 1, "seq": 1,
                          "start_ms": chrono::Utc::now().timestamp_millis(), "duration_ms": 1000, "counters": counters, "gauges": {},
-                         "sets": {}, "timers": {}, "lines": 61, "malformed": 0, "dropped_windows": 0}]);
+                         "sets": {}, "timers": {}, "lines": 61, "malformed": 0, "dropped_windows": 0,
+                         "overflow": {"req.*.lat": 40}}]);
     let url = format!("http://127.0.0.1:{}/ingest/{run_id}", app.ingest_port);
     let response = awc::Client::new().post(url).bearer_auth(&token).send_json(&window).await.unwrap();
     assert_eq!(response.status(), awc::http::StatusCode::OK);
-    app.wait_finished(&run_id, 60).await;
+    let run = app.wait_finished(&run_id, 60).await;
+    assert_eq!(run["step_records"][0]["series_overflow"], 40, "the relay's overflow is on the step record: {run:#}");
 
     let browser = Browser::start(1280).await;
     browser.client.goto(&format!("{}/runs/{run_id}", app.base)).await.unwrap();
+    // The values the step did not keep are named on its section of the page.
+    let overflow = "document.querySelector('section.step[data-step=\"gen\"] [data-overflow]')";
+    browser.until("the step's overflow", 30, &format!("const o = {overflow}; return o && !o.hidden")).await;
+    let text = browser.eval(&format!("return {overflow}.textContent")).await;
+    assert!(text.as_str().unwrap().starts_with("40 value(s) not kept"), "{text}");
     let chart = "document.querySelector('section.step[data-step=\"gen\"] [data-chart=rate]')";
     browser.until("the rate chart", 30, &format!("const c = {chart}; return c && c.querySelectorAll('.legendtext').length > 0")).await;
     let legend = browser.eval(&format!("return [...{chart}.querySelectorAll('.legendtext')].map(t => t.textContent)")).await;

@@ -381,6 +381,12 @@ pub struct StepRecordView {
     pub completed_at: Option<DateTime<Utc>>,
     /// Spot interruption notices its nodes got, in the order read.
     pub interruptions: Vec<InterruptionView>,
+    /// Values its generators sent that were not kept because their series came past a
+    /// cap (`metrics.max_series_per_window`, `metrics.max_series_per_step`), as of the
+    /// step's last stored summary; the summary's `series.overflow;pattern=…` rows say
+    /// which names.
+    #[serde(default)]
+    pub series_overflow: u64,
 }
 
 /// A spot interruption notice one of a step's nodes got: from then on the step went on
@@ -473,6 +479,10 @@ pub struct ContainerView {
     /// When it was removed.
     pub finished_at: Option<DateTime<Utc>>,
 }
+
+/// The summary row counting a step's values not kept because their series came past a
+/// cap; rows named `series.overflow;pattern=<pattern>` count them by name pattern.
+pub const SERIES_OVERFLOW: &str = "series.overflow";
 
 /// One metric of one step, over the whole step: counters with their total and
 /// rate, timers with exact percentiles (milliseconds) over every node's samples,

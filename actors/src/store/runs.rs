@@ -17,6 +17,7 @@ use crate::domain::life::{Ending, RunPhase};
 use crate::domain::usage::RunCost;
 use crate::domain::views::{
     ContainerView, InterruptionView, MetricSummaryView, Page, RunState, RunView, StepRecordView, StepState, ThresholdView, Verdict,
+    SERIES_OVERFLOW,
 };
 use crate::domain::Env;
 
@@ -51,6 +52,15 @@ async fn views(db: &impl ConnectionTrait, runs: Vec<run::Model>) -> Result<Vec<R
         .collect();
     let mut records: HashMap<Uuid, Vec<StepRecordView>> = HashMap::new();
     let record_rows = step_record::Entity::find().filter(step_record::Column::RunId.is_in(runs.iter().map(|r| r.id))).all(db).await?;
+    let overflow: HashMap<(Uuid, Uuid), f64> = metric_summary::Entity::find()
+        .filter(metric_summary::Column::RunId.is_in(runs.iter().map(|r| r.id)))
+        .filter(metric_summary::Column::Metric.eq(SERIES_OVERFLOW))
+        .filter(metric_summary::Column::Region.is_null())
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|m| ((m.run_id, m.step_id), m.count))
+        .collect();
     for r in record_rows {
         let (_, step_name) = step_names.get(&r.step_id).cloned().unwrap_or_default();
         records.entry(r.run_id).or_default().push(StepRecordView {
@@ -65,6 +75,7 @@ async fn views(db: &impl ConnectionTrait, runs: Vec<run::Model>) -> Result<Vec<R
             started_at: r.started_at,
             completed_at: r.completed_at,
             interruptions: r.interruptions.as_deref().and_then(|i| serde_json::from_str(i).ok()).unwrap_or_default(),
+            series_overflow: overflow.get(&(r.run_id, r.step_id)).map_or(0, |n| *n as u64),
         });
     }
     for list in records.values_mut() {

@@ -85,17 +85,19 @@
         s.box = el("section", { class: "step card", "data-step": name });
         s.head = el("h3", {});
         s.reason = el("p", { class: "reason" });
+        s.overflow = el("p", { class: "reason", "data-overflow": "" });
         s.nodeList = el("div", { class: "scroll" });
         s.charts = el("div", { class: "charts" },
           el("div", { class: "chart", "data-chart": "rate" }), el("div", { class: "chart", "data-chart": "latency" }),
           el("div", { class: "chart", "data-chart": "cpu" }));
         s.logs = el("div", { class: "logs" });
-        s.box.append(s.head, s.reason, s.nodeList, s.charts, s.logs);
+        s.box.append(s.head, s.reason, s.overflow, s.nodeList, s.charts, s.logs);
         container.append(s.box);
       }
       s.head.replaceChildren(name, " ", Loads.badge(s.record.state));
       s.box.dataset.state = s.record.state;
       s.reason.textContent = s.record.failure_reason || "";
+      renderOverflow(s);
       const rows = [];
       const byNode = new Map();
       for (const c of s.containers) {
@@ -114,6 +116,15 @@
         el("pre", {}, tail(c.logs, 20)))));
     }
     scheduleCharts();
+  }
+
+  // Values its generators sent that the step did not keep: their series came past a cap.
+  function renderOverflow(s) {
+    const n = s.record.series_overflow || 0;
+    s.overflow.hidden = n === 0;
+    s.overflow.dataset.overflow = String(n);
+    s.overflow.textContent = n === 0 ? "" : n + " value(s) not kept: their series came past the cap of distinct series " +
+      "(metrics.max_series_per_window, metrics.max_series_per_step); the summary's series.overflow rows name the patterns. Does a metric name hold an id?";
   }
 
   function scheduleCharts() {
@@ -194,10 +205,16 @@
         if (event.state === "removed") loadLogs();
         break;
       }
-      case "metrics":
-        addPoint(step(event.step), { t: event.start_ms, counters: event.counters, timers: event.timers, cpu: event.cpu || {} });
+      case "metrics": {
+        const s = step(event.step);
+        addPoint(s, { t: event.start_ms, counters: event.counters, timers: event.timers, cpu: event.cpu || {} });
+        if ((event.overflow || 0) > (s.record.series_overflow || 0)) {
+          s.record.series_overflow = event.overflow;
+          if (s.box) renderOverflow(s);
+        }
         scheduleCharts();
         break;
+      }
       case "threshold":
         thresholds.set(thresholdKey(event.threshold), event.threshold);
         renderThresholds();
