@@ -30,6 +30,23 @@ pub const MAX_LINE: usize = 8192;
 /// few times in a window (a request id in a name) costs bytes, not a histogram.
 const FEW_SAMPLES: usize = 32;
 
+/// Members one set keeps in a window; further new members are counted as overflow.
+pub const MAX_SET_MEMBERS: usize = 100_000;
+
+/// Members all sets keep together in a window (about 16 MiB); past it, new members are
+/// counted as overflow.
+pub const MAX_SET_MEMBERS_PER_WINDOW: usize = 1_000_000;
+
+/// A set member as the window keeps it: a 64-bit hash, so a member costs eight bytes
+/// however long its text (two distinct members share one with odds of about 1 in 10^19
+/// per pair, far below what a set of [`MAX_SET_MEMBERS`] could notice).
+fn member_hash(member: &str) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::hash::DefaultHasher::new();
+    member.hash(&mut h);
+    h.finish()
+}
+
 /// One parsed statsd sample.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sample {
@@ -344,7 +361,10 @@ pub struct Aggregator {
     gauges: Map<(f64, bool)>,
     /// Gauges set in this window.
     gauges_set: usize,
-    sets: Map<HashSet<Box<str>>>,
+    /// Each set's members ([`member_hash`]).
+    sets: Map<HashSet<u64, rustc_hash::FxBuildHasher>>,
+    /// Members of all sets in this window.
+    set_members: usize,
     timers: Map<Timer>,
     buckets: BTreeMap<String, Buckets>,
     exponential: BTreeMap<String, Exponential>,
@@ -383,6 +403,7 @@ impl Aggregator {
             gauges: Map::default(),
             gauges_set: 0,
             sets: Map::default(),
+            set_members: 0,
             timers: Map::default(),
             buckets: BTreeMap::new(),
             exponential: BTreeMap::new(),
@@ -472,9 +493,16 @@ impl Aggregator {
                         self.scratch = scratch;
                         return true;
                     }
-                    let members = slot(&mut self.sets, key, HashSet::new);
-                    if !members.contains(member) {
-                        members.insert(member.into());
+                    let full = self.set_members >= MAX_SET_MEMBERS_PER_WINDOW;
+                    let members = slot(&mut self.sets, key, HashSet::default);
+                    let hash = member_hash(member);
+                    if !members.contains(&hash) {
+                        if full || members.len() >= MAX_SET_MEMBERS {
+                            self.overflow.count(key, 1);
+                        } else {
+                            members.insert(hash);
+                            self.set_members += 1;
+                        }
                     }
                     true
                 }
@@ -565,6 +593,7 @@ impl Aggregator {
             *set = false;
         }
         self.gauges_set = 0;
+        self.set_members = 0;
         Window {
             seq,
             start_ms,
@@ -867,6 +896,32 @@ mod tests {
         a.take("queue.1:+1|g\nreq.x.lat:5|ms");
         let next = a.flush(2, 1000, 1000);
         assert!(next.overflow.is_empty() && next.timers.contains_key("req.x.lat"));
+    }
+
+    #[test]
+    fn set_members_cost_eight_bytes_and_past_their_caps_are_counted() {
+        let mut a = Aggregator::default();
+        let long = "m".repeat(1000);
+        for i in 0..MAX_SET_MEMBERS + 10 {
+            a.take(&format!("users:{long}{i}|s"));
+        }
+        a.take(&format!("users:{long}0|s"));
+        let w = a.flush(1, 0, 1000);
+        assert_eq!(w.sets["users"], MAX_SET_MEMBERS as u64, "members past the cap are not kept");
+        assert_eq!(w.overflow["users"], 10, "they are counted, a member seen again is not");
+        // The window-wide cap: many sets together keep at most MAX_SET_MEMBERS_PER_WINDOW.
+        let per_set = MAX_SET_MEMBERS;
+        let sets = MAX_SET_MEMBERS_PER_WINDOW / per_set + 1;
+        for s in 0..sets {
+            for i in 0..per_set {
+                a.take(&format!("s{s}:{i}|s"));
+            }
+        }
+        let w = a.flush(2, 1000, 1000);
+        assert_eq!(w.sets.values().sum::<u64>(), MAX_SET_MEMBERS_PER_WINDOW as u64);
+        assert_eq!(w.overflow.values().sum::<u64>(), per_set as u64);
+        a.take("users:x|s");
+        assert_eq!(a.flush(3, 2000, 1000).sets["users"], 1, "the next window starts again");
     }
 
     #[test]
