@@ -345,10 +345,47 @@ pub fn encode_histogram(h: &Histogram<u64>) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-/// Decodes a histogram from transport.
+/// Longest encoded timer histogram taken (a full one of 1 µs to an hour is a few KiB).
+const MAX_ENCODED_HISTOGRAM: usize = 64 * 1024;
+
+/// Largest size a timer histogram may inflate to before it is read: its counts, each at
+/// most nine bytes, for the bounds below.
+const MAX_INFLATED_HISTOGRAM: u64 = 512 * 1024;
+
+/// The highest value a timer histogram may declare it tracks: twice the hour timers are
+/// clamped to (an auto-resized histogram rounds its top up to a power of two).
+const MAX_TRACKED_MICROS: u64 = 2 * MAX_MICROS.next_power_of_two();
+
+/// Decodes a histogram from transport, or `None` for one no relay sends: too long,
+/// inflating past [`MAX_INFLATED_HISTOGRAM`], more than 3 significant digits, or
+/// bounds beyond [`MAX_TRACKED_MICROS`] (each of which could make its counts array
+/// gigabytes before a single count is read).
 pub fn decode_histogram(text: &str) -> Option<Histogram<u64>> {
+    use std::io::Read as _;
+    if text.len() > MAX_ENCODED_HISTOGRAM {
+        return None;
+    }
     let bytes = base64::engine::general_purpose::STANDARD.decode(text).ok()?;
-    Deserializer::new().deserialize(&mut bytes.as_slice()).ok()
+    // A V2 deflate encoding: its cookie, the compressed length, a zlib stream of the V2
+    // encoding, inflated here under a bound.
+    let compressed = match bytes.get(..8) {
+        Some([0x1c, 0x84, 0x93, 0x14, len @ ..]) => bytes.get(8..8 + u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize)?,
+        _ => return None,
+    };
+    let mut plain = Vec::new();
+    flate2::read::ZlibDecoder::new(compressed).take(MAX_INFLATED_HISTOGRAM + 1).read_to_end(&mut plain).ok()?;
+    if plain.len() as u64 > MAX_INFLATED_HISTOGRAM {
+        return None;
+    }
+    // The V2 header: cookie, payload length, normalizing offset, significant digits,
+    // lowest and highest trackable values, the integer-to-double ratio.
+    let be_u32 = |at: usize| plain.get(at..at + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+    let be_u64 = |at: usize| plain.get(at..at + 8).map(|b| u64::from_be_bytes(b.try_into().unwrap_or_default()));
+    let (payload, digits, lowest, highest) = (be_u32(4)?, be_u32(12)?, be_u64(16)?, be_u64(24)?);
+    if payload as usize > plain.len().saturating_sub(40) || digits > 3 || lowest == 0 || lowest > highest || highest > MAX_TRACKED_MICROS {
+        return None;
+    }
+    Deserializer::new().deserialize(&mut plain.as_slice()).ok()
 }
 
 /// A window's values by key, hashed once per line (`entry_ref`).
@@ -896,6 +933,48 @@ mod tests {
         a.take("queue.1:+1|g\nreq.x.lat:5|ms");
         let next = a.flush(2, 1000, 1000);
         assert!(next.overflow.is_empty() && next.timers.contains_key("req.x.lat"));
+    }
+
+    #[test]
+    fn histograms_no_relay_sends_are_refused_before_they_are_allocated() {
+        use std::io::Write as _;
+        let mut h = new_histogram();
+        h.record(MAX_MICROS).unwrap();
+        h.record(1).unwrap();
+        let back = decode_histogram(&encode_histogram(&h)).expect("an hour-long timer is taken");
+        assert_eq!((back.len(), back.max(), back.high() <= MAX_TRACKED_MICROS), (2, h.max(), true));
+
+        // A V2 encoding with the given header, deflated and wrapped as a relay would.
+        let wrap = |digits: u32, low: u64, high: u64, payload: u32, counts: &[u8]| {
+            let mut plain = Vec::new();
+            for word in [0x1c84_9313u32, payload, 0, digits] {
+                plain.extend(word.to_be_bytes());
+            }
+            plain.extend(low.to_be_bytes());
+            plain.extend(high.to_be_bytes());
+            plain.extend(1.0f64.to_be_bytes());
+            plain.extend(counts);
+            let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+            z.write_all(&plain).unwrap();
+            let z = z.finish().unwrap();
+            let mut bytes = 0x1c84_9314u32.to_be_bytes().to_vec();
+            bytes.extend((z.len() as u32).to_be_bytes());
+            bytes.extend(z);
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        };
+        assert!(decode_histogram(&wrap(3, 1, 1 << 20, 2, &[2, 2])).is_some(), "a sound one is read");
+        // Five digits over the whole u64 range: a 50 MB counts array from 60 bytes.
+        assert!(decode_histogram(&wrap(5, 1, u64::MAX / 2, 0, &[])).is_none());
+        assert!(decode_histogram(&wrap(3, 1, 1 << 40, 0, &[])).is_none(), "beyond an hour");
+        assert!(decode_histogram(&wrap(3, 0, 1 << 20, 0, &[])).is_none());
+        // A payload length of 4 GB (once allocated as it was read).
+        assert!(decode_histogram(&wrap(3, 1, 1 << 20, u32::MAX, &[])).is_none());
+        // A deflate bomb: 16 MiB of zero counts in about 30 KiB.
+        let bomb = wrap(3, 1, 1 << 20, 16 << 20, &vec![0; 16 << 20]);
+        assert!(bomb.len() < MAX_ENCODED_HISTOGRAM, "{}", bomb.len());
+        assert!(decode_histogram(&bomb).is_none());
+        assert!(decode_histogram(&"A".repeat(MAX_ENCODED_HISTOGRAM + 4)).is_none());
+        assert!(decode_histogram("not base64!").is_none());
     }
 
     #[test]
