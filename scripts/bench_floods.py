@@ -25,7 +25,7 @@ import threading
 import time
 
 from bench_memory import rss_kib
-from bench_start import call, start_broker, wait_finished
+from bench_start import call, start_broker
 
 IDS = ("i=0; while [ $i -lt 60 ]; do j=0; while [ $j -lt 100 ]; do echo \"req.$((i*100+j)).lat:12|ms\"; j=$((j+1)); done "
        "| nc -w 1 $STATSD_HOST $STATSD_PORT; i=$((i+1)); sleep 1; done; sleep 2")
@@ -80,12 +80,24 @@ def flood(base, server, name, plan, during=None):
     sampler.start()
     if during:
         during(run["id"])
-    finished = wait_finished(base, run["id"], limit=300)
+    # The run's end, or how long the API stopped answering (a broker out of breath answers 503 or nothing).
+    started, finished, failed_at, failures = time.time(), None, None, 0
+    while finished is None and time.time() - started < 300:
+        try:
+            got = call(base, "GET", f"/api/v1/runs/{run['id']}")
+            if got["state"] in ("completed", "failed", "aborted"):
+                finished = got
+        except OSError as e:
+            failures += 1
+            failed_at = failed_at or (time.time() - started, str(e))
+        time.sleep(0.5)
     done.set()
     sampler.join()
     relay_text = f", relay peak {relay:.0f} MiB" if relay else ""
-    print(f"{name:12} broker {before:.0f} MiB before, peak {peak:.0f} MiB{relay_text}; run {finished['state']}, verdict {finished['verdict']}",
-          flush=True)
+    ending = f"run {finished['state']}, verdict {finished['verdict']}" if finished else "run not over after 300 s"
+    if failed_at:
+        ending += f"; the API failed {failures} time(s), first {failed_at[0]:.0f} s in: {failed_at[1]}"
+    print(f"{name:12} broker {before:.0f} MiB before, peak {peak:.0f} MiB{relay_text}; {ending}", flush=True)
 
 
 def main():

@@ -57,7 +57,7 @@ def start_broker(binary, name, base_port):
                LOADS__METRICS__INGEST_PORT="0")
     server = subprocess.Popen([binary, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
-    for _ in range(300):
+    for _ in range(1200):
         try:
             call(base, "GET", "/health")
             break
