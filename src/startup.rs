@@ -54,8 +54,9 @@ impl Actors {
                 tracing::warn!(error = %e, "InfluxDB is not answering; windows will be logged as not written");
             }
         }
-        let metrics =
-            MetricsActor::new(db.clone(), influx, settings.grafana.dashboards(&tls), settings.metrics.max_series_per_step).start();
+        // Supervised: should it fail, it starts again from the runs' saved totals, at the same address.
+        let collector = MetricsActor::new(db.clone(), influx, settings.grafana.dashboards(&tls), settings.metrics.max_series_per_step);
+        let metrics = actix::Supervisor::start(move |_| collector);
         let (ingest, ingest_address) = start_ingest(settings, metrics.clone())?;
         let endpoint = (!settings.ec2.endpoint_url.is_empty()).then_some(settings.ec2.endpoint_url.as_str());
         let mut regions = Vec::new();

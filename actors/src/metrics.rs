@@ -17,7 +17,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, Recipient, ResponseFuture, WrapFuture};
+use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, Recipient, ResponseFuture, WrapFuture};
 use sea_orm::DatabaseConnection;
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
@@ -270,6 +270,8 @@ struct RunMetrics {
     series: Vec<(String, i64, String)>,
     /// When the run began (Unix ms): windows must start after it, give or take `windows::CLOCK_MARGIN_MS`.
     since_ms: i64,
+    /// Times the collector failed while it held this run and started again from its saved totals.
+    restarts: u32,
 }
 
 /// A step's totals as written to the database every second, so a restarted broker carries them on.
@@ -328,7 +330,7 @@ impl RunMetrics {
                 (id.to_string(), saved)
             })
             .collect();
-        serde_json::json!({"steps": steps, "judge": self.judge.saved(), "since_ms": self.since_ms}).to_string()
+        serde_json::json!({"steps": steps, "judge": self.judge.saved(), "since_ms": self.since_ms, "restarts": self.restarts}).to_string()
     }
 
     /// Takes back totals written by `saved` (or by brokers before thresholds: the steps alone).
@@ -344,6 +346,9 @@ impl RunMetrics {
         }
         if let Some(since) = value.get("since_ms").and_then(serde_json::Value::as_i64) {
             self.since_ms = self.since_ms.min(since);
+        }
+        if let Some(restarts) = value.get("restarts").and_then(serde_json::Value::as_u64) {
+            self.restarts = self.restarts.max(u32::try_from(restarts).unwrap_or(u32::MAX));
         }
         for (id, step) in &mut self.steps {
             if let Some(saved) = steps.remove(&id.to_string()) {
@@ -389,6 +394,9 @@ pub enum IngestError {
     /// A window's step has no nodes yet (it is being prepared, or carried on after a restart).
     #[error("the nodes of step {0} are not known yet; deliver again later")]
     NotPlaced(Uuid),
+    /// The collector failed on this delivery and starts again from the runs' saved totals.
+    #[error("the metrics collector is starting again; deliver again later")]
+    Restarting,
 }
 
 /// Collects the runs' metrics.
@@ -554,48 +562,117 @@ impl Actor for MetricsActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.run_interval(Duration::from_secs(1), |act, ctx| {
-            let now = Self::now_ms();
-            let mut points = Vec::new();
-            let mut saves = Vec::new();
-            let mut series = Vec::new();
-            for (id, run) in &mut act.runs {
-                points.push((*id, Self::publish_ready(*id, run, now, false)));
-                series.extend(std::mem::take(&mut run.series).into_iter().map(|(step, t, point)| (*id, step, t, point)));
-                if std::mem::take(&mut run.dirty) {
-                    let thresholds = (!run.judge.is_empty()).then(|| run.judge.views());
-                    saves.push((*id, run.saved(), thresholds));
-                }
+        ctx.run_interval(Duration::from_secs(1), |act, ctx| act.guarded(ctx, "the second's saving", || (), Self::tick));
+    }
+}
+
+impl MetricsActor {
+    /// Each second: publishes the windows ready, writes their points and the runs'
+    /// series, saves the totals of runs that took windows.
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        let now = Self::now_ms();
+        let mut points = Vec::new();
+        let mut saves = Vec::new();
+        let mut series = Vec::new();
+        for (id, run) in &mut self.runs {
+            points.push((*id, Self::publish_ready(*id, run, now, false)));
+            series.extend(std::mem::take(&mut run.series).into_iter().map(|(step, t, point)| (*id, step, t, point)));
+            if std::mem::take(&mut run.dirty) {
+                let thresholds = (!run.judge.is_empty()).then(|| run.judge.views());
+                saves.push((*id, run.saved(), thresholds));
             }
-            for (id, run_points) in points {
-                act.write(id, run_points, ctx);
-            }
-            // The series are written before any later message is handled, so a run's
-            // `FinishRun` (and the final state after it) comes after its windows are
-            // stored; a database that does not answer holds the actor 2 s at most (the
-            // windows are then left out of the charts, not of the summaries).
-            if !series.is_empty() {
-                let db = act.db.clone();
-                ctx.wait(actix::fut::wrap_future(async move {
-                    match tokio::time::timeout(SERIES_WRITE_LIMIT, runs::append_series(&db, series)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => tracing::warn!(error = %e, "could not add windows to the runs' series"),
-                        Err(_) => tracing::warn!("the database did not store the runs' series within 2 s; those windows are left out"),
-                    }
-                }));
-            }
-            let db = act.db.clone();
-            ctx.spawn(actix::fut::wrap_future(async move {
-                for (run_id, state, thresholds) in saves {
-                    if let Err(e) = runs::set_metrics_state(&db, run_id, state).await {
-                        tracing::warn!(%run_id, error = %e, "could not record the run's metrics so far");
-                    }
-                    if let Some(views) = thresholds {
-                        save_thresholds(&db, run_id, &views).await;
-                    }
+        }
+        for (id, run_points) in points {
+            self.write(id, run_points, ctx);
+        }
+        // The series are written before any later message is handled, so a run's
+        // `FinishRun` (and the final state after it) comes after its windows are
+        // stored; a database that does not answer holds the actor 2 s at most (the
+        // windows are then left out of the charts, not of the summaries).
+        if !series.is_empty() {
+            let db = self.db.clone();
+            ctx.wait(actix::fut::wrap_future(async move {
+                match tokio::time::timeout(SERIES_WRITE_LIMIT, runs::append_series(&db, series)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "could not add windows to the runs' series"),
+                    Err(_) => tracing::warn!("the database did not store the runs' series within 2 s; those windows are left out"),
                 }
             }));
-        });
+        }
+        let db = self.db.clone();
+        ctx.spawn(actix::fut::wrap_future(async move {
+            for (run_id, state, thresholds) in saves {
+                if let Err(e) = runs::set_metrics_state(&db, run_id, state).await {
+                    tracing::warn!(%run_id, error = %e, "could not record the run's metrics so far");
+                }
+                if let Some(views) = thresholds {
+                    save_thresholds(&db, run_id, &views).await;
+                }
+            }
+        }));
+    }
+}
+
+impl MetricsActor {
+    /// Runs `work`; should it panic, `fallback` is answered and the collector stops, for
+    /// its supervisor to start it again from every run's totals as last saved
+    /// ([`actix::Supervised::restarting`]). Messages sent meanwhile wait in its mailbox.
+    fn guarded<R>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        what: &'static str,
+        fallback: impl FnOnce() -> R,
+        work: impl FnOnce(&mut Self, &mut Context<Self>) -> R,
+    ) -> R {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(self, ctx))) {
+            Ok(answer) => answer,
+            Err(_) => {
+                tracing::error!(what, "the metrics collector failed; it starts again from every run's totals as last saved");
+                ctx.stop();
+                fallback()
+            }
+        }
+    }
+}
+
+impl actix::Supervised for MetricsActor {
+    /// Started again after a failure: each run's pending windows are dropped, its totals,
+    /// the windows it took from each node and its thresholds' tallies come back as last
+    /// saved (at most a second old), and the run is marked so its verdict says so. Until
+    /// then no other message is handled (`/health` waits, then answers 503).
+    fn restarting(&mut self, ctx: &mut Context<Self>) {
+        let ids: Vec<Uuid> = self.runs.keys().copied().collect();
+        for run in self.runs.values_mut() {
+            run.restarts = run.restarts.saturating_add(1);
+            run.series.clear();
+            for step in run.steps.values_mut() {
+                step.slots.clear();
+            }
+        }
+        let db = self.db.clone();
+        let restored = async move {
+            let mut saved = Vec::new();
+            for id in ids {
+                saved.push((id, runs::recovery(&db, id).await.map(|r| r.metrics_state)));
+            }
+            saved
+        };
+        ctx.wait(restored.into_actor(self).map(|saved, act, _| {
+            for (run_id, state) in saved {
+                let Some(run) = act.runs.get_mut(&run_id) else { continue };
+                match state {
+                    Ok(Some(text)) => {
+                        let restarts = run.restarts;
+                        run.restore(&text);
+                        run.restarts = restarts.max(run.restarts);
+                        run.dirty = true;
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(%run_id, error = %e, "could not read the run's metrics so far"),
+                }
+            }
+            tracing::info!(runs = act.runs.len(), "the metrics collector started again");
+        }));
     }
 }
 
@@ -665,6 +742,12 @@ impl Handler<TrackRun> for MetricsActor {
     type Result = ();
 
     fn handle(&mut self, msg: TrackRun, ctx: &mut Context<Self>) {
+        self.guarded(ctx, "tracking a run", || (), |act, ctx| act.track(msg, ctx));
+    }
+}
+
+impl MetricsActor {
+    fn track(&mut self, msg: TrackRun, ctx: &mut Context<Self>) {
         let steps = msg.steps.into_iter().map(|s| (s.id, StepMetrics::new(s, self.max_series_per_step))).collect();
         let influx = match (&self.influx, msg.own_database) {
             (Some(influx), true) => {
@@ -691,6 +774,7 @@ impl Handler<TrackRun> for MetricsActor {
             judged: msg.judged,
             series: Vec::new(),
             since_ms: msg.since_ms.unwrap_or_else(Self::now_ms),
+            restarts: 0,
         };
         if !msg.resumed {
             let (db, run_id, views) = (self.db.clone(), msg.run_id, run.judge.views());
@@ -730,10 +814,17 @@ pub struct PlaceNodes {
 impl Handler<PlaceNodes> for MetricsActor {
     type Result = ();
 
-    fn handle(&mut self, msg: PlaceNodes, _: &mut Context<Self>) {
-        if let Some(step) = self.runs.get_mut(&msg.run_id).and_then(|r| r.steps.get_mut(&msg.step_id)) {
-            step.node_regions.extend(msg.regions);
-        }
+    fn handle(&mut self, msg: PlaceNodes, ctx: &mut Context<Self>) {
+        self.guarded(
+            ctx,
+            "placing nodes",
+            || (),
+            |act, _| {
+                if let Some(step) = act.runs.get_mut(&msg.run_id).and_then(|r| r.steps.get_mut(&msg.step_id)) {
+                    step.node_regions.extend(msg.regions);
+                }
+            },
+        );
     }
 }
 
@@ -782,6 +873,12 @@ impl Handler<Ingest> for MetricsActor {
     type Result = Result<usize, IngestError>;
 
     fn handle(&mut self, msg: Ingest, ctx: &mut Context<Self>) -> Self::Result {
+        self.guarded(ctx, "a delivery of windows", || Err(IngestError::Restarting), |act, ctx| act.ingest(msg, ctx))
+    }
+}
+
+impl MetricsActor {
+    fn ingest(&mut self, msg: Ingest, ctx: &mut Context<Self>) -> Result<usize, IngestError> {
         self.authorize(msg.run_id, &msg.token)?;
         let run = self.runs.get_mut(&msg.run_id).ok_or(IngestError::UnknownRun(msg.run_id))?;
         let run_text = msg.run_id.to_string();
@@ -1000,7 +1097,7 @@ impl Handler<Mark> for MetricsActor {
     type Result = ();
 
     fn handle(&mut self, msg: Mark, ctx: &mut Context<Self>) {
-        self.mark(msg, ctx);
+        self.guarded(ctx, "marking a moment", || (), |act, ctx| act.mark(msg, ctx));
     }
 }
 
@@ -1180,7 +1277,17 @@ pub struct FinishRun {
 impl Handler<FinishRun> for MetricsActor {
     type Result = ResponseFuture<Result<RunJudgement, StoreError>>;
 
-    fn handle(&mut self, msg: FinishRun, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: FinishRun, ctx: &mut Context<Self>) -> Self::Result {
+        let fallback = || -> Self::Result {
+            let lost = "the metrics collector failed as it summarised the run: its summary is not stored".to_string();
+            Box::pin(async move { Ok(RunJudgement { lost: vec![lost], ..RunJudgement::default() }) })
+        };
+        self.guarded(ctx, "summarising a run", fallback, |act, _| act.finish(msg))
+    }
+}
+
+impl MetricsActor {
+    fn finish(&mut self, msg: FinishRun) -> ResponseFuture<Result<RunJudgement, StoreError>> {
         let mut influx = self.influx.clone();
         let influx_configured = influx.is_some();
         let dashboards = self.dashboards.clone();
@@ -1196,6 +1303,13 @@ impl Handler<FinishRun> for MetricsActor {
             judgement.summaries = steps.iter().flat_map(|(id, s)| summarise(**id, s)).collect();
             judgement.saturated = steps.iter().flat_map(|(_, s)| saturated(s)).collect();
             judgement.lost = steps.iter().flat_map(|(_, s)| lost(s)).collect();
+            if run.restarts > 0 {
+                judgement.lost.push(format!(
+                    "the metrics collector failed {} time(s) during the run and started again from its totals as last saved: \
+                     windows taken in the second before each failure are not counted",
+                    run.restarts
+                ));
+            }
             judgement.thresholds = run.judge.finish();
         }
         let rows = judgement.summaries.clone();
@@ -1318,5 +1432,107 @@ mod tests {
         assert_eq!(flag(&summarise(id, &step(false, 100, 100))), 0.0, "a busy service under test is not a saturated generator");
         let cpu = summarise(id, &step(true, 0, 4)).into_iter().find(|r| r.metric == "host.cpu_percent").unwrap();
         assert_eq!((cpu.mean, cpu.max), (Some(50.0), Some(95.0)));
+    }
+
+    /// A fault where the collector handles a message: the only way to make it fail, as no
+    /// input it takes is known to.
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct Fail;
+
+    impl Handler<Fail> for MetricsActor {
+        type Result = ();
+
+        fn handle(&mut self, _: Fail, ctx: &mut Context<Self>) {
+            self.guarded(ctx, "a test fault", || (), |_, _| panic!("a fault in the collector"));
+        }
+    }
+
+    /// A run's feed and supervisor, which hear nothing here.
+    struct Deaf;
+
+    impl Actor for Deaf {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<MetricsPublished> for Deaf {
+        type Result = ();
+
+        fn handle(&mut self, _: MetricsPublished, _: &mut Context<Self>) {}
+    }
+
+    impl Handler<ThresholdsJudged> for Deaf {
+        type Result = ();
+
+        fn handle(&mut self, _: ThresholdsJudged, _: &mut Context<Self>) {}
+    }
+
+    #[actix_rt::test]
+    async fn a_collector_that_fails_starts_again_from_the_saved_totals_and_the_run_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::store::connect(&format!("sqlite://{}/m.db", dir.path().display())).await.unwrap();
+        let file = serde_json::json!({"name": "p", "plans": [{"name": "plan", "steps": [{"name": "gen", "container_name": "busybox"}]}]});
+        let spec = crate::domain::validate::project(&file, &crate::domain::Limits::default()).unwrap().value;
+        let project = crate::store::projects::create(&db, &spec).await.unwrap();
+        let run = runs::create(&db, project.plans[0].id, None, &crate::domain::Env::default(), &[], "token").await.unwrap();
+        let (run_id, step_id) = (run.id, run.step_records[0].step_id);
+        let dashboards = DashboardSettings { templates: Dashboards::new(None), datasource: "InfluxDB".into(), grafana: None };
+        let collector = MetricsActor::new(db.clone(), None, dashboards, 100);
+        let metrics = actix::Supervisor::start(move |_| collector);
+        let deaf = Deaf.start();
+        let tracked =
+            TrackedStep { id: step_id, name: "gen".into(), series: "gen".into(), regions: vec!["local".into()], nodes: 1, generator: true };
+        metrics
+            .send(TrackRun {
+                run_id,
+                token: "token".into(),
+                plan: "plan".into(),
+                steps: vec![tracked],
+                feed: deaf.clone().recipient(),
+                resumed: false,
+                own_database: false,
+                thresholds: Vec::new(),
+                judged: deaf.recipient(),
+                since_ms: None,
+            })
+            .await
+            .unwrap();
+        metrics.send(PlaceNodes { run_id, step_id, regions: BTreeMap::from([("s0n0".into(), "local".into())]) }).await.unwrap();
+        let now = MetricsActor::now_ms();
+        let window = |seq: u64| Window {
+            run_id: run_id.to_string(),
+            step_id: step_id.to_string(),
+            node: "s0n0".into(),
+            epoch: 1,
+            seq,
+            start_ms: now + 1000 * seq as i64,
+            duration_ms: 1000,
+            counters: BTreeMap::from([("hits".into(), 1.0)]),
+            lines: 1,
+            ..Window::default()
+        };
+        let ingest = |windows: Vec<Window>| Ingest { run_id, token: "token".into(), windows };
+        assert_eq!(metrics.send(ingest(vec![window(1)])).await.unwrap(), Ok(1));
+        // The collector saves the run's totals within a second of taking a window.
+        let mut saved = false;
+        for _ in 0..100 {
+            saved = runs::recovery(&db, run_id).await.unwrap().metrics_state.is_some_and(|s| s.contains("hits"));
+            if saved {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(saved, "the totals were saved");
+
+        metrics.send(Fail).await.unwrap();
+        // At the same address, with the totals back: the window taken before the failure,
+        // delivered again, counts once; a new one is taken.
+        assert_eq!(metrics.send(ingest(vec![window(1), window(2)])).await.unwrap(), Ok(2));
+        metrics.send(PingMetrics).await.unwrap();
+        let judgement = metrics.send(FinishRun { run_id }).await.unwrap().unwrap();
+        let count = |name: &str| judgement.summaries.iter().find(|r| r.metric == name).map(|r| r.count);
+        assert_eq!(count("hits"), Some(2.0), "{:?}", judgement.summaries);
+        assert_eq!(count("relay.windows_duplicate"), Some(1.0));
+        assert!(judgement.lost.iter().any(|l| l.contains("collector failed 1 time(s)")), "{:?}", judgement.lost);
     }
 }

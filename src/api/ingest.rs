@@ -52,7 +52,9 @@ fn refusal(e: IngestError) -> ApiError {
         IngestError::UnknownRun(_) | IngestError::Unauthorized => unauthorized(),
         e @ IngestError::Foreign(_) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", e.to_string()),
         // The relay keeps its windows and delivers them again.
-        e @ IngestError::NotPlaced(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.to_string()),
+        e @ (IngestError::NotPlaced(_) | IngestError::Restarting) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.to_string())
+        }
     }
 }
 

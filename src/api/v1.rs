@@ -86,7 +86,8 @@ pub async fn health(state: web::Data<ApiState>) -> Reply {
         tracing::warn!(error = %e, "health check failed");
         ApiError::unavailable()
     })?;
-    state.metrics.send(PingMetrics).await.map_err(|e| {
+    // A collector starting again after a failure answers once the runs' totals are back.
+    state.metrics.send(PingMetrics).timeout(std::time::Duration::from_secs(5)).await.map_err(|e| {
         tracing::error!(error = %e, "health check failed: the metrics collector is not answering");
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
