@@ -496,9 +496,25 @@ impl MetricsActor {
         chrono::Utc::now().timestamp_millis()
     }
 
-    /// Publishes slots that are complete, or late; answers their InfluxDB points.
-    fn publish_ready(run_id: Uuid, run: &mut RunMetrics, now_ms: i64, everything: bool) -> Vec<(Uuid, influxdb::WriteQuery)> {
+    /// Publishes slots that are complete, or late, to the run's feed; answers their InfluxDB points.
+    fn publish_ready(run_id: Uuid, run: &mut RunMetrics, now_ms: i64) -> Vec<(Uuid, influxdb::WriteQuery)> {
+        let (points, published) = Self::take_ready(run_id, run, now_ms, false);
+        for window in published {
+            run.feed.do_send(window);
+        }
+        points
+    }
+
+    /// Takes the slots that are complete, or late, or all of them (`everything`): their
+    /// InfluxDB points and their merged windows for the feed.
+    fn take_ready(
+        run_id: Uuid,
+        run: &mut RunMetrics,
+        now_ms: i64,
+        everything: bool,
+    ) -> (Vec<(Uuid, influxdb::WriteQuery)>, Vec<MetricsPublished>) {
         let mut points = Vec::new();
+        let mut out = Vec::new();
         for (step_id, step) in run.steps.iter_mut() {
             let ready: Vec<i64> = step
                 .slots
@@ -550,11 +566,11 @@ impl MetricsActor {
                         "histograms": published.histograms, "cpu": published.cpu,
                     });
                     run.series.push((step.name.clone(), key, point.to_string()));
-                    run.feed.do_send(published);
+                    out.push(published);
                 }
             }
         }
-        points
+        (points, out)
     }
 }
 
@@ -575,7 +591,7 @@ impl MetricsActor {
         let mut saves = Vec::new();
         let mut series = Vec::new();
         for (id, run) in &mut self.runs {
-            points.push((*id, Self::publish_ready(*id, run, now, false)));
+            points.push((*id, Self::publish_ready(*id, run, now)));
             series.extend(std::mem::take(&mut run.series).into_iter().map(|(step, t, point)| (*id, step, t, point)));
             if std::mem::take(&mut run.dirty) {
                 let thresholds = (!run.judge.is_empty()).then(|| run.judge.views());
@@ -924,7 +940,7 @@ impl MetricsActor {
                 }
             }
         }
-        points.extend(Self::publish_ready(msg.run_id, run, now, false));
+        points.extend(Self::publish_ready(msg.run_id, run, now));
         let breach = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::judge(run))).unwrap_or_else(|_| {
             tracing::error!(run_id = %msg.run_id, "the run's thresholds could not be judged on this delivery");
             None
@@ -1228,6 +1244,9 @@ pub struct RunJudgement {
     pub saturated: Vec<Saturation>,
     /// Numbers the run is missing, each with how many and why: its verdict cannot be `passed`.
     pub lost: Vec<String>,
+    /// The run's last merged windows, for its feed before its verdict (not sent apart,
+    /// where they could come after the run's end).
+    pub published: Vec<MetricsPublished>,
 }
 
 /// What a step's numbers are missing: windows refused, or never delivered.
@@ -1296,7 +1315,7 @@ impl MetricsActor {
         let mut series = Vec::new();
         if let Some(mut run) = self.runs.remove(&msg.run_id) {
             influx.clone_from(&run.influx);
-            last_points = Self::publish_ready(msg.run_id, &mut run, Self::now_ms(), true);
+            (last_points, judgement.published) = Self::take_ready(msg.run_id, &mut run, Self::now_ms(), true);
             series = run.series.drain(..).map(|(step, t, point)| (msg.run_id, step, t, point)).collect();
             let mut steps: Vec<(&Uuid, &StepMetrics)> = run.steps.iter().collect();
             steps.sort_by(|a, b| a.1.name.cmp(&b.1.name));

@@ -624,9 +624,12 @@ impl RunSupervisor {
             if let Err(e) = runs::set_verdict(&db, run_id, verdict, &reason).await {
                 tracing::error!(%run_id, error = %e, "could not record the run's verdict");
             }
-            (judgement.thresholds, verdict, reason, cost)
+            (judgement.published, judgement.thresholds, verdict, reason, cost)
         };
-        let job = close.into_actor(self).map(move |(thresholds, verdict, reason, cost), act, ctx| {
+        let job = close.into_actor(self).map(move |(published, thresholds, verdict, reason, cost), act, ctx| {
+            for window in published {
+                act.publish_window(window);
+            }
             for threshold in thresholds {
                 act.feed.publish(EventKind::Threshold { threshold });
             }
@@ -725,6 +728,13 @@ impl Handler<MetricsPublished> for RunSupervisor {
     type Result = ();
 
     fn handle(&mut self, msg: MetricsPublished, _: &mut Context<Self>) {
+        self.publish_window(msg);
+    }
+}
+
+impl RunSupervisor {
+    /// Puts a merged window of a step on the feed.
+    fn publish_window(&mut self, msg: MetricsPublished) {
         self.feed.publish(EventKind::Metrics {
             step: msg.step,
             start_ms: msg.start_ms,
