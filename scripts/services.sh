@@ -10,8 +10,11 @@
 # the openssl command for the TLS tests' certificates.
 ensure_packages() {
   local packages=(postgresql influxdb curl openssh-server openssh-client busybox-static gcc libc6-dev pkg-config libssl-dev openssl)
-  # The EC2 tests' nodes: virtual machines under software emulation, booting a
-  # Debian image built here (mmdebstrap), each with a NoCloud seed.
+  # The EC2 tests' nodes: hosts of their own in network namespaces (a Docker
+  # engine on fuse-overlayfs, sshd, a login user with sudo), and, for first
+  # boots, virtual machines under software emulation, booting a Debian image
+  # built here (mmdebstrap), each with a NoCloud seed.
+  packages+=(iproute2 util-linux fuse-overlayfs sudo)
   packages+=(qemu-system-x86 mmdebstrap cloud-image-utils e2fsprogs)
   # The web UI's browser tests: a headless Chromium driven through WebDriver.
   packages+=(chromium chromium-driver)
@@ -192,5 +195,29 @@ ensure_python_tools() {
   if ! python3 -c 'import schemathesis, sys; sys.exit(schemathesis.__version__ != "4.32.5")' >/dev/null 2>&1; then
     python3 -m pip install --quiet --disable-pip-version-check 'schemathesis==4.32.5' 2>/dev/null \
       || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'schemathesis==4.32.5'
+  fi
+}
+
+# What the namespace node farm (tests/it/hosts.rs) of a test that died left
+# behind: every process in its namespaces, the namespaces, its links, its
+# engines' data, the firewall rules of its bridges. Everything of the farm's is
+# named loadsf-* or lf*.
+remove_farm_leftovers() {
+  local ns pid link
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep '^loadsf-' || true); do
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
+    ip netns del "$ns" 2>/dev/null || true
+  done
+  local rule
+  for rule in $( (iptables -S FORWARD 2>/dev/null || true) | grep -E -- '-i lfb[0-9]+ ' | sed 's/^-A FORWARD //; s/ /,/g' || true); do
+    # shellcheck disable=SC2086
+    iptables -D FORWARD ${rule//,/ } 2>/dev/null || true
+  done
+  for link in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E '^lf(b[0-9]+|[0-9]+-[0-9]+)$' || true); do
+    ip link del "$link" 2>/dev/null || true
+  done
+  if [ -d /var/tmp/loads-farm ]; then
+    grep -o ' /var/tmp/loads-farm[^ ]*' /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+    rm -rf /var/tmp/loads-farm
   fi
 }

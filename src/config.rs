@@ -225,6 +225,9 @@ pub struct SshConfig {
     pub record_new_hosts: bool,
     /// Seconds to keep trying to connect to a node.
     pub connect_timeout_seconds: u64,
+    /// Seconds a connected node may leave its connection's probe (sent every quarter of
+    /// this, 1 to 15 s) unanswered before it counts as lost, as if it had stopped.
+    pub silence_seconds: u64,
     /// The node's directory for loads' files (the dead-man's switch deadline).
     pub node_dir: String,
     /// Commands run as root on every node before use (and in the user-data).
@@ -239,6 +242,7 @@ impl Default for SshConfig {
             known_hosts: "loads_known_hosts".into(),
             record_new_hosts: false,
             connect_timeout_seconds: 300,
+            silence_seconds: 20,
             node_dir: "/var/lib/loads".into(),
             node_tuning: [
                 "sysctl -qw net.core.somaxconn=65535",
@@ -868,6 +872,9 @@ impl Settings {
         if self.ssh.connect_timeout_seconds == 0 {
             return invalid("ssh.connect_timeout_seconds", "must be at least 1");
         }
+        if !(2..=3600).contains(&self.ssh.silence_seconds) {
+            return invalid("ssh.silence_seconds", "must be 2 to 3600");
+        }
         if !self.ssh.node_dir.starts_with('/') || self.ssh.node_dir.contains(|c: char| c.is_whitespace() || "'\"$`;&|".contains(c)) {
             return invalid("ssh.node_dir", "must be an absolute path without spaces or shell characters");
         }
@@ -1054,6 +1061,7 @@ impl Settings {
                 known_hosts: self.ssh.known_hosts.clone().into(),
                 record_new_hosts: self.ssh.record_new_hosts,
                 connect_timeout: Duration::from_secs(self.ssh.connect_timeout_seconds),
+                silence: Duration::from_secs(self.ssh.silence_seconds),
             },
             node_tuning: self.ssh.node_tuning.clone(),
             node_dir: self.ssh.node_dir.clone(),

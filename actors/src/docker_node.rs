@@ -439,15 +439,21 @@ pub struct ContainerOutcome {
     pub exit_code: Option<i64>,
 }
 
-/// Keeps every container's output and exit code, then removes them all.
+/// Keeps every container's output and exit code, then removes them all. A node
+/// that stopped answering is not asked: its containers are recorded as they were
+/// last seen (its instance goes with them).
 #[derive(Debug, Message)]
 #[rtype(result = "Vec<ContainerOutcome>")]
-pub struct TearDown;
+pub struct TearDown {
+    /// The node stopped answering.
+    pub silent: bool,
+}
 
 impl Handler<TearDown> for DockerNodeActor {
     type Result = ResponseActFuture<Self, Vec<ContainerOutcome>>;
 
-    fn handle(&mut self, _: TearDown, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: TearDown, _: &mut Context<Self>) -> Self::Result {
+        let silent = msg.silent;
         let engine = self.engine.clone();
         let db = self.db.clone();
         let who = self.who.clone();
@@ -459,18 +465,22 @@ impl Handler<TearDown> for DockerNodeActor {
             async move {
                 let mut outcomes = Vec::with_capacity(containers.len());
                 for c in containers {
-                    if c.role == "relay" {
-                        // Stopped, not killed, so it can report its final counts.
-                        if let Err(e) = engine.stop(&c.docker_id, grace).await {
-                            tracing::warn!(error = %e, "stopping a relay failed");
+                    let (logs, exited_at) = if silent {
+                        ("(logs unavailable: the node stopped answering)".to_string(), None)
+                    } else {
+                        if c.role == "relay" {
+                            // Stopped, not killed, so it can report its final counts.
+                            if let Err(e) = engine.stop(&c.docker_id, grace).await {
+                                tracing::warn!(error = %e, "stopping a relay failed");
+                            }
                         }
-                    }
-                    let logs = engine.logs(&c.docker_id, Some(tail)).await.unwrap_or_else(|e| format!("(logs unavailable: {e})"));
-                    let logs = secrets.mask(&logs);
-                    let exited_at = engine.exited_at(&c.docker_id).await.ok().flatten();
-                    if let Err(e) = engine.remove_container(&c.docker_id).await {
-                        tracing::warn!(error = %e, "removing a container failed; the run's sweep removes it");
-                    }
+                        let logs = engine.logs(&c.docker_id, Some(tail)).await.unwrap_or_else(|e| format!("(logs unavailable: {e})"));
+                        let exited_at = engine.exited_at(&c.docker_id).await.ok().flatten();
+                        if let Err(e) = engine.remove_container(&c.docker_id).await {
+                            tracing::warn!(error = %e, "removing a container failed; the run's sweep removes it");
+                        }
+                        (secrets.mask(&logs), exited_at)
+                    };
                     let record = ContainerRecord {
                         run_id: who.run_id,
                         step_id: who.step_id,

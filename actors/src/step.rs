@@ -121,6 +121,8 @@ pub struct StepActor {
     exits: HashMap<String, Option<i64>>,
     pending_starts: Vec<SpawnHandle>,
     lost: Vec<String>,
+    /// Of the lost, the nodes that stopped answering (not to be asked anything more).
+    silent: Vec<String>,
     hosts: Vec<(String, Vec<String>)>,
 }
 
@@ -139,6 +141,7 @@ impl StepActor {
             exits: HashMap::new(),
             pending_starts: Vec::new(),
             lost: Vec::new(),
+            silent: Vec::new(),
             hosts: Vec::new(),
         }
     }
@@ -447,7 +450,9 @@ impl StepActor {
                 for handle in self.pending_starts.drain(..) {
                     ctx.cancel_future(handle);
                 }
-                let stops: Vec<_> = self.nodes.iter().map(|n| n.addr.send(StopContainers)).collect();
+                // A node that stopped answering is not asked: its instance goes with its containers.
+                let stops: Vec<_> =
+                    self.nodes.iter().filter(|n| !self.silent.contains(&n.id)).map(|n| n.addr.send(StopContainers)).collect();
                 ctx.spawn(async move { join_all(stops).await }.into_actor(self).map(|_, act, ctx| {
                     let outcome = act.phase.outcome();
                     act.finish(outcome, ctx);
@@ -466,7 +471,8 @@ impl StepActor {
             return;
         }
         self.report(ReportKind::Stopped);
-        let teardowns: Vec<_> = self.nodes.iter().map(|n| (n.id.clone(), n.addr.send(TearDown))).collect();
+        let teardowns: Vec<_> =
+            self.nodes.iter().map(|n| (n.id.clone(), n.addr.send(TearDown { silent: self.silent.contains(&n.id) }))).collect();
         let pool = self.pool.clone();
         let release = ReleaseNodes { run_id: self.ctx.run_id, step_id: self.ctx.step.id };
         let teardown = async move {
@@ -656,6 +662,9 @@ impl Handler<ContainerExited> for StepActor {
     fn handle(&mut self, msg: ContainerExited, ctx: &mut Context<Self>) {
         self.exits.insert(msg.docker_id.clone(), Some(msg.exit_code));
         if let Some(why) = msg.lost {
+            if !self.silent.contains(&msg.node) {
+                self.silent.push(msg.node.clone());
+            }
             self.node_lost(msg.node, "stopped answering", why, ctx);
             return self.check_done(ctx);
         }

@@ -4,9 +4,8 @@
 //! node would be reached: their instances are mapped (`ec2.address_override`)
 //! to a loopback port nothing listens on, so a step that got its instances
 //! fails with "no answer", and they are terminated. Nodes that are reached
-//! boot as instances do, in `ec2_boot`. One test here needs a node that
-//! answers at once beside one that never does, which a booting node cannot
-//! be: it uses a real sshd on loopback, configured as a baked image would be.
+//! are hosts of the namespace farm (`ec2_hosts`), or boot as instances do
+//! (`ec2_boot`).
 
 use std::path::PathBuf;
 
@@ -21,7 +20,6 @@ use loads_actors::domain::usage::Clock;
 
 use crate::helpers::{ensure_images, record, sh_step, Backend, TestApp};
 use crate::instances::{client, client_in, moto, REGION};
-use crate::sshd::start_sshd;
 
 /// An instance as moto shows it.
 #[derive(Debug)]
@@ -652,20 +650,21 @@ async fn a_run_whose_recorded_cost_reaches_its_cap_is_aborted() {
     assert_eq!(instances_of(&c.app.broker_id).await.len(), launched, "nothing more was launched");
 }
 
-/// A stand-in for the instance metadata service on loopback (the real one's link-local
-/// address is never reached): IMDSv2 tokens, and `spot/instance-action` answering 404 until
-/// `arm`ed, then one notice, to whichever node asks first, and 404 again.
-struct Metadata {
-    url: String,
-    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+/// A stand-in for the instance metadata service (the real one's link-local address is never
+/// reached), listening on `ip` (an address of this machine the nodes reach): IMDSv2 tokens,
+/// and `spot/instance-action` answering 404 until `arm`ed, then one notice, to whichever node
+/// asks first, and 404 again.
+pub(crate) struct Metadata {
+    pub url: String,
+    pub armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Metadata {
-    fn start() -> Self {
+    pub fn start(ip: std::net::Ipv4Addr) -> Self {
         use std::io::{BufRead, BufReader, Write};
         use std::sync::atomic::Ordering;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
+        let url = format!("http://{ip}:{}", listener.local_addr().unwrap().port());
         let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (is_armed, count) = (armed.clone(), std::sync::atomic::AtomicUsize::new(0));
         std::thread::spawn(move || {
@@ -697,135 +696,5 @@ impl Metadata {
             }
         });
         Self { url, armed }
-    }
-}
-
-/// A spot node that gets an interruption notice mid-run (read from the metadata service over
-/// the node's SSH connection) is dropped under `prune_running`: its container is stopped, the
-/// step completes on the other node, and the notice is recorded on the step record and marked
-/// on the run's dashboard.
-#[actix_web::test]
-async fn a_spot_interruption_notice_drops_that_node_and_is_recorded() {
-    let (a, b) = (start_sshd(), start_sshd());
-    // One client key for both nodes, as one key pair serves every instance.
-    let key = a.dir.path().join("client_key");
-    std::fs::copy(a.dir.path().join("client_key.pub"), b.dir.path().join("authorized_keys")).unwrap();
-    let metadata = Metadata::start();
-    let (grafana_port, grafana) = crate::dashboards::recording_grafana(3);
-    let grafana_url = format!("http://127.0.0.1:{grafana_port}");
-    let settings = [
-        ("LOADS__SSH__RECORD_NEW_HOSTS", "true"),
-        ("LOADS__SSH__CONNECT_TIMEOUT_SECONDS", "10"),
-        ("LOADS__EC2__METADATA_URL", metadata.url.as_str()),
-        ("LOADS__EC2__SPOT_NOTICE_SECONDS", "1"),
-        ("LOADS__GRAFANA__URL", grafana_url.as_str()),
-        ("LOADS__GRAFANA__TOKEN", "t"),
-    ];
-    let c = cloud_tweaked(&[a.addr.to_string(), b.addr.to_string()], key, &settings, |_| {}).await;
-    let mut step = gen_step("gen", 2, "trap 'exit 0' TERM; sleep 20 & wait");
-    step["market"] = json!("spot");
-    step["prune_running"] = json!(true);
-    step["run_max_time"] = json!(60);
-    let (_, run_id) = c.app.start(json!({"name": "p", "steps": [step]}), json!({})).await;
-    c.app.wait_for_run(&run_id, 120, |r| record(r, "gen")["state"] == "running").await;
-    metadata.armed.store(true, std::sync::atomic::Ordering::SeqCst);
-    let run = c.app.wait_finished(&run_id, 120).await;
-
-    assert_eq!(run["state"], "completed", "the step went on without the interrupted node: {run:#}");
-    let notices = record(&run, "gen")["interruptions"].as_array().unwrap().clone();
-    assert_eq!(notices.len(), 1, "{run:#}");
-    let notice = &notices[0];
-    assert_eq!((notice["action"].as_str(), notice["time"].as_str()), (Some("terminate"), Some("2026-12-03T12:00:00Z")));
-    let node = notice["node"].as_str().unwrap().to_string();
-    let line = &run["cost"]["lines"][0];
-    assert_eq!((line["market"].as_str(), line["instances"].as_u64()), (Some("spot"), Some(2)), "{run:#}");
-    let instances = instances_of(&c.app.broker_id).await;
-    assert!(
-        instances.iter().any(|i| i.id == notice["instance"] && i.tags.get("loads:market").map(String::as_str) == Some("spot")),
-        "{instances:?}"
-    );
-    // The interrupted node's container was stopped (trapped: exit 0); the other ran its course.
-    let (_, logs) = c.app.get(&format!("/api/v1/runs/{run_id}/logs")).await;
-    let steps: Vec<&Value> = logs["containers"].as_array().unwrap().iter().filter(|c| c["role"] == "step").collect();
-    assert_eq!(steps.len(), 2, "{logs:#}");
-    assert!(steps.iter().all(|c| c["exit_code"] == 0), "{logs:#}");
-    // Marked on the dashboard.
-    let mut annotation = None;
-    for _ in 0..3 {
-        let request = crate::dashboards::next(&grafana).await;
-        if request.request_line.contains("/api/annotations") {
-            annotation = Some(request.body);
-        }
-    }
-    let annotation = annotation.expect("an annotation was posted");
-    assert_eq!(annotation["tags"], json!(["loads", "interruption"]), "{annotation}");
-    let text = annotation["text"].as_str().unwrap();
-    assert!(text.contains(&format!("node {node} got a spot interruption notice")) && text.contains("terminate"), "{text}");
-    until_all_terminated(&c.app.broker_id).await;
-}
-
-/// A step over two regions at 60/40: 5 nodes split 3 + 2, each share launched in its own
-/// region (with that region's AMI) at once; the run completes over SSH, its metrics are
-/// split by region and merged over every node, and its cost is recorded per region.
-#[actix_web::test]
-async fn a_step_over_two_regions_launches_each_share_there_and_completes() {
-    let node = start_sshd();
-    let key = node.dir.path().join("client_key");
-    let settings = [
-        ("LOADS__SSH__RECORD_NEW_HOSTS", "true"),
-        ("LOADS__SSH__CONNECT_TIMEOUT_SECONDS", "10"),
-        ("LOADS__EC2__REGIONS__EU_WEST_1__AMI", "ami-12c6146b"),
-    ];
-    let c = cloud_tweaked(&[node.addr.to_string()], key, &settings, |_| {}).await;
-    let script = "i=0; while [ $i -lt 10 ]; do echo \"hits:1|c\"; i=$((i+1)); done | nc $STATSD_HOST $STATSD_PORT; sleep 2";
-    let mut step = gen_step("gen", 5, &script.replace('$', "$$"));
-    step["instance_region"] = json!({"us-west-2": 60, "eu-west-1": 40});
-    let plan = c.app.create_plan(json!({"name": "p", "steps": [step]})).await;
-    let (_, estimate) = c.app.get(&format!("/api/v1/plans/{}/estimate", plan["id"].as_str().unwrap())).await;
-    let lines: Vec<(&str, u64)> =
-        estimate["steps"].as_array().unwrap().iter().map(|s| (s["region"].as_str().unwrap(), s["instances"].as_u64().unwrap())).collect();
-    assert_eq!(lines, [("eu-west-1", 2), ("us-west-2", 3)], "{estimate:#}");
-    let (status, run) = c.app.post(&format!("/api/v1/plans/{}/runs", plan["id"].as_str().unwrap()), &json!({})).await;
-    assert_eq!(status, StatusCode::CREATED, "{run}");
-    let run_id = run["id"].as_str().unwrap().to_string();
-    let run = c.app.wait_finished(&run_id, 180).await;
-    assert_eq!(run["state"], "completed", "{run:#}");
-
-    // Each region launched its share, tagged with the run; each node named once.
-    let mut nodes = Vec::new();
-    for (region, share) in [("us-west-2", 3), ("eu-west-1", 2)] {
-        let mine: Vec<Seen> =
-            instances_in(region, &c.app.broker_id).await.into_iter().filter(|i| i.tags.get("loads:run") == Some(&run_id)).collect();
-        assert_eq!(mine.len(), share, "{region}: {mine:?}");
-        nodes.extend(mine.iter().map(|i| (i.tags["loads:node"].clone(), region)));
-    }
-    nodes.sort();
-    assert_eq!(nodes.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["s0n0", "s0n1", "s0n2", "s0n3", "s0n4"]);
-
-    // Metrics: every node's hits over all, and each region's nodes' alone.
-    let (_, body) = c.app.get(&format!("/api/v1/runs/{run_id}/metrics")).await;
-    let hits: Vec<(Option<&str>, f64)> = body["metrics"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["metric"] == "hits")
-        .map(|m| (m["region"].as_str(), m["count"].as_f64().unwrap()))
-        .collect();
-    assert_eq!(hits, [(None, 50.0), (Some("eu-west-1"), 20.0), (Some("us-west-2"), 30.0)], "{body:#}");
-
-    // Cost: a line per region, with its share of the instances.
-    let cost: Vec<(&str, u64)> = run["cost"]["lines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| (l["region"].as_str().unwrap(), l["instances"].as_u64().unwrap()))
-        .collect();
-    assert_eq!(cost, [("eu-west-1", 2), ("us-west-2", 3)], "{run:#}");
-    for region in ["us-west-2", "eu-west-1"] {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while !instances_in(region, &c.app.broker_id).await.iter().all(|i| i.state == "terminated" || i.state == "shutting-down") {
-            assert!(std::time::Instant::now() < deadline, "instances still up in {region}");
-            actix_web::rt::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
     }
 }

@@ -32,19 +32,6 @@ pub fn client_in(region: &str) -> aws_sdk_ec2::Client {
 }
 
 /// The default VPC's first subnet in [`REGION`]: instances launched into it get
-/// private addresses from its block (172.31.0.0/20), so they share a network.
-pub async fn default_subnet() -> String {
-    let out = client().describe_subnets().send().await.expect("moto lists subnets");
-    let mut subnets: Vec<(String, String)> = out
-        .subnets()
-        .iter()
-        .filter(|s| s.default_for_az() == Some(true))
-        .map(|s| (s.cidr_block().unwrap_or_default().to_string(), s.subnet_id().unwrap_or_default().to_string()))
-        .collect();
-    subnets.sort();
-    subnets.into_iter().next().map(|(_, id)| id).expect("the default VPC has a subnet")
-}
-
 /// Launches one instance in moto with `tags`, as a broker would have; answers its id.
 async fn launch(tags: &[(&str, &str)]) -> String {
     let spec = TagSpecification::builder()

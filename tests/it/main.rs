@@ -2,6 +2,7 @@
 //! and a fresh PostgreSQL database per test, and the real `loads` binary.
 
 mod helpers;
+mod hosts;
 
 mod api_input;
 mod auth;
@@ -10,6 +11,7 @@ mod compat;
 mod cost;
 mod dashboards;
 mod ec2_boot;
+mod ec2_hosts;
 mod ec2_nodes;
 mod faults;
 mod feed;

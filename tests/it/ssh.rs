@@ -19,6 +19,7 @@ fn settings(sshd: &Sshd, known_hosts: PathBuf, record: bool) -> SshSettings {
         known_hosts,
         record_new_hosts: record,
         connect_timeout: Duration::from_secs(10),
+        silence: Duration::from_secs(20),
     }
 }
 

@@ -171,42 +171,11 @@ impl Farm {
         std::fs::read_to_string(dir.join("console.log")).unwrap_or_default()
     }
 
-    /// Stops `instance`'s VM at once, as a machine that loses power or its network
-    /// does: its sessions end without a word.
-    pub fn pull_the_plug(&self, instance: &str) {
-        self.vms.lock().unwrap().remove(instance);
-    }
-
     /// Instances whose VM is running now.
     pub fn running(&self) -> Vec<String> {
         let mut vms = self.vms.lock().unwrap();
         vms.retain(|_, vm| matches!(vm.child.try_wait(), Ok(None)));
         vms.keys().cloned().collect()
-    }
-}
-
-impl Farm {
-    /// Runs `command` on the node at `address` as the image's default user; answers its output.
-    pub fn ssh(&self, address: &str, command: &str) -> String {
-        let (host, port) = address.rsplit_once(':').expect("ip:port");
-        let out = Command::new("ssh")
-            .args([
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "ConnectTimeout=10",
-            ])
-            .arg("-i")
-            .arg(&self.key)
-            .args(["-p", port, &format!("debian@{host}"), command])
-            .stderr(Stdio::null())
-            .output()
-            .expect("ssh (openssh-client)");
-        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
 

@@ -75,6 +75,10 @@ pub struct SshSettings {
     pub record_new_hosts: bool,
     /// How long to keep trying to connect.
     pub connect_timeout: Duration,
+    /// How long a connected node may leave what the broker sent it unacknowledged (or
+    /// the kernel's keepalive probes of an idle connection unanswered) before the
+    /// connection fails and the node counts as lost.
+    pub silence: Duration,
 }
 
 impl SshSettings {
@@ -103,11 +107,29 @@ impl SshSettings {
 /// session outlives NAT and firewall idle timeouts (and a dead peer fails a write).
 const KEEPALIVE_SECS: u32 = 15;
 
+/// Connects to `addr` so that a node cut off (every packet dropped, nothing said)
+/// fails the connection within `silence` instead of the quarter of an hour TCP
+/// takes to give up: data the node leaves unacknowledged for `silence` ends it
+/// (`TCP_USER_TIMEOUT`), and so do the kernel's keepalive probes of an idle
+/// connection, sent from a quarter of `silence` on, when three go unanswered.
+/// Every call through the connection then fails, so its node is lost at once.
+async fn connect_watched(addr: SocketAddr, silence: Duration) -> std::io::Result<TokioTcpStream> {
+    let stream = TokioTcpStream::connect(addr).await?;
+    let every = (silence / 4).max(Duration::from_secs(1));
+    let socket = socket2::SockRef::from(&stream);
+    socket.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(every).with_interval(every).with_retries(3))?;
+    socket.set_tcp_user_timeout(Some(silence))?;
+    Ok(stream)
+}
+
 /// An authenticated SSH connection to a node.
 #[derive(Clone)]
 pub struct SshNode {
     session: Arc<AsyncSession<TokioTcpStream>>,
     addr: SocketAddr,
+    /// What it was reached as, to open more connections to it.
+    instance: Option<String>,
+    settings: SshSettings,
     sudo: &'static str,
     _keepalive: Arc<Task>,
 }
@@ -130,7 +152,8 @@ impl SshNode {
                 // No reply asked for: a keepalive's reply (a request failure) would be taken by
                 // libssh2 as the answer to the next global request, such as a forward's.
                 config.set_keepalive(false, KEEPALIVE_SECS);
-                let mut s = AsyncSession::<TokioTcpStream>::connect(addr, Some(config)).await?;
+                let stream = connect_watched(addr, settings.silence).await?;
+                let mut s = AsyncSession::new(stream, Some(config))?;
                 s.handshake().await?;
                 Ok::<_, async_ssh2_lite::Error>(s)
             };
@@ -164,7 +187,14 @@ impl SshNode {
                     }
                 }
             });
-            return Ok(Self { session, addr, sudo: settings.sudo(), _keepalive: Arc::new(keepalive) });
+            return Ok(Self {
+                session,
+                addr,
+                instance: instance.map(str::to_string),
+                settings: settings.clone(),
+                sudo: settings.sudo(),
+                _keepalive: Arc::new(keepalive),
+            });
         }
     }
 
@@ -274,23 +304,31 @@ impl SshNode {
         }
     }
 
-    /// The node's Docker engine through this connection: a listener on
-    /// 127.0.0.1 whose every connection is an exec channel running
-    /// `docker system dial-stdio` on the node. The engine works while the task lives.
+    /// The node's Docker engine: a listener on 127.0.0.1 whose every connection
+    /// is an exec channel running `docker system dial-stdio` on the node, each over
+    /// an SSH connection of its own to the node. One connection shared by several
+    /// busy channels (an image streaming in while another call waits for an answer)
+    /// has its channels wait on each other's directions, which the SSH library does
+    /// not allow; connections of their own keep them apart. The engine works while the task lives.
     pub async fn docker(&self) -> Result<(Engine, Task), DockerError> {
         let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| DockerError::Connect(e.into()))?;
         let port = listener.local_addr().map_err(|e| DockerError::Connect(e.into()))?.port();
-        let session = self.session.clone();
-        let dial = format!("{}docker system dial-stdio", self.sudo);
+        let (addr, instance, dial) = (self.addr, self.instance.clone(), format!("{}docker system dial-stdio", self.sudo));
+        // A node that answered a moment ago answers at once, or is lost: no long retrying.
+        let settings = SshSettings { connect_timeout: Duration::from_secs(10), ..self.settings.clone() };
         let task = Task::spawn(async move {
             while let Ok((mut socket, _)) = listener.accept().await {
-                let (session, dial) = (session.clone(), dial.clone());
+                let (instance, settings, dial) = (instance.clone(), settings.clone(), dial.clone());
                 tokio::spawn(async move {
-                    let Ok(mut channel) = session.channel_session().await else { return };
+                    let node = match SshNode::connect(addr, instance.as_deref(), &settings).await {
+                        Ok(node) => node,
+                        Err(e) => return tracing::warn!(%addr, error = %e, "cannot open a Docker connection to the node"),
+                    };
+                    let Ok(mut channel) = node.session.channel_session().await else { return };
                     if channel.exec(&dial).await.is_ok() {
                         pump(&mut socket, &mut channel).await;
                     }
-                    let _ = channel.close().await;
+                    close(socket, channel).await;
                 });
             }
         });
@@ -311,10 +349,15 @@ impl SshNode {
         let task = Task::spawn(async move {
             while let Ok(mut channel) = listener.accept().await {
                 tokio::spawn(async move {
-                    if let Ok(mut socket) = tokio::net::TcpStream::connect(local).await {
-                        pump(&mut socket, &mut channel).await;
+                    match tokio::net::TcpStream::connect(local).await {
+                        Ok(mut socket) => {
+                            pump(&mut socket, &mut channel).await;
+                            close(socket, channel).await;
+                        }
+                        Err(_) => {
+                            let _ = tokio::time::timeout(Duration::from_secs(5), channel.close()).await;
+                        }
                     }
-                    let _ = channel.close().await;
                 });
             }
         });
@@ -342,46 +385,54 @@ pub fn forget_hosts(known_hosts: &std::path::Path, instances: &[String]) -> std:
     std::fs::rename(&temporary, known_hosts)
 }
 
+/// Ends an exchange: the local side at once (whoever waits on it learns now, even
+/// when the node is gone), then the channel, given a few seconds to say so.
+async fn close(socket: tokio::net::TcpStream, mut channel: async_ssh2_lite::AsyncChannel<TokioTcpStream>) {
+    drop(socket);
+    let _ = tokio::time::timeout(Duration::from_secs(5), channel.close()).await;
+}
+
 /// Copies bytes both ways between a local connection and an exec channel.
 /// A channel read of 0 bytes is end-of-stream only when the channel says so:
 /// libssh2 also answers 0 when it processed another channel's packet.
+/// The session is never asked to read and write at once (the SSH library refuses a
+/// read while a write waits, and the other way round): while the channel is read,
+/// the local side is only watched; once it has bytes, the read is given up (a read
+/// that has not answered has taken nothing) and they are written to the channel alone.
 async fn pump(socket: &mut tokio::net::TcpStream, channel: &mut async_ssh2_lite::AsyncChannel<TokioTcpStream>) {
     use tokio::io::AsyncWriteExt;
-    let (mut from_client, mut to_client) = socket.split();
-    let (mut from_node, mut to_node) = (channel.stream(0), channel.stream(0));
-    let up = async {
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            match from_client.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if to_node.write_all(&buf[..n]).await.is_err() || to_node.flush().await.is_err() {
-                        break;
-                    }
+    let mut from_node = channel.stream(0);
+    let (mut up, mut down) = (vec![0u8; 32 * 1024], vec![0u8; 32 * 1024]);
+    loop {
+        tokio::select! {
+            ready = socket.readable() => {
+                if ready.is_err() {
+                    return;
+                }
+                let n = match socket.try_read(&mut up) {
+                    Ok(0) => return,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(_) => return,
+                };
+                if from_node.write_all(&up[..n]).await.is_err() || from_node.flush().await.is_err() {
+                    return;
                 }
             }
-        }
-    };
-    let down = async {
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            match from_node.read(&mut buf).await {
-                Err(_) => break,
-                Ok(0) if channel.eof() => break,
-                Ok(0) => tokio::time::sleep(Duration::from_millis(1)).await,
-                Ok(n) => {
-                    if to_client.write_all(&buf[..n]).await.is_err() {
-                        break;
+            // Asked again every 250 ms: the SSH library may leave a read waiting with nothing
+            // to wake it (the session not blocked on its socket), even once the socket failed.
+            read = tokio::time::timeout(Duration::from_millis(250), from_node.read(&mut down)) => match read {
+                Err(_) => continue,
+                Ok(Err(_)) => return,
+                Ok(Ok(0)) if channel.eof() => return,
+                Ok(Ok(0)) => tokio::time::sleep(Duration::from_millis(1)).await,
+                Ok(Ok(n)) => {
+                    if socket.write_all(&down[..n]).await.is_err() {
+                        return;
                     }
                 }
-            }
+            },
         }
-        let _ = to_client.shutdown().await;
-    };
-    // Whichever side ends first ends the exchange; the caller then closes the channel.
-    tokio::select! {
-        _ = down => {}
-        _ = up => {}
     }
 }
 
@@ -396,6 +447,7 @@ mod tests {
             known_hosts: PathBuf::new(),
             record_new_hosts: false,
             connect_timeout: Duration::from_secs(1),
+            silence: Duration::from_secs(20),
         }
     }
 
