@@ -323,6 +323,7 @@ impl Hosts {
         run("ssh-keygen", &["-q", "-t", "ed25519", "-N", "", "-f", &key.display().to_string()]);
         let public_key = std::fs::read_to_string(key.with_extension("pub")).unwrap();
         std::fs::create_dir_all("/run/sshd").unwrap();
+        let started = Instant::now();
         let subnets: Vec<Subnet> = counts.iter().map(|_| Subnet::create()).collect();
         let mut nodes = Vec::new();
         std::thread::scope(|scope| {
@@ -339,6 +340,7 @@ impl Hosts {
                 nodes.push(Arc::new(node.join().expect("a node started")));
             }
         });
+        eprintln!("farm: {} nodes ready in {:.2} s", nodes.len(), started.elapsed().as_secs_f64());
         Self { nodes, key, subnets, stop: Arc::default(), _dir: dir }
     }
 
