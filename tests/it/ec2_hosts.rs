@@ -552,7 +552,9 @@ async fn a_link_that_drops_for_seconds_loses_no_count_and_counts_none_twice() {
     hosts.nodes[0].set_link(true);
     let run = app.wait_finished(&run_id, 300).await;
     assert_eq!(run["state"], "completed", "{run:#}");
-    assert_ne!(run["verdict"], "invalid", "{run:#}");
+    // Nothing is missing (a busy machine may still make the verdict invalid for the generator's CPU).
+    let reason = run["verdict_reason"].as_str().unwrap_or_default();
+    assert!(!reason.contains("numbers are missing"), "{run:#}");
     let (_, metrics) = app.get(&format!("/api/v1/runs/{run_id}/metrics")).await;
     let hits = metrics["metrics"].as_array().unwrap().iter().find(|m| m["metric"] == "hits").map(|m| m["count"].clone());
     assert_eq!(hits, Some(json!(300.0)), "{metrics:#}");
