@@ -150,6 +150,38 @@ CONF
   export LOADS_TEST_INFLUX_URL="http://127.0.0.1:$port"
 }
 
+# The Docker engine the tests build their images on and run containers with:
+# started when none answers (through systemd where it runs, else directly),
+# and restarted when one runs but stops answering. DOCKER_HOST, when set, wins.
+ensure_docker() {
+  [ -n "${DOCKER_HOST:-}" ] && return 0
+  timeout 20 docker info >/dev/null 2>&1 && return 0
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
+  if pgrep -x dockerd >/dev/null; then
+    echo "the Docker engine does not answer: restarting it"
+    $sudo pkill -x dockerd || true
+    local i
+    for i in $(seq 1 100); do pgrep -x dockerd >/dev/null || break; sleep 0.2; done
+    $sudo pkill -KILL -x dockerd 2>/dev/null || true
+  else
+    echo "starting the Docker engine"
+  fi
+  if [ -d /run/systemd/system ] && $sudo systemctl start docker 2>/dev/null; then
+    :
+  else
+    mkdir -p /var/tmp/loads-docker
+    $sudo nohup /usr/sbin/dockerd > /var/tmp/loads-docker/dockerd.log 2>&1 &
+  fi
+  local i
+  for i in $(seq 1 300); do
+    timeout 5 docker info >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  echo "the Docker engine did not come up; its log: /var/tmp/loads-docker/dockerd.log" >&2
+  return 1
+}
+
 # The EC2 test double: PyPI's moto server, on loopback. LOADS_TEST_MOTO_URL,
 # when already set, wins.
 ensure_moto() {
