@@ -14,18 +14,18 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::domain::cost::{self, Estimate};
+use crate::domain::life::{Ending, RunPhase};
 use crate::domain::validate;
 use crate::domain::views::{ContainerView, RunState, RunView};
 use crate::domain::Env;
+use crate::domain::{ConflictCode, DomainError, LimitCode, RefusalCode};
 use crate::domain::{FieldError, ValidationErrors};
 use crate::feed::{Feed, RunEvent};
 use crate::metrics::MetricsActor;
 use crate::pool::{Ec2PoolActor, InstanceLimits, Reap, SpotPrices, SweepOrphans, TerminateRunInstances};
-use crate::run_supervisor::{
-    AbortRun as AbortSupervised, RunEnded, RunServices, RunSupervisor, Subscribe as SubscribeSupervised, Subscription,
-};
+use crate::run_supervisor::{AbortSupervised, RunEnded, RunServices, RunSupervisor, SubscribeSupervised, Subscription};
 use crate::settings::{CostSettings, RunSettings};
-use crate::store::{plans, runs, StoreError};
+use crate::store::{plans, runs};
 
 /// How many finished runs keep their feed in memory for late subscribers.
 const FINISHED_FEEDS: usize = 16;
@@ -76,8 +76,11 @@ impl Actor for BrokerActor {
                         Ok(found) => carried.push(found),
                         Err(e) => {
                             tracing::warn!(run_id = %id, error = %e, "failing a run left live by a previous broker");
-                            if let Err(e) = runs::set_state(&db, id, RunState::Failed, Some(RESTART_REASON.into())).await {
-                                tracing::error!(run_id = %id, error = %e, "could not fail a stale run");
+                            let lost = RunPhase::Ended(Ending::Lost(RESTART_REASON.into()));
+                            match runs::transition(&db, id, &lost).await {
+                                Ok(true) => {}
+                                Ok(false) => tracing::warn!(run_id = %id, "a stale run had already ended"),
+                                Err(e) => tracing::error!(run_id = %id, error = %e, "could not fail a stale run"),
                             }
                         }
                     }
@@ -141,20 +144,37 @@ fn new_token() -> String {
     format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple())
 }
 
+/// Why a run left live by a previous broker cannot be carried on.
+#[derive(Debug, thiserror::Error)]
+enum ResumeError {
+    /// Reading it back failed.
+    #[error("reading the run back: {0}")]
+    Read(#[from] DomainError),
+    /// It was started by a broker that did not record what carrying it on needs.
+    #[error("the run was started by a broker that did not record what carrying it on needs")]
+    Unrecorded,
+    /// Its resources could not be swept before starting over.
+    #[error("sweeping the run's resources: {0}")]
+    Sweep(#[from] crate::pool::PoolError),
+    /// The pool did not answer.
+    #[error("the node pool did not answer: {0}")]
+    Pool(#[from] actix::MailboxError),
+}
+
 /// What is needed to carry on run `id`; a run still pending or initializing is swept first, to start over.
 async fn carry_on(
     db: &DatabaseConnection,
     pool: &Addr<Ec2PoolActor>,
     id: Uuid,
-) -> Result<(RunView, crate::domain::views::PlanView, runs::Recovery), String> {
-    let run = runs::get(db, id).await.map_err(|e| e.to_string())?;
-    let plan = plans::get(db, run.plan_id).await.map_err(|e| e.to_string())?;
-    let recovery = runs::recovery(db, id).await.map_err(|e| e.to_string())?;
+) -> Result<(RunView, crate::domain::views::PlanView, runs::Recovery), ResumeError> {
+    let run = runs::get(db, id).await?;
+    let plan = plans::get(db, run.plan_id).await?;
+    let recovery = runs::recovery(db, id).await?;
     if matches!(run.state, RunState::Running | RunState::Terminating) && recovery.ingest_token.is_none() {
-        return Err("the run was started by a broker that did not record what carrying it on needs".into());
+        return Err(ResumeError::Unrecorded);
     }
     if matches!(run.state, RunState::Pending | RunState::Initializing) {
-        pool.send(crate::pool::CloseRun { run_id: id }).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+        pool.send(crate::pool::CloseRun { run_id: id }).await??;
     }
     Ok((run, plan, recovery))
 }
@@ -164,7 +184,7 @@ const REAP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Starts a run of a plan; answers the recorded run.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<RunView, StoreError>")]
+#[rtype(result = "Result<RunView, DomainError>")]
 pub struct StartRun {
     /// The plan.
     pub plan_id: Uuid,
@@ -178,15 +198,15 @@ pub struct StartRun {
 }
 
 impl Handler<StartRun> for BrokerActor {
-    type Result = ResponseActFuture<Self, Result<RunView, StoreError>>;
+    type Result = ResponseActFuture<Self, Result<RunView, DomainError>>;
 
     fn handle(&mut self, msg: StartRun, _: &mut Context<Self>) -> Self::Result {
         // Each live run holds a network on the engine (whose address pools are finite) and
         // nodes: beyond the cap, a start is refused until a run ends.
         let max = self.settings.max_live_runs;
         if self.live.len() + self.starting >= max {
-            let refused = StoreError::Limit {
-                code: "too_many_live_runs",
+            let refused = DomainError::Limit {
+                code: LimitCode::TooManyLiveRuns,
                 message: format!("this broker already has {max} live runs (limits.max_live_runs); try again when one has ended"),
             };
             return Box::pin(actix::fut::ready(Err(refused)));
@@ -198,7 +218,7 @@ impl Handler<StartRun> for BrokerActor {
                 let checked = preflight(&db, &pool, &settings, &msg).await?;
                 let token = new_token();
                 let run = runs::create(&db, msg.plan_id, msg.owner, &checked.run_env, &checked.unset, &token).await?;
-                Ok::<_, StoreError>((run, checked.plan, checked.run_env, token))
+                Ok::<_, DomainError>((run, checked.plan, checked.run_env, token))
             }
             .into_actor(self)
             .map(|res, act, ctx| {
@@ -216,11 +236,11 @@ impl Handler<StartRun> for BrokerActor {
 /// Checks a run as [`StartRun`] would, without starting it: answers its estimate,
 /// or the error starting it would give (invalid env, region not configured, `over_budget`).
 #[derive(Debug, Message)]
-#[rtype(result = "Result<Estimate, StoreError>")]
+#[rtype(result = "Result<Estimate, DomainError>")]
 pub struct DryRun(pub StartRun);
 
 impl Handler<DryRun> for BrokerActor {
-    type Result = ResponseActFuture<Self, Result<Estimate, StoreError>>;
+    type Result = ResponseActFuture<Self, Result<Estimate, DomainError>>;
 
     fn handle(&mut self, msg: DryRun, _: &mut Context<Self>) -> Self::Result {
         let (db, pool, settings) = (self.db.clone(), self.pool.clone(), self.settings.clone());
@@ -230,14 +250,14 @@ impl Handler<DryRun> for BrokerActor {
 
 /// What a plan's run costs on EC2 at most, per step and in all, and the budget cap it passes, if any.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<Estimate, StoreError>")]
+#[rtype(result = "Result<Estimate, DomainError>")]
 pub struct EstimatePlan {
     /// The plan.
     pub plan_id: Uuid,
 }
 
 impl Handler<EstimatePlan> for BrokerActor {
-    type Result = ResponseActFuture<Self, Result<Estimate, StoreError>>;
+    type Result = ResponseActFuture<Self, Result<Estimate, DomainError>>;
 
     fn handle(&mut self, msg: EstimatePlan, _: &mut Context<Self>) -> Self::Result {
         let (db, pool, cost) = (self.db.clone(), self.pool.clone(), self.settings.cost.clone());
@@ -256,7 +276,7 @@ impl Handler<EstimatePlan> for BrokerActor {
 }
 
 /// The dollars this broker's runs recorded this month, when a monthly cap needs them.
-async fn month_to_date(db: &DatabaseConnection, cost: &CostSettings) -> Result<f64, StoreError> {
+async fn month_to_date(db: &DatabaseConnection, cost: &CostSettings) -> Result<f64, DomainError> {
     match cost.budget.max_usd_per_month {
         Some(_) => runs::cost_since(db, crate::run_cost::month_start(), Uuid::nil()).await,
         None => Ok(0.0),
@@ -295,14 +315,14 @@ struct Checked {
 }
 
 /// Everything starting a run checks before anything is recorded or launched: the run env,
-/// the plan enabled, its variables and secrets defined, on EC2 every step's region
+/// the plan enabled, its variables and secrets defined, its volumes ones this broker mounts, on EC2 every step's region
 /// configured and the estimate within the budget.
 async fn preflight(
     db: &DatabaseConnection,
     pool: &Addr<Ec2PoolActor>,
     settings: &RunSettings,
     msg: &StartRun,
-) -> Result<Checked, StoreError> {
+) -> Result<Checked, DomainError> {
     let mut env = msg.env.clone();
     let mut unset = Vec::new();
     if let (true, Some(Value::Object(map))) = (msg.null_is_unset, env.as_mut()) {
@@ -315,16 +335,20 @@ async fn preflight(
             for f in &mut e.0 {
                 f.path = if f.path.is_empty() { "env".into() } else { format!("env.{}", f.path) };
             }
-            StoreError::Invalid(e)
+            DomainError::Invalid(e)
         })?,
     };
     let plan = plans::get(db, msg.plan_id).await?;
     if !plan.plan.enabled {
-        return Err(StoreError::conflict("plan_disabled", format!("plan {:?} is disabled; enable it to run it", plan.plan.name)));
+        return Err(DomainError::conflict(
+            ConflictCode::PlanDisabled,
+            format!("plan {:?} is disabled; enable it to run it", plan.plan.name),
+        ));
     }
     let spec = plan.spec();
-    validate::plan_variables(&spec, &run_env).map_err(StoreError::Invalid)?;
-    settings.secrets.check(&spec, &run_env).map_err(StoreError::Invalid)?;
+    validate::plan_variables(&spec, &run_env).map_err(DomainError::Invalid)?;
+    validate::runnable(&spec, &settings.limits).map_err(DomainError::Invalid)?;
+    settings.secrets.check(&spec, &run_env).map_err(DomainError::Invalid)?;
     let cost = &settings.cost;
     if let Some(regions) = &cost.cloud_regions {
         let unconfigured: Vec<FieldError> = spec
@@ -345,13 +369,13 @@ async fn preflight(
             })
             .collect();
         if !unconfigured.is_empty() {
-            return Err(StoreError::Invalid(ValidationErrors(unconfigured)));
+            return Err(DomainError::Invalid(ValidationErrors(unconfigured)));
         }
     }
     let estimate = estimate(&spec, cost, pool).await;
     if cost.cloud_regions.is_some() {
         if let Some(why) = cost.budget.refusal(&estimate, month_to_date(db, cost).await?) {
-            return Err(StoreError::Refused { code: "over_budget", message: format!("plan {:?}: {why}", plan.plan.name) });
+            return Err(DomainError::Refused { code: RefusalCode::OverBudget, message: format!("plan {:?}: {why}", plan.plan.name) });
         }
     }
     Ok(Checked { plan, run_env, unset, estimate })
@@ -359,14 +383,14 @@ async fn preflight(
 
 /// Aborts a run; idempotent; answers the run as stored.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<RunView, StoreError>")]
+#[rtype(result = "Result<RunView, DomainError>")]
 pub struct AbortRun {
     /// The run.
     pub run_id: Uuid,
 }
 
 impl Handler<AbortRun> for BrokerActor {
-    type Result = ResponseActFuture<Self, Result<RunView, StoreError>>;
+    type Result = ResponseActFuture<Self, Result<RunView, DomainError>>;
 
     fn handle(&mut self, msg: AbortRun, _: &mut Context<Self>) -> Self::Result {
         let supervisor = self.live.get(&msg.run_id).cloned();
@@ -386,18 +410,18 @@ impl Handler<AbortRun> for BrokerActor {
 
 /// Deletes a finished run and its records.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<(), StoreError>")]
+#[rtype(result = "Result<(), DomainError>")]
 pub struct DeleteRun {
     /// The run.
     pub run_id: Uuid,
 }
 
 impl Handler<DeleteRun> for BrokerActor {
-    type Result = ResponseActFuture<Self, Result<(), StoreError>>;
+    type Result = ResponseActFuture<Self, Result<(), DomainError>>;
 
     fn handle(&mut self, msg: DeleteRun, _: &mut Context<Self>) -> Self::Result {
         if self.live.contains_key(&msg.run_id) {
-            let err = StoreError::conflict("run_live", format!("run {} is still live; abort it first", msg.run_id));
+            let err = DomainError::conflict(ConflictCode::RunLive, format!("run {} is still live; abort it first", msg.run_id));
             return Box::pin(actix::fut::ready(Err(err)));
         }
         let db = self.db.clone();
@@ -424,7 +448,7 @@ pub enum Stopped {
 
 /// Stops a live run, or with `purge` deletes a finished one (the loads v2 `DELETE /api/run`).
 #[derive(Debug, Message)]
-#[rtype(result = "Result<Stopped, StoreError>")]
+#[rtype(result = "Result<Stopped, DomainError>")]
 pub struct StopRun {
     /// The run.
     pub run_id: Uuid,
@@ -435,7 +459,7 @@ pub struct StopRun {
 }
 
 impl Handler<StopRun> for BrokerActor {
-    type Result = ResponseActFuture<Self, Result<Stopped, StoreError>>;
+    type Result = ResponseActFuture<Self, Result<Stopped, DomainError>>;
 
     fn handle(&mut self, msg: StopRun, _: &mut Context<Self>) -> Self::Result {
         let supervisor = self.live.get(&msg.run_id).cloned();
@@ -470,7 +494,7 @@ impl Handler<StopRun> for BrokerActor {
 
 /// Subscribes to a run's live feed from event `since` on.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<Subscription, StoreError>")]
+#[rtype(result = "Result<Subscription, DomainError>")]
 pub struct Subscribe {
     /// The run.
     pub run_id: Uuid,
@@ -479,7 +503,7 @@ pub struct Subscribe {
 }
 
 impl Handler<Subscribe> for BrokerActor {
-    type Result = ResponseActFuture<Self, Result<Subscription, StoreError>>;
+    type Result = ResponseActFuture<Self, Result<Subscription, DomainError>>;
 
     fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) -> Self::Result {
         if let Some(s) = self.live.get(&msg.run_id).cloned() {
@@ -515,7 +539,7 @@ impl BrokerActor {
         &self,
         run_id: Uuid,
         since: u64,
-    ) -> impl std::future::Future<Output = Result<Subscription, StoreError>> + 'static {
+    ) -> impl std::future::Future<Output = Result<Subscription, DomainError>> + 'static {
         let events = self.finished.iter().find(|(id, _)| *id == run_id).map(|(_, e)| e.clone()).unwrap_or_default();
         let db = self.db.clone();
         async move {
@@ -528,7 +552,7 @@ impl BrokerActor {
 
 /// The recorded containers of a run (exit codes and output), optionally of one step and node.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<Vec<ContainerView>, StoreError>")]
+#[rtype(result = "Result<Vec<ContainerView>, DomainError>")]
 pub struct RunLogs {
     /// The run.
     pub run_id: Uuid,
@@ -541,7 +565,7 @@ pub struct RunLogs {
 }
 
 impl Handler<RunLogs> for BrokerActor {
-    type Result = ResponseActFuture<Self, Result<Vec<ContainerView>, StoreError>>;
+    type Result = ResponseActFuture<Self, Result<Vec<ContainerView>, DomainError>>;
 
     fn handle(&mut self, msg: RunLogs, _: &mut Context<Self>) -> Self::Result {
         let db = self.db.clone();
@@ -571,14 +595,14 @@ impl Handler<RunLogs> for BrokerActor {
 
 /// The run's dashboard JSON.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<serde_json::Value, StoreError>")]
+#[rtype(result = "Result<serde_json::Value, DomainError>")]
 pub struct RunDashboard {
     /// The run.
     pub run_id: Uuid,
 }
 
 impl Handler<RunDashboard> for BrokerActor {
-    type Result = ResponseActFuture<Self, Result<serde_json::Value, StoreError>>;
+    type Result = ResponseActFuture<Self, Result<serde_json::Value, DomainError>>;
 
     fn handle(&mut self, msg: RunDashboard, _: &mut Context<Self>) -> Self::Result {
         let metrics = self.metrics.clone();
@@ -587,7 +611,7 @@ impl Handler<RunDashboard> for BrokerActor {
                 metrics
                     .send(crate::metrics::RenderDashboard { run_id: msg.run_id })
                     .await
-                    .map_err(|e| StoreError::Database(sea_orm::DbErr::Custom(e.to_string())))?
+                    .map_err(|_| DomainError::Unavailable { what: "the metrics collector" })?
             }
             .into_actor(self),
         )
@@ -596,14 +620,14 @@ impl Handler<RunDashboard> for BrokerActor {
 
 /// The metric summaries of a run, stored when it ended.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<Vec<crate::domain::views::MetricSummaryView>, StoreError>")]
+#[rtype(result = "Result<Vec<crate::domain::views::MetricSummaryView>, DomainError>")]
 pub struct RunMetrics {
     /// The run.
     pub run_id: Uuid,
 }
 
 impl Handler<RunMetrics> for BrokerActor {
-    type Result = ResponseActFuture<Self, Result<Vec<crate::domain::views::MetricSummaryView>, StoreError>>;
+    type Result = ResponseActFuture<Self, Result<Vec<crate::domain::views::MetricSummaryView>, DomainError>>;
 
     fn handle(&mut self, msg: RunMetrics, _: &mut Context<Self>) -> Self::Result {
         let db = self.db.clone();
@@ -613,14 +637,14 @@ impl Handler<RunMetrics> for BrokerActor {
 
 /// The series of a run's steps, for charts: each flush window merged over the step's nodes.
 #[derive(Message)]
-#[rtype(result = "Result<Vec<crate::domain::views::StepSeriesView>, StoreError>")]
+#[rtype(result = "Result<Vec<crate::domain::views::StepSeriesView>, DomainError>")]
 pub struct RunSeries {
     /// The run.
     pub run_id: Uuid,
 }
 
 impl Handler<RunSeries> for BrokerActor {
-    type Result = ResponseActFuture<Self, Result<Vec<crate::domain::views::StepSeriesView>, StoreError>>;
+    type Result = ResponseActFuture<Self, Result<Vec<crate::domain::views::StepSeriesView>, DomainError>>;
 
     fn handle(&mut self, msg: RunSeries, _: &mut Context<Self>) -> Self::Result {
         let db = self.db.clone();

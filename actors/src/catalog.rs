@@ -13,8 +13,9 @@ use uuid::Uuid;
 use crate::domain::compare::Comparison;
 use crate::domain::validate::{self, Limits};
 use crate::domain::views::{BaselineView, ImportReport, Page, PlanSummary, PlanView, ProjectDetail, ProjectTree, ProjectView, RunView};
+use crate::domain::DomainError;
 use crate::store::runs::{CompareTo, RunFilter};
-use crate::store::{self, plans, projects, runs, StoreError};
+use crate::store::{self, plans, projects, runs};
 
 /// Owns the catalog: projects, plans, steps, and run records.
 pub struct CatalogActor {
@@ -34,180 +35,409 @@ impl Actor for CatalogActor {
 }
 
 /// Result of every catalog request.
-pub type CatalogResult<T> = Result<T, StoreError>;
+pub type CatalogResult<T> = Result<T, DomainError>;
 
-fn invalid(e: crate::domain::ValidationErrors) -> StoreError {
-    StoreError::Invalid(e)
+fn invalid(e: crate::domain::ValidationErrors) -> DomainError {
+    DomainError::Invalid(e)
 }
 
-/// Declares a message and its handler: the body runs as a future with a pool
-/// handle `$db`, the limits `$limits` and the message `$msg`.
-macro_rules! catalog_message {
-    ($(#[$doc:meta])* $name:ident { $($field:ident : $ty:ty),* $(,)? } -> $out:ty,
-     |$db:ident, $limits:ident, $msg:ident| $body:expr) => {
-        $(#[$doc])*
-        #[derive(Debug)]
-        pub struct $name { $(#[allow(missing_docs)] pub $field: $ty),* }
+/// Checks that the database answers.
+#[derive(Debug, Message)]
+#[rtype(result = "CatalogResult<()>")]
+pub struct Ping;
 
-        impl Message for $name {
-            type Result = CatalogResult<$out>;
-        }
+impl Handler<Ping> for CatalogActor {
+    type Result = ResponseFuture<CatalogResult<()>>;
 
-        impl Handler<$name> for CatalogActor {
-            type Result = ResponseFuture<CatalogResult<$out>>;
-
-            #[allow(unused_variables)]
-            fn handle(&mut self, $msg: $name, _: &mut Context<Self>) -> Self::Result {
-                let $db = self.db.clone();
-                let $limits = self.limits.clone();
-                Box::pin(async move { $body })
-            }
-        }
-    };
+    fn handle(&mut self, _: Ping, _: &mut Context<Self>) -> Self::Result {
+        let db = self.db.clone();
+        Box::pin(async move { store::ping(&db).await.map_err(DomainError::from) })
+    }
 }
 
-catalog_message!(
-    /// Checks that the database answers.
-    Ping {} -> (),
-    |db, limits, msg| store::ping(&db).await.map_err(StoreError::from)
-);
+/// Lists projects, by name.
+#[derive(Debug, Message)]
+#[rtype(result = "CatalogResult<Page<ProjectView>>")]
+pub struct ListProjects {
+    /// Most items to answer.
+    pub limit: u64,
+    /// Items to skip first.
+    pub offset: u64,
+}
 
-catalog_message!(
-    /// Lists projects, by name.
-    ListProjects { limit: u64, offset: u64 } -> Page<ProjectView>,
-    |db, limits, msg| projects::list(&db, msg.limit, msg.offset).await
-);
+impl Handler<ListProjects> for CatalogActor {
+    type Result = ResponseFuture<CatalogResult<Page<ProjectView>>>;
 
-catalog_message!(
-    /// Creates a project (and its plans) from a project document.
-    CreateProject { document: Value } -> ProjectDetail,
-    |db, limits, msg| {
-        let spec = validate::project(&msg.document, &limits).map_err(invalid)?;
-        projects::create(&db, &spec.value).await
+    fn handle(&mut self, msg: ListProjects, _: &mut Context<Self>) -> Self::Result {
+        let db = self.db.clone();
+        Box::pin(async move { projects::list(&db, msg.limit, msg.offset).await })
     }
-);
+}
 
-catalog_message!(
-    /// Reads one project with its plan summaries.
-    GetProject { id: Uuid } -> ProjectDetail,
-    |db, limits, msg| projects::get(&db, msg.id).await
-);
+/// Creates a project (and its plans) from a project document.
+#[derive(Debug, Message)]
+#[rtype(result = "CatalogResult<ProjectDetail>")]
+pub struct CreateProject {
+    /// The document, as sent.
+    pub document: Value,
+}
 
-catalog_message!(
-    /// Renames a project or changes its home page (`{name, home_page?}`).
-    UpdateProject { id: Uuid, document: Value } -> ProjectDetail,
-    |db, limits, msg| {
-        let (name, home_page) = validate::project_header(&msg.document).map_err(invalid)?;
-        projects::update(&db, msg.id, &name, home_page.as_deref()).await
+impl Handler<CreateProject> for CatalogActor {
+    type Result = ResponseFuture<CatalogResult<ProjectDetail>>;
+
+    fn handle(&mut self, msg: CreateProject, _: &mut Context<Self>) -> Self::Result {
+        let db = self.db.clone();
+        let limits = self.limits.clone();
+        Box::pin(async move {
+            let spec = validate::project(&msg.document, &limits).map_err(invalid)?;
+            projects::create(&db, &spec.value).await
+        })
     }
-);
+}
 
-catalog_message!(
-    /// Deletes a project with everything in it; refused while one of its runs is live.
-    DeleteProject { id: Uuid } -> (),
-    |db, limits, msg| projects::delete(&db, msg.id).await
-);
+/// Reads one project with its plan summaries.
+#[derive(Debug, Message)]
+#[rtype(result = "CatalogResult<ProjectDetail>")]
+pub struct GetProject {
+    /// The project.
+    pub id: Uuid,
+}
 
-catalog_message!(
-    /// Imports a project document: creates or updates the project and its plans.
-    ImportProject { document: Value } -> ImportReport,
-    |db, limits, msg| {
-        let spec = validate::project(&msg.document, &limits).map_err(invalid)?;
-        projects::import(&db, &spec.value, spec.warnings).await
+impl Handler<GetProject> for CatalogActor {
+    type Result = ResponseFuture<CatalogResult<ProjectDetail>>;
+
+    fn handle(&mut self, msg: GetProject, _: &mut Context<Self>) -> Self::Result {
+        let db = self.db.clone();
+        Box::pin(async move { projects::get(&db, msg.id).await })
     }
-);
+}
 
-catalog_message!(
-    /// Lists a project's plans, by name.
-    ListPlans { project_id: Uuid, limit: u64, offset: u64 } -> Page<PlanSummary>,
-    |db, limits, msg| plans::list(&db, msg.project_id, msg.limit, msg.offset).await
-);
+/// Renames a project or changes its home page (`{name, home_page?}`).
+#[derive(Debug, Message)]
+#[rtype(result = "CatalogResult<ProjectDetail>")]
+pub struct UpdateProject {
+    /// The project.
+    pub id: Uuid,
+    /// The document, as sent.
+    pub document: Value,
+}
 
-catalog_message!(
-    /// Creates a plan with its steps in a project.
-    CreatePlan { project_id: Uuid, document: Value } -> PlanView,
-    |db, limits, msg| {
-        let spec = validate::plan(&msg.document, &limits).map_err(invalid)?;
-        plans::create(&db, msg.project_id, &spec.value).await
+impl Handler<UpdateProject> for CatalogActor {
+    type Result = ResponseFuture<CatalogResult<ProjectDetail>>;
+
+    fn handle(&mut self, msg: UpdateProject, _: &mut Context<Self>) -> Self::Result {
+        let db = self.db.clone();
+        Box::pin(async move {
+            let (name, home_page) = validate::project_header(&msg.document).map_err(invalid)?;
+            projects::update(&db, msg.id, &name, home_page.as_deref()).await
+        })
     }
-);
+}
 
-catalog_message!(
-    /// Reads one plan with its steps.
-    GetPlan { id: Uuid } -> PlanView,
-    |db, limits, msg| plans::get(&db, msg.id).await
-);
+/// Deletes a project with everything in it; refused while one of its runs is live.
+#[derive(Debug, Message)]
+#[rtype(result = "CatalogResult<()>")]
+pub struct DeleteProject {
+    /// The project.
+    pub id: Uuid,
+}
 
-catalog_message!(
-    /// Replaces a plan; its steps and env cannot change once it has runs.
-    UpdatePlan { id: Uuid, document: Value } -> PlanView,
-    |db, limits, msg| {
-        let spec = validate::plan(&msg.document, &limits).map_err(invalid)?;
-        plans::replace(&db, msg.id, &spec.value).await
+impl Handler<DeleteProject> for CatalogActor {
+    type Result = ResponseFuture<CatalogResult<()>>;
+
+    fn handle(&mut self, msg: DeleteProject, _: &mut Context<Self>) -> Self::Result {
+        let db = self.db.clone();
+        Box::pin(async move { projects::delete(&db, msg.id).await })
     }
-);
+}
 
-catalog_message!(
-    /// Deletes a plan with its steps and runs; refused while one of its runs is live.
-    DeletePlan { id: Uuid } -> (),
-    |db, limits, msg| plans::delete(&db, msg.id).await
-);
+/// Imports a project document: creates or updates the project and its plans.
+#[derive(Debug, Message)]
+#[rtype(result = "CatalogResult<ImportReport>")]
+pub struct ImportProject {
+    /// The document, as sent.
+    pub document: Value,
+}
 
-catalog_message!(
-    /// Copies a plan into a new, editable plan of the same project.
-    ForkPlan { id: Uuid, name: Option<String> } -> PlanView,
-    |db, limits, msg| plans::fork(&db, msg.id, msg.name).await
-);
+impl Handler<ImportProject> for CatalogActor {
+    type Result = ResponseFuture<CatalogResult<ImportReport>>;
 
-catalog_message!(
-    /// Lists runs matching a filter, newest first.
-    ListRuns { filter: RunFilter, limit: u64, offset: u64 } -> Page<RunView>,
-    |db, limits, msg| runs::list(&db, &msg.filter, msg.limit, msg.offset).await
-);
-
-catalog_message!(
-    /// Reads one run with its step records.
-    GetRun { id: Uuid } -> RunView,
-    |db, limits, msg| runs::get(&db, msg.id).await
-);
-
-catalog_message!(
-    /// Reads projects (all, or one) with every plan, step and run, for the loads v2 API.
-    ProjectTrees { id: Option<Uuid> } -> Vec<ProjectTree>,
-    |db, limits, msg| projects::trees(&db, msg.id).await
-);
-
-catalog_message!(
-    /// Imports a project document and answers the project's whole tree (the loads v2 `POST /api/project`).
-    ImportProjectTree { document: Value } -> ProjectTree,
-    |db, limits, msg| {
-        let spec = validate::project(&msg.document, &limits).map_err(invalid)?;
-        let report = projects::import(&db, &spec.value, spec.warnings).await?;
-        let mut trees = projects::trees(&db, Some(report.project.project.id)).await?;
-        Ok(trees.remove(0))
+    fn handle(&mut self, msg: ImportProject, _: &mut Context<Self>) -> Self::Result {
+        let db = self.db.clone();
+        let limits = self.limits.clone();
+        Box::pin(async move {
+            let spec = validate::project(&msg.document, &limits).map_err(invalid)?;
+            projects::import(&db, &spec.value, spec.warnings).await
+        })
     }
-);
+}
 
-catalog_message!(
-    /// Makes a finished run of a plan its baseline, replacing any other.
-    SetBaseline { plan_id: Uuid, run_id: Uuid } -> BaselineView,
-    |db, limits, msg| plans::set_baseline(&db, msg.plan_id, msg.run_id).await
-);
+/// Lists a project's plans, by name.
+#[derive(Debug, Message)]
+#[rtype(result = "CatalogResult<Page<PlanSummary>>")]
+pub struct ListPlans {
+    /// The project.
+    pub project_id: Uuid,
+    /// Most items to answer.
+    pub limit: u64,
+    /// Items to skip first.
+    pub offset: u64,
+}
 
-catalog_message!(
-    /// Reads a plan's baseline.
-    GetBaseline { plan_id: Uuid } -> BaselineView,
-    |db, limits, msg| plans::baseline(&db, msg.plan_id).await
-);
+impl Handler<ListPlans> for CatalogActor {
+    type Result = ResponseFuture<CatalogResult<Page<PlanSummary>>>;
 
-catalog_message!(
-    /// Removes a plan's baseline.
-    ClearBaseline { plan_id: Uuid } -> (),
-    |db, limits, msg| plans::clear_baseline(&db, msg.plan_id).await
-);
+    fn handle(&mut self, msg: ListPlans, _: &mut Context<Self>) -> Self::Result {
+        let db = self.db.clone();
+        Box::pin(async move { plans::list(&db, msg.project_id, msg.limit, msg.offset).await })
+    }
+}
 
-catalog_message!(
-    /// Compares a finished run with its plan's baseline or another finished run.
-    CompareRuns { run_id: Uuid, to: CompareTo } -> Comparison,
-    |db, limits, msg| runs::compare(&db, msg.run_id, msg.to).await
-);
+/// Creates a plan with its steps in a project.
+#[derive(Debug, Message)]
+#[rtype(result = "CatalogResult<PlanView>")]
+pub struct CreatePlan {
+    /// The project.
+    pub project_id: Uuid,
+    /// The document, as sent.
+    pub document: Value,
+}
+
+impl Handler<CreatePlan> for CatalogActor {
+    type Result = ResponseFuture<CatalogResult<PlanView>>;
+
+    fn handle(&mut self, msg: CreatePlan, _: &mut Context<Self>) -> Self::Result {
+        let db = self.db.clone();
+        let limits = self.limits.clone();
+        Box::pin(async move {
+            let spec = validate::plan(&msg.document, &limits).map_err(invalid)?;
+            plans::create(&db, msg.project_id, &spec.value).await
+        })
+    }
+}
+
+/// Reads one plan with its steps.
+#[derive(Debug, Message)]
+#[rtype(result = "CatalogResult<PlanView>")]
+pub struct GetPlan {
+    /// The plan.
+    pub id: Uuid,
+}
+
+impl Handler<GetPlan> for CatalogActor {
+    type Result = ResponseFuture<CatalogResult<PlanView>>;
+
+    fn handle(&mut self, msg: GetPlan, _: &mut Context<Self>) -> Self::Result {
+        let db = self.db.clone();
+        Box::pin(async move { plans::get(&db, msg.id).await })
+    }
+}
+
+/// Replaces a plan; its steps and env cannot change once it has runs.
+#[derive(Debug, Message)]
+#[rtype(result = "CatalogResult<PlanView>")]
+pub struct UpdatePlan {
+    /// The plan.
+    pub id: Uuid,
+    /// The document, as sent.
+    pub document: Value,
+}
+
+impl Handler<UpdatePlan> for CatalogActor {
+    type Result = ResponseFuture<CatalogResult<PlanView>>;
+
+    fn handle(&mut self, msg: UpdatePlan, _: &mut Context<Self>) -> Self::Result {
+        let db = self.db.clone();
+        let limits = self.limits.clone();
+        Box::pin(async move {
+            let spec = validate::plan(&msg.document, &limits).map_err(invalid)?;
+            plans::replace(&db, msg.id, &spec.value).await
+        })
+    }
+}
+
+/// Deletes a plan with its steps and runs; refused while one of its runs is live.
+#[derive(Debug, Message)]
+#[rtype(result = "CatalogResult<()>")]
+pub struct DeletePlan {
+    /// The plan.
+    pub id: Uuid,
+}
+
+impl Handler<DeletePlan> for CatalogActor {
+    type Result = ResponseFuture<CatalogResult<()>>;
+
+    fn handle(&mut self, msg: DeletePlan, _: &mut Context<Self>) -> Self::Result {
+        let db = self.db.clone();
+        Box::pin(async move { plans::delete(&db, msg.id).await })
+    }
+}
+
+/// Copies a plan into a new, editable plan of the same project.
+#[derive(Debug, Message)]
+#[rtype(result = "CatalogResult<PlanView>")]
+pub struct ForkPlan {
+    /// The plan.
+    pub id: Uuid,
+    /// The new plan's name; `None`: one made from the original's.
+    pub name: Option<String>,
+}
+
+impl Handler<ForkPlan> for CatalogActor {
+    type Result = ResponseFuture<CatalogResult<PlanView>>;
+
+    fn handle(&mut self, msg: ForkPlan, _: &mut Context<Self>) -> Self::Result {
+        let db = self.db.clone();
+        Box::pin(async move { plans::fork(&db, msg.id, msg.name).await })
+    }
+}
+
+/// Lists runs matching a filter, newest first.
+#[derive(Debug, Message)]
+#[rtype(result = "CatalogResult<Page<RunView>>")]
+pub struct ListRuns {
+    /// Which runs.
+    pub filter: RunFilter,
+    /// Most items to answer.
+    pub limit: u64,
+    /// Items to skip first.
+    pub offset: u64,
+}
+
+impl Handler<ListRuns> for CatalogActor {
+    type Result = ResponseFuture<CatalogResult<Page<RunView>>>;
+
+    fn handle(&mut self, msg: ListRuns, _: &mut Context<Self>) -> Self::Result {
+        let db = self.db.clone();
+        Box::pin(async move { runs::list(&db, &msg.filter, msg.limit, msg.offset).await })
+    }
+}
+
+/// Reads one run with its step records.
+#[derive(Debug, Message)]
+#[rtype(result = "CatalogResult<RunView>")]
+pub struct GetRun {
+    /// The run.
+    pub id: Uuid,
+}
+
+impl Handler<GetRun> for CatalogActor {
+    type Result = ResponseFuture<CatalogResult<RunView>>;
+
+    fn handle(&mut self, msg: GetRun, _: &mut Context<Self>) -> Self::Result {
+        let db = self.db.clone();
+        Box::pin(async move { runs::get(&db, msg.id).await })
+    }
+}
+
+/// Reads projects (all, or one) with every plan, step and run, for the loads v2 API.
+#[derive(Debug, Message)]
+#[rtype(result = "CatalogResult<Vec<ProjectTree>>")]
+pub struct ProjectTrees {
+    /// One project, or every one when `None`.
+    pub id: Option<Uuid>,
+}
+
+impl Handler<ProjectTrees> for CatalogActor {
+    type Result = ResponseFuture<CatalogResult<Vec<ProjectTree>>>;
+
+    fn handle(&mut self, msg: ProjectTrees, _: &mut Context<Self>) -> Self::Result {
+        let db = self.db.clone();
+        Box::pin(async move { projects::trees(&db, msg.id).await })
+    }
+}
+
+/// Imports a project document and answers the project's whole tree (the loads v2 `POST /api/project`).
+#[derive(Debug, Message)]
+#[rtype(result = "CatalogResult<ProjectTree>")]
+pub struct ImportProjectTree {
+    /// The document, as sent.
+    pub document: Value,
+}
+
+impl Handler<ImportProjectTree> for CatalogActor {
+    type Result = ResponseFuture<CatalogResult<ProjectTree>>;
+
+    fn handle(&mut self, msg: ImportProjectTree, _: &mut Context<Self>) -> Self::Result {
+        let db = self.db.clone();
+        let limits = self.limits.clone();
+        Box::pin(async move {
+            let spec = validate::project(&msg.document, &limits).map_err(invalid)?;
+            let report = projects::import(&db, &spec.value, spec.warnings).await?;
+            let mut trees = projects::trees(&db, Some(report.project.project.id)).await?;
+            Ok(trees.remove(0))
+        })
+    }
+}
+
+/// Makes a finished run of a plan its baseline, replacing any other.
+#[derive(Debug, Message)]
+#[rtype(result = "CatalogResult<BaselineView>")]
+pub struct SetBaseline {
+    /// The plan.
+    pub plan_id: Uuid,
+    /// The finished run to make the baseline.
+    pub run_id: Uuid,
+}
+
+impl Handler<SetBaseline> for CatalogActor {
+    type Result = ResponseFuture<CatalogResult<BaselineView>>;
+
+    fn handle(&mut self, msg: SetBaseline, _: &mut Context<Self>) -> Self::Result {
+        let db = self.db.clone();
+        Box::pin(async move { plans::set_baseline(&db, msg.plan_id, msg.run_id).await })
+    }
+}
+
+/// Reads a plan's baseline.
+#[derive(Debug, Message)]
+#[rtype(result = "CatalogResult<BaselineView>")]
+pub struct GetBaseline {
+    /// The plan.
+    pub plan_id: Uuid,
+}
+
+impl Handler<GetBaseline> for CatalogActor {
+    type Result = ResponseFuture<CatalogResult<BaselineView>>;
+
+    fn handle(&mut self, msg: GetBaseline, _: &mut Context<Self>) -> Self::Result {
+        let db = self.db.clone();
+        Box::pin(async move { plans::baseline(&db, msg.plan_id).await })
+    }
+}
+
+/// Removes a plan's baseline.
+#[derive(Debug, Message)]
+#[rtype(result = "CatalogResult<()>")]
+pub struct ClearBaseline {
+    /// The plan.
+    pub plan_id: Uuid,
+}
+
+impl Handler<ClearBaseline> for CatalogActor {
+    type Result = ResponseFuture<CatalogResult<()>>;
+
+    fn handle(&mut self, msg: ClearBaseline, _: &mut Context<Self>) -> Self::Result {
+        let db = self.db.clone();
+        Box::pin(async move { plans::clear_baseline(&db, msg.plan_id).await })
+    }
+}
+
+/// Compares a finished run with its plan's baseline or another finished run.
+#[derive(Debug, Message)]
+#[rtype(result = "CatalogResult<Comparison>")]
+pub struct CompareRuns {
+    /// The finished run.
+    pub run_id: Uuid,
+    /// What to compare the run with.
+    pub to: CompareTo,
+}
+
+impl Handler<CompareRuns> for CatalogActor {
+    type Result = ResponseFuture<CatalogResult<Comparison>>;
+
+    fn handle(&mut self, msg: CompareRuns, _: &mut Context<Self>) -> Self::Result {
+        let db = self.db.clone();
+        Box::pin(async move { runs::compare(&db, msg.run_id, msg.to).await })
+    }
+}

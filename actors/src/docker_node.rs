@@ -378,8 +378,7 @@ impl Handler<StartContainer> for DockerNodeActor {
                     let (binds, name) = (spec.binds.clone(), spec.name.clone());
                     let confined = tokio::task::spawn_blocking(move || volumes::confine(&binds, &root))
                         .await
-                        .map_err(|e| e.to_string())
-                        .and_then(|r| r);
+                        .unwrap_or_else(|stopped| Err(format!("the check of the host paths stopped: {stopped}")));
                     spec.binds = confined.map_err(|message| DockerError::Volume { name, message })?;
                 }
                 engine.start_container(&spec).await

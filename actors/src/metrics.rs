@@ -27,12 +27,13 @@ use crate::domain::judge::{Breach, Judge, Saturation, Threshold};
 use crate::domain::metrics::{Merged, TimerStats, Window};
 use crate::domain::views::{MetricSummaryView, ThresholdView, SERIES_OVERFLOW};
 use crate::domain::windows::{self, NodeWindows, Refusal};
+use crate::domain::DomainError;
 use crate::domain::ValidationErrors;
 use crate::feed::RegionWindow;
 use crate::infra::grafana::{DashboardError, Dashboards, Grafana};
-use crate::infra::influx::{window_points, Influx, PointTags};
+use crate::infra::influx::{event_point, step_event_points, window_points, Influx, Point, PointTags};
 use crate::store::plans;
-use crate::store::{runs, StoreError};
+use crate::store::runs;
 use loads_relay::cardinality::Overflow;
 
 /// How long a window slot waits for slow nodes before it is published anyway.
@@ -254,7 +255,7 @@ impl StepMetrics {
     }
 }
 
-struct RunMetrics {
+struct LiveRun {
     token: String,
     plan: String,
     /// Where its points go: the configured database, or the run's own (a monitor step).
@@ -299,7 +300,7 @@ struct SavedStep {
     overflow: BTreeMap<String, u64>,
 }
 
-impl RunMetrics {
+impl LiveRun {
     /// The totals of every step and the thresholds' judging, as JSON.
     fn saved(&self) -> String {
         let steps: BTreeMap<String, SavedStep> = self
@@ -404,7 +405,7 @@ pub struct MetricsActor {
     db: DatabaseConnection,
     influx: Option<Influx>,
     dashboards: DashboardSettings,
-    runs: HashMap<Uuid, RunMetrics>,
+    runs: HashMap<Uuid, LiveRun>,
     /// Distinct series a step keeps at most.
     max_series_per_step: usize,
 }
@@ -420,8 +421,8 @@ pub struct DashboardSettings {
     pub grafana: Option<Grafana>,
 }
 
-fn dashboard_problem(e: DashboardError) -> StoreError {
-    StoreError::Invalid(ValidationErrors::one("dashboard", e.to_string()))
+fn dashboard_problem(e: DashboardError) -> DomainError {
+    DomainError::Invalid(ValidationErrors::one("dashboard", e.to_string()))
 }
 
 /// Renders the dashboard of a stored run (its plan's template), closed at `until` when given;
@@ -432,7 +433,7 @@ async fn render_dashboard(
     run_id: Uuid,
     until: Option<chrono::DateTime<chrono::Utc>>,
     influx_configured: bool,
-) -> Result<serde_json::Value, StoreError> {
+) -> Result<serde_json::Value, DomainError> {
     let run = runs::get(db, run_id).await?;
     let plan = plans::get(db, run.plan_id).await?;
     let own = (influx_configured && plan.steps.iter().any(|s| s.spec.monitor)).then(|| dashboard::monitor_database(run_id));
@@ -447,23 +448,6 @@ async fn render_dashboard(
     settings.templates.render(template.as_deref(), &model).map_err(dashboard_problem)
 }
 
-/// Step starts and ends, as annotation events in InfluxDB.
-fn step_events(run: &crate::domain::views::RunView) -> Vec<influxdb::WriteQuery> {
-    let at = |t: chrono::DateTime<chrono::Utc>| influxdb::Timestamp::Milliseconds(u128::try_from(t.timestamp_millis()).unwrap_or(0));
-    let mut points = Vec::new();
-    for r in &run.step_records {
-        let tags = |q: influxdb::WriteQuery| q.add_tag("run", run.id.to_string()).add_tag("step", r.step_name.clone());
-        if let Some(t) = r.started_at {
-            points.push(tags(influxdb::WriteQuery::new(at(t), "events")).add_field("text", format!("{} started", r.step_name)));
-        }
-        if let Some(t) = r.completed_at {
-            points
-                .push(tags(influxdb::WriteQuery::new(at(t), "events")).add_field("text", format!("{} {}", r.step_name, r.state.as_str())));
-        }
-    }
-    points
-}
-
 impl MetricsActor {
     /// A metrics collector storing summaries in `db`, every window in InfluxDB when given, and
     /// making dashboards; each step keeps at most `max_series_per_step` series.
@@ -473,12 +457,12 @@ impl MetricsActor {
 
     /// Writes a run's points (each with its step) in the background; a failure never
     /// holds the run: it is logged, and the points lost are counted on their steps.
-    fn write(&self, run_id: Uuid, points: Vec<(Uuid, influxdb::WriteQuery)>, ctx: &mut Context<Self>) {
+    fn write(&self, run_id: Uuid, points: Vec<(Uuid, Point)>, ctx: &mut Context<Self>) {
         let Some(influx) = self.runs.get(&run_id).and_then(|r| r.influx.clone()) else { return };
         if points.is_empty() {
             return;
         }
-        let (steps, queries): (Vec<Uuid>, Vec<influxdb::WriteQuery>) = points.into_iter().unzip();
+        let (steps, queries): (Vec<Uuid>, Vec<Point>) = points.into_iter().unzip();
         ctx.spawn(async move { influx.write(queries).await }.into_actor(self).map(move |written, act, _| {
             let Err(e) = written else { return };
             tracing::warn!(%run_id, points = steps.len(), error = %e, "metrics points not written to InfluxDB");
@@ -497,7 +481,7 @@ impl MetricsActor {
     }
 
     /// Publishes slots that are complete, or late, to the run's feed; answers their InfluxDB points.
-    fn publish_ready(run_id: Uuid, run: &mut RunMetrics, now_ms: i64) -> Vec<(Uuid, influxdb::WriteQuery)> {
+    fn publish_ready(run_id: Uuid, run: &mut LiveRun, now_ms: i64) -> Vec<(Uuid, Point)> {
         let (points, published) = Self::take_ready(run_id, run, now_ms, false);
         for window in published {
             run.feed.do_send(window);
@@ -507,12 +491,7 @@ impl MetricsActor {
 
     /// Takes the slots that are complete, or late, or all of them (`everything`): their
     /// InfluxDB points and their merged windows for the feed.
-    fn take_ready(
-        run_id: Uuid,
-        run: &mut RunMetrics,
-        now_ms: i64,
-        everything: bool,
-    ) -> (Vec<(Uuid, influxdb::WriteQuery)>, Vec<MetricsPublished>) {
+    fn take_ready(run_id: Uuid, run: &mut LiveRun, now_ms: i64, everything: bool) -> (Vec<(Uuid, Point)>, Vec<MetricsPublished>) {
         let mut points = Vec::new();
         let mut out = Vec::new();
         for (step_id, step) in run.steps.iter_mut() {
@@ -779,7 +758,7 @@ impl MetricsActor {
             (influx, _) => influx.clone(),
         };
         let judge = Judge::new(msg.thresholds);
-        let run = RunMetrics {
+        let run = LiveRun {
             token: msg.token,
             plan: msg.plan,
             influx,
@@ -963,7 +942,7 @@ fn take_window(
     judge: &mut Judge,
     w: &Window,
     now: i64,
-) -> Vec<(Uuid, influxdb::WriteQuery)> {
+) -> Vec<(Uuid, Point)> {
     let mut single = Merged::default();
     single.add(w);
     let region = step.region_of(&w.node);
@@ -1044,7 +1023,7 @@ async fn save_thresholds(db: &DatabaseConnection, run_id: Uuid, views: &[Thresho
 
 impl MetricsActor {
     /// Judges the run's thresholds on what has arrived; tells its supervisor what changed.
-    fn judge(run: &mut RunMetrics) -> Option<Breach> {
+    fn judge(run: &mut LiveRun) -> Option<Breach> {
         if run.judge.is_empty() {
             return None;
         }
@@ -1069,9 +1048,7 @@ impl MetricsActor {
         let grafana = self.dashboards.grafana.clone();
         ctx.spawn(actix::fut::wrap_future(async move {
             if let Some(influx) = influx {
-                let at = influxdb::Timestamp::Milliseconds(u128::try_from(at_ms).unwrap_or(0));
-                let point = influxdb::WriteQuery::new(at, "events").add_tag("run", run_id.to_string()).add_field("text", text.clone());
-                if let Err(e) = influx.write(vec![point]).await {
+                if let Err(e) = influx.write(vec![event_point(run_id, None, at_ms, &text)]).await {
                     tracing::warn!(%run_id, error = %e, "a {tag} was not written to InfluxDB");
                 }
             }
@@ -1287,14 +1264,14 @@ fn lost(step: &StepMetrics) -> Vec<String> {
 /// Stops collecting a run: publishes what is pending, judges its thresholds, stores the
 /// summaries and the thresholds' final states, answers them.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<RunJudgement, StoreError>")]
+#[rtype(result = "Result<RunJudgement, DomainError>")]
 pub struct FinishRun {
     /// The run.
     pub run_id: Uuid,
 }
 
 impl Handler<FinishRun> for MetricsActor {
-    type Result = ResponseFuture<Result<RunJudgement, StoreError>>;
+    type Result = ResponseFuture<Result<RunJudgement, DomainError>>;
 
     fn handle(&mut self, msg: FinishRun, ctx: &mut Context<Self>) -> Self::Result {
         let fallback = || -> Self::Result {
@@ -1306,7 +1283,7 @@ impl Handler<FinishRun> for MetricsActor {
 }
 
 impl MetricsActor {
-    fn finish(&mut self, msg: FinishRun) -> ResponseFuture<Result<RunJudgement, StoreError>> {
+    fn finish(&mut self, msg: FinishRun) -> ResponseFuture<Result<RunJudgement, DomainError>> {
         let mut influx = self.influx.clone();
         let influx_configured = influx.is_some();
         let dashboards = self.dashboards.clone();
@@ -1335,7 +1312,7 @@ impl MetricsActor {
         let db = self.db.clone();
         Box::pin(async move {
             if let Some(influx) = &influx {
-                let queries: Vec<influxdb::WriteQuery> = last_points.into_iter().map(|(_, p)| p).collect();
+                let queries: Vec<Point> = last_points.into_iter().map(|(_, p)| p).collect();
                 if let Err(e) = influx.write(queries).await {
                     tracing::warn!(error = %e, "metrics points not written to InfluxDB");
                 }
@@ -1350,7 +1327,7 @@ impl MetricsActor {
                 runs::set_thresholds(&db, msg.run_id, &judgement.thresholds).await?;
             }
             if let (Some(influx), Ok(run)) = (&influx, runs::get(&db, msg.run_id).await) {
-                if let Err(e) = influx.write(step_events(&run)).await {
+                if let Err(e) = influx.write(step_event_points(&run)).await {
                     tracing::warn!(error = %e, "step events not written");
                 }
             }
@@ -1359,7 +1336,7 @@ impl MetricsActor {
                     let json = render_dashboard(&db, &dashboards, msg.run_id, Some(chrono::Utc::now()), influx_configured).await?;
                     let url = grafana.push(&json).await.map_err(dashboard_problem)?;
                     runs::set_dashboard_url(&db, msg.run_id, &url).await?;
-                    Ok::<_, StoreError>(url)
+                    Ok::<_, DomainError>(url)
                 };
                 match published.await {
                     Ok(url) => tracing::info!(run_id = %msg.run_id, %url, "dashboard published"),
@@ -1392,7 +1369,7 @@ impl Handler<PublishDashboard> for MetricsActor {
                 let json = render_dashboard(&db, &dashboards, msg.run_id, None, configured).await?;
                 let url = grafana.push(&json).await.map_err(dashboard_problem)?;
                 runs::set_dashboard_url(&db, msg.run_id, &url).await?;
-                Ok::<_, StoreError>(url)
+                Ok::<_, DomainError>(url)
             };
             match published.await {
                 Ok(url) => {
@@ -1410,14 +1387,14 @@ impl Handler<PublishDashboard> for MetricsActor {
 
 /// The run's dashboard JSON (whether or not Grafana is configured).
 #[derive(Debug, Message)]
-#[rtype(result = "Result<serde_json::Value, StoreError>")]
+#[rtype(result = "Result<serde_json::Value, DomainError>")]
 pub struct RenderDashboard {
     /// The run.
     pub run_id: Uuid,
 }
 
 impl Handler<RenderDashboard> for MetricsActor {
-    type Result = ResponseFuture<Result<serde_json::Value, StoreError>>;
+    type Result = ResponseFuture<Result<serde_json::Value, DomainError>>;
 
     fn handle(&mut self, msg: RenderDashboard, _: &mut Context<Self>) -> Self::Result {
         let (db, settings, configured) = (self.db.clone(), self.dashboards.clone(), self.influx.is_some());

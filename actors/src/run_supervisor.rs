@@ -48,6 +48,7 @@ use crate::domain::life::{Ending, RunPhase, StepOutcome, StopReason};
 use crate::domain::views::ContainerView;
 use crate::domain::views::{PlanView, RunState, RunView, StepState, StepView};
 use crate::domain::Env;
+use crate::domain::{DomainError, LimitCode};
 use crate::feed::{EventKind, Feed, Listener, RunEvent, Shared};
 use crate::journal::{self, Journal, Journaled};
 use crate::metrics::{FinishRun, MetricsActor, MetricsPublished, PublishDashboard, RunJudgement, ThresholdsJudged, TrackRun, TrackedStep};
@@ -55,7 +56,7 @@ use crate::pool::{AdoptRun, CloseRun, Ec2PoolActor, OpenRun};
 use crate::run_cost::RunMeter;
 use crate::settings::RunSettings;
 use crate::step::{ReportKind, StartStep, StepActor, StepContext, StepLogs, StepReport, StepResume, StopStep};
-use crate::store::{plans, runs, StoreError};
+use crate::store::{plans, runs};
 
 /// A run has ended; its events are handed over for late subscribers.
 #[derive(Debug, Message)]
@@ -197,15 +198,8 @@ impl RunSupervisor {
         let mut me = Self::new(run.id, plan, run_env, services, broker, token);
         me.meter = RunMeter::new(run.id, me.pool.clone(), me.db.clone(), me.settings.cost.clone(), run.cost.clone());
         // A terminating run ends as it was ending: its cause is stored with the state.
-        // (A breach's reason names its threshold first; a step's failure names its step.)
-        me.phase = match (run.state, run.aborted, &run.failure_reason) {
-            (RunState::Terminating, true, Some(reason)) => RunPhase::Terminating(Ending::OverBudget(reason.clone())),
-            (RunState::Terminating, true, None) => RunPhase::Terminating(Ending::Aborted),
-            (RunState::Terminating, false, Some(reason)) if reason.starts_with("threshold ") => {
-                RunPhase::Terminating(Ending::Breached(reason.clone()))
-            }
-            (RunState::Terminating, false, Some(reason)) => RunPhase::Terminating(Ending::StepFailed(reason.clone())),
-            (RunState::Terminating, false, None) => RunPhase::Terminating(Ending::Finished),
+        me.phase = match &recovery.phase {
+            terminating @ RunPhase::Terminating(_) => terminating.clone(),
             _ => RunPhase::Running,
         };
         me.stored = (me.phase.state(), me.phase.ending().and_then(Ending::reason).map(str::to_string));
@@ -334,7 +328,7 @@ impl RunSupervisor {
             Ending::Finished => StopReason::ServiceDone,
             Ending::StepFailed(_) => StopReason::RunFailing,
             Ending::Breached(_) => StopReason::Breach,
-            Ending::Aborted | Ending::OverBudget(_) => StopReason::Abort,
+            Ending::Aborted | Ending::OverBudget(_) | Ending::Lost(_) => StopReason::Abort,
         };
         self.stop_steps(reason, ctx);
         if ending != Ending::Finished {
@@ -765,12 +759,12 @@ impl Handler<ThresholdsJudged> for RunSupervisor {
 /// Aborts the run: whatever its state, everything is stopped and removed.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct AbortRun;
+pub struct AbortSupervised;
 
-impl Handler<AbortRun> for RunSupervisor {
+impl Handler<AbortSupervised> for RunSupervisor {
     type Result = ();
 
-    fn handle(&mut self, _: AbortRun, ctx: &mut Context<Self>) {
+    fn handle(&mut self, _: AbortSupervised, ctx: &mut Context<Self>) {
         self.end(Ending::Aborted, ctx);
     }
 }
@@ -793,20 +787,20 @@ pub struct Subscription {
 
 /// Subscribes to the run's feed from event `since` on.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<Subscription, StoreError>")]
-pub struct Subscribe {
+#[rtype(result = "Result<Subscription, DomainError>")]
+pub struct SubscribeSupervised {
     /// The last event the subscriber has; 0 for all.
     pub since: u64,
 }
 
-impl Handler<Subscribe> for RunSupervisor {
-    type Result = ResponseActFuture<Self, Result<Subscription, StoreError>>;
+impl Handler<SubscribeSupervised> for RunSupervisor {
+    type Result = ResponseActFuture<Self, Result<Subscription, DomainError>>;
 
-    fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: SubscribeSupervised, _: &mut Context<Self>) -> Self::Result {
         let max = self.settings.max_subscribers_per_run;
         if self.feed.subscribers() >= max {
-            let refused = StoreError::Limit {
-                code: "too_many_subscribers",
+            let refused = DomainError::Limit {
+                code: LimitCode::TooManySubscribers,
                 message: format!("this run already has {max} live subscribers (limits.max_subscribers_per_run); try again later"),
             };
             return Box::pin(actix::fut::ready(Err(refused)));

@@ -245,13 +245,13 @@ impl StepActor {
             interruptions: Some(ctx.address().recipient()),
         };
         let fut = async move {
-            let grants = pool.send(acquire).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
-            Ok::<_, String>(grants)
+            let grants = pool.send(acquire).await.map_err(|source| PrepareError::Gone { what: "the node pool", source })??;
+            Ok::<_, PrepareError>(grants)
         };
         ctx.wait(fut.into_actor(self).then(move |grants, act, ctx| {
             let prepared: Vec<(NodeGrant, Addr<DockerNodeActor>)> = match grants {
                 Err(e) => {
-                    act.phase.note_failure(e);
+                    act.phase.note_failure(e.to_string());
                     Vec::new()
                 }
                 Ok(grants) => grants
@@ -378,15 +378,24 @@ impl StepActor {
         if let Some((node, code)) = self.exits.iter().find_map(|(id, code)| code.filter(|c| *c != 0).map(|c| (id.clone(), c))) {
             self.phase.note_failure(format!("container {node} exited with code {code} while the broker was away"));
         }
-        let max = self.ctx.step.spec.run_max_time;
-        if max > 0 {
-            let why = if self.ctx.step.spec.service { Some(StopReason::ServiceDone) } else { None };
-            ctx.run_later(since(max), move |act, ctx| act.begin_stop(why, ctx));
-        }
+        self.arm_run_max_time(started_at, ctx);
         if resume.state == StepState::Stopping || stop_asked {
             self.begin_stop(None, ctx);
         }
         self.check_done(ctx);
+    }
+
+    /// Stops the step `run_max_time` after `started_at` (now, or the recorded start of a
+    /// step carried on); a service step stops as no longer needed. Nothing for 0.
+    fn arm_run_max_time(&mut self, started_at: chrono::DateTime<chrono::Utc>, ctx: &mut Context<Self>) {
+        let max = self.ctx.step.spec.run_max_time;
+        if max == 0 {
+            return;
+        }
+        let due = started_at + chrono::Duration::seconds(i64::try_from(max).unwrap_or(i64::MAX / 1000));
+        let left = (due - chrono::Utc::now()).to_std().unwrap_or_default();
+        let why = self.ctx.step.spec.service.then_some(StopReason::ServiceDone);
+        ctx.run_later(left, move |act, ctx| act.begin_stop(why, ctx));
     }
 
     fn start_node(&mut self, index: usize, ctx: &mut Context<Self>) {
@@ -518,6 +527,29 @@ impl Actor for StepActor {
     }
 }
 
+/// Why a step could not get its nodes or ready one of them.
+#[derive(Debug, thiserror::Error)]
+enum PrepareError {
+    /// The pool could not give the nodes.
+    #[error(transparent)]
+    Pool(#[from] crate::pool::PoolError),
+    /// A node's engine could not be readied (images, the relay).
+    #[error(transparent)]
+    Node(#[from] crate::infra::docker::DockerError),
+    /// The step's image could not be downloaded (one message for every node that needed it).
+    #[error("{0}")]
+    Image(String),
+    /// An actor stopped before it answered.
+    #[error("{what} did not answer: {source}")]
+    Gone {
+        /// Which actor.
+        what: &'static str,
+        /// How the message was lost.
+        #[source]
+        source: actix::MailboxError,
+    },
+}
+
 /// How a step's image tarballs are fetched: once per step, onto the broker's disk.
 struct Fetch {
     tls: crate::infra::tls::Tls,
@@ -540,7 +572,7 @@ async fn prepare_nodes(
     fetch: Fetch,
     adopt: bool,
     mask: Vec<String>,
-) -> Vec<Result<crate::docker_node::NodeReady, String>> {
+) -> Vec<Result<crate::docker_node::NodeReady, PrepareError>> {
     let mut fetched: HashMap<String, Result<std::path::PathBuf, String>> = HashMap::new();
     for ((image, source), (_, engine, _)) in images.iter().zip(&nodes) {
         let Some(url) = source.as_deref().filter(|u| is_http(u)) else { continue };
@@ -557,7 +589,7 @@ async fn prepare_nodes(
             let downloading = download::to_file(url, &fetch.dir, &fetch.tls, fetch.expected.as_deref(), report);
             match tokio::time::timeout(fetch.limit, downloading).await {
                 Ok(done) => done,
-                Err(_) => Err(format!("not downloaded within {} s (docker.prepare_timeout_seconds)", fetch.limit.as_secs())),
+                Err(_) => Err(download::DownloadError::TooSlow(fetch.limit.as_secs())),
             }
         };
         let got = got.await.map_err(|e| format!("cannot load image {image} from {shown}: {e}"));
@@ -568,7 +600,7 @@ async fn prepare_nodes(
             None => Ok(None),
             Some(url) if is_http(&url) => match fetched.get(&url) {
                 Some(Ok(path)) => Ok(Some(path.clone())),
-                Some(Err(e)) => Err(e.clone()),
+                Some(Err(e)) => Err(PrepareError::Image(e.clone())),
                 None => Ok(None),
             },
             Some(local) => Ok(Some(std::path::PathBuf::from(local.strip_prefix("file://").unwrap_or(&local)))),
@@ -576,8 +608,8 @@ async fn prepare_nodes(
         let mask = mask.clone();
         async move {
             let tarball = tarball?;
-            let ready = addr.send(PrepareNode { image, tarball, images_from, adopt, mask }).await.map_err(|e| e.to_string())?;
-            ready.map_err(|e| e.to_string())
+            let ready = addr.send(PrepareNode { image, tarball, images_from, adopt, mask });
+            Ok(ready.await.map_err(|source| PrepareError::Gone { what: "the node's actor", source })??)
         }
     });
     let results = join_all(sends).await;
@@ -631,12 +663,7 @@ impl Handler<StartStep> for StepActor {
                 self.pending_starts.push(handle);
             }
         }
-        let max = self.ctx.step.spec.run_max_time;
-        if max > 0 && !self.ctx.step.spec.service {
-            ctx.run_later(Duration::from_secs(max), |act, ctx| act.begin_stop(None, ctx));
-        } else if max > 0 {
-            ctx.run_later(Duration::from_secs(max), |act, ctx| act.begin_stop(Some(StopReason::ServiceDone), ctx));
-        }
+        self.arm_run_max_time(chrono::Utc::now(), ctx);
     }
 }
 

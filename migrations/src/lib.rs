@@ -19,6 +19,7 @@ mod m20261203_000012_add_run_cost;
 mod m20261203_000013_add_step_interruptions;
 mod m20261206_000014_add_metric_region;
 mod m20261207_000015_create_spend;
+mod m20261207_000016_add_run_ending;
 
 /// Applies every migration in order.
 pub struct Migrator;
@@ -42,6 +43,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000013_add_step_interruptions::Migration),
             Box::new(m20261206_000014_add_metric_region::Migration),
             Box::new(m20261207_000015_create_spend::Migration),
+            Box::new(m20261207_000016_add_run_ending::Migration),
         ]
     }
 }

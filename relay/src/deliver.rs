@@ -45,40 +45,73 @@ impl Outbox {
     }
 }
 
+/// Why the relay cannot set up delivery, or one delivery failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliverError {
+    /// `LOADS_INGEST_URL` is not a URL.
+    #[error("LOADS_INGEST_URL {url:?}: {source}")]
+    Url {
+        /// What was given.
+        url: String,
+        /// Why it is not one.
+        source: hyper::http::uri::InvalidUri,
+    },
+    /// `LOADS_INGEST_CA` is not PEM.
+    #[error("LOADS_INGEST_CA: {0}")]
+    CaPem(#[source] rustls_pki_types::pem::Error),
+    /// `LOADS_INGEST_CA` holds no certificate.
+    #[error("LOADS_INGEST_CA holds no PEM certificate")]
+    CaEmpty,
+    /// rustls refused a certificate of `LOADS_INGEST_CA`, or the configuration.
+    #[error("LOADS_INGEST_CA: {0}")]
+    Tls(#[source] rustls::Error),
+    /// A batch could not be made into a request.
+    #[error("encoding a batch: {0}")]
+    Encode(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The broker could not be reached.
+    #[error("unreachable: {0}")]
+    Unreachable(#[source] hyper_util::client::legacy::Error),
+    /// The broker answered with an error status.
+    #[error("refused: HTTP {0}")]
+    Refused(hyper::StatusCode),
+    /// No answer came in time.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
 /// Posts windows to one ingest URL with one token.
-pub(crate) struct Ingest {
+pub(crate) struct IngestClient {
     client: Client<Https, Full<Bytes>>,
     url: hyper::Uri,
     authorization: String,
 }
 
 /// The roots an https ingest URL is checked against: the system's, the public web's, and `ca_pem`'s.
-fn roots(ca_pem: Option<&str>) -> Result<RootCertStore, String> {
+fn roots(ca_pem: Option<&str>) -> Result<RootCertStore, DeliverError> {
     let mut roots = RootCertStore::empty();
     for cert in rustls_native_certs::load_native_certs().certs {
         let _ = roots.add(cert);
     }
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(pem) = ca_pem.filter(|p| !p.trim().is_empty()) {
-        let certs =
-            CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(|e| format!("LOADS_INGEST_CA: {e}"))?;
+        let certs = CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(DeliverError::CaPem)?;
         if certs.is_empty() {
-            return Err("LOADS_INGEST_CA holds no PEM certificate".into());
+            return Err(DeliverError::CaEmpty);
         }
         for cert in certs {
-            roots.add(cert).map_err(|e| format!("LOADS_INGEST_CA: {e}"))?;
+            roots.add(cert).map_err(DeliverError::Tls)?;
         }
     }
     Ok(roots)
 }
 
-impl Ingest {
-    pub fn new(url: &str, token: &str, ca_pem: Option<&str>) -> Result<Self, String> {
-        let url: hyper::Uri = url.parse().map_err(|e| format!("LOADS_INGEST_URL {url:?}: {e}"))?;
+impl IngestClient {
+    pub fn new(url: &str, token: &str, ca_pem: Option<&str>) -> Result<Self, DeliverError> {
+        let url: hyper::Uri = url.parse().map_err(|source| DeliverError::Url { url: url.to_string(), source })?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
+            .map_err(DeliverError::Tls)?
             .with_root_certificates(roots(ca_pem)?)
             .with_no_client_auth();
         let connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
@@ -86,24 +119,24 @@ impl Ingest {
         Ok(Self { client, url, authorization: format!("Bearer {token}") })
     }
 
-    async fn post(&self, batch: &[Window]) -> Result<(), String> {
-        let body = serde_json::to_vec(batch).map_err(|e| e.to_string())?;
+    async fn post(&self, batch: &[Window]) -> Result<(), DeliverError> {
+        let body = serde_json::to_vec(batch).map_err(|e| DeliverError::Encode(e.into()))?;
         let request = hyper::Request::post(self.url.clone())
             .header(hyper::header::AUTHORIZATION, &self.authorization)
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| DeliverError::Encode(e.into()))?;
         let answer = tokio::time::timeout(TIMEOUT, async {
-            let response = self.client.request(request).await.map_err(|e| format!("unreachable: {e}"))?;
+            let response = self.client.request(request).await.map_err(DeliverError::Unreachable)?;
             let status = response.status();
             let _ = response.into_body().collect().await;
             if status.is_success() {
                 Ok(())
             } else {
-                Err(format!("refused: HTTP {status}"))
+                Err(DeliverError::Refused(status))
             }
         });
-        answer.await.unwrap_or_else(|_| Err(format!("no answer within {TIMEOUT:?}")))
+        answer.await.unwrap_or(Err(DeliverError::Timeout(TIMEOUT)))
     }
 
     /// Sends what is pending, oldest first, in batches; stops at the first failure.

@@ -332,10 +332,10 @@ impl Intake {
             }
             other => return text(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("content-encoding {other:?}: gzip or none\n")),
         };
-        let decoded = if json {
-            serde_json::from_slice::<ExportMetricsServiceRequest>(&body).map_err(|e| e.to_string())
+        let decoded: Result<ExportMetricsServiceRequest, Box<dyn std::error::Error + Send + Sync>> = if json {
+            serde_json::from_slice(&body).map_err(Into::into)
         } else {
-            ExportMetricsServiceRequest::decode(&body[..]).map_err(|e| e.to_string())
+            ExportMetricsServiceRequest::decode(&body[..]).map_err(Into::into)
         };
         let request = match decoded {
             Ok(r) => r,

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
 
-use crate::deliver::{Ingest, Outbox};
+use crate::deliver::{IngestClient, Outbox};
 use crate::host::HostSampler;
 use crate::mask::Masker;
 use crate::metrics::{Aggregator, Merged, TimerStats, Window, MAX_LINE};
@@ -218,7 +218,7 @@ pub fn describe(w: &Window) -> String {
     out
 }
 
-async fn deliver(ingest: Option<&Ingest>, outbox: &mut Outbox) {
+async fn deliver(ingest: Option<&IngestClient>, outbox: &mut Outbox) {
     match ingest {
         Some(ingest) => ingest.deliver(outbox).await,
         None => outbox.pending.clear(),
@@ -258,7 +258,7 @@ pub async fn run(args: Args, target: Target) -> std::io::Result<()> {
     }
 
     let ingest = match &target.ingest_url {
-        Some(url) => Some(Ingest::new(url, &target.ingest_token, target.ingest_ca.as_deref()).map_err(std::io::Error::other)?),
+        Some(url) => Some(IngestClient::new(url, &target.ingest_token, target.ingest_ca.as_deref()).map_err(std::io::Error::other)?),
         None => None,
     };
     let mut outbox = Outbox::new(target.buffer);

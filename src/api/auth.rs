@@ -19,7 +19,7 @@ use base64::Engine as _;
 use subtle::ConstantTimeEq;
 
 use super::compat::CompatError;
-use super::error::ApiError;
+use super::error::{ApiError, RequestCode};
 
 /// What a token may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,11 +92,13 @@ pub async fn require_token(
         Some(Some(Role::Read)) if reads => return next.call(req).await.map(ServiceResponse::map_into_left_body),
         Some(Some(Role::Read)) => ApiError::new(
             StatusCode::FORBIDDEN,
-            "forbidden",
+            RequestCode::Forbidden,
             format!("this token has the `read` role; {} {} needs an `operate` token (auth.tokens)", req.method(), req.path()),
         ),
-        Some(None) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the bearer token is not valid"),
-        None => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "this API needs an `Authorization: Bearer <token>` header"),
+        Some(None) => ApiError::new(StatusCode::UNAUTHORIZED, RequestCode::Unauthorized, "the bearer token is not valid"),
+        None => {
+            ApiError::new(StatusCode::UNAUTHORIZED, RequestCode::Unauthorized, "this API needs an `Authorization: Bearer <token>` header")
+        }
     };
     let response = if req.path().starts_with("/api/v1") { error.error_response() } else { CompatError::from(error).error_response() };
     Ok(req.into_response(response).map_into_right_body())

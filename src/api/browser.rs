@@ -18,7 +18,7 @@ use actix_web::middleware::Next;
 use actix_web::{web, Error, HttpResponse, ResponseError};
 
 use super::compat::CompatError;
-use super::error::ApiError;
+use super::error::{ApiError, RequestCode};
 
 /// Which hosts and origins the API answers to.
 #[derive(Clone, Debug, Default)]
@@ -95,7 +95,7 @@ pub async fn guard(
     if !policy.host_allowed(&host) {
         let error = ApiError::new(
             StatusCode::MISDIRECTED_REQUEST,
-            "host_not_allowed",
+            RequestCode::HostNotAllowed,
             format!("this broker does not answer to the host {:?}; add it to server.allowed_hosts", host_name(&host)),
         );
         return refuse(req, error);
@@ -116,7 +116,11 @@ pub async fn guard(
             }
             None => refuse(
                 req,
-                ApiError::new(StatusCode::FORBIDDEN, "cors_refused", "cross-origin requests are refused; see server.allowed_origins"),
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    RequestCode::CorsRefused,
+                    "cross-origin requests are refused; see server.allowed_origins",
+                ),
             ),
         };
     }
@@ -127,7 +131,7 @@ pub async fn guard(
         if (changes || opens_socket) && !policy.origin_allowed(o, &host) {
             let error = ApiError::new(
                 StatusCode::FORBIDDEN,
-                "origin_not_allowed",
+                RequestCode::OriginNotAllowed,
                 format!("requests from pages of {o:?} are refused; add the origin to server.allowed_origins"),
             );
             return refuse(req, error);

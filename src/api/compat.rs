@@ -10,11 +10,11 @@ use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use loads_actors::broker::{AbortRun as BrokerAbort, StartRun, StopRun, Stopped};
 use loads_actors::catalog::{DeleteProject, GetRun, ImportProjectTree, ListRuns, ProjectTrees};
 use loads_actors::domain::views::{PlanTree, ProjectTree, RunView, StepView};
+use loads_actors::domain::DomainError;
 use loads_actors::store::runs::RunFilter;
-use loads_actors::store::StoreError;
 use serde_json::{json, Map, Value};
 
-use super::error::ApiError;
+use super::error::{ApiError, RequestCode};
 use super::input::{self, Query};
 use super::ApiState;
 
@@ -118,9 +118,9 @@ fn project_json(p: &ProjectTree) -> Value {
     })
 }
 
-fn no_such(what: &str) -> impl Fn(StoreError) -> CompatError + '_ {
+fn no_such(what: &str) -> impl Fn(DomainError) -> CompatError + '_ {
     move |e| match e {
-        StoreError::NotFound { .. } => CompatError(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("No such {what}"))),
+        DomainError::NotFound { .. } => CompatError(ApiError::new(StatusCode::NOT_FOUND, RequestCode::NotFound, format!("No such {what}"))),
         other => other.into(),
     }
 }
@@ -198,7 +198,7 @@ pub async fn delete_run(state: web::Data<ApiState>, req: HttpRequest, path: web:
             let message = if purge { "aborting; purge the run once it has ended" } else { "aborting" };
             Ok(ok(with("message", json!(message))))
         }
-        Stopped::AlreadyFinished => Err(CompatError(ApiError::bad_request("already_terminated", "Already terminated"))),
+        Stopped::AlreadyFinished => Err(CompatError(ApiError::bad_request(RequestCode::AlreadyTerminated, "Already terminated"))),
         Stopped::Purged => Ok(ok(Map::new())),
     }
 }
@@ -233,7 +233,7 @@ pub async fn get_instance(state: web::Data<ApiState>, path: web::Path<String>) -
     let one = instances
         .iter()
         .find(|i| i.id == *path)
-        .ok_or_else(|| CompatError(ApiError::new(StatusCode::NOT_FOUND, "not_found", "No such instance")))?;
+        .ok_or_else(|| CompatError(ApiError::new(StatusCode::NOT_FOUND, RequestCode::NotFound, "No such instance")))?;
     Ok(ok(with("instance", instance_json(one))))
 }
 
@@ -241,7 +241,9 @@ pub async fn get_instance(state: web::Data<ApiState>, path: web::Path<String>) -
 pub async fn terminate_instance(state: web::Data<ApiState>, path: web::Path<String>) -> Reply {
     let id = path.into_inner();
     state.pool.send(loads_actors::pool::TerminateInstances { id: Some(id) }).await?.map_err(|e| match e {
-        loads_actors::pool::PoolError::NoInstance(_) => CompatError(ApiError::new(StatusCode::NOT_FOUND, "not_found", "No such instance")),
+        loads_actors::pool::PoolError::NoInstance(_) => {
+            CompatError(ApiError::new(StatusCode::NOT_FOUND, RequestCode::NotFound, "No such instance"))
+        }
         other => other.into(),
     })?;
     Ok(ok(Map::new()))

@@ -16,7 +16,7 @@ use loads_actors::broker::Subscribe;
 use loads_actors::run_supervisor::Subscription;
 use serde_json::json;
 
-use super::error::ApiError;
+use super::error::{ApiError, RequestCode};
 use super::input::{self, Query};
 use super::ApiState;
 
@@ -40,7 +40,7 @@ pub async fn run_events(
     let since = Query::of(&req)?.whole("since", 0..=u64::MAX)?.unwrap_or(0);
     let subscription = state.broker.send(Subscribe { run_id, since }).await??;
     let (mut response, session, stream) = actix_ws::handle(&req, body)
-        .map_err(|e| ApiError::bad_request("not_websocket", format!("this route speaks websocket only: {e}")))?;
+        .map_err(|e| ApiError::bad_request(RequestCode::NotWebsocket, format!("this route speaks websocket only: {e}")))?;
     // A browser that sent its token as a subprotocol offered `loads` too; the answer must name one it offered.
     let offered = req.headers().get(actix_web::http::header::SEC_WEBSOCKET_PROTOCOL).and_then(|v| v.to_str().ok()).unwrap_or_default();
     if offered.split(',').any(|p| p.trim() == "loads") {

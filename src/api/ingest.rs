@@ -19,7 +19,7 @@ use loads_actors::metrics::{AuthorizeIngest, Ingest, IngestError, MetricsActor};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-use super::error::ApiError;
+use super::error::{ApiError, RequestCode};
 use super::input;
 
 /// Largest delivery accepted.
@@ -43,21 +43,6 @@ impl IngestState {
     }
 }
 
-fn unauthorized() -> ApiError {
-    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a live run's ingest token is required")
-}
-
-fn refusal(e: IngestError) -> ApiError {
-    match e {
-        IngestError::UnknownRun(_) | IngestError::Unauthorized => unauthorized(),
-        e @ IngestError::Foreign(_) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", e.to_string()),
-        // The relay keeps its windows and delivers them again.
-        e @ (IngestError::NotPlaced(_) | IngestError::Restarting) => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.to_string())
-        }
-    }
-}
-
 /// Takes a batch of windows from a relay.
 pub async fn ingest(
     state: web::Data<IngestState>,
@@ -65,24 +50,24 @@ pub async fn ingest(
     path: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let run_id = uuid::Uuid::parse_str(&path).map_err(|_| unauthorized())?;
+    let run_id = uuid::Uuid::parse_str(&path).map_err(|_| ApiError::from(IngestError::Unauthorized))?;
     let token = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_string)
-        .ok_or_else(unauthorized)?;
-    state.metrics.send(AuthorizeIngest { run_id, token: token.clone() }).await?.map_err(refusal)?;
+        .ok_or(IngestError::Unauthorized)?;
+    state.metrics.send(AuthorizeIngest { run_id, token: token.clone() }).await??;
 
-    let too_slow = || ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", "the delivery did not arrive in time");
+    let too_slow = || ApiError::new(StatusCode::REQUEST_TIMEOUT, RequestCode::RequestTimeout, "the delivery did not arrive in time");
     let read = async {
         let _place = state.bodies.acquire().await.map_err(|_| ApiError::unavailable())?;
         input::body(&req, payload, MAX_BODY).await
     };
     let bytes = tokio::time::timeout(state.body_timeout, read).await.map_err(|_| too_slow())??;
-    let windows: Vec<Window> =
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request("invalid_json", format!("not a list of windows: {e}")))?;
-    let accepted = state.metrics.send(Ingest { run_id, token, windows }).await?.map_err(refusal)?;
+    let windows: Vec<Window> = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(RequestCode::InvalidJson, format!("not a list of windows: {e}")))?;
+    let accepted = state.metrics.send(Ingest { run_id, token, windows }).await??;
     Ok(HttpResponse::Ok().json(json!({"accepted": accepted})))
 }

@@ -10,7 +10,7 @@ use loads_actors::domain::parse::{parse_document, DocumentFormat};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::error::ApiError;
+use super::error::{ApiError, RequestCode};
 
 /// The page size used when `limit` is not given.
 pub const DEFAULT_LIMIT: u64 = 50;
@@ -19,7 +19,7 @@ pub const MAX_LIMIT: u64 = 1000;
 
 /// Parses a path id; a malformed one is a 400 naming the parameter.
 pub fn id(raw: &str, name: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| ApiError::bad_request("invalid_id", format!("{name} must be a UUID, got {raw:?}")).at(name))
+    Uuid::parse_str(raw).map_err(|_| ApiError::bad_request(RequestCode::InvalidId, format!("{name} must be a UUID, got {raw:?}")).at(name))
 }
 
 /// Query parameters by name (the last one wins when repeated).
@@ -29,10 +29,12 @@ impl Query {
     /// Parses the request's query string.
     pub fn of(req: &HttpRequest) -> Result<Self, ApiError> {
         let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
-            .map_err(|e| ApiError::bad_request("invalid_query", format!("malformed query string: {e}")))?
+            .map_err(|e| ApiError::bad_request(RequestCode::InvalidQuery, format!("malformed query string: {e}")))?
             .into_inner();
         if let Some((name, _)) = pairs.iter().find(|(k, v)| k.chars().chain(v.chars()).any(char::is_control)) {
-            return Err(ApiError::bad_request("invalid_query", format!("query parameter {name:?} contains a control character")).at(name));
+            return Err(
+                ApiError::bad_request(RequestCode::InvalidQuery, format!("query parameter {name:?} contains a control character")).at(name)
+            );
         }
         Ok(Self(pairs.into_iter().collect()))
     }
@@ -48,7 +50,7 @@ impl Query {
         match raw.parse::<u64>() {
             Ok(v) if range.contains(&v) => Ok(Some(v)),
             _ => Err(ApiError::bad_request(
-                "invalid_query",
+                RequestCode::InvalidQuery,
                 format!("{name} must be a whole number from {} to {}, got {raw:?}", range.start(), range.end()),
             )
             .at(name)),
@@ -65,7 +67,7 @@ impl Query {
         match self.text(name).map(str::to_ascii_lowercase).as_deref() {
             None | Some("0" | "false" | "no") => Ok(false),
             Some("1" | "true" | "yes") => Ok(true),
-            Some(other) => Err(ApiError::bad_request("invalid_query", format!("{name} must be 1 or 0, got {other:?}")).at(name)),
+            Some(other) => Err(ApiError::bad_request(RequestCode::InvalidQuery, format!("{name} must be 1 or 0, got {other:?}")).at(name)),
         }
     }
 
@@ -79,15 +81,16 @@ impl Query {
 
 /// Reads the whole body, refusing more than `limit` bytes with a 413.
 pub async fn body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
-    let too_large =
-        || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("the request body is larger than {limit} bytes"));
+    let too_large = || {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, RequestCode::PayloadTooLarge, format!("the request body is larger than {limit} bytes"))
+    };
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
     let mut buf = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request("invalid_body", format!("could not read the request body: {e}")))?;
+        let chunk = chunk.map_err(|e| ApiError::bad_request(RequestCode::InvalidBody, format!("could not read the request body: {e}")))?;
         if buf.len() + chunk.len() > limit {
             return Err(too_large());
         }
@@ -108,7 +111,7 @@ pub fn format(req: &HttpRequest, json_only: bool) -> Result<DocumentFormat, ApiE
     let Some(ct) = content_type(req) else {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            RequestCode::UnsupportedMediaType,
             format!("the body has no Content-Type; {accepted}"),
         ));
     };
@@ -117,7 +120,7 @@ pub fn format(req: &HttpRequest, json_only: bool) -> Result<DocumentFormat, ApiE
         Some(f) if !json_only => Ok(f),
         _ => Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            RequestCode::UnsupportedMediaType,
             format!("Content-Type {ct:?} is not accepted here; {accepted}"),
         )),
     }
@@ -130,16 +133,16 @@ pub const PARSE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2
 /// `PARSE_DEADLINE`: malformed or too deeply nested text is a 400 saying
 /// where; duplicate keys, non-finite numbers and NUL characters a 422 naming the field.
 pub async fn document(bytes: web::Bytes, format: DocumentFormat) -> Result<Value, ApiError> {
-    let text =
-        String::from_utf8(bytes.to_vec()).map_err(|e| ApiError::bad_request("invalid_body", format!("the body is not UTF-8: {e}")))?;
+    let text = String::from_utf8(bytes.to_vec())
+        .map_err(|e| ApiError::bad_request(RequestCode::InvalidBody, format!("the body is not UTF-8: {e}")))?;
     if text.trim().is_empty() {
-        return Err(ApiError::bad_request("invalid_body", "the request body is empty; a document is required"));
+        return Err(ApiError::bad_request(RequestCode::InvalidBody, "the request body is empty; a document is required"));
     }
     let parse = web::block(move || parse_document(&text, format));
     let parsed = match tokio::time::timeout(PARSE_DEADLINE, parse).await {
         Err(_) => {
             return Err(ApiError::bad_request(
-                "invalid_document",
+                RequestCode::InvalidDocument,
                 format!("the {} document took longer than {} s to parse", format.name(), PARSE_DEADLINE.as_secs()),
             ))
         }
@@ -148,9 +151,9 @@ pub async fn document(bytes: web::Bytes, format: DocumentFormat) -> Result<Value
     };
     parsed.map_err(|e| {
         if e.0.iter().any(|f| !f.path.is_empty()) {
-            return ApiError::from(loads_actors::store::StoreError::Invalid(e));
+            return ApiError::from(loads_actors::domain::DomainError::Invalid(e));
         }
-        let code = if format == DocumentFormat::Json { "invalid_json" } else { "invalid_document" };
+        let code = if format == DocumentFormat::Json { RequestCode::InvalidJson } else { RequestCode::InvalidDocument };
         ApiError::bad_request(code, e.0.first().map(|f| f.message.clone()).unwrap_or_default())
     })
 }

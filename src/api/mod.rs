@@ -20,7 +20,7 @@ use actix_web::{web, HttpResponse, Resource};
 use loads_actors::broker::BrokerActor;
 use loads_actors::CatalogActor;
 
-use error::ApiError;
+use error::{ApiError, RequestCode};
 
 /// What every handler may use: actor addresses and request limits.
 #[derive(Clone)]
@@ -44,7 +44,8 @@ async fn not_found() -> Result<HttpResponse, ApiError> {
 /// A route's resource; any other method answers 405 with the `Allow` header listing `allow`.
 fn resource(path: &str, allow: &'static str) -> Resource {
     web::resource(path).default_service(web::to(move || async move {
-        let error = ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("this route accepts {allow} only"));
+        let error =
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, RequestCode::MethodNotAllowed, format!("this route accepts {allow} only"));
         let mut response = actix_web::ResponseError::error_response(&error);
         response.headers_mut().insert(actix_web::http::header::ALLOW, actix_web::http::header::HeaderValue::from_static(allow));
         response

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::error::{ApiError, ErrorBody};
+use super::error::{ApiError, ErrorBody, RequestCode};
 use super::input::{self, Query};
 use super::ApiState;
 
@@ -82,7 +82,7 @@ type Reply = Result<HttpResponse, ApiError>;
 #[utoipa::path(get, path = "/health", tag = "health",
     responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
 pub async fn health(state: web::Data<ApiState>) -> Reply {
-    state.catalog.send(Ping {}).await?.map_err(|e| {
+    state.catalog.send(Ping).await?.map_err(|e| {
         tracing::warn!(error = %e, "health check failed");
         ApiError::unavailable()
     })?;
@@ -91,7 +91,7 @@ pub async fn health(state: web::Data<ApiState>) -> Reply {
         tracing::error!(error = %e, "health check failed: the metrics collector is not answering");
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
+            RequestCode::Unavailable,
             "the metrics collector is not answering: runs' numbers are not being taken",
         )
     })?;
@@ -262,9 +262,7 @@ pub async fn fork_plan(state: web::Data<ApiState>, req: HttpRequest, path: web::
 }
 
 fn fork_name(body: &Value) -> Result<Option<String>, ApiError> {
-    let unprocessable = |path: &str, message: &str| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", format!("{path}: {message}")).at(path)
-    };
+    let unprocessable = |path: &str, message: &str| ApiError::invalid_field(path, message);
     let Value::Object(map) = body else { return Err(unprocessable("", "must be an object")) };
     if let Some(key) = map.keys().find(|k| k.as_str() != "name") {
         return Err(unprocessable(key, "unknown field (expected: name)"));
@@ -284,9 +282,7 @@ pub struct BaselineRequest {
 }
 
 fn baseline_run(body: &Value) -> Result<uuid::Uuid, ApiError> {
-    let unprocessable = |path: &str, message: &str| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", format!("{path}: {message}")).at(path)
-    };
+    let unprocessable = |path: &str, message: &str| ApiError::invalid_field(path, message);
     let Value::Object(map) = body else { return Err(unprocessable("", "must be an object with run_id")) };
     if let Some(key) = map.keys().find(|k| k.as_str() != "run_id") {
         return Err(unprocessable(key, "unknown field (expected: run_id)"));
@@ -359,9 +355,9 @@ pub async fn compare_runs(state: web::Data<ApiState>, req: HttpRequest, path: we
         Some("baseline") => CompareTo::Baseline,
         Some(other) => CompareTo::Run(
             uuid::Uuid::parse_str(other)
-                .map_err(|_| ApiError::bad_request("invalid_query", "to must be `baseline` or a run id (a UUID)").at("to"))?,
+                .map_err(|_| ApiError::bad_request(RequestCode::InvalidQuery, "to must be `baseline` or a run id (a UUID)").at("to"))?,
         ),
-        None => return Err(ApiError::bad_request("invalid_query", "to is required: `baseline` or a run id").at("to")),
+        None => return Err(ApiError::bad_request(RequestCode::InvalidQuery, "to is required: `baseline` or a run id").at("to")),
     };
     Ok(HttpResponse::Ok().json(state.catalog.send(CompareRuns { run_id, to }).await??))
 }
@@ -377,7 +373,7 @@ pub async fn list_runs(state: web::Data<ApiState>, req: HttpRequest) -> Reply {
         None => None,
         Some(raw) => Some(RunState::parse(raw).ok_or_else(|| {
             let names: Vec<&str> = RunState::ALL.iter().map(|s| s.as_str()).collect();
-            ApiError::bad_request("invalid_query", format!("state must be one of {}, got {raw:?}", names.join(", "))).at("state")
+            ApiError::bad_request(RequestCode::InvalidQuery, format!("state must be one of {}, got {raw:?}", names.join(", "))).at("state")
         })?),
     };
     let filter = RunFilter {
@@ -413,9 +409,7 @@ pub struct RunRequest {
 }
 
 fn run_request(body: Option<Value>) -> Result<(StartRun, bool), ApiError> {
-    let unprocessable = |path: &str, message: &str| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", format!("{path}: {message}")).at(path)
-    };
+    let unprocessable = |path: &str, message: &str| ApiError::invalid_field(path, message);
     let mut start = StartRun { plan_id: uuid::Uuid::nil(), owner: None, env: None, null_is_unset: false };
     let Some(body) = body else { return Ok((start, false)) };
     let Value::Object(map) = body else { return Err(unprocessable("", "must be an object")) };

@@ -291,7 +291,7 @@ async fn import(settings: &Settings, file: &std::path::Path) -> anyhow::Result<(
     let catalog = CatalogActor::new(db, settings.limits()).start();
     let report = match catalog.send(ImportProject { document }).await? {
         Ok(report) => report,
-        Err(store::StoreError::Invalid(errors)) => anyhow::bail!("{}: {errors}", file.display()),
+        Err(loads_actors::domain::DomainError::Invalid(errors)) => anyhow::bail!("{}: {errors}", file.display()),
         Err(e) => return Err(e.into()),
     };
     for w in &report.warnings {

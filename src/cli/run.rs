@@ -19,10 +19,10 @@ use loads_actors::domain::judge::shown;
 use loads_actors::domain::usage::RunCost;
 use loads_actors::domain::views::MetricSummaryView;
 use loads_actors::domain::views::{RunView, StepState, ThresholdView, Verdict, SERIES_OVERFLOW};
+use loads_actors::domain::{ConflictCode, DomainError};
 use loads_actors::feed::{EventKind, RunEvent};
 use loads_actors::infra::docker::Engine;
 use loads_actors::store::runs::CompareTo;
-use loads_actors::store::StoreError;
 use serde_json::{json, Value};
 
 use crate::config::Settings;
@@ -71,7 +71,7 @@ pub async fn run(settings: &Settings, args: RunArgs<'_>) -> anyhow::Result<u8> {
     let env = (!env.is_empty()).then(|| json!(env));
     let run = match actors.broker.send(StartRun { plan_id, owner: args.owner, env, null_is_unset: false }).await? {
         Ok(run) => run,
-        Err(StoreError::Invalid(e)) => bail!("{}: {e}", args.file.display()),
+        Err(DomainError::Invalid(e)) => bail!("{}: {e}", args.file.display()),
         Err(e) => return Err(e.into()),
     };
     println!("run {} of plan {:?}", run.id, run.plan_name);
@@ -80,7 +80,7 @@ pub async fn run(settings: &Settings, args: RunArgs<'_>) -> anyhow::Result<u8> {
     if args.baseline {
         match actors.catalog.send(CompareRuns { run_id: final_run.id, to: CompareTo::Baseline }).await? {
             Ok(comparison) => print_comparison(&comparison),
-            Err(StoreError::Conflict { code: "no_baseline", .. }) => {
+            Err(DomainError::Conflict { code: ConflictCode::NoBaseline, .. }) => {
                 println!(
                     "\nplan {:?} has no baseline yet: `loads baseline {}` makes this run its baseline",
                     final_run.plan_name, final_run.id
@@ -114,7 +114,7 @@ async fn import_plan(actors: &Actors, document: Value, wanted: Option<&str>) -> 
             }
             report.project.plans.iter().find(|p| p.name == name).map(|p| p.id).ok_or_else(|| anyhow!("plan {name:?} vanished"))
         }
-        Err(StoreError::Conflict { code: "plan_immutable", .. }) => {
+        Err(DomainError::Conflict { code: ConflictCode::PlanImmutable, .. }) => {
             let trees = actors.catalog.send(ProjectTrees { id: None }).await??;
             let current = trees
                 .iter()
@@ -129,7 +129,7 @@ async fn import_plan(actors: &Actors, document: Value, wanted: Option<&str>) -> 
             eprintln!("plan {name:?} has runs and changed since; running the changed copy {:?}", updated.plan.name);
             Ok(updated.plan.id)
         }
-        Err(StoreError::Invalid(e)) => bail!("{e}"),
+        Err(DomainError::Invalid(e)) => bail!("{e}"),
         Err(e) => Err(e.into()),
     }
 }

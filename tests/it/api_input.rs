@@ -14,7 +14,7 @@ fn assert_error(status: StatusCode, body: &Value, want: StatusCode, code: &str) 
 
 on_both_databases! {
     /// Syntax errors, wrong shapes, bad media types and bad ids are each a clear 4xx.
-    async fn malformed_requests_get_clear_client_errors(app with crate::helpers::V2_FIXTURE) {
+    async fn malformed_requests_get_clear_client_errors(app) {
         let (status, body) = app.send("POST", "/api/v1/projects", Some("application/json"), b"{\"name\": ".to_vec()).await;
         assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_json");
         assert!(body["message"].as_str().unwrap().contains("line 1"), "{body}");

@@ -20,19 +20,18 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// The loads v2 fixture validates as is where its volumes may be mounted;
-/// where nodes mount only from the default volume root, its `/var/log` mounts are refused.
+/// The loads v2 fixture validates as it is; on a local broker, whose nodes mount only
+/// from under the volume root, its `/var/log` mounts are warned about, not refused.
 #[test]
 fn plan_validate_accepts_the_loads_v2_project_file() {
     let dir = tempfile::tempdir().unwrap();
     let file = fixtures().join("loads-broker/pushgo.json");
-    let out = loads(&["plan", "validate", file.to_str().unwrap()], crate::helpers::V2_FIXTURE, dir.path());
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("ok: project \"Push Testing\", 2 plan(s), 3 step(s)"), "{}", text(&out.stdout));
     let out = loads(&["plan", "validate", file.to_str().unwrap()], &[], dir.path());
-    assert_eq!(out.status.code(), Some(1));
+    assert!(out.status.success(), "{}", text(&out.stderr));
     let printed = text(&out.stdout) + &text(&out.stderr);
+    assert!(printed.contains("ok: project \"Push Testing\", 2 plan(s), 3 step(s)"), "{printed}");
     assert!(printed.contains("plans[0].steps[0].volume_mapping: host path \"/var/log/$RUN_ID\" is outside the volume root"), "{printed}");
+    assert!(printed.contains("a run of it is refused here"), "{printed}");
 }
 
 /// Every problem is printed with its path, and the exit status is 1.
@@ -95,7 +94,7 @@ fn import_loads_a_project_file_into_the_database() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("cli.db").display());
     let file = fixtures().join("loads-broker/pushgo.json");
-    let env = [("LOADS__DATABASE__URL", url.as_str()), crate::helpers::V2_FIXTURE[0]];
+    let env = [("LOADS__DATABASE__URL", url.as_str())];
     let out = loads(&["import", file.to_str().unwrap()], &env, dir.path());
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(!text(&out.stderr).contains("migration"), "a one-shot command logs only when asked: {}", text(&out.stderr));

@@ -35,7 +35,7 @@ const RUN_KEYS: [&str; 12] = [
 
 on_both_databases! {
     /// POST /api/project imports a project file; GET /api/project and /api/project/{uuid} return the tree.
-    async fn projects_have_the_original_shapes(app with crate::helpers::V2_FIXTURE) {
+    async fn projects_have_the_original_shapes(app) {
         let body: Value = serde_json::from_str(&pushgo_json()).unwrap();
         let (status, created) = app.post("/api/project", &body).await;
         assert_eq!(status, StatusCode::OK, "{created}");
@@ -76,7 +76,7 @@ on_both_databases! {
     }
 
     /// GET /api lists runs with the version; GET /api/run/{uuid} returns one; unknown runs are "No such run".
-    async fn runs_have_the_original_shapes(app with crate::helpers::V2_FIXTURE) {
+    async fn runs_have_the_original_shapes(app) {
         let report = app.import_pushgo().await;
         let plan = &report["project"]["plans"][1];
         assert_eq!(plan["name"], "Single Server");
@@ -117,6 +117,38 @@ on_both_databases! {
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(bad["success"], false);
         assert_eq!(bad["status"], 400);
+    }
+
+    /// The original's example project imports on a local broker with default settings,
+    /// through both APIs, with a warning for each volume this broker would not mount; a run
+    /// of it is refused at start, naming the step, the field and the setting, and nothing is recorded.
+    async fn the_loads_v2_project_imports_here_and_its_run_is_refused_at_start(app) {
+        let body: Value = serde_json::from_str(&pushgo_json()).unwrap();
+        let (status, created) = app.post("/api/project", &body).await;
+        assert_eq!(status, StatusCode::OK, "{created}");
+        let (status, report) = app.send("POST", "/api/v1/projects/import", Some("application/json"), pushgo_json().into_bytes()).await;
+        assert_eq!(status, StatusCode::OK, "{report}");
+        assert_eq!(report["unchanged"], json!(["Single Server", "Moar Servers"]), "{report}");
+        let warned: Vec<&str> = report["warnings"].as_array().unwrap().iter().filter_map(|w| w["path"].as_str()).collect();
+        assert!(warned.contains(&"plans[0].steps[0].volume_mapping"), "{report}");
+        assert!(report["warnings"].to_string().contains("docker.volume_root"), "{report}");
+
+        let plan = report["project"]["plans"].as_array().unwrap().iter().find(|p| p["name"] == "Single Server").unwrap().clone();
+        let plan_id = plan["id"].as_str().unwrap();
+        let (status, refused) = app.post(&format!("/api/v1/plans/{plan_id}/runs"), &json!({})).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+        assert_eq!(refused["error"], "validation_failed", "{refused}");
+        assert_eq!(refused["details"][0]["path"], "steps[0].volume_mapping", "{refused}");
+        let why = refused["details"][0]["message"].as_str().unwrap();
+        for part in ["step \"Test Cluster\"", "\"/var/log/$RUN_ID\"", "docker.volume_root"] {
+            assert!(why.contains(part), "{part} in {why}");
+        }
+        let (status, refused) = app.post(&format!("/api/orchestrate/{plan_id}"), &json!({})).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+        assert!(refused["message"].as_str().unwrap().contains("docker.volume_root"), "{refused}");
+        let (status, root) = app.get("/api").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(root["runs"], json!([]), "a refused start records no run");
     }
 
     /// Invalid project files get the original's error shape with every problem in the message.

@@ -66,14 +66,7 @@ pub fn recording_grafana(count: usize) -> (u16, std::sync::mpsc::Receiver<Record
 /// The next request the stand-in Grafana recorded, polled for at most a minute
 /// (without blocking the broker, which runs on this test's thread).
 pub async fn next(recorded: &std::sync::mpsc::Receiver<Recorded>) -> Recorded {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        if let Ok(request) = recorded.try_recv() {
-            return request;
-        }
-        assert!(std::time::Instant::now() < deadline, "no request reached Grafana");
-        actix_web::rt::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    crate::helpers::eventually(60, async || recorded.try_recv().map_err(|_| "no request reached Grafana".to_string())).await
 }
 
 fn statsd_plan(dashboard: Option<&str>) -> Value {

@@ -93,9 +93,9 @@ async fn a_boot_that_breaks_fails_the_node_with_the_last_lines_of_its_log() {
     assert!(reason.contains("docker.io"), "the log's last lines name what failed: {reason}");
     assert!(reason.contains("boot failed (exit"), "{reason}");
     assert_eq!(until_all_terminated(&app.broker_id).await.len(), 1);
-    let deadline = Instant::now() + std::time::Duration::from_secs(30);
-    while !farm.running().is_empty() {
-        assert!(Instant::now() < deadline, "the terminated instance's VM is still running");
-        actix_web::rt::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    crate::helpers::eventually(30, async || match farm.running() {
+        running if running.is_empty() => Ok(()),
+        _ => Err("the terminated instance's VM is still running".to_string()),
+    })
+    .await;
 }

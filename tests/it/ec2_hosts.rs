@@ -12,7 +12,7 @@ use actix_web::http::StatusCode;
 use serde_json::{json, Value};
 
 use crate::ec2_nodes::{gen_step, instances_in, instances_of, until_all_terminated, Metadata, Seen};
-use crate::helpers::{ensure_images, record, sh_step, Backend, TestApp};
+use crate::helpers::{ensure_images, eventually, eventually_every, record, sh_step, Backend, TestApp};
 use crate::hosts::{Hosts, USER};
 use crate::instances::{moto, REGION};
 
@@ -61,26 +61,26 @@ fn node_of<'a>(hosts: &'a Hosts, instance: &Seen) -> &'a crate::hosts::Host {
 
 /// Waits until `run_id`'s step containers (`count` of them) have all started.
 async fn until_containers_started(app: &TestApp, run_id: &str, count: usize) {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
+    eventually(180, async || {
         let (_, logs) = app.get(&format!("/api/v1/runs/{run_id}/logs")).await;
         let started = logs["containers"].as_array().map_or(0, |all| all.iter().filter(|c| c["role"] == "step").count());
         if started == count {
-            return;
+            return Ok(());
         }
         let (_, run) = app.get(&format!("/api/v1/runs/{run_id}")).await;
-        assert!(Instant::now() < deadline && run["completed_at"].is_null(), "the step's containers did not start: {run:#}");
-        actix_web::rt::time::sleep(Duration::from_millis(200)).await;
-    }
+        assert!(run["completed_at"].is_null(), "the run ended before its containers started: {run:#}");
+        Err(format!("{started} of {count} of the step's containers started: {run:#}"))
+    })
+    .await
 }
 
 /// Waits until the farm has powered off the nodes of terminated instances.
 async fn until_off(hosts: &Hosts) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while hosts.nodes.iter().any(|n| n.is_on()) {
-        assert!(Instant::now() < deadline, "a terminated instance's node still runs");
-        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(30, async || match hosts.nodes.iter().any(|n| n.is_on()) {
+        false => Ok(()),
+        true => Err("a terminated instance's node still runs".to_string()),
+    })
+    .await
 }
 
 /// With pooling, a node used for one run is kept for the next: released, its own
@@ -139,33 +139,31 @@ async fn a_run_on_a_node_is_carried_on_after_a_broker_restart() {
     let run_id = b.api.post(&format!("/api/v1/plans/{plan_id}/runs"), json!({})).await["id"].as_str().unwrap().to_string();
     let store = loads_actors::store::connect(&b.db).await.unwrap();
     let id = uuid::Uuid::parse_str(&run_id).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(300);
     // Killed once the first count is stored and the node is tagged with its forward.
-    loop {
+    eventually_every(300, Duration::from_millis(500), async || {
         let counted =
             loads_actors::store::runs::recovery(&store, id).await.unwrap().metrics_state.unwrap_or_default().contains("\"hits\":1");
         let tagged = instances_of(&b.broker).await.iter().all(|i| i.tags.contains_key("loads:forward"));
         if counted && tagged {
-            break;
+            return Ok(());
         }
         let run = b.api.get(&format!("/api/v1/runs/{run_id}")).await;
         assert!(run["completed_at"].is_null(), "the run ended before the restart: {run:#}");
-        assert!(Instant::now() < deadline, "the first count was not stored: {run:#}");
-        actix_web::rt::time::sleep(Duration::from_millis(500)).await;
-    }
+        Err(format!("the first count was not stored (counted: {counted}, tagged: {tagged}): {run:#}"))
+    })
+    .await;
     first.kill().unwrap();
     first.wait().unwrap();
 
     let mut second = b.serve(&settings);
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let run = loop {
+    let run = eventually_every(300, Duration::from_millis(500), async || {
         let run = b.api.get(&format!("/api/v1/runs/{run_id}")).await;
-        if run["completed_at"].is_string() {
-            break run;
+        match run["completed_at"].is_string() {
+            true => Ok(run),
+            false => Err(format!("the run did not finish after the restart: {run:#}")),
         }
-        assert!(Instant::now() < deadline, "the run did not finish after the restart: {run:#}");
-        actix_web::rt::time::sleep(Duration::from_millis(500)).await;
-    };
+    })
+    .await;
     assert_eq!(run["state"], "completed", "{run:#}");
     let gen = record(&run, "gen");
     let ran_for = crate::helpers::seconds_between(&gen["started_at"], &gen["completed_at"]);
@@ -480,11 +478,14 @@ async fn a_step_over_two_regions_in_two_subnets_launches_each_share_there_and_co
         .collect();
     assert_eq!(cost, [("eu-west-1", 2), ("us-west-2", 3)], "{run:#}");
     for region in ["us-west-2", "eu-west-1"] {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !instances_in(region, &app.broker_id).await.iter().all(|i| i.state == "terminated" || i.state == "shutting-down") {
-            assert!(Instant::now() < deadline, "instances still up in {region}");
-            actix_web::rt::time::sleep(Duration::from_millis(200)).await;
-        }
+        eventually(60, async || {
+            let seen = instances_in(region, &app.broker_id).await;
+            match seen.iter().all(|i| i.state == "terminated" || i.state == "shutting-down") {
+                true => Ok(()),
+                false => Err(format!("instances still up in {region}: {seen:?}")),
+            }
+        })
+        .await;
     }
     until_off(&hosts).await;
 }

@@ -79,15 +79,14 @@ pub(crate) async fn shutdown_behaviour_of(instance: &str) -> String {
 
 /// Waits until no instance of `broker` is pending or running.
 pub(crate) async fn until_all_terminated(broker: &str) -> Vec<Seen> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
+    crate::helpers::eventually(60, async || {
         let seen = instances_of(broker).await;
-        if seen.iter().all(|i| i.state == "terminated" || i.state == "shutting-down") {
-            return seen;
+        match seen.iter().all(|i| i.state == "terminated" || i.state == "shutting-down") {
+            true => Ok(seen),
+            false => Err(format!("instances still up: {seen:?}")),
         }
-        assert!(std::time::Instant::now() < deadline, "instances still up: {seen:?}");
-        actix_web::rt::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    })
+    .await
 }
 
 /// A broker with `pool.provider = "ec2"` whose instances map, in launch order, to `nodes`.

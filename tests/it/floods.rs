@@ -6,8 +6,20 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::helpers::{ensure_images, leftovers, sh_step};
+use crate::helpers::{ensure_images, eventually_every, leftovers, sh_step};
 use crate::recovery::Restartable;
+
+/// Waits (asking every half second, at most `seconds`) until the run has ended; answers it.
+async fn until_ended(api: &crate::recovery::Api, run_id: &str, seconds: u64) -> Value {
+    eventually_every(seconds, Duration::from_millis(500), async || {
+        let run = api.get(&format!("/api/v1/runs/{run_id}")).await;
+        match ["completed", "failed", "aborted"].contains(&run["state"].as_str().unwrap_or("")) {
+            true => Ok(run),
+            false => Err(format!("the run did not end: {run:#}")),
+        }
+    })
+    .await
+}
 
 /// A memory figure of a process from its status (`VmHWM:` the most it held, `VmRSS:` now), in MiB.
 fn status_mib(pid: u32, field: &str) -> f64 {
@@ -57,10 +69,9 @@ async fn a_request_id_in_a_timer_name_is_capped_counted_and_makes_the_run_invali
     let run_id = api.post(&format!("/api/v1/plans/{plan_id}/runs"), json!({})).await["id"].as_str().unwrap().to_string();
 
     // The relay, once it runs, and its memory as the run goes.
-    let deadline = Instant::now() + Duration::from_secs(400);
     let mut relay = None;
     let mut relay_peak: f64 = 0.0;
-    let run = loop {
+    let run = eventually_every(400, Duration::from_millis(500), async || {
         let run: Value = api.get(&format!("/api/v1/runs/{run_id}")).await;
         if relay.is_none() {
             let out = std::process::Command::new("docker")
@@ -75,12 +86,12 @@ async fn a_request_id_in_a_timer_name_is_capped_counted_and_makes_the_run_invali
         if let Some(peak) = relay.as_deref().and_then(container_peak_mib) {
             relay_peak = relay_peak.max(peak);
         }
-        if ["completed", "failed", "aborted"].contains(&run["state"].as_str().unwrap_or("")) {
-            break run;
+        match ["completed", "failed", "aborted"].contains(&run["state"].as_str().unwrap_or("")) {
+            true => Ok(run),
+            false => Err(format!("the run did not end: {run:#}")),
         }
-        assert!(Instant::now() < deadline, "the run did not end: {run:#}");
-        actix_web::rt::time::sleep(Duration::from_millis(500)).await;
-    };
+    })
+    .await;
     let broker_peak = status_mib(serve.id(), "VmHWM:");
     println!("broker peak {broker_peak:.0} MiB, relay peak {relay_peak:.0} MiB");
     assert_eq!(run["state"], "completed", "{run:#}");
@@ -187,15 +198,14 @@ async fn three_hundred_silent_subscribers_cost_the_broker_little() {
     let plan_id = project["plans"][0]["id"].as_str().unwrap().to_string();
     let run_id = api.post(&format!("/api/v1/plans/{plan_id}/runs"), json!({})).await["id"].as_str().unwrap().to_string();
     // Ten windows in, so that the backlog each subscriber gets is a real one.
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
+    eventually_every(300, Duration::from_millis(500), async || {
         let series = api.get(&format!("/api/v1/runs/{run_id}/series")).await;
-        if series["steps"][0]["points"].as_array().is_some_and(|p| p.len() >= 10) {
-            break;
+        match series["steps"][0]["points"].as_array().is_some_and(|p| p.len() >= 10) {
+            true => Ok(()),
+            false => Err(format!("fewer than ten windows: {series}")),
         }
-        assert!(Instant::now() < deadline, "no windows: {series}");
-        actix_web::rt::time::sleep(Duration::from_millis(500)).await;
-    }
+    })
+    .await;
     let before = status_mib(serve.id(), "VmRSS:");
     let url = format!("{}/api/v1/runs/{run_id}/events", api.base.replace("http://", "ws://"));
     let mut silent = Vec::new();
@@ -216,16 +226,8 @@ async fn three_hundred_silent_subscribers_cost_the_broker_little() {
     println!("broker {before:.0} MiB before the subscribers, {peak:.0} MiB at most with them");
     assert!(peak - before < 50.0, "300 silent subscribers added {:.0} MiB", peak - before);
     drop(silent);
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let run = api.get(&format!("/api/v1/runs/{run_id}")).await;
-        if ["completed", "failed", "aborted"].contains(&run["state"].as_str().unwrap_or("")) {
-            assert_eq!(run["state"], "completed", "{run:#}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "the run did not end: {run:#}");
-        actix_web::rt::time::sleep(Duration::from_millis(500)).await;
-    }
+    let run = until_ended(api, &run_id, 300).await;
+    assert_eq!(run["state"], "completed", "{run:#}");
     serve.kill().unwrap();
     serve.wait().unwrap();
     let (containers, networks) = leftovers(&b.broker);
@@ -251,15 +253,7 @@ async fn two_hundred_one_hour_threshold_windows_stay_small() {
     let project = api.post("/api/v1/projects", json!({"name": "hourly", "plans": [plan]})).await;
     let plan_id = project["plans"][0]["id"].as_str().unwrap_or_else(|| panic!("{project}")).to_string();
     let run_id = api.post(&format!("/api/v1/plans/{plan_id}/runs"), json!({})).await["id"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(400);
-    let run = loop {
-        let run = api.get(&format!("/api/v1/runs/{run_id}")).await;
-        if ["completed", "failed", "aborted"].contains(&run["state"].as_str().unwrap_or("")) {
-            break run;
-        }
-        assert!(Instant::now() < deadline, "the run did not end: {run:#}");
-        actix_web::rt::time::sleep(Duration::from_millis(500)).await;
-    };
+    let run = until_ended(api, &run_id, 400).await;
     let peak = status_mib(serve.id(), "VmHWM:");
     println!("broker peak {peak:.0} MiB");
     assert_eq!(run["state"], "completed", "{run:#}");

@@ -46,10 +46,6 @@ macro_rules! on_both_databases {
     )*};
 }
 
-/// Settings for brokers that import the loads v2 fixture: its steps mount
-/// `/var/log/$RUN_ID` from the node's disk, and on the local provider nodes
-/// mount only from under `docker.volume_root`.
-pub const V2_FIXTURE: &[(&str, &str)] = &[("LOADS__DOCKER__VOLUME_ROOT", "/var/log")];
 pub(crate) use on_both_databases;
 
 /// A database created for one test and removed when the test ends, failed or not.
@@ -364,16 +360,16 @@ pub fn plan_doc(name: &str) -> Value {
 impl TestApp {
     /// Polls the run until `done` holds for it, at most `seconds`; answers the run.
     pub async fn wait_for_run(&self, run_id: &str, seconds: u64, done: impl Fn(&Value) -> bool) -> Value {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
-        loop {
+        eventually(seconds, async || {
             let (status, run) = self.get(&format!("/api/v1/runs/{run_id}")).await;
             assert_eq!(status, StatusCode::OK, "{run}");
             if done(&run) {
-                return run;
+                Ok(run)
+            } else {
+                Err(format!("run {run_id}: {run:#}"))
             }
-            assert!(std::time::Instant::now() < deadline, "run {run_id} did not get there in {seconds}s: {run:#}");
-            actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+        })
+        .await
     }
 
     /// Polls until the run has finished; answers it.
@@ -419,4 +415,34 @@ pub fn record<'a>(run: &'a Value, name: &str) -> &'a Value {
 pub fn seconds_between(a: &Value, b: &Value) -> f64 {
     let parse = |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap_or_else(|| panic!("not a time: {v}"))).unwrap();
     (parse(b) - parse(a)).num_milliseconds() as f64 / 1000.0
+}
+
+/// Asks `probe` every 100 ms until it answers `Ok`, for at most `seconds`; each
+/// `Err` says where things stand, and the last one is the failure message.
+pub async fn eventually<T>(seconds: u64, probe: impl AsyncFnMut() -> Result<T, String>) -> T {
+    eventually_every(seconds, std::time::Duration::from_millis(100), probe).await
+}
+
+/// [`eventually`], asking every `every` (for probes that are costly to ask).
+pub async fn eventually_every<T>(seconds: u64, every: std::time::Duration, mut probe: impl AsyncFnMut() -> Result<T, String>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        match probe().await {
+            Ok(value) => return value,
+            Err(state) => assert!(std::time::Instant::now() < deadline, "not so within {seconds} s: {state}"),
+        }
+        actix_web::rt::time::sleep(every).await;
+    }
+}
+
+/// [`eventually`] for code that is not async: asks every 50 ms, blocking the thread.
+pub fn eventually_blocking<T>(seconds: u64, mut probe: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        match probe() {
+            Ok(value) => return value,
+            Err(state) => assert!(std::time::Instant::now() < deadline, "not so within {seconds} s: {state}"),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

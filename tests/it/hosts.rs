@@ -170,13 +170,15 @@ impl Host {
             .spawn()
             .expect("nsenter (util-linux)");
         *self.sshd.lock().unwrap() = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
         let addr = std::net::SocketAddr::from((self.ip, 22));
-        while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        crate::helpers::eventually_blocking(60, || {
+            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
             let exited = self.sshd.lock().unwrap().as_mut().and_then(|c| c.try_wait().ok().flatten());
-            assert!(exited.is_none() && Instant::now() < deadline, "node {} did not start:\n{}", self.netns, self.logs());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            assert!(exited.is_none(), "node {}'s sshd exited ({exited:?}):\n{}", self.netns, self.logs());
+            Err(format!("node {} did not start:\n{}", self.netns, self.logs()))
+        });
     }
 
     /// What the node's start, engine and sshd logged, for failure messages.

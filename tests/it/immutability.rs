@@ -90,7 +90,7 @@ on_both_databases! {
     }
 
     /// Importing a changed plan that has runs is refused as a whole: nothing changes.
-    async fn import_refuses_changing_a_plan_with_runs(app with crate::helpers::V2_FIXTURE) {
+    async fn import_refuses_changing_a_plan_with_runs(app) {
         let report = app.import_pushgo().await;
         let plan_id = report["project"]["plans"][0]["id"].as_str().unwrap().to_string();
         app.record_run(&plan_id, None).await;

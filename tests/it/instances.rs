@@ -84,17 +84,16 @@ fn serve(broker: &str, port: u16, db: &str) -> Child {
 }
 
 async fn until_terminated(ids: &[&str]) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    for id in ids {
-        loop {
+    crate::helpers::eventually(60, async || {
+        for id in ids {
             let s = state(id).await;
-            if s == "terminated" || s == "shutting-down" {
-                break;
+            if s != "terminated" && s != "shutting-down" {
+                return Err(format!("{id} still {s}"));
             }
-            assert!(std::time::Instant::now() < deadline, "{id} still {s}");
-            actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;
         }
-    }
+        Ok(())
+    })
+    .await
 }
 
 /// At start the reaper terminates this broker's orphaned and expired instances and

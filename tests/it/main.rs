@@ -10,6 +10,7 @@ mod cli;
 mod compat;
 mod cost;
 mod dashboards;
+mod docs;
 mod ec2_boot;
 mod ec2_hosts;
 mod ec2_nodes;

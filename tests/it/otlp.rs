@@ -182,18 +182,15 @@ async fn exponential_histogram_bombs_are_counted_malformed_and_the_relay_stays_s
 
 /// The environment of the run's step container on its node (once it runs): what an unmodified generator gets.
 async fn container_env(run_id: &str) -> Vec<(String, String)> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let id = loop {
+    let id = crate::helpers::eventually(30, async || {
         let out = Command::new("docker")
             .args(["ps", "-q", "--filter", &format!("label=loads.run={run_id}"), "--filter", "label=loads.role=step"])
             .output()
             .unwrap();
-        if let Some(id) = String::from_utf8_lossy(&out.stdout).lines().next() {
-            break id.to_string();
-        }
-        assert!(std::time::Instant::now() < deadline, "no step container of run {run_id} runs");
-        actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+        let first = String::from_utf8_lossy(&out.stdout).lines().next().map(str::to_string);
+        first.ok_or_else(|| format!("no step container of run {run_id} runs"))
+    })
+    .await;
     let out = Command::new("docker").args(["inspect", "-f", "{{json .Config.Env}}", &id]).output().unwrap();
     let env: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
     env.iter().filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()

@@ -11,7 +11,7 @@ fn plan_named<'a>(project: &'a Value, name: &str) -> &'a Value {
 
 on_both_databases! {
     /// Every field of pushgo.json, defaults applied and env lists turned into maps.
-    async fn import_keeps_every_field_of_the_loads_v2_project_file(app with crate::helpers::V2_FIXTURE) {
+    async fn import_keeps_every_field_of_the_loads_v2_project_file(app) {
         let report = app.import_pushgo().await;
         assert_eq!(report["project_created"], true);
         assert_eq!(report["created"], json!(["Single Server", "Moar Servers"]));
@@ -85,7 +85,7 @@ on_both_databases! {
     }
 
     /// Importing the same file again reports every plan unchanged and creates nothing.
-    async fn importing_the_same_file_twice_changes_nothing(app with crate::helpers::V2_FIXTURE) {
+    async fn importing_the_same_file_twice_changes_nothing(app) {
         let first = app.import_pushgo().await;
         let (status, second) = app.send("POST", "/api/v1/projects/import", Some("application/json"), pushgo_json().into_bytes()).await;
         assert_eq!(status, StatusCode::OK, "{second}");
@@ -127,7 +127,7 @@ environment_data = ["A=1", "B=$RUN_ID"]
     }
 
     /// Re-importing a changed plan that has no runs replaces its steps.
-    async fn import_replaces_a_changed_plan_without_runs(app with crate::helpers::V2_FIXTURE) {
+    async fn import_replaces_a_changed_plan_without_runs(app) {
         app.import_pushgo().await;
         let mut doc: Value = serde_json::from_str(&pushgo_json()).unwrap();
         doc["plans"][1]["steps"][0]["instance_count"] = json!(4);

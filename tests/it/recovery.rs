@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use crate::helpers::{ensure_images, leftovers, record, seconds_between, sh_step, LabelGuard};
+use crate::helpers::{ensure_images, eventually, leftovers, record, seconds_between, sh_step, LabelGuard};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -95,15 +95,14 @@ impl Api {
 
     /// Polls the run until `done` holds, at most a minute.
     pub async fn wait_run(&self, run_id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
+        eventually(60, async || {
             let run = self.get(&format!("/api/v1/runs/{run_id}")).await;
-            if done(&run) {
-                return run;
+            match done(&run) {
+                true => Ok(run),
+                false => Err(format!("{what}: {run:#}")),
             }
-            assert!(Instant::now() < deadline, "{what}: {run:#}");
-            actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await
     }
 }
 
@@ -136,18 +135,17 @@ async fn a_broker_killed_mid_run_carries_the_run_on_when_it_starts_again() {
         record(r, "early")["state"] == "completed" && record(r, "long")["state"] == "running"
     })
     .await;
-    let deadline = Instant::now() + Duration::from_secs(30);
     let store = loads_actors::store::connect(&db).await.unwrap();
     let id = uuid::Uuid::parse_str(&run_id).unwrap();
-    loop {
+    eventually(30, async || {
         let saved = loads_actors::store::runs::recovery(&store, id).await.unwrap();
         let text = saved.metrics_state.unwrap_or_default();
-        if text.contains("\"hits\":2") {
-            break;
+        match text.contains("\"hits\":2") {
+            true => Ok(()),
+            false => Err(format!("the first counts were not stored: {text}")),
         }
-        assert!(Instant::now() < deadline, "the first counts were not stored: {text}");
-        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     let url = format!("ws://127.0.0.1:{port}/api/v1/runs/{run_id}/events");
     let (_, mut socket) = awc::Client::new().ws(url.clone()).connect().await.expect("feed");
     let mut seen = 0;
@@ -248,11 +246,11 @@ async fn runs_survive_a_broker_killed_at_random_moments() {
             let out = Command::new("docker").args(args).args(["--filter", &filter]).output().unwrap();
             String::from_utf8_lossy(&out.stdout).lines().count()
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while left(&["ps", "-aq"]) + left(&["network", "ls", "-q"]) > 0 {
-            assert!(Instant::now() < deadline, "round {round}: the run's containers or network remain");
-            actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-        }
+        eventually(10, async || match left(&["ps", "-aq"]) + left(&["network", "ls", "-q"]) {
+            0 => Ok(()),
+            n => Err(format!("round {round}: {n} of the run's containers and networks remain")),
+        })
+        .await;
     }
     broker_process.kill().unwrap();
     broker_process.wait().unwrap();

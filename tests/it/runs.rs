@@ -214,15 +214,11 @@ async fn ports_and_volumes_are_mapped_within_their_bounds() {
         )
         .await;
     app.wait_for_run(&run_id, 60, |r| record(r, "writer")["state"] == "running").await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let body = loop {
-        let answer = awc::Client::new().get(format!("http://127.0.0.1:{port}/")).send().await;
-        if let Ok(mut response) = answer {
-            break response.body().await.unwrap();
-        }
-        assert!(std::time::Instant::now() < deadline, "the mapped port never answered");
-        actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    let body = crate::helpers::eventually(30, async || match awc::Client::new().get(format!("http://127.0.0.1:{port}/")).send().await {
+        Ok(mut response) => Ok(response.body().await.unwrap()),
+        Err(e) => Err(format!("the mapped port does not answer: {e}")),
+    })
+    .await;
     assert_eq!(String::from_utf8_lossy(&body).trim(), "mapped");
     let run = app.wait_finished(&run_id, 60).await;
     assert_eq!(run["state"], "completed", "{run:#}");
@@ -233,7 +229,10 @@ async fn ports_and_volumes_are_mapped_within_their_bounds() {
     let (status, body) = app.post("/api/v1/projects", &json!({"name": "escape"})).await;
     assert_eq!(status, awc::http::StatusCode::CREATED, "{body}");
     let (status, body) = app.post(&format!("/api/v1/projects/{}/plans", body["id"].as_str().unwrap()), &escape).await;
+    assert_eq!(status, awc::http::StatusCode::CREATED, "a plan for nodes of their own is a plan: {body}");
+    let (status, body) = app.post(&format!("/api/v1/plans/{}/runs", body["id"].as_str().unwrap()), &json!({})).await;
     assert_eq!(status, awc::http::StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["details"][0]["path"], "steps[0].volume_mapping", "{body}");
     assert!(body["details"][0]["message"].as_str().unwrap().contains("host path \"/etc\" is outside the volume root"), "{body}");
     app.assert_no_leftovers();
 }

@@ -218,17 +218,13 @@ async fn logs_of_running_containers_are_served_while_the_run_is_live() {
             json!({}),
         )
         .await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let step = loop {
+    let step = crate::helpers::eventually(60, async || {
         let (status, logs) = app.get(&format!("/api/v1/runs/{run_id}/logs?step=talker&node=s0n1&tail=1")).await;
         assert_eq!(status, StatusCode::OK, "{logs}");
         let step = logs["containers"].as_array().unwrap().iter().find(|c| c["role"] == "step").cloned();
-        if let Some(step) = step.filter(|s| s["logs"].as_str().is_some_and(|l| l.contains("second-line"))) {
-            break step;
-        }
-        assert!(std::time::Instant::now() < deadline, "no live output: {logs}");
-        actix_web::rt::time::sleep(std::time::Duration::from_millis(200)).await;
-    };
+        step.filter(|s| s["logs"].as_str().is_some_and(|l| l.contains("second-line"))).ok_or_else(|| format!("no live output: {logs}"))
+    })
+    .await;
     assert_eq!(step["logs"].as_str().unwrap().trim(), "second-line", "tail applies to live output");
     assert_eq!(step["node"], "s0n1");
     assert!(step["finished_at"].is_null() && step["exit_code"].is_null(), "still running: {step}");

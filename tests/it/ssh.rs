@@ -74,11 +74,11 @@ async fn idle_connections_send_keepalives_that_want_no_reply() {
     let sshd = start_sshd();
     let known = known_hosts_with(&sshd, &sshd.dir.path().join("host_key.pub"), "known");
     let node = SshNode::connect(sshd.addr, None, &settings(&sshd, known, false)).await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !sshd.log().contains("rtype keepalive@libssh2.org want_reply 0") {
-        assert!(std::time::Instant::now() < deadline, "no keepalive within a minute of idleness:\n{}", sshd.log());
-        actix_web::rt::time::sleep(Duration::from_millis(500)).await;
-    }
+    crate::helpers::eventually(60, async || match sshd.log() {
+        log if log.contains("rtype keepalive@libssh2.org want_reply 0") => Ok(()),
+        log => Err(format!("no keepalive yet:\n{log}")),
+    })
+    .await;
     let (port, _forward) =
         node.forward_to_broker("127.0.0.1", 0, "127.0.0.1:9".parse().unwrap()).await.expect("a forward after keepalives");
     assert!(port > 0);

@@ -7,7 +7,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 /// A running sshd, stopped (with every session) when dropped.
 pub struct Sshd {
@@ -65,11 +64,7 @@ pub fn start_sshd() -> Sshd {
         .spawn()
         .expect("sshd (apt-get install openssh-server)");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(std::time::Instant::now() < deadline, "sshd did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    crate::helpers::eventually_blocking(20, || std::net::TcpStream::connect(addr).map_err(|e| format!("sshd does not answer: {e}")));
     Sshd { child, addr, dir }
 }
 

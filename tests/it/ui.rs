@@ -71,17 +71,12 @@ impl Browser {
         caps.insert("goog:chromeOptions".into(), options);
         caps.insert("goog:loggingPrefs".into(), json!({"browser": "ALL"}));
         let url = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let client = loop {
+        let client = crate::helpers::eventually(30, async || {
             let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-            match ClientBuilder::new(connector).capabilities(caps.clone()).connect(&url).await {
-                Ok(client) => break client,
-                Err(e) => {
-                    assert!(Instant::now() < deadline, "no WebDriver session: {e}");
-                    actix_web::rt::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        };
+            let session = ClientBuilder::new(connector).capabilities(caps.clone()).connect(&url).await;
+            session.map_err(|e| format!("no WebDriver session: {e}"))
+        })
+        .await;
         Self { client, driver, _profile: profile }
     }
 
@@ -399,19 +394,18 @@ async fn the_run_page_reconnects_after_a_dropped_feed_and_misses_nothing() {
     browser.until("live again", 30, "return document.getElementById('live').textContent === 'live'").await;
     // Caught up through the feed alone (the page reads the stored series again only once
     // the run has ended): the windows of the outage came with the reconnection's backlog.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    crate::helpers::eventually(10, async || {
         let (_, series) = app.get(&format!("/api/v1/runs/{run_id}/series")).await;
         let stored = series["steps"][0]["points"].as_array().map_or(0, |p| p.len()) as u64;
         let shown = browser.eval(&format!("return {points}")).await.as_u64().unwrap_or(0);
         let state = browser.eval("return document.getElementById('run-state').textContent").await;
         assert_eq!(state, "running", "the run is still live while the page catches up");
-        if shown >= 3 * stored.saturating_sub(1) {
-            break;
+        match shown >= 3 * stored.saturating_sub(1) {
+            true => Ok(()),
+            false => Err(format!("the page has {shown} points of {stored} stored windows (3 each) after reconnecting")),
         }
-        assert!(Instant::now() < deadline, "the page has {shown} points of {stored} stored windows (3 each) after reconnecting");
-        actix_web::rt::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
     browser.until("the run's end", 90, "return document.getElementById('run-state').textContent === 'completed'").await;
     let navigations = browser.eval("return performance.getEntriesByType('navigation').length").await;
     assert_eq!(navigations, 1, "no reload");

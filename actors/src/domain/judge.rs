@@ -711,7 +711,7 @@ pub fn verdict(
     match ending {
         Ending::Aborted => return (Verdict::Aborted, "the run was aborted".into()),
         Ending::OverBudget(reason) => return (Verdict::Aborted, format!("the run was aborted: {reason}")),
-        Ending::StepFailed(reason) => return (Verdict::Error, format!("the run failed: {reason}")),
+        Ending::StepFailed(reason) | Ending::Lost(reason) => return (Verdict::Error, format!("the run failed: {reason}")),
         Ending::Finished | Ending::Breached(_) => {}
     }
     if !lost.is_empty() {

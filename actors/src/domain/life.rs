@@ -30,6 +30,8 @@ pub enum Ending {
     Aborted,
     /// The run's recorded cost reached a budget cap; which, and the cost.
     OverBudget(String),
+    /// No broker can carry the run on (it was left live by one that stopped); why.
+    Lost(String),
 }
 
 impl Ending {
@@ -38,6 +40,7 @@ impl Ending {
             Self::Finished => 0,
             Self::StepFailed(_) | Self::Breached(_) => 1,
             Self::Aborted | Self::OverBudget(_) => 2,
+            Self::Lost(_) => 3,
         }
     }
 
@@ -50,15 +53,46 @@ impl Ending {
     pub fn final_state(&self) -> RunState {
         match self {
             Self::Finished => RunState::Completed,
-            Self::StepFailed(_) | Self::Breached(_) => RunState::Failed,
+            Self::StepFailed(_) | Self::Breached(_) | Self::Lost(_) => RunState::Failed,
             Self::Aborted | Self::OverBudget(_) => RunState::Aborted,
+        }
+    }
+
+    /// What kind of ending this is, as stored beside its reason.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Finished => "finished",
+            Self::StepFailed(_) => "step_failed",
+            Self::Breached(_) => "breached",
+            Self::Aborted => "aborted",
+            Self::OverBudget(_) => "over_budget",
+            Self::Lost(_) => "lost",
+        }
+    }
+
+    /// The ending stored as `kind` with `reason`. A row of a broker that stored no kind
+    /// is read by its abort flag: aborted with a reason is a budget cap, failed with one a
+    /// step's failure (a breach then stops the rest as a failure does).
+    pub fn from_stored(kind: Option<&str>, aborted: bool, reason: Option<String>) -> Self {
+        let reason_or_none = |reason: Option<String>| reason.unwrap_or_default();
+        match (kind, aborted, reason) {
+            (Some("finished"), _, _) => Self::Finished,
+            (Some("breached"), _, reason) => Self::Breached(reason_or_none(reason)),
+            (Some("aborted"), _, _) => Self::Aborted,
+            (Some("over_budget"), _, reason) => Self::OverBudget(reason_or_none(reason)),
+            (Some("lost"), _, reason) => Self::Lost(reason_or_none(reason)),
+            (Some(_), _, reason) => Self::StepFailed(reason_or_none(reason)),
+            (None, true, Some(reason)) => Self::OverBudget(reason),
+            (None, true, None) => Self::Aborted,
+            (None, false, Some(reason)) => Self::StepFailed(reason),
+            (None, false, None) => Self::Finished,
         }
     }
 
     /// Why, for a human (failures and budget aborts only).
     pub fn reason(&self) -> Option<&str> {
         match self {
-            Self::StepFailed(r) | Self::Breached(r) | Self::OverBudget(r) => Some(r),
+            Self::StepFailed(r) | Self::Breached(r) | Self::OverBudget(r) | Self::Lost(r) => Some(r),
             Self::Finished | Self::Aborted => None,
         }
     }
@@ -93,6 +127,20 @@ impl RunPhase {
         }
     }
 
+    /// The phase a run stored as `state` (with how it is ending: `ending`'s kind, the abort
+    /// flag and the reason) is in. A terminating run is read back as terminating for its
+    /// cause, so that a restarted broker ends it the same way; a finished one as ended.
+    pub fn from_stored(state: RunState, ending: Option<&str>, aborted: bool, reason: Option<String>) -> Self {
+        match state {
+            RunState::Pending => Self::Pending,
+            RunState::Initializing => Self::Initializing,
+            RunState::Running => Self::Running,
+            RunState::Terminating => Self::Terminating(Ending::from_stored(ending, aborted, reason)),
+            RunState::Completed => Self::Ended(Ending::Finished),
+            RunState::Failed | RunState::Aborted => Self::Ended(Ending::from_stored(ending, aborted, reason)),
+        }
+    }
+
     /// Why the run is ending, once it is.
     pub fn ending(&self) -> Option<&Ending> {
         match self {
@@ -109,10 +157,13 @@ impl RunPhase {
     /// Whether a run in this phase may move to `next`: forward through its life;
     /// to terminating from any live phase; from terminating to a cause that
     /// outranks the one it has; and closing and ending only for the cause it
-    /// terminated with. An ended run changes no more.
+    /// terminated with; a run no broker can carry on ends lost from wherever it is.
+    /// An ended run changes no more.
     pub fn can_become(&self, next: &RunPhase) -> bool {
         use RunPhase::*;
         match (self, next) {
+            (Ended(_), _) => false,
+            (_, Ended(Ending::Lost(_))) => true,
             (Pending, Initializing) | (Initializing, Running) => true,
             (Pending | Initializing | Running, Terminating(_)) => true,
             (Terminating(now), Terminating(then)) => then.rank() > now.rank(),
@@ -322,6 +373,35 @@ mod tests {
         assert!(!failing.can_become(&RunPhase::Terminating(Ending::Finished)));
         assert!(failing.can_become(&RunPhase::Terminating(Ending::Aborted)));
         assert!(!RunPhase::Terminating(Ending::Aborted).can_become(&failing));
+    }
+
+    #[test]
+    fn a_run_no_broker_can_carry_on_ends_lost_from_any_phase_but_ended() {
+        let lost = RunPhase::Ended(Ending::Lost("gone".into()));
+        for from in run_phases() {
+            assert_eq!(from.can_become(&lost), !matches!(from, RunPhase::Ended(_)), "{from:?}");
+        }
+        assert_eq!((lost.state(), lost.ending().and_then(Ending::reason)), (RunState::Failed, Some("gone")));
+        assert!(run_phases().iter().all(|next| !lost.can_become(next)));
+    }
+
+    #[test]
+    fn a_phase_is_read_back_as_it_was_stored() {
+        for e in endings().into_iter().chain([Ending::Lost("gone".into())]) {
+            for phase in [RunPhase::Terminating(e.clone()), RunPhase::Ended(e.clone())] {
+                let reason = phase.ending().and_then(Ending::reason).map(str::to_string);
+                assert_eq!(RunPhase::from_stored(phase.state(), Some(e.kind()), e.is_abort(), reason), phase);
+            }
+        }
+        for phase in [RunPhase::Pending, RunPhase::Initializing, RunPhase::Running] {
+            assert_eq!(RunPhase::from_stored(phase.state(), None, false, None), phase);
+        }
+        // A row of a broker that stored no kind is read by its abort flag and reason.
+        let old = |aborted, reason: Option<&str>| RunPhase::from_stored(RunState::Terminating, None, aborted, reason.map(str::to_string));
+        assert_eq!(old(true, Some("cap")), RunPhase::Terminating(Ending::OverBudget("cap".into())));
+        assert_eq!(old(true, None), RunPhase::Terminating(Ending::Aborted));
+        assert_eq!(old(false, Some("step \"a\" failed")), RunPhase::Terminating(Ending::StepFailed("step \"a\" failed".into())));
+        assert_eq!(old(false, None), RunPhase::Terminating(Ending::Finished));
     }
 
     #[test]

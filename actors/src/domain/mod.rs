@@ -22,7 +22,7 @@ pub mod validate;
 pub mod views;
 pub mod windows;
 
-pub use error::{FieldError, ValidationErrors};
+pub use error::{ConflictCode, DomainError, FieldError, LimitCode, Reach, RefusalCode, ValidationErrors};
 pub use parse::DocumentFormat;
 pub use regions::Regions;
 pub use spec::{Env, Market, PlanSpec, ProjectSpec, StepSpec};

@@ -79,7 +79,7 @@ pub fn parse_document(text: &str, format: DocumentFormat) -> Result<Value, Valid
     let parsed = match format {
         DocumentFormat::Json => {
             let mut de = serde_json::Deserializer::from_str(text);
-            seed.deserialize(&mut de).and_then(|v| de.end().map(|()| v)).map_err(|e| e.to_string())
+            seed.deserialize(&mut de).and_then(|v| de.end().map(|()| v)).map_err(|e| format!("{e}"))
         }
         DocumentFormat::Toml => toml::Deserializer::new(text)
             .deserialize_any(StrictVisitor(seed))
@@ -88,7 +88,7 @@ pub fn parse_document(text: &str, format: DocumentFormat) -> Result<Value, Valid
             if text.trim().is_empty() {
                 Ok(Value::Null)
             } else {
-                seed.deserialize(serde_yaml::Deserializer::from_str(text)).map_err(|e| e.to_string())
+                seed.deserialize(serde_yaml::Deserializer::from_str(text)).map_err(|e| format!("{e}"))
             }
         }
     };

@@ -774,8 +774,15 @@ impl<'l> Walker<'l> {
         }
         step.volume_mapping = self.string(m, path, "volume_mapping", false);
         if let Some(volumes) = &step.volume_mapping {
-            for why in check_volume_mapping(volumes, self.limits.volume_root.as_deref()) {
+            for why in check_volume_mapping(volumes, None) {
                 self.error(join(path, "volume_mapping"), why);
+            }
+            // Where a volume may come from is this broker's to say, not the plan's: a plan
+            // written for nodes of their own imports here, and its runs are refused at start.
+            if let Some(root) = self.limits.volume_root.as_deref() {
+                for why in check_volume_mapping(volumes, Some(root)) {
+                    self.warnings.push(FieldError::new(join(path, "volume_mapping"), format!("{why}; a run of it is refused here")));
+                }
             }
         }
         if step.monitor {
@@ -861,6 +868,29 @@ fn check_port_mapping(ports: &str) -> Vec<String> {
         }
     }
     problems
+}
+
+/// Whether this broker can run a valid plan, apart from what the plan itself is: every
+/// volume's host path under `docker.volume_root` where nodes share the broker's disk.
+/// Checked when a run starts; import only warns.
+pub fn runnable(plan: &PlanSpec, limits: &Limits) -> Result<(), ValidationErrors> {
+    let Some(root) = limits.volume_root.as_deref() else { return Ok(()) };
+    let problems: Vec<FieldError> = plan
+        .steps
+        .iter()
+        .enumerate()
+        .filter_map(|(i, step)| Some((i, step, step.volume_mapping.as_deref()?)))
+        .flat_map(|(i, step, volumes)| {
+            check_volume_mapping(volumes, Some(root))
+                .into_iter()
+                .map(move |why| FieldError::new(format!("steps[{i}].volume_mapping"), format!("step {:?}: {why}", step.name)))
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ValidationErrors(problems))
+    }
 }
 
 fn check_volume_mapping(volumes: &str, root: Option<&Path>) -> Vec<String> {
@@ -1169,16 +1199,26 @@ mod tests {
     }
 
     #[test]
-    fn host_paths_outside_the_volume_root_are_refused_at_import() {
+    fn host_paths_outside_the_volume_root_import_with_a_warning_and_are_refused_at_run_start() {
         let local = Limits { volume_root: Some("/var/tmp/loads/volumes".into()), ..Limits::default() };
         let plan = |mapping: &str| json!({"name": "p", "steps": [{"name": "s", "container_name": "x", "volume_mapping": mapping}]});
         for ok in ["/d:/var/tmp/loads/volumes/$RUN_ID:rw", "/d:/var/tmp/loads/volumes/a", "/d:$RUN_ID", "/d:/var/tmp/$RUN_ID"] {
-            assert!(super::plan(&plan(ok), &local).is_ok(), "{ok}");
+            let v = super::plan(&plan(ok), &local).unwrap();
+            assert!(v.warnings.is_empty(), "{ok}: {:?}", v.warnings);
+            assert_eq!(runnable(&v.value, &local), Ok(()), "{ok}");
         }
-        for bad in ["/x:/etc", "/x:/var/log/$RUN_ID:rw", "/x:/var/tmp/loads/volumes/../../../etc"] {
-            let errs = super::plan(&plan(bad), &local).unwrap_err();
-            assert_eq!(errs.0[0].path, "steps[0].volume_mapping", "{bad}");
+        for outside in ["/x:/etc", "/x:/var/log/$RUN_ID:rw"] {
+            let v = super::plan(&plan(outside), &local).unwrap();
+            assert_eq!(v.warnings[0].path, "steps[0].volume_mapping", "{outside}");
+            assert!(v.warnings[0].message.contains("outside the volume root"), "{:?}", v.warnings);
+            let refused = runnable(&v.value, &local).unwrap_err();
+            assert_eq!(refused.0[0].path, "steps[0].volume_mapping");
+            assert!(refused.0[0].message.starts_with("step \"s\": host path"), "{:?}", refused.0);
+            assert!(refused.0[0].message.contains("docker.volume_root"), "{:?}", refused.0);
+            assert_eq!(runnable(&v.value, &Limits::default()), Ok(()));
         }
+        let climbing = super::plan(&plan("/x:/var/tmp/loads/volumes/../../../etc"), &local).unwrap_err();
+        assert_eq!(climbing.0[0].path, "steps[0].volume_mapping");
         // Nodes that are machines of their own mount from their own disk; `..` is still refused.
         assert!(super::plan(&plan("/x:/var/log/$RUN_ID:rw"), &Limits::default()).is_ok());
         assert!(super::plan(&plan("/x:/a/../etc"), &Limits::default()).is_err());

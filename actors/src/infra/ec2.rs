@@ -119,7 +119,7 @@ impl Backoff {
 
 /// One `RunInstances` request of a step.
 #[derive(Clone, Debug)]
-pub struct Launch {
+pub struct LaunchRequest {
     /// Machine type.
     pub instance_type: String,
     /// How many are wanted.
@@ -250,7 +250,7 @@ impl Region {
     }
 
     /// Launches instances (`RunInstances`), retrying throttling and capacity errors per `backoff`; answers their ids.
-    pub async fn launch(&self, config: &RegionConfig, launch: &Launch, backoff: Backoff) -> Result<Vec<String>, Ec2Error> {
+    pub async fn launch(&self, config: &RegionConfig, launch: &LaunchRequest, backoff: Backoff) -> Result<Vec<String>, Ec2Error> {
         use base64::Engine as _;
         let tags: Vec<Tag> = launch.tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect();
         let on = |kind| TagSpecification::builder().resource_type(kind).set_tags(Some(tags.clone())).build();

@@ -117,6 +117,34 @@ impl Influx {
     }
 }
 
+/// One InfluxDB point, as the broker writes it.
+pub type Point = WriteQuery;
+
+/// An annotation event of run `run_id` (of one of its steps, when given) at `at_ms`.
+pub fn event_point(run_id: uuid::Uuid, step: Option<&str>, at_ms: i64, text: &str) -> Point {
+    let point = WriteQuery::new(Timestamp::Milliseconds(u128::try_from(at_ms).unwrap_or(0)), "events").add_tag("run", run_id.to_string());
+    let point = match step {
+        Some(step) => point.add_tag("step", step.to_string()),
+        None => point,
+    };
+    point.add_field("text", text.to_string())
+}
+
+/// A run's step starts and ends, as annotation events.
+pub fn step_event_points(run: &crate::domain::views::RunView) -> Vec<Point> {
+    let mut points = Vec::new();
+    for r in &run.step_records {
+        let event = |t: chrono::DateTime<chrono::Utc>, text: String| event_point(run.id, Some(&r.step_name), t.timestamp_millis(), &text);
+        if let Some(t) = r.started_at {
+            points.push(event(t, format!("{} started", r.step_name)));
+        }
+        if let Some(t) = r.completed_at {
+            points.push(event(t, format!("{} {}", r.step_name, r.state.as_str())));
+        }
+    }
+    points
+}
+
 fn point(measurement: &str, start_ms: i64, tags: &PointTags, metric: &str) -> WriteQuery {
     WriteQuery::new(Timestamp::Milliseconds(u128::try_from(start_ms).unwrap_or(0)), measurement)
         .add_tag("run", tags.run.clone())

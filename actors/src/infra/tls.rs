@@ -15,17 +15,39 @@ use rustls_pki_types::CertificateDer;
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    /// The private CA file could not be used.
-    #[error("tls.ca_file {path}: {message}")]
-    CaFile {
+    /// The private CA file could not be read.
+    #[error("tls.ca_file {path}: {source}")]
+    ReadCaFile {
         /// The file.
         path: String,
         /// Why.
-        message: String,
+        source: std::io::Error,
+    },
+    /// The private CA file is not PEM.
+    #[error("tls.ca_file {path}: {source}")]
+    ParseCaFile {
+        /// The file.
+        path: String,
+        /// Why.
+        source: rustls_pki_types::pem::Error,
+    },
+    /// The private CA file holds no certificate.
+    #[error("tls.ca_file {path}: holds no PEM certificate")]
+    EmptyCaFile {
+        /// The file.
+        path: String,
+    },
+    /// rustls refused a certificate of the private CA file.
+    #[error("tls.ca_file {path}: {source}")]
+    CaCertificate {
+        /// The file.
+        path: String,
+        /// Why.
+        source: rustls::Error,
     },
     /// rustls refused the configuration.
     #[error("TLS: {0}")]
-    Config(String),
+    Config(#[source] rustls::Error),
 }
 
 /// The trust the broker's clients share.
@@ -37,9 +59,17 @@ impl Tls {
     pub fn new(ca_file: Option<&Path>) -> Result<Self, TlsError> {
         let mut roots = system_roots();
         if let Some(path) = ca_file {
-            let fail = |message: String| TlsError::CaFile { path: path.display().to_string(), message };
-            let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
-            add_pem(&mut roots, &pem).map_err(fail)?;
+            let shown = || path.display().to_string();
+            let pem = std::fs::read(path).map_err(|source| TlsError::ReadCaFile { path: shown(), source })?;
+            let certs = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|source| TlsError::ParseCaFile { path: shown(), source })?;
+            if certs.is_empty() {
+                return Err(TlsError::EmptyCaFile { path: shown() });
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|source| TlsError::CaCertificate { path: shown(), source })?;
+            }
         }
         Self::with_roots(roots)
     }
@@ -48,7 +78,7 @@ impl Tls {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::Config(e.to_string()))?
+            .map_err(TlsError::Config)?
             .with_root_certificates(roots)
             .with_no_client_auth();
         Ok(Self(Arc::new(config)))
@@ -68,16 +98,4 @@ fn system_roots() -> RootCertStore {
         let _ = roots.add(cert);
     }
     roots
-}
-
-/// Adds every PEM certificate of `pem`; none at all is an error.
-fn add_pem(roots: &mut RootCertStore, pem: &[u8]) -> Result<(), String> {
-    let certs = CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
-    if certs.is_empty() {
-        return Err("holds no PEM certificate".into());
-    }
-    for cert in certs {
-        roots.add(cert).map_err(|e| e.to_string())?;
-    }
-    Ok(())
 }

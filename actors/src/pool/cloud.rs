@@ -430,8 +430,8 @@ async fn release(cloud: Arc<CloudSettings>, regions: Vec<Region>, broker: String
         let expires = now + chrono::Duration::from_std(cloud.idle + cloud.expiry_grace).unwrap_or_default();
         // The switch's own file moves with the tag, or the node powers off while pooled.
         let cleaned = match cleaned {
-            Ok(()) => run_all(&node.ssh, vec![move_deadline(&cloud, expires)]).await.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+            Ok(()) => run_all(&node.ssh, vec![move_deadline(&cloud, expires)]).await.map_err(NodeError::from),
+            Err(e) => Err(NodeError::from(e)),
         };
         let idle_tags = [
             (tags::IDLE_SINCE.to_string(), now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
@@ -553,16 +553,19 @@ async fn adopt_nodes(job: Adoption) -> Result<Vec<CloudNode>, PoolError> {
     Ok(adopted)
 }
 
-async fn adopt_node(job: &Adoption, instance: InstanceView) -> Result<CloudNode, String> {
-    let tag = |key: &str| instance.tags.get(key).cloned().ok_or_else(|| format!("no {key} tag"));
-    let name = tag(tags::NODE)?;
-    let step_id: Uuid = tag(tags::STEP)?.parse().map_err(|e| format!("{}: {e}", tags::STEP))?;
-    let addr: SocketAddr = tag(tags::SSH)?.parse().map_err(|e| format!("{}: {e}", tags::SSH))?;
-    let port: u16 = tag(tags::FORWARD)?.parse().map_err(|e| format!("{}: {e}", tags::FORWARD))?;
-    let ssh = SshNode::connect(addr, Some(&instance.id), &job.cloud.ssh).await.map_err(|e| e.to_string())?;
-    let (engine, bridge) = ssh.docker().await.map_err(|e| e.to_string())?;
-    let (network, _) = engine.ensure_network(&job.network, job.labels.clone()).await.map_err(|e| e.to_string())?;
-    let (port, forward) = ssh.forward_to_broker(NODE_LOOPBACK, port, job.ingest).await.map_err(|e| e.to_string())?;
+async fn adopt_node(job: &Adoption, instance: InstanceView) -> Result<CloudNode, NodeError> {
+    fn tag<T: std::str::FromStr<Err: std::fmt::Display>>(instance: &InstanceView, key: &'static str) -> Result<T, NodeError> {
+        let value = instance.tags.get(key).ok_or(NodeError::NoTag(key))?;
+        value.parse().map_err(|e: T::Err| NodeError::BadTag { tag: key, why: e.to_string() })
+    }
+    let name: String = tag(&instance, tags::NODE)?;
+    let step_id: Uuid = tag(&instance, tags::STEP)?;
+    let addr: SocketAddr = tag(&instance, tags::SSH)?;
+    let port: u16 = tag(&instance, tags::FORWARD)?;
+    let ssh = SshNode::connect(addr, Some(&instance.id), &job.cloud.ssh).await?;
+    let (engine, bridge) = ssh.docker().await?;
+    let (network, _) = engine.ensure_network(&job.network, job.labels.clone()).await?;
+    let (port, forward) = ssh.forward_to_broker(NODE_LOOPBACK, port, job.ingest).await?;
     let address = instance.private_ip_address.clone().unwrap_or_else(|| addr.ip().to_string());
     let lease = Lease { run_id: job.run_id, step_id, name, address, network, ingest_base: format!("http://{NODE_LOOPBACK}:{port}") };
     Ok(CloudNode { instance, ssh, engine, _bridge: bridge, forward: Some(forward), watch: None, lease: Some(lease), idle_since: None })
@@ -572,6 +575,43 @@ async fn adopt_node(job: &Adoption, instance: InstanceView) -> Result<CloudNode,
 fn node_tags(grant: &NodeGrant, ssh: SocketAddr) -> Vec<(String, String)> {
     let port = grant.ingest_base.rsplit(':').next().unwrap_or_default().to_string();
     vec![(tags::NODE.to_string(), grant.id.clone()), (tags::SSH.to_string(), ssh.to_string()), (tags::FORWARD.to_string(), port)]
+}
+
+/// Why a node could not be reached, taken back or readied: its SSH or Docker
+/// operation's own error, or what about the instance is missing.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The instance has no address of the kind `ec2.address` asks for.
+    #[error("no {} address (see ec2.address)", match .0 { AddressKind::Public => "public", AddressKind::Private => "private" })]
+    NoAddress(AddressKind),
+    /// The instance's address does not parse.
+    #[error("address {address}: {source}")]
+    Address {
+        /// The address EC2 gave.
+        address: String,
+        /// Why it does not parse.
+        source: std::net::AddrParseError,
+    },
+    /// A node to take back lacks one of the tags that say what it was doing.
+    #[error("no {0} tag")]
+    NoTag(&'static str),
+    /// One of those tags does not parse.
+    #[error("{tag}: {why}")]
+    BadTag {
+        /// The tag.
+        tag: &'static str,
+        /// Why it does not parse.
+        why: String,
+    },
+    /// The relay image is on neither the node nor this machine.
+    #[error("{0} is missing on the node and there is no local engine to copy it from")]
+    NoRelayImage(String),
+    /// An SSH operation failed (connect, boot, rearm, the metrics forward).
+    #[error(transparent)]
+    Ssh(#[from] SshError),
+    /// A Docker operation on the node failed.
+    #[error(transparent)]
+    Docker(#[from] crate::infra::docker::DockerError),
 }
 
 /// One step's launch, carried out away from the actor.
@@ -692,7 +732,7 @@ async fn provision(job: &Provision, reused: Vec<CloudNode>) -> Result<(Vec<Ready
         ];
         tag_list.extend(run_tags.iter().cloned());
         let min_new = job.min_nodes.saturating_sub(reused.len() as u32).max(1);
-        let launch = ec2::Launch {
+        let launch = ec2::LaunchRequest {
             instance_type: msg.instance_type.clone(),
             count: new,
             min_count: new,
@@ -726,10 +766,9 @@ async fn provision(job: &Provision, reused: Vec<CloudNode>) -> Result<(Vec<Ready
     let _ = job.region.untag(&reused_ids, &[tags::IDLE_SINCE]).await;
 
     let reuse_jobs = reused.into_iter().map(|node| async {
-        let prepared = rearm(job, &node.ssh, deadline).await.map_err(|e| e.to_string());
-        match prepared {
+        match rearm(job, &node.ssh, deadline).await {
             Ok(()) => attach(job, node).await,
-            Err(e) => Err((node.instance.id.clone(), e)),
+            Err(e) => Err((node.instance.id.clone(), e.into())),
         }
     });
     let overrides = job.overrides.clone();
@@ -807,7 +846,7 @@ async fn run_all(ssh: &SshNode, commands: Vec<String>) -> Result<(), SshError> {
 }
 
 /// `launch` bought as the step's market asks, tagged with it.
-fn bought(launch: &ec2::Launch, spot: bool) -> ec2::Launch {
+fn bought(launch: &ec2::LaunchRequest, spot: bool) -> ec2::LaunchRequest {
     let mut launch = launch.clone();
     launch.spot = spot;
     launch.tags.retain(|(k, _)| k != tags::MARKET);
@@ -819,13 +858,13 @@ fn bought(launch: &ec2::Launch, spot: bool) -> ec2::Launch {
 /// market; if EC2 keeps lacking the capacity, whatever it has down to `min_new`. With
 /// `spot_fallback`, as many spot instances as EC2 gives and runs within
 /// `ec2.spot_wait_seconds`, then the shortfall on demand.
-async fn launch_instances(job: &Provision, launch: ec2::Launch, min_new: u32) -> Result<Vec<String>, PoolError> {
+async fn launch_instances(job: &Provision, launch: ec2::LaunchRequest, min_new: u32) -> Result<Vec<String>, PoolError> {
     let (cloud, msg) = (&job.cloud, &job.msg);
     let wanted = launch.count;
     let mut ids = Vec::new();
     let mut on_demand = bought(&launch, msg.market == Market::Spot);
     if msg.market == Market::SpotFallback {
-        let spot = ec2::Launch { min_count: 1, give_up_on: ec2::SPOT_SHORTAGE, ..bought(&launch, true) };
+        let spot = ec2::LaunchRequest { min_count: 1, give_up_on: ec2::SPOT_SHORTAGE, ..bought(&launch, true) };
         match job.region.launch(&job.config, &spot, cloud.backoff).await {
             Ok(launched) => {
                 job.metered(&launched, true);
@@ -873,7 +912,12 @@ async fn launch_instances(job: &Provision, launch: ec2::Launch, min_new: u32) ->
 }
 
 /// Connects to a freshly launched instance and gets its Docker engine through SSH.
-async fn connect(job: &Provision, instance: InstanceView, over: Option<SocketAddr>, deadline: DateTime<Utc>) -> Result<CloudNode, String> {
+async fn connect(
+    job: &Provision,
+    instance: InstanceView,
+    over: Option<SocketAddr>,
+    deadline: DateTime<Utc>,
+) -> Result<CloudNode, NodeError> {
     let cloud = &job.cloud;
     let addr = match over {
         Some(addr) => addr,
@@ -882,39 +926,36 @@ async fn connect(job: &Provision, instance: InstanceView, over: Option<SocketAdd
                 AddressKind::Public => instance.ip_address.clone(),
                 AddressKind::Private => instance.private_ip_address.clone(),
             };
-            let ip = ip.ok_or_else(|| format!("no {:?} address (see ec2.address)", cloud.address).to_lowercase())?;
-            SocketAddr::new(ip.parse().map_err(|e| format!("address {ip}: {e}"))?, 22)
+            let ip = ip.ok_or(NodeError::NoAddress(cloud.address))?;
+            SocketAddr::new(ip.parse().map_err(|source| NodeError::Address { address: ip, source })?, 22)
         }
     };
     let started = std::time::Instant::now();
     let stage =
         |stage: &str| tracing::info!(instance = %instance.id, stage, elapsed_ms = started.elapsed().as_millis() as u64, "node stage");
-    let ssh = SshNode::connect(addr, Some(&instance.id), &cloud.ssh).await.map_err(|e| e.to_string())?;
+    let ssh = SshNode::connect(addr, Some(&instance.id), &cloud.ssh).await?;
     stage("sshd up");
-    ssh.wait_for_boot(&cloud.node_dir, cloud.launch_timeout).await.map_err(|e| e.to_string())?;
+    ssh.wait_for_boot(&cloud.node_dir, cloud.launch_timeout).await?;
     stage("boot finished");
-    rearm(job, &ssh, deadline).await.map_err(|e| e.to_string())?;
-    ssh.wait_for_docker(cloud.launch_timeout).await.map_err(|e| e.to_string())?;
+    rearm(job, &ssh, deadline).await?;
+    ssh.wait_for_docker(cloud.launch_timeout).await?;
     stage("docker ready");
-    let (engine, bridge) = ssh.docker().await.map_err(|e| e.to_string())?;
+    let (engine, bridge) = ssh.docker().await?;
     Ok(CloudNode { instance, ssh, engine, _bridge: bridge, forward: None, watch: None, lease: None, idle_since: None })
 }
 
 /// Readies a connected node for the run: the relay image, the run network, the metrics forward.
-async fn attach(job: &Provision, node: CloudNode) -> Result<Ready, (String, String)> {
-    let fail = |e: String| (node.instance.id.clone(), e);
+async fn attach(job: &Provision, node: CloudNode) -> Result<Ready, (String, NodeError)> {
+    let fail = |e: NodeError| (node.instance.id.clone(), e);
     let relay = &job.cloud.relay_image;
-    if !node.engine.has_image(relay).await.map_err(|e| fail(e.to_string()))? {
-        let local = job
-            .local
-            .as_ref()
-            .ok_or_else(|| fail(format!("{relay} is missing on the node and there is no local engine to copy it from")))?;
+    if !node.engine.has_image(relay).await.map_err(|e| fail(e.into()))? {
+        let local = job.local.as_ref().ok_or_else(|| fail(NodeError::NoRelayImage(relay.clone())))?;
         let started = std::time::Instant::now();
-        node.engine.copy_image_from(local, relay, job.cloud.copy_stall).await.map_err(|e| fail(e.to_string()))?;
+        node.engine.copy_image_from(local, relay, job.cloud.copy_stall).await.map_err(|e| fail(e.into()))?;
         tracing::info!(instance = %node.instance.id, stage = "relay image copied", elapsed_ms = started.elapsed().as_millis() as u64, "node stage");
     }
-    let (network, _) = node.engine.ensure_network(&job.network, job.labels.clone()).await.map_err(|e| fail(e.to_string()))?;
-    let (port, forward) = node.ssh.forward_to_broker(NODE_LOOPBACK, 0, job.ingest).await.map_err(|e| fail(e.to_string()))?;
+    let (network, _) = node.engine.ensure_network(&job.network, job.labels.clone()).await.map_err(|e| fail(e.into()))?;
+    let (port, forward) = node.ssh.forward_to_broker(NODE_LOOPBACK, 0, job.ingest).await.map_err(|e| fail(e.into()))?;
     let ingest_base = format!("http://{NODE_LOOPBACK}:{port}");
     Ok((node, network, ingest_base, forward))
 }

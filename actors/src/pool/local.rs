@@ -35,9 +35,7 @@ impl LocalNodes {
             let forward = match gateway.parse::<std::net::IpAddr>() {
                 Ok(ip) if needs_forward => {
                     let bind = SocketAddr::new(ip, target.port());
-                    let (_, task) = forward::tcp(bind, target)
-                        .await
-                        .map_err(|e| PoolError::Unavailable(format!("cannot listen for the run's relays on {bind}: {e}")))?;
+                    let (_, task) = forward::tcp(bind, target).await.map_err(|source| PoolError::NoIngestForward { bind, source })?;
                     tracing::info!(%run_id, address = %bind, "metrics ingest reachable from the run network");
                     Some(task)
                 }

@@ -19,6 +19,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, ResponseActFuture, WrapFuture};
@@ -41,9 +42,18 @@ use crate::settings::CloudSettings;
 /// Why the pool could not serve a request.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
-    /// The provider cannot be used (e.g. no Docker engine).
+    /// This machine's Docker engine could not be reached when the broker started.
     #[error("the node provider is unavailable: {0}")]
-    Unavailable(String),
+    NoEngine(#[source] Arc<DockerError>),
+    /// The run's relays cannot be given a way to the ingest listener.
+    #[error("cannot listen for the run's relays on {bind}: {source}")]
+    NoIngestForward {
+        /// The address asked for on the run network's gateway.
+        bind: SocketAddr,
+        /// Why it could not be listened on.
+        #[source]
+        source: std::io::Error,
+    },
     /// The engine refused.
     #[error(transparent)]
     Docker(#[from] DockerError),
@@ -112,7 +122,7 @@ pub struct NodeGrant {
 /// the meter of what runs hold.
 struct Shared {
     broker_id: String,
-    engine: Result<Engine, String>,
+    engine: Result<Engine, Arc<DockerError>>,
     ingest: SocketAddr,
     regions: Vec<Region>,
     meter: meter::Meter,
@@ -120,7 +130,7 @@ struct Shared {
 
 impl Shared {
     fn engine(&self) -> Result<Engine, PoolError> {
-        self.engine.clone().map_err(PoolError::Unavailable)
+        self.engine.clone().map_err(PoolError::NoEngine)
     }
 
     /// Where forwards to the ingest listener connect to.
@@ -161,7 +171,7 @@ pub struct Ec2PoolActor {
 impl Ec2PoolActor {
     /// A pool of nodes on this machine's Docker engine.
     pub async fn local(broker_id: String) -> Self {
-        let engine = Engine::local().await.map_err(|e| e.to_string());
+        let engine = Engine::local().await.map_err(Arc::new);
         if let Err(e) = &engine {
             tracing::warn!(error = %e, "no Docker engine: runs will fail until one is reachable");
         }

@@ -135,6 +135,8 @@ pub mod run {
         pub cost: Option<String>,
         #[sea_orm(column_type = "Double")]
         pub cost_usd: f64,
+        /// How the run is ending (`domain::life::Ending::kind`), once it is.
+        pub ending: Option<String>,
     }
 
     no_relations!();

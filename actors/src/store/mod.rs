@@ -1,8 +1,8 @@
 //! The only code that speaks SQL: sea-orm entities and the queries the actors use.
 //!
 //! Functions take a connection and return read models from `domain::views`,
-//! so callers never see rows. Errors are `StoreError`, one variant per kind
-//! of outcome the API must tell apart.
+//! so callers never see rows. They answer `DomainError`s: what a query finds
+//! (not found, a conflict), or the database's own failure (`StoreError`).
 
 pub mod entities;
 pub mod plans;
@@ -14,67 +14,25 @@ use std::time::Duration;
 use loads_migrations::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, SqlErr};
 
-use crate::domain::{Env, ValidationErrors};
+use crate::domain::{ConflictCode, DomainError, Env, Reach};
 
-/// Why a store operation did not succeed.
+/// The database failed: the only error this module makes. What a query finds
+/// (nothing there, a name taken) is a [`DomainError`], which this converts into.
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The thing asked for does not exist.
-    #[error("{what} {id} not found")]
-    NotFound {
-        /// `project`, `plan` or `run`.
-        what: &'static str,
-        /// The id asked for.
-        id: String,
-    },
-    /// The input is not valid.
-    #[error("{0}")]
-    Invalid(ValidationErrors),
-    /// The request conflicts with the current state.
-    #[error("{message}")]
-    Conflict {
-        /// Stable snake_case code.
-        code: &'static str,
-        /// What conflicts and what to do, for a human.
-        message: String,
-    },
-    /// A configured limit refuses the request for now.
-    #[error("{message}")]
-    Limit {
-        /// Stable snake_case code.
-        code: &'static str,
-        /// Which limit, for a human.
-        message: String,
-    },
-    /// The request is well formed but what it asks for is refused (a budget cap).
-    #[error("{message}")]
-    Refused {
-        /// Stable snake_case code.
-        code: &'static str,
-        /// What refuses it and why, for a human.
-        message: String,
-    },
-    /// The database failed.
-    #[error("database error: {0}")]
-    Database(#[from] DbErr),
-}
+#[error("database error: {0}")]
+pub struct StoreError(#[from] pub DbErr);
 
 impl StoreError {
-    /// Whether the database could not be reached at all (as opposed to a failed query).
-    pub fn is_unreachable(&self) -> bool {
-        matches!(self, Self::Database(DbErr::ConnectionAcquire(_) | DbErr::Conn(_)))
-    }
-
-    /// Whether trying again may succeed: the database could not be reached, or a connection broke mid-query.
-    pub fn is_transient(&self) -> bool {
-        let Self::Database(e) = self else { return false };
-        if self.is_unreachable() {
-            return true;
+    /// Whether the database could not be reached at all, or a query was cut short
+    /// (trying again may succeed), or the query itself failed.
+    pub fn reach(&self) -> Reach {
+        if matches!(self.0, DbErr::ConnectionAcquire(_) | DbErr::Conn(_)) {
+            return Reach::Unreachable;
         }
-        let text = e.to_string();
+        let text = self.0.to_string();
         // SQLite's "database is locked" (SQLITE_BUSY, and BUSY_SNAPSHOT when another writer committed
         // after a transaction's first read) passes once the other writer is done.
-        [
+        let interrupted = [
             "Io(",
             "connection",
             "Connection",
@@ -85,15 +43,24 @@ impl StoreError {
             "database is locked",
         ]
         .iter()
-        .any(|needle| text.contains(needle))
+        .any(|needle| text.contains(needle));
+        if interrupted {
+            Reach::Interrupted
+        } else {
+            Reach::Failed
+        }
     }
+}
 
-    pub(crate) fn not_found(what: &'static str, id: impl ToString) -> Self {
-        Self::NotFound { what, id: id.to_string() }
+impl From<StoreError> for DomainError {
+    fn from(err: StoreError) -> Self {
+        Self::Store { reach: err.reach(), source: Box::new(err) }
     }
+}
 
-    pub(crate) fn conflict(code: &'static str, message: impl Into<String>) -> Self {
-        Self::Conflict { code, message: message.into() }
+impl From<DbErr> for DomainError {
+    fn from(err: DbErr) -> Self {
+        StoreError(err).into()
     }
 }
 
@@ -102,10 +69,10 @@ const PERSIST_FOR: Duration = Duration::from_secs(120);
 
 /// Runs a write, trying again every half second while the database cannot be
 /// reached (up to two minutes), so a brief outage (a restart) loses no state.
-pub async fn persist<T, F, Fut>(what: &str, mut write: F) -> Result<T, StoreError>
+pub async fn persist<T, F, Fut>(what: &str, mut write: F) -> Result<T, DomainError>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, StoreError>>,
+    Fut: std::future::Future<Output = Result<T, DomainError>>,
 {
     let deadline = tokio::time::Instant::now() + PERSIST_FOR;
     let mut warned = false;
@@ -123,10 +90,10 @@ where
 }
 
 /// Maps a unique-constraint violation to a conflict with `message`; other errors pass through.
-pub(crate) fn on_unique(err: DbErr, code: &'static str, message: impl FnOnce() -> String) -> StoreError {
+pub(crate) fn on_unique(err: DbErr, code: ConflictCode, message: impl FnOnce() -> String) -> DomainError {
     match err.sql_err() {
-        Some(SqlErr::UniqueConstraintViolation(_)) => StoreError::conflict(code, message()),
-        _ => StoreError::Database(err),
+        Some(SqlErr::UniqueConstraintViolation(_)) => DomainError::conflict(code, message()),
+        _ => err.into(),
     }
 }
 

@@ -13,9 +13,9 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::entities::{plan, project, run, step};
-use super::{clamp_page, env_from_json, env_to_json, map_from_text, map_to_text, on_unique, StoreError};
+use super::{clamp_page, env_from_json, env_to_json, map_from_text, map_to_text, on_unique};
 use crate::domain::views::{BaselineView, Page, PlanSummary, PlanView, RunState, StepView};
-use crate::domain::{Market, PlanSpec, Regions, StepSpec};
+use crate::domain::{ConflictCode, DomainError, Market, PlanSpec, Regions, StepSpec};
 
 fn step_spec(m: &step::Model) -> StepSpec {
     StepSpec {
@@ -83,7 +83,7 @@ fn step_row(plan_id: Uuid, position: usize, s: &StepSpec) -> step::ActiveModel {
     }
 }
 
-async fn insert_steps(db: &impl ConnectionTrait, plan_id: Uuid, steps: &[StepSpec]) -> Result<(), StoreError> {
+async fn insert_steps(db: &impl ConnectionTrait, plan_id: Uuid, steps: &[StepSpec]) -> Result<(), DomainError> {
     if steps.is_empty() {
         return Ok(());
     }
@@ -93,7 +93,7 @@ async fn insert_steps(db: &impl ConnectionTrait, plan_id: Uuid, steps: &[StepSpe
 }
 
 /// Inserts `spec` as a new plan of `project_id`, steps included.
-pub(crate) async fn insert(db: &impl ConnectionTrait, project_id: Uuid, spec: &PlanSpec) -> Result<Uuid, StoreError> {
+pub(crate) async fn insert(db: &impl ConnectionTrait, project_id: Uuid, spec: &PlanSpec) -> Result<Uuid, DomainError> {
     let now = Utc::now();
     let id = Uuid::new_v4();
     plan::ActiveModel {
@@ -114,12 +114,12 @@ pub(crate) async fn insert(db: &impl ConnectionTrait, project_id: Uuid, spec: &P
     }
     .insert(db)
     .await
-    .map_err(|e| on_unique(e, "plan_exists", || format!("the project already has a plan named {:?}", spec.name)))?;
+    .map_err(|e| on_unique(e, ConflictCode::PlanExists, || format!("the project already has a plan named {:?}", spec.name)))?;
     insert_steps(db, id, &spec.steps).await?;
     Ok(id)
 }
 
-pub(crate) async fn steps_of(db: &impl ConnectionTrait, plan_id: Uuid) -> Result<Vec<StepView>, StoreError> {
+pub(crate) async fn steps_of(db: &impl ConnectionTrait, plan_id: Uuid) -> Result<Vec<StepView>, DomainError> {
     let rows = step::Entity::find().filter(step::Column::PlanId.eq(plan_id)).order_by_asc(step::Column::Position).all(db).await?;
     Ok(rows.iter().map(|m| StepView { id: m.id, position: u32::try_from(m.position).unwrap_or(0), spec: step_spec(m) }).collect())
 }
@@ -130,7 +130,7 @@ async fn count_per_plan<E: EntityTrait>(
     plan_column: E::Column,
     id_column: E::Column,
     ids: &[Uuid],
-) -> Result<HashMap<Uuid, u64>, StoreError> {
+) -> Result<HashMap<Uuid, u64>, DomainError> {
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
@@ -147,7 +147,7 @@ async fn count_per_plan<E: EntityTrait>(
 }
 
 /// Builds summaries of `plans`, with their step and run counts.
-pub(crate) async fn summaries(db: &impl ConnectionTrait, plans: Vec<plan::Model>) -> Result<Vec<PlanSummary>, StoreError> {
+pub(crate) async fn summaries(db: &impl ConnectionTrait, plans: Vec<plan::Model>) -> Result<Vec<PlanSummary>, DomainError> {
     let ids: Vec<Uuid> = plans.iter().map(|p| p.id).collect();
     let steps = count_per_plan::<step::Entity>(db, step::Column::PlanId, step::Column::Id, &ids).await?;
     let runs = count_per_plan::<run::Entity>(db, run::Column::PlanId, run::Column::Id, &ids).await?;
@@ -167,12 +167,12 @@ pub(crate) async fn summaries(db: &impl ConnectionTrait, plans: Vec<plan::Model>
         .collect())
 }
 
-async fn find(db: &impl ConnectionTrait, id: Uuid) -> Result<plan::Model, StoreError> {
-    plan::Entity::find_by_id(id).one(db).await?.ok_or_else(|| StoreError::not_found("plan", id))
+async fn find(db: &impl ConnectionTrait, id: Uuid) -> Result<plan::Model, DomainError> {
+    plan::Entity::find_by_id(id).one(db).await?.ok_or_else(|| DomainError::not_found("plan", id))
 }
 
 /// A plan with its steps.
-pub async fn get(db: &impl ConnectionTrait, id: Uuid) -> Result<PlanView, StoreError> {
+pub async fn get(db: &impl ConnectionTrait, id: Uuid) -> Result<PlanView, DomainError> {
     let model = find(db, id).await?;
     let environment_data = env_from_json(&model.environment_data);
     let dashboard = model.dashboard.clone();
@@ -185,8 +185,8 @@ pub async fn get(db: &impl ConnectionTrait, id: Uuid) -> Result<PlanView, StoreE
 }
 
 /// One page of a project's plans, by name.
-pub async fn list(db: &impl ConnectionTrait, project_id: Uuid, limit: u64, offset: u64) -> Result<Page<PlanSummary>, StoreError> {
-    project::Entity::find_by_id(project_id).one(db).await?.ok_or_else(|| StoreError::not_found("project", project_id))?;
+pub async fn list(db: &impl ConnectionTrait, project_id: Uuid, limit: u64, offset: u64) -> Result<Page<PlanSummary>, DomainError> {
+    project::Entity::find_by_id(project_id).one(db).await?.ok_or_else(|| DomainError::not_found("project", project_id))?;
     let (limit, offset) = clamp_page(limit, offset);
     let query = plan::Entity::find().filter(plan::Column::ProjectId.eq(project_id));
     let total = query.clone().count(db).await?;
@@ -195,9 +195,9 @@ pub async fn list(db: &impl ConnectionTrait, project_id: Uuid, limit: u64, offse
 }
 
 /// Creates a plan in `project_id`.
-pub async fn create<C: ConnectionTrait + TransactionTrait>(db: &C, project_id: Uuid, spec: &PlanSpec) -> Result<PlanView, StoreError> {
+pub async fn create<C: ConnectionTrait + TransactionTrait>(db: &C, project_id: Uuid, spec: &PlanSpec) -> Result<PlanView, DomainError> {
     let txn = db.begin().await?;
-    project::Entity::find_by_id(project_id).one(&txn).await?.ok_or_else(|| StoreError::not_found("project", project_id))?;
+    project::Entity::find_by_id(project_id).one(&txn).await?.ok_or_else(|| DomainError::not_found("project", project_id))?;
     let id = insert(&txn, project_id, spec).await?;
     txn.commit().await?;
     get(db, id).await
@@ -232,15 +232,15 @@ fn same_content(current: &PlanView, spec: &PlanSpec) -> (bool, bool) {
 }
 
 /// Replaces plan `id` with `spec`; refused when the plan has runs and its steps or env would change.
-pub(crate) async fn replace_in(db: &impl ConnectionTrait, id: Uuid, spec: &PlanSpec) -> Result<Replaced, StoreError> {
+pub(crate) async fn replace_in(db: &impl ConnectionTrait, id: Uuid, spec: &PlanSpec) -> Result<Replaced, DomainError> {
     let current = get(db, id).await?;
     let (header_same, steps_same) = same_content(&current, spec);
     if header_same && steps_same {
         return Ok(Replaced::Unchanged);
     }
     if !steps_same && current.plan.run_count > 0 {
-        return Err(StoreError::conflict(
-            "plan_immutable",
+        return Err(DomainError::conflict(
+            ConflictCode::PlanImmutable,
             format!(
                 "plan {:?} has {} run(s), so its steps and environment can no longer change; \
                  fork it (POST /api/v1/plans/{id}/fork) and edit the copy",
@@ -263,7 +263,7 @@ pub(crate) async fn replace_in(db: &impl ConnectionTrait, id: Uuid, spec: &PlanS
     }
     .update(db)
     .await
-    .map_err(|e| on_unique(e, "plan_exists", || format!("the project already has a plan named {:?}", spec.name)))?;
+    .map_err(|e| on_unique(e, ConflictCode::PlanExists, || format!("the project already has a plan named {:?}", spec.name)))?;
     if !steps_same {
         step::Entity::delete_many().filter(step::Column::PlanId.eq(id)).exec(db).await?;
         insert_steps(db, id, &spec.steps).await?;
@@ -278,7 +278,7 @@ pub(crate) async fn replace_in(db: &impl ConnectionTrait, id: Uuid, spec: &PlanS
 }
 
 /// Replaces plan `id` with `spec` (see `replace_in`).
-pub async fn replace<C: ConnectionTrait + TransactionTrait>(db: &C, id: Uuid, spec: &PlanSpec) -> Result<PlanView, StoreError> {
+pub async fn replace<C: ConnectionTrait + TransactionTrait>(db: &C, id: Uuid, spec: &PlanSpec) -> Result<PlanView, DomainError> {
     let txn = db.begin().await?;
     replace_in(&txn, id, spec).await?;
     txn.commit().await?;
@@ -286,7 +286,7 @@ pub async fn replace<C: ConnectionTrait + TransactionTrait>(db: &C, id: Uuid, sp
 }
 
 /// Fails with a conflict when any plan in `plan_ids` has a run that has not finished.
-pub(crate) async fn refuse_live_runs(db: &impl ConnectionTrait, plan_ids: &[Uuid], what: &str) -> Result<(), StoreError> {
+pub(crate) async fn refuse_live_runs(db: &impl ConnectionTrait, plan_ids: &[Uuid], what: &str) -> Result<(), DomainError> {
     let finished: Vec<&str> = [RunState::Completed, RunState::Failed, RunState::Aborted].map(RunState::as_str).to_vec();
     let live = run::Entity::find()
         .filter(run::Column::PlanId.is_in(plan_ids.iter().copied()))
@@ -294,8 +294,8 @@ pub(crate) async fn refuse_live_runs(db: &impl ConnectionTrait, plan_ids: &[Uuid
         .count(db)
         .await?;
     if live > 0 {
-        return Err(StoreError::conflict(
-            "run_live",
+        return Err(DomainError::conflict(
+            ConflictCode::RunLive,
             format!("{what} has {live} run(s) still live; abort them or wait for them to finish"),
         ));
     }
@@ -303,7 +303,7 @@ pub(crate) async fn refuse_live_runs(db: &impl ConnectionTrait, plan_ids: &[Uuid
 }
 
 /// Deletes plan `id` with its steps and finished runs; refused while a run is live.
-pub async fn delete<C: ConnectionTrait + TransactionTrait>(db: &C, id: Uuid) -> Result<(), StoreError> {
+pub async fn delete<C: ConnectionTrait + TransactionTrait>(db: &C, id: Uuid) -> Result<(), DomainError> {
     let txn = db.begin().await?;
     let model = find(&txn, id).await?;
     refuse_live_runs(&txn, &[id], &format!("plan {:?}", model.name)).await?;
@@ -314,7 +314,7 @@ pub async fn delete<C: ConnectionTrait + TransactionTrait>(db: &C, id: Uuid) -> 
 
 /// Copies plan `id` (steps and env, no runs) into a new plan named `name`,
 /// or `<name> (fork N)` with the first free N.
-pub async fn fork<C: ConnectionTrait + TransactionTrait>(db: &C, id: Uuid, name: Option<String>) -> Result<PlanView, StoreError> {
+pub async fn fork<C: ConnectionTrait + TransactionTrait>(db: &C, id: Uuid, name: Option<String>) -> Result<PlanView, DomainError> {
     let txn = db.begin().await?;
     let source = get(&txn, id).await?;
     let taken: Vec<String> = plan::Entity::find()
@@ -339,15 +339,15 @@ pub async fn fork<C: ConnectionTrait + TransactionTrait>(db: &C, id: Uuid, name:
 }
 
 /// Makes finished run `run_id` of plan `plan_id` its baseline (replacing any other).
-pub async fn set_baseline(db: &impl ConnectionTrait, plan_id: Uuid, run_id: Uuid) -> Result<BaselineView, StoreError> {
+pub async fn set_baseline(db: &impl ConnectionTrait, plan_id: Uuid, run_id: Uuid) -> Result<BaselineView, DomainError> {
     let plan = find(db, plan_id).await?;
-    let run = run::Entity::find_by_id(run_id).one(db).await?.ok_or_else(|| StoreError::not_found("run", run_id))?;
+    let run = run::Entity::find_by_id(run_id).one(db).await?.ok_or_else(|| DomainError::not_found("run", run_id))?;
     if run.plan_id != plan_id {
         let why = format!("run {run_id} is a run of another plan; a baseline is a finished run of plan {:?}", plan.name);
-        return Err(StoreError::Invalid(crate::domain::ValidationErrors::one("run_id", why)));
+        return Err(DomainError::Invalid(crate::domain::ValidationErrors::one("run_id", why)));
     }
     if !RunState::parse(&run.state).is_some_and(RunState::is_finished) {
-        return Err(StoreError::conflict("run_live", format!("run {run_id} is {}; a baseline is a finished run", run.state)));
+        return Err(DomainError::conflict(ConflictCode::RunLive, format!("run {run_id} is {}; a baseline is a finished run", run.state)));
     }
     let now = Utc::now();
     plan::ActiveModel { id: Set(plan_id), baseline_run_id: Set(Some(run_id)), baseline_set_at: Set(Some(now)), ..Default::default() }
@@ -357,16 +357,16 @@ pub async fn set_baseline(db: &impl ConnectionTrait, plan_id: Uuid, run_id: Uuid
 }
 
 /// The baseline of plan `plan_id`.
-pub async fn baseline(db: &impl ConnectionTrait, plan_id: Uuid) -> Result<BaselineView, StoreError> {
+pub async fn baseline(db: &impl ConnectionTrait, plan_id: Uuid) -> Result<BaselineView, DomainError> {
     let plan = find(db, plan_id).await?;
     match (plan.baseline_run_id, plan.baseline_set_at) {
         (Some(run_id), Some(set_at)) => Ok(BaselineView { plan_id, run_id, set_at }),
-        _ => Err(StoreError::not_found("baseline for the plan", plan_id)),
+        _ => Err(DomainError::not_found("baseline for the plan", plan_id)),
     }
 }
 
 /// Removes plan `plan_id`'s baseline, if it has one.
-pub async fn clear_baseline(db: &impl ConnectionTrait, plan_id: Uuid) -> Result<(), StoreError> {
+pub async fn clear_baseline(db: &impl ConnectionTrait, plan_id: Uuid) -> Result<(), DomainError> {
     find(db, plan_id).await?;
     plan::ActiveModel { id: Set(plan_id), baseline_run_id: Set(None), baseline_set_at: Set(None), ..Default::default() }.update(db).await?;
     Ok(())

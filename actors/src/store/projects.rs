@@ -10,28 +10,28 @@ use uuid::Uuid;
 use super::entities::{plan, project};
 use super::plans::{self, Replaced};
 use super::runs::{self, RunFilter};
-use super::{clamp_page, on_unique, StoreError};
+use super::{clamp_page, on_unique};
 use crate::domain::views::{ImportReport, Page, PlanTree, ProjectDetail, ProjectTree, ProjectView};
-use crate::domain::{FieldError, ProjectSpec};
+use crate::domain::{ConflictCode, DomainError, FieldError, ProjectSpec};
 
-async fn find(db: &impl ConnectionTrait, id: Uuid) -> Result<project::Model, StoreError> {
-    project::Entity::find_by_id(id).one(db).await?.ok_or_else(|| StoreError::not_found("project", id))
+async fn find(db: &impl ConnectionTrait, id: Uuid) -> Result<project::Model, DomainError> {
+    project::Entity::find_by_id(id).one(db).await?.ok_or_else(|| DomainError::not_found("project", id))
 }
 
-async fn view(db: &impl ConnectionTrait, p: project::Model) -> Result<ProjectView, StoreError> {
+async fn view(db: &impl ConnectionTrait, p: project::Model) -> Result<ProjectView, DomainError> {
     let plan_count = plan::Entity::find().filter(plan::Column::ProjectId.eq(p.id)).count(db).await?;
     Ok(ProjectView { id: p.id, name: p.name, home_page: p.home_page, plan_count, created_at: p.created_at, updated_at: p.updated_at })
 }
 
 /// A project with a summary of each of its plans.
-pub async fn get(db: &impl ConnectionTrait, id: Uuid) -> Result<ProjectDetail, StoreError> {
+pub async fn get(db: &impl ConnectionTrait, id: Uuid) -> Result<ProjectDetail, DomainError> {
     let model = find(db, id).await?;
     let plan_rows = plan::Entity::find().filter(plan::Column::ProjectId.eq(id)).order_by_asc(plan::Column::Name).all(db).await?;
     Ok(ProjectDetail { project: view(db, model).await?, plans: plans::summaries(db, plan_rows).await? })
 }
 
 /// One page of projects, by name.
-pub async fn list(db: &impl ConnectionTrait, limit: u64, offset: u64) -> Result<Page<ProjectView>, StoreError> {
+pub async fn list(db: &impl ConnectionTrait, limit: u64, offset: u64) -> Result<Page<ProjectView>, DomainError> {
     let (limit, offset) = clamp_page(limit, offset);
     let total = project::Entity::find().count(db).await?;
     let rows = project::Entity::find().order_by_asc(project::Column::Name).limit(limit).offset(offset).all(db).await?;
@@ -46,7 +46,7 @@ fn name_taken(name: &str) -> String {
     format!("a project named {name:?} already exists; import the file to add or update its plans")
 }
 
-async fn insert(db: &impl ConnectionTrait, name: &str, home_page: Option<&str>) -> Result<Uuid, StoreError> {
+async fn insert(db: &impl ConnectionTrait, name: &str, home_page: Option<&str>) -> Result<Uuid, DomainError> {
     let now = Utc::now();
     let id = Uuid::new_v4();
     project::ActiveModel {
@@ -58,15 +58,15 @@ async fn insert(db: &impl ConnectionTrait, name: &str, home_page: Option<&str>) 
     }
     .insert(db)
     .await
-    .map_err(|e| on_unique(e, "project_exists", || name_taken(name)))?;
+    .map_err(|e| on_unique(e, ConflictCode::ProjectExists, || name_taken(name)))?;
     Ok(id)
 }
 
 /// Creates a project with its plans; a project of the same name is a conflict.
-pub async fn create<C: ConnectionTrait + TransactionTrait>(db: &C, spec: &ProjectSpec) -> Result<ProjectDetail, StoreError> {
+pub async fn create<C: ConnectionTrait + TransactionTrait>(db: &C, spec: &ProjectSpec) -> Result<ProjectDetail, DomainError> {
     let txn = db.begin().await?;
     if project::Entity::find().filter(project::Column::Name.eq(&spec.name)).count(&txn).await? > 0 {
-        return Err(StoreError::conflict("project_exists", name_taken(&spec.name)));
+        return Err(DomainError::conflict(ConflictCode::ProjectExists, name_taken(&spec.name)));
     }
     let id = insert(&txn, &spec.name, spec.home_page.as_deref()).await?;
     for plan in &spec.plans {
@@ -77,7 +77,7 @@ pub async fn create<C: ConnectionTrait + TransactionTrait>(db: &C, spec: &Projec
 }
 
 /// Renames a project or changes its home page.
-pub async fn update(db: &impl ConnectionTrait, id: Uuid, name: &str, home_page: Option<&str>) -> Result<ProjectDetail, StoreError> {
+pub async fn update(db: &impl ConnectionTrait, id: Uuid, name: &str, home_page: Option<&str>) -> Result<ProjectDetail, DomainError> {
     find(db, id).await?;
     project::ActiveModel {
         id: Set(id),
@@ -88,12 +88,12 @@ pub async fn update(db: &impl ConnectionTrait, id: Uuid, name: &str, home_page: 
     }
     .update(db)
     .await
-    .map_err(|e| on_unique(e, "project_exists", || name_taken(name)))?;
+    .map_err(|e| on_unique(e, ConflictCode::ProjectExists, || name_taken(name)))?;
     get(db, id).await
 }
 
 /// Deletes a project with its plans, steps and finished runs; refused while a run is live.
-pub async fn delete<C: ConnectionTrait + TransactionTrait>(db: &C, id: Uuid) -> Result<(), StoreError> {
+pub async fn delete<C: ConnectionTrait + TransactionTrait>(db: &C, id: Uuid) -> Result<(), DomainError> {
     let txn = db.begin().await?;
     let model = find(&txn, id).await?;
     let plan_ids: Vec<Uuid> =
@@ -111,7 +111,7 @@ pub async fn import<C: ConnectionTrait + TransactionTrait>(
     db: &C,
     spec: &ProjectSpec,
     warnings: Vec<FieldError>,
-) -> Result<ImportReport, StoreError> {
+) -> Result<ImportReport, DomainError> {
     let txn = db.begin().await?;
     let existing = project::Entity::find().filter(project::Column::Name.eq(&spec.name)).one(&txn).await?;
     let project_created = existing.is_none();
@@ -151,14 +151,14 @@ pub async fn import<C: ConnectionTrait + TransactionTrait>(
 }
 
 /// Projects (all, or the one with `id`) with every plan, step and run.
-pub async fn trees(db: &impl ConnectionTrait, id: Option<Uuid>) -> Result<Vec<ProjectTree>, StoreError> {
+pub async fn trees(db: &impl ConnectionTrait, id: Option<Uuid>) -> Result<Vec<ProjectTree>, DomainError> {
     let mut query = project::Entity::find().order_by_asc(project::Column::Name);
     if let Some(id) = id {
         query = query.filter(project::Column::Id.eq(id));
     }
     let rows = query.all(db).await?;
     if let (Some(id), true) = (id, rows.is_empty()) {
-        return Err(StoreError::not_found("project", id));
+        return Err(DomainError::not_found("project", id));
     }
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {

@@ -12,14 +12,14 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::entities::{container, metric_summary, plan, run, run_series, spend, step, step_record};
-use super::{clamp_page, env_from_json, run_env_to_json, unset_from_json, StoreError};
+use super::{clamp_page, env_from_json, run_env_to_json, unset_from_json};
 use crate::domain::life::{Ending, RunPhase};
 use crate::domain::usage::RunCost;
 use crate::domain::views::{
     ContainerView, InterruptionView, MetricSummaryView, Page, RunState, RunView, StepRecordView, StepState, ThresholdView, Verdict,
     SERIES_OVERFLOW,
 };
-use crate::domain::Env;
+use crate::domain::{ConflictCode, DomainError, Env};
 
 /// Which runs to list; every filter is optional.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -34,7 +34,7 @@ pub struct RunFilter {
     pub owner: Option<String>,
 }
 
-async fn views(db: &impl ConnectionTrait, runs: Vec<run::Model>) -> Result<Vec<RunView>, StoreError> {
+async fn views(db: &impl ConnectionTrait, runs: Vec<run::Model>) -> Result<Vec<RunView>, DomainError> {
     let plan_ids: Vec<Uuid> = runs.iter().map(|r| r.plan_id).collect();
     let plans: HashMap<Uuid, plan::Model> = plan::Entity::find()
         .filter(plan::Column::Id.is_in(plan_ids.iter().copied()))
@@ -111,8 +111,8 @@ async fn views(db: &impl ConnectionTrait, runs: Vec<run::Model>) -> Result<Vec<R
 }
 
 /// One run with its step records.
-pub async fn get(db: &impl ConnectionTrait, id: Uuid) -> Result<RunView, StoreError> {
-    let row = run::Entity::find_by_id(id).one(db).await?.ok_or_else(|| StoreError::not_found("run", id))?;
+pub async fn get(db: &impl ConnectionTrait, id: Uuid) -> Result<RunView, DomainError> {
+    let row = run::Entity::find_by_id(id).one(db).await?.ok_or_else(|| DomainError::not_found("run", id))?;
     Ok(views(db, vec![row]).await?.remove(0))
 }
 
@@ -121,13 +121,13 @@ fn newest_first(query: sea_orm::Select<run::Entity>) -> sea_orm::Select<run::Ent
 }
 
 /// Every run matching `filter`, newest first.
-pub async fn all(db: &impl ConnectionTrait, filter: &RunFilter) -> Result<Vec<RunView>, StoreError> {
+pub async fn all(db: &impl ConnectionTrait, filter: &RunFilter) -> Result<Vec<RunView>, DomainError> {
     let rows = newest_first(filtered(db, filter).await?).all(db).await?;
     views(db, rows).await
 }
 
 /// One page of runs matching `filter`, newest first.
-pub async fn list(db: &impl ConnectionTrait, filter: &RunFilter, limit: u64, offset: u64) -> Result<Page<RunView>, StoreError> {
+pub async fn list(db: &impl ConnectionTrait, filter: &RunFilter, limit: u64, offset: u64) -> Result<Page<RunView>, DomainError> {
     let (limit, offset) = clamp_page(limit, offset);
     let query = filtered(db, filter).await?;
     let total = query.clone().count(db).await?;
@@ -135,7 +135,7 @@ pub async fn list(db: &impl ConnectionTrait, filter: &RunFilter, limit: u64, off
     Ok(Page { items: views(db, rows).await?, total, limit, offset })
 }
 
-async fn filtered(db: &impl ConnectionTrait, filter: &RunFilter) -> Result<sea_orm::Select<run::Entity>, StoreError> {
+async fn filtered(db: &impl ConnectionTrait, filter: &RunFilter) -> Result<sea_orm::Select<run::Entity>, DomainError> {
     let mut query = run::Entity::find();
     if let Some(plan_id) = filter.plan_id {
         query = query.filter(run::Column::PlanId.eq(plan_id));
@@ -168,7 +168,7 @@ pub async fn create<C: ConnectionTrait + TransactionTrait>(
     env: &Env,
     unset: &[String],
     ingest_token: &str,
-) -> Result<RunView, StoreError> {
+) -> Result<RunView, DomainError> {
     super::persist("a new run", || create_once(db, plan_id, owner.clone(), env, unset, ingest_token)).await
 }
 
@@ -179,9 +179,9 @@ async fn create_once<C: ConnectionTrait + TransactionTrait>(
     env: &Env,
     unset: &[String],
     ingest_token: &str,
-) -> Result<RunView, StoreError> {
+) -> Result<RunView, DomainError> {
     let txn = db.begin().await?;
-    plan::Entity::find_by_id(plan_id).one(&txn).await?.ok_or_else(|| StoreError::not_found("plan", plan_id))?;
+    plan::Entity::find_by_id(plan_id).one(&txn).await?.ok_or_else(|| DomainError::not_found("plan", plan_id))?;
     let now = Utc::now();
     let id = Uuid::new_v4();
     run::ActiveModel {
@@ -203,6 +203,7 @@ async fn create_once<C: ConnectionTrait + TransactionTrait>(
         thresholds: Set(None),
         verdict: Set(None),
         verdict_reason: Set(None),
+        ending: Set(None),
         cost: Set(None),
         cost_usd: Set(0.0),
     }
@@ -237,8 +238,10 @@ async fn create_once<C: ConnectionTrait + TransactionTrait>(
 }
 
 /// Moves run `id` to `state`, stamping `started_at`/`completed_at` as the state implies;
-/// waits out a brief database outage rather than losing the transition.
-pub async fn set_state(db: &impl ConnectionTrait, id: Uuid, state: RunState, failure_reason: Option<String>) -> Result<(), StoreError> {
+/// waits out a brief database outage rather than losing the transition. For records
+/// made outside a run's life (tests); a run's own changes go through [`transition`]
+/// or its supervisor's `RunPhase`.
+pub async fn set_state(db: &impl ConnectionTrait, id: Uuid, state: RunState, failure_reason: Option<String>) -> Result<(), DomainError> {
     let ending = match state {
         RunState::Aborted => Some(Ending::Aborted),
         RunState::Failed | RunState::Completed => failure_reason.map(Ending::StepFailed).or(Some(Ending::Finished)),
@@ -247,13 +250,24 @@ pub async fn set_state(db: &impl ConnectionTrait, id: Uuid, state: RunState, fai
     super::persist("a run state", || write_state(db, id, state, ending.as_ref())).await
 }
 
+/// Moves run `id` from the phase it has stored to `next`, if the run's life allows it
+/// (`RunPhase::can_become`); answers whether it did.
+pub async fn transition(db: &impl ConnectionTrait, id: Uuid, next: &RunPhase) -> Result<bool, DomainError> {
+    let stored = recovery(db, id).await?.phase;
+    if !stored.can_become(next) {
+        return Ok(false);
+    }
+    set_phase(db, id, next).await?;
+    Ok(true)
+}
+
 /// Records the run's phase: its state, and once it is ending, why (so a restarted
 /// broker ends it the same way); waits out a brief database outage.
-pub async fn set_phase(db: &impl ConnectionTrait, id: Uuid, phase: &RunPhase) -> Result<(), StoreError> {
+pub async fn set_phase(db: &impl ConnectionTrait, id: Uuid, phase: &RunPhase) -> Result<(), DomainError> {
     super::persist("a run state", || write_state(db, id, phase.state(), phase.ending())).await
 }
 
-async fn write_state(db: &impl ConnectionTrait, id: Uuid, state: RunState, ending: Option<&Ending>) -> Result<(), StoreError> {
+async fn write_state(db: &impl ConnectionTrait, id: Uuid, state: RunState, ending: Option<&Ending>) -> Result<(), DomainError> {
     let now = Utc::now();
     let mut row = run::ActiveModel { id: Set(id), state: Set(state.as_str().to_string()), updated_at: Set(now), ..Default::default() };
     if state == RunState::Running {
@@ -265,9 +279,10 @@ async fn write_state(db: &impl ConnectionTrait, id: Uuid, state: RunState, endin
     if let Some(ending) = ending {
         row.aborted = Set(ending.is_abort());
         row.failure_reason = Set(ending.reason().map(str::to_string));
+        row.ending = Set(Some(ending.kind().to_string()));
     }
     row.update(db).await.map_err(|e| match e {
-        sea_orm::DbErr::RecordNotUpdated => StoreError::not_found("run", id),
+        sea_orm::DbErr::RecordNotUpdated => DomainError::not_found("run", id),
         other => other.into(),
     })?;
     Ok(())
@@ -281,18 +296,18 @@ pub async fn set_step_state(
     step_id: Uuid,
     state: StepState,
     failure_reason: Option<String>,
-) -> Result<(), StoreError> {
+) -> Result<(), DomainError> {
     super::persist("a step state", || write_step_state(db, run_id, step_id, state, failure_reason.clone())).await
 }
 
 /// The record of step `step_id` in run `run_id`.
-async fn step_record_of(db: &impl ConnectionTrait, run_id: Uuid, step_id: Uuid) -> Result<step_record::Model, StoreError> {
+async fn step_record_of(db: &impl ConnectionTrait, run_id: Uuid, step_id: Uuid) -> Result<step_record::Model, DomainError> {
     step_record::Entity::find()
         .filter(step_record::Column::RunId.eq(run_id))
         .filter(step_record::Column::StepId.eq(step_id))
         .one(db)
         .await?
-        .ok_or_else(|| StoreError::not_found("step record", format!("{run_id}/{step_id}")))
+        .ok_or_else(|| DomainError::not_found("step record", format!("{run_id}/{step_id}")))
 }
 
 async fn write_step_state(
@@ -301,7 +316,7 @@ async fn write_step_state(
     step_id: Uuid,
     state: StepState,
     failure_reason: Option<String>,
-) -> Result<(), StoreError> {
+) -> Result<(), DomainError> {
     let now = Utc::now();
     let record = step_record_of(db, run_id, step_id).await?;
     let mut row =
@@ -344,11 +359,11 @@ pub struct ContainerRecord {
 }
 
 /// Records a removed container.
-pub async fn record_container(db: &impl ConnectionTrait, c: ContainerRecord) -> Result<(), StoreError> {
+pub async fn record_container(db: &impl ConnectionTrait, c: ContainerRecord) -> Result<(), DomainError> {
     super::persist("a container record", || write_container(db, c.clone())).await
 }
 
-async fn write_container(db: &impl ConnectionTrait, c: ContainerRecord) -> Result<(), StoreError> {
+async fn write_container(db: &impl ConnectionTrait, c: ContainerRecord) -> Result<(), DomainError> {
     container::ActiveModel {
         id: Set(Uuid::new_v4()),
         run_id: Set(c.run_id),
@@ -374,13 +389,13 @@ pub async fn containers(
     run_id: Uuid,
     step: Option<&str>,
     node: Option<&str>,
-) -> Result<Vec<ContainerView>, StoreError> {
+) -> Result<Vec<ContainerView>, DomainError> {
     let (_, names) = with_step_names(db, run_id).await?;
     let mut query = container::Entity::find().filter(container::Column::RunId.eq(run_id));
     if let Some(step) = step {
         let ids: Vec<Uuid> = names.iter().filter(|(_, n)| n.as_str() == step).map(|(id, _)| *id).collect();
         if ids.is_empty() {
-            return Err(StoreError::not_found("step", step));
+            return Err(DomainError::not_found("step", step));
         }
         query = query.filter(container::Column::StepId.is_in(ids));
     }
@@ -407,11 +422,11 @@ pub async fn containers(
 }
 
 /// Deletes a finished run with its step and container records.
-pub async fn delete<C: ConnectionTrait + TransactionTrait>(db: &C, id: Uuid) -> Result<(), StoreError> {
+pub async fn delete<C: ConnectionTrait + TransactionTrait>(db: &C, id: Uuid) -> Result<(), DomainError> {
     let txn = db.begin().await?;
-    let row = run::Entity::find_by_id(id).one(&txn).await?.ok_or_else(|| StoreError::not_found("run", id))?;
+    let row = run::Entity::find_by_id(id).one(&txn).await?.ok_or_else(|| DomainError::not_found("run", id))?;
     if !RunState::parse(&row.state).is_some_and(RunState::is_finished) {
-        return Err(StoreError::conflict("run_live", format!("run {id} is {}; abort it first", row.state)));
+        return Err(DomainError::conflict(ConflictCode::RunLive, format!("run {id} is {}; abort it first", row.state)));
     }
     run::Entity::delete_by_id(id).exec(&txn).await?;
     // A plan whose baseline this was has none now.
@@ -426,7 +441,7 @@ pub async fn delete<C: ConnectionTrait + TransactionTrait>(db: &C, id: Uuid) -> 
 }
 
 /// The ids of runs that have not finished.
-pub async fn unfinished(db: &impl ConnectionTrait) -> Result<Vec<Uuid>, StoreError> {
+pub async fn unfinished(db: &impl ConnectionTrait) -> Result<Vec<Uuid>, DomainError> {
     let finished: Vec<&str> = [RunState::Completed, RunState::Failed, RunState::Aborted].map(RunState::as_str).to_vec();
     Ok(run::Entity::find()
         .filter(run::Column::State.is_not_in(finished))
@@ -438,7 +453,7 @@ pub async fn unfinished(db: &impl ConnectionTrait) -> Result<Vec<Uuid>, StoreErr
 }
 
 /// A run (404 when missing) and the names of its steps by id.
-async fn with_step_names(db: &impl ConnectionTrait, run_id: Uuid) -> Result<(RunView, HashMap<Uuid, String>), StoreError> {
+async fn with_step_names(db: &impl ConnectionTrait, run_id: Uuid) -> Result<(RunView, HashMap<Uuid, String>), DomainError> {
     let run = get(db, run_id).await?;
     let names = run.step_records.iter().map(|r| (r.step_id, r.step_name.clone())).collect();
     Ok((run, names))
@@ -449,7 +464,7 @@ pub async fn record_metrics<C: ConnectionTrait + TransactionTrait>(
     db: &C,
     run_id: Uuid,
     rows: &[MetricSummaryView],
-) -> Result<(), StoreError> {
+) -> Result<(), DomainError> {
     super::persist("the metrics summary", || write_metrics(db, run_id, rows)).await
 }
 
@@ -458,7 +473,7 @@ pub async fn record_metrics<C: ConnectionTrait + TransactionTrait>(
 const SUMMARY_ROWS_PER_INSERT: usize = 500;
 
 /// Replaces a run's summary in one transaction, however many rows it has.
-async fn write_metrics<C: ConnectionTrait + TransactionTrait>(db: &C, run_id: Uuid, rows: &[MetricSummaryView]) -> Result<(), StoreError> {
+async fn write_metrics<C: ConnectionTrait + TransactionTrait>(db: &C, run_id: Uuid, rows: &[MetricSummaryView]) -> Result<(), DomainError> {
     let txn = db.begin().await?;
     metric_summary::Entity::delete_many().filter(metric_summary::Column::RunId.eq(run_id)).exec(&txn).await?;
     let now = Utc::now();
@@ -493,7 +508,7 @@ fn summary_model(run_id: Uuid, m: &MetricSummaryView, now: DateTime<Utc>) -> met
 }
 
 /// The metric summaries of a run, by step and metric.
-pub async fn metrics(db: &impl ConnectionTrait, run_id: Uuid) -> Result<Vec<MetricSummaryView>, StoreError> {
+pub async fn metrics(db: &impl ConnectionTrait, run_id: Uuid) -> Result<Vec<MetricSummaryView>, DomainError> {
     let (run, names) = with_step_names(db, run_id).await?;
     let rows = metric_summary::Entity::find()
         .filter(metric_summary::Column::RunId.eq(run_id))
@@ -527,8 +542,10 @@ pub async fn metrics(db: &impl ConnectionTrait, run_id: Uuid) -> Result<Vec<Metr
 }
 
 /// What a restarted broker needs to carry on a live run.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Recovery {
+    /// Where the run is in its life, as stored (how it is ending included).
+    pub phase: RunPhase,
     /// The token the run's relays present.
     pub ingest_token: Option<String>,
     /// The last feed sequence number recorded.
@@ -538,19 +555,31 @@ pub struct Recovery {
 }
 
 /// The recovery record of run `id`.
-pub async fn recovery(db: &impl ConnectionTrait, id: Uuid) -> Result<Recovery, StoreError> {
-    let row = run::Entity::find_by_id(id).one(db).await?.ok_or_else(|| StoreError::not_found("run", id))?;
-    Ok(Recovery { ingest_token: row.ingest_token, feed_seq: u64::try_from(row.feed_seq).unwrap_or(0), metrics_state: row.metrics_state })
+pub async fn recovery(db: &impl ConnectionTrait, id: Uuid) -> Result<Recovery, DomainError> {
+    let row = run::Entity::find_by_id(id).one(db).await?.ok_or_else(|| DomainError::not_found("run", id))?;
+    let state = RunState::parse(&row.state).unwrap_or(RunState::Failed);
+    let phase = RunPhase::from_stored(state, row.ending.as_deref(), row.aborted, row.failure_reason);
+    Ok(Recovery {
+        phase,
+        ingest_token: row.ingest_token,
+        feed_seq: u64::try_from(row.feed_seq).unwrap_or(0),
+        metrics_state: row.metrics_state,
+    })
 }
 
 /// Records the last feed sequence number handed out for run `id`.
-pub async fn set_feed_seq(db: &impl ConnectionTrait, id: Uuid, seq: u64) -> Result<(), StoreError> {
+pub async fn set_feed_seq(db: &impl ConnectionTrait, id: Uuid, seq: u64) -> Result<(), DomainError> {
     run::ActiveModel { id: Set(id), feed_seq: Set(i64::try_from(seq).unwrap_or(i64::MAX)), ..Default::default() }.update(db).await?;
     Ok(())
 }
 
 /// Adds a spot interruption notice to a step's record.
-pub async fn add_interruption(db: &impl ConnectionTrait, run_id: Uuid, step_id: Uuid, notice: &InterruptionView) -> Result<(), StoreError> {
+pub async fn add_interruption(
+    db: &impl ConnectionTrait,
+    run_id: Uuid,
+    step_id: Uuid,
+    notice: &InterruptionView,
+) -> Result<(), DomainError> {
     let row = step_record_of(db, run_id, step_id).await?;
     let mut all: Vec<InterruptionView> = row.interruptions.as_deref().and_then(|i| serde_json::from_str(i).ok()).unwrap_or_default();
     all.push(notice.clone());
@@ -560,7 +589,7 @@ pub async fn add_interruption(db: &impl ConnectionTrait, run_id: Uuid, step_id: 
 }
 
 /// Records what run `id`'s instances have cost, on the run and in the spend ledger.
-pub async fn set_cost(db: &impl ConnectionTrait, id: Uuid, cost: &RunCost) -> Result<(), StoreError> {
+pub async fn set_cost(db: &impl ConnectionTrait, id: Uuid, cost: &RunCost) -> Result<(), DomainError> {
     let json = serde_json::to_string(cost).map_err(|e| DbErr::Custom(format!("the run's cost: {e}")))?;
     let row = run::ActiveModel { id: Set(id), cost: Set(Some(json)), cost_usd: Set(cost.usd), ..Default::default() }.update(db).await?;
     let entry = spend::ActiveModel { run_id: Set(id), created_at: Set(row.created_at), usd: Set(cost.usd) };
@@ -572,7 +601,7 @@ pub async fn set_cost(db: &impl ConnectionTrait, id: Uuid, cost: &RunCost) -> Re
 }
 
 /// Dollars recorded by the runs created since `since`, but `except`, deleted runs included (the spend ledger).
-pub async fn cost_since(db: &impl ConnectionTrait, since: DateTime<Utc>, except: Uuid) -> Result<f64, StoreError> {
+pub async fn cost_since(db: &impl ConnectionTrait, since: DateTime<Utc>, except: Uuid) -> Result<f64, DomainError> {
     let costs: Vec<f64> = spend::Entity::find()
         .filter(spend::Column::CreatedAt.gte(since))
         .filter(spend::Column::RunId.ne(except))
@@ -585,26 +614,26 @@ pub async fn cost_since(db: &impl ConnectionTrait, since: DateTime<Utc>, except:
 }
 
 /// Records the metrics totals of run `id` so far.
-pub async fn set_metrics_state(db: &impl ConnectionTrait, id: Uuid, state: String) -> Result<(), StoreError> {
+pub async fn set_metrics_state(db: &impl ConnectionTrait, id: Uuid, state: String) -> Result<(), DomainError> {
     run::ActiveModel { id: Set(id), metrics_state: Set(Some(state)), ..Default::default() }.update(db).await?;
     Ok(())
 }
 
 /// Records where a run's dashboard was published.
-pub async fn set_dashboard_url(db: &impl ConnectionTrait, id: Uuid, url: &str) -> Result<(), StoreError> {
+pub async fn set_dashboard_url(db: &impl ConnectionTrait, id: Uuid, url: &str) -> Result<(), DomainError> {
     run::ActiveModel { id: Set(id), dashboard_url: Set(Some(url.to_string())), ..Default::default() }.update(db).await?;
     Ok(())
 }
 
 /// Records how the run's thresholds stand.
-pub async fn set_thresholds(db: &impl ConnectionTrait, id: Uuid, thresholds: &[ThresholdView]) -> Result<(), StoreError> {
+pub async fn set_thresholds(db: &impl ConnectionTrait, id: Uuid, thresholds: &[ThresholdView]) -> Result<(), DomainError> {
     let text = serde_json::to_string(thresholds).unwrap_or_default();
     run::ActiveModel { id: Set(id), thresholds: Set(Some(text)), ..Default::default() }.update(db).await?;
     Ok(())
 }
 
 /// Records a finished run's verdict and why.
-pub async fn set_verdict(db: &impl ConnectionTrait, id: Uuid, verdict: Verdict, reason: &str) -> Result<(), StoreError> {
+pub async fn set_verdict(db: &impl ConnectionTrait, id: Uuid, verdict: Verdict, reason: &str) -> Result<(), DomainError> {
     super::persist("a run's verdict", || async {
         run::ActiveModel {
             id: Set(id),
@@ -629,14 +658,14 @@ pub enum CompareTo {
 }
 
 /// Compares finished run `id` with its plan's baseline or another run, checking its plan's regression rules.
-pub async fn compare(db: &impl ConnectionTrait, id: Uuid, to: CompareTo) -> Result<crate::domain::compare::Comparison, StoreError> {
+pub async fn compare(db: &impl ConnectionTrait, id: Uuid, to: CompareTo) -> Result<crate::domain::compare::Comparison, DomainError> {
     let run = get(db, id).await?;
     let plan = super::plans::get(db, run.plan_id).await?;
     let other = match to {
         CompareTo::Run(other) => other,
         CompareTo::Baseline => plan.baseline_run_id.ok_or_else(|| {
-            StoreError::conflict(
-                "no_baseline",
+            DomainError::conflict(
+                ConflictCode::NoBaseline,
                 format!("plan {:?} has no baseline; set one with POST /api/v1/plans/{}/baseline", plan.plan.name, plan.plan.id),
             )
         })?,
@@ -644,7 +673,10 @@ pub async fn compare(db: &impl ConnectionTrait, id: Uuid, to: CompareTo) -> Resu
     let other_run = get(db, other).await?;
     for r in [&run, &other_run] {
         if !r.state.is_finished() {
-            return Err(StoreError::conflict("run_live", format!("run {} is {}; runs are compared once finished", r.id, r.state.as_str())));
+            return Err(DomainError::conflict(
+                ConflictCode::RunLive,
+                format!("run {} is {}; runs are compared once finished", r.id, r.state.as_str()),
+            ));
         }
     }
     let (now, then) = (metrics(db, id).await?, metrics(db, other).await?);
@@ -653,7 +685,7 @@ pub async fn compare(db: &impl ConnectionTrait, id: Uuid, to: CompareTo) -> Resu
 }
 
 /// Adds windows to the runs' series: (run, step name, window start in Unix ms, the point as JSON).
-pub async fn append_series(db: &impl ConnectionTrait, rows: Vec<(Uuid, String, i64, String)>) -> Result<(), StoreError> {
+pub async fn append_series(db: &impl ConnectionTrait, rows: Vec<(Uuid, String, i64, String)>) -> Result<(), DomainError> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -672,7 +704,7 @@ pub async fn append_series(db: &impl ConnectionTrait, rows: Vec<(Uuid, String, i
 pub const SERIES_POINTS: usize = 3600;
 
 /// The run's series, per step in the run's step order, each point as stored (JSON), oldest first.
-pub async fn series(db: &impl ConnectionTrait, run_id: Uuid) -> Result<Vec<(String, Vec<serde_json::Value>)>, StoreError> {
+pub async fn series(db: &impl ConnectionTrait, run_id: Uuid) -> Result<Vec<(String, Vec<serde_json::Value>)>, DomainError> {
     let (run, _) = with_step_names(db, run_id).await?;
     let rows =
         run_series::Entity::find().filter(run_series::Column::RunId.eq(run_id)).order_by_asc(run_series::Column::StartMs).all(db).await?;
