@@ -12,6 +12,7 @@ use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
 use crate::domain::usage::{self, CostLine, RunCost, Usage, UsageKey};
+use crate::domain::Market;
 use crate::pool::{Ec2PoolActor, RunUsage, SpotPrices};
 use crate::settings::CostSettings;
 use crate::store::runs;
@@ -85,7 +86,7 @@ impl RunMeter {
             return None;
         }
         let wanted: Vec<(String, String)> =
-            usage.iter().filter(|u| u.key.market == "spot").map(|u| (u.key.region.clone(), u.key.instance_type.clone())).collect();
+            usage.iter().filter(|u| u.key.market == Market::Spot).map(|u| (u.key.region.clone(), u.key.instance_type.clone())).collect();
         let spot = if wanted.is_empty() { Default::default() } else { self.pool.send(SpotPrices { wanted }).await.unwrap_or_default() };
         let mut cost = usage::price(&usage, &self.cost.prices, &spot, self.cost.clock.now());
         cost.complete = done;
@@ -103,7 +104,7 @@ impl RunMeter {
 fn with_before(before: &[CostLine], metered: Vec<Usage>) -> Vec<Usage> {
     let mut all = metered;
     for line in before {
-        let key = UsageKey { instance_type: line.instance_type.clone(), region: line.region.clone(), market: line.market.clone() };
+        let key = UsageKey { instance_type: line.instance_type.clone(), region: line.region.clone(), market: line.market };
         match all.iter_mut().find(|u| u.key == key) {
             // An instance taken back after the restart is the same instance as before it.
             Some(u) => {
@@ -128,18 +129,18 @@ mod tests {
 
     #[test]
     fn what_was_recorded_before_a_restart_is_added_by_kind() {
-        let key = UsageKey { instance_type: "t3.micro".into(), region: "us-east-1".into(), market: "on_demand".into() };
-        let line = |market: &str, instances, seconds| CostLine {
+        let key = UsageKey { instance_type: "t3.micro".into(), region: "us-east-1".into(), market: Market::OnDemand };
+        let line = |market: Market, instances, seconds| CostLine {
             instance_type: "t3.micro".into(),
             region: "us-east-1".into(),
-            market: String::from(market),
+            market,
             instances,
             instance_seconds: seconds,
             usd_per_instance_hour: None,
             usd: None,
         };
         let now = vec![Usage { key: key.clone(), instances: 2, instance_seconds: 120.0 }];
-        let all = with_before(&[line("on_demand", 2, 600.0), line("spot", 1, 60.0)], now);
+        let all = with_before(&[line(Market::OnDemand, 2, 600.0), line(Market::Spot, 1, 60.0)], now);
         assert_eq!(all.len(), 2);
         assert_eq!((all[0].instances, all[0].instance_seconds), (2, 720.0));
         assert_eq!((all[1].key.market.as_str(), all[1].instances, all[1].instance_seconds), ("spot", 1, 60.0));

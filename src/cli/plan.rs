@@ -147,7 +147,7 @@ fn render(e: &Estimate) -> String {
             s.instances,
             s.instance_type,
             s.region,
-            s.market,
+            s.market.as_str(),
             s.seconds_per_instance.map_or_else(|| "no limit".to_string(), |x| x.to_string()),
             figure(s.instance_hours, 3),
             figure(s.usd, 4)

@@ -337,7 +337,7 @@ fn print_cost(cost: &RunCost) {
             "{:<14} {:<14} {:<10} {:>9} {:>12.3} {:>10} {:>10}",
             l.instance_type,
             l.region,
-            l.market,
+            l.market.as_str(),
             l.instances,
             l.instance_seconds / 3600.0,
             usd(l.usd_per_instance_hour),

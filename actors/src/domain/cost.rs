@@ -96,7 +96,7 @@ pub struct StepEstimate {
     /// Their region.
     pub region: String,
     /// How they are bought: `on_demand`, `spot`, `spot_fallback`.
-    pub market: String,
+    pub market: Market,
     /// Seconds each instance lives, at most; `null` when the step has no upper bound.
     pub seconds_per_instance: Option<u64>,
     /// Instance-hours in all; `null` when unbounded.
@@ -203,8 +203,8 @@ impl Estimate {
             });
             q.instances += s.instances;
             match s.vcpus {
-                Some(v) if standard(&s.instance_type) => match s.market.as_str() {
-                    "spot" => q.spot_standard_vcpus += v * s.instances,
+                Some(v) if standard(&s.instance_type) => match s.market {
+                    Market::Spot => q.spot_standard_vcpus += v * s.instances,
                     _ => q.on_demand_standard_vcpus += v * s.instances,
                 },
                 _ => unchecked.push(format!("step {:?}: the vCPU quota of {} is not checked", s.step, s.instance_type)),
@@ -311,7 +311,7 @@ pub fn estimate(plan: &PlanSpec, table: &PriceTable, spot: &SpotPrices, setup_se
                 instances,
                 instance_type: s.instance_type.clone(),
                 region,
-                market: s.market.as_str().into(),
+                market: s.market,
                 seconds_per_instance: seconds,
                 instance_hours: hours,
                 usd_per_instance_hour: price,

@@ -32,7 +32,7 @@ pub mod defaults {
 }
 
 /// How a step's EC2 instances are bought.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Market {
     /// On-demand instances.

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::cost::{tidy, Budget, PriceTable, SpotPrices, MIN_BILLED_SECONDS};
+use super::spec::Market;
 
 /// Where the meter reads the time: the system clock, or a test's own.
 #[derive(Clone)]
@@ -52,8 +53,8 @@ pub struct UsageKey {
     pub instance_type: String,
     /// The region.
     pub region: String,
-    /// How the instances were bought: `on_demand` or `spot`.
-    pub market: String,
+    /// How the instances were bought: on demand or spot.
+    pub market: Market,
 }
 
 /// The metered instances of one kind: how many, and their billed seconds.
@@ -82,8 +83,8 @@ pub struct CostLine {
     pub instance_type: String,
     /// Region.
     pub region: String,
-    /// `on_demand` or `spot`.
-    pub market: String,
+    /// How they were bought: `on_demand` or `spot`.
+    pub market: Market,
     /// Instances held.
     pub instances: u32,
     /// Seconds billed in all.
@@ -127,8 +128,8 @@ pub fn price(usage: &[Usage], table: &PriceTable, spot: &SpotPrices, as_of: Date
     for u in usage {
         let UsageKey { instance_type, region, market } = u.key.clone();
         let on_demand = table.on_demand(&region, &instance_type);
-        let hourly = match market.as_str() {
-            "spot" => spot.get(&(region.clone(), instance_type.clone())).copied().or(on_demand),
+        let hourly = match market {
+            Market::Spot => spot.get(&(region.clone(), instance_type.clone())).copied().or(on_demand),
             _ => on_demand,
         };
         if hourly.is_none() {
@@ -177,11 +178,11 @@ impl Budget {
 mod tests {
     use super::*;
 
-    fn key(market: &str) -> UsageKey {
-        UsageKey { instance_type: "t3.micro".into(), region: "us-west-2".into(), market: market.into() }
+    fn key(market: Market) -> UsageKey {
+        UsageKey { instance_type: "t3.micro".into(), region: "us-west-2".into(), market }
     }
 
-    fn used(market: &str, seconds: &[f64]) -> Usage {
+    fn used(market: Market, seconds: &[f64]) -> Usage {
         let mut u = Usage { key: key(market), instances: 0, instance_seconds: 0.0 };
         for s in seconds {
             u.add(*s);
@@ -193,7 +194,7 @@ mod tests {
     fn each_instance_is_billed_at_least_a_minute_and_priced_from_the_table() {
         let table = PriceTable::shipped();
         let hourly = table.on_demand("us-west-2", "t3.micro").unwrap();
-        let cost = price(&[used("on_demand", &[12.0, 3600.0])], &table, &SpotPrices::new(), Utc::now());
+        let cost = price(&[used(Market::OnDemand, &[12.0, 3600.0])], &table, &SpotPrices::new(), Utc::now());
         assert_eq!(cost.lines[0].instances, 2);
         assert_eq!(cost.instance_seconds, 3660.0);
         assert_eq!(cost.usd, tidy(hourly * 3660.0 / 3600.0));
@@ -204,15 +205,15 @@ mod tests {
     fn spot_is_priced_at_the_spot_price_else_on_demand() {
         let table = PriceTable::shipped();
         let spot = SpotPrices::from([(("us-west-2".to_string(), "t3.micro".to_string()), 0.0036)]);
-        let cost = price(&[used("spot", &[3600.0])], &table, &spot, Utc::now());
+        let cost = price(&[used(Market::Spot, &[3600.0])], &table, &spot, Utc::now());
         assert_eq!(cost.usd, 0.0036);
-        let cost = price(&[used("spot", &[3600.0])], &table, &SpotPrices::new(), Utc::now());
+        let cost = price(&[used(Market::Spot, &[3600.0])], &table, &SpotPrices::new(), Utc::now());
         assert_eq!(cost.usd, table.on_demand("us-west-2", "t3.micro").unwrap());
     }
 
     #[test]
     fn an_unpriced_type_is_named_and_counts_nothing() {
-        let mut u = used("on_demand", &[100.0]);
+        let mut u = used(Market::OnDemand, &[100.0]);
         u.key.instance_type = "x9.huge".into();
         let cost = price(&[u], &PriceTable::shipped(), &SpotPrices::new(), Utc::now());
         assert_eq!(cost.usd, 0.0);

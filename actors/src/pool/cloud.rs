@@ -180,7 +180,7 @@ impl CloudNodes {
             let settings = self.settings.clone();
             for node in self.nodes.values_mut() {
                 let Some(lease) = node.lease.as_ref().filter(|l| l.run_id == msg.run_id && l.step_id == msg.step_id) else { continue };
-                if let Some(to) = msg.interruptions.clone().filter(|_| usage_key(&node.instance).market == "spot") {
+                if let Some(to) = msg.interruptions.clone().filter(|_| usage_key(&node.instance).market == Market::Spot) {
                     let watch = SpotWatch { cloud: settings.clone(), meter: shared.meter.clone(), run_id: msg.run_id, to };
                     node.watch =
                         Some(Task::spawn(watch_spot_notice(watch, node.ssh.clone(), lease.name.clone(), node.instance.id.clone())));
@@ -269,7 +269,7 @@ impl CloudNodes {
                     host_network: true,
                 };
                 node.forward = Some(forward);
-                node.watch = interruptions.clone().filter(|_| usage_key(&node.instance).market == "spot").map(|to| {
+                node.watch = interruptions.clone().filter(|_| usage_key(&node.instance).market == Market::Spot).map(|to| {
                     let watch = SpotWatch { cloud: settings.clone(), meter: act.shared.meter.clone(), run_id, to };
                     Task::spawn(watch_spot_notice(watch, node.ssh.clone(), grant.id.clone(), node.instance.id.clone()))
                 });
@@ -639,7 +639,7 @@ fn usage_key(instance: &InstanceView) -> UsageKey {
     UsageKey {
         instance_type: instance.instance_type.clone(),
         region: instance.region.clone(),
-        market: instance.tags.get(tags::MARKET).cloned().unwrap_or_else(|| "on_demand".into()),
+        market: instance.tags.get(tags::MARKET).and_then(|m| Market::parse(m)).unwrap_or_default(),
     }
 }
 
@@ -649,7 +649,7 @@ impl Provision {
         let key = UsageKey {
             instance_type: self.msg.instance_type.clone(),
             region: self.region.name().to_string(),
-            market: if spot { "spot" } else { "on_demand" }.into(),
+            market: if spot { Market::Spot } else { Market::OnDemand },
         };
         for id in ids {
             self.meter.open(self.msg.run_id, self.msg.step_id, id, key.clone(), self.since);
@@ -850,7 +850,7 @@ fn bought(launch: &ec2::LaunchRequest, spot: bool) -> ec2::LaunchRequest {
     let mut launch = launch.clone();
     launch.spot = spot;
     launch.tags.retain(|(k, _)| k != tags::MARKET);
-    launch.tags.push((tags::MARKET.to_string(), if spot { "spot" } else { "on_demand" }.to_string()));
+    launch.tags.push((tags::MARKET.to_string(), if spot { Market::Spot } else { Market::OnDemand }.as_str().to_string()));
     launch
 }
 

@@ -124,6 +124,7 @@ impl Handler<RunUsage> for Ec2PoolActor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Market;
 
     #[test]
     fn spans_are_counted_until_closed_and_open_ones_until_now() {
@@ -135,10 +136,10 @@ mod tests {
         };
         let meter = Meter::new(clock);
         let (run, step) = (Uuid::new_v4(), Uuid::new_v4());
-        let key = |market: &str| UsageKey { instance_type: "t3.micro".into(), region: "us-east-1".into(), market: market.into() };
-        meter.open(run, step, "i-1", key("on_demand"), t0);
-        meter.open(run, step, "i-2", key("on_demand"), t0);
-        meter.open(run, step, "i-3", key("spot"), t0);
+        let key = |market: Market| UsageKey { instance_type: "t3.micro".into(), region: "us-east-1".into(), market };
+        meter.open(run, step, "i-1", key(Market::OnDemand), t0);
+        meter.open(run, step, "i-2", key(Market::OnDemand), t0);
+        meter.open(run, step, "i-3", key(Market::Spot), t0);
         *now.lock().unwrap() = t0 + chrono::Duration::seconds(100);
         meter.close(run, |id, _| id == "i-1");
         *now.lock().unwrap() = t0 + chrono::Duration::seconds(300);
