@@ -1,6 +1,7 @@
 //! The plan model: what a user writes (project files, plans, steps), how it is
 //! checked, and the read models the API returns.
 
+pub mod aggregate;
 pub mod compare;
 pub mod cost;
 pub mod dashboard;
