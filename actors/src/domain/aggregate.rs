@@ -520,5 +520,4 @@ mod tests {
         assert_eq!(step.slots.len(), 2, "one slot to publish per second");
         assert!(lost(&step).is_empty(), "{:?}", lost(&step));
     }
-
 }
