@@ -371,6 +371,13 @@ impl Cuttable {
     }
 }
 
+/// The stored windows of a run's first step that carry `lat` samples: the ones the
+/// latency chart draws (a window with only the node's CPU draws none there).
+fn with_latency(series: &Value) -> u64 {
+    let points = series["steps"][0]["points"].as_array().map_or(&[][..], |p| p.as_slice());
+    points.iter().filter(|p| p["timers"]["lat"]["count"].as_u64().unwrap_or(0) > 0).count() as u64
+}
+
 /// The run page's feed drops for 3 s while windows keep arriving: the page says the
 /// connection is lost, reconnects with `since`, and ends with every window the run
 /// stored on its chart and the run's final state, without a reload.
@@ -396,7 +403,7 @@ async fn the_run_page_reconnects_after_a_dropped_feed_and_misses_nothing() {
     // the run has ended): the windows of the outage came with the reconnection's backlog.
     crate::helpers::eventually(10, async || {
         let (_, series) = app.get(&format!("/api/v1/runs/{run_id}/series")).await;
-        let stored = series["steps"][0]["points"].as_array().map_or(0, |p| p.len()) as u64;
+        let stored = with_latency(&series);
         let shown = browser.eval(&format!("return {points}")).await.as_u64().unwrap_or(0);
         let state = browser.eval("return document.getElementById('run-state').textContent").await;
         assert_eq!(state, "running", "the run is still live while the page catches up");
@@ -410,12 +417,11 @@ async fn the_run_page_reconnects_after_a_dropped_feed_and_misses_nothing() {
     let navigations = browser.eval("return performance.getEntriesByType('navigation').length").await;
     assert_eq!(navigations, 1, "no reload");
     let (_, series) = app.get(&format!("/api/v1/runs/{run_id}/series")).await;
-    let stored =
-        series["steps"][0]["points"].as_array().unwrap().iter().filter(|p| p["timers"]["lat"]["count"].as_u64().unwrap_or(0) > 0).count();
+    let stored = with_latency(&series);
     assert!(stored > 5, "the run stored its windows: {series}");
     // The page shows the end at once, then reads the stored series again and redraws.
     crate::helpers::eventually(10, async || match browser.eval(&format!("return {points}")).await.as_u64() {
-        Some(shown) if shown == 3 * stored as u64 => Ok(()),
+        Some(shown) if shown == 3 * stored => Ok(()),
         shown => Err(format!("p50, p95 and p99 of every stored window are on the chart: {shown:?} of {} points", 3 * stored)),
     })
     .await;
