@@ -28,7 +28,7 @@ pub struct Slot {
 
 /// A node's host over a step: sums for means, maxima, and, of the windows in which
 /// its generator reported (it was running), how many were busy.
-#[derive(Default, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct HostTotals {
     pub samples: u64,
     #[serde(default)]
@@ -219,6 +219,45 @@ pub struct SavedStep {
     pub refused: Refused,
     #[serde(default)]
     pub overflow: BTreeMap<String, u64>,
+}
+
+impl StepMetrics {
+    /// What of the step is saved every second, so a restarted broker carries its totals on.
+    pub fn saved(&self) -> SavedStep {
+        SavedStep {
+            totals: self.totals.to_window(),
+            windows: self.windows.clone(),
+            dropped: self.dropped.clone(),
+            kernel_drops: self.kernel_drops.clone(),
+            gauges: self.gauges.clone(),
+            hosts: self.hosts.clone(),
+            node_regions: self.node_regions.clone(),
+            by_region: self.by_region.iter().map(|(r, m)| (r.clone(), m.to_window())).collect(),
+            delivered: self.delivered.clone(),
+            duplicates: self.duplicates,
+            refused: self.refused.clone(),
+            overflow: self.overflow.0.clone(),
+        }
+    }
+
+    /// Takes back what `saved` kept; the series kept are those its totals hold.
+    pub fn restore(&mut self, saved: SavedStep) {
+        self.totals = merged_of(&saved.totals);
+        self.windows = saved.windows;
+        self.dropped = saved.dropped;
+        self.kernel_drops = saved.kernel_drops;
+        self.gauges = saved.gauges;
+        self.hosts = saved.hosts;
+        self.node_regions = saved.node_regions;
+        self.by_region = saved.by_region.iter().map(|(r, w)| (r.clone(), merged_of(w))).collect();
+        self.delivered = saved.delivered;
+        self.duplicates = saved.duplicates;
+        self.refused = saved.refused;
+        self.overflow = Overflow(saved.overflow);
+        let totals = &self.totals;
+        let kept = totals.counters.keys().chain(totals.gauges.keys()).chain(totals.sets.keys()).chain(totals.timers.keys());
+        self.keys = kept.chain(totals.buckets.keys()).chain(totals.exponential.keys()).cloned().collect();
+    }
 }
 
 /// Totals taken back from a saved window.
@@ -519,5 +558,25 @@ mod tests {
         assert_eq!(step.windows.get("s0n0"), Some(&2));
         assert_eq!(step.slots.len(), 2, "one slot to publish per second");
         assert!(lost(&step).is_empty(), "{:?}", lost(&step));
+    }
+
+    #[test]
+    fn a_saved_step_comes_back_with_its_totals_and_what_it_already_took() {
+        let mut step = StepMetrics::new("gen".into(), "gen".into(), &["local".to_string()], 1, true, 100);
+        step.node_regions.insert("s0n0".into(), "local".into());
+        let (since, now) = (1_000_000, 1_010_000);
+        let mut judge = Judge::new(Vec::new());
+        let first = window("s0n0", 1, since + 1000, 2.0);
+        admit(&mut step, since, now, &first).unwrap();
+        take_window(&mut step, &mut judge, &first, now);
+        let text = serde_json::to_string(&step.saved()).unwrap();
+        let mut again = StepMetrics::new("gen".into(), "gen".into(), &["local".to_string()], 1, true, 100);
+        again.restore(serde_json::from_str(&text).unwrap());
+        assert_eq!(again.totals.counters.get("hits"), Some(&2.0));
+        assert_eq!(again.windows, step.windows);
+        assert_eq!(again.node_regions, step.node_regions);
+        assert!(again.keys.contains("hits"), "the series kept are those of its totals");
+        assert_eq!(admit(&mut again, since, now, &first), Err(Refusal::Duplicate), "a window taken before the save is not taken twice");
+        assert_eq!(admit(&mut again, since, now, &window("s0n0", 2, since + 2000, 1.0)), Ok(()));
     }
 }

@@ -13,31 +13,30 @@
 //! go to the run's supervisor at once (`ThresholdsJudged`); a breach is also
 //! marked on the run's Grafana dashboard and in InfluxDB's `events`.
 
+mod dashboards;
+mod ingest;
+mod live;
+
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, Recipient, ResponseFuture, WrapFuture};
 use sea_orm::DatabaseConnection;
-use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
-use crate::domain::aggregate::{admit, lost, merged_of, saturated, summarise, take_window, HostTotals, SavedStep, StepMetrics};
+use crate::domain::aggregate::{lost, saturated, summarise, StepMetrics};
 use crate::domain::dashboard;
 use crate::domain::judge::{Breach, Judge, Saturation, Threshold};
-use crate::domain::metrics::{Merged, TimerStats, Window};
+use crate::domain::metrics::TimerStats;
 use crate::domain::views::{MetricSummaryView, ThresholdView};
-use crate::domain::windows::Refusal;
 use crate::domain::DomainError;
-use crate::domain::ValidationErrors;
 use crate::feed::RegionWindow;
-use crate::infra::grafana::{DashboardError, Dashboards, Grafana};
-use crate::infra::influx::{event_point, step_event_points, window_points, Influx, Point, PointTags};
-use crate::store::plans;
+use crate::infra::influx::{event_point, step_event_points, Influx, Point};
 use crate::store::runs;
-use loads_relay::cardinality::Overflow;
 
-/// How long a window slot waits for slow nodes before it is published anyway.
-const LATE_MS: i64 = 3000;
+pub use self::dashboards::{DashboardSettings, PublishDashboard, RenderDashboard};
+pub use self::ingest::{AuthorizeIngest, Ingest, IngestError};
+use self::live::LiveRun;
 
 /// One merged window of one step, for the live feed.
 #[derive(Clone, Debug, Message)]
@@ -76,119 +75,6 @@ pub struct ThresholdsJudged {
     pub breach: Option<Breach>,
 }
 
-struct LiveRun {
-    token: String,
-    plan: String,
-    /// Where its points go: the configured database, or the run's own (a monitor step).
-    influx: Option<Influx>,
-    feed: Recipient<MetricsPublished>,
-    steps: HashMap<Uuid, StepMetrics>,
-    /// Windows arrived since the totals were last written to the database.
-    dirty: bool,
-    /// The run's thresholds, judged as windows arrive, and who is told.
-    judge: Judge,
-    judged: Recipient<ThresholdsJudged>,
-    /// Published windows not yet added to the run's stored series: (step, start ms, point JSON).
-    series: Vec<(String, i64, String)>,
-    /// When the run began (Unix ms): windows must start after it, give or take `windows::CLOCK_MARGIN_MS`.
-    since_ms: i64,
-    /// Times the collector failed while it held this run and started again from its saved totals.
-    restarts: u32,
-}
-
-impl LiveRun {
-    /// The totals of every step and the thresholds' judging, as JSON.
-    fn saved(&self) -> String {
-        let steps: BTreeMap<String, SavedStep> = self
-            .steps
-            .iter()
-            .map(|(id, s)| {
-                let hosts = s
-                    .hosts
-                    .iter()
-                    .map(|(node, h)| {
-                        (node.clone(), HostTotals { samples: h.samples, active: h.active, busy: h.busy, sums: h.sums, maxima: h.maxima })
-                    })
-                    .collect();
-                let saved = SavedStep {
-                    totals: s.totals.to_window(),
-                    windows: s.windows.clone(),
-                    dropped: s.dropped.clone(),
-                    kernel_drops: s.kernel_drops.clone(),
-                    gauges: s.gauges.clone(),
-                    hosts,
-                    node_regions: s.node_regions.clone(),
-                    by_region: s.by_region.iter().map(|(r, m)| (r.clone(), m.to_window())).collect(),
-                    delivered: s.delivered.clone(),
-                    duplicates: s.duplicates,
-                    refused: s.refused.clone(),
-                    overflow: s.overflow.0.clone(),
-                };
-                (id.to_string(), saved)
-            })
-            .collect();
-        serde_json::json!({"steps": steps, "judge": self.judge.saved(), "since_ms": self.since_ms, "restarts": self.restarts}).to_string()
-    }
-
-    /// Takes back totals written by `saved` (or by brokers before thresholds: the steps alone).
-    fn restore(&mut self, text: &str) {
-        let value: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
-        let steps = if value.get("steps").is_some() { &value["steps"] } else { &value };
-        let Ok(mut steps) = serde_json::from_value::<BTreeMap<String, SavedStep>>(steps.clone()) else {
-            tracing::warn!("the saved metrics of a run could not be read; its totals start again");
-            return;
-        };
-        if let Some(judge) = value.get("judge") {
-            self.judge.restore(judge);
-        }
-        if let Some(since) = value.get("since_ms").and_then(serde_json::Value::as_i64) {
-            self.since_ms = self.since_ms.min(since);
-        }
-        if let Some(restarts) = value.get("restarts").and_then(serde_json::Value::as_u64) {
-            self.restarts = self.restarts.max(u32::try_from(restarts).unwrap_or(u32::MAX));
-        }
-        for (id, step) in &mut self.steps {
-            if let Some(saved) = steps.remove(&id.to_string()) {
-                step.totals = merged_of(&saved.totals);
-                step.windows = saved.windows;
-                step.dropped = saved.dropped;
-                step.kernel_drops = saved.kernel_drops;
-                step.gauges = saved.gauges;
-                step.hosts = saved.hosts;
-                step.node_regions = saved.node_regions;
-                step.by_region = saved.by_region.iter().map(|(r, w)| (r.clone(), merged_of(w))).collect();
-                step.delivered = saved.delivered;
-                step.duplicates = saved.duplicates;
-                step.refused = saved.refused;
-                step.overflow = Overflow(saved.overflow);
-                let totals = &step.totals;
-                let kept = totals.counters.keys().chain(totals.gauges.keys()).chain(totals.sets.keys()).chain(totals.timers.keys());
-                step.keys = kept.chain(totals.buckets.keys()).chain(totals.exponential.keys()).cloned().collect();
-            }
-        }
-    }
-}
-
-/// Why a delivery of windows was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum IngestError {
-    /// No run with that id is collecting metrics.
-    #[error("no live run {0} is collecting metrics")]
-    UnknownRun(Uuid),
-    /// The token is not the run's.
-    #[error("the token is not this run's")]
-    Unauthorized,
-    /// A window names another run or an unknown step.
-    #[error("window {0} does not belong to this run")]
-    Foreign(u64),
-    /// A window's step has no nodes yet (it is being prepared, or carried on after a restart).
-    #[error("the nodes of step {0} are not known yet; deliver again later")]
-    NotPlaced(Uuid),
-    /// The collector failed on this delivery and starts again from the runs' saved totals.
-    #[error("the metrics collector is starting again; deliver again later")]
-    Restarting,
-}
-
 /// Collects the runs' metrics.
 pub struct MetricsActor {
     db: DatabaseConnection,
@@ -197,44 +83,6 @@ pub struct MetricsActor {
     runs: HashMap<Uuid, LiveRun>,
     /// Distinct series a step keeps at most.
     max_series_per_step: usize,
-}
-
-/// How run dashboards are made and published.
-#[derive(Clone)]
-pub struct DashboardSettings {
-    /// The templates.
-    pub templates: Dashboards,
-    /// The Grafana data source name of the InfluxDB database.
-    pub datasource: String,
-    /// Where to publish them, if anywhere.
-    pub grafana: Option<Grafana>,
-}
-
-fn dashboard_problem(e: DashboardError) -> DomainError {
-    DomainError::Invalid(ValidationErrors::one("dashboard", e.to_string()))
-}
-
-/// Renders the dashboard of a stored run (its plan's template), closed at `until` when given;
-/// with InfluxDB configured, a run with a monitor step reads its own database.
-async fn render_dashboard(
-    db: &DatabaseConnection,
-    settings: &DashboardSettings,
-    run_id: Uuid,
-    until: Option<chrono::DateTime<chrono::Utc>>,
-    influx_configured: bool,
-) -> Result<serde_json::Value, DomainError> {
-    let run = runs::get(db, run_id).await?;
-    let plan = plans::get(db, run.plan_id).await?;
-    let own = (influx_configured && plan.steps.iter().any(|s| s.spec.monitor)).then(|| dashboard::monitor_database(run_id));
-    let metrics = runs::metrics(db, run_id).await?;
-    let mut model = dashboard::model(&run, &metrics, &settings.datasource, own.as_deref());
-    let template = plan.dashboard;
-    if let Some(until) = until {
-        model.from = dashboard::rfc3339(run.started_at.unwrap_or(run.created_at));
-        model.to = dashboard::rfc3339(until);
-        model.refresh = String::new();
-    }
-    settings.templates.render(template.as_deref(), &model).map_err(dashboard_problem)
 }
 
 impl MetricsActor {
@@ -271,74 +119,11 @@ impl MetricsActor {
 
     /// Publishes slots that are complete, or late, to the run's feed; answers their InfluxDB points.
     fn publish_ready(run_id: Uuid, run: &mut LiveRun, now_ms: i64) -> Vec<(Uuid, Point)> {
-        let (points, published) = Self::take_ready(run_id, run, now_ms, false);
+        let (points, published) = run.take_ready(run_id, now_ms, false);
         for window in published {
             run.feed.do_send(window);
         }
         points
-    }
-
-    /// Takes the slots that are complete, or late, or all of them (`everything`): their
-    /// InfluxDB points and their merged windows for the feed.
-    fn take_ready(run_id: Uuid, run: &mut LiveRun, now_ms: i64, everything: bool) -> (Vec<(Uuid, Point)>, Vec<MetricsPublished>) {
-        let mut points = Vec::new();
-        let mut out = Vec::new();
-        for (step_id, step) in run.steps.iter_mut() {
-            let ready: Vec<i64> = step
-                .slots
-                .iter()
-                .filter(|(_, s)| everything || s.nodes.len() >= step.nodes || now_ms - s.first_seen_ms >= LATE_MS)
-                .map(|(k, _)| *k)
-                .collect();
-            for key in ready {
-                if let Some(slot) = step.slots.remove(&key) {
-                    let tags = PointTags {
-                        run: run_id.to_string(),
-                        plan: run.plan.clone(),
-                        step: step.name.clone(),
-                        node: "all".into(),
-                        series: step.series.clone(),
-                        region: step.merged_region(),
-                    };
-                    let seconds = |merged: &Merged, nodes: usize| (merged.duration_ms as f64 / 1000.0 / nodes.max(1) as f64).max(1.0);
-                    let merged_points = window_points(&tags, key, &slot.merged, seconds(&slot.merged, slot.nodes.len()), None);
-                    points.extend(merged_points.into_iter().map(|p| (*step_id, p)));
-                    let mut regions = BTreeMap::new();
-                    for (region, (nodes, merged)) in &slot.by_region {
-                        let tags = PointTags { region: region.clone(), ..tags.clone() };
-                        let region_points = window_points(&tags, key, merged, seconds(merged, nodes.len()), None);
-                        points.extend(region_points.into_iter().map(|p| (*step_id, p)));
-                        regions.insert(
-                            region.clone(),
-                            RegionWindow {
-                                nodes: nodes.len(),
-                                counters: merged.counters.clone(),
-                                timers: merged.timers.iter().map(|(k, h)| (k.clone(), TimerStats::of(h))).collect(),
-                                histograms: merged.histogram_stats(),
-                            },
-                        );
-                    }
-                    let published = MetricsPublished {
-                        step: step.name.clone(),
-                        start_ms: key,
-                        nodes: slot.nodes.len(),
-                        counters: slot.merged.counters.clone(),
-                        timers: slot.merged.timers.iter().map(|(k, h)| (k.clone(), TimerStats::of(h))).collect(),
-                        histograms: slot.merged.histogram_stats(),
-                        cpu: slot.cpu,
-                        regions,
-                        overflow: step.overflow.total(),
-                    };
-                    let point = serde_json::json!({
-                        "t": key, "nodes": published.nodes, "counters": published.counters, "timers": published.timers,
-                        "histograms": published.histograms, "cpu": published.cpu,
-                    });
-                    run.series.push((step.name.clone(), key, point.to_string()));
-                    out.push(published);
-                }
-            }
-        }
-        (points, out)
     }
 }
 
@@ -595,133 +380,6 @@ impl Handler<PlaceNodes> for MetricsActor {
     }
 }
 
-/// Windows delivered by a relay; answers how many were taken.
-#[derive(Debug, Message)]
-#[rtype(result = "Result<usize, IngestError>")]
-pub struct Ingest {
-    /// The run in the URL.
-    pub run_id: Uuid,
-    /// The bearer token presented.
-    pub token: String,
-    /// The windows.
-    pub windows: Vec<Window>,
-}
-
-/// Checks a relay's token before its delivery is read: `Ok` only for a live run's own token.
-#[derive(Debug, Message)]
-#[rtype(result = "Result<(), IngestError>")]
-pub struct AuthorizeIngest {
-    /// The run in the URL.
-    pub run_id: Uuid,
-    /// The bearer token presented.
-    pub token: String,
-}
-
-impl MetricsActor {
-    fn authorize(&self, run_id: Uuid, token: &str) -> Result<(), IngestError> {
-        let run = self.runs.get(&run_id).ok_or(IngestError::UnknownRun(run_id))?;
-        if bool::from(run.token.as_bytes().ct_eq(token.as_bytes())) {
-            Ok(())
-        } else {
-            Err(IngestError::Unauthorized)
-        }
-    }
-}
-
-impl Handler<AuthorizeIngest> for MetricsActor {
-    type Result = Result<(), IngestError>;
-
-    fn handle(&mut self, msg: AuthorizeIngest, _: &mut Context<Self>) -> Self::Result {
-        self.authorize(msg.run_id, &msg.token)
-    }
-}
-
-impl Handler<Ingest> for MetricsActor {
-    type Result = Result<usize, IngestError>;
-
-    fn handle(&mut self, msg: Ingest, ctx: &mut Context<Self>) -> Self::Result {
-        self.guarded(ctx, "a delivery of windows", || Err(IngestError::Restarting), |act, ctx| act.ingest(msg, ctx))
-    }
-}
-
-impl MetricsActor {
-    fn ingest(&mut self, msg: Ingest, ctx: &mut Context<Self>) -> Result<usize, IngestError> {
-        self.authorize(msg.run_id, &msg.token)?;
-        let run = self.runs.get_mut(&msg.run_id).ok_or(IngestError::UnknownRun(msg.run_id))?;
-        let run_text = msg.run_id.to_string();
-        for w in &msg.windows {
-            let step = Uuid::parse_str(&w.step_id).ok().and_then(|id| run.steps.get(&id).map(|s| (id, s)));
-            match step {
-                Some(_) if w.run_id != run_text => return Err(IngestError::Foreign(w.seq)),
-                None => return Err(IngestError::Foreign(w.seq)),
-                Some((id, s)) if s.node_regions.is_empty() => return Err(IngestError::NotPlaced(id)),
-                Some(_) => {}
-            }
-        }
-        let now = Self::now_ms();
-        let mut points = Vec::new();
-        run.dirty = true;
-        for w in &msg.windows {
-            let Some(step_id) = Uuid::parse_str(&w.step_id).ok() else { continue };
-            let Some(step) = run.steps.get_mut(&step_id) else { continue };
-            match admit(step, run.since_ms, now, w) {
-                Ok(()) => {}
-                Err(Refusal::Duplicate) => {
-                    step.duplicates = step.duplicates.saturating_add(1);
-                    continue;
-                }
-                Err(why) => {
-                    let count = if why == Refusal::UnknownNode { &mut step.refused.unknown_node } else { &mut step.refused.out_of_time };
-                    *count = count.saturating_add(1);
-                    tracing::warn!(run_id = %msg.run_id, step = %step.name, node = %w.node, seq = w.seq, start_ms = w.start_ms, ?why, "a window was refused");
-                    continue;
-                }
-            }
-            let capped = step.capped(w);
-            // A window that trips a fault is counted and the run's numbers marked as
-            // missing; the collector goes on for every run.
-            let taken = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let node_points = node_points(&run_text, &run.plan, step_id, step, &capped);
-                take_window(step, &mut run.judge, &capped, now);
-                node_points
-            }));
-            match taken {
-                Ok(step_points) => points.extend(step_points),
-                Err(_) => {
-                    step.faulted = step.faulted.saturating_add(1);
-                    tracing::error!(run_id = %msg.run_id, step = %step.name, node = %w.node, seq = w.seq, "a window could not be taken");
-                }
-            }
-        }
-        points.extend(Self::publish_ready(msg.run_id, run, now));
-        let breach = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::judge(run))).unwrap_or_else(|_| {
-            tracing::error!(run_id = %msg.run_id, "the run's thresholds could not be judged on this delivery");
-            None
-        });
-        self.write(msg.run_id, points, ctx);
-        if let Some(breach) = breach {
-            self.mark_breach(msg.run_id, &breach, ctx);
-        }
-        Ok(msg.windows.len())
-    }
-}
-
-/// The InfluxDB points of one node's window, tagged with its run, plan, step and region.
-fn node_points(run_text: &str, plan: &str, step_id: Uuid, step: &StepMetrics, w: &Window) -> Vec<(Uuid, Point)> {
-    let mut single = Merged::default();
-    single.add(w);
-    let tags = PointTags {
-        run: run_text.to_string(),
-        plan: plan.to_string(),
-        step: step.name.clone(),
-        node: w.node.clone(),
-        series: step.series.clone(),
-        region: step.region_of(&w.node),
-    };
-    let points = window_points(&tags, w.start_ms / 1000 * 1000, &single, w.duration_ms as f64 / 1000.0, w.host.as_ref());
-    points.into_iter().map(|p| (step_id, p)).collect()
-}
-
 async fn save_thresholds(db: &DatabaseConnection, run_id: Uuid, views: &[ThresholdView]) {
     if let Err(e) = runs::set_thresholds(db, run_id, views).await {
         tracing::warn!(%run_id, error = %e, "could not record how the run's thresholds stand");
@@ -760,9 +418,7 @@ impl MetricsActor {
                 }
             }
             if let Some(grafana) = grafana {
-                if let Err(e) = grafana.annotate(&dashboard::uid_of(run_id), at_ms, &text, &["loads", tag]).await {
-                    tracing::warn!(%run_id, error = %e, "a {tag} was not marked on the dashboard");
-                }
+                dashboards::annotate(&grafana, run_id, at_ms, &text, tag).await;
             }
         }));
     }
@@ -848,7 +504,7 @@ impl MetricsActor {
         let mut series = Vec::new();
         if let Some(mut run) = self.runs.remove(&msg.run_id) {
             influx.clone_from(&run.influx);
-            (last_points, judgement.published) = Self::take_ready(msg.run_id, &mut run, Self::now_ms(), true);
+            (last_points, judgement.published) = run.take_ready(msg.run_id, Self::now_ms(), true);
             series = run.series.drain(..).map(|(step, t, point)| (msg.run_id, step, t, point)).collect();
             let mut steps: Vec<(&Uuid, &StepMetrics)> = run.steps.iter().collect();
             steps.sort_by(|a, b| a.1.name.cmp(&b.1.name));
@@ -888,13 +544,8 @@ impl MetricsActor {
                 }
             }
             if let Some(grafana) = &dashboards.grafana {
-                let published = async {
-                    let json = render_dashboard(&db, &dashboards, msg.run_id, Some(chrono::Utc::now()), influx_configured).await?;
-                    let url = grafana.push(&json).await.map_err(dashboard_problem)?;
-                    runs::set_dashboard_url(&db, msg.run_id, &url).await?;
-                    Ok::<_, DomainError>(url)
-                };
-                match published.await {
+                let closed = Some(chrono::Utc::now());
+                match dashboards::publish(&db, &dashboards, grafana, msg.run_id, closed, influx_configured).await {
                     Ok(url) => tracing::info!(run_id = %msg.run_id, %url, "dashboard published"),
                     Err(e) => tracing::warn!(run_id = %msg.run_id, error = %e, "dashboard not published"),
                 }
@@ -904,63 +555,11 @@ impl MetricsActor {
     }
 }
 
-/// Publishes a live run's dashboard to Grafana (time range the last 15 minutes,
-/// refreshing) and records its URL; answers it, or `None` without Grafana.
-/// `FinishRun` publishes it again with the run's time range.
-#[derive(Debug, Message)]
-#[rtype(result = "Option<String>")]
-pub struct PublishDashboard {
-    /// The run.
-    pub run_id: Uuid,
-}
-
-impl Handler<PublishDashboard> for MetricsActor {
-    type Result = ResponseFuture<Option<String>>;
-
-    fn handle(&mut self, msg: PublishDashboard, _: &mut Context<Self>) -> Self::Result {
-        let (db, dashboards, configured) = (self.db.clone(), self.dashboards.clone(), self.influx.is_some());
-        Box::pin(async move {
-            let grafana = dashboards.grafana.as_ref()?;
-            let published = async {
-                let json = render_dashboard(&db, &dashboards, msg.run_id, None, configured).await?;
-                let url = grafana.push(&json).await.map_err(dashboard_problem)?;
-                runs::set_dashboard_url(&db, msg.run_id, &url).await?;
-                Ok::<_, DomainError>(url)
-            };
-            match published.await {
-                Ok(url) => {
-                    tracing::info!(run_id = %msg.run_id, %url, "live dashboard published");
-                    Some(url)
-                }
-                Err(e) => {
-                    tracing::warn!(run_id = %msg.run_id, error = %e, "live dashboard not published");
-                    None
-                }
-            }
-        })
-    }
-}
-
-/// The run's dashboard JSON (whether or not Grafana is configured).
-#[derive(Debug, Message)]
-#[rtype(result = "Result<serde_json::Value, DomainError>")]
-pub struct RenderDashboard {
-    /// The run.
-    pub run_id: Uuid,
-}
-
-impl Handler<RenderDashboard> for MetricsActor {
-    type Result = ResponseFuture<Result<serde_json::Value, DomainError>>;
-
-    fn handle(&mut self, msg: RenderDashboard, _: &mut Context<Self>) -> Self::Result {
-        let (db, settings, configured) = (self.db.clone(), self.dashboards.clone(), self.influx.is_some());
-        Box::pin(async move { render_dashboard(&db, &settings, msg.run_id, None, configured).await })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::metrics::Window;
+    use crate::infra::grafana::Dashboards;
 
     /// A fault where the collector handles a message: the only way to make it fail, as no
     /// input it takes is known to.
