@@ -99,18 +99,17 @@ pub struct ContainerExited {
     pub lost: Option<String>,
 }
 
-/// A started (or adopted) relay: its id, its address (or why it is unknown), the step
-/// image's command, and the step containers adopted with it.
+/// A started (or adopted) relay: its id, its address (or why it is unknown), and the
+/// step containers adopted with it.
 struct Relay {
     id: String,
     ip: Result<RelayAddress, DockerError>,
-    cmd: Vec<String>,
     adopted: Vec<(String, String)>,
 }
 
-/// A node ready for its step.
+/// A node's relay, taking metrics.
 #[derive(Debug)]
-pub struct NodeReady {
+pub struct RelayReady {
     /// Where the step's containers send statsd: the relay's address on the run network, or
     /// the node's loopback when the relay shares the node's own network (cloud nodes).
     pub relay_ip: String,
@@ -122,59 +121,46 @@ pub struct NodeReady {
     pub adopted: Vec<String>,
 }
 
-/// Makes the node ready: the step's image present and the relay running (adopted
-/// when `adopt` and it is still there); answers the relay's address.
+/// Starts the node's relay (with `adopt`, takes over a running one and the node's step
+/// containers instead); answers where it takes metrics.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<NodeReady, DockerError>")]
-pub struct PrepareNode {
-    /// The step's image.
-    pub image: String,
-    /// A tarball on the broker's disk to load it from, if not present (its step fetched it once for all its nodes).
-    pub tarball: Option<std::path::PathBuf>,
-    /// An engine holding the image to copy from, if it is neither present nor given a source (the broker's, for cloud nodes).
-    pub images_from: Option<Engine>,
+#[rtype(result = "Result<RelayReady, DockerError>")]
+pub struct StartRelay {
     /// Adopt this node's relay and step containers when they exist (a restarted broker carrying a run on).
     pub adopt: bool,
     /// Secret values the step's containers hold: the relay masks them in what it reports.
     pub mask: Vec<String>,
 }
 
-impl Handler<PrepareNode> for DockerNodeActor {
-    type Result = ResponseActFuture<Self, Result<NodeReady, DockerError>>;
-
-    fn handle(&mut self, msg: PrepareNode, _: &mut Context<Self>) -> Self::Result {
-        let (run, step) = (self.who.run_id.to_string(), self.who.step_id.to_string());
-        let (broker, node_name) = (self.settings.broker_id.clone(), self.who.node.clone());
-        let engine = self.engine.clone();
-        let relay = ContainerSpec {
+impl DockerNodeActor {
+    fn relay_spec(&self, mask: &[String]) -> ContainerSpec {
+        let mut env = vec![
+            format!("LOADS_RUN={}", self.who.run_id),
+            format!("LOADS_STEP={}", self.who.step_id),
+            format!("LOADS_NODE={}", self.who.node),
+            "LOADS_PROC=/host/proc".to_string(),
+            format!("LOADS_FLUSH_MS={}", self.settings.flush_ms),
+            format!("LOADS_MAX_SERIES={}", self.settings.relay_max_series),
+        ];
+        if self.who.host_network {
+            // On the node's own network: every intake on its loopback, on ports free there.
+            env.push("LOADS_RELAY_BIND=127.0.0.1".to_string());
+            env.push("LOADS_RELAY_FREE_PORTS=true".to_string());
+        }
+        if let Some((url, token)) = &self.who.ingest {
+            env.push(format!("LOADS_INGEST_URL={url}"));
+            env.push(format!("LOADS_INGEST_TOKEN={token}"));
+            if let Some(pem) = self.settings.relay_ca.as_ref().filter(|_| url.starts_with("https://")) {
+                env.extend(ca_env(pem));
+            }
+        }
+        if !mask.is_empty() {
+            env.push(format!("LOADS_MASK={}", serde_json::Value::from(mask.to_vec())));
+        }
+        ContainerSpec {
             name: self.container_name("relay"),
             image: self.settings.relay_image.clone(),
-            env: {
-                let mut env = vec![
-                    format!("LOADS_RUN={}", self.who.run_id),
-                    format!("LOADS_STEP={}", self.who.step_id),
-                    format!("LOADS_NODE={}", self.who.node),
-                    "LOADS_PROC=/host/proc".to_string(),
-                    format!("LOADS_FLUSH_MS={}", self.settings.flush_ms),
-                    format!("LOADS_MAX_SERIES={}", self.settings.relay_max_series),
-                ];
-                if self.who.host_network {
-                    // On the node's own network: every intake on its loopback, on ports free there.
-                    env.push("LOADS_RELAY_BIND=127.0.0.1".to_string());
-                    env.push("LOADS_RELAY_FREE_PORTS=true".to_string());
-                }
-                if let Some((url, token)) = &self.who.ingest {
-                    env.push(format!("LOADS_INGEST_URL={url}"));
-                    env.push(format!("LOADS_INGEST_TOKEN={token}"));
-                    if let Some(pem) = self.settings.relay_ca.as_ref().filter(|_| url.starts_with("https://")) {
-                        env.extend(ca_env(pem));
-                    }
-                }
-                if !msg.mask.is_empty() {
-                    env.push(format!("LOADS_MASK={}", serde_json::Value::from(msg.mask.clone())));
-                }
-                env
-            },
+            env,
             labels: self.labels("relay"),
             // Cloud nodes' relays deliver to a forward on the node's loopback (sshd's stock
             // `GatewayPorts no` binds nothing else), so they share the node's network.
@@ -183,9 +169,79 @@ impl Handler<PrepareNode> for DockerNodeActor {
             binds: vec!["/proc:/host/proc:ro".to_string()],
             memory_bytes: Some(self.settings.relay_memory_bytes),
             ..Default::default()
-        };
-        let network = relay.network.clone();
+        }
+    }
+}
+
+impl Handler<StartRelay> for DockerNodeActor {
+    type Result = ResponseActFuture<Self, Result<RelayReady, DockerError>>;
+
+    fn handle(&mut self, msg: StartRelay, _: &mut Context<Self>) -> Self::Result {
+        let relay = self.relay_spec(&msg.mask);
+        let filter = [
+            (labels::BROKER, self.settings.broker_id.clone()),
+            (labels::RUN, self.who.run_id.to_string()),
+            (labels::STEP, self.who.step_id.to_string()),
+            (labels::NODE, self.who.node.clone()),
+        ];
+        let engine = self.engine.clone();
         let image = relay.image.clone();
+        Box::pin(
+            async move {
+                let network = relay.network.clone();
+                let mut adopted = Vec::new();
+                if msg.adopt {
+                    let filter = filter.each_ref().map(|(label, value)| (*label, value.as_str()));
+                    let found = engine.containers_labelled(&filter, labels::ROLE).await?;
+                    adopted = found.iter().filter(|c| c.role == "step").map(|c| (c.id.clone(), c.image.clone())).collect();
+                    if let Some(relay) = found.iter().find(|c| c.role == "relay" && c.running) {
+                        let ip = relay_address(&engine, &relay.id, &network).await;
+                        return Ok(Relay { id: relay.id.clone(), ip, adopted });
+                    }
+                    // A relay that died while the broker was away is replaced.
+                    for dead in found.iter().filter(|c| c.role == "relay") {
+                        engine.remove_container(&dead.id).await?;
+                    }
+                }
+                let id = engine.start_container(&relay).await?;
+                let ip = relay_address(&engine, &id, &network).await;
+                Ok(Relay { id, ip, adopted })
+            }
+            .into_actor(self)
+            .map(move |res: Result<Relay, DockerError>, act, ctx| {
+                let relay = res?;
+                // Tracked before its address is checked, so a failed lookup still removes it.
+                act.containers.push(Tracked { docker_id: relay.id, image, role: "relay", started_at: Utc::now(), exit_code: None });
+                let ids: Vec<String> = relay.adopted.iter().map(|(id, _)| id.clone()).collect();
+                for (id, image) in relay.adopted {
+                    act.containers.push(Tracked { docker_id: id.clone(), image, role: "step", started_at: Utc::now(), exit_code: None });
+                    act.watch(id, ctx);
+                }
+                let address = relay.ip?;
+                Ok(RelayReady { relay_ip: address.ip, relay_port: address.statsd, otlp_port: address.otlp_http, adopted: ids })
+            }),
+        )
+    }
+}
+
+/// Makes the step's image present on the node within `docker.prepare_timeout_seconds`
+/// and looks up its command, so starting a container needs no lookup.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), DockerError>")]
+pub struct ReadyImage {
+    /// The step's image.
+    pub image: String,
+    /// A tarball on the broker's disk to load it from, if not present (its step fetched it once for all its nodes).
+    pub tarball: Option<std::path::PathBuf>,
+    /// An engine holding the image to copy from, if it is neither present nor given a source (the broker's, for cloud nodes).
+    pub images_from: Option<Engine>,
+}
+
+impl Handler<ReadyImage> for DockerNodeActor {
+    type Result = ResponseActFuture<Self, Result<(), DockerError>>;
+
+    fn handle(&mut self, msg: ReadyImage, _: &mut Context<Self>) -> Self::Result {
+        let engine = self.engine.clone();
         let limit = std::time::Duration::from_secs(self.settings.prepare_timeout_secs);
         let node = self.who.node.clone();
         let (registries, secrets, copy_stall) = (self.settings.registries.clone(), self.settings.secrets.clone(), self.settings.copy_stall);
@@ -217,42 +273,12 @@ impl Handler<PrepareNode> for DockerNodeActor {
                     seconds: limit.as_secs(),
                 })??;
                 let (_, cmd) = engine.image_command(&msg.image).await?;
-                let mut adopted = Vec::new();
-                if msg.adopt {
-                    let filter = [
-                        (labels::BROKER, broker.as_str()),
-                        (labels::RUN, run.as_str()),
-                        (labels::STEP, step.as_str()),
-                        (labels::NODE, node_name.as_str()),
-                    ];
-                    let found = engine.containers_labelled(&filter, labels::ROLE).await?;
-                    adopted = found.iter().filter(|c| c.role == "step").map(|c| (c.id.clone(), c.image.clone())).collect();
-                    if let Some(relay) = found.iter().find(|c| c.role == "relay" && c.running) {
-                        let ip = relay_address(&engine, &relay.id, &network).await;
-                        return Ok(Relay { id: relay.id.clone(), ip, cmd, adopted });
-                    }
-                    // A relay that died while the broker was away is replaced.
-                    for dead in found.iter().filter(|c| c.role == "relay") {
-                        engine.remove_container(&dead.id).await?;
-                    }
-                }
-                let id = engine.start_container(&relay).await?;
-                let ip = relay_address(&engine, &id, &network).await;
-                Ok(Relay { id, ip, cmd, adopted })
+                Ok(cmd)
             }
             .into_actor(self)
-            .map(move |res: Result<Relay, DockerError>, act, ctx| {
-                let relay = res?;
-                act.image_cmd = relay.cmd;
-                // Tracked before its address is checked, so a failed lookup still removes it.
-                act.containers.push(Tracked { docker_id: relay.id, image, role: "relay", started_at: Utc::now(), exit_code: None });
-                let ids: Vec<String> = relay.adopted.iter().map(|(id, _)| id.clone()).collect();
-                for (id, image) in relay.adopted {
-                    act.containers.push(Tracked { docker_id: id.clone(), image, role: "step", started_at: Utc::now(), exit_code: None });
-                    act.watch(id, ctx);
-                }
-                let address = relay.ip?;
-                Ok(NodeReady { relay_ip: address.ip, relay_port: address.statsd, otlp_port: address.otlp_http, adopted: ids })
+            .map(|cmd: Result<Vec<String>, DockerError>, act, _| {
+                act.image_cmd = cmd?;
+                Ok(())
             }),
         )
     }

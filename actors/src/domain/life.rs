@@ -35,6 +35,16 @@ pub enum Ending {
 }
 
 impl Ending {
+    /// What the run's steps are told as the run ends for this cause.
+    pub fn stop_reason(&self) -> StopReason {
+        match self {
+            Ending::Finished => StopReason::ServiceDone,
+            Ending::StepFailed(_) => StopReason::RunFailing,
+            Ending::Breached(_) => StopReason::Breach,
+            Ending::Aborted | Ending::OverBudget(_) | Ending::Lost(_) => StopReason::Abort,
+        }
+    }
+
     fn rank(&self) -> u8 {
         match self {
             Self::Finished => 0,
@@ -295,6 +305,35 @@ impl StepPhase {
     }
 }
 
+/// The stored life of a step: pending, running, stopping, then one final state; a state
+/// may be skipped (a monitor step completes without running, a write that was lost is
+/// overtaken) but never gone back to.
+impl StepState {
+    fn rank(self) -> u8 {
+        match self {
+            StepState::Pending => 0,
+            StepState::Running => 1,
+            StepState::Stopping => 2,
+            StepState::Completed | StepState::Failed | StepState::Skipped => 3,
+        }
+    }
+
+    /// Whether a step stored in this state may be stored as `next`.
+    pub fn can_become(self, next: StepState) -> bool {
+        next.rank() > self.rank()
+    }
+}
+
+/// How long from `now` until `after_secs` past `start` (nothing when that has passed):
+/// when a step carried on starts or stops, counted from what was recorded.
+pub fn wait_until(start: chrono::DateTime<chrono::Utc>, after_secs: u64, now: chrono::DateTime<chrono::Utc>) -> std::time::Duration {
+    let after = chrono::Duration::seconds(i64::try_from(after_secs).unwrap_or(i64::MAX).min(i64::MAX / 1000));
+    match start.checked_add_signed(after) {
+        Some(due) => (due - now).to_std().unwrap_or_default(),
+        None => std::time::Duration::from_secs(after_secs),
+    }
+}
+
 impl Default for StepPhase {
     fn default() -> Self {
         Self::new()
@@ -304,6 +343,40 @@ impl Default for StepPhase {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wait_counts_from_the_recorded_start_and_is_never_negative() {
+        let start = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&chrono::Utc);
+        let at = |secs: i64| start + chrono::Duration::seconds(secs);
+        assert_eq!(wait_until(start, 30, at(10)), std::time::Duration::from_secs(20));
+        assert_eq!(wait_until(start, 30, at(45)), std::time::Duration::ZERO, "overdue: at once");
+        assert_eq!(wait_until(start, 0, at(0)), std::time::Duration::ZERO);
+        assert!(wait_until(start, u64::MAX, at(0)) > std::time::Duration::from_secs(86_400 * 365), "no overflow");
+    }
+
+    #[test]
+    fn steps_are_told_why_the_run_ends() {
+        assert_eq!(Ending::Finished.stop_reason(), StopReason::ServiceDone);
+        assert_eq!(Ending::StepFailed("x".into()).stop_reason(), StopReason::RunFailing);
+        assert_eq!(Ending::Breached("x".into()).stop_reason(), StopReason::Breach);
+        for abort in [Ending::Aborted, Ending::OverBudget("x".into()), Ending::Lost("x".into())] {
+            assert_eq!(abort.stop_reason(), StopReason::Abort, "{abort:?}");
+        }
+    }
+
+    #[test]
+    fn a_stored_step_state_goes_forward_only() {
+        use StepState::*;
+        let all = [Pending, Running, Stopping, Completed, Failed, Skipped];
+        assert!(Pending.can_become(Running) && Running.can_become(Stopping) && Stopping.can_become(Completed));
+        assert!(Pending.can_become(Completed), "a monitor step completes without running");
+        assert!(Pending.can_become(Stopping), "a lost write of running is overtaken");
+        for done in [Completed, Failed, Skipped] {
+            assert!(all.iter().all(|next| !done.can_become(*next)), "{done:?} is final");
+        }
+        assert!(all.iter().all(|s| !s.can_become(*s)), "no state becomes itself");
+        assert!(!Stopping.can_become(Running) && !Running.can_become(Pending));
+    }
 
     fn endings() -> Vec<Ending> {
         vec![

@@ -28,45 +28,31 @@
 //! non-zero) fails the run and stops the others; an optional step's failure
 //! is recorded and the run goes on. Abort works in every state and is idempotent.
 
+mod close;
+mod feed;
+mod schedule;
+mod steps;
+
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{
-    Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, Recipient, ResponseActFuture, SpawnHandle,
-    WrapFuture,
-};
+use actix::{Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, Recipient, SpawnHandle, WrapFuture};
+use chrono::{DateTime, Utc};
 use sea_orm::DatabaseConnection;
-
 use uuid::Uuid;
 
-use chrono::{DateTime, Utc};
-
-use crate::domain::compare;
-use crate::domain::judge;
-use crate::domain::life::{Ending, RunPhase, StepOutcome, StopReason};
-use crate::domain::views::ContainerView;
+pub use self::feed::{RunEnded, RunLiveLogs, SubscribeSupervised, Subscription};
+use crate::domain::life::{Ending, RunPhase, StepOutcome};
 use crate::domain::views::{PlanView, RunState, RunView, StepState, StepView};
 use crate::domain::Env;
-use crate::domain::{DomainError, LimitCode};
-use crate::feed::{EventKind, Feed, Listener, RunEvent, Shared};
+use crate::feed::{EventKind, Feed};
 use crate::journal::{self, Journal, Journaled};
-use crate::metrics::{FinishRun, MetricsActor, MetricsPublished, PublishDashboard, RunJudgement, ThresholdsJudged, TrackRun, TrackedStep};
-use crate::pool::{AdoptRun, CloseRun, Ec2PoolActor, OpenRun};
+use crate::metrics::{MetricsActor, ThresholdsJudged};
+use crate::pool::{Ec2PoolActor, OpenRun};
 use crate::run_cost::RunMeter;
 use crate::settings::RunSettings;
-use crate::step::{ReportKind, StartStep, StepActor, StepContext, StepLogs, StepReport, StepResume, StopStep};
-use crate::store::{plans, runs};
-
-/// A run has ended; its events are handed over for late subscribers.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct RunEnded {
-    /// The run.
-    pub run_id: Uuid,
-    /// Every event of its feed.
-    pub events: Vec<RunEvent>,
-}
+use crate::step::{ReportKind, StepActor, StepReport, StepResume};
+use crate::store::runs;
 
 struct StepSlot {
     view: StepView,
@@ -290,32 +276,6 @@ impl RunSupervisor {
         }));
     }
 
-    fn step_name(&self, id: Uuid) -> String {
-        self.steps.get(&id).map(|s| s.view.spec.name.clone()).unwrap_or_default()
-    }
-
-    fn live_steps(&self) -> impl Iterator<Item = &StepSlot> {
-        self.steps.values().filter(|s| s.outcome.is_none())
-    }
-
-    /// Stops the live steps that are not services; service steps are stopped once
-    /// every other step is over (`maybe_close`), so generators never outlive what they test.
-    fn stop_steps(&mut self, reason: StopReason, ctx: &mut Context<Self>) {
-        for handle in self.start_timers.drain(..) {
-            ctx.cancel_future(handle);
-        }
-        self.send_stops(reason, false);
-    }
-
-    fn send_stops(&mut self, reason: StopReason, services: bool) {
-        for slot in self.steps.values_mut().filter(|s| s.outcome.is_none() && !s.stop_sent && s.view.spec.service == services) {
-            if let Some(addr) = &slot.addr {
-                addr.do_send(StopStep { reason });
-                slot.stop_sent = true;
-            }
-        }
-    }
-
     /// Ends the run for `ending` unless it is ending for a cause that outranks it: every
     /// step is stopped (services last), and steps that never started are recorded skipped.
     fn end(&mut self, ending: Ending, ctx: &mut Context<Self>) {
@@ -324,13 +284,7 @@ impl RunSupervisor {
             return;
         }
         self.transition_to(next, ctx);
-        let reason = match ending {
-            Ending::Finished => StopReason::ServiceDone,
-            Ending::StepFailed(_) => StopReason::RunFailing,
-            Ending::Breached(_) => StopReason::Breach,
-            Ending::Aborted | Ending::OverBudget(_) | Ending::Lost(_) => StopReason::Abort,
-        };
-        self.stop_steps(reason, ctx);
+        self.stop_steps(ending.stop_reason(), ctx);
         if ending != Ending::Finished {
             // Steps whose actor never started (the run ended while opening) are over too.
             let never_started: Vec<Uuid> =
@@ -378,279 +332,6 @@ impl RunSupervisor {
             .max()
             .unwrap_or(0)
     }
-
-    /// Has the metrics actor track the run, and starts one `StepActor` per step still to run.
-    fn spawn_steps(&mut self, run_span: u64, ctx: &mut Context<Self>) {
-        let me = ctx.address().recipient::<StepReport>();
-        let tracked = self
-            .steps
-            .values()
-            .filter(|s| !s.view.spec.monitor)
-            .map(|s| TrackedStep {
-                id: s.view.id,
-                name: s.view.spec.name.clone(),
-                series: s.view.spec.docker_series.clone().unwrap_or_else(|| s.view.spec.name.clone()),
-                regions: s.view.spec.instance_region.names(),
-                nodes: s.view.spec.instance_count as usize,
-                generator: !s.view.spec.service,
-            })
-            .collect();
-        self.metrics.do_send(TrackRun {
-            run_id: self.run_id,
-            token: self.ingest_token.clone(),
-            plan: self.plan.plan.name.clone(),
-            steps: tracked,
-            feed: ctx.address().recipient(),
-            resumed: self.resumed.is_some(),
-            own_database: self.steps.values().any(|s| s.view.spec.monitor),
-            thresholds: judge::compile(&self.plan),
-            judged: ctx.address().recipient(),
-            since_ms: self.resumed.as_ref().and_then(|r| r.started_at).map(|t| t.timestamp_millis()),
-        });
-        // The dashboard goes up as the run starts, so it can be watched in Grafana.
-        let publish = self.metrics.send(PublishDashboard { run_id: self.run_id });
-        ctx.spawn(publish.into_actor(self).map(|answer, act, _| {
-            if let Ok(Some(url)) = answer {
-                act.feed.publish(EventKind::Dashboard { url });
-            }
-        }));
-        let mut monitor_steps = Vec::new();
-        let mut failed_before = Vec::new();
-        for slot in self.steps.values_mut() {
-            if slot.view.spec.monitor {
-                slot.outcome = Some(if self.settings.influx { StepOutcome::Completed } else { StepOutcome::Skipped });
-                monitor_steps.push(slot.view.id);
-                continue;
-            }
-            let resume = self.resumed.as_ref().and_then(|r| r.steps.get(&slot.view.id)).cloned();
-            // A step that finished before the restart keeps its outcome.
-            match resume.as_ref().map(|r| r.state) {
-                Some(StepState::Completed) => {
-                    slot.outcome = Some(StepOutcome::Completed);
-                    continue;
-                }
-                Some(StepState::Skipped) => {
-                    slot.outcome = Some(StepOutcome::Skipped);
-                    continue;
-                }
-                Some(StepState::Failed) => {
-                    slot.outcome = Some(StepOutcome::Failed("failed before the broker restarted".into()));
-                    if slot.view.spec.required {
-                        failed_before.push(slot.view.spec.name.clone());
-                    }
-                    continue;
-                }
-                _ => {}
-            }
-            let step_ctx = StepContext {
-                run_id: self.run_id,
-                step: slot.view.clone(),
-                plan_env: self.plan.environment_data.clone(),
-                run_env: self.run_env.clone(),
-                plan_name: self.plan.plan.name.clone(),
-                run_span: std::time::Duration::from_secs(run_span),
-                settings: self.settings.clone(),
-                db: self.db.clone(),
-                ingest_token: self.ingest_token.clone(),
-                metrics: self.metrics.clone(),
-                resume,
-            };
-            slot.addr = Some(StepActor::new(step_ctx, self.pool.clone(), me.clone()).start());
-        }
-        // A monitor step is the run's own metrics database (the original ran InfluxDB for it).
-        for id in monitor_steps {
-            if self.settings.influx {
-                let database = crate::domain::dashboard::monitor_database(self.run_id);
-                self.record_step(id, StepState::Completed, &format!("the run's metrics go to the InfluxDB database {database}"), ctx);
-            } else {
-                self.record_step(id, StepState::Skipped, "no InfluxDB is configured (influx.url) to keep the run's metrics in", ctx);
-            }
-        }
-        if let Some(name) = failed_before.first() {
-            self.fail(format!("step {name:?} failed"), ctx);
-        } else if let Some(ending) = self.phase.ending().cloned() {
-            // Carried on while terminating: what is left stops as the run was ending.
-            let reason = if ending.is_abort() { StopReason::Abort } else { StopReason::RunFailing };
-            self.stop_steps(reason, ctx);
-        }
-        self.maybe_start(ctx);
-        self.maybe_close(ctx);
-    }
-
-    /// Carries on a run after a restart: adopts its network, then its steps.
-    fn adopt(&mut self, ctx: &mut Context<Self>) {
-        let pool = self.pool.clone();
-        let run_id = self.run_id;
-        let run_span = self.run_span();
-        self.feed.publish(EventKind::Run { state: self.phase.state(), reason: Some("carried on by a restarted broker".into()) });
-        ctx.wait(async move { pool.send(AdoptRun { run_id }).await }.into_actor(self).map(move |res, act, ctx| {
-            let refused = match res {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(e) => Some(e.to_string()),
-            };
-            if let Some(e) = refused {
-                // Nothing of the run is adopted: every step is over, and the run fails and is swept.
-                for slot in act.steps.values_mut() {
-                    slot.outcome.get_or_insert(StepOutcome::Skipped);
-                }
-                return act.fail(format!("the broker restarted and cannot carry on this run: {e}"), ctx);
-            }
-            act.spawn_steps(run_span, ctx);
-        }));
-    }
-
-    /// Records a step's final state, with why, in the database, then on the feed.
-    fn record_step(&mut self, step_id: Uuid, state: StepState, why: &str, ctx: &mut Context<Self>) {
-        let (db, run_id, reason) = (self.db.clone(), self.run_id, why.to_string());
-        let step = self.step_name(step_id);
-        let write = async move {
-            if let Err(e) = runs::set_step_state(&db, run_id, step_id, state, Some(reason)).await {
-                tracing::error!(error = %e, "could not record a step's state");
-            }
-        };
-        let why = why.to_string();
-        let job = write.into_actor(self).map(move |(), act, _| {
-            act.feed.publish(EventKind::Step { step, state, reason: Some(why) });
-        });
-        journal::record(self, ctx, Box::pin(job));
-    }
-
-    /// Each `dns_name` and the addresses of its step's nodes, for nodes that share no network.
-    fn hosts(&self) -> Vec<(String, Vec<String>)> {
-        self.steps
-            .values()
-            .filter_map(|s| Some((s.view.spec.dns_name.clone()?, s.addresses.clone())))
-            .filter(|(_, addresses)| !addresses.is_empty())
-            .collect()
-    }
-
-    /// Once every step is prepared: running, and each step started after its delay.
-    fn maybe_start(&mut self, ctx: &mut Context<Self>) {
-        if !self.live_steps().all(|s| s.prepared) {
-            return;
-        }
-        if let Some(resumed) = &mut self.resumed {
-            // Carried on: steps not started yet start at the run's recorded start plus their delay.
-            if self.phase != RunPhase::Running || resumed.scheduled {
-                return;
-            }
-            resumed.scheduled = true;
-            let started_at = resumed.started_at.unwrap_or_else(Utc::now);
-            let waiting: Vec<(Uuid, u64)> = resumed
-                .steps
-                .iter()
-                .filter(|(_, r)| r.state == StepState::Pending)
-                .filter_map(|(id, _)| self.steps.get(id).map(|s| (*id, s.view.spec.run_delay)))
-                .collect();
-            for (id, delay) in waiting {
-                let Some(addr) = self.steps.get(&id).and_then(|s| s.addr.clone()) else { continue };
-                let due = started_at + chrono::Duration::seconds(i64::try_from(delay).unwrap_or(i64::MAX / 1000));
-                let wait = (due - Utc::now()).to_std().unwrap_or_default();
-                let start = StartStep { hosts: self.hosts() };
-                self.start_timers.push(ctx.run_later(wait, move |_, _| addr.do_send(start)));
-            }
-            return self.maybe_close(ctx);
-        }
-        if self.phase != RunPhase::Initializing {
-            return;
-        }
-        self.transition_to(RunPhase::Running, ctx);
-        let hosts = self.hosts();
-        let mut order: Vec<(u64, Addr<StepActor>)> =
-            self.live_steps().filter_map(|s| s.addr.clone().map(|a| (s.view.spec.run_delay, a))).collect();
-        order.sort_by_key(|(delay, _)| *delay);
-        for (delay, addr) in order {
-            let start = StartStep { hosts: hosts.clone() };
-            if delay == 0 {
-                addr.do_send(start);
-            } else {
-                self.start_timers.push(ctx.run_later(Duration::from_secs(delay), move |_, _| addr.do_send(start)));
-            }
-        }
-        self.maybe_close(ctx);
-    }
-
-    /// Stops service steps once every other step is done; closes the run once every step is:
-    /// the metrics are stored and what the run left is swept, then it ends.
-    fn maybe_close(&mut self, ctx: &mut Context<Self>) {
-        // Services are stopped as soon as no other step's container runs, before those steps' teardown.
-        let others_done = self.live_steps().all(|s| s.view.spec.service || s.stopped);
-        let all_done = self.live_steps().next().is_none();
-        if (others_done && self.phase == RunPhase::Running) || (all_done && self.phase.is_live()) {
-            self.transition_to(RunPhase::Terminating(Ending::Finished), ctx);
-        }
-        let Some(ending) = self.phase.ending().cloned() else { return };
-        if others_done {
-            let reason = if ending.is_abort() { StopReason::Abort } else { StopReason::ServiceDone };
-            self.send_stops(reason, true);
-        }
-        if !all_done || !matches!(self.phase, RunPhase::Terminating(_)) {
-            return;
-        }
-        self.transition_to(RunPhase::Closing(ending.clone()), ctx);
-        let (pool, metrics, db, run_id, plan_id) =
-            (self.pool.clone(), self.metrics.clone(), self.db.clone(), self.run_id, self.plan.plan.id);
-        let meter = self.meter.clone();
-        let judged = ending.clone();
-        // The metrics are stored and judged, what the run left is swept, and the verdict
-        // is stored before the run ends.
-        let close = async move {
-            let missing = |e: String| {
-                tracing::error!(%run_id, error = %e, "could not store the run's metrics");
-                RunJudgement { lost: vec![format!("the run's metrics could not be stored: {e}")], ..Default::default() }
-            };
-            let judgement = match metrics.send(FinishRun { run_id }).await {
-                Ok(Ok(judgement)) => judgement,
-                Ok(Err(e)) => missing(e.to_string()),
-                Err(e) => missing(e.to_string()),
-            };
-            match pool.send(CloseRun { run_id }).await {
-                Ok(Ok((0, _))) => {}
-                Ok(Ok((containers, networks))) => tracing::info!(%run_id, containers, networks, "swept what the run left"),
-                Ok(Err(e)) => tracing::error!(%run_id, error = %e, "the run's sweep failed"),
-                Err(e) => tracing::error!(%run_id, error = %e, "the run's sweep failed"),
-            }
-            let cost = meter.close().await;
-            let (regressions, fail_on_regression) = regressions(&db, run_id, plan_id).await;
-            let (verdict, reason) =
-                judge::verdict(&judged, &judgement.thresholds, &judgement.saturated, &judgement.lost, &regressions, fail_on_regression);
-            if let Err(e) = runs::set_verdict(&db, run_id, verdict, &reason).await {
-                tracing::error!(%run_id, error = %e, "could not record the run's verdict");
-            }
-            (judgement.published, judgement.thresholds, verdict, reason, cost)
-        };
-        let job = close.into_actor(self).map(move |(published, thresholds, verdict, reason, cost), act, ctx| {
-            for window in published {
-                act.publish_window(window);
-            }
-            for threshold in thresholds {
-                act.feed.publish(EventKind::Threshold { threshold });
-            }
-            if let Some(cost) = cost {
-                act.feed.publish(EventKind::Cost { cost });
-            }
-            tracing::info!(run_id = %act.run_id, verdict = verdict.as_str(), %reason, "run verdict");
-            act.feed.publish(EventKind::Verdict { verdict, reason });
-            act.transition_to(RunPhase::Ended(ending), ctx);
-        });
-        journal::record(self, ctx, Box::pin(job));
-    }
-}
-
-/// The regression rules a finished run breaks against its plan's baseline (none without
-/// rules or a baseline), and whether the plan fails runs for them.
-async fn regressions(db: &DatabaseConnection, run_id: Uuid, plan_id: Uuid) -> (Vec<String>, bool) {
-    let Ok(plan) = plans::get(db, plan_id).await else { return (Vec::new(), false) };
-    let Some(baseline) = plan.baseline_run_id.filter(|b| *b != run_id && !plan.compare.is_empty()) else {
-        return (Vec::new(), plan.fail_on_regression);
-    };
-    let (Ok(now), Ok(then)) = (runs::metrics(db, run_id).await, runs::metrics(db, baseline).await) else {
-        return (Vec::new(), plan.fail_on_regression);
-    };
-    let comparison = compare::compare(run_id, &now, baseline, &then, &plan.compare, true);
-    let broken = comparison.rules.into_iter().filter(|r| r.regressed).map(|r| r.summary).collect();
-    (broken, plan.fail_on_regression)
 }
 
 impl Journaled for RunSupervisor {
@@ -718,31 +399,6 @@ impl Handler<StepReport> for RunSupervisor {
     }
 }
 
-impl Handler<MetricsPublished> for RunSupervisor {
-    type Result = ();
-
-    fn handle(&mut self, msg: MetricsPublished, _: &mut Context<Self>) {
-        self.publish_window(msg);
-    }
-}
-
-impl RunSupervisor {
-    /// Puts a merged window of a step on the feed.
-    fn publish_window(&mut self, msg: MetricsPublished) {
-        self.feed.publish(EventKind::Metrics {
-            step: msg.step,
-            start_ms: msg.start_ms,
-            nodes: msg.nodes,
-            counters: msg.counters,
-            timers: msg.timers,
-            histograms: msg.histograms,
-            cpu: msg.cpu,
-            regions: msg.regions,
-            overflow: msg.overflow,
-        });
-    }
-}
-
 impl Handler<ThresholdsJudged> for RunSupervisor {
     type Result = ();
 
@@ -766,81 +422,5 @@ impl Handler<AbortSupervised> for RunSupervisor {
 
     fn handle(&mut self, _: AbortSupervised, ctx: &mut Context<Self>) {
         self.end(Ending::Aborted, ctx);
-    }
-}
-
-/// A subscription to a run's feed.
-#[derive(Debug)]
-pub struct Subscription {
-    /// The run as stored now.
-    pub snapshot: RunView,
-    /// The number of the last event when the snapshot was taken.
-    pub seq: u64,
-    /// The number of the oldest event the feed still keeps: a `since` before it missed
-    /// the events in between (the snapshot has the run as it is now).
-    pub kept_from: u64,
-    /// Events after the `since` asked for.
-    pub backlog: Vec<Arc<Shared>>,
-    /// Events to come; `None` when the run is over.
-    pub live: Option<Listener>,
-}
-
-/// Subscribes to the run's feed from event `since` on.
-#[derive(Debug, Message)]
-#[rtype(result = "Result<Subscription, DomainError>")]
-pub struct SubscribeSupervised {
-    /// The last event the subscriber has; 0 for all.
-    pub since: u64,
-}
-
-impl Handler<SubscribeSupervised> for RunSupervisor {
-    type Result = ResponseActFuture<Self, Result<Subscription, DomainError>>;
-
-    fn handle(&mut self, msg: SubscribeSupervised, _: &mut Context<Self>) -> Self::Result {
-        let max = self.settings.max_subscribers_per_run;
-        if self.feed.subscribers() >= max {
-            let refused = DomainError::Limit {
-                code: LimitCode::TooManySubscribers,
-                message: format!("this run already has {max} live subscribers (limits.max_subscribers_per_run); try again later"),
-            };
-            return Box::pin(actix::fut::ready(Err(refused)));
-        }
-        let (seq, kept_from) = (self.feed.last_seq(), self.feed.kept_from());
-        let (backlog, live) = self.feed.subscribe(msg.since);
-        let (db, run_id) = (self.db.clone(), self.run_id);
-        Box::pin(
-            async move {
-                let snapshot = runs::get(&db, run_id).await?;
-                Ok(Subscription { snapshot, seq, kept_from, backlog, live: Some(live) })
-            }
-            .into_actor(self),
-        )
-    }
-}
-
-/// The output of the run's containers that are not removed yet, optionally of one step (by name) and node.
-#[derive(Debug, Message)]
-#[rtype(result = "Vec<ContainerView>")]
-pub struct RunLiveLogs {
-    /// Only this step.
-    pub step: Option<String>,
-    /// Only this node.
-    pub node: Option<String>,
-    /// Keep only the last lines of each.
-    pub tail: Option<usize>,
-}
-
-impl Handler<RunLiveLogs> for RunSupervisor {
-    type Result = actix::ResponseFuture<Vec<ContainerView>>;
-
-    fn handle(&mut self, msg: RunLiveLogs, _: &mut Context<Self>) -> Self::Result {
-        let asks: Vec<_> = self
-            .steps
-            .values()
-            .filter(|s| msg.step.as_ref().is_none_or(|wanted| *wanted == s.view.spec.name))
-            .filter_map(|s| s.addr.as_ref())
-            .map(|addr| addr.send(StepLogs { node: msg.node.clone(), tail: msg.tail }))
-            .collect();
-        Box::pin(async move { futures_util::future::join_all(asks).await.into_iter().flatten().flatten().collect() })
     }
 }

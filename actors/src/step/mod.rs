@@ -1,5 +1,5 @@
-//! `StepActor`: one per step of a run. Gets nodes from the pool, has each
-//! node's `DockerNodeActor` prepare (image, relay), starts the step's
+//! `StepActor`: one per step of a run. Prepares its nodes (`prepare`: nodes
+//! from the pool, each node's relay, launch and image), starts the step's
 //! containers when told, staggered by `node_delay`, and stops them at
 //! `run_max_time` or when asked. It finishes when every container has exited
 //! or it was stopped, and reports `StepReport::Finished` to its supervisor.
@@ -17,7 +17,9 @@
 //! the nodes that had not started yet, and stops at `run_max_time` counted
 //! from its recorded start.
 
-use std::collections::{BTreeMap, HashMap};
+mod prepare;
+
+use std::collections::HashMap;
 use std::time::Duration;
 
 use actix::{Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, Recipient, SpawnHandle, WrapFuture};
@@ -25,18 +27,17 @@ use futures_util::future::join_all;
 use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
-use crate::docker_node::{ContainerExited, DockerNodeActor, LiveLogs, NodeIdentity, PrepareNode, StartContainer, StopContainers, TearDown};
-use crate::domain::launch::{self, Launch};
-use crate::domain::life::StepPhase;
+use self::prepare::Node;
+use crate::docker_node::{ContainerExited, LiveLogs, StartContainer, StopContainers, TearDown};
+use crate::domain::life::{wait_until, StepPhase};
 pub use crate::domain::life::{StepOutcome, StopReason};
 use crate::domain::views::{ContainerView, InterruptionView};
 use crate::domain::views::{StepState, StepView};
 use crate::domain::Env;
 use crate::feed::EventKind;
-use crate::infra::download;
 use crate::journal::{self, Journal, Journaled};
-use crate::metrics::{Mark, MetricsActor, PlaceNodes};
-use crate::pool::{AcquireNodes, Ec2PoolActor, NodeGrant, NodeInterrupted, ReleaseNodes};
+use crate::metrics::{Mark, MetricsActor};
+use crate::pool::{Ec2PoolActor, NodeInterrupted, ReleaseNodes};
 use crate::settings::RunSettings;
 use crate::store::runs;
 
@@ -99,15 +100,6 @@ pub struct StepContext {
     pub resume: Option<StepResume>,
 }
 
-struct Node {
-    id: String,
-    addr: Addr<DockerNodeActor>,
-    launch: Launch,
-    address: String,
-    /// The step containers found on the node when carried on.
-    adopted: Vec<String>,
-}
-
 /// Runs one step.
 pub struct StepActor {
     ctx: StepContext,
@@ -158,33 +150,6 @@ impl StepActor {
         self.report(ReportKind::Event(kind));
     }
 
-    /// The broker's variables for a container on `grant`'s node, whose relay is at `relay`
-    /// (address, statsd port, OTLP/HTTP port): the relay's address both as statsd's
-    /// `STATSD_HOST` and as OpenTelemetry's standard exporter settings, so an unmodified
-    /// OpenTelemetry generator reports to it; one export a second (the relay's window)
-    /// unless the plan says otherwise.
-    fn injected(&self, grant: &NodeGrant, relay: &(String, u16, u16)) -> Env {
-        let s = &self.ctx.settings;
-        let c = &self.ctx;
-        let mut env = BTreeMap::from([
-            ("RUN_ID".into(), self.ctx.run_id.to_string()),
-            ("BROKER_ID".into(), s.broker_id.clone()),
-            ("BROKER_VERSION".into(), s.broker_version.clone()),
-            ("CONTAINER_ID".into(), self.ctx.step.id.to_string()),
-            ("HOST_IP".into(), grant.public_address.clone()),
-            ("PRIVATE_IP".into(), grant.address.clone()),
-            ("STATSD_HOST".into(), relay.0.clone()),
-            ("STATSD_PORT".into(), relay.1.to_string()),
-            ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), format!("http://{}:{}", relay.0, relay.2)),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "http/protobuf".into()),
-        ]);
-        let interval = "OTEL_METRIC_EXPORT_INTERVAL";
-        if ![&c.plan_env, &c.run_env, &c.step.spec.environment_data].iter().any(|e| e.contains_key(interval)) {
-            env.insert(interval.into(), "1000".into());
-        }
-        env
-    }
-
     /// Moves the step to `next`, checked against its life (`StepPhase::can_become`;
     /// anything else is a bug, logged and refused). A new stored state (running,
     /// stopping, done) is persisted, then published, in order; once done, the
@@ -211,8 +176,10 @@ impl StepActor {
         };
         let (db, run_id, step_id, stored_reason) = (self.ctx.db.clone(), self.ctx.run_id, self.ctx.step.id, reason.clone());
         let write = async move {
-            if let Err(e) = runs::set_step_state(&db, run_id, step_id, state, stored_reason).await {
-                tracing::error!(error = %e, %run_id, %step_id, "could not record a step state");
+            match runs::transition_step(&db, run_id, step_id, state, stored_reason).await {
+                Ok(true) => {}
+                Ok(false) => tracing::error!(%run_id, %step_id, ?state, "the stored step state may not become this one"),
+                Err(e) => tracing::error!(error = %e, %run_id, %step_id, "could not record a step state"),
             }
         };
         let job = write.into_actor(self).map(move |(), act, ctx| {
@@ -226,106 +193,15 @@ impl StepActor {
         true
     }
 
+    /// Prepares the step's nodes (`prepare`'s stages); it goes on in `after_prepare`.
     fn prepare(&mut self, ctx: &mut Context<Self>) {
-        let c = self.ctx.clone();
-        let pool = self.pool.clone();
-        let me = ctx.address().recipient::<ContainerExited>();
-        let acquire = AcquireNodes {
-            run_id: c.run_id,
-            step_id: c.step.id,
-            plan: c.plan_name.clone(),
-            step_position: c.step.position,
-            count: c.step.spec.instance_count,
-            min_nodes: c.step.spec.min_nodes.unwrap_or(c.step.spec.instance_count),
-            instance_type: c.step.spec.instance_type.clone(),
-            regions: c.step.spec.instance_region.split(c.step.spec.instance_count),
-            market: c.step.spec.market,
-            needed_for: c.run_span + Duration::from_secs(c.settings.prepare_timeout_secs),
-            adopt: c.resume.is_some(),
-            interruptions: Some(ctx.address().recipient()),
-        };
-        let fut = async move {
-            let grants = pool.send(acquire).await.map_err(|source| PrepareError::Gone { what: "the node pool", source })??;
-            Ok::<_, PrepareError>(grants)
-        };
-        ctx.wait(fut.into_actor(self).then(move |grants, act, ctx| {
-            let prepared: Vec<(NodeGrant, Addr<DockerNodeActor>)> = match grants {
-                Err(e) => {
-                    act.phase.note_failure(e.to_string());
-                    Vec::new()
-                }
-                Ok(grants) => grants
-                    .into_iter()
-                    .map(|g| {
-                        let base = c.settings.relay_url.as_deref().unwrap_or(&g.ingest_base);
-                        let ingest = Some((format!("{base}/ingest/{}", c.run_id), c.ingest_token.clone()));
-                        let who = NodeIdentity {
-                            run_id: c.run_id,
-                            step_id: c.step.id,
-                            node: g.id.clone(),
-                            network: g.network.clone(),
-                            host_network: g.host_network,
-                            ingest,
-                        };
-                        let addr = DockerNodeActor::new(g.engine.clone(), c.db.clone(), c.settings.clone(), who, me.clone()).start();
-                        (g, addr)
-                    })
-                    .collect(),
-            };
-            for (g, _) in &prepared {
-                act.event(EventKind::Node { step: act.name(), node: g.id.clone(), state: "acquired".into() });
+        let wiring = prepare::Wiring { pool: self.pool.clone(), step: ctx.address(), supervisor: self.supervisor.clone() };
+        ctx.wait(prepare::prepare(self.ctx.clone(), wiring).into_actor(self).map(|prepared, act, ctx| {
+            if let Some(failure) = prepared.failure {
+                act.phase.note_failure(failure);
             }
-            // Each node's metrics carry its region; the relays start after this arrives.
-            let regions = prepared.iter().map(|(g, _)| (g.id.clone(), g.region.clone())).collect();
-            c.metrics.do_send(PlaceNodes { run_id: c.run_id, step_id: c.step.id, regions });
-            // The image and its source may use run variables; STATSD_HOST is not known yet.
-            // Nothing is fetched from a source that did not resolve (and pass its checks).
-            let images: Vec<(String, Option<String>)> = prepared
-                .iter()
-                .map(|(grant, _)| {
-                    let injected = act.injected(grant, &(String::new(), 0, 0));
-                    match launch::resolve(&c.step.spec, &c.plan_env, &c.run_env, &injected, &c.settings.limits, &c.settings.secrets) {
-                        Ok(l) => (l.image, l.image_source),
-                        Err(_) => (c.step.spec.container_name.clone(), None),
-                    }
-                })
-                .collect();
-            let nodes: Vec<_> = prepared.iter().map(|(g, addr)| (addr.clone(), g.engine.clone(), g.images_from.clone())).collect();
-            let fetch = Fetch {
-                tls: c.settings.tls.clone(),
-                dir: c.settings.download_dir.join(c.run_id.simple().to_string()),
-                expected: c.step.spec.container_sha256.clone(),
-                check_loopback: !c.settings.limits.allow_loopback_image_urls,
-                limit: Duration::from_secs(c.settings.prepare_timeout_secs),
-                me: ctx.address(),
-            };
-            let (adopt, mask) = (c.resume.is_some(), launch::secret_values(&c.step.spec, &c.plan_env, &c.run_env, &c.settings.secrets));
-            prepare_nodes(images, nodes, fetch, adopt, mask).into_actor(act).map(move |results, act, ctx| {
-                for ((grant, addr), result) in prepared.into_iter().zip(results) {
-                    let (relay, adopted) = match result {
-                        Ok(ready) => ((ready.relay_ip, ready.relay_port, ready.otlp_port), ready.adopted),
-                        Err(e) => {
-                            act.phase.note_failure(format!("node {}: {e}", grant.id));
-                            ((String::new(), 0, 0), Vec::new())
-                        }
-                    };
-                    let injected = act.injected(&grant, &relay);
-                    let c = &act.ctx;
-                    let launch = launch::resolve(&c.step.spec, &c.plan_env, &c.run_env, &injected, &c.settings.limits, &c.settings.secrets);
-                    let launch = match launch {
-                        Ok(l) => l,
-                        Err(e) => {
-                            act.phase.note_failure(e);
-                            Launch { image: String::new(), image_source: None, env: vec![], args: vec![], ports: vec![], binds: vec![] }
-                        }
-                    };
-                    if act.phase.failure().is_none() {
-                        act.event(EventKind::Node { step: act.name(), node: grant.id.clone(), state: "ready".into() });
-                    }
-                    act.nodes.push(Node { id: grant.id, addr, launch, address: grant.address, adopted });
-                }
-                act.after_prepare(ctx);
-            })
+            act.nodes = prepared.nodes;
+            act.after_prepare(ctx);
         }));
     }
 
@@ -357,10 +233,7 @@ impl StepActor {
         self.transition_to(StepPhase::Running { started: 0, failure: None }, ctx);
         self.report(ReportKind::Prepared(Ok(self.nodes.iter().map(|n| n.address.clone()).collect())));
         let started_at = resume.started_at.unwrap_or_else(chrono::Utc::now);
-        let since = |seconds: u64| {
-            let due = started_at + chrono::Duration::seconds(i64::try_from(seconds).unwrap_or(i64::MAX / 1000));
-            (due - chrono::Utc::now()).to_std().unwrap_or_default()
-        };
+        let since = |seconds: u64| wait_until(started_at, seconds, chrono::Utc::now());
         let delay = self.ctx.step.spec.node_delay;
         for i in 0..self.nodes.len() {
             if self.nodes[i].adopted.is_empty() {
@@ -392,8 +265,7 @@ impl StepActor {
         if max == 0 {
             return;
         }
-        let due = started_at + chrono::Duration::seconds(i64::try_from(max).unwrap_or(i64::MAX / 1000));
-        let left = (due - chrono::Utc::now()).to_std().unwrap_or_default();
+        let left = wait_until(started_at, max, chrono::Utc::now());
         let why = self.ctx.step.spec.service.then_some(StopReason::ServiceDone);
         ctx.run_later(left, move |act, ctx| act.begin_stop(why, ctx));
     }
@@ -403,10 +275,14 @@ impl StepActor {
             return;
         }
         let node = &self.nodes[index];
+        let Some(launch) = node.launch.clone() else {
+            let failure = format!("node {}: its launch was never resolved", node.id);
+            self.phase.note_failure(failure);
+            return self.begin_stop(None, ctx);
+        };
         // Node i of this step reaches node i (mod n) of a step by its dns_name.
         let extra_hosts = self.hosts.iter().map(|(name, addresses)| format!("{name}:{}", addresses[index % addresses.len()])).collect();
-        let msg =
-            StartContainer { launch: node.launch.clone(), aliases: self.ctx.step.spec.dns_name.iter().cloned().collect(), extra_hosts };
+        let msg = StartContainer { launch, aliases: self.ctx.step.spec.dns_name.iter().cloned().collect(), extra_hosts };
         let (addr, node_id) = (node.addr.clone(), node.id.clone());
         ctx.spawn(async move { addr.send(msg).await }.into_actor(self).map(move |res, act, ctx| {
             if let StepPhase::Running { started, .. } = &mut act.phase {
@@ -525,99 +401,6 @@ impl Actor for StepActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.prepare(ctx);
     }
-}
-
-/// Why a step could not get its nodes or ready one of them.
-#[derive(Debug, thiserror::Error)]
-enum PrepareError {
-    /// The pool could not give the nodes.
-    #[error(transparent)]
-    Pool(#[from] crate::pool::PoolError),
-    /// A node's engine could not be readied (images, the relay).
-    #[error(transparent)]
-    Node(#[from] crate::infra::docker::DockerError),
-    /// The step's image could not be downloaded (one message for every node that needed it).
-    #[error("{0}")]
-    Image(String),
-    /// An actor stopped before it answered.
-    #[error("{what} did not answer: {source}")]
-    Gone {
-        /// Which actor.
-        what: &'static str,
-        /// How the message was lost.
-        #[source]
-        source: actix::MailboxError,
-    },
-}
-
-/// How a step's image tarballs are fetched: once per step, onto the broker's disk.
-struct Fetch {
-    tls: crate::infra::tls::Tls,
-    dir: std::path::PathBuf,
-    expected: Option<String>,
-    check_loopback: bool,
-    limit: Duration,
-    me: Addr<StepActor>,
-}
-
-fn is_http(url: &str) -> bool {
-    url.starts_with("http://") || url.starts_with("https://")
-}
-
-/// Fetches each distinct http(s) source once (when some node lacks the image),
-/// then readies every node with its tarball; downloaded files are removed after.
-async fn prepare_nodes(
-    images: Vec<(String, Option<String>)>,
-    nodes: Vec<(Addr<DockerNodeActor>, crate::infra::docker::Engine, Option<crate::infra::docker::Engine>)>,
-    fetch: Fetch,
-    adopt: bool,
-    mask: Vec<String>,
-) -> Vec<Result<crate::docker_node::NodeReady, PrepareError>> {
-    let mut fetched: HashMap<String, Result<std::path::PathBuf, String>> = HashMap::new();
-    for ((image, source), (_, engine, _)) in images.iter().zip(&nodes) {
-        let Some(url) = source.as_deref().filter(|u| is_http(u)) else { continue };
-        if fetched.contains_key(url) || engine.has_image(image).await.unwrap_or(false) {
-            continue;
-        }
-        let shown = download::shown(url).to_string();
-        let got = async {
-            if fetch.check_loopback {
-                download::refuse_loopback_url(url).await?;
-            }
-            let me = fetch.me.clone();
-            let report = |bytes, total| me.do_send(DownloadProgress { url: shown.clone(), bytes, total });
-            let downloading = download::to_file(url, &fetch.dir, &fetch.tls, fetch.expected.as_deref(), report);
-            match tokio::time::timeout(fetch.limit, downloading).await {
-                Ok(done) => done,
-                Err(_) => Err(download::DownloadError::TooSlow(fetch.limit.as_secs())),
-            }
-        };
-        let got = got.await.map_err(|e| format!("cannot load image {image} from {shown}: {e}"));
-        fetched.insert(url.to_string(), got);
-    }
-    let sends = images.into_iter().zip(nodes).map(|((image, source), (addr, _, images_from))| {
-        let tarball = match source {
-            None => Ok(None),
-            Some(url) if is_http(&url) => match fetched.get(&url) {
-                Some(Ok(path)) => Ok(Some(path.clone())),
-                Some(Err(e)) => Err(PrepareError::Image(e.clone())),
-                None => Ok(None),
-            },
-            Some(local) => Ok(Some(std::path::PathBuf::from(local.strip_prefix("file://").unwrap_or(&local)))),
-        };
-        let mask = mask.clone();
-        async move {
-            let tarball = tarball?;
-            let ready = addr.send(PrepareNode { image, tarball, images_from, adopt, mask });
-            Ok(ready.await.map_err(|source| PrepareError::Gone { what: "the node's actor", source })??)
-        }
-    });
-    let results = join_all(sends).await;
-    for path in fetched.into_values().flatten() {
-        let _ = tokio::fs::remove_file(path).await;
-    }
-    let _ = tokio::fs::remove_dir(&fetch.dir).await;
-    results
 }
 
 /// How far a download of the step's image has got.

@@ -288,16 +288,17 @@ async fn write_state(db: &impl ConnectionTrait, id: Uuid, state: RunState, endin
     Ok(())
 }
 
-/// Moves one step of a run to `state`, stamping `started_at`/`completed_at` as the state implies;
-/// waits out a brief database outage rather than losing the transition.
-pub async fn set_step_state(
+/// Moves one step of a run to `next` if its stored state may become it
+/// (`StepState::can_become`), stamping `started_at`/`completed_at` as the state implies;
+/// answers whether it did. Waits out a brief database outage rather than losing it.
+pub async fn transition_step(
     db: &impl ConnectionTrait,
     run_id: Uuid,
     step_id: Uuid,
-    state: StepState,
+    next: StepState,
     failure_reason: Option<String>,
-) -> Result<(), DomainError> {
-    super::persist("a step state", || write_step_state(db, run_id, step_id, state, failure_reason.clone())).await
+) -> Result<bool, DomainError> {
+    super::persist("a step state", || write_step_state(db, run_id, step_id, next, failure_reason.clone())).await
 }
 
 /// The record of step `step_id` in run `run_id`.
@@ -316,9 +317,13 @@ async fn write_step_state(
     step_id: Uuid,
     state: StepState,
     failure_reason: Option<String>,
-) -> Result<(), DomainError> {
+) -> Result<bool, DomainError> {
     let now = Utc::now();
     let record = step_record_of(db, run_id, step_id).await?;
+    let stored = StepState::parse(&record.state).unwrap_or(StepState::Pending);
+    if !stored.can_become(state) {
+        return Ok(false);
+    }
     let mut row =
         step_record::ActiveModel { id: Set(record.id), state: Set(state.as_str().to_string()), updated_at: Set(now), ..Default::default() };
     if state == StepState::Running {
@@ -330,7 +335,7 @@ async fn write_step_state(
         row.failure_reason = Set(failure_reason);
     }
     row.update(db).await?;
-    Ok(())
+    Ok(true)
 }
 
 /// What to record of a container when it is removed.
