@@ -6,22 +6,27 @@
 //! (`adopt_nodes`), and releasing them (`release`). The actor hands these
 //! futures what they need and keeps what they answer.
 
+mod adopt;
+mod provision;
+mod spot;
+
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use actix::{ActorFutureExt, AsyncContext, Context, ResponseActFuture};
 use chrono::{DateTime, Utc};
-use futures_util::future::join_all;
 use uuid::Uuid;
 
-use super::meter::Meter;
+use self::adopt::{adopt_nodes, Adoption};
+use self::provision::{move_deadline, provision_all, run_all, Provision};
+use self::spot::{watch_spot_notice, SpotWatch};
 use super::reaper::all_instances;
-use super::{AcquireNodes, Ec2PoolActor, NodeGrant, NodeInterrupted, OpenRun, PoolError, Shared};
+use super::{AcquireNodes, Ec2PoolActor, NodeGrant, OpenRun, PoolError, Shared};
 use crate::domain::usage::UsageKey;
 use crate::domain::Market;
 use crate::infra::docker::{labels, Engine};
-use crate::infra::ec2::{self, tags, InstanceView, NodeBoot, Region, RegionConfig};
+use crate::infra::ec2::{tags, InstanceView, Region};
 use crate::infra::ssh::{SshError, SshNode};
 use crate::infra::Task;
 use crate::settings::{AddressKind, CloudSettings};
@@ -119,21 +124,11 @@ impl CloudNodes {
 
     /// Checks the caps for a run and reserves its nodes.
     pub(super) fn reserve(&mut self, msg: &OpenRun) -> Result<(), PoolError> {
-        let cloud = &self.settings;
-        if msg.instances > cloud.max_instances_per_run {
-            return Err(PoolError::Refused(format!(
-                "the run needs {} instances; ec2.max_instances_per_run is {}",
-                msg.instances, cloud.max_instances_per_run
-            )));
-        }
         let idle = self.nodes.values().filter(|n| n.lease.is_none()).count() as u32;
         let in_use = self.nodes.len() as u32 + self.reserved.values().sum::<u32>();
-        let extra = msg.instances.saturating_sub(idle);
-        if in_use + extra > cloud.max_instances {
-            return Err(PoolError::Refused(format!(
-                "the run needs {} instances; with {in_use} in use or reserved that exceeds ec2.max_instances ({}); nothing was launched",
-                msg.instances, cloud.max_instances
-            )));
+        let caps = (self.settings.max_instances_per_run, self.settings.max_instances);
+        if let Some(why) = over_caps(caps, msg.instances, idle, in_use) {
+            return Err(PoolError::Refused(why));
         }
         self.reserved.insert(msg.run_id, msg.instances);
         Ok(())
@@ -216,9 +211,7 @@ impl CloudNodes {
                 shared.meter.open(msg.run_id, msg.step_id, &node.instance.id, usage_key(&node.instance), since);
             }
             let new = count - reused.len() as u32;
-            let overrides = &self.settings.address_override;
-            let overrides: Vec<Option<SocketAddr>> =
-                (0..new as usize).map(|i| (!overrides.is_empty()).then(|| overrides[(self.next_override + i) % overrides.len()])).collect();
+            let overrides = overrides_for(&self.settings.address_override, self.next_override, new as usize);
             self.next_override += new as usize;
             let job = Provision {
                 cloud: self.settings.clone(),
@@ -233,7 +226,7 @@ impl CloudNodes {
                 overrides,
                 meter: shared.meter.clone(),
                 since,
-                min_nodes: (msg.min_nodes * count).div_ceil(msg.count.max(1)),
+                min_nodes: region_share(msg.min_nodes, count, msg.count),
                 msg: msg.clone(),
             };
             jobs.push((job, reused));
@@ -380,7 +373,7 @@ impl CloudNodes {
     pub(super) fn expire_idle(&mut self, shared: &Shared, ctx: &mut Context<Ec2PoolActor>) {
         let now = Utc::now();
         let idle = chrono::Duration::from_std(self.settings.idle).unwrap_or_default();
-        for node in self.take(|n| n.lease.is_none() && n.idle_since.is_some_and(|t| t + idle <= now)) {
+        for node in self.take(|n| n.lease.is_none() && expired(n.idle_since, idle, now)) {
             let region = shared.region(&node.instance.region);
             let cloud = self.settings.clone();
             ctx.spawn(actix::fut::wrap_future(async move {
@@ -397,6 +390,36 @@ impl CloudNodes {
             }));
         }
     }
+}
+
+/// Why a run needing `instances` does not fit the caps `(per run, in all)`, given the
+/// `idle` pooled instances it may reuse and the `in_use` ones held or reserved; `None` when it fits.
+fn over_caps((per_run, in_all): (u32, u32), instances: u32, idle: u32, in_use: u32) -> Option<String> {
+    if instances > per_run {
+        return Some(format!("the run needs {instances} instances; ec2.max_instances_per_run is {per_run}"));
+    }
+    let extra = instances.saturating_sub(idle);
+    (in_use + extra > in_all).then(|| {
+        format!(
+            "the run needs {instances} instances; with {in_use} in use or reserved that exceeds ec2.max_instances ({in_all}); nothing was launched"
+        )
+    })
+}
+
+/// A region's part of a step's `min_nodes`, for the `count` of its `total` nodes it holds (rounded up).
+fn region_share(min_nodes: u32, count: u32, total: u32) -> u32 {
+    (min_nodes * count).div_ceil(total.max(1))
+}
+
+/// The addresses `new` instances are reached at instead of EC2's (`ec2.address_override`,
+/// handed out in turn from `next`), or none each when there are none.
+fn overrides_for(overrides: &[SocketAddr], next: usize, new: usize) -> Vec<Option<SocketAddr>> {
+    (0..new).map(|i| (!overrides.is_empty()).then(|| overrides[(next + i) % overrides.len()])).collect()
+}
+
+/// Whether a node idle since `since` has waited `idle` or more at `now` (a leased node never has).
+fn expired(since: Option<DateTime<Utc>>, idle: chrono::Duration, now: DateTime<Utc>) -> bool {
+    since.is_some_and(|t| t + idle <= now)
 }
 
 impl CloudSettings {
@@ -467,110 +490,6 @@ async fn release(cloud: Arc<CloudSettings>, regions: Vec<Region>, broker: String
     kept
 }
 
-/// The command that prints a node's spot interruption notice, if it has one: its instance
-/// metadata `spot/instance-action`, read with an IMDSv2 token (a 404, and so a failure, without one).
-fn spot_notice_command(metadata_url: &str) -> String {
-    format!(
-        "t=$(curl -sf -m 2 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' '{metadata_url}/latest/api/token') && \
-         curl -sf -m 2 -H \"X-aws-ec2-metadata-token: $t\" '{metadata_url}/latest/meta-data/spot/instance-action'"
-    )
-}
-
-/// A notice's action and time (`{"action": "terminate", "time": "2017-09-18T08:22:00Z"}`).
-fn spot_notice(text: &str) -> Option<(String, String)> {
-    let notice: serde_json::Value = serde_json::from_str(text.trim()).ok()?;
-    let action = notice.get("action")?.as_str()?.to_string();
-    let time = notice.get("time").and_then(|t| t.as_str()).unwrap_or_default().to_string();
-    Some((action, time))
-}
-
-/// What watching a run's spot node needs.
-#[derive(Clone)]
-struct SpotWatch {
-    cloud: Arc<CloudSettings>,
-    meter: Meter,
-    run_id: Uuid,
-    to: actix::Recipient<NodeInterrupted>,
-}
-
-/// Reads a spot node's interruption notice every `ec2.spot_notice_seconds` over its SSH
-/// connection until there is one, and tells `to`; stops when the node is released.
-async fn watch_spot_notice(watch: SpotWatch, ssh: SshNode, node: String, instance: String) {
-    let SpotWatch { cloud, meter, run_id, to } = watch;
-    let command = spot_notice_command(&cloud.metadata_url);
-    loop {
-        tokio::time::sleep(cloud.spot_notice).await;
-        match ssh.exec(&command).await {
-            Ok((0, out)) => {
-                if let Some((action, time)) = spot_notice(&out) {
-                    tracing::warn!(%instance, %node, %action, %time, "spot interruption notice");
-                    // Billed until EC2 takes it: the notice's time, else two minutes from now.
-                    let taken = DateTime::parse_from_rfc3339(&time)
-                        .map(|t| t.with_timezone(&Utc))
-                        .unwrap_or_else(|_| meter.now() + chrono::Duration::minutes(2));
-                    meter.ends_by(run_id, &instance, taken.max(meter.now()));
-                    to.do_send(NodeInterrupted { node, instance, action, time, noticed_at: Utc::now() });
-                    return;
-                }
-            }
-            // No notice (the metadata answers 404), or the node is not answering: the step finds out.
-            Ok(_) => {}
-            Err(e) => tracing::debug!(%instance, error = %e, "could not read the spot interruption notice"),
-        }
-    }
-}
-
-/// What taking a run's instances back needs.
-struct Adoption {
-    cloud: Arc<CloudSettings>,
-    regions: Vec<Region>,
-    broker: String,
-    run_id: Uuid,
-    network: String,
-    labels: HashMap<String, String>,
-    ingest: SocketAddr,
-}
-
-/// Reaches every instance of the run again; terminates those that cannot be.
-async fn adopt_nodes(job: Adoption) -> Result<Vec<CloudNode>, PoolError> {
-    let run = job.run_id.to_string();
-    let mut adopted = Vec::new();
-    for (region, instance) in all_instances(&job.regions, &job.broker).await? {
-        if instance.tags.get(tags::RUN) != Some(&run) || instance.state != "running" {
-            continue;
-        }
-        let id = instance.id.clone();
-        match adopt_node(&job, instance).await {
-            Ok(node) => adopted.push(node),
-            Err(e) => {
-                tracing::warn!(instance = %id, error = %e, "could not take a node back after the restart; terminating it");
-                if let Err(e) = region.terminate(std::slice::from_ref(&id)).await {
-                    tracing::warn!(instance = %id, error = %e, "could not terminate it; the reaper will");
-                }
-            }
-        }
-    }
-    Ok(adopted)
-}
-
-async fn adopt_node(job: &Adoption, instance: InstanceView) -> Result<CloudNode, NodeError> {
-    fn tag<T: std::str::FromStr<Err: std::fmt::Display>>(instance: &InstanceView, key: &'static str) -> Result<T, NodeError> {
-        let value = instance.tags.get(key).ok_or(NodeError::NoTag(key))?;
-        value.parse().map_err(|e: T::Err| NodeError::BadTag { tag: key, why: e.to_string() })
-    }
-    let name: String = tag(&instance, tags::NODE)?;
-    let step_id: Uuid = tag(&instance, tags::STEP)?;
-    let addr: SocketAddr = tag(&instance, tags::SSH)?;
-    let port: u16 = tag(&instance, tags::FORWARD)?;
-    let ssh = SshNode::connect(addr, Some(&instance.id), &job.cloud.ssh).await?;
-    let (engine, bridge) = ssh.docker().await?;
-    let (network, _) = engine.ensure_network(&job.network, job.labels.clone()).await?;
-    let (port, forward) = ssh.forward_to_broker(NODE_LOOPBACK, port, job.ingest).await?;
-    let address = instance.private_ip_address.clone().unwrap_or_else(|| addr.ip().to_string());
-    let lease = Lease { run_id: job.run_id, step_id, name, address, network, ingest_base: format!("http://{NODE_LOOPBACK}:{port}") };
-    Ok(CloudNode { instance, ssh, engine, _bridge: bridge, forward: Some(forward), watch: None, lease: Some(lease), idle_since: None })
-}
-
 /// The tags that let a restarted broker take a node back: its name in the run, its SSH address, its metrics forward's port.
 fn node_tags(grant: &NodeGrant, ssh: SocketAddr) -> Vec<(String, String)> {
     let port = grant.ingest_base.rsplit(':').next().unwrap_or_default().to_string();
@@ -614,26 +533,6 @@ pub enum NodeError {
     Docker(#[from] crate::infra::docker::DockerError),
 }
 
-/// One step's launch, carried out away from the actor.
-struct Provision {
-    cloud: Arc<CloudSettings>,
-    config: RegionConfig,
-    region: Region,
-    broker: String,
-    local: Option<Engine>,
-    ingest: SocketAddr,
-    network: String,
-    labels: HashMap<String, String>,
-    expires_at: DateTime<Utc>,
-    overrides: Vec<Option<SocketAddr>>,
-    /// Instances are metered from `since`, when the step asked for them.
-    meter: Meter,
-    since: DateTime<Utc>,
-    /// This region's share of the step's `min_nodes` (when capacity is short, it asks for at least that).
-    min_nodes: u32,
-    msg: AcquireNodes,
-}
-
 /// What an instance is metered by: its type, region and market (its `loads:market` tag).
 fn usage_key(instance: &InstanceView) -> UsageKey {
     UsageKey {
@@ -643,319 +542,43 @@ fn usage_key(instance: &InstanceView) -> UsageKey {
     }
 }
 
-impl Provision {
-    /// Meters instances just launched in `market`.
-    fn metered(&self, ids: &[String], spot: bool) {
-        let key = UsageKey {
-            instance_type: self.msg.instance_type.clone(),
-            region: self.region.name().to_string(),
-            market: if spot { Market::Spot } else { Market::OnDemand },
-        };
-        for id in ids {
-            self.meter.open(self.msg.run_id, self.msg.step_id, id, key.clone(), self.since);
-        }
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// A node ready for a step: the node, its run network, its relay's ingest base URL, the forward behind it.
-type Ready = (CloudNode, String, String, Task);
-
-/// Provisions each region's share of a step at once; keeps the nodes that got
-/// ready when they are at least `min_nodes` in all, and terminates them all otherwise.
-async fn provision_all(jobs: Vec<(Provision, Vec<CloudNode>)>, count: u32, min_nodes: u32) -> Result<Vec<Ready>, PoolError> {
-    let (jobs, reused): (Vec<Provision>, Vec<Vec<CloudNode>>) = jobs.into_iter().unzip();
-    let results = join_all(jobs.iter().zip(reused).map(|(job, reused)| provision(job, reused))).await;
-    let (mut landed, mut failures, mut error) = (Vec::new(), Vec::new(), None);
-    for (job, result) in jobs.iter().zip(results) {
-        match result {
-            Ok((ready, failed)) => {
-                failures.extend(failed);
-                landed.push((job, ready));
-            }
-            Err(e) => {
-                failures.push(format!("{}: {e}", job.region.name()));
-                error.get_or_insert(e);
-            }
-        }
-    }
-    let ready = landed.iter().map(|(_, r)| r.len()).sum::<usize>() as u32;
-    if ready >= min_nodes {
-        return Ok(landed.into_iter().flat_map(|(_, r)| r).collect());
-    }
-    for (job, nodes) in &landed {
-        let ids: Vec<String> = nodes.iter().map(|(n, ..)| n.instance.id.clone()).collect();
-        let _ = job.region.terminate(&ids).await;
-        job.cloud.forget(&ids);
-    }
-    match error {
-        Some(e) if ready == 0 && jobs.len() == 1 => Err(e),
-        _ => Err(PoolError::Capacity { wanted: count, min: min_nodes, ready, reasons: failures.join("; ") }),
-    }
-}
-
-/// Launches what the idle pool could not give in one region, waits for it, connects and
-/// prepares every node; answers those that got ready and why the others did not, and
-/// terminates those.
-async fn provision(job: &Provision, reused: Vec<CloudNode>) -> Result<(Vec<Ready>, Vec<String>), PoolError> {
-    let (cloud, msg) = (&job.cloud, &job.msg);
-    let deadline = job.expires_at + chrono::Duration::from_std(cloud.expiry_grace + cloud.launch_timeout).unwrap_or_default();
-    let run_tags = vec![
-        (tags::RUN.to_string(), msg.run_id.to_string()),
-        (tags::STEP.to_string(), msg.step_id.to_string()),
-        (tags::EXPIRES_AT.to_string(), deadline.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
-    ];
-    let mut failures: Vec<String> = Vec::new();
-    let mut launched: Vec<InstanceView> = Vec::new();
-    let new = job.overrides.len() as u32;
-    if new > 0 {
-        let boot = NodeBoot {
-            broker: job.broker.clone(),
-            run: msg.run_id.to_string(),
-            step: msg.step_id.to_string(),
-            expires_at: deadline.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            expires_epoch: deadline.timestamp(),
-            node_dir: cloud.node_dir.clone(),
-            tuning: cloud.node_tuning.clone(),
-        };
-        let user_data = ec2::render_user_data(&cloud.user_data_template, &boot).map_err(PoolError::Refused)?;
-        if let Some(why) = job.region.unsuitable_type(&msg.instance_type, &job.config.ami).await? {
-            return Err(PoolError::Refused(why));
-        }
-        let associate_public_ip = cloud.address == AddressKind::Public
-            && !job.config.subnet_id.is_empty()
-            && !job.region.subnet_assigns_public_ip(&job.config.subnet_id).await?;
-        let mut tag_list = vec![
-            ("Name".to_string(), format!("loads-{}-{}", job.broker, msg.plan)),
-            ("Project".to_string(), "loads".to_string()),
-            (tags::BROKER.to_string(), job.broker.clone()),
-            ("Owner".to_string(), cloud.owner.clone()),
-        ];
-        tag_list.extend(run_tags.iter().cloned());
-        let min_new = job.min_nodes.saturating_sub(reused.len() as u32).max(1);
-        let launch = ec2::LaunchRequest {
-            instance_type: msg.instance_type.clone(),
-            count: new,
-            min_count: new,
-            tags: tag_list,
-            user_data,
-            associate_public_ip,
-            spot: false,
-            give_up_on: &[],
-        };
-        let ids = launch_instances(job, launch, min_new).await?;
-        tracing::info!(run_id = %msg.run_id, step_id = %msg.step_id, instances = ?ids, "launched instances");
-        let (running, late) = match job.region.wait_running(&ids, cloud.launch_timeout).await {
-            Ok(x) => x,
-            Err(e) => {
-                let _ = job.region.terminate(&ids).await;
-                return Err(e.into());
-            }
-        };
-        if !late.is_empty() {
-            failures.push(format!("{} not running within {} s", late.join(", "), cloud.launch_timeout.as_secs()));
-            let _ = job.region.terminate(&late).await;
-        }
-        launched = running;
+    #[test]
+    fn a_run_is_refused_past_either_cap_and_idle_instances_count_as_its_own() {
+        assert_eq!(over_caps((10, 20), 4, 0, 0), None);
+        assert!(over_caps((3, 20), 4, 0, 0).unwrap().contains("ec2.max_instances_per_run is 3"));
+        assert!(over_caps((10, 20), 4, 0, 17).unwrap().contains("17 in use or reserved"));
+        assert_eq!(over_caps((10, 20), 4, 3, 17), None, "three of its four come from the idle pool");
+        assert_eq!(over_caps((10, 20), 4, 0, 16), None, "exactly at the cap");
     }
 
-    // Reused nodes get the run's tags and a new deadline.
-    let reused_ids: Vec<String> = reused.iter().map(|n| n.instance.id.clone()).collect();
-    if let Err(e) = job.region.tag(&reused_ids, &run_tags).await {
-        failures.push(e.to_string());
+    #[test]
+    fn each_region_asks_for_its_share_of_min_nodes_rounded_up() {
+        assert_eq!(region_share(4, 2, 4), 2);
+        assert_eq!(region_share(3, 2, 4), 2, "1.5 rounds up");
+        assert_eq!(region_share(1, 1, 3), 1);
+        assert_eq!(region_share(0, 2, 4), 0);
+        assert_eq!(region_share(2, 0, 0), 0, "no nodes, no share, no division by zero");
     }
-    let _ = job.region.untag(&reused_ids, &[tags::IDLE_SINCE]).await;
 
-    let reuse_jobs = reused.into_iter().map(|node| async {
-        match rearm(job, &node.ssh, deadline).await {
-            Ok(()) => attach(job, node).await,
-            Err(e) => Err((node.instance.id.clone(), e.into())),
-        }
-    });
-    let overrides = job.overrides.clone();
-    // An instance reached at an override (a test double) says at which, before it is reached.
-    for (instance, over) in launched.iter().zip(&overrides) {
-        if let Some(addr) = over {
-            if let Err(e) = job.region.tag(std::slice::from_ref(&instance.id), &[(tags::SSH.to_string(), addr.to_string())]).await {
-                tracing::warn!(instance = %instance.id, error = %e, "could not tag the instance with its SSH address");
-            }
-        }
+    #[test]
+    fn overrides_are_handed_out_in_turn_and_wrap() {
+        let a: SocketAddr = "127.0.0.1:2201".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2202".parse().unwrap();
+        assert_eq!(overrides_for(&[a, b], 1, 3), vec![Some(b), Some(a), Some(b)]);
+        assert_eq!(overrides_for(&[], 5, 2), vec![None, None]);
+        assert!(overrides_for(&[a], 0, 0).is_empty());
     }
-    let new_jobs = launched.iter().enumerate().map(|(i, instance)| {
-        let over = overrides.get(i).copied().flatten();
-        async move {
-            let node = connect(job, instance.clone(), over, deadline).await.map_err(|e| (instance.id.clone(), e))?;
-            attach(job, node).await
-        }
-    });
-    let mut ready = Vec::new();
-    let mut lost = Vec::new();
-    for result in join_all(reuse_jobs).await.into_iter().chain(join_all(new_jobs).await) {
-        match result {
-            Ok(r) => ready.push(r),
-            Err((id, reason)) => {
-                tracing::warn!(instance = %id, %reason, "a node did not become ready");
-                failures.push(format!("{id}: {reason}"));
-                lost.push(id);
-            }
-        }
+
+    #[test]
+    fn an_idle_node_expires_once_it_has_waited_the_idle_time() {
+        let now = Utc::now();
+        let idle = chrono::Duration::seconds(60);
+        assert!(expired(Some(now - chrono::Duration::seconds(60)), idle, now));
+        assert!(!expired(Some(now - chrono::Duration::seconds(59)), idle, now));
+        assert!(!expired(None, idle, now), "a leased node is not idle");
     }
-    match job.region.terminate(&lost).await {
-        Ok(()) => job.cloud.forget(&lost),
-        Err(e) => tracing::warn!(error = %e, "could not terminate nodes that did not become ready; the reaper will"),
-    }
-    Ok((ready, failures))
-}
-
-/// Moves a node's dead-man's switch deadline (its file, which the switch reads; the
-/// `loads:expires-at` tag is the reaper's) and applies the node tuning unless it was
-/// applied already (by the first boot's user-data, or for an earlier run).
-async fn rearm(job: &Provision, ssh: &SshNode, deadline: DateTime<Utc>) -> Result<(), SshError> {
-    let mut commands = vec![move_deadline(&job.cloud, deadline)];
-    commands.extend(tuning(&job.cloud));
-    run_all(ssh, commands).await
-}
-
-/// The node tuning as one command run as root, once per instance (`<node_dir>/tuning-applied` marks it).
-fn tuning(cloud: &CloudSettings) -> Option<String> {
-    if cloud.node_tuning.is_empty() {
-        return None;
-    }
-    let (dir, all) = (&cloud.node_dir, cloud.node_tuning.join(" && "));
-    Some(cloud.ssh.as_root(&format!("[ -e {dir}/tuning-applied ] || {{ {all} && touch {dir}/tuning-applied; }}")))
-}
-
-/// The command that moves the deadline in a node's dead-man's switch file.
-fn move_deadline(cloud: &CloudSettings, deadline: DateTime<Utc>) -> String {
-    let (sudo, dir) = (cloud.ssh.sudo(), &cloud.node_dir);
-    format!("{sudo}mkdir -p {dir} && echo {} | {sudo}tee {dir}/expires-at >/dev/null", deadline.timestamp())
-}
-
-/// Runs commands on a node in turn; the first that fails is the error.
-async fn run_all(ssh: &SshNode, commands: Vec<String>) -> Result<(), SshError> {
-    for command in commands {
-        let (status, out) = ssh.exec(&command).await?;
-        if status != 0 {
-            return Err(SshError::Session {
-                addr: ssh.addr(),
-                operation: "prepare the node",
-                message: format!("`{command}` exited {status}: {}", out.trim()),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// `launch` bought as the step's market asks, tagged with it.
-fn bought(launch: &ec2::LaunchRequest, spot: bool) -> ec2::LaunchRequest {
-    let mut launch = launch.clone();
-    launch.spot = spot;
-    launch.tags.retain(|(k, _)| k != tags::MARKET);
-    launch.tags.push((tags::MARKET.to_string(), if spot { Market::Spot } else { Market::OnDemand }.as_str().to_string()));
-    launch
-}
-
-/// Launches a step's new instances; answers their ids. All of them first, in the step's
-/// market; if EC2 keeps lacking the capacity, whatever it has down to `min_new`. With
-/// `spot_fallback`, as many spot instances as EC2 gives and runs within
-/// `ec2.spot_wait_seconds`, then the shortfall on demand.
-async fn launch_instances(job: &Provision, launch: ec2::LaunchRequest, min_new: u32) -> Result<Vec<String>, PoolError> {
-    let (cloud, msg) = (&job.cloud, &job.msg);
-    let wanted = launch.count;
-    let mut ids = Vec::new();
-    let mut on_demand = bought(&launch, msg.market == Market::Spot);
-    if msg.market == Market::SpotFallback {
-        let spot = ec2::LaunchRequest { min_count: 1, give_up_on: ec2::SPOT_SHORTAGE, ..bought(&launch, true) };
-        match job.region.launch(&job.config, &spot, cloud.backoff).await {
-            Ok(launched) => {
-                job.metered(&launched, true);
-                let (running, late) = job.region.wait_running(&launched, cloud.spot_wait).await.unwrap_or((Vec::new(), launched));
-                if !late.is_empty() {
-                    tracing::warn!(instances = ?late, wait_s = cloud.spot_wait.as_secs(), "spot instances not running in time; terminating them");
-                    let _ = job.region.terminate(&late).await;
-                }
-                ids = running.into_iter().map(|i| i.id).collect();
-            }
-            Err(e) if e.code.as_deref().is_some_and(|c| ec2::SPOT_SHORTAGE.contains(&c)) => {
-                tracing::warn!(error = %e, "no spot capacity; launching on demand");
-            }
-            Err(e) => return Err(e.into()),
-        }
-        let short = wanted.saturating_sub(ids.len() as u32);
-        if short == 0 {
-            return Ok(ids);
-        }
-        tracing::info!(spot = ids.len(), on_demand = short, "launching the spot shortfall on demand");
-        on_demand.count = short;
-        on_demand.min_count = short;
-    }
-    let still_needed = min_new.saturating_sub(ids.len() as u32).max(1).min(on_demand.count);
-    let more = match job.region.launch(&job.config, &on_demand, cloud.backoff).await {
-        Err(e) if e.code.as_deref() == Some("InsufficientInstanceCapacity") && still_needed < on_demand.count => {
-            tracing::warn!(error = %e, still_needed, "not enough capacity for every node; asking for at least min_nodes");
-            on_demand.min_count = still_needed;
-            job.region.launch(&job.config, &on_demand, cloud.backoff).await
-        }
-        other => other,
-    };
-    match more {
-        Ok(more) => {
-            job.metered(&more, on_demand.spot);
-            ids.extend(more)
-        }
-        Err(e) if ids.len() as u32 >= min_new => tracing::warn!(error = %e, nodes = ids.len(), "going on with the spot nodes EC2 gave"),
-        Err(e) => {
-            let _ = job.region.terminate(&ids).await;
-            return Err(e.into());
-        }
-    }
-    Ok(ids)
-}
-
-/// Connects to a freshly launched instance and gets its Docker engine through SSH.
-async fn connect(
-    job: &Provision,
-    instance: InstanceView,
-    over: Option<SocketAddr>,
-    deadline: DateTime<Utc>,
-) -> Result<CloudNode, NodeError> {
-    let cloud = &job.cloud;
-    let addr = match over {
-        Some(addr) => addr,
-        None => {
-            let ip = match cloud.address {
-                AddressKind::Public => instance.ip_address.clone(),
-                AddressKind::Private => instance.private_ip_address.clone(),
-            };
-            let ip = ip.ok_or(NodeError::NoAddress(cloud.address))?;
-            SocketAddr::new(ip.parse().map_err(|source| NodeError::Address { address: ip, source })?, 22)
-        }
-    };
-    let started = std::time::Instant::now();
-    let stage =
-        |stage: &str| tracing::info!(instance = %instance.id, stage, elapsed_ms = started.elapsed().as_millis() as u64, "node stage");
-    let ssh = SshNode::connect(addr, Some(&instance.id), &cloud.ssh).await?;
-    stage("sshd up");
-    ssh.wait_for_boot(&cloud.node_dir, cloud.launch_timeout).await?;
-    stage("boot finished");
-    rearm(job, &ssh, deadline).await?;
-    ssh.wait_for_docker(cloud.launch_timeout).await?;
-    stage("docker ready");
-    let (engine, bridge) = ssh.docker().await?;
-    Ok(CloudNode { instance, ssh, engine, _bridge: bridge, forward: None, watch: None, lease: None, idle_since: None })
-}
-
-/// Readies a connected node for the run: the relay image, the run network, the metrics forward.
-async fn attach(job: &Provision, node: CloudNode) -> Result<Ready, (String, NodeError)> {
-    let fail = |e: NodeError| (node.instance.id.clone(), e);
-    let relay = &job.cloud.relay_image;
-    if !node.engine.has_image(relay).await.map_err(|e| fail(e.into()))? {
-        let local = job.local.as_ref().ok_or_else(|| fail(NodeError::NoRelayImage(relay.clone())))?;
-        let started = std::time::Instant::now();
-        node.engine.copy_image_from(local, relay, job.cloud.copy_stall).await.map_err(|e| fail(e.into()))?;
-        tracing::info!(instance = %node.instance.id, stage = "relay image copied", elapsed_ms = started.elapsed().as_millis() as u64, "node stage");
-    }
-    let (network, _) = node.engine.ensure_network(&job.network, job.labels.clone()).await.map_err(|e| fail(e.into()))?;
-    let (port, forward) = node.ssh.forward_to_broker(NODE_LOOPBACK, 0, job.ingest).await.map_err(|e| fail(e.into()))?;
-    let ingest_base = format!("http://{NODE_LOOPBACK}:{port}");
-    Ok((node, network, ingest_base, forward))
 }
