@@ -6,6 +6,9 @@
 //! labelled with this broker that belongs to no live run is removed. A run
 //! that cannot be carried on fails with a reason and is swept.
 
+mod preflight;
+mod resume;
+
 use std::collections::{HashMap, VecDeque};
 
 use actix::{Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, ResponseActFuture, WrapFuture};
@@ -13,18 +16,15 @@ use sea_orm::DatabaseConnection;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::domain::cost::{self, Estimate};
+use crate::domain::cost::Estimate;
 use crate::domain::life::{Ending, RunPhase};
-use crate::domain::validate;
-use crate::domain::views::{ContainerView, RunState, RunView};
-use crate::domain::Env;
-use crate::domain::{ConflictCode, DomainError, LimitCode, RefusalCode};
-use crate::domain::{FieldError, ValidationErrors};
+use crate::domain::views::{ContainerView, RunView};
+use crate::domain::{ConflictCode, DomainError, LimitCode};
 use crate::feed::{Feed, RunEvent};
 use crate::metrics::MetricsActor;
-use crate::pool::{Ec2PoolActor, InstanceLimits, Reap, SpotPrices, SweepOrphans, TerminateRunInstances};
+use crate::pool::{Ec2PoolActor, Reap, SweepOrphans, TerminateRunInstances};
 use crate::run_supervisor::{AbortSupervised, RunEnded, RunServices, RunSupervisor, SubscribeSupervised, Subscription};
-use crate::settings::{CostSettings, RunSettings};
+use crate::settings::RunSettings;
 use crate::store::{plans, runs};
 
 /// How many finished runs keep their feed in memory for late subscribers.
@@ -72,7 +72,7 @@ impl Actor for BrokerActor {
                 });
                 let mut carried = Vec::new();
                 for id in ids {
-                    match carry_on(&db, &pool, id).await {
+                    match resume::carry_on(&db, &pool, id).await {
                         Ok(found) => carried.push(found),
                         Err(e) => {
                             tracing::warn!(run_id = %id, error = %e, "failing a run left live by a previous broker");
@@ -89,11 +89,11 @@ impl Actor for BrokerActor {
             }
             .into_actor(self)
             .then(|carried, act, ctx| {
-                for (run, plan, recovery) in carried {
+                for resume::Found { run, plan, recovery, how } in carried {
                     let services = act.services();
                     let run_env = run.environment_data.clone();
-                    let supervisor = match run.state {
-                        RunState::Running | RunState::Terminating => {
+                    let supervisor = match how {
+                        resume::Resumption::CarryOn => {
                             tracing::info!(run_id = %run.id, state = run.state.as_str(), "carrying on a run left live by a previous broker");
                             RunSupervisor::resume(&run, plan, run_env, services, ctx.address().recipient(), recovery)
                         }
@@ -144,41 +144,6 @@ fn new_token() -> String {
     format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple())
 }
 
-/// Why a run left live by a previous broker cannot be carried on.
-#[derive(Debug, thiserror::Error)]
-enum ResumeError {
-    /// Reading it back failed.
-    #[error("reading the run back: {0}")]
-    Read(#[from] DomainError),
-    /// It was started by a broker that did not record what carrying it on needs.
-    #[error("the run was started by a broker that did not record what carrying it on needs")]
-    Unrecorded,
-    /// Its resources could not be swept before starting over.
-    #[error("sweeping the run's resources: {0}")]
-    Sweep(#[from] crate::pool::PoolError),
-    /// The pool did not answer.
-    #[error("the node pool did not answer: {0}")]
-    Pool(#[from] actix::MailboxError),
-}
-
-/// What is needed to carry on run `id`; a run still pending or initializing is swept first, to start over.
-async fn carry_on(
-    db: &DatabaseConnection,
-    pool: &Addr<Ec2PoolActor>,
-    id: Uuid,
-) -> Result<(RunView, crate::domain::views::PlanView, runs::Recovery), ResumeError> {
-    let run = runs::get(db, id).await?;
-    let plan = plans::get(db, run.plan_id).await?;
-    let recovery = runs::recovery(db, id).await?;
-    if matches!(run.state, RunState::Running | RunState::Terminating) && recovery.ingest_token.is_none() {
-        return Err(ResumeError::Unrecorded);
-    }
-    if matches!(run.state, RunState::Pending | RunState::Initializing) {
-        pool.send(crate::pool::CloseRun { run_id: id }).await??;
-    }
-    Ok((run, plan, recovery))
-}
-
 /// How often the reaper looks for instances no live run needs.
 const REAP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -215,7 +180,7 @@ impl Handler<StartRun> for BrokerActor {
         let (db, pool, settings) = (self.db.clone(), self.pool.clone(), self.settings.clone());
         Box::pin(
             async move {
-                let checked = preflight(&db, &pool, &settings, &msg).await?;
+                let checked = preflight::preflight(&db, &pool, &settings, &msg).await?;
                 let token = new_token();
                 let run = runs::create(&db, msg.plan_id, msg.owner, &checked.run_env, &checked.unset, &token).await?;
                 Ok::<_, DomainError>((run, checked.plan, checked.run_env, token))
@@ -244,7 +209,7 @@ impl Handler<DryRun> for BrokerActor {
 
     fn handle(&mut self, msg: DryRun, _: &mut Context<Self>) -> Self::Result {
         let (db, pool, settings) = (self.db.clone(), self.pool.clone(), self.settings.clone());
-        Box::pin(async move { preflight(&db, &pool, &settings, &msg.0).await.map(|checked| checked.estimate) }.into_actor(self))
+        Box::pin(async move { preflight::preflight(&db, &pool, &settings, &msg.0).await.map(|checked| checked.estimate) }.into_actor(self))
     }
 }
 
@@ -264,121 +229,15 @@ impl Handler<EstimatePlan> for BrokerActor {
         Box::pin(
             async move {
                 let plan = plans::get(&db, msg.plan_id).await?;
-                let mut estimate = estimate(&plan.spec(), &cost, &pool).await;
+                let mut estimate = preflight::estimate(&plan.spec(), &cost, &pool).await;
                 if cost.cloud_regions.is_some() {
-                    estimate.over_budget = cost.budget.refusal(&estimate, month_to_date(&db, &cost).await?);
+                    estimate.over_budget = cost.budget.refusal(&estimate, preflight::month_to_date(&db, &cost).await?);
                 }
                 Ok(estimate)
             }
             .into_actor(self),
         )
     }
-}
-
-/// The dollars this broker's runs recorded this month, when a monthly cap needs them.
-async fn month_to_date(db: &DatabaseConnection, cost: &CostSettings) -> Result<f64, DomainError> {
-    match cost.budget.max_usd_per_month {
-        Some(_) => runs::cost_since(db, crate::run_cost::month_start(), Uuid::nil()).await,
-        None => Ok(0.0),
-    }
-}
-
-/// A plan's estimate with this broker's prices and provider; on EC2, spot steps at the current spot prices.
-async fn estimate(spec: &crate::domain::PlanSpec, cost: &CostSettings, pool: &Addr<Ec2PoolActor>) -> Estimate {
-    let provider = if cost.cloud_regions.is_some() { "ec2" } else { "local" };
-    let wanted: Vec<(String, String)> = spec
-        .steps
-        .iter()
-        .filter(|s| !s.monitor && s.market != crate::domain::Market::OnDemand)
-        .flat_map(|s| s.instance_region.names().into_iter().map(|r| (r, s.instance_type.clone())))
-        .collect();
-    let spot = if cost.cloud_regions.is_some() && !wanted.is_empty() {
-        pool.send(SpotPrices { wanted }).await.unwrap_or_default()
-    } else {
-        cost::SpotPrices::new()
-    };
-    let mut estimate = cost::estimate(spec, &cost.prices, &spot, cost.setup_seconds, provider);
-    if cost.cloud_regions.is_some() {
-        let regions: std::collections::BTreeSet<String> = estimate.steps.iter().map(|s| s.region.clone()).collect();
-        let limits = pool.send(InstanceLimits { regions: regions.into_iter().collect() }).await.unwrap_or_default();
-        estimate.check_quotas(&limits);
-    }
-    estimate
-}
-
-/// A run that passed every check before it is recorded.
-struct Checked {
-    plan: crate::domain::views::PlanView,
-    run_env: Env,
-    unset: Vec<String>,
-    estimate: Estimate,
-}
-
-/// Everything starting a run checks before anything is recorded or launched: the run env,
-/// the plan enabled, its variables and secrets defined, its volumes ones this broker mounts, on EC2 every step's region
-/// configured and the estimate within the budget.
-async fn preflight(
-    db: &DatabaseConnection,
-    pool: &Addr<Ec2PoolActor>,
-    settings: &RunSettings,
-    msg: &StartRun,
-) -> Result<Checked, DomainError> {
-    let mut env = msg.env.clone();
-    let mut unset = Vec::new();
-    if let (true, Some(Value::Object(map))) = (msg.null_is_unset, env.as_mut()) {
-        unset = map.iter().filter(|(_, v)| v.is_null()).map(|(k, _)| k.clone()).collect();
-        map.retain(|_, v| !v.is_null());
-    }
-    let run_env: Env = match &env {
-        None | Some(Value::Null) => Env::new(),
-        Some(v) => validate::run_env(v, &settings.limits).map_err(|mut e| {
-            for f in &mut e.0 {
-                f.path = if f.path.is_empty() { "env".into() } else { format!("env.{}", f.path) };
-            }
-            DomainError::Invalid(e)
-        })?,
-    };
-    let plan = plans::get(db, msg.plan_id).await?;
-    if !plan.plan.enabled {
-        return Err(DomainError::conflict(
-            ConflictCode::PlanDisabled,
-            format!("plan {:?} is disabled; enable it to run it", plan.plan.name),
-        ));
-    }
-    let spec = plan.spec();
-    validate::plan_variables(&spec, &run_env).map_err(DomainError::Invalid)?;
-    validate::runnable(&spec, &settings.limits).map_err(DomainError::Invalid)?;
-    settings.secrets.check(&spec, &run_env).map_err(DomainError::Invalid)?;
-    let cost = &settings.cost;
-    if let Some(regions) = &cost.cloud_regions {
-        let unconfigured: Vec<FieldError> = spec
-            .steps
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| !s.monitor)
-            .flat_map(|(i, s)| {
-                let missing = s.instance_region.names().into_iter().filter(|r| !regions.contains(r));
-                missing.map(move |r| {
-                    let message = format!(
-                        "step {:?}: region {r:?} is not configured on this broker (ec2.regions has: {})",
-                        s.name,
-                        regions.join(", ")
-                    );
-                    FieldError::new(format!("steps[{i}].instance_region"), message)
-                })
-            })
-            .collect();
-        if !unconfigured.is_empty() {
-            return Err(DomainError::Invalid(ValidationErrors(unconfigured)));
-        }
-    }
-    let estimate = estimate(&spec, cost, pool).await;
-    if cost.cloud_regions.is_some() {
-        if let Some(why) = cost.budget.refusal(&estimate, month_to_date(db, cost).await?) {
-            return Err(DomainError::Refused { code: RefusalCode::OverBudget, message: format!("plan {:?}: {why}", plan.plan.name) });
-        }
-    }
-    Ok(Checked { plan, run_env, unset, estimate })
 }
 
 /// Aborts a run; idempotent; answers the run as stored.
