@@ -1,6 +1,9 @@
 //! Runs and their step records: listing with filters, reading, and creating the
 //! record of a new run (one step record per step, all pending).
 
+mod containers;
+mod results;
+
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
@@ -11,15 +14,15 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::entities::{container, metric_summary, plan, run, run_series, spend, step, step_record};
+use super::entities::{metric_summary, plan, run, spend, step, step_record};
 use super::{clamp_page, env_from_json, run_env_to_json, unset_from_json};
 use crate::domain::life::{Ending, RunPhase};
 use crate::domain::usage::RunCost;
-use crate::domain::views::{
-    ContainerView, InterruptionView, MetricSummaryView, Page, RunState, RunView, StepRecordView, StepState, ThresholdView, Verdict,
-    SERIES_OVERFLOW,
-};
+use crate::domain::views::{InterruptionView, Page, RunState, RunView, StepRecordView, StepState, Verdict, SERIES_OVERFLOW};
 use crate::domain::{ConflictCode, DomainError, Env};
+
+pub use self::containers::{containers, record_container, ContainerRecord};
+pub use self::results::{append_series, compare, metrics, record_metrics, series, set_thresholds, CompareTo, SERIES_POINTS};
 
 /// Which runs to list; every filter is optional.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -338,94 +341,6 @@ async fn write_step_state(
     Ok(true)
 }
 
-/// What to record of a container when it is removed.
-#[derive(Clone, Debug)]
-pub struct ContainerRecord {
-    /// The run.
-    pub run_id: Uuid,
-    /// The step.
-    pub step_id: Uuid,
-    /// The node.
-    pub node: String,
-    /// `relay` or `step`.
-    pub role: String,
-    /// The engine's id.
-    pub docker_id: String,
-    /// The image.
-    pub image: String,
-    /// How it exited.
-    pub exit_code: Option<i64>,
-    /// Its output.
-    pub logs: String,
-    /// When it started.
-    pub started_at: chrono::DateTime<Utc>,
-    /// When it exited, as its engine recorded it.
-    pub exited_at: Option<chrono::DateTime<Utc>>,
-}
-
-/// Records a removed container.
-pub async fn record_container(db: &impl ConnectionTrait, c: ContainerRecord) -> Result<(), DomainError> {
-    super::persist("a container record", || write_container(db, c.clone())).await
-}
-
-async fn write_container(db: &impl ConnectionTrait, c: ContainerRecord) -> Result<(), DomainError> {
-    container::ActiveModel {
-        id: Set(Uuid::new_v4()),
-        run_id: Set(c.run_id),
-        step_id: Set(c.step_id),
-        node: Set(c.node),
-        role: Set(c.role),
-        docker_id: Set(c.docker_id),
-        image: Set(c.image),
-        exit_code: Set(c.exit_code),
-        logs: Set(c.logs),
-        created_at: Set(c.started_at),
-        exited_at: Set(c.exited_at),
-        finished_at: Set(Some(Utc::now())),
-    }
-    .insert(db)
-    .await?;
-    Ok(())
-}
-
-/// The recorded containers of a run, optionally of one step (by name) and one node.
-pub async fn containers(
-    db: &impl ConnectionTrait,
-    run_id: Uuid,
-    step: Option<&str>,
-    node: Option<&str>,
-) -> Result<Vec<ContainerView>, DomainError> {
-    let (_, names) = with_step_names(db, run_id).await?;
-    let mut query = container::Entity::find().filter(container::Column::RunId.eq(run_id));
-    if let Some(step) = step {
-        let ids: Vec<Uuid> = names.iter().filter(|(_, n)| n.as_str() == step).map(|(id, _)| *id).collect();
-        if ids.is_empty() {
-            return Err(DomainError::not_found("step", step));
-        }
-        query = query.filter(container::Column::StepId.is_in(ids));
-    }
-    if let Some(node) = node {
-        query = query.filter(container::Column::Node.eq(node));
-    }
-    let rows = query.order_by_asc(container::Column::CreatedAt).order_by_asc(container::Column::Node).all(db).await?;
-    Ok(rows
-        .into_iter()
-        .map(|c| ContainerView {
-            step_name: names.get(&c.step_id).cloned().unwrap_or_default(),
-            step_id: c.step_id,
-            node: c.node,
-            role: c.role,
-            docker_id: c.docker_id,
-            image: c.image,
-            exit_code: c.exit_code,
-            logs: c.logs,
-            created_at: c.created_at,
-            exited_at: c.exited_at,
-            finished_at: c.finished_at,
-        })
-        .collect())
-}
-
 /// Deletes a finished run with its step and container records.
 pub async fn delete<C: ConnectionTrait + TransactionTrait>(db: &C, id: Uuid) -> Result<(), DomainError> {
     let txn = db.begin().await?;
@@ -462,88 +377,6 @@ async fn with_step_names(db: &impl ConnectionTrait, run_id: Uuid) -> Result<(Run
     let run = get(db, run_id).await?;
     let names = run.step_records.iter().map(|r| (r.step_id, r.step_name.clone())).collect();
     Ok((run, names))
-}
-
-/// Stores the metric summaries of a run (replacing earlier ones).
-pub async fn record_metrics<C: ConnectionTrait + TransactionTrait>(
-    db: &C,
-    run_id: Uuid,
-    rows: &[MetricSummaryView],
-) -> Result<(), DomainError> {
-    super::persist("the metrics summary", || write_metrics(db, run_id, rows)).await
-}
-
-/// Summary rows inserted per statement: each row binds 18 values, and SQLite takes
-/// at most 32766 per statement (PostgreSQL 65535).
-const SUMMARY_ROWS_PER_INSERT: usize = 500;
-
-/// Replaces a run's summary in one transaction, however many rows it has.
-async fn write_metrics<C: ConnectionTrait + TransactionTrait>(db: &C, run_id: Uuid, rows: &[MetricSummaryView]) -> Result<(), DomainError> {
-    let txn = db.begin().await?;
-    metric_summary::Entity::delete_many().filter(metric_summary::Column::RunId.eq(run_id)).exec(&txn).await?;
-    let now = Utc::now();
-    for chunk in rows.chunks(SUMMARY_ROWS_PER_INSERT) {
-        metric_summary::Entity::insert_many(chunk.iter().map(|m| summary_model(run_id, m, now))).exec(&txn).await?;
-    }
-    txn.commit().await?;
-    Ok(())
-}
-
-fn summary_model(run_id: Uuid, m: &MetricSummaryView, now: DateTime<Utc>) -> metric_summary::ActiveModel {
-    metric_summary::ActiveModel {
-        id: Set(Uuid::new_v4()),
-        run_id: Set(run_id),
-        step_id: Set(m.step_id),
-        metric: Set(m.metric.clone()),
-        kind: Set(m.kind.clone()),
-        count: Set(m.count),
-        rate: Set(m.rate),
-        min: Set(m.min),
-        mean: Set(m.mean),
-        p50: Set(m.p50),
-        p90: Set(m.p90),
-        p95: Set(m.p95),
-        p99: Set(m.p99),
-        max: Set(m.max),
-        unit: Set(m.unit.clone()),
-        relative_error: Set(m.relative_error),
-        region: Set(m.region.clone()),
-        created_at: Set(now),
-    }
-}
-
-/// The metric summaries of a run, by step and metric.
-pub async fn metrics(db: &impl ConnectionTrait, run_id: Uuid) -> Result<Vec<MetricSummaryView>, DomainError> {
-    let (run, names) = with_step_names(db, run_id).await?;
-    let rows = metric_summary::Entity::find()
-        .filter(metric_summary::Column::RunId.eq(run_id))
-        .order_by_asc(metric_summary::Column::Metric)
-        .all(db)
-        .await?;
-    let mut out: Vec<MetricSummaryView> = rows
-        .into_iter()
-        .map(|m| MetricSummaryView {
-            step_name: names.get(&m.step_id).cloned().unwrap_or_default(),
-            step_id: m.step_id,
-            metric: m.metric,
-            kind: m.kind,
-            count: m.count,
-            rate: m.rate,
-            min: m.min,
-            mean: m.mean,
-            p50: m.p50,
-            p90: m.p90,
-            p95: m.p95,
-            p99: m.p99,
-            max: m.max,
-            unit: m.unit,
-            relative_error: m.relative_error,
-            region: m.region,
-        })
-        .collect();
-    let order: HashMap<Uuid, usize> = run.step_records.iter().enumerate().map(|(i, r)| (r.step_id, i)).collect();
-    out.sort_by_key(|m| order.get(&m.step_id).copied().unwrap_or(usize::MAX));
-    Ok(out)
 }
 
 /// What a restarted broker needs to carry on a live run.
@@ -630,13 +463,6 @@ pub async fn set_dashboard_url(db: &impl ConnectionTrait, id: Uuid, url: &str) -
     Ok(())
 }
 
-/// Records how the run's thresholds stand.
-pub async fn set_thresholds(db: &impl ConnectionTrait, id: Uuid, thresholds: &[ThresholdView]) -> Result<(), DomainError> {
-    let text = serde_json::to_string(thresholds).unwrap_or_default();
-    run::ActiveModel { id: Set(id), thresholds: Set(Some(text)), ..Default::default() }.update(db).await?;
-    Ok(())
-}
-
 /// Records a finished run's verdict and why.
 pub async fn set_verdict(db: &impl ConnectionTrait, id: Uuid, verdict: Verdict, reason: &str) -> Result<(), DomainError> {
     super::persist("a run's verdict", || async {
@@ -651,81 +477,4 @@ pub async fn set_verdict(db: &impl ConnectionTrait, id: Uuid, verdict: Verdict, 
         Ok(())
     })
     .await
-}
-
-/// Which run another is compared with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CompareTo {
-    /// The plan's baseline.
-    Baseline,
-    /// This run.
-    Run(Uuid),
-}
-
-/// Compares finished run `id` with its plan's baseline or another run, checking its plan's regression rules.
-pub async fn compare(db: &impl ConnectionTrait, id: Uuid, to: CompareTo) -> Result<crate::domain::compare::Comparison, DomainError> {
-    let run = get(db, id).await?;
-    let plan = super::plans::get(db, run.plan_id).await?;
-    let other = match to {
-        CompareTo::Run(other) => other,
-        CompareTo::Baseline => plan.baseline_run_id.ok_or_else(|| {
-            DomainError::conflict(
-                ConflictCode::NoBaseline,
-                format!("plan {:?} has no baseline; set one with POST /api/v1/plans/{}/baseline", plan.plan.name, plan.plan.id),
-            )
-        })?,
-    };
-    let other_run = get(db, other).await?;
-    for r in [&run, &other_run] {
-        if !r.state.is_finished() {
-            return Err(DomainError::conflict(
-                ConflictCode::RunLive,
-                format!("run {} is {}; runs are compared once finished", r.id, r.state.as_str()),
-            ));
-        }
-    }
-    let (now, then) = (metrics(db, id).await?, metrics(db, other).await?);
-    let against_baseline = plan.baseline_run_id == Some(other);
-    Ok(crate::domain::compare::compare(id, &now, other, &then, &plan.compare, against_baseline))
-}
-
-/// Adds windows to the runs' series: (run, step name, window start in Unix ms, the point as JSON).
-pub async fn append_series(db: &impl ConnectionTrait, rows: Vec<(Uuid, String, i64, String)>) -> Result<(), DomainError> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let models = rows.into_iter().map(|(run_id, step, start_ms, point)| run_series::ActiveModel {
-        id: Set(Uuid::new_v4()),
-        run_id: Set(run_id),
-        step: Set(step),
-        start_ms: Set(start_ms),
-        point: Set(point),
-    });
-    run_series::Entity::insert_many(models).exec(db).await?;
-    Ok(())
-}
-
-/// At most this many points of one step are answered; longer series keep every n-th window.
-pub const SERIES_POINTS: usize = 3600;
-
-/// The run's series, per step in the run's step order, each point as stored (JSON), oldest first.
-pub async fn series(db: &impl ConnectionTrait, run_id: Uuid) -> Result<Vec<(String, Vec<serde_json::Value>)>, DomainError> {
-    let (run, _) = with_step_names(db, run_id).await?;
-    let rows =
-        run_series::Entity::find().filter(run_series::Column::RunId.eq(run_id)).order_by_asc(run_series::Column::StartMs).all(db).await?;
-    let mut steps: Vec<(String, Vec<serde_json::Value>)> = run.step_records.iter().map(|r| (r.step_name.clone(), Vec::new())).collect();
-    for row in rows {
-        let Ok(point) = serde_json::from_str::<serde_json::Value>(&row.point) else { continue };
-        match steps.iter_mut().find(|(name, _)| *name == row.step) {
-            Some((_, points)) => points.push(point),
-            None => steps.push((row.step, vec![point])),
-        }
-    }
-    for (_, points) in &mut steps {
-        let every = points.len().div_ceil(SERIES_POINTS).max(1);
-        if every > 1 {
-            *points = points.iter().step_by(every).cloned().collect();
-        }
-    }
-    Ok(steps)
 }
