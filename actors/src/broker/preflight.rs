@@ -121,3 +121,23 @@ fn unconfigured_regions(spec: &PlanSpec, regions: &[String]) -> Vec<FieldError> 
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Limits;
+
+    #[test]
+    fn a_step_in_a_region_this_broker_lacks_is_an_error_on_its_instance_region() {
+        let plan = serde_json::json!({"name": "p", "steps": [
+            {"name": "a", "container_name": "x", "instance_region": "us-west-2"},
+            {"name": "b", "container_name": "x", "instance_region": "eu-west-1"},
+        ]});
+        let spec = validate::plan(&plan, &Limits::default()).unwrap().value;
+        let errors = unconfigured_regions(&spec, &["us-west-2".to_string()]);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].path, "steps[1].instance_region");
+        assert!(errors[0].message.contains("\"eu-west-1\"") && errors[0].message.contains("ec2.regions has: us-west-2"), "{errors:?}");
+        assert!(unconfigured_regions(&spec, &["us-west-2".to_string(), "eu-west-1".to_string()]).is_empty());
+    }
+}
