@@ -86,20 +86,21 @@ impl MetricsActor {
         self.authorize(msg.run_id, &msg.token)?;
         let run = self.runs.get_mut(&msg.run_id).ok_or(IngestError::UnknownRun(msg.run_id))?;
         let run_text = msg.run_id.to_string();
+        // Every window is checked (and its step id read, once) before any is taken.
+        let mut steps = Vec::with_capacity(msg.windows.len());
         for w in &msg.windows {
             let step = Uuid::parse_str(&w.step_id).ok().and_then(|id| run.steps.get(&id).map(|s| (id, s)));
             match step {
                 Some(_) if w.run_id != run_text => return Err(IngestError::Foreign(w.seq)),
                 None => return Err(IngestError::Foreign(w.seq)),
                 Some((id, s)) if s.node_regions.is_empty() => return Err(IngestError::NotPlaced(id)),
-                Some(_) => {}
+                Some((id, _)) => steps.push(id),
             }
         }
         let now = Self::now_ms();
         let mut points = Vec::new();
         run.dirty = true;
-        for w in &msg.windows {
-            let Some(step_id) = Uuid::parse_str(&w.step_id).ok() else { continue };
+        for (w, step_id) in msg.windows.iter().zip(steps) {
             let Some(step) = run.steps.get_mut(&step_id) else { continue };
             match admit(step, run.since_ms, now, w) {
                 Ok(()) => {}
