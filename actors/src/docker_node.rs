@@ -337,9 +337,9 @@ pub const STATSD_PORT: u16 = 8125;
 /// The OTLP/HTTP port of relays on a run network.
 pub const OTLP_HTTP_PORT: u16 = 4318;
 
-pub use loads_relay::run::OTLP_LISTENING;
 /// What a relay prints first, before its statsd port (`loads relay`).
 pub use loads_relay::LISTENING as RELAY_LISTENING;
+pub use loads_relay::OTLP_LISTENING;
 
 impl DockerNodeActor {
     /// Waits for a step container to exit and reports it to the step (lost, if the node stops answering).

@@ -27,8 +27,7 @@ use crate::otlp::Intake;
 
 /// Windows kept for delivery at most by default; older ones are dropped (and counted) past this.
 pub const BUFFER_WINDOWS: usize = 600;
-/// What the relay prints for each OTLP port it opened: `<this><protocol> <port>`.
-pub const OTLP_LISTENING: &str = "relay listening for OTLP on tcp port ";
+pub use crate::OTLP_LISTENING;
 
 /// The relay's command line (also `loads relay`); each flag may come from its variable.
 #[derive(Clone, Debug, clap::Args)]
