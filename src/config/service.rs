@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use loads_actors::domain::Limits;
 use serde::{Deserialize, Serialize};
 
 use super::{DatabaseUrl, LogFormat, Secret};
@@ -136,11 +137,13 @@ pub struct LimitSettings {
 
 impl Default for LimitSettings {
     fn default() -> Self {
+        // The plan caps' defaults are the domain's own.
+        let plans = Limits::default();
         Self {
-            max_instance_count: 100,
-            max_steps_per_plan: 50,
-            max_env_vars: 200,
-            max_env_bytes: 65_536,
+            max_instance_count: plans.max_instance_count,
+            max_steps_per_plan: plans.max_steps_per_plan,
+            max_env_vars: plans.max_env_vars,
+            max_env_bytes: plans.max_env_bytes,
             max_subscribers_per_run: 1000,
             max_live_runs: 20,
         }

@@ -96,7 +96,8 @@ pub(super) async fn prepare(c: StepContext, wiring: Wiring) -> Prepared {
     };
     let nodes = spawn_nodes(&c, &wiring, grants);
     let adopt = c.resume.is_some();
-    let relays = join_all(nodes.iter().map(|(_, addr)| start_relay(&c, addr, adopt))).await;
+    let mask = launch::secret_values(&c.step.spec, &c.plan_env, &c.run_env, &c.settings.secrets);
+    let relays = join_all(nodes.iter().map(|(_, addr)| start_relay(addr, adopt, mask.clone()))).await;
     let mut failures: Vec<Option<String>> = vec![None; nodes.len()];
     let mut launches: Vec<Option<Launch>> = vec![None; nodes.len()];
     let mut adopted: Vec<Vec<String>> = vec![Vec::new(); nodes.len()];
@@ -191,9 +192,8 @@ fn spawn_nodes(c: &StepContext, wiring: &Wiring, grants: Vec<NodeGrant>) -> Vec<
     nodes
 }
 
-/// Stage 3: the node's relay, masking the secret values the step's containers hold.
-async fn start_relay(c: &StepContext, addr: &Addr<DockerNodeActor>, adopt: bool) -> Result<RelayReady, PrepareError> {
-    let mask = launch::secret_values(&c.step.spec, &c.plan_env, &c.run_env, &c.settings.secrets);
+/// Stage 3: the node's relay, masking `mask`, the secret values the step's containers hold.
+async fn start_relay(addr: &Addr<DockerNodeActor>, adopt: bool, mask: Vec<String>) -> Result<RelayReady, PrepareError> {
     let answer = addr.send(StartRelay { adopt, mask }).await.map_err(|source| PrepareError::Gone { what: "the node's actor", source })?;
     Ok(answer?)
 }
